@@ -1,0 +1,5 @@
+import sys
+
+from fastme.cli import main
+
+sys.exit(main())

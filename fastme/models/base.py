@@ -1,0 +1,117 @@
+"""The common shape of every SE/ME model: a multi-set embedding, per-set interaction, mean over
+sets, shared MLP. ``num_sets=1`` is single-embedding (SE); ``num_sets=M>1`` multi-embedding (ME)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fastme import ops
+from fastme.models.layers import MultiSetEmbedding, OutputHead, SetProjection
+from fastme.ops._backend import BACKENDS
+
+
+class MultiEmbeddingModel(nn.Module):
+    """Base class. Subclasses implement :meth:`interact` (per-set features -> logits [B]).
+
+    Args:
+        field_dims: cardinality of each of the N fields.
+        embed_dim: K, the size of each embedding set.
+        num_sets: M, the number of independent embedding sets (1 = SE).
+        backend: "auto" | "reference" | "triton" | "cuda"; selects the implementation of the fused
+            ops only, never the parameters, so the state dict is the same on every backend.
+        hidden_dim: width of every hidden layer (400 in the paper).
+        dropout: dropout of every hidden block (0.2 in the paper's code).
+    """
+
+    #: Base embedding size of the paper's scaled variants (see :func:`fastme.models.build`).
+    base_embed_dim = 10
+
+    def __init__(self, field_dims, embed_dim: int = 10, num_sets: int = 1, backend: str = "auto",
+                 hidden_dim: int = 400, dropout: float = 0.2):
+        super().__init__()
+        field_dims = [int(d) for d in field_dims]
+        if not field_dims or min(field_dims) < 1:
+            raise ValueError(f"field_dims must be a non-empty list of positive ints, got {field_dims}")
+        for name, value in (("embed_dim", embed_dim), ("num_sets", num_sets),
+                            ("hidden_dim", hidden_dim)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.field_dims = tuple(field_dims)
+        self.num_fields = len(field_dims)
+        self.embed_dim = int(embed_dim)
+        self.num_sets = int(num_sets)
+        self.hidden_dim = int(hidden_dim)
+        self.dropout = float(dropout)
+        self.backend = backend
+        self.embedding = MultiSetEmbedding(field_dims, self.num_sets, self.embed_dim)
+
+    # -- backend ------------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
+        self._backend = value
+
+    # -- analysis -----------------------------------------------------------------------------
+    def embedding_tables(self) -> list[torch.Tensor]:
+        """The learned embeddings for analysis: one tensor per field, shape [M, D_i, K] (detached
+        views; set m of field i is ``tables[i][m]``)."""
+        return self.embedding.field_tables()
+
+    def regularization_loss(self) -> torch.Tensor | None:
+        """Extra training penalty added to the loss by the trainer (None: no penalty). Models with a
+        regulariser (e.g. the orthogonality-regularised DCNv2) override this."""
+        return None
+
+    # -- forward ------------------------------------------------------------------------------
+    def _check_input(self, x) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a LongTensor [B, N], got {type(x).__name__}")
+        if x.dim() != 2 or x.shape[1] != self.num_fields:
+            raise ValueError(
+                f"x must have shape [B, {self.num_fields}] (one index per field), got {tuple(x.shape)}")
+        if x.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"x must hold int32/int64 per-field indices, got {x.dtype}")
+
+    def lookup(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N] indices -> [B, M, N, K] embeddings through the fused lookup op."""
+        e = self.embedding
+        return ops.multi_embedding_lookup(e.weight, x, e.offsets, field_dims=e.field_dims,
+                                          backend=self.backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-field indices [B, N] -> logits [B]."""
+        self._check_input(x)
+        return self.interact(x)
+
+    def interact(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class ProjectedModel(MultiEmbeddingModel):
+    """Models whose interaction is followed by the ME non-linear projection (Appendix C.2: DNN,
+    IPNN, NFwFM, DCNv2): per-set interaction features [B, M, F] -> per-set projection -> mean ->
+    Block -> Linear. With M=1 the projection is simply the SE model's first hidden block."""
+
+    def __init__(self, field_dims, embed_dim=10, num_sets=1, backend="auto", hidden_dim=400,
+                 dropout=0.2, nonlinear_projection: bool = True):
+        super().__init__(field_dims, embed_dim, num_sets, backend, hidden_dim, dropout)
+        self.nonlinear_projection = nonlinear_projection
+
+    def _build_projection(self, in_dim: int) -> None:
+        self.projection = SetProjection(self.num_sets, in_dim, self.hidden_dim, self.dropout,
+                                        nonlinear=self.nonlinear_projection)
+        self.head = OutputHead(self.hidden_dim, self.dropout)
+
+    def interact(self, x):
+        return self.head(self.projection(self.set_features(x)))
+
+    def set_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError

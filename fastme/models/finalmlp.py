@@ -1,0 +1,35 @@
+import torch
+from torch import nn
+
+from fastme.models.base import MultiEmbeddingModel
+from fastme.models.layers import SetBlock
+from fastme.ops import reference
+
+
+class FinalMLP(MultiEmbeddingModel):
+    """FinalMLP (feature-selection gates off, as in the paper's code): two MLP streams on the same
+    flattened embeddings, fused by a single-head bilinear head. ME: every set has both complete
+    streams; each stream's output is averaged over sets separately before the shared fusion."""
+
+    def __init__(self, field_dims, embed_dim=10, num_sets=1, backend="auto", hidden_dim=400,
+                 dropout=0.2):
+        super().__init__(field_dims, embed_dim, num_sets, backend, hidden_dim, dropout)
+        d = self.num_fields * self.embed_dim
+
+        def stream():
+            return nn.Sequential(SetBlock(self.num_sets, d, hidden_dim, dropout),
+                                 SetBlock(self.num_sets, hidden_dim, hidden_dim, dropout))
+
+        self.stream1, self.stream2 = stream(), stream()
+        self.fusion1 = nn.Linear(hidden_dim, 1)
+        self.fusion2 = nn.Linear(hidden_dim, 1)
+        self.fusion_bilinear = nn.Parameter(torch.zeros(hidden_dim, hidden_dim))
+
+    def interact(self, x):
+        emb = self.lookup(x)
+        flat = emb.reshape(emb.shape[0], self.num_sets, -1)
+        o1 = self.stream1(flat).mean(dim=1)
+        o2 = self.stream2(flat).mean(dim=1)
+        return reference.bilinear_fusion(o1, o2, self.fusion1.weight[0], self.fusion1.bias[0],
+                                         self.fusion2.weight[0], self.fusion2.bias[0],
+                                         self.fusion_bilinear)

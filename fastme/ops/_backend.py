@@ -1,0 +1,104 @@
+"""Backend selection and the registry of op implementations.
+
+Every public op has one eager ``reference`` implementation (fastme/ops/reference.py) and may have
+``triton`` (fastme/ops/triton/) and ``cuda`` (kernels/ via fastme/ops/cuda/) implementations,
+registered with :func:`register`. Kernel packages are imported lazily, so ``import fastme.ops``
+never needs Triton or the compiled extension.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Callable
+
+import torch
+
+BACKENDS = ("auto", "reference", "triton", "cuda")
+
+# Order in which "auto" tries kernel backends on a CUDA device, per op. Edited from measurements
+# (bench/RESULTS.md); an op absent here uses DEFAULT_AUTO_ORDER.
+DEFAULT_AUTO_ORDER = ("triton", "cuda")
+AUTO_ORDER: dict[str, tuple[str, ...]] = {}
+
+_IMPLEMENTATIONS: dict[tuple[str, str], Callable] = {}
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run this op on these tensors."""
+
+
+def register(op: str, backend: str):
+    """Decorator: register ``fn`` as the ``backend`` implementation of ``op``."""
+    if backend not in BACKENDS[1:]:
+        raise ValueError(f"unknown backend {backend!r}")
+
+    def decorator(fn):
+        _IMPLEMENTATIONS[(op, backend)] = fn
+        return fn
+
+    return decorator
+
+
+def _triton_usable(device: torch.device) -> bool:
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _cuda_usable(device: torch.device) -> bool:
+    from fastme._extension import cuda_kernels_available
+
+    return device.type == "cuda" and cuda_kernels_available()
+
+
+def _load(op: str, backend: str) -> Callable | None:
+    if (op, backend) not in _IMPLEMENTATIONS and backend != "reference":
+        try:
+            importlib.import_module(f"fastme.ops.{backend}")
+        except ImportError:
+            return None
+    return _IMPLEMENTATIONS.get((op, backend))
+
+
+def available_backends(device: torch.device | str) -> list[str]:
+    """Backends that can run on ``device`` here (reference always can)."""
+    device = torch.device(device)
+    found = ["reference"]
+    if _triton_usable(device):
+        found.append("triton")
+    if _cuda_usable(device):
+        found.append("cuda")
+    return found
+
+
+def resolve(op: str, backend: str, device: torch.device) -> Callable:
+    """Return the implementation of ``op`` for ``backend`` on ``device``, or raise clearly."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if device.type == "cuda":
+            for candidate in AUTO_ORDER.get(op, DEFAULT_AUTO_ORDER):
+                usable = _triton_usable if candidate == "triton" else _cuda_usable
+                fn = _load(op, candidate) if usable(device) else None
+                if fn is not None:
+                    return fn
+        return _IMPLEMENTATIONS[(op, "reference")]
+    if backend == "triton" and not _triton_usable(device):
+        raise BackendUnavailable(
+            f"backend='triton' needs CUDA tensors and the triton package (or TRITON_INTERPRET=1 "
+            f"for the CPU interpreter); got tensors on {device}")
+    if backend == "cuda":
+        if device.type != "cuda":
+            raise BackendUnavailable(f"backend='cuda' needs CUDA tensors, got tensors on {device}")
+        from fastme._extension import require_cuda_kernels
+
+        require_cuda_kernels()
+    fn = _load(op, backend)
+    if fn is None:
+        raise BackendUnavailable(f"op {op!r} has no {backend!r} implementation in this build")
+    return fn

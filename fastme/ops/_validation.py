@@ -1,0 +1,99 @@
+"""Input checks shared by every op: one call per op, messages that name the argument."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+
+INDEX_DTYPES = (torch.int32, torch.int64)
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+# What to do with an index outside its field: "error" (default) raises, "clamp" clamps into range
+# and warns, "off" skips the check (fastest; out-of-range input is then the caller's problem, but
+# kernels still never read outside the table because rows are clamped in-kernel).
+BOUNDS_CHECK_MODES = ("error", "clamp", "off")
+_bounds_check_mode = os.environ.get("FASTME_BOUNDS_CHECK", "error")
+
+
+def set_bounds_check(mode: str) -> None:
+    """Set the global index bounds-check mode: 'error', 'clamp' or 'off'."""
+    global _bounds_check_mode
+    if mode not in BOUNDS_CHECK_MODES:
+        raise ValueError(f"bounds check mode must be one of {BOUNDS_CHECK_MODES}, got {mode!r}")
+    _bounds_check_mode = mode
+
+
+def get_bounds_check() -> str:
+    return _bounds_check_mode
+
+
+def check_tensor(t, name: str, *, ndim: int | None = None, dtypes=None, device=None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype in ({allowed}), got {t.dtype}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device} but must be on {device} like the table")
+
+
+def check_shape(t: torch.Tensor, name: str, expected: Sequence[int]) -> None:
+    if tuple(t.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(t.shape)}")
+
+
+def check_lookup_inputs(table: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
+                        field_dims: torch.Tensor | None = None) -> None:
+    """Validate the (table, indices, offsets) triple of every lookup-based op.
+
+    table [rows, M, K] float; indices [B, N] int32/int64; offsets [N] (exclusive cumsum of the
+    field cardinalities). ``field_dims`` [N], if given, bounds each field's local index.
+    """
+    check_tensor(table, "table", ndim=3, dtypes=FLOAT_DTYPES)
+    check_tensor(indices, "indices", ndim=2, dtypes=INDEX_DTYPES, device=table.device)
+    check_tensor(offsets, "offsets", ndim=1, dtypes=INDEX_DTYPES, device=table.device)
+    if offsets.shape[0] != indices.shape[1]:
+        raise ValueError(
+            f"offsets has {offsets.shape[0]} entries but indices has {indices.shape[1]} fields")
+    if field_dims is not None:
+        check_tensor(field_dims, "field_dims", ndim=1, dtypes=INDEX_DTYPES, device=table.device)
+        check_shape(field_dims, "field_dims", offsets.shape)
+
+
+def field_dims_from_offsets(offsets: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Field cardinalities implied by offsets and the table's row count (last field to the end)."""
+    ends = torch.cat([offsets[1:], offsets.new_tensor([num_rows])])
+    return ends - offsets
+
+
+def apply_bounds_check(indices: torch.Tensor, field_dims: torch.Tensor, name: str = "indices",
+                       mode: str | None = None) -> torch.Tensor:
+    """Enforce 0 <= indices[:, i] < field_dims[i] according to the bounds-check mode.
+
+    Returns the (possibly clamped) indices. 'error' costs one device->host sync per call; use
+    'off' in a tuned training loop whose data was already validated (the cache is checked once).
+    """
+    mode = mode or _bounds_check_mode
+    if mode == "off" or indices.numel() == 0:
+        return indices
+    limits = field_dims.to(indices.dtype).unsqueeze(0)
+    bad = (indices < 0) | (indices >= limits)
+    if mode == "error":
+        if bool(bad.any()):
+            b, i = (int(v) for v in bad.nonzero()[0])
+            raise IndexError(
+                f"{name}[{b}, {i}] = {int(indices[b, i])} is out of range for field {i} "
+                f"(cardinality {int(field_dims[i])}); indices must satisfy 0 <= x < field_dims")
+        return indices
+    if mode == "clamp":
+        if bool(bad.any()):
+            import warnings
+            warnings.warn(f"{int(bad.sum())} out-of-range entries in {name} were clamped",
+                          RuntimeWarning, stacklevel=3)
+            return torch.minimum(indices.clamp_min(0), limits - 1)
+        return indices
+    raise ValueError(f"bounds check mode must be one of {BOUNDS_CHECK_MODES}, got {mode!r}")
