@@ -36,7 +36,7 @@ class AutoInt(MultiEmbeddingModel):
         for layer in self.attention:
             h = layer(h)
         h = torch.relu(h).mean(dim=1)  # [B, N, H]
-        logit = self.attention_out(h.reshape(h.shape[0], -1)).squeeze(-1)
+        logit = self.attention_out(h.reshape(h.shape[0], h.shape[1] * h.shape[2])).squeeze(-1)
         if self.use_mlp:
-            logit = logit + self.mlp_head(self.mlp_projection(emb.reshape(emb.shape[0], self.num_sets, -1)))
+            logit = logit + self.mlp_head(self.mlp_projection(self.flat_sets(emb)))
         return logit

@@ -86,6 +86,10 @@ class MultiEmbeddingModel(nn.Module):
         return ops.multi_embedding_lookup(e.weight, x, e.offsets, field_dims=e.field_dims,
                                           backend=self.backend)
 
+    def flat_sets(self, emb: torch.Tensor) -> torch.Tensor:
+        """[B, M, N, K] -> [B, M, N*K]: each set's field-major concatenation."""
+        return emb.reshape(emb.shape[0], self.num_sets, self.num_fields * self.embed_dim)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-field indices [B, N] -> logits [B]."""
         self._check_input(x)

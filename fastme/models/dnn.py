@@ -12,5 +12,4 @@ class DNN(ProjectedModel):
         self._build_projection(self.num_fields * self.embed_dim)
 
     def set_features(self, x):
-        emb = self.lookup(x)
-        return emb.reshape(emb.shape[0], self.num_sets, -1)
+        return self.flat_sets(self.lookup(x))

@@ -27,7 +27,7 @@ class FinalMLP(MultiEmbeddingModel):
 
     def interact(self, x):
         emb = self.lookup(x)
-        flat = emb.reshape(emb.shape[0], self.num_sets, -1)
+        flat = self.flat_sets(emb)
         o1 = self.stream1(flat).mean(dim=1)
         o2 = self.stream2(flat).mean(dim=1)
         return reference.bilinear_fusion(o1, o2, self.fusion1.weight[0], self.fusion1.bias[0],

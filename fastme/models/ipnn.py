@@ -28,4 +28,4 @@ class IPNN(ProjectedModel):
         products = reference.inner_products(emb)
         if not self.concat_embeddings:
             return products
-        return torch.cat([emb.reshape(emb.shape[0], self.num_sets, -1), products], dim=-1)
+        return torch.cat([self.flat_sets(emb), products], dim=-1)

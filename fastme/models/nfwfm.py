@@ -38,5 +38,6 @@ class NFwFM(ProjectedModel):
         pooled = ops.pooled_lookup(e.weight, x, e.offsets, self.effective_field_weights(),
                                    field_dims=e.field_dims, backend=self.backend)
         b = pooled.shape[0]
-        pooled = self.pool_norm(pooled.reshape(b, -1)).reshape(b, self.num_sets, self.embed_dim)
+        pooled = self.pool_norm(pooled.reshape(b, self.num_sets * self.embed_dim))
+        pooled = pooled.reshape(b, self.num_sets, self.embed_dim)
         return self.pool_dropout(pooled)

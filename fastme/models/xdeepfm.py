@@ -20,5 +20,5 @@ class xDeepFM(MultiEmbeddingModel):  # noqa: N801 - the model's published name
     def interact(self, x):
         emb = self.lookup(x)
         cin_logit = self.cin_out(self.cin(emb).mean(dim=1)).squeeze(-1)
-        dnn_logit = self.dnn_head(self.dnn_projection(emb.reshape(emb.shape[0], self.num_sets, -1)))
+        dnn_logit = self.dnn_head(self.dnn_projection(self.flat_sets(emb)))
         return cin_logit + dnn_logit

@@ -91,7 +91,7 @@ def cin(emb: torch.Tensor, weights, biases) -> torch.Tensor:
     h = emb
     pooled = []
     for w, bias in zip(weights, biases):
-        z = torch.einsum("bmik,bmjk->bmijk", emb, h).reshape(b, m, -1, k)
+        z = torch.einsum("bmik,bmjk->bmijk", emb, h).reshape(b, m, n * h.shape[2], k)
         h = F.relu(torch.einsum("bmck,moc->bmok", z, w) + bias.unsqueeze(-1))
         pooled.append(h.sum(dim=-1))
     return torch.cat(pooled, dim=-1)

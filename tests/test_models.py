@@ -1,0 +1,200 @@
+"""SE/ME models: shapes, gradients, parameter scaling, Appendix E, input errors."""
+
+import pytest
+import torch
+
+import fastme.models as fm
+
+FIELD_DIMS = [3, 7, 20, 5, 1]
+
+
+def random_x(field_dims, batch, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randint(0, d, (batch,), generator=g) for d in field_dims], 1)
+
+
+def small(name, multi, scale=2, **options):
+    torch.manual_seed(0)
+    options.setdefault("hidden_dim", 16)
+    if name == "nfwfm":  # base 50 is large for a unit test; the class takes any embed_dim
+        cls = fm.MODELS[name]
+        k, m = (4, scale) if multi else (4 * scale, 1)
+        return cls(FIELD_DIMS, embed_dim=k, num_sets=m, **options)
+    return fm.build(name, FIELD_DIMS, scale, multi, **options)
+
+
+@pytest.mark.parametrize("name", sorted(fm.MODELS))
+@pytest.mark.parametrize("multi", [False, True])
+def test_forward_shape_and_gradients_reach_every_parameter(name, multi):
+    model = small(name, multi)
+    x = random_x(FIELD_DIMS, 8)
+    logits = model(x)
+    assert logits.shape == (8,)
+    assert torch.isfinite(logits).all()
+    # FinalMLP's bilinear matrix starts at zero, so its inputs' gradients vanish on the first
+    # step except through the linear terms; a random perturbation makes every path live.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.1)
+    (model(x) * torch.randn(8)).sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {pname}"
+
+
+@pytest.mark.parametrize("name", sorted(fm.MODELS))
+def test_eval_mode_is_deterministic_and_handles_empty_batch(name):
+    model = small(name, True).eval()
+    x = random_x(FIELD_DIMS, 4)
+    torch.testing.assert_close(model(x), model(x))
+    assert model(x[:0]).shape == (0,)
+
+
+@pytest.mark.parametrize("name", sorted(fm.MODELS))
+@pytest.mark.parametrize("scale", [1, 3])
+def test_se_and_me_have_equal_embedding_parameters(name, scale):
+    se = fm.build(name, FIELD_DIMS, scale, multi=False, hidden_dim=8)
+    me = fm.build(name, FIELD_DIMS, scale, multi=True, hidden_dim=8)
+    base = fm.MODELS[name].base_embed_dim
+    expected = sum(FIELD_DIMS) * base * scale
+    assert se.embedding.weight.numel() == me.embedding.weight.numel() == expected
+    assert (se.embed_dim, se.num_sets) == (base * scale, 1)
+    assert (me.embed_dim, me.num_sets) == (base, scale)
+
+
+def test_dcnv2_cross_parameters_grow_quadratically_for_se_and_linearly_for_me():
+    n, k, layers = len(FIELD_DIMS), 10, 4
+    for scale in (1, 2, 4):
+        se = fm.build("dcnv2", FIELD_DIMS, scale, multi=False)
+        me = fm.build("dcnv2", FIELD_DIMS, scale, multi=True)
+        d_se, d_me = n * k * scale, n * k
+        assert se.cross_weight.numel() + se.cross_bias.numel() == layers * (d_se ** 2 + d_se)
+        assert me.cross_weight.numel() + me.cross_bias.numel() == scale * layers * (d_me ** 2 + d_me)
+
+
+def test_criteo_sanity_parameter_counts_match_reference_code():
+    """reference-facts §10: SE DCNv2 base on Criteo has a 609,960-parameter cross network and a
+    318,801-parameter MLP (projection 156,400 + 160,400 + 401 + 2 x 800 BatchNorm)."""
+    n = 39
+    dims = [4] * n  # only the table depends on cardinalities
+    model = fm.DCNv2(dims)
+    assert model.cross_weight.numel() + model.cross_bias.numel() == 609_960
+    mlp = sum(p.numel() for name, p in model.named_parameters()
+              if name.startswith(("projection", "head")))
+    assert mlp == 318_801
+
+
+def test_ipnn_input_follows_reference_code_and_can_be_overridden():
+    n = len(FIELD_DIMS)
+    pairs = n * (n - 1) // 2
+    se = fm.build("ipnn", FIELD_DIMS, 2, multi=False)
+    me = fm.build("ipnn", FIELD_DIMS, 2, multi=True)
+    assert se.projection.block.linear.weight.shape[-1] == pairs + n * 20  # SE scales K (paper)
+    assert me.projection.block.linear.weight.shape[-1] == pairs
+    both = fm.build("ipnn", FIELD_DIMS, 2, multi=True, concat_embeddings=True)
+    assert both.projection.block.linear.weight.shape[-1] == pairs + n * 10
+
+
+def test_nfwfm_upper_pairs_ignore_lower_triangle_and_diagonal():
+    model = fm.NFwFM(FIELD_DIMS, embed_dim=4, num_sets=2, hidden_dim=8, field_pairs="upper").eval()
+    x = random_x(FIELD_DIMS, 6)
+    before = model(x)
+    with torch.no_grad():
+        model.field_weights.add_(torch.randn_like(model.field_weights).tril())
+    torch.testing.assert_close(model(x), before)
+
+
+def test_embedding_tables_and_cross_weights_views():
+    model = fm.build("dcnv2", FIELD_DIMS, 3, multi=True)
+    tables = model.embedding_tables()
+    assert [tuple(t.shape) for t in tables] == [(3, d, 10) for d in FIELD_DIMS]
+    offset = sum(FIELD_DIMS[:2])
+    torch.testing.assert_close(tables[2][1], model.embedding.weight[offset:offset + 20, 1].detach())
+    weight, bias = model.cross_weights()
+    d = len(FIELD_DIMS) * 10
+    assert weight.shape == (4, 3, d, d) and bias.shape == (4, 3, d)
+
+
+def test_me_with_one_set_is_se():
+    torch.manual_seed(1)
+    a = fm.DCNv2(FIELD_DIMS, embed_dim=6, num_sets=1)
+    b = fm.build("dcnv2", FIELD_DIMS, 1, multi=True)
+    assert {k: v.shape for k, v in fm.DCNv2(FIELD_DIMS).state_dict().items()} == \
+        {k: v.shape for k, v in b.state_dict().items()}
+    assert a.num_sets == b.num_sets == 1
+
+
+def _se_copy_of_linear_me_dnn(me):
+    """An SE DNN with embedding size M*K whose weights reproduce the given ME DNN (Appendix E)."""
+    m, k, n = me.num_sets, me.embed_dim, me.num_fields
+    se = fm.DNN(me.field_dims, embed_dim=m * k, num_sets=1, hidden_dim=me.hidden_dim,
+                nonlinear_projection=me.nonlinear_projection)
+    state = {key: v.clone() for key, v in me.state_dict().items()}
+    state["embedding.weight"] = me.embedding.weight.detach().reshape(-1, 1, m * k)
+    # ME input of set s is field-major [e_0^s, e_1^s, ...]; the SE input is [e_0^0..e_0^{M-1}, ...].
+    w = me.projection.block.linear.weight.detach()  # [M, H, N*K]
+    w = w.reshape(m, -1, n, k).permute(1, 2, 0, 3).reshape(1, -1, n * m * k) / m
+    state["projection.block.linear.weight"] = w
+    state["projection.block.linear.bias"] = me.projection.block.linear.bias.detach().mean(0, keepdim=True)
+    if me.nonlinear_projection:  # per-set BatchNorm: only copyable for M=1, keep SE's own
+        for key in list(state):
+            if key.startswith("projection.block.norm"):
+                state[key] = se.state_dict()[key]
+    se.load_state_dict(state)
+    return se.eval()
+
+
+def test_me_without_nonlinearity_is_exactly_se_with_concatenated_sets():
+    """Appendix E: with a linear per-set projection, ME is an SE model of size M*K."""
+    torch.manual_seed(0)
+    me = fm.DNN(FIELD_DIMS, embed_dim=4, num_sets=3, hidden_dim=16, nonlinear_projection=False)
+    # Non-trivial BatchNorm statistics so the check is not vacuous.
+    me.train()
+    for seed in range(3):
+        me(random_x(FIELD_DIMS, 32, seed))
+    me.eval()
+    se = _se_copy_of_linear_me_dnn(me)
+    x = random_x(FIELD_DIMS, 16, seed=7)
+    torch.testing.assert_close(se(x), me(x))
+
+
+def test_me_with_nonlinear_projection_is_not_that_se_model():
+    """With the paper's non-linear projection the same construction no longer reproduces ME."""
+    torch.manual_seed(0)
+    me = fm.DNN(FIELD_DIMS, embed_dim=4, num_sets=3, hidden_dim=16).eval()
+    se = _se_copy_of_linear_me_dnn(me)
+    x = random_x(FIELD_DIMS, 16, seed=7)
+    assert (se(x) - me(x)).abs().max() > 1e-3
+
+
+def test_backend_switch_keeps_state_dict_and_results():
+    model = fm.build("nfwfm", FIELD_DIMS, 1, multi=True, hidden_dim=8).eval()
+    x = random_x(FIELD_DIMS, 5)
+    keys, out = list(model.state_dict()), model(x)
+    model.backend = "reference"
+    assert list(model.state_dict()) == keys
+    torch.testing.assert_close(model(x), out)
+    with pytest.raises(ValueError, match="backend"):
+        model.backend = "tpu"
+
+
+@pytest.mark.parametrize("bad,exc,match", [
+    (torch.tensor([[0, 0, 0, 0, 1]]), IndexError, "out of range for field 4"),
+    (torch.tensor([[0, 0, -1, 0, 0]]), IndexError, "out of range"),
+    (torch.zeros(2, 4, dtype=torch.long), ValueError, r"shape \[B, 5\]"),
+    (torch.zeros(2, 5), TypeError, "int32/int64"),
+    (torch.zeros(5, dtype=torch.long), ValueError, "shape"),
+])
+def test_bad_input_raises_clear_error(bad, exc, match):
+    model = fm.build("dnn", FIELD_DIMS, 1, multi=False)
+    with pytest.raises(exc, match=match):
+        model(bad)
+
+
+def test_build_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="unknown model"):
+        fm.build("wide", FIELD_DIMS, 1)
+    with pytest.raises(ValueError, match="scale"):
+        fm.build("dnn", FIELD_DIMS, 0)
+    with pytest.raises(ValueError, match="field_dims"):
+        fm.DNN([3, 0])

@@ -1,0 +1,175 @@
+"""The eager reference ops against straightforward loop implementations, in float64."""
+
+import itertools
+
+import pytest
+import torch
+
+from fastme.ops import reference
+
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """Every tensor in this module is float64; restore the default for other modules."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def random_lookup_inputs(batch, field_dims, num_sets, dim, seed, index_dtype=torch.int64):
+    g = torch.Generator().manual_seed(seed)
+    dims = torch.tensor(field_dims)
+    table = torch.randn(int(dims.sum()), num_sets, dim, generator=g, dtype=torch.float64)
+    # Few distinct values per field so that duplicates are frequent.
+    indices = torch.stack([torch.randint(0, d, (batch,), generator=g) for d in field_dims], 1)
+    offsets = torch.cumsum(dims, 0) - dims
+    return table, indices.to(index_dtype), offsets
+
+
+SHAPES = [  # batch, field_dims, num_sets, dim
+    (1, [1], 1, 1),
+    (5, [3, 7, 2], 2, 5),
+    (9, [4, 1, 6, 3], 3, 10),
+    (4, [2, 2], 4, 7),
+]
+
+
+def loop_lookup(table, indices, offsets):
+    b, n = indices.shape
+    m, k = table.shape[1:]
+    out = torch.zeros(b, m, n, k, dtype=table.dtype)
+    for bi, i, s in itertools.product(range(b), range(n), range(m)):
+        out[bi, s, i] = table[offsets[i] + indices[bi, i], s]
+    return out
+
+
+@pytest.mark.parametrize("batch,field_dims,num_sets,dim", SHAPES)
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_lookup_matches_loop(batch, field_dims, num_sets, dim, index_dtype):
+    table, indices, offsets = random_lookup_inputs(batch, field_dims, num_sets, dim, 0, index_dtype)
+    torch.testing.assert_close(reference.multi_embedding_lookup(table, indices, offsets),
+                               loop_lookup(table, indices, offsets))
+
+
+def test_lookup_gradient_sums_duplicates():
+    table = torch.randn(5, 2, 3, requires_grad=True)
+    indices = torch.tensor([[1], [1], [1], [4]])
+    out = reference.multi_embedding_lookup(table, indices, torch.tensor([0]))
+    out.sum().backward()
+    expected = torch.zeros(5, 2, 3)
+    expected[1] = 3.0
+    expected[4] = 1.0
+    torch.testing.assert_close(table.grad, expected)
+
+
+@pytest.mark.parametrize("batch,field_dims,num_sets,dim", SHAPES)
+def test_fm_pooling_matches_pairwise_sum(batch, field_dims, num_sets, dim):
+    table, indices, offsets = random_lookup_inputs(batch, field_dims, num_sets, dim, 1)
+    emb = reference.multi_embedding_lookup(table, indices, offsets)
+    expected = torch.zeros(batch, num_sets, dim)
+    n = len(field_dims)
+    for i, j in itertools.combinations(range(n), 2):
+        expected += emb[:, :, i] * emb[:, :, j]
+    torch.testing.assert_close(reference.fm_pooling(emb), expected)
+    torch.testing.assert_close(reference.pooled_lookup(table, indices, offsets), expected)
+
+
+@pytest.mark.parametrize("batch,field_dims,num_sets,dim", SHAPES)
+def test_fwfm_pooling_matches_loop_over_all_pairs(batch, field_dims, num_sets, dim):
+    table, indices, offsets = random_lookup_inputs(batch, field_dims, num_sets, dim, 2)
+    emb = reference.multi_embedding_lookup(table, indices, offsets)
+    n = len(field_dims)
+    r = torch.randn(num_sets, n, n)
+    expected = torch.zeros(batch, num_sets, dim)
+    for s, i, j in itertools.product(range(num_sets), range(n), range(n)):
+        expected[:, s] += r[s, i, j] * emb[:, s, i] * emb[:, s, j]
+    torch.testing.assert_close(reference.fwfm_pooling(emb, r), expected)
+    torch.testing.assert_close(reference.pooled_lookup(table, indices, offsets, r), expected)
+
+
+def test_fwfm_with_ones_off_diagonal_upper_is_fm():
+    emb = torch.randn(3, 2, 4, 5)
+    r = torch.ones(2, 4, 4).triu(1)
+    torch.testing.assert_close(reference.fwfm_pooling(emb, r), reference.fm_pooling(emb))
+
+
+@pytest.mark.parametrize("batch,num_sets,dim,layers", [(1, 1, 1, 1), (3, 2, 6, 4), (5, 3, 11, 2)])
+def test_cross_network_matches_per_example_loop(batch, num_sets, dim, layers):
+    x0 = torch.randn(batch, num_sets, dim)
+    weight = torch.randn(layers, num_sets, dim, dim) / dim
+    bias = torch.randn(layers, num_sets, dim)
+    expected = torch.empty_like(x0)
+    for b, s in itertools.product(range(batch), range(num_sets)):
+        x = x0[b, s]
+        for layer in range(layers):
+            x = x0[b, s] * (weight[layer, s] @ x + bias[layer, s]) + x
+        expected[b, s] = x
+    torch.testing.assert_close(reference.cross_network(x0, weight, bias), expected)
+
+
+def test_lookup_cross_network_is_composition():
+    table, indices, offsets = random_lookup_inputs(4, [3, 5], 2, 3, 3)
+    weight = torch.randn(2, 2, 6, 6) / 6
+    bias = torch.randn(2, 2, 6)
+    x0 = reference.multi_embedding_lookup(table, indices, offsets).reshape(4, 2, 6)
+    torch.testing.assert_close(reference.lookup_cross_network(table, indices, offsets, weight, bias),
+                               reference.cross_network(x0, weight, bias))
+
+
+def test_inner_products_order_and_values():
+    emb = torch.randn(2, 3, 4, 5)
+    out = reference.inner_products(emb)
+    pairs = list(itertools.combinations(range(4), 2))  # i outer, j inner
+    assert out.shape == (2, 3, len(pairs))
+    for p, (i, j) in enumerate(pairs):
+        torch.testing.assert_close(out[..., p], (emb[:, :, i] * emb[:, :, j]).sum(-1))
+
+
+def test_cin_matches_loop():
+    b, m, n, k, sizes = 2, 2, 3, 4, (5, 2)
+    emb = torch.randn(b, m, n, k)
+    weights, biases, prev = [], [], n
+    for size in sizes:
+        weights.append(torch.randn(m, size, n * prev))
+        biases.append(torch.randn(m, size))
+        prev = size
+    out = reference.cin(emb, weights, biases)
+    for bi, s in itertools.product(range(b), range(m)):
+        h, pooled = emb[bi, s], []
+        for w, bias in zip(weights, biases):
+            new = torch.empty(w.shape[1], k)
+            for c in range(w.shape[1]):
+                acc = bias[s, c].repeat(k)
+                for i, j in itertools.product(range(n), range(h.shape[0])):
+                    acc = acc + w[s, c, i * h.shape[0] + j] * emb[bi, s, i] * h[j]
+                new[c] = torch.relu(acc)
+            h = new
+            pooled.append(h.sum(-1))
+        torch.testing.assert_close(out[bi, s], torch.cat(pooled))
+
+
+def test_set_self_attention_matches_torch_multihead_attention_per_set():
+    b, m, n, h, heads = 3, 2, 5, 8, 2
+    x = torch.randn(b, m, n, h)
+    in_w, in_b = torch.randn(m, 3 * h, h), torch.randn(m, 3 * h)
+    out_w, out_b = torch.randn(m, h, h), torch.randn(m, h)
+    out = reference.set_self_attention(x, in_w, in_b, out_w, out_b, heads)
+    for s in range(m):
+        mha = torch.nn.MultiheadAttention(h, heads, batch_first=True, dtype=torch.float64)
+        with torch.no_grad():
+            mha.in_proj_weight.copy_(in_w[s])
+            mha.in_proj_bias.copy_(in_b[s])
+            mha.out_proj.weight.copy_(out_w[s])
+            mha.out_proj.bias.copy_(out_b[s])
+        expected, _ = mha(x[:, s], x[:, s], x[:, s], need_weights=False)
+        torch.testing.assert_close(out[:, s], expected)
+
+
+def test_bilinear_fusion():
+    o1, o2 = torch.randn(4, 6), torch.randn(4, 6)
+    w1, w2, w12 = torch.randn(6), torch.randn(6), torch.randn(6, 6)
+    out = reference.bilinear_fusion(o1, o2, w1, torch.tensor(0.5), w2, torch.tensor(-1.0), w12)
+    expected = torch.stack([o1[b] @ w1 + 0.5 + o2[b] @ w2 - 1.0 + o1[b] @ w12 @ o2[b] for b in range(4)])
+    torch.testing.assert_close(out, expected)
