@@ -1,0 +1,46 @@
+"""pytest set-up of the benchmark suite: `pytest bench/ --benchmark-only` (see bench/README.md).
+
+The project's pytest configuration (pyproject.toml) collects tests/ and files named test_*.py, so
+a plain `pytest` (and CI) never runs benchmarks. Benchmark modules are named bench_*.py and are
+collected by the hook below whenever bench/ itself is collected.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import pytest
+
+BENCH_DIR = pathlib.Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:  # harness, costs, render_results (also under --import-mode=importlib)
+    sys.path.insert(0, str(BENCH_DIR))
+
+import harness  # noqa: E402
+import render_results  # noqa: E402
+
+
+def pytest_configure(config):
+    # Emitted by torch internals on every compile; not about this suite.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+
+def pytest_collect_file(file_path, parent):
+    # Files named on the command line are collected by pytest itself, whatever their name.
+    if (file_path.suffix == ".py" and file_path.name.startswith("bench_")
+            and file_path.resolve().parent == BENCH_DIR
+            and not parent.session.isinitpath(file_path)):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    output_json["fastme"] = harness.run_metadata()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not harness.RESULTS and not harness.UNAVAILABLE:
+        return
+    terminalreporter.write_sep("=", "fastme benchmark summary")
+    terminalreporter.write_line(render_results.summary(harness.run_metadata(), harness.RESULTS))
