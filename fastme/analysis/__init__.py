@@ -1,0 +1,28 @@
+"""Embedding-collapse analysis: the paper's instruments as a library.
+
+- Matrix metrics (:mod:`fastme.analysis.metrics`): information abundance, normalised variants,
+  singular-value spectra, principal-angle diversity of two embedding sets.
+- Model analysis (:mod:`fastme.analysis.collapse`): per-field IA and spectra, embedding-set
+  diversity with its SE and random baselines, DCNv2 sub-embedding IA and interaction patterns.
+- Experiments: the toy experiment (:mod:`fastme.analysis.toy`), the SE-vs-ME scaling sweep
+  (:mod:`fastme.analysis.scale`) and the checkpoint report (:mod:`fastme.analysis.report`), also
+  as ``fastme experiment toy|scale`` and ``fastme analyze``. See docs/analysis.md.
+"""
+
+from fastme.analysis.collapse import (concat_sets, cross_blocks, field_information_abundance,
+                                      field_spectra, field_tables, interaction_pattern,
+                                      model_diversity, random_diversity, seen_masks,
+                                      set_diversity, split_sets, sub_embedding_analysis,
+                                      sub_embedding_correlation,
+                                      sub_embedding_information_abundance)
+from fastme.analysis.metrics import (embedding_diversity, expected_random_ia, gram,
+                                     information_abundance, normalized_information_abundance,
+                                     principal_angle_cosines, singular_values, spectrum)
+
+__all__ = ["concat_sets", "cross_blocks", "embedding_diversity", "expected_random_ia",
+           "field_information_abundance", "field_spectra", "field_tables", "gram",
+           "information_abundance", "interaction_pattern", "model_diversity",
+           "normalized_information_abundance", "principal_angle_cosines", "random_diversity",
+           "seen_masks", "set_diversity", "singular_values", "spectrum", "split_sets",
+           "sub_embedding_analysis", "sub_embedding_correlation",
+           "sub_embedding_information_abundance"]

@@ -1,0 +1,253 @@
+"""PNG figures of the analysis (matplotlib, Agg backend). Every ``plot_*`` function writes
+``<path>.png`` and ``<path>.json`` (the plotted numbers) and returns the PNG path."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if hasattr(obj, "tolist"):  # torch tensors
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def save_json(path, data) -> Path:
+    """Write ``data`` as indented JSON (NaN written as null)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_nan_to_none(data), indent=1, default=_json_default)
+    path.write_text(text + "\n")
+    return path
+
+
+def _nan_to_none(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def _finish(fig, path, data) -> Path:
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix == ".png" else path
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    png = stem.with_suffix(".png")
+    fig.savefig(png, dpi=120)
+    _plt().close(fig)
+    save_json(stem.with_suffix(".json"), data)
+    return png
+
+
+def plot_toy(result: dict, path) -> Path:
+    """IA(E1) over training for each D3 (Figure 4), mean +- std over seeds."""
+    plt = _plt()
+    fig, ax = plt.subplots(layout="constrained", figsize=(6.4, 4.2))
+    k = result["config"]["embed_dim"]
+    for d3, run in result["runs"].items():
+        it = np.asarray(run["iterations"])
+        mean, std = np.asarray(run["mean"]), np.asarray(run["std"])
+        kind = "small" if int(d3) < k else "large"
+        line, = ax.plot(it, mean, label=f"D3 = {d3} ({kind})")
+        if len(run["ia"]) > 1:
+            ax.fill_between(it, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("IA(E1)")
+    ax.set_title(f"Toy experiment: IA of E1 (K = {k}, mean ± std over "
+                 f"{len(result['config']['seeds'])} seeds)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _finish(fig, path, result)
+
+
+def plot_field_ia(series: dict, field_names, path, title: str, field_dims=None,
+                  errors: dict | None = None, ylabel: str = "information abundance") -> Path:
+    """Grouped bars of per-field IA, one bar group per field (Figures 2 and 8b). ``series`` maps a
+    label to N values; ``errors`` optionally the same labels to N standard deviations. With
+    ``field_dims`` the fields are sorted by cardinality, as in the paper."""
+    plt = _plt()
+    names = list(field_names)
+    order = (np.argsort(field_dims, kind="stable") if field_dims is not None
+             else np.arange(len(names)))
+    n, s = len(names), len(series)
+    fig, ax = plt.subplots(layout="constrained",
+                           figsize=(min(16.0, max(6.4, 0.2 * n * max(s, 1) + 2)), 4.5))
+    width = 0.8 / max(s, 1)
+    x = np.arange(n)
+    for idx, (label, values) in enumerate(series.items()):
+        v = np.asarray(values, dtype=float)[order]
+        err = None if not errors or label not in errors else np.asarray(errors[label], float)[order]
+        ax.bar(x + (idx - (s - 1) / 2) * width, v, width, yerr=err, label=label, capsize=2)
+    ax.set_xticks(x)
+    ax.set_xticklabels([names[i] for i in order], rotation=90, fontsize=7)
+    ax.set_xlabel("field" + (" (sorted by cardinality)" if field_dims is not None else ""))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    data = {"title": title, "field_names": names, "field_dims": field_dims, "series": series,
+            "errors": errors}
+    return _finish(fig, path, data)
+
+
+def plot_spectra(spectra, field_names, path, title: str) -> Path:
+    """Normalised singular values of every field (Figure 1b), log scale, coloured by field."""
+    plt = _plt()
+    fig, ax = plt.subplots(layout="constrained", figsize=(6.4, 4.2))
+    cmap = plt.get_cmap("viridis")
+    n = len(spectra)
+    for i, (sv, name) in enumerate(zip(spectra, field_names)):
+        sv = np.asarray(sv, dtype=float)
+        if sv.size:
+            ax.plot(np.arange(1, sv.size + 1), np.maximum(sv, 1e-12), color=cmap(i / max(n - 1, 1)),
+                    lw=1, label=name if n <= 12 else None)
+    ax.set_yscale("log")
+    ax.set_xlabel("singular value index")
+    ax.set_ylabel("singular value / largest")
+    ax.set_title(title)
+    if n <= 12:
+        ax.legend(fontsize=7, ncol=2)
+    else:
+        sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, n - 1))
+        fig.colorbar(sm, ax=ax, label="field index")
+    ax.grid(alpha=0.3)
+    data = {"title": title, "field_names": list(field_names),
+            "spectra": [np.asarray(s, dtype=float).tolist() for s in spectra]}
+    return _finish(fig, path, data)
+
+
+def plot_sub_embedding(analysis: dict, field_names, path, title: str) -> Path:
+    """Figure 3 / 9: the sub-embedding IA heatmap with fields sorted by IA(E), and the sums over
+    the target j and the source i with their correlation to the raw IA."""
+    plt = _plt()
+    mat = np.asarray(analysis["ia_matrix"], dtype=float)
+    raw = np.asarray(analysis["raw_ia"], dtype=float)
+    order = np.argsort(raw, kind="stable")
+    m = mat[np.ix_(order, order)]
+    fig, axes = plt.subplots(1, 3, layout="constrained", figsize=(15, 4.4),
+                             gridspec_kw={"width_ratios": [1.2, 1, 1]})
+    im = axes[0].imshow(m.T, origin="lower", cmap="viridis", aspect="auto")
+    fig.colorbar(im, ax=axes[0], label="IA(E_i→j)")
+    axes[0].set_xlabel("source field i (sorted by IA(E_i))")
+    axes[0].set_ylabel("target field j (sorted by IA(E_j))")
+    axes[0].set_title("IA of sub-embeddings")
+    x = np.arange(len(order))
+    axes[1].plot(x, m.sum(1), marker="o", ms=3, label="Σ_j IA(E_i→j)")
+    axes[1].set_xlabel("source field i (sorted by IA(E_i))")
+    axes[1].set_ylabel("sum over j")
+    axes[1].set_title(f"sum over targets (corr. with IA(E_i): {analysis['source_pearson']:.2f})")
+    axes[2].plot(x, m.sum(0), marker="o", ms=3, color="C1", label="Σ_i IA(E_i→j)")
+    axes[2].set_xlabel("target field j (sorted by IA(E_j))")
+    axes[2].set_ylabel("sum over i")
+    axes[2].set_title(f"sum over sources (corr. with IA(E_j): {analysis['target_pearson']:.2f})")
+    for ax in axes[1:]:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    data = dict(analysis, title=title, field_names=list(field_names),
+                sorted_field_order=order.tolist())
+    return _finish(fig, path, data)
+
+
+def plot_interaction_pattern(pattern, field_names, path, title: str, max_sets: int = 10) -> Path:
+    """||W_{i->j}^(m)||_F per set (Figure 10b): one heatmap per set on a shared colour scale."""
+    plt = _plt()
+    p = np.asarray(pattern, dtype=float)
+    shown = min(p.shape[0], max_sets)
+    cols = min(shown, 5)
+    rows = math.ceil(shown / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols + 1, 3.2 * rows + 0.6),
+                             squeeze=False, layout="constrained")
+    vmax = float(p[:shown].max()) if p.size else 1.0
+    im = None
+    for idx, ax in enumerate(axes.flat):
+        if idx >= shown:
+            ax.axis("off")
+            continue
+        im = ax.imshow(p[idx].T, origin="lower", cmap="magma", vmin=0, vmax=vmax)
+        ax.set_title(f"set {idx}")
+        ax.set_xlabel("source field i")
+        ax.set_ylabel("target field j")
+    fig.colorbar(im, ax=axes, label="||W_i→j||_F")
+    fig.suptitle(title)
+    data = {"title": title, "field_names": list(field_names), "pattern": p.tolist(),
+            "index": "[set][source i][target j]"}
+    return _finish(fig, path, data)
+
+
+def plot_bars(values: dict, path, title: str, ylabel: str, errors: dict | None = None) -> Path:
+    """One bar per label (e.g. the diversity of ME, SE split and random, Figure 10a)."""
+    plt = _plt()
+    fig, ax = plt.subplots(layout="constrained",
+                           figsize=(max(4.0, 1.3 * len(values) + 1.5), 4.0))
+    labels = list(values)
+    err = [errors.get(k, 0.0) for k in labels] if errors else None
+    bars = ax.bar(labels, [values[k] for k in labels], yerr=err, capsize=3,
+                  color=[f"C{i}" for i in range(len(labels))])
+    ax.bar_label(bars, fmt="%.3f")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return _finish(fig, path, {"title": title, "values": values, "errors": errors})
+
+
+def plot_scale_auc(summary: dict, path, title: str) -> Path:
+    """Test AUC vs model scale, SE and ME (Figure 8a), mean +- std over seeds."""
+    plt = _plt()
+    scales = summary["scales"]
+    fig, ax = plt.subplots(layout="constrained", figsize=(6.0, 4.2))
+    x = np.arange(len(scales))
+    for mode, label in (("se", "single-embedding (SE)"), ("me", "multi-embedding (ME)")):
+        mean = np.array([summary[mode][str(s)]["test_auc_mean"] for s in scales], dtype=float)
+        std = np.array([summary[mode][str(s)]["test_auc_std"] for s in scales], dtype=float)
+        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label)
+    ax.set_xticks(x)
+    ax.set_xticklabels(["base" if s == 1 else f"{s}x" for s in scales])
+    ax.set_xlabel("model size (embedding scale)")
+    ax.set_ylabel("test AUC")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _finish(fig, path, summary)
+
+
+def plot_scale_ia(summary: dict, path, title: str) -> Path:
+    """Mean per-field IA vs model scale for SE and ME, mean +- std over seeds."""
+    plt = _plt()
+    scales = summary["scales"]
+    fig, ax = plt.subplots(layout="constrained", figsize=(6.0, 4.2))
+    x = np.arange(len(scales))
+    for mode, label in (("se", "SE"), ("me", "ME (sets concatenated)")):
+        mean = np.array([summary[mode][str(s)]["mean_field_ia_mean"] for s in scales], dtype=float)
+        std = np.array([summary[mode][str(s)]["mean_field_ia_std"] for s in scales], dtype=float)
+        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label)
+    ax.set_xticks(x)
+    ax.set_xticklabels(["base" if s == 1 else f"{s}x" for s in scales])
+    ax.set_xlabel("model size (embedding scale)")
+    ax.set_ylabel("mean information abundance over fields")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _finish(fig, path, summary)

@@ -1,0 +1,182 @@
+"""The SE-vs-ME scaling sweep of Section 5.2 (Table 1, Figure 8): train one backbone at several
+scales in both modes and several seeds; test AUC and per-field IA, mean and std over seeds.
+
+At scale 1 SE and ME are the same model (one set of the base size), so it is trained once and
+serves as the first point of both curves ("base", as in Table 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastme.analysis.collapse import field_information_abundance
+from fastme.analysis.plots import plot_field_ia, plot_scale_auc, plot_scale_ia, save_json
+
+DEFAULT_SCALES = (1, 2, 3, 4, 10)
+RECORD = "scale_record.json"
+#: TrainConfig fields that do not change a run's outcome (a finished run with other values of
+#: these is reused).
+_COSMETIC = ("out_dir", "progress", "verbose", "resume", "track_ia")
+
+
+def _run_name(model: str, mode: str, scale: int, seed: int) -> str:
+    return f"{model}-{mode}x{scale}-seed{seed}"
+
+
+def _stats(values) -> tuple[float, float]:
+    v = np.asarray(values, dtype=float)
+    return float(np.nanmean(v)), float(np.nanstd(v))
+
+
+def _comparable(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in _COSMETIC}
+
+
+def run_scale(model: str, data, scales=DEFAULT_SCALES, seeds=(0, 1, 2), train_options=None,
+              model_options=None, backend: str = "auto", out_dir=None, seen_only: bool = False,
+              keep_checkpoints: bool = True, data_spec: str | None = None,
+              train_fn=None, log=print) -> dict:
+    """Run the sweep and write ``scale.json`` and the figures to ``out_dir`` (if given).
+
+    Args:
+        model: backbone name for :func:`fastme.models.build`.
+        data: a :class:`fastme.data.CTRData` (split 8/1/1 by the trainer).
+        scales: scale factors; SE uses K = base * s, ME uses s sets of size base.
+        seeds: one run per seed and configuration (seeds initialisation and dropout).
+        train_options: :class:`fastme.train.TrainConfig` fields (epochs, batch_size, lr, ...).
+        model_options: extra model constructor arguments (e.g. ``hidden_dim``).
+        seen_only: compute IA on the embedding rows seen in the training split only.
+        keep_checkpoints: give each run a directory ``out_dir/runs/<name>`` with the trainer's
+            checkpoints (``fastme analyze`` reads them); a finished run found there with the same
+            settings is reused, so an interrupted sweep continues where it stopped.
+        train_fn: the training function (default :func:`fastme.train.train`).
+    """
+    from fastme.models import build
+    from fastme.train import TrainConfig
+
+    if train_fn is None:
+        from fastme.train import train as train_fn
+    scales = sorted({int(s) for s in scales})
+    seeds = [int(s) for s in seeds]
+    if not scales or scales[0] < 1:
+        raise ValueError(f"scales must be positive integers, got {scales}")
+    if not seeds:
+        raise ValueError("seeds must not be empty")
+    model = model.lower()
+    model_options = dict(model_options or {})
+    train_options = dict(train_options or {})
+    out = Path(out_dir) if out_dir is not None else None
+    train_split = data.split(train_options.get("split_seed", 0))[0] if seen_only else None
+
+    plan = [("se", s) for s in scales] + [("me", s) for s in scales if s > 1]
+    runs = []
+    for mode, scale in plan:
+        for seed in seeds:
+            name = _run_name(model, mode, scale, seed)
+            run_dir = out / "runs" / name if out is not None and keep_checkpoints else None
+            config = TrainConfig(**{**train_options, "seed": seed,
+                                    "out_dir": str(run_dir) if run_dir else None})
+            setting = {"model": model, "mode": mode, "scale": scale, "seed": seed,
+                       "backend": backend, "model_options": model_options,
+                       "train_config": _comparable(dataclasses.asdict(config)),
+                       "seen_only": seen_only,
+                       "data": data_spec or getattr(data, "name", None),
+                       "num_rows": len(data)}
+            if run_dir is not None and (run_dir / RECORD).is_file():
+                previous = json.loads((run_dir / RECORD).read_text())
+                if previous.get("setting") == json.loads(json.dumps(setting)):
+                    log(f"[scale] {name}: reusing the finished run in {run_dir}")
+                    runs.append(previous)
+                    continue
+            log(f"[scale] {name}: training")
+            torch.manual_seed(seed)  # the model's initialisation
+            net = build(model, data.field_dims, scale, multi=mode == "me", backend=backend,
+                        **model_options)
+            info = {"title": f"{model} {mode.upper()} x{scale} (seed {seed})", "model": model,
+                    "mode": mode, "scale": scale, "backend": backend,
+                    "data": data_spec or getattr(data, "name", None),
+                    "model_options": model_options}
+            results = train_fn(net, data, config, info=info)
+            record = {
+                "name": name, "setting": setting,
+                "test_auc": float(results["test_auc"]),
+                "test_logloss": float(results.get("test_logloss", float("nan"))),
+                "best_val_auc": float(results.get("best_val_auc", float("nan"))),
+                "epochs": results.get("epochs"),
+                "samples_per_s": results.get("samples_per_s"),
+                "num_sets": net.num_sets, "embed_dim": net.embed_dim,
+                "parameters": sum(p.numel() for p in net.parameters()),
+                # the trainer leaves the best epoch's weights in the model
+                "field_ia": field_information_abundance(net, seen_rows=train_split),
+                "run_dir": str(run_dir) if run_dir else None,
+            }
+            if run_dir is not None:
+                save_json(run_dir / RECORD, record)
+            log(f"[scale] {name}: test AUC {record['test_auc']:.5f}, mean field IA "
+                f"{np.nanmean(record['field_ia']):.2f}")
+            runs.append(record)
+
+    summary = summarize(runs, scales, list(data.field_names), list(data.field_dims))
+    summary["config"] = {"model": model, "scales": scales, "seeds": seeds, "backend": backend,
+                         "model_options": model_options, "train_options": train_options,
+                         "seen_only": seen_only, "data": data_spec or getattr(data, "name", None),
+                         "num_rows": len(data)}
+    if out is not None:
+        write_outputs(summary, out)
+    return summary
+
+
+def summarize(runs, scales, field_names, field_dims) -> dict:
+    """Mean and std over seeds per (mode, scale); scale 1 (SE) is the base of both modes."""
+    summary = {"scales": list(scales), "field_names": field_names, "field_dims": field_dims,
+               "runs": runs, "se": {}, "me": {}}
+    for mode in ("se", "me"):
+        for s in scales:
+            src = "se" if s == 1 else mode
+            group = [r for r in runs if r["setting"]["mode"] == src and r["setting"]["scale"] == s]
+            if not group:
+                continue
+            auc_mean, auc_std = _stats([r["test_auc"] for r in group])
+            ia = np.asarray([r["field_ia"] for r in group], dtype=float)
+            mean_ia = np.nanmean(ia, axis=1)
+            summary[mode][str(s)] = {
+                "seeds": [r["setting"]["seed"] for r in group],
+                "test_auc": [r["test_auc"] for r in group],
+                "test_auc_mean": auc_mean, "test_auc_std": auc_std,
+                "field_ia_mean": np.nanmean(ia, axis=0).tolist(),
+                "field_ia_std": np.nanstd(ia, axis=0).tolist(),
+                "mean_field_ia_mean": float(mean_ia.mean()),
+                "mean_field_ia_std": float(mean_ia.std()),
+            }
+    return summary
+
+
+def write_outputs(summary: dict, out) -> dict:
+    """scale.json plus the AUC, mean-IA and per-field IA (largest scale) figures."""
+    out = Path(out)
+    model = summary.get("config", {}).get("model", "model")
+    figures = {}
+    full = [s for s in summary["scales"] if str(s) in summary["se"] and str(s) in summary["me"]]
+    if full:
+        part = dict(summary, scales=full)
+        figures["auc"] = str(plot_scale_auc(part, out / "scale_auc",
+                                            f"{model}: test AUC vs model size"))
+        figures["ia"] = str(plot_scale_ia(part, out / "scale_ia",
+                                          f"{model}: information abundance vs model size"))
+        top = str(full[-1])
+        label = "base" if top == "1" else f"{top}x"
+        se, me = summary["se"][top], summary["me"][top]
+        figures["field_ia"] = str(plot_field_ia(
+            {f"SE {label}": se["field_ia_mean"], f"ME {label}": me["field_ia_mean"]},
+            summary["field_names"], out / "scale_field_ia",
+            f"{model} {label}: information abundance per field (mean over seeds)",
+            field_dims=summary["field_dims"],
+            errors={f"SE {label}": se["field_ia_std"], f"ME {label}": me["field_ia_std"]}))
+    summary["figures"] = figures
+    save_json(out / "scale.json", summary)
+    return summary
