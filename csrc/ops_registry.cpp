@@ -2,10 +2,10 @@
 
 namespace fastme {
 #ifdef FASTME_WITH_CUDA
-// Defined next to the kernels in kernels/*.cu.
-void register_runtime(pybind11::module_& m);
+// Defined in csrc/cuda_bindings.cpp, next to the kernels' host API (kernels/api.h).
+void register_cuda_ops(pybind11::module_& m);
 
-void register_ops(pybind11::module_& m) { register_runtime(m); }
+void register_ops(pybind11::module_& m) { register_cuda_ops(m); }
 #else
 void register_ops(pybind11::module_&) {}
 #endif

@@ -22,13 +22,17 @@ def load():
     return _C
 
 
-def cuda_kernels_available() -> bool:
-    """True when the extension was compiled with CUDA and a CUDA device is visible."""
+def built_with_cuda() -> bool:
+    """True when the extension exists and was compiled with the CUDA kernels."""
     try:
-        ext = load()
+        return bool(getattr(load(), "built_with_cuda", False))
     except ExtensionUnavailable:
         return False
-    return bool(getattr(ext, "built_with_cuda", False)) and ext.cuda_device_count() > 0
+
+
+def cuda_kernels_available() -> bool:
+    """True when the extension was compiled with CUDA and a CUDA device is visible."""
+    return built_with_cuda() and load().cuda_device_count() > 0
 
 
 def require_cuda_kernels():
@@ -40,5 +44,8 @@ def require_cuda_kernels():
             "rebuild with nvcc on PATH to use backend='cuda'"
         )
     if ext.cuda_device_count() == 0:
-        raise ExtensionUnavailable("backend='cuda' needs a CUDA device, and none is visible")
+        # The extension's own (static) CUDA runtime says why: no device, or a driver older than
+        # the toolkit the extension was built with.
+        raise ExtensionUnavailable(
+            f"backend='cuda' needs a CUDA device, and none is visible ({ext.cuda_runtime_status()})")
     return ext

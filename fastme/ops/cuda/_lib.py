@@ -1,0 +1,99 @@
+"""Glue between torch tensors and the compiled kernels of ``fastme._C``.
+
+The extension takes raw device pointers, sizes, dtype codes and the current CUDA stream as
+integers; torch allocates every tensor here (outputs and workspaces).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from fastme._extension import require_cuda_kernels
+
+# Element type codes, shared with kernels/api.h (DType).
+_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+
+
+def ext():
+    """The compiled extension, or a clear error when the CUDA kernels cannot run here."""
+    return require_cuda_kernels()
+
+
+def dtype_code(dtype: torch.dtype) -> int:
+    try:
+        return _DTYPE_CODES[dtype]
+    except KeyError:
+        raise TypeError(f"the CUDA kernels do not support dtype {dtype}") from None
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype of the kernels: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def launch(t: torch.Tensor) -> dict:
+    """Device and current stream of ``t``'s device, plus the dtype code of ``t``."""
+    return dict(device=t.device.index, stream=torch.cuda.current_stream(t.device).cuda_stream,
+                dtype=dtype_code(t.dtype))
+
+
+def index_args(indices: torch.Tensor, offsets: torch.Tensor, num_rows: int) -> dict:
+    """The (indices, offsets) keyword arguments every lookup kernel takes."""
+    if num_rows == 0 and indices.numel() > 0:
+        # Rows are clamped in-kernel, which needs at least one row to clamp into.
+        raise ValueError("table has 0 rows but indices is not empty")
+    return dict(indices=indices.data_ptr(), indices_int64=indices.dtype == torch.int64,
+                offsets=offsets.data_ptr(), offsets_int64=offsets.dtype == torch.int64,
+                num_rows=num_rows, batch=indices.shape[0], num_fields=indices.shape[1])
+
+
+def deterministic() -> bool:
+    """Table gradients by sort + segment reduction instead of atomics.
+
+    On with ``torch.use_deterministic_algorithms(True)`` or ``FASTME_DETERMINISTIC=1``; 16-bit
+    tables always take this path (their rows are summed in float32 and rounded once).
+    """
+    return torch.are_deterministic_algorithms_enabled() or \
+        os.environ.get("FASTME_DETERMINISTIC", "0") not in ("", "0")
+
+
+def use_atomics(dtype: torch.dtype) -> bool:
+    return dtype in (torch.float32, torch.float64) and not deterministic()
+
+
+def allow_tf32() -> bool:
+    """float32 GEMMs on TF32 tensor cores, following ``torch.set_float32_matmul_precision``
+    ("highest", the default, keeps exact float32 FMA)."""
+    return torch.get_float32_matmul_precision() != "highest"
+
+
+def global_rows(indices: torch.Tensor, offsets: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """offsets[i] + indices[:, i] as flat int64, clamped into the table exactly like the kernels."""
+    return (indices.long() + offsets.long()).clamp_(0, max(num_rows - 1, 0)).reshape(-1)
+
+
+def scatter_rows(src: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
+                 num_rows: int) -> torch.Tensor:
+    """Dense table gradient [num_rows, M, K] from per-pair gradients ``src`` [B, M, N, K]:
+    row offsets[i] + indices[b, i] receives src[b, :, i, :], duplicates summed."""
+    b, m, n, k = src.shape
+    grad = torch.zeros((num_rows, m, k), dtype=src.dtype, device=src.device)
+    if src.numel() == 0:
+        return grad
+    lib = ext()
+    if use_atomics(src.dtype):
+        lib.scatter_rows_atomic(src=src.data_ptr(), **index_args(indices, offsets, num_rows),
+                                num_sets=m, dim=k, grad_table=grad.data_ptr(), **launch(src))
+        return grad
+    sorted_rows, perm = torch.sort(global_rows(indices, offsets, num_rows), stable=True)
+    chunks = math.ceil(b * n / lib.SEGMENT_CHUNK)
+    head = torch.empty((chunks, m, k), dtype=acc_dtype(src.dtype), device=src.device)
+    tail = torch.empty_like(head)
+    lib.scatter_rows_sorted(src=src.data_ptr(), sorted_rows=sorted_rows.data_ptr(),
+                            perm=perm.data_ptr(), num_pairs=b * n, num_fields=n, num_sets=m,
+                            dim=k, head=head.data_ptr(), tail=tail.data_ptr(),
+                            grad_table=grad.data_ptr(), **launch(src))
+    return grad
