@@ -82,6 +82,15 @@ def apply_bounds_check(indices: torch.Tensor, field_dims: torch.Tensor, name: st
         return indices
     limits = field_dims.to(indices.dtype).unsqueeze(0)
     bad = (indices < 0) | (indices >= limits)
+    if torch.compiler.is_compiling():
+        # Inside torch.compile a Python branch on tensor data would break the graph: 'error'
+        # becomes an asynchronous assertion, 'clamp' clamps without counting (no warning).
+        if mode == "error":
+            torch._assert_async(~bad.any(), f"{name} has an index out of range for its field "
+                                "(0 <= x < field_dims)")
+            return indices
+        if mode == "clamp":
+            return torch.minimum(indices.clamp_min(0), limits - 1)
     if mode == "error":
         if bool(bad.any()):
             b, i = (int(v) for v in bad.nonzero()[0])

@@ -1,0 +1,152 @@
+"""Helpers shared by the Triton kernels: launch sizes, dot precision, row arithmetic and the
+accumulation target of table gradients."""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Default number of warps of the element-wise kernels (lookup, pooling).
+NUM_WARPS = 4
+
+
+def interpreted() -> bool:
+    """True when kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def pow2(n: int, lo: int = 1, hi: int | None = None) -> int:
+    """next_power_of_2(n) clamped to [lo, hi]."""
+    p = max(lo, triton.next_power_of_2(max(int(n), 1)))
+    return p if hi is None else min(p, hi)
+
+
+def autotune(gpu_configs, interpreter_config, key, block_args=("BLOCK_D",), size_arg="D"):
+    """``triton.autotune`` over ``gpu_configs`` on a GPU; the single ``interpreter_config`` (no
+    benchmarking, which needs CUDA) in the interpreter. Configs whose ``block_args`` exceed the
+    padded ``size_arg`` are pruned, so small problems do not run mostly-masked tiles."""
+
+    def prune(configs, named_args, **kwargs):
+        limit = pow2(named_args[size_arg], lo=16)
+        kept = [c for c in configs if all(c.kwargs[a] <= limit for a in block_args)]
+        return kept or configs[:1]
+
+    def decorator(fn):
+        if interpreted():
+            return triton.autotune([interpreter_config], key=key)(fn)
+        return triton.autotune(gpu_configs, key=key,
+                               prune_configs_by={"early_config_prune": prune})(fn)
+
+    return decorator
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float64 for float64 inputs (the gradcheck path), else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def tl_dtype(dtype: torch.dtype):
+    return {torch.float64: tl.float64, torch.float32: tl.float32,
+            torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``input_precision`` of ``tl.dot`` for operands of ``dtype``.
+
+    float32 follows PyTorch's own switch, ``torch.set_float32_matmul_precision``: "highest" (the
+    default) gives exact IEEE fp32 products, "high"/"medium" allow TF32 tensor cores, as they do
+    for the reference's matmuls. Every other dtype is computed exactly ("ieee" is the only
+    setting Triton accepts for float64; it is ignored for 16-bit operands).
+    """
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return "ieee"
+
+
+def upcast_dot(dtype: torch.dtype) -> bool:
+    """The interpreter's ``tl.dot`` multiplies 16-bit floats as raw integers; upcast them there."""
+    return interpreted() and dtype in (torch.bfloat16, torch.float16)
+
+
+def dot_meta(dtype: torch.dtype) -> dict:
+    """Constexpr arguments every kernel with a ``tl.dot`` takes."""
+    return dict(ACC=tl_dtype(acc_dtype(dtype)), PREC=dot_precision(dtype), UPCAST=upcast_dot(dtype))
+
+
+def contiguous(*tensors):
+    return tuple(t.contiguous() for t in tensors)
+
+
+def check_nonempty_table(table: torch.Tensor, indices: torch.Tensor) -> None:
+    # The in-kernel clamp needs at least one row to clamp into.
+    if table.shape[0] == 0 and indices.numel() > 0:
+        raise ValueError("table has 0 rows but indices is not empty")
+
+
+def global_rows(indices: torch.Tensor, offsets: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """offsets[i] + indices[:, i] as int64, clamped into the table exactly like the kernels do."""
+    return (indices.long() + offsets.long()).clamp_(0, max(num_rows - 1, 0))
+
+
+class RowGradTarget:
+    """Where the backward kernels accumulate table-row gradients with atomic adds.
+
+    float32/float64 tables: straight into the dense [rows, M, K] gradient (``dest`` = the global
+    row of each (sample, field) pair). 16-bit tables: accumulating many contributions in 16 bits
+    would lose precision, and a float32 copy of the whole table would cost 2x its size, so rows
+    are accumulated in a compact float32 buffer with one slot per *distinct* row of the batch
+    (found by sorting the rows, without a host sync) and written once into the 16-bit gradient.
+    """
+
+    def __init__(self, indices: torch.Tensor, offsets: torch.Tensor, num_rows: int,
+                 row_shape, dtype: torch.dtype):
+        rows = global_rows(indices, offsets, num_rows).reshape(-1)
+        self.num_rows, self.row_shape, self.dtype = num_rows, tuple(row_shape), dtype
+        device = indices.device
+        if dtype in (torch.float32, torch.float64):
+            self.dest = rows
+            self.acc = torch.zeros((num_rows, *self.row_shape), dtype=dtype, device=device)
+            self._sorted_rows = None
+            return
+        sorted_rows, perm = torch.sort(rows)
+        pos = torch.arange(rows.numel(), device=device)
+        is_first = torch.ones_like(sorted_rows, dtype=torch.bool)
+        is_first[1:] = sorted_rows[1:] != sorted_rows[:-1]
+        # slot of a sorted position = position of the first occurrence of its row
+        self._slot_sorted = torch.cummax(torch.where(is_first, pos, 0), 0).values
+        self.dest = torch.empty_like(rows)
+        self.dest[perm] = self._slot_sorted
+        self._sorted_rows = sorted_rows
+        self.acc = torch.zeros((rows.numel(), *self.row_shape), dtype=torch.float32, device=device)
+
+    def finish(self) -> torch.Tensor:
+        """The dense [rows, *row_shape] gradient in the table's dtype."""
+        if self._sorted_rows is None:
+            return self.acc
+        grad = torch.zeros((self.num_rows, *self.row_shape), dtype=self.dtype,
+                           device=self.acc.device)
+        # Every position of a row carries the same slot, so duplicates write identical values.
+        grad[self._sorted_rows] = self.acc[self._slot_sorted].to(self.dtype)
+        return grad
+
+
+@triton.jit
+def load_rows(IDX, OFFS, pair, field, num_rows, mask):
+    """Global table rows (int64) of (sample, field) pairs ``pair = b * N + field``.
+
+    Clamped into [0, num_rows) so that no kernel ever reads outside the table, whatever the
+    bounds-check mode let through. ``field`` may be a scalar or broadcastable to ``pair``.
+    """
+    idx = tl.load(IDX + pair, mask=mask, other=0).to(tl.int64)
+    off = tl.load(OFFS + (field + 0 * pair), mask=mask, other=0).to(tl.int64)
+    return tl.minimum(tl.maximum(idx + off, 0), num_rows - 1)
+
+
+@triton.jit
+def mma(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + a @ b with the dtype-dependent precision chosen on the host (see dot_precision)."""
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PREC)

@@ -1,0 +1,399 @@
+"""Per-set DCNv2 cross network, all L layers of all M sets in one kernel per direction.
+
+x_{l+1} = x_0 * (W_l^(m) x_l + b_l^(m)) + x_l,  x0 [B, M, D], W [L, M, D, D], b [L, M, D].
+
+Forward (one launch): a program owns BLOCK_B samples of one set m and runs every layer. For each
+BLOCK_D slice of outputs it streams W_l^(m) through tl.dot against the program's x_l, then
+applies bias, Hadamard product with x_0 and the residual in registers and writes x_{l+1}. The
+program's x_l (BLOCK_B x D, ~100 KB) is re-read from L1/L2 between layers, because a register
+tile cannot be sliced into the K-blocks of the next layer's product; x_1..x_{L-1} are kept for
+the backward ("states", (L-1)·B·M·D elements). With the lookup fused in front, x_0 is gathered
+from the table by the same program first (and kept too, as the backward needs it).
+
+Backward (two launches):
+  1. the chain, per program of BLOCK_B samples of set m, layers in reverse: recompute
+     z_l = W_l x_l + b_l from the saved x_l (one product), u_l = x_0 * g_{l+1},
+     grad x_0 += g_{l+1} * z_l, g_l = g_{l+1} + u_l W_l (second product); u_l is written out;
+  2. the weight gradient, a GEMM over the batch: dW_l^(m) = sum_b u_l x_l^T, db_l^(m) = sum_b u_l.
+     It is a reduction over all samples, which a batch-tiled program cannot finish without D^2
+     atomics per tile, hence its own launch.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from fastme.ops.triton._common import (acc_dtype, autotune, check_nonempty_table, contiguous,
+                                       dot_meta, load_rows, mma)
+from fastme.ops.triton.lookup import lookup_backward_op, lookup_forward
+
+# Launch configurations. The GPU lists were chosen from register/spill counts of sm_90 builds
+# (8 warps keep the 64 x 64 tiles of the chain kernels out of local memory); the autotuner picks
+# among them per (M, D, L) at the first call. The interpreter runs one small configuration.
+_C = triton.Config
+_FWD_CONFIGS = [_C({"BLOCK_B": 64, "BLOCK_D": 64}, num_warps=8, num_stages=3),
+                _C({"BLOCK_B": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
+                _C({"BLOCK_B": 64, "BLOCK_D": 32}, num_warps=8, num_stages=2),
+                _C({"BLOCK_B": 32, "BLOCK_D": 32}, num_warps=4, num_stages=2)]
+_BWD_CONFIGS = [_C({"BLOCK_B": 64, "BLOCK_D": 32}, num_warps=8, num_stages=2),
+                _C({"BLOCK_B": 64, "BLOCK_D": 64}, num_warps=8, num_stages=2),
+                _C({"BLOCK_B": 128, "BLOCK_D": 32}, num_warps=8, num_stages=2),
+                _C({"BLOCK_B": 32, "BLOCK_D": 32}, num_warps=4, num_stages=2)]
+_WGRAD_CONFIGS = [_C({"BLOCK_O": 64, "BLOCK_I": 64, "BLOCK_B": 32}, num_warps=4, num_stages=3),
+                  _C({"BLOCK_O": 128, "BLOCK_I": 64, "BLOCK_B": 32}, num_warps=8, num_stages=3),
+                  _C({"BLOCK_O": 64, "BLOCK_I": 64, "BLOCK_B": 64}, num_warps=4, num_stages=3),
+                  _C({"BLOCK_O": 32, "BLOCK_I": 32, "BLOCK_B": 32}, num_warps=4, num_stages=2)]
+_INTERP_CHAIN = _C({"BLOCK_B": 16, "BLOCK_D": 32})
+_INTERP_WGRAD = _C({"BLOCK_O": 32, "BLOCK_I": 32, "BLOCK_B": 16})
+
+
+# Every [B, M, D] buffer is addressed per program as ``P + prog`` (an int64 scalar: the program's
+# first sample, its set m) plus int32 tile offsets ``rows[:, None] + cols[None, :]`` with
+# rows = local sample * M*D: 32-bit offset tiles halve the registers that 64-bit ones would take.
+
+@triton.jit
+def _tile(P, rows, cols, bmask, D):
+    """[BLOCK_B, BLOCK_D] tile, zero-padded. ``.cg``: these buffers are written by the same
+    program earlier in the kernel; reading them through L2 rules out a stale L1 line."""
+    mask = bmask[:, None] & (cols < D)[None, :]
+    return tl.load(P + rows[:, None] + cols[None, :], mask=mask, other=0, cache_modifier=".cg")
+
+
+@triton.jit
+def _store_tile(P, rows, cols, bmask, D, value):
+    mask = bmask[:, None] & (cols < D)[None, :]
+    tl.store(P + rows[:, None] + cols[None, :], value.to(P.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _x_times_wt(X, W_l, rows, bmask, n, D, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+                ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """(x W_l^T)[:, n] for the program's samples: W_l is [D_out, D_in], n indexes outputs."""
+    acc = tl.zeros([BLOCK_B, BLOCK_D], ACC)
+    for k0 in range(0, D, BLOCK_D):
+        kk = k0 + tl.arange(0, BLOCK_D)
+        a = _tile(X, rows, kk, bmask, D)
+        w_t = tl.load(W_l + n[None, :] * D + kk[:, None],
+                      mask=(kk < D)[:, None] & (n < D)[None, :], other=0)  # [k, n] = W[n, k]
+        acc = mma(a, w_t, acc, PREC, UPCAST)
+    return acc
+
+
+@triton.jit
+def _u_times_w(U_l, W_l, rows, bmask, n, D, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+               ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """(u W_l)[:, n] for the program's samples: n indexes inputs of W_l."""
+    acc = tl.zeros([BLOCK_B, BLOCK_D], ACC)
+    for k0 in range(0, D, BLOCK_D):
+        kk = k0 + tl.arange(0, BLOCK_D)
+        a = _tile(U_l, rows, kk, bmask, D)
+        w = tl.load(W_l + kk[:, None] * D + n[None, :],
+                    mask=(kk < D)[:, None] & (n < D)[None, :], other=0)
+        acc = mma(a, w, acc, PREC, UPCAST)
+    return acc
+
+
+@triton.jit
+def _program_rows(B, M, D, BLOCK_B: tl.constexpr):
+    """(prog, rows, bmask, bmd) of this program's BLOCK_B samples of set m = program_id(1)."""
+    b0 = tl.program_id(0) * BLOCK_B
+    lb = tl.arange(0, BLOCK_B)
+    prog = (tl.cast(b0, tl.int64) * M + tl.program_id(1)) * D
+    return prog, lb * (M * D), b0 + lb < B, tl.cast(B, tl.int64) * M * D
+
+
+@autotune(_FWD_CONFIGS, _INTERP_CHAIN, key=["M", "D", "L"])
+@triton.jit
+def _cross_fwd_kernel(X0, W, BIAS, STATES, OUT, TABLE, IDX, OFFS, B, M, D, L, N, K, num_rows,
+                      GATHER: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+                      ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    m = tl.program_id(1)
+    prog, rows, bmask, bmd = _program_rows(B, M, D, BLOCK_B)
+    x0 = X0 + prog
+    if GATHER:
+        # x_0[b, m, f*K + k] = table[row(b, f), m, k]
+        b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + tl.arange(0, BLOCK_D)
+            f = d // K
+            mask = bmask[:, None] & (d < D)[None, :]
+            table_rows = load_rows(IDX, OFFS, b[:, None].to(tl.int64) * N + f[None, :],
+                                   f[None, :], num_rows, mask)
+            v = tl.load(TABLE + table_rows * (M * K) + m * K + (d - f * K)[None, :],
+                        mask=mask, other=0)
+            _store_tile(x0, rows, d, bmask, D, v)
+        tl.debug_barrier()
+    for l in range(L):
+        if l == 0:
+            src = x0
+        else:
+            src = STATES + (l - 1) * bmd + prog
+        if l == L - 1:
+            dst = OUT + prog
+        else:
+            dst = STATES + l * bmd + prog
+        w_l = W + (l * M + m).to(tl.int64) * D * D
+        for n0 in range(0, D, BLOCK_D):
+            n = n0 + tl.arange(0, BLOCK_D)
+            z = _x_times_wt(src, w_l, rows, bmask, n, D, BLOCK_B, BLOCK_D, ACC, PREC, UPCAST)
+            z += tl.load(BIAS + (l * M + m) * D + n, mask=n < D, other=0).to(ACC)[None, :]
+            x = _tile(src, rows, n, bmask, D).to(ACC)
+            _store_tile(dst, rows, n, bmask, D, _tile(x0, rows, n, bmask, D).to(ACC) * z + x)
+        tl.debug_barrier()  # x_{l+1} complete before the next layer reads it
+
+
+@triton.jit
+def _cross_bwd_layer(x0, x_l, g_in, g_out, u_l, dx0, w_l, bias_l, rows, bmask, D,
+                     TOP: tl.constexpr, BOTTOM: tl.constexpr,
+                     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+                     ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """One layer of the backward chain. g_in = grad x_{l+1}; writes u_l, adds g_in * z_l into
+    dx0 (TOP: the first layer visited writes it), then writes g_out = grad x_l, or adds it
+    into dx0 at the BOTTOM layer (l = 0)."""
+    # phase 1, over the outputs n of the layer
+    for n0 in range(0, D, BLOCK_D):
+        n = n0 + tl.arange(0, BLOCK_D)
+        z = _x_times_wt(x_l, w_l, rows, bmask, n, D, BLOCK_B, BLOCK_D, ACC, PREC, UPCAST)
+        z += tl.load(bias_l + n, mask=n < D, other=0).to(ACC)[None, :]
+        g = _tile(g_in, rows, n, bmask, D).to(ACC)
+        _store_tile(u_l, rows, n, bmask, D, _tile(x0, rows, n, bmask, D).to(ACC) * g)
+        if TOP:
+            _store_tile(dx0, rows, n, bmask, D, g * z)
+        else:
+            _store_tile(dx0, rows, n, bmask, D, _tile(dx0, rows, n, bmask, D) + g * z)
+    tl.debug_barrier()  # u_l complete
+    # phase 2, over the inputs n of the layer
+    for n0 in range(0, D, BLOCK_D):
+        n = n0 + tl.arange(0, BLOCK_D)
+        g = _u_times_w(u_l, w_l, rows, bmask, n, D, BLOCK_B, BLOCK_D, ACC, PREC, UPCAST)
+        g += _tile(g_in, rows, n, bmask, D).to(ACC)
+        if BOTTOM:
+            _store_tile(dx0, rows, n, bmask, D, _tile(dx0, rows, n, bmask, D) + g)
+        else:
+            _store_tile(g_out, rows, n, bmask, D, g)
+    tl.debug_barrier()  # grad x_l complete
+
+
+@autotune(_BWD_CONFIGS, _INTERP_CHAIN, key=["M", "D", "L"])
+@triton.jit
+def _cross_bwd_kernel(X0, W, BIAS, STATES, GOUT, U, GBUF, DX0, B, M, D, L,
+                      BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+                      ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """Layers in reverse. grad x_{l+1} lives in GOUT for the top layer, then alternates between
+    the two halves of GBUF (fp32 even for 16-bit inputs). The top and bottom layers are peeled
+    so that every layer body sees pointers of one type."""
+    m = tl.program_id(1)
+    prog, rows, bmask, bmd = _program_rows(B, M, D, BLOCK_B)
+    x0 = X0 + prog
+    dx0 = DX0 + prog
+    top = L - 1
+    if top == 0:
+        _cross_bwd_layer(x0, x0, GOUT + prog, dx0, U + prog, dx0, W + m * D * D, BIAS + m * D,
+                         rows, bmask, D, True, True, BLOCK_B, BLOCK_D, ACC, PREC, UPCAST)
+    else:
+        _cross_bwd_layer(x0, STATES + (top - 1) * bmd + prog, GOUT + prog,
+                         GBUF + (top % 2) * bmd + prog, U + top * bmd + prog, dx0,
+                         W + (top * M + m).to(tl.int64) * D * D, BIAS + (top * M + m) * D,
+                         rows, bmask, D, True, False, BLOCK_B, BLOCK_D, ACC, PREC, UPCAST)
+        for i in range(1, top):
+            l = top - i
+            _cross_bwd_layer(x0, STATES + (l - 1) * bmd + prog,
+                             GBUF + ((l + 1) % 2) * bmd + prog, GBUF + (l % 2) * bmd + prog,
+                             U + l * bmd + prog, dx0,
+                             W + (l * M + m).to(tl.int64) * D * D, BIAS + (l * M + m) * D,
+                             rows, bmask, D, False, False, BLOCK_B, BLOCK_D, ACC, PREC, UPCAST)
+        _cross_bwd_layer(x0, x0, GBUF + bmd + prog, dx0, U + prog, dx0,
+                         W + m * D * D, BIAS + m * D,
+                         rows, bmask, D, False, True, BLOCK_B, BLOCK_D, ACC, PREC, UPCAST)
+
+
+@autotune(_WGRAD_CONFIGS, _INTERP_WGRAD, key=["M", "D"], block_args=("BLOCK_O", "BLOCK_I"))
+@triton.jit
+def _cross_wgrad_kernel(U, X0, STATES, DW, DB, B, M, D,
+                        BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_B: tl.constexpr,
+                        ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """dW[l, m] = sum_b u_l[b, m]^T x_l[b, m] ([D_out, D_in]); db[l, m] = sum_b u_l[b, m]."""
+    lm = tl.program_id(1)
+    l = lm // M
+    m = lm - l * M
+    tiles_i = tl.cdiv(D, BLOCK_I)
+    pid_o = tl.program_id(0) // tiles_i
+    pid_i = tl.program_id(0) - pid_o * tiles_i
+    ro = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    ri = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
+    bmd = tl.cast(B, tl.int64) * M * D
+    u_l = U + l * bmd + m * D
+    if l == 0:
+        x_l = X0 + m * D
+    else:
+        x_l = STATES + (l - 1) * bmd + m * D
+    acc = tl.zeros([BLOCK_O, BLOCK_I], ACC)
+    db = tl.zeros([BLOCK_O], ACC)
+    lb = tl.arange(0, BLOCK_B)
+    for b0 in range(0, B, BLOCK_B):
+        bmask = b0 + lb < B
+        off = tl.cast(b0, tl.int64) * M * D
+        u_t = tl.load(u_l + off + lb[None, :] * (M * D) + ro[:, None],
+                      mask=bmask[None, :] & (ro < D)[:, None], other=0)  # [o, b]
+        x = tl.load(x_l + off + lb[:, None] * (M * D) + ri[None, :],
+                    mask=bmask[:, None] & (ri < D)[None, :], other=0)  # [b, i]
+        acc = mma(u_t, x, acc, PREC, UPCAST)
+        db += tl.sum(u_t.to(ACC), axis=1)
+    out = lm.to(tl.int64) * D * D + ro[:, None] * D + ri[None, :]
+    tl.store(DW + out, acc.to(DW.dtype.element_ty), mask=(ro < D)[:, None] & (ri < D)[None, :])
+    if pid_i == 0:
+        tl.store(DB + lm * D + ro, db.to(DB.dtype.element_ty), mask=ro < D)
+
+
+# ---- host side ----------------------------------------------------------------------------------
+
+def _check_dtypes(x_dtype, weight, bias):
+    if weight.dtype != x_dtype or bias.dtype != x_dtype:
+        raise TypeError(f"weight ({weight.dtype}) and bias ({bias.dtype}) must have the dtype of "
+                        f"the embeddings ({x_dtype})")
+
+
+def _forward(x0, weight, bias, gather=None):
+    """Runs the forward kernel. ``gather`` = (table, indices, offsets) fuses the lookup: x0 is
+    then an empty buffer the kernel fills. Returns (out, states)."""
+    layers, m, d, _ = weight.shape
+    b = x0.shape[0]
+    states = x0.new_empty((max(layers - 1, 0), b, m, d))
+    if layers == 0 or x0.numel() == 0:
+        if gather is not None and x0.numel():
+            x0.copy_(lookup_forward(*gather).reshape(x0.shape))
+        return x0.clone(), states
+    out = torch.empty_like(x0)
+    if gather is None:
+        table, indices, offsets, n, k, rows = x0, x0, x0, 1, 1, 1  # unused pointers
+    else:
+        table, indices, offsets = gather
+        n, k, rows = indices.shape[1], table.shape[2], table.shape[0]
+    _cross_fwd_kernel[lambda cfg: (triton.cdiv(b, cfg["BLOCK_B"]), m)](
+        x0, weight, bias, states if layers > 1 else x0, out, table, indices, offsets,
+        b, m, d, layers, n, k, rows, GATHER=gather is not None, **dot_meta(x0.dtype))
+    return out, states
+
+
+def cross_forward(x0, weight, bias):
+    x0, weight, bias = contiguous(x0, weight, bias)
+    _check_dtypes(x0.dtype, weight, bias)
+    return _forward(x0, weight, bias)
+
+
+def lookup_cross_forward(table, indices, offsets, weight, bias):
+    table, indices, offsets, weight, bias = contiguous(table, indices, offsets, weight, bias)
+    _check_dtypes(table.dtype, weight, bias)
+    check_nonempty_table(table, indices)
+    b, n = indices.shape
+    _, m, k = table.shape
+    x0 = table.new_empty((b, m, n * k))
+    out, states = _forward(x0, weight, bias, gather=(table, indices, offsets))
+    return out, x0, states
+
+
+def cross_backward(grad, x0, weight, bias, states):
+    """Gradients (x0, weight, bias) of the cross network given the saved states."""
+    grad, x0, weight, bias = contiguous(grad, x0, weight, bias)
+    layers, m, d, _ = weight.shape
+    b = x0.shape[0]
+    acc = acc_dtype(x0.dtype)
+    dweight = torch.zeros_like(weight)
+    dbias = torch.zeros_like(bias)
+    if layers == 0 or x0.numel() == 0:
+        return grad.clone(), dweight, dbias
+    u = x0.new_empty((layers, b, m, d))
+    gbuf = torch.empty((2 if layers > 1 else 0, b, m, d), dtype=acc, device=x0.device)
+    dx0 = torch.empty((b, m, d), dtype=acc, device=x0.device)
+    meta = dot_meta(x0.dtype)
+    states_arg = states if layers > 1 else x0
+    _cross_bwd_kernel[lambda cfg: (triton.cdiv(b, cfg["BLOCK_B"]), m)](
+        x0, weight, bias, states_arg, grad, u, gbuf if layers > 1 else dx0, dx0, b, m, d, layers,
+        **meta)
+    _cross_wgrad_kernel[lambda cfg: (triton.cdiv(d, cfg["BLOCK_O"]) * triton.cdiv(d, cfg["BLOCK_I"]),
+                                     layers * m)](
+        u, x0, states_arg, dweight, dbias, b, m, d, **meta)
+    return dx0.to(x0.dtype), dweight, dbias
+
+
+# ---- custom ops ---------------------------------------------------------------------------------
+
+@torch.library.custom_op("fastme::triton_cross_network", mutates_args=())
+def cross_op(x0: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (x_L, states x_1..x_{L-1}); the states only feed the backward."""
+    return cross_forward(x0, weight, bias)
+
+
+@cross_op.register_fake
+def _(x0, weight, bias):
+    return torch.empty_like(x0), x0.new_empty((max(weight.shape[0] - 1, 0), *x0.shape))
+
+
+@torch.library.custom_op("fastme::triton_lookup_cross_network", mutates_args=())
+def lookup_cross_op(table: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
+                    weight: torch.Tensor, bias: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (x_L, the gathered x_0, states x_1..x_{L-1}); x_0 and states feed the backward."""
+    return lookup_cross_forward(table, indices, offsets, weight, bias)
+
+
+@lookup_cross_op.register_fake
+def _(table, indices, offsets, weight, bias):
+    x0 = table.new_empty((indices.shape[0], table.shape[1], indices.shape[1] * table.shape[2]))
+    return torch.empty_like(x0), torch.empty_like(x0), x0.new_empty(
+        (max(weight.shape[0] - 1, 0), *x0.shape))
+
+
+@torch.library.custom_op("fastme::triton_cross_network_backward", mutates_args=())
+def cross_backward_op(grad: torch.Tensor, x0: torch.Tensor, weight: torch.Tensor,
+                      bias: torch.Tensor, states: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return cross_backward(grad, x0, weight, bias, states)
+
+
+@cross_backward_op.register_fake
+def _(grad, x0, weight, bias, states):
+    return torch.empty_like(x0), torch.empty_like(weight), torch.empty_like(bias)
+
+
+def _cross_setup(ctx, inputs, output):
+    x0, weight, bias = inputs
+    ctx.save_for_backward(x0, weight, bias, output[1])
+
+
+def _cross_grad(ctx, grad, _grad_states):
+    x0, weight, bias, states = ctx.saved_tensors
+    return cross_backward_op(grad, x0, weight, bias, states)
+
+
+def _lookup_cross_setup(ctx, inputs, output):
+    table, indices, offsets, weight, bias = inputs
+    ctx.save_for_backward(indices, offsets, weight, bias, output[1], output[2])
+    ctx.num_rows = table.shape[0]
+    ctx.row_shape = table.shape[1:]
+
+
+def _lookup_cross_grad(ctx, grad, _grad_x0, _grad_states):
+    indices, offsets, weight, bias, x0, states = ctx.saved_tensors
+    dx0, dweight, dbias = cross_backward_op(grad, x0, weight, bias, states)
+    dtable = None
+    if ctx.needs_input_grad[0]:
+        b, n = indices.shape
+        emb_grad = dx0.reshape(b, ctx.row_shape[0], n, ctx.row_shape[1])  # [B, M, N, K]
+        dtable = lookup_backward_op(emb_grad, indices, offsets, ctx.num_rows)
+    return dtable, None, None, dweight, dbias
+
+
+cross_op.register_autograd(_cross_grad, setup_context=_cross_setup)
+lookup_cross_op.register_autograd(_lookup_cross_grad, setup_context=_lookup_cross_setup)
+
+
+def cross_network(x0, weight, bias):
+    """Backend implementation registered as ("cross_network", "triton")."""
+    return cross_op(x0, weight, bias)[0]
+
+
+def lookup_cross_network(table, indices, offsets, weight, bias):
+    """Backend implementation registered as ("lookup_cross_network", "triton")."""
+    return lookup_cross_op(table, indices, offsets, weight, bias)[0]
