@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fastme.analysis import (embedding_diversity, expected_random_ia, information_abundance,
-                             normalized_information_abundance, principal_angle_cosines,
-                             singular_values, spectrum)
+from fastme.analysis import (compact_factor, embedding_diversity, expected_random_ia,
+                             information_abundance, normalized_information_abundance,
+                             principal_angle_cosines, random_factor, singular_values, spectrum)
 from fastme.analysis.metrics import pearson
 
 
@@ -148,3 +148,29 @@ def test_pearson():
     assert np.isnan(pearson([1, 1, 1], [1, 2, 3]))
     with pytest.raises(ValueError):
         pearson([1], [1])
+
+
+def test_compact_factor_keeps_gram_and_spectrum():
+    g = torch.Generator().manual_seed(5)
+    e = torch.randn(3000, 12, generator=g) * torch.logspace(0, -3, 12)
+    for method in ("exact", "gram"):
+        r = compact_factor(e, method)
+        assert r.shape == (12, 12) and r.dtype == torch.float64
+        e64 = e.double()
+        assert torch.allclose(r.T @ r, e64.T @ e64, rtol=1e-9, atol=1e-9 * float((e64 ** 2).sum()))
+    # the chunked QR (several chunks) agrees with one QR, up to row signs
+    r1 = compact_factor(e, "exact", chunk_rows=700)
+    assert torch.allclose(torch.linalg.svdvals(r1), singular_values(e, "exact"), rtol=1e-9)
+    small = torch.randn(4, 9, generator=g)
+    assert torch.equal(compact_factor(small), small.double())
+    assert compact_factor(torch.randn(2, 500, 6, generator=g), "gram").shape == (2, 6, 6)
+
+
+def test_random_factor_matches_gaussian_matrices():
+    g = torch.Generator().manual_seed(6)
+    mc = np.mean([float(information_abundance(torch.randn(400, 20, generator=g)))
+                  for _ in range(30)])
+    assert expected_random_ia(400, 20, samples=64) == pytest.approx(mc, rel=0.02)
+    r = random_factor(400, 20, np.random.default_rng(0))
+    assert r.shape == (20, 20) and torch.equal(r, torch.triu(r))
+    assert random_factor(5, 20, np.random.default_rng(0)).shape == (5, 20)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastme.analysis import (concat_sets, field_information_abundance, field_spectra,
+from fastme.analysis import (FieldFactors, concat_sets, embedding_diversity, field_information_abundance, field_spectra,
                              information_abundance, interaction_pattern, model_diversity,
                              random_diversity, seen_masks, set_diversity, split_sets,
                              sub_embedding_analysis, sub_embedding_correlation,
@@ -96,6 +96,29 @@ def test_diversity_of_model_and_baselines():
     assert split_sets(torch.arange(12.0).reshape(2, 6), 3)[1].tolist() == [[2, 3], [8, 9]]
     with pytest.raises(ValueError, match="num_sets"):
         split_sets(torch.ones(2, 6), 4)
+
+
+def test_field_factors_reuse_and_methods():
+    torch.manual_seed(1)
+    model = build("dcnv2", [3, 2000, 50], 3, True, backend="reference", hidden_dim=8)
+    ff = FieldFactors(model)
+    assert [f.shape for f in ff.factors] == [(3, 30), (30, 30), (30, 30)]
+    assert field_information_abundance(ff) == pytest.approx(field_information_abundance(model))
+    fast = FieldFactors(model, method="gram")
+    exact = FieldFactors(model, method="exact")
+    assert field_information_abundance(fast) == pytest.approx(
+        field_information_abundance(exact), abs=1e-6)
+    assert model_diversity(fast)["per_field"] == pytest.approx(
+        model_diversity(exact)["per_field"], abs=1e-6)
+    assert torch.allclose(sub_embedding_information_abundance(model, factors=fast),
+                          sub_embedding_information_abundance(model, factors=exact), atol=1e-6)
+    # the diversity on factors equals the diversity on the raw sets
+    sets = model.embedding_tables()[1]
+    pairs = [embedding_diversity(sets[a], sets[b]) for a, b in ((0, 1), (0, 2), (1, 2))]
+    assert set_diversity(sets) == pytest.approx(np.mean(pairs), abs=1e-9)
+    assert model_diversity(model)["per_field"][1] == pytest.approx(np.mean(pairs), abs=1e-9)
+    with pytest.raises(ValueError, match="seen_rows"):
+        field_information_abundance(ff, seen_rows=np.zeros((1, 3), dtype=np.int64))
 
 
 def _hand_model(num_sets=1):

@@ -9,20 +9,22 @@
   as ``fastme experiment toy|scale`` and ``fastme analyze``. See docs/analysis.md.
 """
 
-from fastme.analysis.collapse import (concat_sets, cross_blocks, field_information_abundance,
-                                      field_spectra, field_tables, interaction_pattern,
-                                      model_diversity, random_diversity, seen_masks,
-                                      set_diversity, split_sets, sub_embedding_analysis,
+from fastme.analysis.collapse import (FieldFactors, concat_sets, cross_blocks,
+                                      field_information_abundance, field_spectra, field_tables,
+                                      interaction_pattern, model_diversity, random_diversity,
+                                      random_information_abundance, seen_masks, set_diversity,
+                                      split_sets, sub_embedding_analysis,
                                       sub_embedding_correlation,
                                       sub_embedding_information_abundance)
-from fastme.analysis.metrics import (embedding_diversity, expected_random_ia, gram,
-                                     information_abundance, normalized_information_abundance,
-                                     principal_angle_cosines, singular_values, spectrum)
+from fastme.analysis.metrics import (compact_factor, embedding_diversity, expected_random_ia,
+                                     gram, information_abundance,
+                                     normalized_information_abundance, principal_angle_cosines,
+                                     random_factor, singular_values, spectrum)
 
-__all__ = ["concat_sets", "cross_blocks", "embedding_diversity", "expected_random_ia",
-           "field_information_abundance", "field_spectra", "field_tables", "gram",
-           "information_abundance", "interaction_pattern", "model_diversity",
+__all__ = ["FieldFactors", "compact_factor", "concat_sets", "cross_blocks", "embedding_diversity",
+           "expected_random_ia", "field_information_abundance", "field_spectra", "field_tables",
+           "gram", "information_abundance", "interaction_pattern", "model_diversity",
            "normalized_information_abundance", "principal_angle_cosines", "random_diversity",
-           "seen_masks", "set_diversity", "singular_values", "spectrum", "split_sets",
-           "sub_embedding_analysis", "sub_embedding_correlation",
-           "sub_embedding_information_abundance"]
+           "random_factor", "random_information_abundance", "seen_masks", "set_diversity",
+           "singular_values", "spectrum", "split_sets", "sub_embedding_analysis",
+           "sub_embedding_correlation", "sub_embedding_information_abundance"]

@@ -2,7 +2,8 @@
 sub-embedding IA and interaction patterns (Sections 3, 4.1 and 5.3 of the paper).
 
 Every function accepts a model with ``embedding_tables()`` (any :class:`fastme.models` model) or,
-where it only needs embeddings, the list of per-field tables itself ([M, D_i, K] each).
+where it only needs embeddings, the list of per-field tables itself ([M, D_i, K] each) or their
+precomputed :class:`FieldFactors` (one pass over a large table serves every measurement).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from fastme.analysis.metrics import (_column_basis, _use_gram, as_matrix, gram,
-                                     information_abundance, pearson, spectrum)
+from fastme.analysis.metrics import (DIVERSITY_RTOL, METHODS, as_matrix, basis_cosines,
+                                     column_basis, compact_factor, diversity_from_cosines,
+                                     expected_random_ia, information_abundance, pearson,
+                                     random_factor, single_thread, spectrum)
 
 #: Rows read at a time when collecting the seen rows of a dataset.
 SEEN_CHUNK_ROWS = 1 << 20
@@ -123,86 +126,159 @@ def split_sets(table, num_sets: int) -> torch.Tensor:
     return table.reshape(d, num_sets, w // num_sets).permute(1, 0, 2)
 
 
+# -- compact factors -------------------------------------------------------------------------------
+class FieldFactors:
+    """Every field's overall embedding E_i [D_i, M*K] reduced, in one pass over the table, to its
+    :func:`~fastme.analysis.metrics.compact_factor` R_i [r_i, M*K] (r_i <= M*K, float64, CPU).
+
+    R_i keeps the singular values of E_i, of each set's columns and of any E_i W^T, and the
+    principal angles between sets, so every per-field measurement below works on these small
+    matrices. Build it once to run several analyses of a large model; every function of this
+    module accepts it in place of the model.
+    """
+
+    def __init__(self, model_or_tables, seen_rows=None, method: str = "auto"):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        tables = _tables(model_or_tables, seen_rows)
+        self.num_sets = tables[0].shape[0]
+        self.embed_dim = tables[0].shape[2]
+        if any(t.shape[0] != self.num_sets or t.shape[2] != self.embed_dim for t in tables):
+            raise ValueError("all fields must have the same number of sets and embedding size")
+        self.rows = [t.shape[1] for t in tables]
+        self.method = method
+        self.factors = [compact_factor(concat_sets(t), method).cpu() if t.shape[1] else None
+                        for t in tables]
+
+    def __len__(self) -> int:
+        return len(self.factors)
+
+    def set_factor(self, field: int, m: int) -> torch.Tensor:
+        """Set m's columns of field ``field``'s factor, [r, K] (None for a field with no rows)."""
+        f = self.factors[field]
+        k = self.embed_dim
+        return None if f is None else f[:, m * k:(m + 1) * k]
+
+
+def _factors(obj, seen_rows=None, method: str = "auto") -> FieldFactors:
+    if isinstance(obj, FieldFactors):
+        if seen_rows is not None:
+            raise ValueError("seen_rows cannot be applied to precomputed FieldFactors; pass it "
+                             "when building them")
+        return obj
+    return FieldFactors(obj, seen_rows, method)
+
+
 # -- information abundance -------------------------------------------------------------------------
 def field_information_abundance(model, seen_rows=None, method: str = "auto",
                                 per_set: bool = False):
     """IA of each field's embedding. ME: the M sets concatenated into one [D_i, M*K] matrix, as in
     Figure 8b (``per_set=True`` gives instead a list over fields of M per-set values).
 
-    ``seen_rows`` restricts each field to the rows that occur in the data (see
-    :func:`seen_masks`); a field with no seen row gets nan.
+    ``model``: a model, its per-field tables or :class:`FieldFactors`. ``seen_rows`` restricts
+    each field to the rows that occur in the data (see :func:`seen_masks`); a field with no seen
+    row gets nan.
     """
+    ff = _factors(model, seen_rows, method)
     out = []
-    for t in _tables(model, seen_rows):
-        if t.shape[1] == 0:
-            out.append([float("nan")] * t.shape[0] if per_set else float("nan"))
+    for i, f in enumerate(ff.factors):
+        if f is None:
+            out.append([float("nan")] * ff.num_sets if per_set else float("nan"))
         elif per_set:
-            out.append([float(v) for v in information_abundance(t, method)])
+            sets = torch.stack([ff.set_factor(i, m) for m in range(ff.num_sets)])
+            out.append([float(v) for v in information_abundance(sets, "exact")])
         else:
-            out.append(float(information_abundance(concat_sets(t), method)))
+            out.append(float(information_abundance(f, "exact")))
     return out
 
 
 def field_spectra(model, seen_rows=None, method: str = "auto") -> list[np.ndarray]:
     """Normalised singular values (descending, max 1) of each field's overall embedding."""
-    return [spectrum(concat_sets(t), method).cpu().numpy() if t.shape[1] else np.zeros(0)
-            for t in _tables(model, seen_rows)]
+    ff = _factors(model, seen_rows, method)
+    return [spectrum(f, "exact").numpy() if f is not None else np.zeros(0) for f in ff.factors]
 
 
 # -- diversity -------------------------------------------------------------------------------------
-def set_diversity(sets, rtol: float = 1e-10) -> float:
+def _mean_pair_diversity(set_factors, rtol: float) -> float:
+    bases = [column_basis(s, rtol) for s in set_factors]
+    return float(np.mean([diversity_from_cosines(basis_cosines(a, b))
+                          for a, b in itertools.combinations(bases, 2)]))
+
+
+def set_diversity(sets, rtol: float = DIVERSITY_RTOL, method: str = "auto") -> float:
     """Mean diversity (Section 5.3) over all pairs of the M sets [M, D, K] of one field."""
     sets = as_matrix(sets, "sets")
     if sets.dim() != 3 or sets.shape[0] < 2:
         raise ValueError(f"sets must be [M, D, K] with M >= 2, got {tuple(sets.shape)}")
-    bases = [_column_basis(s, rtol) for s in sets]
-    values = []
-    for a, b in itertools.combinations(bases, 2):
-        if a.shape[1] == 0 or b.shape[1] == 0:
-            raise ValueError("diversity is undefined for an all-zero embedding set")
-        cos = torch.linalg.svdvals(a.T @ b).clamp(0.0, 1.0)
-        values.append(1.0 - float(cos.sum()) / cos.numel())
-    return float(np.mean(values))
+    m, _, k = sets.shape
+    f = compact_factor(concat_sets(sets), method)
+    return _mean_pair_diversity([f[:, s * k:(s + 1) * k] for s in range(m)], rtol)
 
 
 def model_diversity(model, seen_rows=None, split: int | None = None,
-                    rtol: float = 1e-10) -> dict:
+                    rtol: float = DIVERSITY_RTOL, method: str = "auto") -> dict:
     """Embedding-set diversity of a model: per field (mean over set pairs) and the mean over
     fields (Figure 10a). An SE model has one set; ``split=M`` cuts its K-wide embedding into M
-    chunks first (the paper's SE baseline). Fields with fewer seen rows than 2 are skipped (nan).
+    chunks first (the paper's SE baseline). Fields with fewer than 2 rows get nan.
     """
-    per_field = []
-    for t in _tables(model, seen_rows):
-        if split is not None:
-            t = split_sets(concat_sets(t), split)
-        elif t.shape[0] < 2:
+    ff = _factors(model, seen_rows, method)
+    width = ff.num_sets * ff.embed_dim
+    if split is None:
+        if ff.num_sets < 2:
             raise ValueError("an SE model has a single embedding set: pass split=M to compare M "
                              "chunks of its embedding (the paper's SE baseline)")
-        per_field.append(set_diversity(t, rtol) if t.shape[1] >= 2 else float("nan"))
+        num, k = ff.num_sets, ff.embed_dim
+    else:
+        if isinstance(split, bool) or int(split) != split or split < 2 or width % split:
+            raise ValueError(f"split must be an integer >= 2 dividing the width {width}, "
+                             f"got {split!r}")
+        num, k = int(split), width // int(split)
+    per_field = []
+    for f, d in zip(ff.factors, ff.rows):
+        if f is None or d < 2:
+            per_field.append(float("nan"))
+            continue
+        # the factor's columns are the sets side by side, so chunks of k columns are the sets
+        per_field.append(_mean_pair_diversity([f[:, s * k:(s + 1) * k] for s in range(num)],
+                                              rtol))
     return {"per_field": per_field, "mean": float(np.nanmean(per_field))}
 
 
 def random_diversity(field_dims, num_sets: int, embed_dim: int, seed: int = 0,
-                     rtol: float = 1e-10) -> dict:
-    """The random baseline of Figure 10a: N(0, 1) matrices [D_i, M*K] split into M sets."""
-    g = torch.Generator().manual_seed(seed)
-    tables = [torch.randn(int(d), num_sets * embed_dim, generator=g, dtype=torch.float64)
-              for d in field_dims]
-    return model_diversity([split_sets(t, num_sets) for t in tables], rtol=rtol)
+                     rtol: float = DIVERSITY_RTOL) -> dict:
+    """The random baseline of Figure 10a: N(0, 1) matrices [D_i, M*K] split into M sets (sampled
+    through their compact factors, so any D_i is cheap)."""
+    rng = np.random.default_rng(seed)
+    k = int(embed_dim)
+    per_field = []
+    for d in field_dims:
+        if int(d) < 2:
+            per_field.append(float("nan"))
+            continue
+        f = random_factor(int(d), int(num_sets) * k, rng)
+        per_field.append(_mean_pair_diversity([f[:, s * k:(s + 1) * k] for s in range(num_sets)],
+                                              rtol))
+    return {"per_field": per_field, "mean": float(np.nanmean(per_field))}
+
+
+def random_information_abundance(field_dims, width: int, samples: int = 16, seed: int = 0):
+    """E[IA(randn(D_i, width))] per field: the 'random' bars of Figure 2."""
+    return [expected_random_ia(int(d), int(width), samples, seed) if int(d) else float("nan")
+            for d in field_dims]
 
 
 # -- DCNv2 sub-embeddings --------------------------------------------------------------------------
 def cross_blocks(model, layer: int = 0) -> torch.Tensor:
     """The K x K blocks of one DCNv2 cross layer as [M, N, N, K, K], entry [m, i, j] = W_{i->j}^(m)
-    (the block that carries field i's vector into field j's slot)."""
+    (the block that carries field i's vector into field j's slot), float64 on the CPU."""
     if not hasattr(model, "cross_weights"):
         raise TypeError(f"{type(model).__name__} has no cross network; sub-embedding analysis "
                         "needs a DCNv2 model (cross_weights())")
     weight, _ = model.cross_weights()
     n_layers = weight.shape[0]
-    if not -n_layers <= layer < n_layers:
-        raise ValueError(f"layer must be in [0, {n_layers}), got {layer}")
-    w = weight[layer].to(torch.float64)
+    if isinstance(layer, bool) or int(layer) != layer or not -n_layers <= layer < n_layers:
+        raise ValueError(f"layer must be in [0, {n_layers}), got {layer!r}")
+    w = weight[int(layer)].detach().to("cpu", torch.float64)
     m, d, _ = w.shape
     n = model.num_fields
     k = d // n
@@ -215,57 +291,41 @@ def interaction_pattern(model, layer: int = 0) -> torch.Tensor:
     return torch.linalg.matrix_norm(cross_blocks(model, layer))
 
 
-def _ia_from_gram(g: torch.Tensor) -> torch.Tensor:
-    sv = torch.linalg.eigvalsh(g).clamp_min(0).sqrt().flip(-1)
-    top = sv[..., 0]
-    return torch.where(top > 0, sv.sum(-1) / torch.where(top > 0, top, torch.ones_like(top)),
-                       torch.zeros_like(top))
-
-
 def sub_embedding_information_abundance(model, layer: int = 0, combine: str = "per_set",
-                                        seen_rows=None, method: str = "auto") -> torch.Tensor:
+                                        seen_rows=None, method: str = "auto",
+                                        factors: FieldFactors | None = None) -> torch.Tensor:
     """IA of DCNv2's implicit sub-embeddings E_i^{->j} = E_i W_{i->j}^T (Evidence I, Figure 3).
 
     ``combine="per_set"``: [M, N, N], entry [m, i, j] = IA(E_i^(m) (W_{i->j}^(m))^T).
     ``combine="concat"``: [N, N], the M per-set sub-embeddings of a pair side by side, [D_i, M*K]
     (the overall view, like the concatenated IA of Figure 8b). Equal for an SE model.
-    Row i is the source field, column j the field it interacts with.
+    Row i is the source field, column j the field it interacts with. ``factors``: precomputed
+    :class:`FieldFactors` of the model (then ``seen_rows`` and ``method`` are not used).
     """
     if combine not in ("per_set", "concat"):
         raise ValueError(f"combine must be 'per_set' or 'concat', got {combine!r}")
     blocks = cross_blocks(model, layer)  # [M, N, N, K, K]
-    tables = _tables(model, seen_rows)
+    ff = factors if factors is not None else FieldFactors(model, seen_rows, method)
     m, n, _, k, _ = blocks.shape
-    if len(tables) != n or tables[0].shape[-1] != k:
-        raise ValueError("model embeddings do not match its cross network")
-    per_source = []
-    for i, t in enumerate(tables):
-        w = blocks[:, i].to(t.device)  # [M, N(j), K, K]
-        if t.shape[1] == 0:
-            shape = (m, n) if combine == "per_set" else (n,)
-            per_source.append(torch.full(shape, float("nan"), dtype=torch.float64))
-            continue
-        if combine == "per_set":
-            if _use_gram(t.shape[1:], method):
-                g = gram(t)  # [M, K, K]; (E W^T)^T (E W^T) = W (E^T E) W^T
-                per_source.append(_ia_from_gram(w @ g[:, None] @ w.transpose(-1, -2)).cpu())
-            else:
-                sub = t.to(torch.float64)[:, None] @ w.transpose(-1, -2)  # [M, N, D_i, K]
-                per_source.append(information_abundance(sub, "exact").cpu())
-        else:
-            overall = concat_sets(t)  # [D_i, M*K]
-            # Block-diagonal map per target j: set m's columns go through its own W^(m).
-            bd = torch.zeros(n, m * k, m * k, dtype=torch.float64, device=t.device)
-            for s in range(m):
-                bd[:, s * k:(s + 1) * k, s * k:(s + 1) * k] = w[s]
-            if _use_gram(overall.shape, method):
-                g = gram(overall)
-                per_source.append(_ia_from_gram(bd @ g @ bd.transpose(-1, -2)).cpu())
-            else:
-                sub = overall.to(torch.float64)[None] @ bd.transpose(-1, -2)
-                per_source.append(information_abundance(sub, "exact").cpu())
-    # per_source[i]: [M, N] or [N] over j
-    return torch.stack(per_source, dim=-2)
+    if len(ff) != n or ff.num_sets != m or ff.embed_dim != k:
+        raise ValueError("the model's embeddings do not match its cross network")
+    out = torch.full((m, n, n) if combine == "per_set" else (n, n), float("nan"),
+                     dtype=torch.float64)
+    with single_thread():  # N * M small products and SVDs per field
+        for i in range(n):
+            if ff.factors[i] is None:
+                continue
+            w = blocks[:, i]  # [M, N(j), K, K]
+            # E W^T has the singular values of R W^T (R = Q^T E with orthonormal Q)
+            sets = torch.stack([ff.set_factor(i, s) for s in range(m)])  # [M, r, K]
+            subs = sets[:, None] @ w.transpose(-1, -2)                  # [M, N, r, K]
+            if combine == "per_set":
+                out[:, i] = information_abundance(subs, "exact")
+            else:  # the sets' sub-embeddings side by side: [N, r, M*K]
+                r = subs.shape[2]
+                overall = subs.permute(1, 2, 0, 3).reshape(n, r, m * k)
+                out[i] = information_abundance(overall, "exact")
+    return out
 
 
 def _rank(v: np.ndarray) -> np.ndarray:
@@ -295,23 +355,25 @@ def sub_embedding_correlation(ia_matrix, raw_ia) -> dict:
     }
 
 
-def sub_embedding_analysis(model, layer: int = 0, seen_rows=None, method: str = "auto") -> dict:
+def sub_embedding_analysis(model, layer: int = 0, seen_rows=None, method: str = "auto",
+                           factors: FieldFactors | None = None) -> dict:
     """Sub-embedding IA of a DCNv2 model with its correlations, per set and overall.
 
     ``per_set``: for each set m, the [N, N] matrix, IA(E_j^(m)) and the correlations of
     :func:`sub_embedding_correlation`; ``mean_target_pearson`` averages the target correlation over
     sets. ``overall``: the same on the concatenated sets (IA of [D_i, M*K] matrices).
     """
-    per_set_ia = sub_embedding_information_abundance(model, layer, "per_set", seen_rows, method)
-    raw_per_set = field_information_abundance(model, seen_rows, method, per_set=True)
+    ff = factors if factors is not None else FieldFactors(model, seen_rows, method)
+    per_set_ia = sub_embedding_information_abundance(model, layer, "per_set", factors=ff)
+    raw_per_set = field_information_abundance(ff, per_set=True)
     sets = []
     for s in range(per_set_ia.shape[0]):
         raw = [r[s] for r in raw_per_set]
         entry = {"ia_matrix": per_set_ia[s].tolist(), "raw_ia": raw}
         entry.update(sub_embedding_correlation(per_set_ia[s], raw))
         sets.append(entry)
-    concat_ia = sub_embedding_information_abundance(model, layer, "concat", seen_rows, method)
-    raw = field_information_abundance(model, seen_rows, method)
+    concat_ia = sub_embedding_information_abundance(model, layer, "concat", factors=ff)
+    raw = field_information_abundance(ff)
     overall = {"ia_matrix": concat_ia.tolist(), "raw_ia": raw}
     overall.update(sub_embedding_correlation(concat_ia, raw))
     return {
@@ -323,8 +385,8 @@ def sub_embedding_analysis(model, layer: int = 0, seen_rows=None, method: str = 
     }
 
 
-__all__ = ["concat_sets", "cross_blocks", "field_information_abundance", "field_spectra",
-           "field_tables", "interaction_pattern", "model_diversity", "random_diversity",
-           "seen_masks", "set_diversity", "split_sets",
-           "sub_embedding_analysis", "sub_embedding_correlation",
+__all__ = ["FieldFactors", "concat_sets", "cross_blocks", "field_information_abundance",
+           "field_spectra", "field_tables", "interaction_pattern", "model_diversity",
+           "random_diversity", "random_information_abundance", "seen_masks", "set_diversity",
+           "split_sets", "sub_embedding_analysis", "sub_embedding_correlation",
            "sub_embedding_information_abundance"]

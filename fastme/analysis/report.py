@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 from fastme.analysis import collapse
-from fastme.analysis.metrics import expected_random_ia
 from fastme.analysis.plots import (plot_bars, plot_field_ia, plot_interaction_pattern,
                                    plot_spectra, plot_sub_embedding, save_json)
 
@@ -93,7 +92,7 @@ def load_model(checkpoint, field_dims=None, model: str | None = None, mode: str 
 
 
 def analyze_model(model, out_dir, field_names=None, seen_rows=None, split: int | None = None,
-                  layer: int = 0, random_samples: int = 4, title: str = "") -> dict:
+                  layer: int = 0, random_samples: int = 16, title: str = "") -> dict:
     """Measure collapse in ``model`` and write ``analysis.json`` and the figures to ``out_dir``.
 
     Per-field IA (sets concatenated, and per set), normalised IA (Appendix I), spectra, embedding
@@ -103,46 +102,41 @@ def analyze_model(model, out_dir, field_names=None, seen_rows=None, split: int |
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tables = collapse.field_tables(model)
-    masks = collapse.seen_masks(seen_rows, [t.shape[1] for t in tables])
-    if masks is not None:
-        tables = [t[:, m] for t, m in zip(tables, masks)]
-    n = len(tables)
+    ff = collapse.FieldFactors(model, seen_rows)  # one pass over the tables serves everything
+    n, num_sets, k = len(ff), ff.num_sets, ff.embed_dim
     names = list(field_names) if field_names else [f"f{i}" for i in range(n)]
-    dims = [t.shape[1] for t in tables]
-    num_sets, k = tables[0].shape[0], tables[0].shape[2]
+    if len(names) != n:
+        raise ValueError(f"field_names has {len(names)} names for {n} fields")
+    dims = ff.rows
     prefix = f"{title}: " if title else ""
     result = {"title": title, "num_fields": n, "num_sets": num_sets, "embed_dim": k,
-              "field_names": names, "rows_analysed": dims, "seen_only": masks is not None,
+              "field_names": names, "rows_analysed": dims, "seen_only": seen_rows is not None,
               "figures": {}}
 
-    ia = collapse.field_information_abundance(tables)
     width = num_sets * k
+    ia = collapse.field_information_abundance(ff)
+    random_ia = collapse.random_information_abundance(dims, width, random_samples)
     result["field_ia"] = ia
-    result["field_ia_per_set"] = collapse.field_information_abundance(tables, per_set=True)
+    result["field_ia_per_set"] = collapse.field_information_abundance(ff, per_set=True)
     result["field_ia_over_width"] = [v / width for v in ia]
-    result["field_ia_over_random"] = [
-        v / expected_random_ia(d, width, random_samples) if d else float("nan")
-        for v, d in zip(ia, dims)]
+    result["field_ia_random"] = random_ia
+    result["field_ia_over_random"] = [v / r for v, r in zip(ia, random_ia)]
     result["mean_field_ia"] = float(np.nanmean(ia))
-    series = {"learned": ia,
-              "random N(0,1)": [expected_random_ia(d, width, random_samples) if d else float("nan")
-                                for d in dims]}
     result["figures"]["field_ia"] = str(plot_field_ia(
-        series, names, out / "field_ia", f"{prefix}information abundance per field",
-        field_dims=dims))
+        {"learned": ia, "random N(0,1)": random_ia}, names, out / "field_ia",
+        f"{prefix}information abundance per field", field_dims=dims))
     result["figures"]["spectra"] = str(plot_spectra(
-        collapse.field_spectra(tables), names, out / "spectra",
+        collapse.field_spectra(ff), names, out / "spectra",
         f"{prefix}normalised singular values per field"))
 
-    # diversity: the model's own sets, or chunks of an SE embedding
+    # diversity: the model's own sets, or chunks of an SE embedding (default: of the base size)
     if split is None and num_sets == 1:
         base = getattr(model, "base_embed_dim", None) or k
         split = k // base if k % base == 0 and k // base >= 2 else None
     sets_m = num_sets if num_sets > 1 else split
     if sets_m:
         label = "ME sets" if num_sets > 1 else f"SE split into {split}"
-        div = collapse.model_diversity(tables, split=None if num_sets > 1 else split)
+        div = collapse.model_diversity(ff, split=None if num_sets > 1 else split)
         rnd = collapse.random_diversity(dims, sets_m, width // sets_m)
         result["diversity"] = {"label": label, "num_sets": sets_m, **div,
                                "random_per_field": rnd["per_field"], "random_mean": rnd["mean"]}
@@ -153,7 +147,7 @@ def analyze_model(model, out_dir, field_names=None, seen_rows=None, split: int |
         result["diversity"] = None
 
     if hasattr(model, "cross_weights"):
-        sub = collapse.sub_embedding_analysis(model, layer=layer, seen_rows=masks)
+        sub = collapse.sub_embedding_analysis(model, layer=layer, factors=ff)
         result["sub_embedding"] = sub
         result["figures"]["sub_embedding"] = str(plot_sub_embedding(
             sub["overall"], names, out / "sub_embedding_ia",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fastme.analysis.metrics import information_abundance
+from fastme.analysis.metrics import information_abundance, single_thread
 
 DEFAULTS = dict(d3_values=(3, 100), embed_dim=10, iterations=5000, lr=1.0, seeds=(0, 1, 2),
                 num_rows=100, record_every=10)
@@ -78,16 +78,10 @@ def run_toy(d3_values=DEFAULTS["d3_values"], embed_dim: int = DEFAULTS["embed_di
                          "num_rows": int(num_rows), "record_every": int(record_every),
                          "loss": "mean binary cross-entropy on h = sum_{i<j} e_i.e_j"},
               "runs": {}}
-    # Every op here is tiny: extra threads only add synchronisation, which on a busy machine
-    # slows the loop down by an order of magnitude.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():  # every op here is tiny
         all_runs = {d3: [_run_one(d3, int(embed_dim), int(iterations), float(lr), s,
                                   int(num_rows), int(record_every)) for s in seeds]
                     for d3 in d3_values}
-    finally:
-        torch.set_num_threads(threads)
     for d3, runs in all_runs.items():
         ia = np.array([r["ia"] for r in runs])
         result["runs"][str(d3)] = {
