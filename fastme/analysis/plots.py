@@ -178,15 +178,16 @@ def plot_interaction_pattern(pattern, field_names, path, title: str, max_sets: i
     shown = min(p.shape[0], max_sets)
     cols = min(shown, 5)
     rows = math.ceil(shown / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols + 1, 3.2 * rows + 0.6),
+    fig, axes = plt.subplots(rows, cols, figsize=(max(6.5, 3.4 * cols + 1), 3.2 * rows + 0.6),
                              squeeze=False, layout="constrained")
-    vmax = float(p[:shown].max()) if p.size else 1.0
+    # one colour scale for all sets, spanning the data, so set-to-set differences show
+    vmin, vmax = (float(p[:shown].min()), float(p[:shown].max())) if p.size else (0.0, 1.0)
     im = None
     for idx, ax in enumerate(axes.flat):
         if idx >= shown:
             ax.axis("off")
             continue
-        im = ax.imshow(p[idx].T, origin="lower", cmap="magma", vmin=0, vmax=vmax)
+        im = ax.imshow(p[idx].T, origin="lower", cmap="magma", vmin=vmin, vmax=vmax)
         ax.set_title(f"set {idx}")
         ax.set_xlabel("source field i")
         ax.set_ylabel("target field j")
@@ -201,7 +202,7 @@ def plot_bars(values: dict, path, title: str, ylabel: str, errors: dict | None =
     """One bar per label (e.g. the diversity of ME, SE split and random, Figure 10a)."""
     plt = _plt()
     fig, ax = plt.subplots(layout="constrained",
-                           figsize=(max(4.0, 1.3 * len(values) + 1.5), 4.0))
+                           figsize=(max(6.4, 1.3 * len(values) + 1.5), 4.2))
     labels = list(values)
     err = [errors.get(k, 0.0) for k in labels] if errors else None
     bars = ax.bar(labels, [values[k] for k in labels], yerr=err, capsize=3,
