@@ -84,7 +84,9 @@ struct WmmaEngine {
   using L = Layout<T, true, A_ROW, B_COL>;
   using E = typename WmmaElem<T>::type;
   static constexpr int kStep = WmmaElem<T>::kStep;
-  static constexpr int kMinBlocks = 3;  // <= 170 registers: 12 warps per SM
+  // <= 170 registers: 12 warps per SM (the tf32 weight-gradient kernel spills 8 bytes at that cap;
+  // uncapped, the tf32 kernels take ~250 registers and 8 warps).
+  static constexpr int kMinBlocks = 3;
   using ALayout = std::conditional_t<A_ROW, nvcuda::wmma::row_major, nvcuda::wmma::col_major>;
   using BLayout = std::conditional_t<B_COL, nvcuda::wmma::col_major, nvcuda::wmma::row_major>;
   nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, kStep, float> acc[2][2];

@@ -92,8 +92,30 @@ scatter_rows_atomic_kernel(const T* __restrict__ src, IndexArgs ix, int num_sets
 // hot row costs its owner one head read per 32 duplicates rather than 32 serial row reads.
 constexpr int kSegmentWarps = 4;
 
+// Where the sum of one piece goes (see above). continues_before: the run started in an earlier
+// chunk; ends_here: the run's last position is in this chunk.
 template <typename T, int V>
-__global__ void __launch_bounds__(kSegmentWarps * 32)
+__device__ __forceinline__ void flush_piece(const acc_t<T> (&acc)[V], long long row,
+                                            bool continues_before, bool ends_here,
+                                            long long chunk, long long mkv, long long c,
+                                            acc_t<T>* __restrict__ head, acc_t<T>* __restrict__ tail,
+                                            T* __restrict__ grad_table) {
+  if (continues_before) {
+#pragma unroll
+    for (int q = 0; q < V; ++q) head[(chunk * mkv + c) * V + q] = acc[q];
+  } else if (ends_here) {
+    Vec<T, V> out;
+#pragma unroll
+    for (int q = 0; q < V; ++q) out.v[q] = from_acc<T>(acc[q]);
+    store_vec<T, V>(grad_table + (row * mkv + c) * V, out);
+  } else {
+#pragma unroll
+    for (int q = 0; q < V; ++q) tail[(chunk * mkv + c) * V + q] = acc[q];
+  }
+}
+
+template <typename T, int V>
+__global__ void __launch_bounds__(kSegmentWarps * 32, 1)
 segment_pieces_kernel(const T* __restrict__ src, const long long* __restrict__ sorted_rows,
                       const long long* __restrict__ perm, long long num_pairs, long long num_fields,
                       int num_sets, int kv_per_set, long long num_chunks,
@@ -126,31 +148,15 @@ segment_pieces_kernel(const T* __restrict__ src, const long long* __restrict__ s
 #pragma unroll
     for (int q = 0; q < V; ++q) acc[q] = A(0);
 
-    auto flush = [&](long long row, int start, int end) {
-      if (!active) return;
-      const bool starts_here = !(start == 0 && head_continues);
-      const bool ends_here = end < len || next_row != row;
-      if (!starts_here) {
-#pragma unroll
-        for (int q = 0; q < V; ++q) head[(chunk * mkv + c) * V + q] = acc[q];
-      } else if (ends_here) {
-        Vec<T, V> out;
-#pragma unroll
-        for (int q = 0; q < V; ++q) out.v[q] = from_acc<T>(acc[q]);
-        store_vec<T, V>(grad_table + (row * mkv + c) * V, out);
-      } else {
-#pragma unroll
-        for (int q = 0; q < V; ++q) tail[(chunk * mkv + c) * V + q] = acc[q];
-      }
-    };
-
     long long cur = first_row;
     int start = 0;
     for (int s = 0; s < len; ++s) {
       const long long row = __shfl_sync(kFullMask, my_row, s);
       const long long pair_off = __shfl_sync(kFullMask, my_pair_off, s);
       if (row != cur) {
-        flush(cur, start, s);
+        if (active)  // the piece [start, s) ends inside the chunk
+          flush_piece<T, V>(acc, cur, start == 0 && head_continues, true, chunk, mkv, c, head,
+                            tail, grad_table);
 #pragma unroll
         for (int q = 0; q < V; ++q) acc[q] = A(0);
         cur = row;
@@ -162,7 +168,9 @@ segment_pieces_kernel(const T* __restrict__ src, const long long* __restrict__ s
         for (int q = 0; q < V; ++q) acc[q] += to_acc(g.v[q]);
       }
     }
-    flush(cur, start, len);
+    if (active)  // the last piece [start, len) ends here unless the next chunk continues it
+      flush_piece<T, V>(acc, cur, start == 0 && head_continues, next_row != cur, chunk, mkv, c,
+                        head, tail, grad_table);
   }
 }
 
