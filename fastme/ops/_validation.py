@@ -41,6 +41,12 @@ def check_tensor(t, name: str, *, ndim: int | None = None, dtypes=None, device=N
         raise ValueError(f"{name} is on {t.device} but must be on {device} like the table")
 
 
+def check_same_dtype(t: torch.Tensor, name: str, like: torch.Tensor, like_name: str) -> None:
+    if t.dtype != like.dtype:
+        raise TypeError(f"{name} must have the dtype of the {like_name} ({like.dtype}), "
+                        f"got {t.dtype}")
+
+
 def check_shape(t: torch.Tensor, name: str, expected: Sequence[int]) -> None:
     if tuple(t.shape) != tuple(expected):
         raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(t.shape)}")

@@ -5,16 +5,18 @@ from __future__ import annotations
 import torch
 
 from fastme.ops import _backend, reference
-from fastme.ops._validation import FLOAT_DTYPES, check_shape, check_tensor
+from fastme.ops._validation import FLOAT_DTYPES, check_same_dtype, check_shape, check_tensor
 from fastme.ops.embedding_lookup import prepare_lookup
 
 
-def _check_cross_params(weight, bias, num_sets, dim, device):
-    check_tensor(weight, "weight", ndim=4, dtypes=FLOAT_DTYPES, device=device)
+def _check_cross_params(weight, bias, num_sets, dim, like, like_name):
+    check_tensor(weight, "weight", ndim=4, dtypes=FLOAT_DTYPES, device=like.device)
     layers = weight.shape[0]
     check_shape(weight, "weight", (layers, num_sets, dim, dim))
-    check_tensor(bias, "bias", ndim=3, dtypes=FLOAT_DTYPES, device=device)
+    check_tensor(bias, "bias", ndim=3, dtypes=FLOAT_DTYPES, device=like.device)
     check_shape(bias, "bias", (layers, num_sets, dim))
+    check_same_dtype(weight, "weight", like, like_name)
+    check_same_dtype(bias, "bias", like, like_name)
 
 
 def cross_network(x0: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
@@ -24,7 +26,7 @@ def cross_network(x0: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
     x0 [B, M, D], weight [L, M, D, D], bias [L, M, D] -> [B, M, D].
     """
     check_tensor(x0, "x0", ndim=3, dtypes=FLOAT_DTYPES)
-    _check_cross_params(weight, bias, x0.shape[1], x0.shape[2], x0.device)
+    _check_cross_params(weight, bias, x0.shape[1], x0.shape[2], x0, "x0")
     fn = _backend.resolve("cross_network", backend, x0.device)
     return fn(x0, weight, bias)
 
@@ -38,8 +40,8 @@ def lookup_cross_network(table: torch.Tensor, indices: torch.Tensor, offsets: to
     table [rows, M, K], indices [B, N], weight [L, M, N*K, N*K], bias [L, M, N*K] -> [B, M, N*K].
     """
     indices, _ = prepare_lookup(table, indices, offsets, field_dims)
-    _check_cross_params(weight, bias, table.shape[1], indices.shape[1] * table.shape[2],
-                        table.device)
+    _check_cross_params(weight, bias, table.shape[1], indices.shape[1] * table.shape[2], table,
+                        "table")
     fn = _backend.resolve("lookup_cross_network", backend, table.device)
     return fn(table, indices, offsets, weight, bias)
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 
 from fastme.ops import _backend, reference
-from fastme.ops._validation import FLOAT_DTYPES, check_shape, check_tensor
+from fastme.ops._validation import FLOAT_DTYPES, check_same_dtype, check_shape, check_tensor
 from fastme.ops.embedding_lookup import prepare_lookup
 
 
-def _check_field_weights(field_weights, num_sets, num_fields, like):
+def _check_field_weights(field_weights, num_sets, num_fields, like, like_name):
     check_tensor(field_weights, "field_weights", ndim=3, dtypes=FLOAT_DTYPES, device=like.device)
     check_shape(field_weights, "field_weights", (num_sets, num_fields, num_fields))
+    check_same_dtype(field_weights, "field_weights", like, like_name)
 
 
 def fm_pooling(emb: torch.Tensor) -> torch.Tensor:
@@ -23,7 +24,7 @@ def fm_pooling(emb: torch.Tensor) -> torch.Tensor:
 def fwfm_pooling(emb: torch.Tensor, field_weights: torch.Tensor) -> torch.Tensor:
     """sum_{i,j} r_ij e_i ⊙ e_j per set (diagonal included): [B, M, N, K] -> [B, M, K] (eager)."""
     check_tensor(emb, "emb", ndim=4, dtypes=FLOAT_DTYPES)
-    _check_field_weights(field_weights, emb.shape[1], emb.shape[2], emb)
+    _check_field_weights(field_weights, emb.shape[1], emb.shape[2], emb, "embeddings")
     return reference.fwfm_pooling(emb, field_weights)
 
 
@@ -37,7 +38,7 @@ def pooled_lookup(table: torch.Tensor, indices: torch.Tensor, offsets: torch.Ten
     """
     indices, _ = prepare_lookup(table, indices, offsets, field_dims)
     if field_weights is not None:
-        _check_field_weights(field_weights, table.shape[1], indices.shape[1], table)
+        _check_field_weights(field_weights, table.shape[1], indices.shape[1], table, "table")
     fn = _backend.resolve("pooled_lookup", backend, table.device)
     return fn(table, indices, offsets, field_weights)
 

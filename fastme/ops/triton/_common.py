@@ -7,6 +7,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastme.ops import _backend
+
 # Default number of warps of the element-wise kernels (lookup, pooling).
 NUM_WARPS = 4
 
@@ -90,44 +92,60 @@ def global_rows(indices: torch.Tensor, offsets: torch.Tensor, num_rows: int) -> 
 
 
 class RowGradTarget:
-    """Where the backward kernels accumulate table-row gradients with atomic adds.
+    """Where the backward kernels add table-row gradients, and how they become the dense
+    [rows, *row_shape] gradient. Kernels add the gradient of (sample, field) pair p into row
+    ``dest[p]`` of ``acc`` with atomic adds; ``finish()`` returns the table gradient.
 
-    float32/float64 tables: straight into the dense [rows, M, K] gradient (``dest`` = the global
-    row of each (sample, field) pair). 16-bit tables: accumulating many contributions in 16 bits
-    would lose precision, and a float32 copy of the whole table would cost 2x its size, so rows
-    are accumulated in a compact float32 buffer with one slot per *distinct* row of the batch
-    (found by sorting the rows, without a host sync) and written once into the 16-bit gradient.
+    - float32/float64 tables: ``acc`` is the dense gradient itself and ``dest`` the global rows.
+    - 16-bit tables: summing many contributions in 16 bits would lose precision and a float32
+      copy of the whole table would double its footprint, so rows are summed in a compact float32
+      buffer with one slot per *distinct* row of the batch (found by sorting, without a host
+      sync) and written once, rounded, into the gradient.
+    - deterministic mode (fastme.ops._backend.deterministic()): every pair gets its own slot, so
+      the kernels' adds never collide, and the duplicates are then summed by torch's
+      ``index_put_(accumulate=True)``, deterministic under torch.use_deterministic_algorithms.
     """
 
     def __init__(self, indices: torch.Tensor, offsets: torch.Tensor, num_rows: int,
-                 row_shape, dtype: torch.dtype):
-        rows = global_rows(indices, offsets, num_rows).reshape(-1)
-        self.num_rows, self.row_shape, self.dtype = num_rows, tuple(row_shape), dtype
+                 row_shape, dtype: torch.dtype, deterministic: bool | None = None):
         device = indices.device
-        if dtype in (torch.float32, torch.float64):
-            self.dest = rows
-            self.acc = torch.zeros((num_rows, *self.row_shape), dtype=dtype, device=device)
-            self._sorted_rows = None
-            return
-        sorted_rows, perm = torch.sort(rows)
-        pos = torch.arange(rows.numel(), device=device)
-        is_first = torch.ones_like(sorted_rows, dtype=torch.bool)
-        is_first[1:] = sorted_rows[1:] != sorted_rows[:-1]
-        # slot of a sorted position = position of the first occurrence of its row
-        self._slot_sorted = torch.cummax(torch.where(is_first, pos, 0), 0).values
-        self.dest = torch.empty_like(rows)
-        self.dest[perm] = self._slot_sorted
-        self._sorted_rows = sorted_rows
-        self.acc = torch.zeros((rows.numel(), *self.row_shape), dtype=torch.float32, device=device)
+        self.num_rows, self.row_shape, self.dtype = num_rows, tuple(row_shape), dtype
+        self.deterministic = _backend.deterministic() if deterministic is None else deterministic
+        rows = global_rows(indices, offsets, num_rows).reshape(-1)
+        pairs = rows.numel()
+        self._compact = dtype not in (torch.float32, torch.float64)
+        if self._compact:
+            self._sorted_rows, perm = torch.sort(rows)
+            is_first = torch.ones_like(self._sorted_rows, dtype=torch.bool)
+            is_first[1:] = self._sorted_rows[1:] != self._sorted_rows[:-1]
+            # slot of a sorted position = position of the first occurrence of its row
+            pos = torch.arange(pairs, device=device)
+            self._slot_sorted = torch.cummax(torch.where(is_first, pos, 0), 0).values
+            self._slot = torch.empty_like(rows)
+            self._slot[perm] = self._slot_sorted
+            space_rows = pairs
+        else:
+            self._slot = rows
+            space_rows = num_rows
+        self._space = torch.zeros((space_rows, *self.row_shape), dtype=acc_dtype(dtype),
+                                  device=device)
+        if self.deterministic:
+            self.dest = torch.arange(pairs, device=device)
+            self.acc = torch.zeros((pairs, *self.row_shape), dtype=acc_dtype(dtype), device=device)
+        else:
+            self.dest = self._slot
+            self.acc = self._space
 
     def finish(self) -> torch.Tensor:
         """The dense [rows, *row_shape] gradient in the table's dtype."""
-        if self._sorted_rows is None:
-            return self.acc
+        if self.deterministic:
+            self._space.index_put_((self._slot,), self.acc, accumulate=True)
+        if not self._compact:
+            return self._space
         grad = torch.zeros((self.num_rows, *self.row_shape), dtype=self.dtype,
-                           device=self.acc.device)
+                           device=self._space.device)
         # Every position of a row carries the same slot, so duplicates write identical values.
-        grad[self._sorted_rows] = self.acc[self._slot_sorted].to(self.dtype)
+        grad[self._sorted_rows] = self._space[self._slot_sorted].to(self.dtype)
         return grad
 
 

@@ -16,7 +16,7 @@ from fastme.ops.triton._common import (NUM_WARPS, RowGradTarget, check_nonempty_
                                        load_rows, pow2)
 
 # Elements (pairs x row values) per program.
-_TILE = 4096
+_TILE = 1024
 
 
 @triton.jit
