@@ -1,25 +1,60 @@
-"""Loads the compiled extension ``fastme._C`` lazily, with errors a user can act on."""
+"""Loads the compiled extension ``fastme._C`` lazily, with errors a user can act on.
+
+The availability checks run inside the public ops, so they must also trace under
+``torch.compile(fullgraph=True)``: Dynamo cannot call into the extension, so the checks read a
+cached result that the compiler treats as a constant (``assume_constant_result``).
+"""
 
 from __future__ import annotations
 
 import functools
+
+import torch
 
 
 class ExtensionUnavailable(RuntimeError):
     """The compiled CUDA extension cannot serve this call."""
 
 
-@functools.lru_cache(maxsize=None)
+_module = None
+
+
 def load():
     """Return the ``fastme._C`` module, or raise ExtensionUnavailable saying why."""
+    global _module
+    if _module is None:
+        try:
+            from fastme import _C
+        except ImportError as exc:  # not built (e.g. installed without a compiler)
+            raise ExtensionUnavailable(
+                "fastme's compiled extension is not built; reinstall with `pip install -e .` "
+                f"on a machine with a C++ compiler ({exc})"
+            ) from exc
+        _module = _C
+    return _module
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_problem_uncached() -> str:
     try:
-        from fastme import _C
-    except ImportError as exc:  # not built (e.g. installed without a compiler)
-        raise ExtensionUnavailable(
-            "fastme's compiled extension is not built; reinstall with `pip install -e .` "
-            f"on a machine with a C++ compiler ({exc})"
-        ) from exc
-    return _C
+        ext = load()
+    except ExtensionUnavailable as exc:
+        return str(exc)
+    if not getattr(ext, "built_with_cuda", False):
+        return ("fastme was built without CUDA kernels (no nvcc at build time, or FASTME_CUDA=0); "
+                "rebuild with nvcc on PATH to use backend='cuda'")
+    if ext.cuda_device_count() == 0:
+        # The extension's own (static) CUDA runtime says why: no device, or a driver older than
+        # the toolkit the extension was built with.
+        return ("backend='cuda' needs a CUDA device, and none is visible "
+                f"({ext.cuda_runtime_status()})")
+    return ""
+
+
+@torch.compiler.assume_constant_result
+def cuda_problem() -> str:
+    """Why the CUDA kernels cannot run in this process ("" when they can); evaluated once."""
+    return _cuda_problem_uncached()
 
 
 def built_with_cuda() -> bool:
@@ -32,20 +67,12 @@ def built_with_cuda() -> bool:
 
 def cuda_kernels_available() -> bool:
     """True when the extension was compiled with CUDA and a CUDA device is visible."""
-    return built_with_cuda() and load().cuda_device_count() > 0
+    return cuda_problem() == ""
 
 
 def require_cuda_kernels():
     """Return the extension, or raise a clear error when the CUDA kernels cannot run here."""
-    ext = load()
-    if not getattr(ext, "built_with_cuda", False):
-        raise ExtensionUnavailable(
-            "fastme was built without CUDA kernels (no nvcc at build time, or FASTME_CUDA=0); "
-            "rebuild with nvcc on PATH to use backend='cuda'"
-        )
-    if ext.cuda_device_count() == 0:
-        # The extension's own (static) CUDA runtime says why: no device, or a driver older than
-        # the toolkit the extension was built with.
-        raise ExtensionUnavailable(
-            f"backend='cuda' needs a CUDA device, and none is visible ({ext.cuda_runtime_status()})")
-    return ext
+    problem = cuda_problem()
+    if problem:
+        raise ExtensionUnavailable(problem)
+    return load()

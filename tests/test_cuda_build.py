@@ -116,6 +116,18 @@ def test_cuda_package_imports_and_registers_without_a_gpu():
                                                      torch.zeros(1, dtype=torch.long))
 
 
+def test_availability_check_traces_under_torch_compile():
+    """The public ops run this check; Dynamo cannot call into the extension, so it must be a
+    trace-time constant for torch.compile(fullgraph=True) to work on the cuda backend."""
+
+    def f(x):
+        return x * 2 if _extension.cuda_kernels_available() else x * 3
+
+    expected = 2 if _extension.cuda_kernels_available() else 3
+    out = torch.compile(f, backend="eager", fullgraph=True)(torch.ones(2))
+    assert torch.equal(out, torch.full((2,), float(expected)))
+
+
 def test_missing_device_error_is_clear():
     ext = _extension.load()
     if not ext.built_with_cuda or ext.cuda_device_count() > 0:
