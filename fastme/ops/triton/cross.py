@@ -300,9 +300,10 @@ def cross_backward(grad, x0, weight, bias, states):
     _cross_bwd_kernel[lambda cfg: (triton.cdiv(b, cfg["BLOCK_B"]), m)](
         x0, weight, bias, states_arg, grad, u, gbuf if layers > 1 else dx0, dx0, b, m, d, layers,
         **meta)
-    _cross_wgrad_kernel[lambda cfg: (triton.cdiv(d, cfg["BLOCK_O"]) * triton.cdiv(d, cfg["BLOCK_I"]),
-                                     layers * m)](
-        u, x0, states_arg, dweight, dbias, b, m, d, **meta)
+    def wgrad_grid(cfg):
+        return triton.cdiv(d, cfg["BLOCK_O"]) * triton.cdiv(d, cfg["BLOCK_I"]), layers * m
+
+    _cross_wgrad_kernel[wgrad_grid](u, x0, states_arg, dweight, dbias, b, m, d, **meta)
     return dx0.to(x0.dtype), dweight, dbias
 
 

@@ -62,7 +62,8 @@ def _grid(num_pairs: int, mk: int):
     return (triton.cdiv(num_pairs, block_p), triton.cdiv(mk, block_c)), block_p, block_c
 
 
-def lookup_forward(table: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def lookup_forward(table: torch.Tensor, indices: torch.Tensor,
+                   offsets: torch.Tensor) -> torch.Tensor:
     table, indices, offsets = contiguous(table, indices, offsets)
     check_nonempty_table(table, indices)
     rows, m, k = table.shape

@@ -12,6 +12,8 @@ FwFM: out[b, m] = sum_i e_i * (R^(m) E)_i over all ordered pairs (i, j), diagona
       reduced over a fixed number of column programs into partial sums (no atomics).
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -187,12 +189,16 @@ def fwfm_forward(table, indices, offsets, field_weights):
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _fwfm_num_programs(num_blocks: int, num_sets: int, device: torch.device) -> int:
-    """Column programs per set: enough to fill the GPU, few enough to keep the [programs, M, N, N]
-    partial sums of grad R small; few in the interpreter, where each program costs host time."""
+    """Column programs per set: about 4 per SM in all, few enough to keep the [programs, M, N, N]
+    partial sums of grad R small; 2 in the interpreter, where each program costs host time."""
     if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        return max(1, min(num_blocks, triton.cdiv(4 * sms, num_sets)))
+        return max(1, min(num_blocks, triton.cdiv(4 * _sm_count(device), num_sets)))
     return max(1, min(num_blocks, 2))
 
 
