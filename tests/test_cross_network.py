@@ -12,6 +12,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = [b for b in ops.available_backends(DEVICE) if b != "reference"]
 pytestmark = pytest.mark.skipif(not BACKENDS, reason=f"no kernel backend can run on {DEVICE} here "
                                 "(install triton, or run on a GPU)")
+# Table gradients summed with float atomics on a GPU may differ in the last bits between two
+# backward passes, which gradcheck checks for.
+NONDET_TOL = 1e-10
 
 
 def random_inputs(batch, field_dims, num_sets, dim, layers, *, dtype=torch.float64,
@@ -94,11 +97,11 @@ def test_int32_indices_and_gradcheck(backend):
     params = [t.requires_grad_() for t in (table, weight, bias)]
     assert torch.autograd.gradcheck(
         lambda t, w, b: ops.lookup_cross_network(t, indices, offsets, w, b, backend=backend),
-        params, fast_mode=True)
+        params, fast_mode=True, nondet_tol=NONDET_TOL)
     x0 = inputs[3].requires_grad_()
     assert torch.autograd.gradcheck(
         lambda x, w, b: ops.cross_network(x, w, b, backend=backend), [x0, weight, bias],
-        fast_mode=True)
+        fast_mode=True, nondet_tol=NONDET_TOL)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
