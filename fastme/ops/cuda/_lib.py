@@ -7,11 +7,11 @@ integers; torch allocates every tensor here (outputs and workspaces).
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
 from fastme._extension import require_cuda_kernels
+from fastme.ops._backend import deterministic
 
 # Element type codes, shared with kernels/api.h (DType).
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
@@ -50,17 +50,9 @@ def index_args(indices: torch.Tensor, offsets: torch.Tensor, num_rows: int) -> d
                 num_rows=num_rows, batch=indices.shape[0], num_fields=indices.shape[1])
 
 
-def deterministic() -> bool:
-    """Table gradients by sort + segment reduction instead of atomics.
-
-    On with ``torch.use_deterministic_algorithms(True)`` or ``FASTME_DETERMINISTIC=1``; 16-bit
-    tables always take this path (their rows are summed in float32 and rounded once).
-    """
-    return torch.are_deterministic_algorithms_enabled() or \
-        os.environ.get("FASTME_DETERMINISTIC", "0") not in ("", "0")
-
-
 def use_atomics(dtype: torch.dtype) -> bool:
+    """Table gradients by atomics, or by sort + segment reduction when determinism is asked for;
+    16-bit tables always take the sorted path (rows summed in float32, rounded once)."""
     return dtype in (torch.float32, torch.float64) and not deterministic()
 
 
