@@ -13,7 +13,8 @@ import sys
 import pytest
 
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
-if str(BENCH_DIR) not in sys.path:  # harness, costs, render_results (also under --import-mode=importlib)
+# harness, costs and render_results are imported by name, also under --import-mode=importlib
+if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 import harness  # noqa: E402
