@@ -1,0 +1,53 @@
+"""Datasets for CTR training: the built-in synthetic data and preprocessed Criteo / Avazu files.
+
+``load_dataset(spec)`` is the one entry point: "synthetic", "criteo:PATH", "avazu:PATH" or
+"cache:DIR". See docs/data.md for the preprocessing.
+"""
+
+from __future__ import annotations
+
+from fastme.data.dataset import CTRData, load_cache, load_vocab
+from fastme.data.raw import DEFAULT_MIN_COUNT, default_cache_root, preprocess
+from fastme.data.synthetic import DEFAULT_NUM_SAMPLES, SyntheticTeacher, make_synthetic
+
+_RAW_OPTIONS = {"criteo": {"min_count", "rebuild", "progress", "block_size"},
+                "avazu": {"min_count", "hour", "rebuild", "progress", "block_size"}}
+
+
+def load_dataset(spec: str, *, cache_dir=None, **options) -> CTRData:
+    """Open a dataset by its spec.
+
+    - ``"synthetic"``: :func:`make_synthetic` (options: num_samples, seed, ...; not cached, it is
+      regenerated deterministically in seconds).
+    - ``"criteo:PATH"`` / ``"avazu:PATH"``: a raw Kaggle file, preprocessed on first use into a
+      memory-mapped cache under ``cache_dir`` and reused afterwards (options: min_count, hour
+      (Avazu), rebuild, progress; see :func:`fastme.data.raw.preprocess`).
+    - ``"cache:DIR"``: an existing cache directory.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"dataset spec must be a non-empty string, got {spec!r}")
+    kind, sep, arg = spec.partition(":")
+    kind = kind.lower()
+    if kind == "synthetic":
+        if sep:
+            raise ValueError(f"'synthetic' takes no path (use num_samples=...), got {spec!r}")
+        return make_synthetic(**options)
+    if kind in _RAW_OPTIONS:
+        if not arg:
+            raise ValueError(f"give the raw file as {kind}:PATH, got {spec!r}")
+        unknown = set(options) - _RAW_OPTIONS[kind]
+        if unknown:
+            raise TypeError(f"unknown option(s) for {kind} data: {', '.join(sorted(unknown))} "
+                            f"(allowed: {', '.join(sorted(_RAW_OPTIONS[kind]))})")
+        return preprocess(kind, arg, cache_dir, **options)
+    if kind == "cache":
+        if options:
+            raise TypeError(f"cache:DIR takes no options, got {', '.join(sorted(options))}")
+        return load_cache(arg)
+    raise ValueError(f"unknown dataset {spec!r}: use synthetic, criteo:PATH, avazu:PATH or "
+                     f"cache:DIR")
+
+
+__all__ = ["CTRData", "DEFAULT_MIN_COUNT", "DEFAULT_NUM_SAMPLES", "SyntheticTeacher",
+           "default_cache_root", "load_cache", "load_dataset", "load_vocab", "make_synthetic",
+           "preprocess"]

@@ -1,0 +1,208 @@
+"""``CTRData``: a CTR dataset as per-field integer indices and click labels, plus its on-disk cache.
+
+The cache is a directory holding ``x.npy`` (int32 [n, N]), ``y.npy`` (float32 [n]) and
+``meta.json`` (field names and cardinalities, how the cache was built); raw-file caches add
+``vocab.json``. The arrays are plain ``.npy`` files opened memory-mapped, so a 45M-row dataset is
+used without reading it into memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CACHE_FORMAT = 1
+
+
+class CTRData:
+    """Per-field indices ``x`` [n, N] (int32) and labels ``y`` [n] (float32, 0/1).
+
+    ``x[r, i]`` is in ``[0, field_dims[i])``. A dataset may be a *subset* of another (what
+    :meth:`split` returns): it then shares the parent's arrays and holds the selected row
+    numbers, so splitting a memory-mapped dataset copies nothing. ``.x`` / ``.y`` of a subset
+    gather its rows into memory; the trainer instead gathers batch by batch through
+    :meth:`base_arrays` and :meth:`row_numbers`.
+    """
+
+    def __init__(self, x, y, field_dims, field_names=None, *, name: str = "data", rows=None,
+                 info: dict | None = None):
+        if not isinstance(x, np.ndarray) or x.ndim != 2 or x.dtype != np.int32:
+            raise TypeError(f"x must be an int32 numpy array [n, N], got "
+                            f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+        if not isinstance(y, np.ndarray) or y.ndim != 1 or y.dtype != np.float32:
+            raise TypeError(f"y must be a float32 numpy array [n], got "
+                            f"{getattr(y, 'dtype', type(y).__name__)} {getattr(y, 'shape', '')}")
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+        field_dims = [int(d) for d in field_dims]
+        if len(field_dims) != x.shape[1] or min(field_dims, default=0) < 1:
+            raise ValueError(f"field_dims must hold one positive cardinality per column of x "
+                             f"({x.shape[1]}), got {field_dims}")
+        if field_names is None:
+            field_names = [f"f{i}" for i in range(len(field_dims))]
+        field_names = [str(f) for f in field_names]
+        if len(field_names) != len(field_dims):
+            raise ValueError(f"field_names has {len(field_names)} names for {len(field_dims)} fields")
+        if rows is not None:
+            rows = np.asarray(rows, dtype=np.int64)
+            if rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() >= len(x))):
+                raise ValueError("rows must be a 1-D array of row numbers within the data")
+        self._x, self._y, self._rows = x, y, rows
+        self.field_dims = field_dims
+        self.field_names = field_names
+        self.name = name
+        self.info = dict(info or {})
+
+    # -- shape ----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._x) if self._rows is None else len(self._rows)
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.field_dims)
+
+    def __repr__(self) -> str:
+        return (f"CTRData({self.name!r}, rows={len(self):,}, fields={self.num_fields}, "
+                f"sum(field_dims)={sum(self.field_dims):,})")
+
+    # -- arrays -------------------------------------------------------------------------------
+    @property
+    def x(self) -> np.ndarray:
+        """int32 [n, N]; the (memory-mapped) array itself for a full dataset, a gathered copy for
+        a subset."""
+        return self._x if self._rows is None else self._x[self._rows]
+
+    @property
+    def y(self) -> np.ndarray:
+        """float32 [n] labels (0.0 / 1.0)."""
+        return self._y if self._rows is None else self._y[self._rows]
+
+    def base_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The full underlying (x, y), shared by every subset of the same data."""
+        return self._x, self._y
+
+    def row_numbers(self) -> np.ndarray:
+        """This dataset's rows as row numbers into :meth:`base_arrays`, in this dataset's order."""
+        return np.arange(len(self._x), dtype=np.int64) if self._rows is None else self._rows
+
+    def subset(self, rows, name: str | None = None) -> "CTRData":
+        """The rows ``rows`` (positions within this dataset) as a dataset sharing the arrays."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() >= len(self))):
+            raise ValueError(f"subset rows must be positions in [0, {len(self)})")
+        base_rows = rows if self._rows is None else self._rows[rows]
+        return CTRData(self._x, self._y, self.field_dims, self.field_names,
+                       name=name or self.name, rows=base_rows, info=self.info)
+
+    def split(self, seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> tuple["CTRData", ...]:
+        """Random split into ``len(fractions)`` parts (default train/valid/test 8/1/1).
+
+        As in the paper's code: one ``torch.randperm`` from a generator seeded with ``seed``; the
+        parts take floor(f * n) rows each, in permutation order, and the last part takes the rest.
+        Deterministic for a given seed and torch version.
+        """
+        fractions = [float(f) for f in fractions]
+        if len(fractions) < 2 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0,
+                                                                         abs_tol=1e-6):
+            raise ValueError(f"fractions must be >= 2 non-negative numbers summing to 1, "
+                             f"got {fractions}")
+        n = len(self)
+        # round() first so that e.g. 0.7 * 10 = 7.000000000000001 and 0.3 * 10 floor as expected
+        sizes = [math.floor(round(f * n, 6)) for f in fractions[:-1]]
+        sizes.append(n - sum(sizes))
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).numpy()
+        names = ["train", "valid", "test"] if len(sizes) == 3 else [f"part{i}" for i in
+                                                                    range(len(sizes))]
+        parts, start = [], 0
+        for size, part in zip(sizes, names):
+            parts.append(self.subset(perm[start:start + size], name=f"{self.name}/{part}"))
+            start += size
+        return tuple(parts)
+
+    def positive_rate(self) -> float:
+        return float(self.y.mean()) if len(self) else float("nan")
+
+    def check_indices(self, chunk_rows: int = 1 << 20) -> None:
+        """Raise ValueError unless every index lies in ``[0, field_dims[i])`` (reads all rows)."""
+        dims = np.asarray(self.field_dims)
+        for start in range(0, len(self._x), chunk_rows):
+            block = np.asarray(self._x[start:start + chunk_rows])
+            bad = (block < 0) | (block >= dims)
+            if bad.any():
+                r, i = np.argwhere(bad)[0]
+                raise ValueError(f"{self.name}: row {start + r} field {self.field_names[i]} has "
+                                 f"index {block[r, i]} outside [0, {dims[i]})")
+
+    # -- cache --------------------------------------------------------------------------------
+    def save(self, directory, vocab=None) -> Path:
+        """Write this dataset as a cache directory (atomic: built aside, then renamed)."""
+        directory = Path(directory)
+        tmp = directory.with_name(directory.name + ".partial")
+        tmp.mkdir(parents=True, exist_ok=True)
+        np.save(tmp / "x.npy", np.ascontiguousarray(self.x))
+        np.save(tmp / "y.npy", np.ascontiguousarray(self.y))
+        write_meta(tmp, self.field_names, self.field_dims, len(self), self.info, vocab)
+        return finish_cache(tmp, directory)
+
+
+def write_meta(directory: Path, field_names, field_dims, num_rows: int, info: dict,
+               vocab=None) -> None:
+    meta = {"format": CACHE_FORMAT, "num_rows": int(num_rows), "field_names": list(field_names),
+            "field_dims": [int(d) for d in field_dims], **info}
+    (directory / "meta.json").write_text(json.dumps(meta, indent=1))
+    if vocab is not None:
+        (directory / "vocab.json").write_text(json.dumps(vocab))
+
+
+def finish_cache(tmp: Path, directory: Path) -> Path:
+    """Move a completely written cache into place, replacing an older one."""
+    if directory.exists():
+        for f in directory.iterdir():
+            f.unlink()
+        directory.rmdir()
+    os.replace(tmp, directory)
+    return directory
+
+
+def read_meta(directory) -> dict | None:
+    """The cache's meta.json, or None when the directory holds no complete cache."""
+    path = Path(directory) / "meta.json"
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if meta.get("format") == CACHE_FORMAT else None
+
+
+def load_cache(directory, name: str | None = None) -> CTRData:
+    """Open a cache directory memory-mapped (read-only)."""
+    directory = Path(directory)
+    meta = read_meta(directory)
+    if meta is None:
+        raise FileNotFoundError(f"{directory} is not a fastme data cache (no valid meta.json)")
+    x = np.load(directory / "x.npy", mmap_mode="r")
+    y = np.load(directory / "y.npy", mmap_mode="r")
+    if x.shape != (meta["num_rows"], len(meta["field_dims"])) or y.shape != (meta["num_rows"],):
+        raise ValueError(f"{directory}: arrays do not match meta.json (x {x.shape}, y {y.shape}); "
+                         f"delete the directory to rebuild it")
+    info = {k: v for k, v in meta.items()
+            if k not in ("format", "num_rows", "field_names", "field_dims")}
+    info["cache_dir"] = str(directory)
+    return CTRData(x, y, meta["field_dims"], meta["field_names"],
+                   name=name or meta.get("dataset", directory.name), info=info)
+
+
+def load_vocab(data_or_directory) -> list | None:
+    """The kept raw values of every field (index order), when the cache has them."""
+    directory = (data_or_directory.info.get("cache_dir") if isinstance(data_or_directory, CTRData)
+                 else data_or_directory)
+    if directory is None or not (Path(directory) / "vocab.json").is_file():
+        return None
+    return json.loads((Path(directory) / "vocab.json").read_text())

@@ -1,0 +1,470 @@
+"""Preprocessing of the raw Criteo and Avazu Kaggle files into a memory-mapped cache.
+
+Two streaming passes over the file with pyarrow's CSV reader (bounded memory: one block of rows at
+a time, plus the value counts): pass 1 validates rows and counts every field's values, pass 2
+maps each value to its index and writes int32 ``x`` and float32 ``y`` into ``.npy`` files.
+
+Per field, indices are laid out as ``[kept values..., OOV, missing]``: values seen at least
+``min_count`` times in the whole file get 0..k-1 in order of decreasing count (ties by value), all
+rarer or unseen values share the OOV index k, and an empty cell gets the missing index k+1. So
+``field_dims[i] = k + 2``. docs/data.md explains every choice.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from fastme.data.dataset import CTRData, finish_cache, load_cache, read_meta, write_meta
+
+CRITEO_INT = [f"I{i}" for i in range(1, 14)]
+CRITEO_CAT = [f"C{i}" for i in range(1, 27)]
+CRITEO_COLUMNS = ["label"] + CRITEO_INT + CRITEO_CAT
+AVAZU_COLUMNS = ["id", "click", "hour", "C1", "banner_pos", "site_id", "site_domain",
+                 "site_category", "app_id", "app_domain", "app_category", "device_id", "device_ip",
+                 "device_model", "device_type", "device_conn_type", "C14", "C15", "C16", "C17",
+                 "C18", "C19", "C20", "C21"]
+AVAZU_CAT = AVAZU_COLUMNS[3:]
+DEFAULT_MIN_COUNT = {"criteo": 10, "avazu": 2}
+
+_INTEGER = r"^-?[0-9]{1,18}$"  # fits int64; Criteo's integer columns are all int32 in practice
+_LABEL = pa.array(["0", "1"])
+_NULL_STR = pa.scalar(None, pa.string())
+_EXAMPLES = 5  # malformed rows quoted in the summary
+
+
+@dataclass
+class _Malformed:
+    """Rows skipped and why."""
+
+    column_count: int = 0
+    bad_label: int = 0
+    bad_integer: int = 0
+    bad_hour: int = 0
+    examples: list = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.column_count + self.bad_label + self.bad_integer + self.bad_hour
+
+    def note(self, text: str) -> None:
+        if len(self.examples) < _EXAMPLES:
+            self.examples.append(text)
+
+    def as_dict(self) -> dict:
+        return {"total": self.total, "column_count": self.column_count,
+                "bad_label": self.bad_label, "bad_integer": self.bad_integer,
+                "bad_hour": self.bad_hour, "examples": self.examples}
+
+
+def _count_true(mask) -> int:
+    return int(pc.sum(mask).as_py() or 0)
+
+
+def _empty_to_null(col: pa.Array) -> pa.Array:
+    return pc.if_else(pc.equal(col, ""), _NULL_STR, col)
+
+
+def _first_bad(col: pa.Array, bad) -> str:
+    return col.filter(bad)[0].as_py()
+
+
+# ---- the two formats ----------------------------------------------------------------------------
+
+class _Format:
+    """How one raw format is read and turned into labels + per-field value arrays.
+
+    ``rows(batch, bad)`` drops malformed rows (counting them in ``bad``) and returns (labels,
+    [one pyarrow array per field, null = missing]). Integer-derived fields are int64 arrays,
+    categorical ones strings; the vocabulary keeps each field's type.
+    """
+
+    kind: str
+    delimiter: str
+    label: str
+
+    def read_options(self, block_size: int) -> pacsv.ReadOptions:
+        raise NotImplementedError
+
+    def convert_options(self) -> pacsv.ConvertOptions:
+        raise NotImplementedError
+
+    def check_header(self, path: Path) -> None:
+        """Raise ValueError when the file clearly is not of this format."""
+
+    def _label_ok(self, batch, bad: _Malformed):
+        ok = pc.is_in(batch.column(self.label), value_set=_LABEL)
+        n_bad = len(ok) - _count_true(ok)
+        if n_bad:
+            bad.bad_label += n_bad
+            bad.note(f"label {_first_bad(batch.column(self.label), pc.invert(ok))!r} "
+                     f"is not 0 or 1")
+        return ok
+
+    def _labels(self, batch) -> np.ndarray:
+        return pc.equal(batch.column(self.label), "1").to_numpy(zero_copy_only=False).astype(
+            np.float32)
+
+
+class CriteoFormat(_Format):
+    """Kaggle Display Advertising Challenge ``train.txt``: tab-separated, no header, label,
+    I1..I13 (integers), C1..C26 (hashed categories); any cell may be empty."""
+
+    kind, delimiter, label = "criteo", "\t", "label"
+
+    def __init__(self):
+        self.field_names = CRITEO_INT + CRITEO_CAT
+
+    def options(self) -> dict:
+        return {}
+
+    def read_options(self, block_size):
+        return pacsv.ReadOptions(column_names=CRITEO_COLUMNS, block_size=block_size)
+
+    def convert_options(self):
+        # Every column as a string: the integer columns are validated and parsed here, so that a
+        # bad cell skips its row instead of failing the whole block.
+        return pacsv.ConvertOptions(column_types={c: pa.string() for c in CRITEO_COLUMNS},
+                                    strings_can_be_null=False, quoted_strings_can_be_null=False)
+
+    def rows(self, batch, bad):
+        ok = self._label_ok(batch, bad)
+        int_ok = None
+        for name in CRITEO_INT:
+            col = batch.column(name)
+            good = pc.or_(pc.equal(col, ""), pc.match_substring_regex(col, _INTEGER))
+            int_ok = good if int_ok is None else pc.and_(int_ok, good)
+            if len(bad.examples) < _EXAMPLES and _count_true(good) < len(good):
+                bad.note(f"{name} {_first_bad(col, pc.invert(good))!r} is not an integer")
+        rejected = pc.and_(ok, pc.invert(int_ok))
+        bad.bad_integer += _count_true(rejected)
+        ok = pc.and_(ok, int_ok)
+        if _count_true(ok) < batch.num_rows:
+            batch = batch.filter(ok)
+        fields = [criteo_integer_tokens(batch.column(name)) for name in CRITEO_INT]
+        fields += [_empty_to_null(batch.column(name)) for name in CRITEO_CAT]
+        return self._labels(batch), fields
+
+
+def criteo_integer_tokens(col: pa.Array) -> pa.Array:
+    """The Criteo winners' discretisation of an integer column (strings, already validated):
+    v > 2 -> floor(ln(v)^2) (>= 1), v <= 2 -> v - 2 (<= 0, so 2, 1, 0, -1 stay distinct values
+    and never collide with the log branch), empty -> null (missing)."""
+    empty = pc.equal(col, "")
+    v = pc.cast(pc.if_else(empty, "0", col), pa.int64()).to_numpy()
+    with np.errstate(invalid="ignore"):
+        logv = np.log(np.maximum(v, 3).astype(np.float64))
+    tokens = np.where(v > 2, np.floor(logv * logv).astype(np.int64), v - 2)
+    return pa.array(tokens, type=pa.int64(), mask=empty.to_numpy(zero_copy_only=False))
+
+
+class AvazuFormat(_Format):
+    """Kaggle Avazu ``train``: comma-separated with a header; id (dropped), click (label), hour
+    (YYMMDDHH) and 21 categorical columns.
+
+    ``hour="split"``: hour-of-day (0-23) and weekday (0 = Monday) fields in place of hour.
+    ``hour="raw"``: the YYMMDDHH string as one categorical field (the reference code).
+    """
+
+    kind, delimiter, label = "avazu", ",", "click"
+
+    def __init__(self, hour: str = "split"):
+        if hour not in ("split", "raw"):
+            raise ValueError(f"hour must be 'split' or 'raw', got {hour!r}")
+        self.hour = hour
+        self.field_names = (["hour_of_day", "weekday"] if hour == "split" else ["hour"]) + AVAZU_CAT
+
+    def options(self) -> dict:
+        return {"hour": self.hour}
+
+    def read_options(self, block_size):
+        return pacsv.ReadOptions(block_size=block_size)
+
+    def convert_options(self):
+        used = AVAZU_COLUMNS[1:]  # id is never read into memory (and overflows int64 anyway)
+        return pacsv.ConvertOptions(column_types={c: pa.string() for c in used},
+                                    include_columns=used, strings_can_be_null=False,
+                                    quoted_strings_can_be_null=False)
+
+    def check_header(self, path):
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", newline="", errors="replace") as f:
+            names = f.readline().rstrip("\r\n").split(",")
+        if names != AVAZU_COLUMNS:
+            raise ValueError(f"{path} does not look like the Avazu train file: its header is "
+                             f"{','.join(names)[:200]!r}, expected {','.join(AVAZU_COLUMNS)!r}")
+
+    def rows(self, batch, bad):
+        ok = self._label_ok(batch, bad)
+        if self.hour == "split":
+            hour = batch.column("hour")
+            well_formed = pc.match_substring_regex(hour, r"^[0-9]{8}$")
+            stamp = pc.strptime(pc.if_else(well_formed, hour, "70010100"), format="%y%m%d%H",
+                                unit="s", error_is_null=True)
+            good = pc.and_(well_formed, pc.is_valid(stamp))
+            rejected = pc.and_(ok, pc.invert(good))
+            n_rejected = _count_true(rejected)
+            if n_rejected:
+                bad.bad_hour += n_rejected
+                bad.note(f"hour {_first_bad(hour, rejected)!r} is not YYMMDDHH")
+            ok = pc.and_(ok, good)
+        if _count_true(ok) < batch.num_rows:
+            batch = batch.filter(ok)
+        if self.hour == "split":
+            stamp = pc.strptime(batch.column("hour"), format="%y%m%d%H", unit="s")
+            fields = [pc.hour(stamp), pc.day_of_week(stamp)]
+        else:
+            fields = [_empty_to_null(batch.column("hour"))]
+        fields += [_empty_to_null(batch.column(name)) for name in AVAZU_CAT]
+        return self._labels(batch), fields
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+def _check_file(path) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"raw data file not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"raw data path is not a file: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"raw data file is empty: {path}")
+    return path
+
+
+def _read_blocks(fmt: _Format, path: Path, block_size: int, bad: _Malformed, desc: str,
+                 progress: bool):
+    """Record batches of the raw file, with a byte-based progress bar."""
+    from tqdm.auto import tqdm
+
+    def skip(row) -> str:
+        bad.column_count += 1
+        where = f"line {row.number}" if row.number and row.number > 0 else "a line"
+        bad.note(f"{where} has {row.actual_columns} columns, expected {row.expected_columns}: "
+                 f"{row.text[:80]!r}")
+        return "skip"
+
+    fmt.check_header(path)
+    parse = pacsv.ParseOptions(delimiter=fmt.delimiter, quote_char=False if fmt.kind == "criteo"
+                               else '"', invalid_row_handler=skip)
+    with open(path, "rb") as raw, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
+                                       desc=desc, disable=not progress, mininterval=1.0) as bar:
+        source = gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw
+        try:
+            reader = pacsv.open_csv(source, read_options=fmt.read_options(block_size),
+                                    parse_options=parse, convert_options=fmt.convert_options())
+        except pa.ArrowInvalid as exc:
+            raise ValueError(f"cannot read {path} as {fmt.kind} data: {exc}") from exc
+        done = 0
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except pa.ArrowInvalid as exc:
+                raise ValueError(f"cannot parse {path} as {fmt.kind} data: {exc}") from exc
+            position = raw.tell()
+            bar.update(position - done)
+            done = position
+            yield batch
+
+
+# ---- vocabulary -----------------------------------------------------------------------------------
+
+class _ValueCounter:
+    """Counts of one field's values over a stream of blocks.
+
+    Per-block counts are pooled and merged once the pool is as large as the merged table, so the
+    total merging work stays proportional to the number of distinct (block, value) pairs.
+    """
+
+    def __init__(self):
+        self._pool: list[pa.Table] = []
+        self._pool_rows = 0
+        self._merged: pa.Table | None = None
+        self.missing = 0
+
+    def add(self, values: pa.Array) -> None:
+        self.missing += values.null_count
+        counts = pc.value_counts(values.drop_null() if values.null_count else values)
+        self._pool.append(pa.table({"v": counts.field("values"), "c": counts.field("counts")}))
+        self._pool_rows += len(counts)
+        if self._pool_rows >= max(1 << 21, len(self._merged) if self._merged else 0):
+            self._merge()
+
+    def _merge(self) -> None:
+        tables = self._pool + ([self._merged] if self._merged is not None else [])
+        if tables:
+            grouped = pa.concat_tables(tables).group_by("v").aggregate([("c", "sum")])
+            self._merged = pa.table({"v": grouped.column("v"), "c": grouped.column("c_sum")})
+        self._pool, self._pool_rows = [], 0
+
+    def kept(self, min_count: int) -> tuple[pa.Array, int, int]:
+        """(values seen >= min_count times, most frequent first; distinct values; rows holding a
+        value below the threshold)."""
+        self._merge()
+        if self._merged is None or len(self._merged) == 0:
+            return pa.array([], pa.string()), 0, 0
+        table = self._merged
+        frequent = table.filter(pc.greater_equal(table.column("c"), min_count))
+        frequent = frequent.sort_by([("c", "descending"), ("v", "ascending")])
+        rare_rows = int(pc.sum(table.column("c")).as_py()) - int(
+            pc.sum(frequent.column("c")).as_py() or 0)
+        return frequent.column("v").combine_chunks(), len(table), rare_rows
+
+
+# ---- the pipeline ---------------------------------------------------------------------------------
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("FASTME_CACHE_DIR") or Path.home() / ".cache" / "fastme")
+
+
+def _cache_dir(fmt: _Format, path: Path, options: dict, cache_dir) -> Path:
+    stat = path.stat()
+    key = json.dumps({"path": str(path.resolve()), "size": stat.st_size,
+                      "mtime_ns": stat.st_mtime_ns, "kind": fmt.kind, **options}, sort_keys=True)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+    return root / f"{fmt.kind}-{path.name}-{digest}"
+
+
+def preprocess(kind: str, path, cache_dir=None, *, min_count: int | None = None,
+               hour: str = "split", rebuild: bool = False, progress: bool = True,
+               block_size: int = 32 << 20) -> CTRData:
+    """Preprocess a raw ``kind`` ("criteo" or "avazu") file once and open its cache.
+
+    The cache directory (under ``cache_dir``, default ``$FASTME_CACHE_DIR`` or
+    ``~/.cache/fastme``) is keyed by the file's path, size and modification time and by the
+    options, and reused when it exists unless ``rebuild``.
+
+    Args:
+        min_count: values seen fewer times map to the field's OOV index (default 10 for Criteo,
+            2 for Avazu; the reference code uses 4 for Avazu).
+        hour: Avazu only: "split" (hour-of-day + weekday) or "raw" (the reference code).
+        progress: progress bars and a summary on stderr.
+        block_size: bytes of raw text parsed per block (bounds the working memory).
+    """
+    if kind == "criteo":
+        if hour != "split":
+            raise ValueError("hour only applies to Avazu data")
+        fmt: _Format = CriteoFormat()
+    elif kind == "avazu":
+        fmt = AvazuFormat(hour)
+    else:
+        raise ValueError(f"unknown raw format {kind!r}; expected 'criteo' or 'avazu'")
+    min_count = DEFAULT_MIN_COUNT[kind] if min_count is None else min_count
+    if isinstance(min_count, bool) or int(min_count) != min_count or min_count < 1:
+        raise ValueError(f"min_count must be a positive integer, got {min_count!r}")
+    path = _check_file(path)
+    options = {"min_count": int(min_count), **fmt.options()}
+    directory = _cache_dir(fmt, path, options, cache_dir)
+    if not rebuild and read_meta(directory) is not None:
+        return load_cache(directory, name=kind)
+    return _build(fmt, path, directory, options, progress, block_size)
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _build(fmt: _Format, path: Path, directory: Path, options: dict, progress: bool,
+           block_size: int) -> CTRData:
+    started = time.perf_counter()
+    n_fields = len(fmt.field_names)
+
+    # Pass 1: validate and count.
+    bad = _Malformed()
+    counters = [_ValueCounter() for _ in range(n_fields)]
+    num_rows = positives = 0
+    for batch in _read_blocks(fmt, path, block_size, bad, f"{fmt.kind}: pass 1/2 (count)",
+                              progress):
+        labels, fields = fmt.rows(batch, bad)
+        num_rows += len(labels)
+        positives += int(labels.sum())
+        for counter, values in zip(counters, fields):
+            counter.add(values)
+    if num_rows == 0:
+        raise ValueError(f"{path} holds no valid {fmt.kind} rows ({bad.total:,} malformed; "
+                         f"e.g. {'; '.join(bad.examples[:2]) or 'no data lines'})")
+    vocab, field_dims, field_stats = [], [], []
+    for name, counter in zip(fmt.field_names, counters):
+        kept, distinct, rare_rows = counter.kept(options["min_count"])
+        vocab.append(kept)
+        field_dims.append(len(kept) + 2)  # + OOV + missing
+        field_stats.append({"field": name, "distinct": distinct, "kept": len(kept),
+                            "oov_index": len(kept), "missing_index": len(kept) + 1,
+                            "rare_rows": rare_rows, "missing_rows": counter.missing})
+    count_s = time.perf_counter() - started
+
+    # Pass 2: map values to indices and write the arrays.
+    tmp = directory.with_name(directory.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    x = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.int32,
+                                  shape=(num_rows, n_fields))
+    y = np.lib.format.open_memmap(tmp / "y.npy", mode="w+", dtype=np.float32, shape=(num_rows,))
+    bad2 = _Malformed()
+    pos = 0
+    for batch in _read_blocks(fmt, path, block_size, bad2, f"{fmt.kind}: pass 2/2 (write)",
+                              progress):
+        labels, fields = fmt.rows(batch, bad2)
+        end = pos + len(labels)
+        if end > num_rows:
+            break  # the file grew since pass 1; caught below
+        block = np.empty((len(labels), n_fields), dtype=np.int32)
+        for i, (values, kept) in enumerate(zip(fields, vocab)):
+            block[:, i] = _indices(values, kept)
+        x[pos:end] = block
+        y[pos:end] = labels
+        pos = end
+    if pos != num_rows or bad2.total != bad.total:
+        raise RuntimeError(f"{path} changed while it was being preprocessed "
+                           f"({num_rows:,} rows in pass 1, {pos:,} in pass 2); run again")
+    x.flush()
+    y.flush()
+    del x, y
+    seconds = time.perf_counter() - started
+    info = {"dataset": fmt.kind, "source": {"path": str(path.resolve()),
+                                            "size": path.stat().st_size},
+            "options": options, "positive_rate": positives / num_rows,
+            "malformed": bad.as_dict(), "fields": field_stats,
+            "build": {"seconds": seconds, "count_pass_seconds": count_s,
+                      "rows_per_s": num_rows / seconds}}
+    write_meta(tmp, fmt.field_names, field_dims, num_rows, info,
+               vocab=[v.to_pylist() for v in vocab])
+    finish_cache(tmp, directory)
+    _say(progress, f"{fmt.kind}: {num_rows:,} rows, {sum(field_dims):,} feature values in "
+                   f"{n_fields} fields; {seconds:.1f} s for two passes "
+                   f"({num_rows / seconds:,.0f} rows/s); cache {directory}")
+    if bad.total:
+        summary = (f"{fmt.kind}: skipped {bad.total:,} malformed rows of {path} (wrong column "
+                   f"count {bad.column_count:,}, bad label {bad.bad_label:,}, non-integer "
+                   f"{bad.bad_integer:,}, bad hour {bad.bad_hour:,}); e.g. "
+                   + "; ".join(bad.examples[:3]))
+        warnings.warn(summary, RuntimeWarning, stacklevel=3)
+    return load_cache(directory, name=fmt.kind)
+
+
+def _indices(values: pa.Array, kept: pa.Array) -> np.ndarray:
+    """Field-local indices: position in ``kept``, else OOV (= len(kept)); missing = len + 1."""
+    oov = len(kept)
+    if len(kept):
+        found = pc.index_in(values, value_set=kept.cast(values.type))
+        out = found.fill_null(oov).to_numpy(zero_copy_only=False).astype(np.int32)
+    else:
+        out = np.full(len(values), oov, dtype=np.int32)
+    if values.null_count:
+        out[values.is_null().to_numpy(zero_copy_only=False)] = oov + 1
+    return out
