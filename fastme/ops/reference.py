@@ -23,7 +23,11 @@ def multi_embedding_lookup(table: torch.Tensor, indices: torch.Tensor,
                            offsets: torch.Tensor) -> torch.Tensor:
     """Grouped multi-set lookup: [rows, M, K] x [B, N] -> [B, M, N, K]."""
     rows = indices.long() + offsets.long().unsqueeze(0)  # [B, N]
-    return table[rows].permute(0, 2, 1, 3).contiguous()  # [B, N, M, K] -> [B, M, N, K]
+    b, n = rows.shape
+    rows_, m, k = table.shape
+    # index_select on the [rows, M*K] view gathers whole rows; faster than advanced indexing.
+    gathered = table.reshape(rows_, m * k).index_select(0, rows.reshape(-1))
+    return gathered.view(b, n, m, k).permute(0, 2, 1, 3).contiguous()  # -> [B, M, N, K]
 
 
 def fm_pooling(emb: torch.Tensor) -> torch.Tensor:
