@@ -237,3 +237,28 @@ def test_small_blocks_give_the_same_result(criteo_file, tmp_path):
     np.testing.assert_array_equal(whole.x, blocks.x)
     np.testing.assert_array_equal(whole.y, blocks.y)
     assert load_vocab(whole) == load_vocab(blocks)
+
+
+def test_gzip_input_gives_the_same_result(criteo_file, avazu_file, tmp_path):
+    import gzip
+
+    for kind, path in (("criteo", criteo_file), ("avazu", avazu_file)):
+        packed = tmp_path / (path.name + ".gz")
+        packed.write_bytes(gzip.compress(path.read_bytes()))
+        plain = load(f"{kind}:{path}", tmp_path / "p", min_count=1)
+        unpacked = load(f"{kind}:{packed}", tmp_path / "z", min_count=1)
+        np.testing.assert_array_equal(plain.x, unpacked.x)
+        np.testing.assert_array_equal(plain.y, unpacked.y)
+        assert plain.info["malformed"]["total"] == unpacked.info["malformed"]["total"] > 0
+
+
+def test_integer_cells_are_validated_cell_by_cell(tmp_path):
+    cats = ["c"] * 26
+    lines = [criteo_line(1, [5] * 13, cats), criteo_line(0, ["0x10"] + [5] * 12, cats),
+             criteo_line(0, [5] * 12 + ["1.5"], cats), criteo_line(1, [5, "+3"] + [5] * 11, cats)]
+    path = write(tmp_path / "ints.txt", "".join(lines))
+    data = load(f"criteo:{path}", tmp_path, min_count=1)
+    # "1.5" and "+3" are not integers; the hexadecimal 0x10 = 16 is (pyarrow parses it)
+    assert len(data) == 2 and data.info["malformed"]["bad_integer"] == 2
+    assert load_vocab(data)[0] == sorted([math.floor(math.log(5) ** 2),
+                                          math.floor(math.log(16) ** 2)])

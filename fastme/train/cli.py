@@ -117,7 +117,7 @@ def run(args) -> int:
 
     from fastme.data import load_dataset
     from fastme.models import build
-    from fastme.train.trainer import ResumeError, TrainConfig, print_summary, resolve_device, train
+    from fastme.train.trainer import TrainConfig, print_summary, resolve_device, train
 
     try:
         config = TrainConfig(
@@ -143,7 +143,7 @@ def run(args) -> int:
             "model_options": _key_values(args.model_option, "--model-option"), "command": sys.argv}
     try:
         results = train(model, data, config, info=info)
-    except ResumeError as exc:
+    except ValueError as exc:  # resuming with other settings, a split without both classes, ...
         print(f"fastme train: error: {exc}", file=sys.stderr)
         return 2
     print_summary(results)
