@@ -28,7 +28,7 @@ def load(spec, tmp_path, **options):
         return load_dataset(spec, cache_dir=tmp_path / "cache", **options)
 
 
-# ---- Criteo ---------------------------------------------------------------------------------------
+# ---- Criteo -------------------------------------------------------------------------------------
 
 def test_criteo_integer_transform_matches_the_winners_formula():
     import pyarrow as pa
@@ -123,7 +123,7 @@ def test_criteo_real_sample_by_hand(tmp_path):
         assert (idx == data.field_dims[13 + i] - 1) if cell == "" else vocab[13 + i][idx] == cell
 
 
-# ---- Avazu ----------------------------------------------------------------------------------------
+# ---- Avazu --------------------------------------------------------------------------------------
 
 def avazu_line(row_id, click, hour, c1="1005", site="1fbe01fe", **overrides):
     values = {name: f"{name}_v" for name in AVAZU_COLUMNS}
@@ -179,7 +179,7 @@ def test_avazu_wrong_header_is_a_clear_error(tmp_path):
         load(f"avazu:{path}", tmp_path)
 
 
-# ---- errors and the cache -------------------------------------------------------------------------
+# ---- errors and the cache -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["criteo", "avazu"])
 def test_missing_and_empty_files(kind, tmp_path):

@@ -47,7 +47,8 @@ class CTRData:
             field_names = [f"f{i}" for i in range(len(field_dims))]
         field_names = [str(f) for f in field_names]
         if len(field_names) != len(field_dims):
-            raise ValueError(f"field_names has {len(field_names)} names for {len(field_dims)} fields")
+            raise ValueError(f"field_names has {len(field_names)} names for {len(field_dims)} "
+                             f"fields")
         if rows is not None:
             rows = np.asarray(rows, dtype=np.int64)
             if rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() >= len(x))):

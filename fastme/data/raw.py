@@ -295,7 +295,7 @@ def _read_blocks(fmt: _Format, path: Path, block_size: int, bad: _Malformed, des
             yield batch
 
 
-# ---- vocabulary -----------------------------------------------------------------------------------
+# ---- vocabulary ---------------------------------------------------------------------------------
 
 class _ValueCounter:
     """Counts of one field's values over a stream of blocks.
@@ -339,7 +339,7 @@ class _ValueCounter:
         return frequent.column("v").combine_chunks(), len(table), rare_rows
 
 
-# ---- the pipeline ---------------------------------------------------------------------------------
+# ---- the pipeline -------------------------------------------------------------------------------
 
 def default_cache_root() -> Path:
     return Path(os.environ.get("FASTME_CACHE_DIR") or Path.home() / ".cache" / "fastme")

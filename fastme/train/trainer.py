@@ -278,7 +278,8 @@ def train(model, data, config: TrainConfig | None = None, *, info: dict | None =
         out.mkdir(parents=True, exist_ok=True)
     cfg_dict = dataclasses.asdict(config)
     data_desc = {"name": train_set.name.split("/")[0], "field_dims": list(train_set.field_dims),
-                 "field_names": list(train_set.field_names), "rows": {"train": len(train_set), "valid": len(valid_set), "test": len(test_set)}}
+                 "field_names": list(train_set.field_names),
+                 "rows": {"train": len(train_set), "valid": len(valid_set), "test": len(test_set)}}
 
     model.to(device)
     optimizer = _make_optimizer(model, config, device)
@@ -288,6 +289,10 @@ def train(model, data, config: TrainConfig | None = None, *, info: dict | None =
     if config.resume and (out / LAST).is_file():
         state = _resume(model, optimizer, out / LAST, config, data_desc, device)
         _log(config, f"resumed {out / LAST} after epoch {state['epoch']}")
+    elif out is not None:
+        # A fresh run: files of an earlier run here must not be resumed or reported later.
+        for name in (LAST, BEST, RESULTS):
+            (out / name).unlink(missing_ok=True)
 
     train_rows = train_set.row_numbers()
     started = time.perf_counter()
@@ -378,10 +383,13 @@ def _resume(model, optimizer, path: Path, config: TrainConfig, data_desc: dict,
         raise ResumeError(f"cannot resume {path}: it was trained on different data "
                          f"({ckpt['data']['rows']} rows)")
     model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    for group in optimizer.param_groups:  # the saved run may have used another device
+    # The saved run may have used another device: load with this run's kernel choice, so that
+    # torch places Adam's step counters where the fused kernel expects them.
+    opt_state = ckpt["optimizer"]
+    for group in opt_state["param_groups"]:
         group["fused"] = device.type == "cuda"
         group["foreach"] = None
+    optimizer.load_state_dict(opt_state)
     return ckpt["trainer"]
 
 
@@ -403,19 +411,21 @@ def print_summary(results: dict, file=None) -> None:
              f"data          {results['data']['name']}: {sum(rows.values()):,} rows "
              f"(train {rows['train']:,} / valid {rows['valid']:,} / test {rows['test']:,}), "
              f"{len(results['data']['field_dims'])} fields",
-             f"test AUC      {results['test_auc']:.5f}   test logloss {results['test_logloss']:.5f}",
+             f"test AUC      {results['test_auc']:.5f}   "
+             f"test logloss {results['test_logloss']:.5f}",
              f"best val AUC  {results['best_val_auc']:.5f} at epoch {results['best_epoch']} of "
              f"{results['epochs']}" + ("  (stopped early)" if results["stopped_early"] else "")]
     ia = results.get("field_ia")
-    if ia:
+    if ia and not np.isnan(ia).all():
         names = results["field_names"]
-        lo, hi = int(np.argmin(ia)), int(np.argmax(ia))
-        lines.append(f"field IA      mean {np.mean(ia):.2f}  min {ia[lo]:.2f} ({names[lo]})  "
+        lo, hi = int(np.nanargmin(ia)), int(np.nanargmax(ia))
+        lines.append(f"field IA      mean {np.nanmean(ia):.2f}  min {ia[lo]:.2f} ({names[lo]})  "
                      f"max {ia[hi]:.2f} ({names[hi]})")
     else:
         lines.append(f"field IA      unavailable ({results.get('field_ia_note', 'not computed')})")
-    lines.append(f"time          {results['wall_time_s']:.1f} s (training {results['train_time_s']:.1f}"
-                 f" s)   {results['samples_per_s']:,.0f} samples/s on {results['device']}")
+    lines.append(f"time          {results['wall_time_s']:.1f} s "
+                 f"(training {results['train_time_s']:.1f} s)   "
+                 f"{results['samples_per_s']:,.0f} samples/s on {results['device']}")
     if results.get("results_path"):
         lines.append(f"results       {results['results_path']}")
     print("\n".join(lines), file=file, flush=True)
