@@ -8,13 +8,10 @@ import torch
 import fastme.ops as ops
 from fastme.ops import reference
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BACKENDS = [b for b in ops.available_backends(DEVICE) if b != "reference"]
-pytestmark = pytest.mark.skipif(not BACKENDS, reason=f"no kernel backend can run on {DEVICE} here "
-                                "(install triton, or run on a GPU)")
-# Table gradients summed with float atomics on a GPU may differ in the last bits between two
-# backward passes, which gradcheck checks for.
-NONDET_TOL = 1e-10
+from kernel_backends import (BACKENDS, DEVICE, NONDET_TOL, criteo_like_field_dims,
+                             criteo_shapes_on_gpu, requires_kernel_backend)
+
+pytestmark = requires_kernel_backend
 
 
 def random_inputs(batch, field_dims, num_sets, dim, layers, *, dtype=torch.float64,
@@ -211,15 +208,10 @@ def test_torch_compile_fullgraph(backend):
         torch.testing.assert_close(a.grad, b.grad)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="Criteo-sized shapes need a CUDA GPU")
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("num_sets", [1, 4, 10])
+@criteo_shapes_on_gpu
 def test_criteo_shapes_on_gpu(backend, dtype, num_sets):
     """ME-DCNv2 at Criteo size: B=4096, N=39, K=10 (D=390), L=4, realistic cardinalities."""
-    g = torch.Generator().manual_seed(0)
-    field_dims = [int(d) for d in torch.randint(2, 5000, (39,), generator=g)]
+    field_dims = criteo_like_field_dims()
     inputs = random_inputs(4096, field_dims, num_sets, 10, 4, dtype=dtype)
     for op, (public, ref, pick) in OPS.items():
         args = pick(inputs)

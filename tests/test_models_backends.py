@@ -11,10 +11,9 @@ import torch
 import fastme.ops as ops
 from fastme.models import MODELS
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BACKENDS = [b for b in ops.available_backends(DEVICE) if b != "reference"]
-pytestmark = pytest.mark.skipif(not BACKENDS, reason=f"no kernel backend can run on {DEVICE} here "
-                                "(install triton, or run on a GPU)")
+from kernel_backends import BACKENDS, DEVICE, requires_kernel_backend
+
+pytestmark = requires_kernel_backend
 
 FIELD_DIMS = [3, 5, 2, 4]
 OPTIONS = {  # small sub-modules so that the interpreter stays fast
