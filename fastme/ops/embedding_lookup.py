@@ -40,4 +40,30 @@ def multi_embedding_lookup(table: torch.Tensor, indices: torch.Tensor, offsets: 
     return fn(table, indices, offsets)
 
 
+def register_kernel_autograd(lookup_op, lookup_backward_op) -> None:
+    """Fake (meta) implementations and autograd for a kernel backend's pair of custom ops:
+    ``lookup_op(table, indices, offsets) -> [B, M, N, K]`` and
+    ``lookup_backward_op(grad, indices, offsets, num_rows) -> [rows, M, K]`` (the dense table
+    gradient, duplicates summed). Every backend shares this wiring; only the kernels differ."""
+
+    @lookup_op.register_fake
+    def _(table, indices, offsets):
+        return table.new_empty((indices.shape[0], table.shape[1], indices.shape[1], table.shape[2]))
+
+    @lookup_backward_op.register_fake
+    def _(grad, indices, offsets, num_rows):
+        return grad.new_empty((num_rows, grad.shape[1], grad.shape[3]))
+
+    def setup_context(ctx, inputs, output):
+        table, indices, offsets = inputs
+        ctx.save_for_backward(indices, offsets)
+        ctx.num_rows = table.shape[0]
+
+    def backward(ctx, grad):
+        indices, offsets = ctx.saved_tensors
+        return lookup_backward_op(grad, indices, offsets, ctx.num_rows), None, None
+
+    lookup_op.register_autograd(backward, setup_context=setup_context)
+
+
 _backend.register("multi_embedding_lookup", "reference")(reference.multi_embedding_lookup)

@@ -8,6 +8,7 @@ gradient, by atomic adds (float32/float64) or by sort + segment reduction (deter
 import torch
 
 from fastme.ops.cuda import _lib
+from fastme.ops.embedding_lookup import register_kernel_autograd
 
 
 @torch.library.custom_op("fastme::cuda_multi_embedding_lookup", mutates_args=(),
@@ -24,11 +25,6 @@ def lookup_op(table: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor)
     return out
 
 
-@lookup_op.register_fake
-def _(table, indices, offsets):
-    return table.new_empty((indices.shape[0], table.shape[1], indices.shape[1], table.shape[2]))
-
-
 @torch.library.custom_op("fastme::cuda_multi_embedding_lookup_backward", mutates_args=(),
                          device_types="cuda")
 def lookup_backward_op(grad: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
@@ -37,23 +33,7 @@ def lookup_backward_op(grad: torch.Tensor, indices: torch.Tensor, offsets: torch
                              num_rows)
 
 
-@lookup_backward_op.register_fake
-def _(grad, indices, offsets, num_rows):
-    return grad.new_empty((num_rows, grad.shape[1], grad.shape[3]))
-
-
-def _setup_context(ctx, inputs, output):
-    table, indices, offsets = inputs
-    ctx.save_for_backward(indices, offsets)
-    ctx.num_rows = table.shape[0]
-
-
-def _backward(ctx, grad):
-    indices, offsets = ctx.saved_tensors
-    return lookup_backward_op(grad, indices, offsets, ctx.num_rows), None, None
-
-
-lookup_op.register_autograd(_backward, setup_context=_setup_context)
+register_kernel_autograd(lookup_op, lookup_backward_op)
 
 
 def multi_embedding_lookup(table, indices, offsets):

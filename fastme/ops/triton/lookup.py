@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastme.ops.embedding_lookup import register_kernel_autograd
 from fastme.ops.triton._common import (NUM_WARPS, RowGradTarget, check_nonempty_table, contiguous,
                                        load_rows, pow2)
 
@@ -103,34 +104,13 @@ def lookup_op(table: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor)
     return lookup_forward(table, indices, offsets)
 
 
-@lookup_op.register_fake
-def _(table, indices, offsets):
-    return table.new_empty((indices.shape[0], table.shape[1], indices.shape[1], table.shape[2]))
-
-
 @torch.library.custom_op("fastme::triton_multi_embedding_lookup_backward", mutates_args=())
 def lookup_backward_op(grad: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
                        num_rows: int) -> torch.Tensor:
     return lookup_backward(grad, indices, offsets, num_rows)
 
 
-@lookup_backward_op.register_fake
-def _(grad, indices, offsets, num_rows):
-    return grad.new_empty((num_rows, grad.shape[1], grad.shape[3]))
-
-
-def _setup_context(ctx, inputs, output):
-    table, indices, offsets = inputs
-    ctx.save_for_backward(indices, offsets)
-    ctx.num_rows = table.shape[0]
-
-
-def _backward(ctx, grad):
-    indices, offsets = ctx.saved_tensors
-    return lookup_backward_op(grad, indices, offsets, ctx.num_rows), None, None
-
-
-lookup_op.register_autograd(_backward, setup_context=_setup_context)
+register_kernel_autograd(lookup_op, lookup_backward_op)
 
 
 def multi_embedding_lookup(table, indices, offsets):
