@@ -115,13 +115,31 @@ def test_embedding_tables_and_cross_weights_views():
     assert weight.shape == (4, 3, d, d) and bias.shape == (4, 3, d)
 
 
-def test_me_with_one_set_is_se():
-    torch.manual_seed(1)
-    a = fm.DCNv2(FIELD_DIMS, embed_dim=6, num_sets=1)
-    b = fm.build("dcnv2", FIELD_DIMS, 1, multi=True)
-    assert {k: v.shape for k, v in fm.DCNv2(FIELD_DIMS).state_dict().items()} == \
-        {k: v.shape for k, v in b.state_dict().items()}
-    assert a.num_sets == b.num_sets == 1
+def test_se_dnn_is_the_plain_torch_dnn():
+    """With one set, the per-set layers reduce to the paper's SE DNN written with plain torch.nn:
+    flatten -> Linear/BN/ReLU/Dropout -> Linear/BN/ReLU/Dropout -> Linear."""
+    torch.manual_seed(3)
+    model = fm.DNN(FIELD_DIMS, embed_dim=4, hidden_dim=8)
+    model.train()
+    for seed in range(2):  # non-trivial BatchNorm statistics
+        model(random_x(FIELD_DIMS, 16, seed))
+    model.eval()
+    n, k = len(FIELD_DIMS), 4
+    plain = torch.nn.Sequential(torch.nn.Linear(n * k, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
+                                torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
+                                torch.nn.Linear(8, 1)).eval()
+    proj, head = model.projection.block, model.head
+    with torch.no_grad():
+        plain[0].weight.copy_(proj.linear.weight[0])
+        plain[0].bias.copy_(proj.linear.bias[0])
+        plain[1].load_state_dict(proj.norm.state_dict())
+        plain[3].load_state_dict(head.block[0].state_dict())
+        plain[4].load_state_dict(head.block[1].state_dict())
+        plain[6].load_state_dict(head.out.state_dict())
+    x = random_x(FIELD_DIMS, 6)
+    rows = x + model.embedding.offsets
+    flat = model.embedding.weight[rows, 0].reshape(6, n * k)  # field-major concatenation
+    torch.testing.assert_close(model(x), plain(flat).squeeze(-1))
 
 
 def _se_copy_of_linear_me_dnn(me):
