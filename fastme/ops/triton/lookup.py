@@ -21,37 +21,36 @@ _TILE = 1024
 
 
 @triton.jit
-def _lookup_fwd_kernel(TABLE, IDX, OFFS, OUT, num_pairs, num_rows, N, K, MK,
-                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _pair_tile(num_pairs, N, K, MK, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's tile: pair ids p = b*N + field (rows) by row-value ids c = m*K + k (columns).
+    Returns p (int64), c, the pair mask, the field, the tile mask and the offsets of
+    emb[b, m, field, k] in the [B, M, N, K] embeddings (b * M*N*K == b * N * MK)."""
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     pmask = p < num_pairs
     p = p.to(tl.int64)
     b = p // N
     field = p - b * N
-    rows = load_rows(IDX, OFFS, p, field, num_rows, pmask)
     mask = pmask[:, None] & (c < MK)[None, :]
-    vals = tl.load(TABLE + rows[:, None] * MK + c[None, :], mask=mask)
     m = c // K
     k = c - m * K
-    # out[b, m, field, k]; b * M*N*K == b * N * MK
-    dst = (b * N * MK)[:, None] + (m * (N * K) + k)[None, :] + (field * K)[:, None]
+    offsets = (b * N * MK)[:, None] + (m * (N * K) + k)[None, :] + (field * K)[:, None]
+    return p, c, pmask, field, mask, offsets
+
+
+@triton.jit
+def _lookup_fwd_kernel(TABLE, IDX, OFFS, OUT, num_pairs, num_rows, N, K, MK,
+                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    p, c, pmask, field, mask, dst = _pair_tile(num_pairs, N, K, MK, BLOCK_P, BLOCK_C)
+    rows = load_rows(IDX, OFFS, p, field, num_rows, pmask)
+    vals = tl.load(TABLE + rows[:, None] * MK + c[None, :], mask=mask)
     tl.store(OUT + dst, vals, mask=mask)
 
 
 @triton.jit
 def _lookup_bwd_kernel(GRAD, DEST, ACC, num_pairs, N, K, MK,
                        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    pmask = p < num_pairs
-    p = p.to(tl.int64)
-    b = p // N
-    field = p - b * N
-    mask = pmask[:, None] & (c < MK)[None, :]
-    m = c // K
-    k = c - m * K
-    src = (b * N * MK)[:, None] + (m * (N * K) + k)[None, :] + (field * K)[:, None]
+    p, c, pmask, field, mask, src = _pair_tile(num_pairs, N, K, MK, BLOCK_P, BLOCK_C)
     g = tl.load(GRAD + src, mask=mask, other=0).to(ACC.dtype.element_ty)
     dest = tl.load(DEST + p, mask=pmask, other=0)
     tl.atomic_add(ACC + dest[:, None] * MK + c[None, :], g, mask=mask, sem="relaxed")
