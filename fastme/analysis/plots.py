@@ -214,41 +214,35 @@ def plot_bars(values: dict, path, title: str, ylabel: str, errors: dict | None =
     return _finish(fig, path, {"title": title, "values": values, "errors": errors})
 
 
-def plot_scale_auc(summary: dict, path, title: str) -> Path:
-    """Test AUC vs model scale, SE and ME (Figure 8a), mean +- std over seeds."""
+def _plot_scale_metric(summary: dict, path, title: str, metric: str, ylabel: str,
+                       labels: dict) -> Path:
+    """``metric`` (mean +- std over seeds) vs model scale, one line per mode in ``labels``."""
     plt = _plt()
     scales = summary["scales"]
     fig, ax = plt.subplots(layout="constrained", figsize=(6.0, 4.2))
     x = np.arange(len(scales))
-    for mode, label in (("se", "single-embedding (SE)"), ("me", "multi-embedding (ME)")):
-        mean = np.array([summary[mode][str(s)]["test_auc_mean"] for s in scales], dtype=float)
-        std = np.array([summary[mode][str(s)]["test_auc_std"] for s in scales], dtype=float)
+    for mode, label in labels.items():
+        mean = np.array([summary[mode][str(s)][f"{metric}_mean"] for s in scales], dtype=float)
+        std = np.array([summary[mode][str(s)][f"{metric}_std"] for s in scales], dtype=float)
         ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label)
     ax.set_xticks(x)
     ax.set_xticklabels(["base" if s == 1 else f"{s}x" for s in scales])
     ax.set_xlabel("model size (embedding scale)")
-    ax.set_ylabel("test AUC")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
     return _finish(fig, path, summary)
+
+
+def plot_scale_auc(summary: dict, path, title: str) -> Path:
+    """Test AUC vs model scale, SE and ME (Figure 8a), mean +- std over seeds."""
+    return _plot_scale_metric(summary, path, title, "test_auc", "test AUC",
+                              {"se": "single-embedding (SE)", "me": "multi-embedding (ME)"})
 
 
 def plot_scale_ia(summary: dict, path, title: str) -> Path:
     """Mean per-field IA vs model scale for SE and ME, mean +- std over seeds."""
-    plt = _plt()
-    scales = summary["scales"]
-    fig, ax = plt.subplots(layout="constrained", figsize=(6.0, 4.2))
-    x = np.arange(len(scales))
-    for mode, label in (("se", "SE"), ("me", "ME (sets concatenated)")):
-        mean = np.array([summary[mode][str(s)]["mean_field_ia_mean"] for s in scales], dtype=float)
-        std = np.array([summary[mode][str(s)]["mean_field_ia_std"] for s in scales], dtype=float)
-        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label)
-    ax.set_xticks(x)
-    ax.set_xticklabels(["base" if s == 1 else f"{s}x" for s in scales])
-    ax.set_xlabel("model size (embedding scale)")
-    ax.set_ylabel("mean information abundance over fields")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    return _finish(fig, path, summary)
+    return _plot_scale_metric(summary, path, title, "mean_field_ia",
+                              "mean information abundance over fields",
+                              {"se": "SE", "me": "ME (sets concatenated)"})
