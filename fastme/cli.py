@@ -7,10 +7,32 @@ that registers its commands with a ``func(args) -> int`` default.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import sys
 
 SUBCOMMAND_MODULES = ("fastme.train.cli", "fastme.analysis.cli")
+
+
+def key_values(pairs, flag: str) -> dict:
+    """``KEY=VALUE`` strings (a repeatable option such as --model-option) -> dict; values are
+    Python literals where they parse as one, plain strings otherwise."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value  # a plain string such as field_pairs=upper
+    return options
+
+
+def error(command: str, message) -> int:
+    """Report a user mistake the way every subcommand does; returns the exit status 2."""
+    print(f"fastme {command}: error: {message}", file=sys.stderr, flush=True)
+    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,12 +43,17 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["train", "--data", f"criteo:{tmp_path / 'missing.txt'}", "--out",
                  str(tmp_path / "r")]) == 2
     assert "not found" in capsys.readouterr().err
-    assert main(["train", "--model", "nope", "--out", str(tmp_path / "r"), *SMALL]) == 2
-    assert "unknown model" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # refused before any data is loaded
+        main(["train", "--model", "nope", "--data", f"criteo:{tmp_path / 'missing.txt'}"])
+    assert stop.value.code == 2
+    assert "fastme train: error: argument --model: invalid choice: 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["train", "--data", "criteo:x", "--synthetic-samples", "10"])
-    with pytest.raises(SystemExit):
-        main(["train", "--model-option", "no_equals_sign"])
+        main(["train", "--scale", "0"])
+    assert "--scale: expected a positive integer" in capsys.readouterr().err
+    assert main(["train", "--data", "criteo:x", "--synthetic-samples", "10"]) == 2
+    assert "fastme train: error: --synthetic-samples only applies" in capsys.readouterr().err
+    assert main(["train", "--model-option", "no_equals_sign"]) == 2
+    assert "--model-option expects KEY=VALUE" in capsys.readouterr().err
 
 
 def test_python_dash_m_entry_point():
@@ -58,3 +63,26 @@ def test_python_dash_m_entry_point():
     for flag in ("--model", "--mode", "--scale", "--data", "--epochs", "--batch-size", "--device",
                  "--backend", "--out", "--resume", "--track-ia", "--seed"):
         assert flag in done.stdout
+
+
+def test_cli_defaults_are_the_config_defaults():
+    from fastme.cli import build_parser
+    from fastme.models import MODELS
+    from fastme.ops import BACKENDS
+    from fastme.train import TrainConfig
+    from fastme.train.config import config_options
+
+    defaults = TrainConfig()
+    for argv in (["train"], ["experiment", "scale"]):
+        args = build_parser().parse_args(argv)
+        options = config_options(args)
+        assert options.pop("device") == "auto"  # the command line picks the GPU when there is one
+        assert "epochs" in options and "progress" in options
+        for name, value in options.items():
+            if name != "out_dir":
+                assert value == getattr(defaults, name), name
+    parser = build_parser()
+    for flag, choices in (("--model", MODELS), ("--backend", BACKENDS)):
+        action = next(a for a in parser._subparsers._group_actions[0].choices["train"]._actions
+                      if flag in a.option_strings)
+        assert list(action.choices) == list(choices)

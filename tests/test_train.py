@@ -94,7 +94,7 @@ def test_training_learns_and_writes_results(data, tmp_path):
     assert results["test_auc"] > 0.6
     on_disk = json.loads((tmp_path / "results.json").read_text())
     for key in ("test_auc", "test_logloss", "best_val_auc", "epochs", "samples_per_s", "config",
-                "history", "field_ia"):
+                "history"):
         assert key in on_disk
     assert on_disk["config"]["batch_size"] == 256 and on_disk["config"]["lr"] == 1e-2
     assert on_disk["data"]["rows"] == {"train": 2400, "valid": 300, "test": 300}
@@ -150,30 +150,58 @@ def test_resume_refuses_other_settings_and_starts_fresh_without_checkpoint(data,
     assert fresh["epochs"] == 1
 
 
-def test_information_abundance_per_field(data, tmp_path, monkeypatch):
-    seen = []
+def test_callbacks_add_to_the_history_and_results(data, tmp_path):
+    epochs_seen, result_models = [], []
 
-    def fake_ia(model):
-        seen.append(model)
-        return [float(i) for i in range(model.num_fields)]
+    def per_field(model, entry):
+        return {"field_ia": [float(i) for i in range(model.num_fields)]}
 
-    monkeypatch.setattr(trainer, "_ia_function", lambda: fake_ia)
-    results = train(small_model(data), data, config(tmp_path, epochs=2, track_ia=True))
+    def on_epoch(model, record):
+        epochs_seen.append(record["epoch"])
+        return per_field(model, record)
+
+    def on_result(model, results):
+        result_models.append(model)
+        assert "test_auc" in results  # called after the test
+        return per_field(model, results)
+
+    model = small_model(data)
+    results = train(model, data, config(tmp_path, epochs=2), on_epoch=on_epoch,
+                    on_result=on_result)
+    assert epochs_seen == [1, 2] and result_models == [model]
     assert results["field_ia"] == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert all(h["field_ia"] == results["field_ia"] for h in results["history"])
-    assert len(seen) == 3  # two epochs + the best model
+    assert json.loads((tmp_path / "results.json").read_text())["field_ia"] == results["field_ia"]
 
-    monkeypatch.setattr(trainer, "_ia_function", lambda: None)
-    results = train(small_model(data), data, config(epochs=1, track_ia=True))
-    assert results["field_ia"] is None and "not available" in results["field_ia_note"]
-
-    def broken(model):
+    def broken(model, entry):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(trainer, "_ia_function", lambda: broken)
+    # a failing measurement is reported, and the finished run is not lost
     with pytest.warns(RuntimeWarning, match="boom"):
-        results = train(small_model(data), data, config(epochs=1))
-    assert results["field_ia"] is None and "boom" in results["field_ia_note"]
+        results = train(small_model(data), data, config(epochs=1), on_result=broken)
+    assert "field_ia" not in results and "boom" in results["callback_error"]
+    assert results["test_auc"] > 0
+
+
+def test_the_trainer_does_not_import_the_analysis():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(trainer))
+    names = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [n for n in names if n and n.startswith("fastme.analysis")]
+    assert "importlib" not in names
+
+
+def test_checkpoints_share_one_layout(data, tmp_path):
+    train(small_model(data), data, config(tmp_path, epochs=1))
+    best, last = load_checkpoint(tmp_path / "best.pt"), load_checkpoint(tmp_path / "last.pt")
+    shared = {"model", "optimizer", "epoch", "config", "info", "data"}
+    assert set(best) == shared | {"val_auc"} and set(last) == shared | {"trainer"}
+    results = json.loads((tmp_path / "results.json").read_text())
+    for key in ("config", "info", "data"):
+        assert results[key] == json.loads(json.dumps(last[key]))
 
 
 def test_regularization_loss_enters_the_objective(data):

@@ -4,12 +4,15 @@ the analysis of a trained checkpoint."""
 from __future__ import annotations
 
 import argparse
-import ast
-import sys
 from pathlib import Path
 
 from fastme.analysis import toy as toy_module
 from fastme.analysis.scale import DEFAULT_SCALES
+from fastme.cli import error, key_values
+from fastme.models import MODELS
+from fastme.ops import BACKENDS
+from fastme.train.cli import MODEL_HELP
+from fastme.train.config import add_config_arguments, config_options
 
 _FMT = argparse.ArgumentDefaultsHelpFormatter
 
@@ -22,25 +25,6 @@ def add_parsers(subparsers) -> None:
     _add_toy(sub)
     _add_scale(sub)
     _add_analyze(subparsers)
-
-
-# -- parsing helpers ------------------------------------------------------------------------------
-def _key_values(pairs, flag: str) -> dict:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.isidentifier():
-            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
-        try:
-            options[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            options[key] = value  # a plain string
-    return options
-
-
-def _error(command: str, exc: Exception) -> int:
-    print(f"fastme {command}: error: {exc}", file=sys.stderr)
-    return 2
 
 
 # -- toy ------------------------------------------------------------------------------------------
@@ -73,7 +57,7 @@ def run_toy_command(args) -> int:
                                     iterations=args.iterations, lr=args.lr, seeds=args.seeds,
                                     record_every=args.record_every)
     except ValueError as exc:
-        return _error("experiment toy", exc)
+        return error("experiment toy", exc)
     out = Path(args.out)
     png = plot_toy(result, out / "toy")  # writes toy.png and toy.json (all the data)
     for d3, run in result["runs"].items():
@@ -91,11 +75,11 @@ def _add_scale(sub) -> None:
         description="Train one backbone at every scale as SE (K = base * scale) and ME (scale "
                     "sets of size base) for each seed; report test AUC and per-field "
                     "information abundance, mean and std over seeds.")
-    p.add_argument("--model", default="dcnv2",
-                   help="backbone: dnn, ipnn, nfwfm, xdeepfm, dcnv2, finalmlp, autoint")
+    p.add_argument("--model", default="dcnv2", type=str.lower, choices=list(MODELS),
+                   help=MODEL_HELP)
     p.add_argument("--scales", type=int, nargs="+", default=list(DEFAULT_SCALES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--backend", default="auto", choices=("auto", "reference", "triton", "cuda"))
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra model constructor argument, e.g. hidden_dim=64 (repeatable)")
     p.add_argument("--data", default="synthetic",
@@ -105,17 +89,12 @@ def _add_scale(sub) -> None:
                    help="rows of the synthetic data (default: the built-in size)")
     p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra dataset option, e.g. min_count=4 (repeatable)")
-    p.add_argument("--epochs", type=int, default=100, help="maximum epochs")
-    p.add_argument("--batch-size", type=int, default=2048)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-6)
-    p.add_argument("--patience", type=int, default=3)
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    add_config_arguments(p, ("epochs", "batch_size", "lr", "weight_decay", "patience", "device"))
     p.add_argument("--seen-only", action="store_true",
                    help="compute IA on the embedding rows that occur in the training split only")
     p.add_argument("--no-checkpoints", action="store_true",
                    help="do not keep per-run checkpoints (runs are then never reused)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_arguments(p, ("progress",))
     p.add_argument("--out", default=None,
                    help="output directory (default runs/experiment-scale-<model>-<data>)")
     p.set_defaults(func=run_scale_command)
@@ -127,26 +106,24 @@ def run_scale_command(args) -> int:
 
     kind = args.data.split(":", 1)[0]
     try:
-        data_options = _key_values(args.data_option, "--data-option")
-        model_options = _key_values(args.model_option, "--model-option")
+        data_options = key_values(args.data_option, "--data-option")
+        model_options = key_values(args.model_option, "--model-option")
         if args.synthetic_samples is not None:
             if kind != "synthetic":
                 raise ValueError("--synthetic-samples only applies to --data synthetic")
             data_options["num_samples"] = args.synthetic_samples
         data = load_dataset(args.data, cache_dir=args.cache_dir, **data_options)
     except (ValueError, TypeError, FileNotFoundError) as exc:
-        return _error("experiment scale", exc)
+        return error("experiment scale", exc)
     out = Path(args.out or f"runs/experiment-scale-{args.model.lower()}-{kind}")
-    train_options = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         weight_decay=args.weight_decay, patience=args.patience,
-                         device=args.device, progress=not args.no_progress)
+    train_options = config_options(args)
     try:
         summary = run_scale(args.model, data, scales=args.scales, seeds=args.seeds,
                             train_options=train_options, model_options=model_options,
                             backend=args.backend, out_dir=out, seen_only=args.seen_only,
                             keep_checkpoints=not args.no_checkpoints, data_spec=args.data)
     except (ValueError, TypeError) as exc:
-        return _error("experiment scale", exc)
+        return error("experiment scale", exc)
     print(f"{'scale':>6} {'SE test AUC':>20} {'ME test AUC':>20} {'SE mean IA':>12} "
           f"{'ME mean IA':>12}")
     for s in summary["scales"]:
@@ -185,7 +162,8 @@ def _add_analyze(subparsers) -> None:
                    help="SE model: number of chunks its embedding is cut into for the diversity "
                         "baseline (default: chunks of the base embedding size)")
     p.add_argument("--layer", type=int, default=0, help="DCNv2 cross layer for sub-embeddings")
-    p.add_argument("--model", default=None, help="override the checkpoint's backbone")
+    p.add_argument("--model", default=None, type=str.lower, choices=list(MODELS),
+                   help="override the checkpoint's backbone")
     p.add_argument("--mode", choices=("se", "me"), default=None)
     p.add_argument("--scale", type=int, default=None)
     p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE")
@@ -202,14 +180,14 @@ def run_analyze_command(args) -> int:
         if args.data:
             from fastme.data import load_dataset
 
-            options = _key_values(args.data_option, "--data-option")
+            options = key_values(args.data_option, "--data-option")
             if args.synthetic_samples is not None:
                 options["num_samples"] = args.synthetic_samples
             data = load_dataset(args.data, cache_dir=args.cache_dir, **options)
         model, meta = load_model(args.checkpoint,
                                  field_dims=data.field_dims if data is not None else None,
                                  model=args.model, mode=args.mode, scale=args.scale,
-                                 model_options=_key_values(args.model_option, "--model-option"))
+                                 model_options=key_values(args.model_option, "--model-option"))
         names = list(data.field_names) if data is not None else meta["field_names"]
         seen = data.split(args.split_seed)[0] if args.seen_only else None
         out = Path(args.out) if args.out else Path(meta["checkpoint"]).parent / "analysis"
@@ -217,7 +195,7 @@ def run_analyze_command(args) -> int:
         result = analyze_model(model, out, field_names=names, seen_rows=seen, split=args.split,
                                layer=args.layer, title=title)
     except (ValueError, TypeError, FileNotFoundError) as exc:
-        return _error("analyze", exc)
+        return error("analyze", exc)
     print(f"{title} ({meta['checkpoint']})")
     print(f"mean field IA {result['mean_field_ia']:.3f} "
           f"(K = {result['embed_dim']}, M = {result['num_sets']})")

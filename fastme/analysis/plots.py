@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastme._json import json_default
+
 
 def _plt():
     import matplotlib
@@ -19,23 +21,11 @@ def _plt():
     return plt
 
 
-def _json_default(obj):
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if hasattr(obj, "tolist"):  # torch tensors
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 def save_json(path, data) -> Path:
     """Write ``data`` as indented JSON (NaN written as null)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_nan_to_none(data), indent=1, default=_json_default)
+    text = json.dumps(_nan_to_none(data), indent=1, default=json_default)
     path.write_text(text + "\n")
     return path
 

@@ -31,7 +31,8 @@ from fastme.data.dataset import CTRData, finish_cache, load_cache, read_meta, wr
 
 CRITEO_INT = [f"I{i}" for i in range(1, 14)]
 CRITEO_CAT = [f"C{i}" for i in range(1, 27)]
-CRITEO_COLUMNS = ["label"] + CRITEO_INT + CRITEO_CAT
+CRITEO_FIELD_NAMES = CRITEO_INT + CRITEO_CAT
+CRITEO_COLUMNS = ["label"] + CRITEO_FIELD_NAMES
 AVAZU_COLUMNS = ["id", "click", "hour", "C1", "banner_pos", "site_id", "site_domain",
                  "site_category", "app_id", "app_domain", "app_category", "device_id", "device_ip",
                  "device_model", "device_type", "device_conn_type", "C14", "C15", "C16", "C17",
@@ -127,7 +128,7 @@ class CriteoFormat(_Format):
     kind, delimiter, label = "criteo", "\t", "label"
 
     def __init__(self):
-        self.field_names = CRITEO_INT + CRITEO_CAT
+        self.field_names = CRITEO_FIELD_NAMES
 
     def options(self) -> dict:
         return {}

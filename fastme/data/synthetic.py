@@ -28,13 +28,13 @@ from __future__ import annotations
 import numpy as np
 
 from fastme.data.dataset import CTRData
+from fastme.data.raw import CRITEO_FIELD_NAMES
 
 #: Rows of the default dataset: enough that DCNv2 clearly learns the interactions (test AUC ~0.75
 #: against ~0.64 for a first-order model), few enough that ``fastme train`` finishes in a few
 #: minutes on a 2-core CPU. Use more (--synthetic-samples) on a GPU.
 DEFAULT_NUM_SAMPLES = 60_000
 
-CRITEO_FIELD_NAMES = [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
 
 
 def default_field_dims() -> list[int]:

@@ -3,8 +3,9 @@
 ``fastme train`` (fastme/train/cli.py) is the command-line front end.
 """
 
+from fastme.train.config import TrainConfig
 from fastme.train.metrics import log_loss, roc_auc
-from fastme.train.trainer import TrainConfig, evaluate, load_checkpoint, print_summary, train
+from fastme.train.trainer import Trainer, evaluate, load_checkpoint, print_summary, train
 
-__all__ = ["TrainConfig", "evaluate", "load_checkpoint", "log_loss", "print_summary", "roc_auc",
-           "train"]
+__all__ = ["TrainConfig", "Trainer", "evaluate", "load_checkpoint", "log_loss", "print_summary",
+           "roc_auc", "train"]

@@ -3,14 +3,46 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import re
 import sys
 import time
 
+from fastme.cli import error, key_values
+from fastme.models import MODELS
+from fastme.ops import BACKENDS
+from fastme.train.config import add_config_arguments, config_options
+
 DATA_HELP = ("synthetic (built in), criteo:PATH (raw Kaggle train.txt), avazu:PATH (raw Kaggle "
              "train CSV) or cache:DIR (a preprocessed cache); raw files are preprocessed once into "
              "a cache that later runs reuse")
+MODEL_HELP = "backbone: " + ", ".join(MODELS)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_model_arguments(group) -> None:
+    """--model, --mode, --scale, --backend and --model-option (shared with the analysis
+    commands)."""
+    group.add_argument("--model", default="dcnv2", type=str.lower, choices=list(MODELS),
+                       help=MODEL_HELP)
+    group.add_argument("--mode", choices=("se", "me"), default="se",
+                       help="se: one embedding of size base*scale; me: scale embeddings of size "
+                            "base")
+    group.add_argument("--scale", type=positive_int, default=1,
+                       help="model size multiplier (1, 2, 3, 4, 10)")
+    group.add_argument("--backend", default="auto", choices=BACKENDS,
+                       help="implementation of the fused ops")
+    group.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="extra model constructor argument, e.g. hidden_dim=64 (repeatable)")
 
 
 def add_parsers(subparsers) -> None:
@@ -20,16 +52,7 @@ def add_parsers(subparsers) -> None:
                     "Adam, early stopping on validation AUC) and report the test AUC of the best "
                     "epoch. Writes last.pt, best.pt and results.json to --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    m = p.add_argument_group("model")
-    m.add_argument("--model", default="dcnv2",
-                   help="backbone: dnn, ipnn, nfwfm, xdeepfm, dcnv2, finalmlp, autoint")
-    m.add_argument("--mode", choices=("se", "me"), default="se",
-                   help="se: one embedding of size base*scale; me: scale embeddings of size base")
-    m.add_argument("--scale", type=int, default=1, help="model size multiplier (1, 2, 3, 4, 10)")
-    m.add_argument("--backend", default="auto", choices=("auto", "reference", "triton", "cuda"),
-                   help="implementation of the fused ops")
-    m.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra model constructor argument, e.g. hidden_dim=64 (repeatable)")
+    add_model_arguments(p.add_argument_group("model"))
     d = p.add_argument_group("data")
     d.add_argument("--data", default="synthetic", help=DATA_HELP)
     d.add_argument("--cache-dir", default=None,
@@ -47,60 +70,34 @@ def add_parsers(subparsers) -> None:
                    help="extra load_dataset option, e.g. field_dims=[10,100,1000] or "
                         "interaction_scale=2.0 for synthetic data (repeatable)")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=100, help="maximum epochs")
-    t.add_argument("--batch-size", type=int, default=2048)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--weight-decay", type=float, default=1e-6)
-    t.add_argument("--patience", type=int, default=3, help="early-stopping patience (epochs)")
-    t.add_argument("--shuffle", action="store_true",
-                   help="reshuffle the training rows every epoch (the paper's code does not)")
-    t.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    t.add_argument("--seed", type=int, default=0,
-                   help="seeds initialisation and dropout (the split always uses --split-seed)")
-    t.add_argument("--split-seed", type=int, default=0, help="seed of the 8/1/1 split")
-    t.add_argument("--out", default=None,
-                   help="output directory (default runs/<model>-<mode>x<scale>-<data>-seed<seed>)")
-    t.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last completed epoch")
+    add_config_arguments(t, ("epochs", "batch_size", "lr", "weight_decay", "patience", "shuffle",
+                             "device", "seed", "split_seed", "out_dir", "resume", "progress"),
+                         out_dir="output directory (default "
+                                 "runs/<model>-<mode>x<scale>-<data>-seed<seed>)")
     t.add_argument("--track-ia", action="store_true",
                    help="record each field's information abundance after every epoch")
-    t.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
-
-
-def _key_values(pairs: list[str], flag: str) -> dict:
-    """KEY=VALUE strings -> dict; values are Python literals where they parse as one."""
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.isidentifier():
-            raise SystemExit(f"fastme train: {flag} expects KEY=VALUE, got {pair!r}")
-        try:
-            options[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            options[key] = value  # a plain string such as field_pairs=upper
-    return options
 
 
 def _data_options(args) -> dict:
     kind = args.data.split(":", 1)[0]
-    options = _key_values(args.data_option, "--data-option")
+    options = key_values(args.data_option, "--data-option")
     if args.synthetic_samples is not None:
         if kind != "synthetic":
-            raise SystemExit("fastme train: --synthetic-samples only applies to --data synthetic")
+            raise ValueError("--synthetic-samples only applies to --data synthetic")
         options["num_samples"] = args.synthetic_samples
     if args.min_count is not None:
         if kind not in ("criteo", "avazu"):
-            raise SystemExit("fastme train: --min-count only applies to criteo:/avazu: data")
+            raise ValueError("--min-count only applies to criteo:/avazu: data")
         options["min_count"] = args.min_count
     if args.avazu_hour is not None:
         if kind != "avazu":
-            raise SystemExit("fastme train: --avazu-hour only applies to avazu: data")
+            raise ValueError("--avazu-hour only applies to avazu: data")
         options["hour"] = args.avazu_hour
     if args.rebuild_cache:
         options["rebuild"] = True
     if kind in ("criteo", "avazu"):
-        options["progress"] = not args.no_progress
+        options["progress"] = args.progress
     return options
 
 
@@ -112,6 +109,13 @@ def default_out_dir(args) -> str:
     return "runs/" + re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
+def _field_ia(model, entry) -> dict:
+    """The per-field information abundance, for the trainer's callbacks."""
+    from fastme.analysis import field_information_abundance
+
+    return {"field_ia": [float(v) for v in field_information_abundance(model)]}
+
+
 def run(args) -> int:
     import torch
 
@@ -120,31 +124,29 @@ def run(args) -> int:
     from fastme.train.trainer import TrainConfig, print_summary, resolve_device, train
 
     try:
-        config = TrainConfig(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            weight_decay=args.weight_decay, patience=args.patience,
-            device=str(resolve_device(args.device)), seed=args.seed, split_seed=args.split_seed,
-            shuffle=args.shuffle, out_dir=args.out or default_out_dir(args), resume=args.resume,
-            track_ia=args.track_ia, progress=not args.no_progress)
+        model_options = key_values(args.model_option, "--model-option")
+        data_options = _data_options(args)
+        config = TrainConfig(**{**config_options(args),
+                                "device": str(resolve_device(args.device)),
+                                "out_dir": args.out_dir or default_out_dir(args)})
         started = time.perf_counter()
-        data = load_dataset(args.data, cache_dir=args.cache_dir, **_data_options(args))
+        data = load_dataset(args.data, cache_dir=args.cache_dir, **data_options)
         print(f"data: {data!r} (loaded in {time.perf_counter() - started:.1f} s)", flush=True)
         torch.manual_seed(args.seed)  # the model's initialisation
         model = build(args.model, data.field_dims, args.scale, multi=args.mode == "me",
-                      backend=args.backend, **_key_values(args.model_option, "--model-option"))
+                      backend=args.backend, **model_options)
     except (ValueError, FileNotFoundError, TypeError) as exc:
-        print(f"fastme train: error: {exc}", file=sys.stderr)
-        return 2
+        return error("train", exc)
     title = (f"{args.model} {args.mode.upper()} x{args.scale} on {args.data} "
              f"(backend {args.backend}, seed {args.seed})")
     print(f"model: {title}: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
-    info = {"title": title, "model": args.model.lower(), "mode": args.mode, "scale": args.scale,
+    info = {"title": title, "model": args.model, "mode": args.mode, "scale": args.scale,
             "backend": args.backend, "data": args.data, "data_info": data.info,
-            "model_options": _key_values(args.model_option, "--model-option"), "command": sys.argv}
+            "model_options": model_options, "command": sys.argv}
     try:
-        results = train(model, data, config, info=info)
+        results = train(model, data, config, info=info,
+                        on_epoch=_field_ia if args.track_ia else None, on_result=_field_ia)
     except ValueError as exc:  # resuming with other settings, a split without both classes, ...
-        print(f"fastme train: error: {exc}", file=sys.stderr)
-        return 2
+        return error("train", exc)
     print_summary(results)
     return 0

@@ -7,90 +7,39 @@ AUC (strict improvement, patience 3), and the test score of the best checkpoint.
 
 Files in ``out_dir``: ``last.pt`` (after every epoch: model, optimizer, epoch, config and the
 trainer's state, enough to resume), ``best.pt`` (the best epoch's model and optimizer) and
-``results.json``.
+``results.json``. Both checkpoints are built by :meth:`Trainer.checkpoint`.
+
+The trainer knows nothing of the analysis: measurements of the model (such as the per-field
+information abundance that ``fastme train`` records) come in through the ``on_epoch`` and
+``on_result`` callbacks.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import json
 import math
 import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastme._json import json_default
 from fastme.data.dataset import CTRData
 from fastme.train.batches import iterate_batches
+from fastme.train.config import TRAJECTORY_FIELDS, TrainConfig
 from fastme.train.metrics import log_loss_from_logits, roc_auc
 
 LAST, BEST, RESULTS = "last.pt", "best.pt", "results.json"
 
-#: Config fields that define the optimisation trajectory; a resumed run must keep them.
-_TRAJECTORY_FIELDS = ("batch_size", "lr", "weight_decay", "seed", "split_seed", "shuffle")
-
-
-@dataclass
-class TrainConfig:
-    """Training settings; the defaults are the paper's (Appendix C.2).
-
-    Attributes:
-        epochs: maximum number of epochs.
-        batch_size: training batch size (2048).
-        eval_batch_size: batch size for validation/test (None: ``batch_size``, as in the paper).
-        lr, weight_decay: Adam's learning rate and coupled L2 weight decay.
-        patience: stop after this many consecutive epochs without a strictly better
-            validation AUC.
-        device: "cpu", "cuda", "cuda:N" or "auto" (CUDA when available).
-        seed: seeds dropout and (with ``shuffle``) the epoch order; the model's initialisation is
-            seeded by whoever builds it (``fastme train`` seeds torch with the same value).
-        split_seed: seed of the 8/1/1 split (the paper fixes it to 0 for every repeat).
-        shuffle: reshuffle the training rows every epoch. Off by default, as in the paper's code,
-            which trains every epoch in the single random order of the split.
-        out_dir: where checkpoints and results.json go (None: keep the best model in memory).
-        resume: continue from ``out_dir/last.pt`` if it exists.
-        track_ia: record every field's Information Abundance after each epoch.
-        progress: show progress bars; verbose: print one line per epoch.
-    """
-
-    epochs: int = 100
-    batch_size: int = 2048
-    eval_batch_size: int | None = None
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
-    patience: int = 3
-    device: str = "cpu"
-    seed: int = 0
-    split_seed: int = 0
-    shuffle: bool = False
-    out_dir: str | None = None
-    resume: bool = False
-    track_ia: bool = False
-    progress: bool = True
-    verbose: bool = True
-
-    def __post_init__(self):
-        for name in ("epochs", "batch_size", "patience"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.eval_batch_size is not None and self.eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be positive, got {self.eval_batch_size!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr!r}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.out_dir is not None:
-            self.out_dir = str(self.out_dir)
-        if self.resume and self.out_dir is None:
-            raise ValueError("resume needs out_dir (where the run's last.pt is)")
+#: ``callback(model, entry) -> dict | None``: extra entries for an epoch's history record
+#: (``on_epoch``) or for the results (``on_result``, called with the tested best model).
+Callback = Callable[[torch.nn.Module, dict], "dict | None"]
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -109,32 +58,6 @@ def resolve_device(spec: str) -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {spec!r}")
     return device
-
-
-# ---- information abundance (provided by fastme.analysis) ---------------------------------------
-
-def _ia_function():
-    """``fastme.analysis.field_information_abundance``, or None while that module is absent."""
-    try:
-        module = importlib.import_module("fastme.analysis")
-    except ModuleNotFoundError as exc:
-        if exc.name == "fastme.analysis":
-            return None
-        raise
-    return getattr(module, "field_information_abundance", None)
-
-
-def _field_ia(model) -> tuple[list[float] | None, str | None]:
-    """(per-field IA, None) or (None, why not). An analysis failure must not lose a finished
-    training run, so it is reported instead of raised."""
-    fn = _ia_function()
-    if fn is None:
-        return None, "fastme.analysis.field_information_abundance is not available"
-    try:
-        return [float(v) for v in fn(model)], None
-    except Exception as exc:  # noqa: BLE001 - reported in the results and as a warning
-        warnings.warn(f"information abundance failed: {exc!r}", RuntimeWarning, stacklevel=2)
-        return None, f"{type(exc).__name__}: {exc}"
 
 
 # ---- evaluation ---------------------------------------------------------------------------------
@@ -242,12 +165,228 @@ def _train_one_epoch(model, optimizer, data: CTRData, rows: np.ndarray, config: 
     return mean_loss
 
 
-def _log(config: TrainConfig, message: str) -> None:
-    if config.verbose:
-        print(message, flush=True)
+class ResumeError(ValueError):
+    """The run in out_dir cannot be continued with these settings or this data."""
 
 
-def train(model, data, config: TrainConfig | None = None, *, info: dict | None = None) -> dict:
+def _fresh_state() -> dict:
+    """The trainer's bookkeeping, saved in last.pt so that a resumed run continues it."""
+    return {"epoch": 0, "best_val_auc": -math.inf, "best_epoch": None, "bad_epochs": 0,
+            "history": [], "train_time_s": 0.0, "train_samples": 0}
+
+
+class Trainer:
+    """One training run, in the order :meth:`run` calls its parts: set up (``__init__``),
+    :meth:`start_or_resume`, :meth:`fit` (epochs until :meth:`should_stop`), :meth:`test` the best
+    weights, :meth:`results`. :func:`train` is the usual entry point; the parts are separate so
+    that a variant (another device layout, another stopping rule) replaces one of them."""
+
+    def __init__(self, model, data, config: TrainConfig | None = None, *,
+                 info: dict | None = None, on_epoch: Callback | None = None,
+                 on_result: Callback | None = None):
+        self.config = config = config or TrainConfig()
+        self.device = resolve_device(config.device)
+        if isinstance(data, CTRData):
+            self.train_set, self.valid_set, self.test_set = data.split(config.split_seed)
+        else:
+            self.train_set, self.valid_set, self.test_set = data
+        for part in (self.train_set, self.valid_set, self.test_set):
+            if len(part) == 0:
+                raise ValueError(f"{part.name} is empty: the dataset is too small to split 8/1/1")
+        _check_model_fits(model, self.train_set)
+        self.eval_batch_size = config.eval_batch_size or config.batch_size
+        self.out = Path(config.out_dir) if config.out_dir is not None else None
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.info = dict(info or {})
+        self.on_epoch, self.on_result = on_epoch, on_result
+        self.data_desc = {
+            "name": self.train_set.name.split("/")[0],
+            "field_dims": list(self.train_set.field_dims),
+            "field_names": list(self.train_set.field_names),
+            "rows": {"train": len(self.train_set), "valid": len(self.valid_set),
+                     "test": len(self.test_set)}}
+        self.model = model.to(self.device)
+        self.optimizer = _make_optimizer(model, config, self.device)
+        self.state = _fresh_state()
+        self._best_in_memory = None
+
+    # -- what a run is ----------------------------------------------------------------------------
+    def describe(self) -> dict:
+        """What every checkpoint and results.json record about the run: its config, the caller's
+        ``info`` and the data's shape."""
+        return {"config": self.config.as_dict(), "info": self.info, "data": self.data_desc}
+
+    def checkpoint(self, kind: str) -> dict:
+        """The one checkpoint layout: ``kind`` "last" (enough to resume: the trainer's state) or
+        "best" (the best epoch's weights and its validation AUC)."""
+        ckpt = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "epoch": self.state["epoch"], **self.describe()}
+        if kind == "last":
+            ckpt["trainer"] = self.state
+        elif kind == "best":
+            ckpt["val_auc"] = self.state["best_val_auc"]
+        else:
+            raise ValueError(f"checkpoint kind must be 'last' or 'best', got {kind!r}")
+        return ckpt
+
+    def save(self, kind: str) -> None:
+        """Write :meth:`checkpoint` ``kind`` to out_dir (last.pt or best.pt)."""
+        _save(self.checkpoint(kind), self.out / (LAST if kind == "last" else BEST))
+
+    # -- the parts of a run -----------------------------------------------------------------------
+    def start_or_resume(self) -> None:
+        """Continue from out_dir/last.pt (``config.resume``), or clear the files of an earlier run
+        there so that they are never resumed or reported later."""
+        out = self.out
+        if out is None:
+            return
+        if self.config.resume and (out / LAST).is_file():
+            self._resume(out / LAST)
+            self._log(f"resumed {out / LAST} after epoch {self.state['epoch']}")
+            return
+        for name in (LAST, BEST, RESULTS):
+            (out / name).unlink(missing_ok=True)
+
+    def _resume(self, path: Path) -> None:
+        ckpt = load_checkpoint(path, self.device)
+        saved = ckpt["config"]
+        changed = [k for k in TRAJECTORY_FIELDS if saved.get(k) != getattr(self.config, k)]
+        if changed:
+            raise ResumeError(f"cannot resume {path}: {', '.join(changed)} differ from the saved "
+                              f"run ({', '.join(f'{k}={saved.get(k)!r}' for k in changed)})")
+        if ckpt["data"]["field_dims"] != self.data_desc["field_dims"] or \
+                ckpt["data"]["rows"] != self.data_desc["rows"]:
+            raise ResumeError(f"cannot resume {path}: it was trained on different data "
+                              f"({ckpt['data']['rows']} rows)")
+        self.model.load_state_dict(ckpt["model"])
+        # The saved run may have used another device: load with this run's kernel choice, so that
+        # torch places Adam's step counters where the fused kernel expects them.
+        opt_state = ckpt["optimizer"]
+        for group in opt_state["param_groups"]:
+            group["fused"] = self.device.type == "cuda"
+            group["foreach"] = None
+        self.optimizer.load_state_dict(opt_state)
+        self.state = ckpt["trainer"]
+
+    def should_stop(self) -> bool:
+        """Early stopping: the epoch budget is spent or ``patience`` epochs in a row brought no
+        strictly better validation AUC."""
+        return (self.state["epoch"] >= self.config.epochs
+                or self.state["bad_epochs"] >= self.config.patience)
+
+    def fit(self) -> None:
+        """Train epoch after epoch until :meth:`should_stop`."""
+        while not self.should_stop():
+            self.train_epoch()
+
+    def epoch_rows(self, epoch: int) -> np.ndarray:
+        """The training rows of ``epoch`` in the order they are visited (row numbers into the
+        data's base arrays); depends only on (seed, epoch), so a resumed run replays it."""
+        rows = self.train_set.row_numbers()
+        if self.config.shuffle:
+            rng = np.random.default_rng([self.config.seed, epoch])
+            rows = rows[rng.permutation(len(rows))]
+        return rows
+
+    def train_epoch(self) -> dict:
+        """One epoch: train, validate, update the early-stopping state, save checkpoints; returns
+        the epoch's history record."""
+        config, state = self.config, self.state
+        epoch = state["epoch"]
+        torch.manual_seed(_epoch_seed(config.seed, epoch))
+        rows = self.epoch_rows(epoch)
+        t0 = time.perf_counter()
+        train_loss = _train_one_epoch(self.model, self.optimizer, self.train_set, rows, config,
+                                      self.device, desc=f"epoch {epoch + 1}")
+        train_s = time.perf_counter() - t0
+        val = evaluate(self.model, self.valid_set, self.device, self.eval_batch_size,
+                       config.progress)
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "val_auc": val["auc"],
+                  "val_logloss": val["logloss"], "train_time_s": train_s,
+                  "samples_per_s": len(rows) / train_s}
+        record.update(self._call(self.on_epoch, record))
+        improved = val["auc"] > state["best_val_auc"]
+        state["epoch"] = epoch + 1
+        state["train_time_s"] += train_s
+        state["train_samples"] += len(rows)
+        state["history"].append(record)
+        if improved:
+            state.update(best_val_auc=val["auc"], best_epoch=epoch + 1, bad_epochs=0)
+            if self.out is not None:
+                self.save("best")
+            else:
+                self._best_in_memory = {k: v.detach().to("cpu", copy=True)
+                                        for k, v in self.model.state_dict().items()}
+        else:
+            state["bad_epochs"] += 1
+        if self.out is not None:
+            self.save("last")
+        self._log(f"epoch {epoch + 1:3d}  train loss {train_loss:.5f}  val AUC {val['auc']:.5f}"
+                  f"  logloss {val['logloss']:.5f}  {train_s:6.1f} s  "
+                  f"{record['samples_per_s']:,.0f} samples/s" + ("  *" if improved else ""))
+        return record
+
+    def test(self) -> dict:
+        """Load the best epoch's weights into the model and score them on the test split."""
+        if self.out is not None and (self.out / BEST).is_file():
+            self.model.load_state_dict(load_checkpoint(self.out / BEST, self.device)["model"])
+        elif self._best_in_memory is not None:
+            self.model.load_state_dict(self._best_in_memory)
+        return evaluate(self.model, self.test_set, self.device, self.eval_batch_size,
+                        self.config.progress)
+
+    def results(self, test: dict, wall_time_s: float) -> dict:
+        """The run's results (written to out_dir/results.json when there is one)."""
+        state = self.state
+        best = state["best_epoch"]
+        results = {
+            "test_auc": test["auc"], "test_logloss": test["logloss"],
+            "best_val_auc": state["best_val_auc"], "best_epoch": best,
+            "best_val_logloss": state["history"][best - 1]["val_logloss"] if best else None,
+            "epochs": state["epoch"],
+            "stopped_early": state["bad_epochs"] >= self.config.patience,
+            "samples_per_s": state["train_samples"] / max(state["train_time_s"], 1e-9),
+            "train_time_s": state["train_time_s"], "wall_time_s": wall_time_s,
+            "field_names": list(self.train_set.field_names),
+            "history": state["history"], "model": _model_summary(self.model),
+            "device": str(self.device), "torch": torch.__version__, **self.describe(),
+        }
+        results.update(self._call(self.on_result, results))
+        if self.out is not None:
+            tmp = self.out / (RESULTS + ".tmp")
+            tmp.write_text(json.dumps(results, indent=1, default=json_default))
+            os.replace(tmp, self.out / RESULTS)
+            results["results_path"] = str(self.out / RESULTS)
+        return results
+
+    def run(self) -> dict:
+        started = time.perf_counter()
+        self.start_or_resume()
+        self.fit()
+        test = self.test()
+        return self.results(test, wall_time_s=time.perf_counter() - started)
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _call(self, callback: Callback | None, entry: dict) -> dict:
+        """A callback's extra entries. A failing measurement must not lose a training run, so its
+        error is warned about and recorded instead of raised."""
+        if callback is None:
+            return {}
+        try:
+            return dict(callback(self.model, entry) or {})
+        except Exception as exc:  # noqa: BLE001 - reported in the results and as a warning
+            name = getattr(callback, "__name__", type(callback).__name__)
+            warnings.warn(f"{name} failed: {exc!r}", RuntimeWarning, stacklevel=3)
+            return {"callback_error": f"{name}: {type(exc).__name__}: {exc}"}
+
+    def _log(self, message: str) -> None:
+        if self.config.verbose:
+            print(message, flush=True)
+
+
+def train(model, data, config: TrainConfig | None = None, *, info: dict | None = None,
+          on_epoch: Callback | None = None, on_result: Callback | None = None) -> dict:
     """Train ``model`` on ``data`` and return the results (also written to out_dir/results.json).
 
     Args:
@@ -257,148 +396,15 @@ def train(model, data, config: TrainConfig | None = None, *, info: dict | None =
         config: :class:`TrainConfig` (default: the paper's settings).
         info: extra description of the run (model name, data spec, ...) stored with the results
             and checkpoints.
+        on_epoch: ``on_epoch(model, record)`` after each epoch's validation; the dict it returns
+            is added to that epoch's history record (e.g. ``{"field_ia": [...]}``).
+        on_result: ``on_result(model, results)`` with the best model after the test; the dict it
+            returns is added to the results.
 
     Returns a dict with test_auc, test_logloss, best_val_auc, best_epoch, epochs, samples_per_s,
-    the per-epoch history, per-field information abundance (when ``fastme.analysis`` provides it),
-    the config and ``info``.
+    the per-epoch history, the config, ``info`` and what ``on_result`` added.
     """
-    config = config or TrainConfig()
-    device = resolve_device(config.device)
-    if isinstance(data, CTRData):
-        train_set, valid_set, test_set = data.split(config.split_seed)
-    else:
-        train_set, valid_set, test_set = data
-    for part in (train_set, valid_set, test_set):
-        if len(part) == 0:
-            raise ValueError(f"{part.name} is empty: the dataset is too small to split 8/1/1")
-    _check_model_fits(model, train_set)
-    eval_bs = config.eval_batch_size or config.batch_size
-    out = Path(config.out_dir) if config.out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    cfg_dict = dataclasses.asdict(config)
-    data_desc = {"name": train_set.name.split("/")[0], "field_dims": list(train_set.field_dims),
-                 "field_names": list(train_set.field_names),
-                 "rows": {"train": len(train_set), "valid": len(valid_set), "test": len(test_set)}}
-
-    model.to(device)
-    optimizer = _make_optimizer(model, config, device)
-    state = {"epoch": 0, "best_val_auc": -math.inf, "best_epoch": None, "bad_epochs": 0,
-             "history": [], "train_time_s": 0.0, "train_samples": 0}
-    best_in_memory = None
-    if config.resume and (out / LAST).is_file():
-        state = _resume(model, optimizer, out / LAST, config, data_desc, device)
-        _log(config, f"resumed {out / LAST} after epoch {state['epoch']}")
-    elif out is not None:
-        # A fresh run: files of an earlier run here must not be resumed or reported later.
-        for name in (LAST, BEST, RESULTS):
-            (out / name).unlink(missing_ok=True)
-
-    train_rows = train_set.row_numbers()
-    started = time.perf_counter()
-    while state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
-        epoch = state["epoch"]
-        torch.manual_seed(_epoch_seed(config.seed, epoch))
-        rows = train_rows
-        if config.shuffle:
-            rows = train_rows[np.random.default_rng([config.seed, epoch]).permutation(len(rows))]
-        t0 = time.perf_counter()
-        train_loss = _train_one_epoch(model, optimizer, train_set, rows, config, device,
-                                      desc=f"epoch {epoch + 1}")
-        train_s = time.perf_counter() - t0
-        val = evaluate(model, valid_set, device, eval_bs, config.progress)
-        record = {"epoch": epoch + 1, "train_loss": train_loss, "val_auc": val["auc"],
-                  "val_logloss": val["logloss"], "train_time_s": train_s,
-                  "samples_per_s": len(rows) / train_s}
-        if config.track_ia:
-            record["field_ia"], _ = _field_ia(model)
-        improved = val["auc"] > state["best_val_auc"]
-        state["epoch"] = epoch + 1
-        state["train_time_s"] += train_s
-        state["train_samples"] += len(rows)
-        state["history"].append(record)
-        if improved:
-            state.update(best_val_auc=val["auc"], best_epoch=epoch + 1, bad_epochs=0)
-            if out is not None:
-                _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "epoch": epoch + 1, "config": cfg_dict, "info": info or {},
-                       "data": data_desc, "val_auc": val["auc"]}, out / BEST)
-            else:
-                best_in_memory = {k: v.detach().to("cpu", copy=True)
-                                  for k, v in model.state_dict().items()}
-        else:
-            state["bad_epochs"] += 1
-        if out is not None:
-            _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                   "epoch": epoch + 1, "config": cfg_dict, "info": info or {}, "data": data_desc,
-                   "trainer": state}, out / LAST)
-        _log(config, f"epoch {epoch + 1:3d}  train loss {train_loss:.5f}  val AUC {val['auc']:.5f}"
-                     f"  logloss {val['logloss']:.5f}  {train_s:6.1f} s  "
-                     f"{record['samples_per_s']:,.0f} samples/s" + ("  *" if improved else ""))
-
-    # Test the best checkpoint (the model as it was after its best validation epoch).
-    if out is not None and (out / BEST).is_file():
-        model.load_state_dict(load_checkpoint(out / BEST, device)["model"])
-    elif best_in_memory is not None:
-        model.load_state_dict(best_in_memory)
-    test = evaluate(model, test_set, device, eval_bs, config.progress)
-    field_ia, ia_note = _field_ia(model)
-    results = {
-        "test_auc": test["auc"], "test_logloss": test["logloss"],
-        "best_val_auc": state["best_val_auc"], "best_epoch": state["best_epoch"],
-        "best_val_logloss": (state["history"][state["best_epoch"] - 1]["val_logloss"]
-                             if state["best_epoch"] else None),
-        "epochs": state["epoch"], "stopped_early": state["bad_epochs"] >= config.patience,
-        "samples_per_s": state["train_samples"] / max(state["train_time_s"], 1e-9),
-        "train_time_s": state["train_time_s"],
-        "wall_time_s": time.perf_counter() - started,
-        "field_names": list(train_set.field_names), "field_ia": field_ia,
-        "history": state["history"], "data": data_desc, "model": _model_summary(model),
-        "device": str(device), "torch": torch.__version__, "config": cfg_dict, "info": info or {},
-    }
-    if ia_note:
-        results["field_ia_note"] = ia_note
-    if out is not None:
-        tmp = out / (RESULTS + ".tmp")
-        tmp.write_text(json.dumps(results, indent=1, default=_json_default))
-        os.replace(tmp, out / RESULTS)
-        results["results_path"] = str(out / RESULTS)
-    return results
-
-
-class ResumeError(ValueError):
-    """The run in out_dir cannot be continued with these settings or this data."""
-
-
-def _resume(model, optimizer, path: Path, config: TrainConfig, data_desc: dict,
-            device: torch.device) -> dict:
-    ckpt = load_checkpoint(path, device)
-    saved = ckpt["config"]
-    changed = [k for k in _TRAJECTORY_FIELDS if saved.get(k) != getattr(config, k)]
-    if changed:
-        raise ResumeError(f"cannot resume {path}: {', '.join(changed)} differ from the saved run "
-                         f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)})")
-    if ckpt["data"]["field_dims"] != data_desc["field_dims"] or \
-            ckpt["data"]["rows"] != data_desc["rows"]:
-        raise ResumeError(f"cannot resume {path}: it was trained on different data "
-                         f"({ckpt['data']['rows']} rows)")
-    model.load_state_dict(ckpt["model"])
-    # The saved run may have used another device: load with this run's kernel choice, so that
-    # torch places Adam's step counters where the fused kernel expects them.
-    opt_state = ckpt["optimizer"]
-    for group in opt_state["param_groups"]:
-        group["fused"] = device.type == "cuda"
-        group["foreach"] = None
-    optimizer.load_state_dict(opt_state)
-    return ckpt["trainer"]
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    return Trainer(model, data, config, info=info, on_epoch=on_epoch, on_result=on_result).run()
 
 
 def print_summary(results: dict, file=None) -> None:
@@ -416,13 +422,13 @@ def print_summary(results: dict, file=None) -> None:
              f"best val AUC  {results['best_val_auc']:.5f} at epoch {results['best_epoch']} of "
              f"{results['epochs']}" + ("  (stopped early)" if results["stopped_early"] else "")]
     ia = results.get("field_ia")
-    if ia and not np.isnan(ia).all():
+    if ia and not np.isnan(np.asarray(ia, dtype=float)).all():
         names = results["field_names"]
         lo, hi = int(np.nanargmin(ia)), int(np.nanargmax(ia))
         lines.append(f"field IA      mean {np.nanmean(ia):.2f}  min {ia[lo]:.2f} ({names[lo]})  "
                      f"max {ia[hi]:.2f} ({names[hi]})")
-    else:
-        lines.append(f"field IA      unavailable ({results.get('field_ia_note', 'not computed')})")
+    elif "field_ia" in results or "callback_error" in results:
+        lines.append(f"field IA      unavailable ({results.get('callback_error', 'not computed')})")
     lines.append(f"time          {results['wall_time_s']:.1f} s "
                  f"(training {results['train_time_s']:.1f} s)   "
                  f"{results['samples_per_s']:,.0f} samples/s on {results['device']}")
