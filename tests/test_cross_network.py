@@ -9,9 +9,9 @@ import fastme.ops as ops
 from fastme.ops import reference
 
 from kernel_backends import (BACKENDS, DEVICE, NONDET_TOL, criteo_like_field_dims,
-                             criteo_shapes_on_gpu, requires_kernel_backend)
+                             criteo_shapes_on_gpu, KERNEL_TESTS)
 
-pytestmark = requires_kernel_backend
+pytestmark = KERNEL_TESTS
 
 
 def random_inputs(batch, field_dims, num_sets, dim, layers, *, dtype=torch.float64,
@@ -174,15 +174,15 @@ def test_mismatched_dtypes_are_rejected():
 def test_triton_op_registration():
     if "triton" not in BACKENDS:
         pytest.skip("the triton backend cannot run here")
-    from fastme.ops.triton import cross
+    from fastme.ops.triton import OPS
 
     table, indices, offsets, x0, weight, bias = random_inputs(4, [2, 3], 2, 2, 2)
     for t in (table, x0, weight, bias):
         t.requires_grad_()
     # AOT dispatch is exercised by test_torch_compile_fullgraph
     checks = ("test_schema", "test_autograd_registration", "test_faketensor")
-    torch.library.opcheck(cross.cross_op, (x0, weight, bias), test_utils=checks)
-    torch.library.opcheck(cross.lookup_cross_op, (table, indices, offsets, weight, bias),
+    torch.library.opcheck(OPS.cross, (x0, weight, bias, True), test_utils=checks)
+    torch.library.opcheck(OPS.lookup_cross, (table, indices, offsets, weight, bias, True),
                           test_utils=checks)
 
 

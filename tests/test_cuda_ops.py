@@ -163,7 +163,7 @@ def test_deterministic_table_gradient_is_bitwise_reproducible(monkeypatch):
 
 def test_torch_deterministic_flag_selects_sorted_path(monkeypatch):
     monkeypatch.delenv("FASTME_DETERMINISTIC", raising=False)
-    from fastme.ops.cuda import _lib
+    from fastme.ops import _policy as _lib
 
     previous = torch.are_deterministic_algorithms_enabled()
     try:

@@ -11,9 +11,9 @@ import torch
 import fastme.ops as ops
 from fastme.models import MODELS
 
-from kernel_backends import BACKENDS, DEVICE, requires_kernel_backend
+from kernel_backends import BACKENDS, DEVICE, KERNEL_TESTS
 
-pytestmark = requires_kernel_backend
+pytestmark = KERNEL_TESTS
 
 FIELD_DIMS = [3, 5, 2, 4]
 OPTIONS = {  # small sub-modules so that the interpreter stays fast

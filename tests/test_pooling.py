@@ -8,9 +8,9 @@ import fastme.ops as ops
 from fastme.ops import reference
 
 from kernel_backends import (BACKENDS, DEVICE, NONDET_TOL, criteo_like_field_dims,
-                             criteo_shapes_on_gpu, requires_kernel_backend)
+                             criteo_shapes_on_gpu, KERNEL_TESTS)
 
-pytestmark = requires_kernel_backend
+pytestmark = KERNEL_TESTS
 
 
 def random_inputs(batch, field_dims, num_sets, dim, *, dtype=torch.float64,
@@ -147,13 +147,13 @@ def test_mismatched_dtypes_are_rejected():
 def test_triton_op_registration():
     if "triton" not in BACKENDS:
         pytest.skip("the triton backend cannot run here")
-    from fastme.ops.triton import pooling
+    from fastme.ops.triton import OPS
 
     table, indices, offsets, weights = random_inputs(5, [3, 2, 2], 2, 3)
     table.requires_grad_()
     checks = ("test_schema", "test_autograd_registration", "test_faketensor")
-    torch.library.opcheck(pooling.fm_op, (table, indices, offsets), test_utils=checks)
-    torch.library.opcheck(pooling.fwfm_op, (table, indices, offsets, weights.requires_grad_()),
+    torch.library.opcheck(OPS.fm, (table, indices, offsets), test_utils=checks)
+    torch.library.opcheck(OPS.fwfm, (table, indices, offsets, weights.requires_grad_()),
                           test_utils=checks)
 
 

@@ -112,3 +112,12 @@ def apply_bounds_check(indices: torch.Tensor, field_dims: torch.Tensor, name: st
             return torch.minimum(indices.clamp_min(0), limits - 1)
         return indices
     raise ValueError(f"bounds check mode must be one of {BOUNDS_CHECK_MODES}, got {mode!r}")
+
+
+def prepare_lookup(table, indices, offsets, field_dims):
+    """Shared validation of every lookup-based op; returns (indices, field_dims) after the
+    bounds check (indices may come back clamped in 'clamp' mode)."""
+    check_lookup_inputs(table, indices, offsets, field_dims)
+    if field_dims is None:
+        field_dims = field_dims_from_offsets(offsets, table.shape[0])
+    return apply_bounds_check(indices, field_dims), field_dims
