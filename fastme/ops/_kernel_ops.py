@@ -78,6 +78,16 @@ def _lookup_ops(backend, device_types, forward, backward):
     return lookup, lookup_backward
 
 
+def _as_lookup(emb):
+    """Already-gathered embeddings [B, M, N, K] as a lookup of distinct rows, so that the fused
+    pooled-lookup kernels pool them: row b*N + i of the [B*N, M, K] table is e_{b,i}, and the
+    table gradient is the gradient of ``emb`` (reached through the copy)."""
+    b, m, n, k = emb.shape
+    table = emb.transpose(1, 2).reshape(b * n, m, k)
+    indices = (torch.arange(b, device=emb.device) * n).unsqueeze(1).expand(b, n)
+    return table, indices, torch.arange(n, device=emb.device)
+
+
 def _pooled_fake(table, indices, offsets, *rest):
     return table.new_empty((indices.shape[0], table.shape[1], table.shape[2]))
 
@@ -136,8 +146,15 @@ def _pooling_ops(backend, device_types, fm_forward, fm_backward, fwfm_forward, f
             return fm(table, indices, offsets)
         return fwfm(table, indices, offsets, field_weights)
 
+    def fm_pooling(emb):
+        return fm(*_as_lookup(emb))
+
+    def fwfm_pooling(emb, field_weights):
+        return fwfm(*_as_lookup(emb), field_weights)
+
     return SimpleNamespace(fm=fm, fm_backward=fm_backward_op, fwfm=fwfm,
-                           fwfm_backward=fwfm_backward_op, pooled_lookup=pooled_lookup)
+                           fwfm_backward=fwfm_backward_op, pooled_lookup=pooled_lookup,
+                           fm_pooling=fm_pooling, fwfm_pooling=fwfm_pooling)
 
 
 def _cross_ops(backend, device_types, forward, backward, state_planes, lookup_cross_forward,
@@ -241,6 +258,8 @@ def define_backend(backend: str, *, device_types=None, lookup, lookup_grad, fm, 
                           lookup, lookup_backward_op)
     _backend.register("multi_embedding_lookup", backend)(lookup_op)
     _backend.register("pooled_lookup", backend)(pooling.pooled_lookup)
+    _backend.register("fm_pooling", backend)(pooling.fm_pooling)
+    _backend.register("fwfm_pooling", backend)(pooling.fwfm_pooling)
     _backend.register("cross_network", backend)(crossing.cross_network)
     _backend.register("lookup_cross_network", backend)(crossing.lookup_cross_network)
     return SimpleNamespace(lookup=lookup_op, lookup_backward=lookup_backward_op,
