@@ -1,8 +1,24 @@
 import os
 
+import pytest
 import torch
 
 # Without a GPU, Triton kernels run through Triton's CPU interpreter. The variable must be set
 # before Triton compiles anything, so it is set here, before any test module imports fastme.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(params=["atomic", "deterministic"])
+def grad_mode(request, monkeypatch):
+    """Both table-gradient paths (16-bit tables take the fixed-order path in both)."""
+    monkeypatch.setenv("FASTME_DETERMINISTIC", "1" if request.param == "deterministic" else "0")
+    return request.param
+
+
+@pytest.fixture
+def matmul_precision():
+    """Sets torch's float32 matmul precision for one test (restored afterwards)."""
+    previous = torch.get_float32_matmul_precision()
+    yield torch.set_float32_matmul_precision
+    torch.set_float32_matmul_precision(previous)

@@ -1,6 +1,6 @@
 """The kernel backends of cross_network and lookup_cross_network (the per-set DCNv2 cross network,
 alone and with the lookup fused in front) against the eager reference: forward and the gradients
-of x0 / table, weight and bias, float64 and low precision."""
+of x0 / table, weight and bias, float64 and low precision, exact float32 and TF32."""
 
 import pytest
 import torch
@@ -8,30 +8,22 @@ import torch
 import fastme.ops as ops
 from fastme.ops import reference
 
-from kernel_backends import (BACKENDS, DEVICE, NONDET_TOL, criteo_like_field_dims,
-                             criteo_shapes_on_gpu, requires_kernel_backend)
+from kernel_backends import (BACKENDS, DEVICE, DTYPES, KERNEL_TESTS, NONDET_TOL,
+                             assert_matches_reference, check_registration, criteo_like_field_dims,
+                             criteo_shapes_on_gpu, cross_params, gpu_test, lookup_inputs,
+                             outputs_and_grads)
 
-pytestmark = requires_kernel_backend
+pytestmark = KERNEL_TESTS
 
 
 def random_inputs(batch, field_dims, num_sets, dim, layers, *, dtype=torch.float64,
-                  index_dtype=torch.int64, seed=0):
-    """(table, indices, offsets, x0, weight, bias). Weights scaled like DCNv2's Xavier init so
-    that x_L stays O(1); indices heavily duplicated, row 0 takes every field's largest index."""
-    g = torch.Generator().manual_seed(seed)
-    dims = torch.tensor(field_dims)
-    d = len(field_dims) * dim
-    table = torch.randn(int(dims.sum()), num_sets, dim, generator=g, dtype=torch.float64)
-    x0 = torch.randn(batch, num_sets, d, generator=g, dtype=torch.float64)
-    weight = torch.randn(layers, num_sets, d, d, generator=g, dtype=torch.float64) / d ** 0.5
-    bias = torch.randn(layers, num_sets, d, generator=g, dtype=torch.float64)
-    indices = torch.stack([torch.randint(0, n, (batch,), generator=g) for n in field_dims], 1)
-    if batch:
-        indices[0] = dims - 1
-    offsets = torch.cumsum(dims, 0) - dims
-    return (table.to(DEVICE, dtype), indices.to(DEVICE, index_dtype),
-            offsets.to(DEVICE, index_dtype), x0.to(DEVICE, dtype), weight.to(DEVICE, dtype),
-            bias.to(DEVICE, dtype))
+                  index_dtype=torch.int64, device=DEVICE):
+    """(table, indices, offsets, x0, weight, bias) with D = N * K."""
+    table, indices, offsets = lookup_inputs(batch, field_dims, num_sets, dim, dtype=dtype,
+                                            index_dtype=index_dtype, device=device)
+    x0, weight, bias = cross_params(batch, num_sets, len(field_dims) * dim, layers, dtype=dtype,
+                                    device=device)
+    return table, indices, offsets, x0, weight, bias
 
 
 SHAPES = [  # batch, field_dims, num_sets, dim, layers
@@ -40,17 +32,20 @@ SHAPES = [  # batch, field_dims, num_sets, dim, layers
     (6, [2, 2], 1, 5, 2),        # M = 1, odd K
     (17, [2, 3, 2, 2, 3], 1, 7, 2),  # D = 35, B = 17: several row and column blocks
 ]
-
-
-def run(fn, args, grad_seed=1):
-    """Output and the gradients of every floating-point argument, for a random grad_out."""
-    args = [a.detach().requires_grad_() if a.is_floating_point() else a for a in args]
-    out = fn(*args)
-    g = torch.Generator().manual_seed(grad_seed)
-    grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
-    leaves = [a for a in args if a.is_floating_point()]
-    grads = torch.autograd.grad(out, leaves, grad_out) if out.numel() else ()
-    return out.detach(), grads
+GPU_CROSS_SHAPES = [  # batch, sets, dim, layers
+    (1, 1, 1, 1),
+    (7, 2, 6, 2),
+    (70, 3, 65, 3),    # several row and column tiles, ragged edges
+    (130, 1, 130, 4),
+    (600, 2, 24, 2),   # the weight gradient is split over the batch
+    (5, 2, 10, 0),     # no layers: identity
+]
+GPU_LOOKUP_CROSS_SHAPES = [  # batch, field_dims, sets, dim, layers
+    (1, [1], 1, 1, 1), (9, [4, 1, 6], 2, 5, 3), (90, [3, 8, 2, 5], 3, 10, 4), (40, [2, 2], 1, 16, 2),
+]
+# Relative error against float64 maths on the same values, per layer.
+TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 4e-2, torch.float16: 6e-3}
+TF32_TOL = 5e-3
 
 
 def cross_args(inputs):
@@ -69,8 +64,8 @@ OPS = {  # name: (public op, reference, argument picker)
 }
 
 
-def relative_error(a, b):
-    return float((a.double() - b).norm() / b.norm().clamp_min(1e-30))
+def kernel(public, backend):
+    return lambda *a: public(*a, backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -79,12 +74,11 @@ def relative_error(a, b):
 def test_forward_and_gradients_match_reference_float64(backend, op, shape):
     public, ref, pick = OPS[op]
     args = pick(random_inputs(*shape))
-    out, grads = run(lambda *a: public(*a, backend=backend), args)
-    ref_out, ref_grads = run(ref, args)
+    out, grads = outputs_and_grads(kernel(public, backend), *args)
+    ref_out, ref_grads = outputs_and_grads(ref, *args)
+    assert len(grads) == 3
     torch.testing.assert_close(out, ref_out, rtol=1e-11, atol=1e-11)
-    assert len(grads) == len(ref_grads) == 3
-    for grad, ref_grad in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(grad, ref_grad, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(grads, ref_grads, rtol=1e-11, atol=1e-11)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -96,44 +90,40 @@ def test_int32_indices_and_gradcheck(backend):
         lambda t, w, b: ops.lookup_cross_network(t, indices, offsets, w, b, backend=backend),
         params, fast_mode=True, nondet_tol=NONDET_TOL)
     x0 = inputs[3].requires_grad_()
-    assert torch.autograd.gradcheck(
-        lambda x, w, b: ops.cross_network(x, w, b, backend=backend), [x0, weight, bias],
-        fast_mode=True, nondet_tol=NONDET_TOL)
+    assert torch.autograd.gradcheck(kernel(ops.cross_network, backend), [x0, weight, bias],
+                                    fast_mode=True, nondet_tol=NONDET_TOL)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_low_precision(backend, dtype):
-    """float32 / bfloat16 inputs against float64 maths on the same rounded values. float32 is
-    exact IEEE under torch's default matmul precision ("highest")."""
+def test_low_precision(backend, dtype, matmul_precision):
+    """float32 / bfloat16 inputs against float64 maths on the same rounded values; float32 exact
+    IEEE under torch's default matmul precision ("highest")."""
+    matmul_precision("highest")
     inputs = random_inputs(10, [2, 3, 2], 2, 4, 3, dtype=dtype)
-    for op, (public, ref, pick) in OPS.items():
-        args = pick(inputs)
-        out, grads = run(lambda *a: public(*a, backend=backend), args)
-        assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
-        ref_out, ref_grads = run(ref, [a.double() if a.is_floating_point() else a for a in args])
-        tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
-        assert relative_error(out, ref_out) < tol, op
-        for grad, ref_grad in zip(grads, ref_grads, strict=True):
-            assert relative_error(grad, ref_grad) < tol, op
+    for public, ref, pick in OPS.values():
+        assert_matches_reference(kernel(public, backend), ref, pick(inputs),
+                                 2e-2 if dtype == torch.bfloat16 else 1e-5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_tf32_follows_torch_matmul_precision(backend):
+def test_tf32_follows_torch_matmul_precision(backend, matmul_precision):
     """With torch.set_float32_matmul_precision("high") float32 products may use TF32; the result
     stays within TF32 accuracy."""
+    matmul_precision("high")
     inputs = random_inputs(8, [2, 3], 1, 4, 2, dtype=torch.float32)
-    previous = torch.get_float32_matmul_precision()
-    try:
-        torch.set_float32_matmul_precision("high")
-        out, grads = run(lambda *a: ops.cross_network(*a, backend=backend), cross_args(inputs))
-    finally:
-        torch.set_float32_matmul_precision(previous)
-    ref_out, ref_grads = run(reference.cross_network,
-                             [a.double() for a in cross_args(inputs)])
-    assert relative_error(out, ref_out) < 5e-3
-    for grad, ref_grad in zip(grads, ref_grads, strict=True):
-        assert relative_error(grad, ref_grad) < 5e-3
+    assert_matches_reference(kernel(ops.cross_network, backend), reference.cross_network,
+                             cross_args(inputs), TF32_TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_without_gradient_matches_the_training_forward(backend):
+    """Without autograd recording a backend may keep fewer activations: same result."""
+    x0, weight, bias = cross_params(9, 2, 10, 3)
+    with torch.no_grad():
+        fast = ops.cross_network(x0, weight, bias, backend=backend)
+    trained = ops.cross_network(x0, weight.requires_grad_(), bias, backend=backend)
+    assert torch.equal(fast, trained.detach())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -142,21 +132,24 @@ def test_edge_cases(backend):
     inputs = random_inputs(4, [2, 3], 2, 3, 0)
     for public, ref, pick in OPS.values():
         torch.testing.assert_close(public(*pick(inputs), backend=backend), ref(*pick(inputs)))
-    # empty batch
+    # empty batch, forward and backward
     inputs = random_inputs(0, [2, 3], 2, 3, 2)
     for public, _, pick in OPS.values():
-        assert public(*pick(inputs), backend=backend).shape == (0, 2, 6)
+        args = [a.detach().requires_grad_() if a.is_floating_point() else a for a in pick(inputs)]
+        out = public(*args, backend=backend)
+        assert out.shape == (0, 2, 6)
+        out.sum().backward()
+        assert all(not a.grad.any() for a in args if a.is_floating_point())
     # non-contiguous x0, weight and indices
     inputs = random_inputs(5, [2, 3], 2, 3, 2)
     table, indices, offsets, x0, weight, bias = inputs
     x0_nc = x0.transpose(0, 1).contiguous().transpose(0, 1)
     weight_nc = weight.transpose(2, 3).contiguous().transpose(2, 3)
     assert not x0_nc.is_contiguous() and not weight_nc.is_contiguous()
-    out, grads = run(lambda *a: ops.cross_network(*a, backend=backend), (x0_nc, weight_nc, bias))
-    ref_out, ref_grads = run(reference.cross_network, (x0, weight, bias))
+    out, grads = outputs_and_grads(kernel(ops.cross_network, backend), x0_nc, weight_nc, bias)
+    ref_out, ref_grads = outputs_and_grads(reference.cross_network, x0, weight, bias)
     torch.testing.assert_close(out, ref_out)
-    for grad, ref_grad in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(grad, ref_grad)
+    torch.testing.assert_close(grads, ref_grads)
     out = ops.lookup_cross_network(table, indices.t().contiguous().t(), offsets, weight_nc, bias,
                                    backend=backend)
     torch.testing.assert_close(out, reference.lookup_cross_network(table, indices, offsets,
@@ -171,19 +164,16 @@ def test_mismatched_dtypes_are_rejected():
         ops.lookup_cross_network(table, indices, offsets, weight, bias.float())
 
 
-def test_triton_op_registration():
-    if "triton" not in BACKENDS:
-        pytest.skip("the triton backend cannot run here")
-    from fastme.ops.triton import cross
-
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_op_registration(backend):
     table, indices, offsets, x0, weight, bias = random_inputs(4, [2, 3], 2, 2, 2)
     for t in (table, x0, weight, bias):
         t.requires_grad_()
+    out = reference.cross_network(x0, weight, bias).detach()
     # AOT dispatch is exercised by test_torch_compile_fullgraph
-    checks = ("test_schema", "test_autograd_registration", "test_faketensor")
-    torch.library.opcheck(cross.cross_op, (x0, weight, bias), test_utils=checks)
-    torch.library.opcheck(cross.lookup_cross_op, (table, indices, offsets, weight, bias),
-                          test_utils=checks)
+    check_registration(backend, "cross", (x0, weight, bias, True), [out])
+    check_registration(backend, "lookup_cross", (table, indices, offsets, weight, bias, True),
+                       [out, x0])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -199,25 +189,68 @@ def test_torch_compile_fullgraph(backend):
         out = ops.lookup_cross_network(t, indices, offsets, w, b, backend=backend)
         return torch.nn.functional.softplus(out).mean()
 
-    compiled = torch.compile(loss, fullgraph=True, backend=compiler)
-    eager_args = [a.clone().requires_grad_() for a in (table, weight, bias)]
-    compiled_args = [a.clone().requires_grad_() for a in (table, weight, bias)]
-    loss(*eager_args).backward()
-    compiled(*compiled_args).backward()
-    for a, b in zip(compiled_args, eager_args, strict=True):
-        torch.testing.assert_close(a.grad, b.grad)
+    _, grads = outputs_and_grads(torch.compile(loss, fullgraph=True, backend=compiler), table,
+                                 weight, bias)
+    _, eager_grads = outputs_and_grads(loss, table, weight, bias)
+    torch.testing.assert_close(grads, eager_grads)
+
+
+# ---- GPU only -----------------------------------------------------------------------------------
+
+@gpu_test
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch,sets,dim,layers", GPU_CROSS_SHAPES)
+def test_cross_network_every_dtype_on_gpu(backend, batch, sets, dim, layers, dtype,
+                                          matmul_precision):
+    matmul_precision("highest")
+    assert_matches_reference(kernel(ops.cross_network, backend), reference.cross_network,
+                             cross_params(batch, sets, dim, layers, dtype=dtype),
+                             TOL[dtype] * max(layers, 1))
+
+
+@gpu_test
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("batch,sets,dim,layers", GPU_CROSS_SHAPES[:5])
+def test_cross_network_tf32_on_gpu(backend, batch, sets, dim, layers, matmul_precision):
+    matmul_precision("high")
+    assert_matches_reference(kernel(ops.cross_network, backend), reference.cross_network,
+                             cross_params(batch, sets, dim, layers, dtype=torch.float32),
+                             TF32_TOL * layers)
+
+
+@gpu_test
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch,field_dims,sets,dim,layers", GPU_LOOKUP_CROSS_SHAPES)
+def test_lookup_cross_network_every_gradient_path_on_gpu(backend, batch, field_dims, sets, dim,
+                                                         layers, dtype, grad_mode,
+                                                         matmul_precision):
+    matmul_precision("highest")
+    inputs = random_inputs(batch, field_dims, sets, dim, layers, dtype=dtype)
+    assert_matches_reference(kernel(ops.lookup_cross_network, backend),
+                             reference.lookup_cross_network, lookup_cross_args(inputs),
+                             TOL[dtype] * layers)
 
 
 @criteo_shapes_on_gpu
 def test_criteo_shapes_on_gpu(backend, dtype, num_sets):
     """ME-DCNv2 at Criteo size: B=4096, N=39, K=10 (D=390), L=4, realistic cardinalities."""
-    field_dims = criteo_like_field_dims()
-    inputs = random_inputs(4096, field_dims, num_sets, 10, 4, dtype=dtype)
-    for op, (public, ref, pick) in OPS.items():
-        args = pick(inputs)
-        out, grads = run(lambda *a: public(*a, backend=backend), args)
-        ref_out, ref_grads = run(ref, [a.double() if a.is_floating_point() else a for a in args])
-        tol = 3e-2 if dtype == torch.bfloat16 else 1e-4
-        assert relative_error(out, ref_out) < tol, op
-        for grad, ref_grad in zip(grads, ref_grads, strict=True):
-            assert relative_error(grad, ref_grad) < tol, op
+    inputs = random_inputs(4096, criteo_like_field_dims(), num_sets, 10, 4, dtype=dtype)
+    for public, ref, pick in OPS.values():
+        assert_matches_reference(kernel(public, backend), ref, pick(inputs),
+                                 3e-2 if dtype == torch.bfloat16 else 1e-4)
+
+
+@gpu_test
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_second_device(backend):
+    """The kernels follow the tensors, not the current device."""
+    x0, weight, bias = cross_params(9, 2, 7, 2, device="cuda:1")
+    with torch.cuda.device(0):
+        out, grads = outputs_and_grads(kernel(ops.cross_network, backend), x0, weight, bias)
+    assert out.device == grads[0].device == torch.device("cuda:1")
+    ref_out, ref_grads = outputs_and_grads(reference.cross_network, x0, weight, bias)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(grads, ref_grads)

@@ -1,36 +1,23 @@
 """The kernel backends of multi_embedding_lookup against the eager reference.
 
 Runs every kernel backend available here: "triton" through Triton's CPU interpreter without a GPU
-(TRITON_INTERPRET=1, set in conftest.py), plus "cuda" on a GPU machine. float64 forward and table
-gradient match the reference to rounding; 16-bit tables are checked against float64 maths.
+(TRITON_INTERPRET=1, set in conftest.py), "triton" and "cuda" on a GPU machine. float64 forward
+and table gradient match the reference to rounding; 16-bit tables are checked against float64
+maths on the same values; both table-gradient paths (atomic, deterministic).
 """
 
 import pytest
 import torch
 
 import fastme.ops as ops
-from fastme.ops import reference
+from fastme.ops import _policy, reference
 
-from kernel_backends import (BACKENDS, DEVICE, NONDET_TOL, criteo_like_field_dims,
-                             criteo_shapes_on_gpu, requires_kernel_backend)
+from kernel_backends import (BACKENDS, DEVICE, DTYPES, KERNEL_TESTS, NONDET_TOL,
+                             assert_matches_reference, check_registration, criteo_like_field_dims,
+                             criteo_shapes_on_gpu, gpu_test, lookup_inputs, outputs_and_grads,
+                             relative_error)
 
-pytestmark = requires_kernel_backend
-
-
-def random_inputs(batch, field_dims, num_sets, dim, *, dtype=torch.float64,
-                  index_dtype=torch.int64, seed=0):
-    """Table, indices (few values per field: heavy duplication; row 0 of the batch takes every
-    field's largest index) and offsets."""
-    g = torch.Generator().manual_seed(seed)
-    dims = torch.tensor(field_dims)
-    table = torch.randn(int(dims.sum()), num_sets, dim, generator=g, dtype=torch.float64)
-    indices = torch.stack([torch.randint(0, d, (batch,), generator=g) for d in field_dims], 1)
-    if batch:
-        indices[0] = dims - 1
-    offsets = torch.cumsum(dims, 0) - dims
-    return (table.to(DEVICE, dtype), indices.to(DEVICE, index_dtype),
-            offsets.to(DEVICE, index_dtype))
-
+pytestmark = KERNEL_TESTS
 
 SHAPES = [  # batch, field_dims, num_sets, dim
     (1, [1], 1, 1),            # B = N = M = K = 1
@@ -40,81 +27,119 @@ SHAPES = [  # batch, field_dims, num_sets, dim
     (80, [2, 2, 2, 2], 1, 3),  # several blocks of (sample, field) pairs
     (3, [3, 2, 2], 2, 50),     # K = 50 (NFwFM's base size)
 ]
+GPU_SHAPES = SHAPES[:2] + [
+    (64, [4, 1, 6, 3], 3, 10),
+    (33, [2, 2], 4, 16),
+    (17, [5, 5, 5], 1, 50),
+    (300, [3, 1000], 3, 8),  # many duplicates in field 0, many chunks of the sorted scatter
+]
 
 
-def lookup_and_grads(fn, table, indices, offsets, grad_seed=1):
-    table = table.detach().requires_grad_()
-    out = fn(table, indices, offsets)
-    g = torch.Generator().manual_seed(grad_seed)
-    grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
-    (grad,) = torch.autograd.grad(out, table, grad_out) if out.numel() else (None,)
-    return out.detach(), grad
+def lookup(backend):
+    return lambda *a: ops.multi_embedding_lookup(*a, backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_forward_and_table_gradient_match_reference_float64(backend, shape, index_dtype):
-    inputs = random_inputs(*shape, index_dtype=index_dtype)
-    out, grad = lookup_and_grads(
-        lambda *a: ops.multi_embedding_lookup(*a, backend=backend), *inputs)
-    ref_out, ref_grad = lookup_and_grads(reference.multi_embedding_lookup, *inputs)
+    inputs = lookup_inputs(*shape, index_dtype=index_dtype)
+    out, grads = outputs_and_grads(lookup(backend), *inputs)
+    ref_out, ref_grads = outputs_and_grads(reference.multi_embedding_lookup, *inputs)
     torch.testing.assert_close(out, ref_out, rtol=0, atol=0)  # a gather is exact
-    torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads, ref_grads, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("index_dtype,offsets_dtype", [(torch.int32, torch.int64),
+                                                       (torch.int64, torch.int32)])
+def test_mixed_index_dtypes(backend, index_dtype, offsets_dtype):
+    inputs = lookup_inputs(20, [4, 9, 2], 3, 6, index_dtype=index_dtype,
+                           offsets_dtype=offsets_dtype)
+    out, grads = outputs_and_grads(lookup(backend), *inputs)
+    ref_out, ref_grads = outputs_and_grads(reference.multi_embedding_lookup, *inputs)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=0)
+    torch.testing.assert_close(grads, ref_grads, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradcheck(backend):
-    table, indices, offsets = random_inputs(4, [3, 2, 2], 2, 3)
-    table.requires_grad_()
-    assert torch.autograd.gradcheck(
-        lambda t: ops.multi_embedding_lookup(t, indices, offsets, backend=backend), (table,),
-        fast_mode=True, nondet_tol=NONDET_TOL)
+    table, indices, offsets = lookup_inputs(4, [3, 2, 2], 2, 3)
+    assert torch.autograd.gradcheck(lambda t: lookup(backend)(t, indices, offsets),
+                                    (table.requires_grad_(),), fast_mode=True,
+                                    nondet_tol=NONDET_TOL)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_low_precision_tables(backend, dtype):
-    table, indices, offsets = random_inputs(9, [2, 3, 2], 3, 7, dtype=dtype)
-    out, grad = lookup_and_grads(
-        lambda *a: ops.multi_embedding_lookup(*a, backend=backend), table, indices, offsets)
-    assert out.dtype == grad.dtype == dtype
-    ref_out, ref_grad = lookup_and_grads(reference.multi_embedding_lookup, table.double(),
-                                         indices, offsets)
-    torch.testing.assert_close(out.double(), ref_out, rtol=0, atol=0)
+    inputs = lookup_inputs(9, [2, 3, 2], 3, 7, dtype=dtype)
     # duplicates are summed in float32 and rounded once: within one 16-bit ulp of the exact sum
-    tol = 1e-6 if dtype == torch.float32 else 1e-2
-    torch.testing.assert_close(grad.double(), ref_grad, rtol=tol, atol=tol)
+    out = assert_matches_reference(lookup(backend), reference.multi_embedding_lookup, inputs,
+                                   tol=1e-6 if dtype == torch.float32 else 1e-2)
+    assert torch.equal(out, reference.multi_embedding_lookup(*inputs))  # a gather is exact
+
+
+@gpu_test
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=str)
+def test_every_dtype_and_gradient_path_on_gpu(backend, shape, dtype, grad_mode):
+    inputs = lookup_inputs(*shape, dtype=dtype)
+    tol = {torch.float64: 1e-12, torch.float32: 2e-6}.get(dtype, 1e-2)
+    out = assert_matches_reference(lookup(backend), reference.multi_embedding_lookup, inputs, tol)
+    assert torch.equal(out, reference.multi_embedding_lookup(*inputs))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_deterministic_mode_gives_the_same_gradient(backend, monkeypatch):
-    inputs = random_inputs(12, [2, 3], 2, 5, dtype=torch.float32)
-    _, grad = lookup_and_grads(lambda *a: ops.multi_embedding_lookup(*a, backend=backend), *inputs)
+    inputs = lookup_inputs(12, [2, 3], 2, 5, dtype=torch.float32)
+    _, grad = outputs_and_grads(lookup(backend), *inputs)
     monkeypatch.setenv("FASTME_DETERMINISTIC", "1")
-    _, grad_det = lookup_and_grads(
-        lambda *a: ops.multi_embedding_lookup(*a, backend=backend), *inputs)
+    _, grad_det = outputs_and_grads(lookup(backend), *inputs)
     torch.testing.assert_close(grad_det, grad, rtol=1e-6, atol=1e-6)
+
+
+@gpu_test
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deterministic_table_gradient_is_bitwise_reproducible(backend, monkeypatch):
+    monkeypatch.setenv("FASTME_DETERMINISTIC", "1")
+    inputs = lookup_inputs(4096, [3, 2, 50], 4, 10, dtype=torch.float32)
+    runs = [outputs_and_grads(lookup(backend), *inputs)[1][0] for _ in range(3)]
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+
+
+def test_torch_deterministic_flag_selects_the_fixed_order_path(monkeypatch):
+    monkeypatch.delenv("FASTME_DETERMINISTIC", raising=False)
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        assert not _policy.use_atomics(torch.float32)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert _policy.use_atomics(torch.float32) == (not previous)
+    assert not _policy.use_atomics(torch.bfloat16)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_inputs(backend):
-    table, indices, offsets = random_inputs(6, [3, 4, 2], 2, 5)
+    table, indices, offsets = lookup_inputs(6, [3, 4, 2], 2, 5)
     table_nc = table.transpose(1, 2).contiguous().transpose(1, 2)  # same values, other strides
     indices_nc = indices.t().contiguous().t()
     assert not table_nc.is_contiguous() and not indices_nc.is_contiguous()
-    out, grad = lookup_and_grads(
-        lambda *a: ops.multi_embedding_lookup(*a, backend=backend), table_nc, indices_nc, offsets)
-    ref_out, ref_grad = lookup_and_grads(reference.multi_embedding_lookup, table, indices, offsets)
+    out, grads = outputs_and_grads(lookup(backend), table_nc, indices_nc, offsets)
+    ref_out, ref_grads = outputs_and_grads(reference.multi_embedding_lookup, table, indices,
+                                           offsets)
     torch.testing.assert_close(out, ref_out)
-    torch.testing.assert_close(grad, ref_grad)
+    torch.testing.assert_close(grads, ref_grads)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_empty_batch(backend):
-    table, indices, offsets = random_inputs(0, [3, 2], 2, 4)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_empty_batch(backend, dtype):
+    table, indices, offsets = lookup_inputs(0, [3, 2], 2, 4, dtype=dtype)
     table.requires_grad_()
-    out = ops.multi_embedding_lookup(table, indices, offsets, backend=backend)
+    out = lookup(backend)(table, indices, offsets)
     assert out.shape == (0, 2, 2, 4)
     out.sum().backward()
     assert table.grad.shape == table.shape and not table.grad.any()
@@ -122,51 +147,46 @@ def test_empty_batch(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bounds_check_modes(backend):
-    table, indices, offsets = random_inputs(4, [3, 5], 2, 3)
+    table, indices, offsets = lookup_inputs(4, [3, 5], 2, 3)
     bad = indices.clone()
     bad[1, 1] = 5
     with pytest.raises(IndexError, match=r"indices\[1, 1\] = 5 is out of range for field 1"):
-        ops.multi_embedding_lookup(table, bad, offsets, backend=backend)
+        lookup(backend)(table, bad, offsets)
     try:
         ops.set_bounds_check("clamp")
         with pytest.warns(RuntimeWarning, match="clamped"):
-            out = ops.multi_embedding_lookup(table, bad, offsets, backend=backend)
+            out = lookup(backend)(table, bad, offsets)
         torch.testing.assert_close(out[1, :, 1], table[offsets[1] + 4])
         # "off": no check at all, but the kernels clamp the global row, so even wild indices
         # read inside the table (never an illegal access)
         ops.set_bounds_check("off")
         wild = indices.clone()
-        wild[0, 0], wild[2, 1] = -10**6, 10**9
-        out = ops.multi_embedding_lookup(table, wild, offsets, backend=backend)
-        torch.testing.assert_close(out[0, :, 0], table[0])
-        torch.testing.assert_close(out[2, :, 1], table[-1])
+        wild[0, 0], wild[2, 1], wild[3, 0] = -10**6, 10**9, 3  # below, far above, next field
+        out = lookup(backend)(table, wild, offsets)
+        rows = (wild + offsets).clamp(0, table.shape[0] - 1)
+        assert torch.equal(out, table[rows].permute(0, 2, 1, 3))
     finally:
         ops.set_bounds_check("error")
 
 
-def test_triton_op_registration():
-    """Schema, fake (meta) implementation and autograd registration of the custom ops."""
-    if "triton" not in BACKENDS:
-        pytest.skip("the triton backend cannot run here")
-    from fastme.ops.triton import lookup
-
-    table, indices, offsets = random_inputs(5, [3, 2, 2], 2, 3)
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_op_registration(backend):
+    table, indices, offsets = lookup_inputs(5, [3, 2, 2], 2, 3)
     grad = torch.randn(5, 2, 3, 3, dtype=torch.float64, device=DEVICE)
-    checks = ("test_schema", "test_autograd_registration", "test_faketensor")
-    torch.library.opcheck(lookup.lookup_op, (table.requires_grad_(), indices, offsets),
-                          test_utils=checks)
-    torch.library.opcheck(lookup.lookup_backward_op, (grad, indices, offsets, table.shape[0]),
-                          test_utils=checks)
+    check_registration(backend, "lookup", (table.requires_grad_(), indices, offsets),
+                       [reference.multi_embedding_lookup(table, indices, offsets)])
+    check_registration(backend, "lookup_backward", (grad, indices, offsets, table.shape[0]),
+                       [table])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_torch_compile_fullgraph(backend):
     """The public op traces into one graph (validation, bounds check and the custom op), forward
     and backward, and gives the eager result."""
-    table, indices, offsets = random_inputs(6, [3, 4], 2, 3)
+    table, indices, offsets = lookup_inputs(6, [3, 4], 2, 3)
 
     def loss(t):
-        return (ops.multi_embedding_lookup(t, indices, offsets, backend=backend) ** 2).sum()
+        return (lookup(backend)(t, indices, offsets) ** 2).sum()
 
     compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
     t1 = table.clone().requires_grad_()
@@ -180,19 +200,25 @@ def test_torch_compile_fullgraph(backend):
     with pytest.raises(RuntimeError, match="out of range"):
         bad = indices.clone()
         bad[0, 0] = 3
-        torch.compile(lambda t: ops.multi_embedding_lookup(t, bad, offsets, backend=backend),
-                      fullgraph=True, backend="aot_eager")(table)
+        torch.compile(lambda t: lookup(backend)(t, bad, offsets), fullgraph=True,
+                      backend="aot_eager")(table)
 
 
 @criteo_shapes_on_gpu
 def test_criteo_shapes_on_gpu(backend, dtype, num_sets):
     """B=4096, N=39, K=10, realistic cardinalities (hot rows in the small fields)."""
-    field_dims = criteo_like_field_dims()
-    table, indices, offsets = random_inputs(4096, field_dims, num_sets, 10, dtype=dtype)
-    out, grad = lookup_and_grads(
-        lambda *a: ops.multi_embedding_lookup(*a, backend=backend), table, indices, offsets)
-    ref_out, ref_grad = lookup_and_grads(reference.multi_embedding_lookup, table.double(),
-                                         indices, offsets)
+    inputs = lookup_inputs(4096, criteo_like_field_dims(), num_sets, 10, dtype=dtype)
+    out, (grad,) = outputs_and_grads(lookup(backend), *inputs)
+    ref_out, (ref_grad,) = outputs_and_grads(reference.multi_embedding_lookup, inputs[0].double(),
+                                             *inputs[1:])
     torch.testing.assert_close(out.double(), ref_out, rtol=0, atol=0)
-    tol = 1e-5 if dtype == torch.float32 else 1e-2
-    assert float((grad.double() - ref_grad).norm() / ref_grad.norm()) < tol
+    assert relative_error(grad, ref_grad) < (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+@gpu_test
+def test_cuda_extension_reports_no_sticky_error():
+    if "cuda" not in BACKENDS:
+        pytest.skip("the cuda backend cannot run here")
+    from fastme import _extension
+
+    _extension.load().cuda_synchronize(torch.cuda.current_device())

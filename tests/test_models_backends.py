@@ -11,9 +11,9 @@ import torch
 import fastme.ops as ops
 from fastme.models import MODELS
 
-from kernel_backends import BACKENDS, DEVICE, requires_kernel_backend
+from kernel_backends import BACKENDS, DEVICE, KERNEL_TESTS, gpu_test
 
-pytestmark = requires_kernel_backend
+pytestmark = KERNEL_TESTS
 
 FIELD_DIMS = [3, 5, 2, 4]
 OPTIONS = {  # small sub-modules so that the interpreter stays fast
@@ -53,3 +53,23 @@ def test_same_logits_and_gradients_as_reference(name, options, num_sets, backend
     assert grads.keys() == ref_grads.keys() and "embedding.weight" in grads
     for key, ref_grad in ref_grads.items():
         torch.testing.assert_close(grads[key], ref_grad, rtol=1e-10, atol=1e-10, msg=key)
+
+
+@gpu_test
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_model_trains_in_float32(backend):
+    torch.manual_seed(0)
+    model = MODELS["dcnv2"](FIELD_DIMS, embed_dim=3, num_sets=2, backend=backend,
+                            hidden_dim=16).to(DEVICE)
+    x = torch.stack([torch.randint(0, d, (64,)) for d in FIELD_DIMS], 1).to(DEVICE)
+    y = (x[:, 0] % 2).float()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+

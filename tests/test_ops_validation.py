@@ -6,12 +6,58 @@ import torch
 import fastme.ops as ops
 from fastme._extension import ExtensionUnavailable
 
+from kernel_backends import lookup_inputs
+
+# Validation runs before dispatch; every backend that runs on CPU tensors here checks it.
+CPU_BACKENDS = ops.available_backends("cpu")
+
 
 def inputs(batch=4):
-    table = torch.randn(10, 2, 3)
-    offsets = torch.tensor([0, 4])
-    indices = torch.stack([torch.randint(0, 4, (batch,)), torch.randint(0, 6, (batch,))], 1)
-    return table, indices, offsets
+    """A [10, 2, 3] table of two fields with 4 and 6 values."""
+    return lookup_inputs(batch, [4, 6], 2, 3, dtype=torch.float32, device="cpu")
+
+
+def lookup_ops(backend):
+    """Every lookup-based op, as fn(table, indices, offsets, field_dims)."""
+    weight, bias = torch.zeros(1, 2, 6, 6), torch.zeros(1, 2, 6)
+    return [
+        lambda t, x, o, d: ops.multi_embedding_lookup(t, x, o, field_dims=d, backend=backend),
+        lambda t, x, o, d: ops.pooled_lookup(t, x, o, field_dims=d, backend=backend),
+        lambda t, x, o, d: ops.lookup_cross_network(t, x, o, weight, bias, field_dims=d,
+                                                    backend=backend),
+    ]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("offsets,field_dims,match", [
+    ([-2, 4], None, r"offsets\[0\] = -2 is negative"),
+    ([-2, 4], [4, 6], r"offsets\[0\] = -2 is negative"),
+    ([0, 18], None, r"offsets\[1\] = 18 is past the table's 10 rows"),
+    ([5, 3], None, r"offsets must not decrease"),
+    ([0, 4], [4, 100], r"field_dims\[1\] = 100 with offsets\[1\] = 4 needs table rows up to 104 "
+                       r"but the table has 10 rows"),
+    ([0, 4], [4, -1], r"field_dims\[1\] = -1 is negative"),
+], ids=["negative", "negative-with-field-dims", "past-the-table", "decreasing",
+        "field-dims-past-the-table", "negative-field-dims"])
+def test_offsets_and_field_dims_are_checked_against_the_table(backend, offsets, field_dims, match):
+    table, indices, _ = inputs()
+    indices = indices.clamp(0, 3)  # in range of every field of every case
+    offsets = torch.tensor(offsets)
+    field_dims = None if field_dims is None else torch.tensor(field_dims)
+    for op in lookup_ops(backend):
+        with pytest.raises(ValueError, match=match):
+            op(table, indices, offsets, field_dims)
+
+
+def test_offsets_check_is_skipped_with_bounds_check_off():
+    table, indices, _ = inputs()
+    try:
+        ops.set_bounds_check("off")  # kernels and the reference then read clamped rows
+        out = ops.multi_embedding_lookup(table, indices.clamp(0, 3), torch.tensor([0, 4]),
+                                         field_dims=torch.tensor([4, 100]))
+    finally:
+        ops.set_bounds_check("error")
+    assert out.shape == (4, 2, 2, 3)
 
 
 @pytest.mark.parametrize("mutate,exc,match", [

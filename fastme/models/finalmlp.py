@@ -1,9 +1,9 @@
 import torch
 from torch import nn
 
+from fastme.models import interactions
 from fastme.models.base import MultiEmbeddingModel
 from fastme.models.layers import SetBlock
-from fastme.ops import reference
 
 
 class FinalMLP(MultiEmbeddingModel):
@@ -30,6 +30,6 @@ class FinalMLP(MultiEmbeddingModel):
         flat = self.flat_sets(emb)
         o1 = self.stream1(flat).mean(dim=1)
         o2 = self.stream2(flat).mean(dim=1)
-        return reference.bilinear_fusion(o1, o2, self.fusion1.weight[0], self.fusion1.bias[0],
+        return interactions.bilinear_fusion(o1, o2, self.fusion1.weight[0], self.fusion1.bias[0],
                                          self.fusion2.weight[0], self.fusion2.bias[0],
                                          self.fusion_bilinear)

@@ -1,7 +1,7 @@
 import torch
 
+from fastme.models import interactions
 from fastme.models.base import ProjectedModel
-from fastme.ops import reference
 
 
 class IPNN(ProjectedModel):
@@ -25,7 +25,7 @@ class IPNN(ProjectedModel):
 
     def set_features(self, x):
         emb = self.lookup(x)
-        products = reference.inner_products(emb)
+        products = interactions.inner_products(emb)
         if not self.concat_embeddings:
             return products
         return torch.cat([self.flat_sets(emb), products], dim=-1)

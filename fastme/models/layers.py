@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from fastme.ops import reference
+from fastme.models import interactions
 
 
 def _uniform_fan_in(tensor: torch.Tensor, fan_in: int) -> None:
@@ -156,7 +156,7 @@ class SetCIN(nn.Module):
         self.output_dim = sum(layer_sizes)
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        return reference.cin(emb, list(self.weights), list(self.biases))
+        return interactions.cin(emb, list(self.weights), list(self.biases))
 
 
 class SetSelfAttentionLayer(nn.Module):
@@ -179,7 +179,7 @@ class SetSelfAttentionLayer(nn.Module):
         self.norm_bias = nn.Parameter(torch.zeros(num_sets, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x + reference.set_self_attention(x, self.in_weight, self.in_bias, self.out_weight,
+        y = x + interactions.set_self_attention(x, self.in_weight, self.in_bias, self.out_weight,
                                              self.out_bias, self.num_heads)
         y = nn.functional.layer_norm(y, y.shape[-1:])
         return y * self.norm_weight.unsqueeze(1) + self.norm_bias.unsqueeze(1)

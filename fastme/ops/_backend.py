@@ -24,13 +24,6 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {}
 _IMPLEMENTATIONS: dict[tuple[str, str], Callable] = {}
 
 
-def deterministic() -> bool:
-    """Whether kernels must give bit-identical table gradients run to run (no float atomics whose
-    order varies): on with ``torch.use_deterministic_algorithms(True)`` or FASTME_DETERMINISTIC=1."""
-    return torch.are_deterministic_algorithms_enabled() or \
-        os.environ.get("FASTME_DETERMINISTIC", "0") not in ("", "0")
-
-
 class BackendUnavailable(RuntimeError):
     """The requested backend cannot run this op on these tensors."""
 

@@ -112,3 +112,50 @@ def apply_bounds_check(indices: torch.Tensor, field_dims: torch.Tensor, name: st
             return torch.minimum(indices.clamp_min(0), limits - 1)
         return indices
     raise ValueError(f"bounds check mode must be one of {BOUNDS_CHECK_MODES}, got {mode!r}")
+
+
+def check_offsets(offsets: torch.Tensor, field_dims: torch.Tensor | None, num_rows: int) -> None:
+    """Every field's rows lie in the table: 0 <= offsets[i] and offsets[i] + field_dims[i] <=
+    rows; without ``field_dims`` (implied by the offsets) the offsets must not decrease nor pass
+    the table's end. Costs one device->host sync, like the 'error' bounds check."""
+    starts = offsets.long()
+    if field_dims is None:
+        ends = torch.cat([starts[1:], starts.new_tensor([num_rows])])
+        bad = (starts < 0) | (starts > ends)
+    else:
+        ends = starts + field_dims.long()
+        bad = (starts < 0) | (field_dims < 0) | (ends > num_rows)
+    if torch.compiler.is_compiling():
+        torch._assert_async(~bad.any(), "offsets/field_dims reach outside the table's rows")
+        return
+    if not bool(bad.any()):
+        return
+    i = int(bad.nonzero()[0])
+    start = int(starts[i])
+    if start < 0:
+        raise ValueError(f"offsets[{i}] = {start} is negative; offsets[i] is the table row of "
+                         "field i's value 0 (the exclusive cumsum of field_dims)")
+    if field_dims is None:
+        if start > num_rows:
+            raise ValueError(f"offsets[{i}] = {start} is past the table's {num_rows} rows; "
+                             "offsets[i] is the table row of field i's value 0")
+        raise ValueError(f"offsets must not decrease when field_dims is not given (offsets[{i}] "
+                         f"= {start} > offsets[{i + 1}] = {int(starts[i + 1])}); pass field_dims "
+                         "for fields stored out of order")
+    dim = int(field_dims[i])
+    if dim < 0:
+        raise ValueError(f"field_dims[{i}] = {dim} is negative")
+    raise ValueError(f"field_dims[{i}] = {dim} with offsets[{i}] = {start} needs table rows up to "
+                     f"{start + dim} but the table has {num_rows} rows; field_dims must match "
+                     "the table the offsets index")
+
+
+def prepare_lookup(table, indices, offsets, field_dims):
+    """Shared validation of every lookup-based op; returns (indices, field_dims) after the
+    offsets and bounds checks (indices may come back clamped in 'clamp' mode; 'off' skips both)."""
+    check_lookup_inputs(table, indices, offsets, field_dims)
+    if _bounds_check_mode != "off" and offsets.numel():
+        check_offsets(offsets, field_dims, table.shape[0])
+    if field_dims is None:
+        field_dims = field_dims_from_offsets(offsets, table.shape[0])
+    return apply_bounds_check(indices, field_dims), field_dims

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from fastme.ops import _backend, reference
-from fastme.ops._validation import FLOAT_DTYPES, check_same_dtype, check_shape, check_tensor
-from fastme.ops.embedding_lookup import prepare_lookup
+from fastme.ops._validation import (FLOAT_DTYPES, check_same_dtype, check_shape, check_tensor,
+                                    prepare_lookup)
 
 
 def _check_cross_params(weight, bias, num_sets, dim, like, like_name):

@@ -1,22 +1,19 @@
 """CUDA C++ implementations of the fused ops (kernels/, bound in fastme._C).
 
-Importing this package registers the "cuda" backend of every op with fastme.ops._backend. It
-imports without a GPU or a CUDA build: the compiled extension is loaded on the first call, which
-raises a clear error when the kernels cannot run (no CUDA build, no device, CPU tensors).
-
-Each op is a ``torch.library.custom_op`` (namespace ``fastme``, names ``cuda_*``, CUDA dispatch
-key) with a fake implementation and an autograd formula, so it works in eager mode, under
-``torch.compile`` and with ``torch.autograd.gradcheck``. See docs/cuda.md.
+Importing this package defines the ``fastme::cuda_*`` custom ops (CUDA dispatch key) from the
+host functions of lookup.py, pooling.py and cross.py and registers them as the "cuda" backend of
+every op; the schemas, fake implementations and autograd are shared with the Triton backend
+(fastme/ops/_kernel_ops.py). It imports without a GPU or a CUDA build: the compiled extension is
+loaded on the first call, which raises a clear error when the kernels cannot run. See
+docs/cuda.md.
 """
 
-from fastme.ops import _backend
-from fastme.ops.cuda.cross import cross_network, lookup_cross_network
-from fastme.ops.cuda.lookup import multi_embedding_lookup
-from fastme.ops.cuda.pooling import pooled_lookup
+from fastme.ops import _kernel_ops
+from fastme.ops.cuda import _lib, cross, lookup, pooling
 
-_backend.register("multi_embedding_lookup", "cuda")(multi_embedding_lookup)
-_backend.register("pooled_lookup", "cuda")(pooled_lookup)
-_backend.register("cross_network", "cuda")(cross_network)
-_backend.register("lookup_cross_network", "cuda")(lookup_cross_network)
-
-__all__ = ["cross_network", "lookup_cross_network", "multi_embedding_lookup", "pooled_lookup"]
+OPS = _kernel_ops.define_backend(
+    "cuda", device_types="cuda",
+    lookup=lookup.lookup_forward, lookup_grad=_lib.scatter_rows,
+    fm=pooling.fm_forward, fm_grad=pooling.fm_backward,
+    fwfm=pooling.fwfm_forward, fwfm_grad=pooling.fwfm_backward,
+    cross=cross.cross_forward, cross_grad=cross.cross_backward, cross_states=cross.state_planes)

@@ -11,15 +11,10 @@ import math
 import torch
 
 from fastme._extension import require_cuda_kernels
-from fastme.ops._backend import deterministic
+from fastme.ops._policy import acc_dtype, global_rows, use_atomics
 
 # Element type codes, shared with kernels/api.h (DType).
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
-
-
-def ext():
-    """The compiled extension, or a clear error when the CUDA kernels cannot run here."""
-    return require_cuda_kernels()
 
 
 def dtype_code(dtype: torch.dtype) -> int:
@@ -27,11 +22,6 @@ def dtype_code(dtype: torch.dtype) -> int:
         return _DTYPE_CODES[dtype]
     except KeyError:
         raise TypeError(f"the CUDA kernels do not support dtype {dtype}") from None
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype of the kernels: float64 for float64, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def launch(t: torch.Tensor) -> dict:
@@ -42,29 +32,9 @@ def launch(t: torch.Tensor) -> dict:
 
 def index_args(indices: torch.Tensor, offsets: torch.Tensor, num_rows: int) -> dict:
     """The (indices, offsets) keyword arguments every lookup kernel takes."""
-    if num_rows == 0 and indices.numel() > 0:
-        # Rows are clamped in-kernel, which needs at least one row to clamp into.
-        raise ValueError("table has 0 rows but indices is not empty")
     return dict(indices=indices.data_ptr(), indices_int64=indices.dtype == torch.int64,
                 offsets=offsets.data_ptr(), offsets_int64=offsets.dtype == torch.int64,
                 num_rows=num_rows, batch=indices.shape[0], num_fields=indices.shape[1])
-
-
-def use_atomics(dtype: torch.dtype) -> bool:
-    """Table gradients by atomics, or by sort + segment reduction when determinism is asked for;
-    16-bit tables always take the sorted path (rows summed in float32, rounded once)."""
-    return dtype in (torch.float32, torch.float64) and not deterministic()
-
-
-def allow_tf32() -> bool:
-    """float32 GEMMs on TF32 tensor cores, following ``torch.set_float32_matmul_precision``
-    ("highest", the default, keeps exact float32 FMA)."""
-    return torch.get_float32_matmul_precision() != "highest"
-
-
-def global_rows(indices: torch.Tensor, offsets: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """offsets[i] + indices[:, i] as flat int64, clamped into the table exactly like the kernels."""
-    return (indices.long() + offsets.long()).clamp_(0, max(num_rows - 1, 0)).reshape(-1)
 
 
 def scatter_rows(src: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
@@ -75,12 +45,13 @@ def scatter_rows(src: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor
     grad = torch.zeros((num_rows, m, k), dtype=src.dtype, device=src.device)
     if src.numel() == 0:
         return grad
-    lib = ext()
+    lib = require_cuda_kernels()
     if use_atomics(src.dtype):
         lib.scatter_rows_atomic(src=src.data_ptr(), **index_args(indices, offsets, num_rows),
                                 num_sets=m, dim=k, grad_table=grad.data_ptr(), **launch(src))
         return grad
-    sorted_rows, perm = torch.sort(global_rows(indices, offsets, num_rows), stable=True)
+    sorted_rows, perm = torch.sort(global_rows(indices, offsets, num_rows).reshape(-1),
+                                   stable=True)
     chunks = math.ceil(b * n / lib.SEGMENT_CHUNK)
     head = torch.empty((chunks, m, k), dtype=acc_dtype(src.dtype), device=src.device)
     tail = torch.empty_like(head)

@@ -1,19 +1,22 @@
 """Triton implementations of the fused ops (GPU, or CPU through TRITON_INTERPRET=1).
 
-Importing this package registers the "triton" backend of every op with fastme.ops._backend.
-Each op is a ``torch.library.custom_op`` (namespace ``fastme``, names ``triton_*``) with a fake
-(meta) implementation and an autograd formula, so it runs in eager mode, under
-``torch.compile(fullgraph=True)`` and in ``torch.autograd.gradcheck``. See docs/ops.md.
+Importing this package defines the ``fastme::triton_*`` custom ops from the host functions of
+lookup.py, pooling.py and cross.py and registers them as the "triton" backend of every op; the
+schemas, fake implementations and autograd are shared with the CUDA backend
+(fastme/ops/_kernel_ops.py). See docs/ops.md.
 """
 
-from fastme.ops import _backend
-from fastme.ops.triton.cross import cross_network, lookup_cross_network
-from fastme.ops.triton.lookup import multi_embedding_lookup
-from fastme.ops.triton.pooling import pooled_lookup
+from fastme.ops import _kernel_ops
+from fastme.ops.triton import cross, lookup, pooling
 
-_backend.register("multi_embedding_lookup", "triton")(multi_embedding_lookup)
-_backend.register("pooled_lookup", "triton")(pooled_lookup)
-_backend.register("cross_network", "triton")(cross_network)
-_backend.register("lookup_cross_network", "triton")(lookup_cross_network)
-
-__all__ = ["cross_network", "lookup_cross_network", "multi_embedding_lookup", "pooled_lookup"]
+# The forward keeps x_1..x_{L-1} whether or not a gradient follows: the kernel works in them.
+OPS = _kernel_ops.define_backend(
+    "triton",
+    lookup=lookup.lookup_forward, lookup_grad=lookup.lookup_backward,
+    fm=pooling.fm_forward, fm_grad=pooling.fm_backward,
+    fwfm=pooling.fwfm_forward, fwfm_grad=pooling.fwfm_backward,
+    cross=lambda x0, weight, bias, save: cross.cross_forward(x0, weight, bias),
+    cross_grad=cross.cross_backward,
+    cross_states=lambda layers, save: max(layers - 1, 0),
+    lookup_cross=lambda table, indices, offsets, weight, bias, save: cross.lookup_cross_forward(
+        table, indices, offsets, weight, bias))

@@ -7,7 +7,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastme.ops import _backend
+from fastme.ops import _policy
+from fastme.ops._policy import acc_dtype, global_rows  # noqa: F401
 
 # Default number of warps of the element-wise kernels (lookup, pooling).
 NUM_WARPS = 4
@@ -43,11 +44,6 @@ def autotune(gpu_configs, interpreter_config, key, block_args=("BLOCK_D",), size
     return decorator
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float64 for float64 inputs (the gradcheck path), else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def tl_dtype(dtype: torch.dtype):
     return {torch.float64: tl.float64, torch.float32: tl.float32,
             torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
@@ -61,7 +57,7 @@ def dot_precision(dtype: torch.dtype) -> str:
     for the reference's matmuls. Every other dtype is computed exactly ("ieee" is the only
     setting Triton accepts for float64; it is ignored for 16-bit operands).
     """
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+    if dtype == torch.float32 and _policy.tf32_allowed():
         return "tf32"
     return "ieee"
 
@@ -80,17 +76,6 @@ def contiguous(*tensors):
     return tuple(t.contiguous() for t in tensors)
 
 
-def check_nonempty_table(table: torch.Tensor, indices: torch.Tensor) -> None:
-    # The in-kernel clamp needs at least one row to clamp into.
-    if table.shape[0] == 0 and indices.numel() > 0:
-        raise ValueError("table has 0 rows but indices is not empty")
-
-
-def global_rows(indices: torch.Tensor, offsets: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """offsets[i] + indices[:, i] as int64, clamped into the table exactly like the kernels do."""
-    return (indices.long() + offsets.long()).clamp_(0, max(num_rows - 1, 0))
-
-
 class RowGradTarget:
     """Where the backward kernels add table-row gradients, and how they become the dense
     [rows, *row_shape] gradient. Kernels add the gradient of (sample, field) pair p into row
@@ -101,7 +86,7 @@ class RowGradTarget:
       copy of the whole table would double its footprint, so rows are summed in a compact float32
       buffer with one slot per *distinct* row of the batch (found by sorting, without a host
       sync) and written once, rounded, into the gradient.
-    - deterministic mode (fastme.ops._backend.deterministic()): every pair gets its own slot, so
+    - deterministic mode (fastme.ops._policy.deterministic()): every pair gets its own slot, so
       the kernels' adds never collide, and the duplicates are then summed by torch's
       ``index_put_(accumulate=True)``, deterministic under torch.use_deterministic_algorithms.
     """
@@ -110,10 +95,10 @@ class RowGradTarget:
                  row_shape, dtype: torch.dtype, deterministic: bool | None = None):
         device = indices.device
         self.num_rows, self.row_shape, self.dtype = num_rows, tuple(row_shape), dtype
-        self.deterministic = _backend.deterministic() if deterministic is None else deterministic
+        self.deterministic = _policy.deterministic() if deterministic is None else deterministic
         rows = global_rows(indices, offsets, num_rows).reshape(-1)
         pairs = rows.numel()
-        self._compact = dtype not in (torch.float32, torch.float64)
+        self._compact = not _policy.sums_in_table_dtype(dtype)
         if self._compact:
             self._sorted_rows, perm = torch.sort(rows)
             is_first = torch.ones_like(self._sorted_rows, dtype=torch.bool)

@@ -23,9 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastme.ops.triton._common import (acc_dtype, autotune, check_nonempty_table, contiguous,
-                                       dot_meta, load_rows, mma)
-from fastme.ops.triton.lookup import lookup_backward_op, lookup_forward
+from fastme.ops.triton._common import acc_dtype, autotune, contiguous, dot_meta, load_rows, mma
+from fastme.ops.triton.lookup import lookup_forward
 
 # Launch configurations. The GPU lists keep the configurations whose sm_90 builds (Triton 3.9,
 # fp32/TF32 and bf16) hold their tiles in registers without (or with ~100 B of) spilling; the
@@ -274,7 +273,6 @@ def cross_forward(x0, weight, bias):
 
 def lookup_cross_forward(table, indices, offsets, weight, bias):
     table, indices, offsets, weight, bias = contiguous(table, indices, offsets, weight, bias)
-    check_nonempty_table(table, indices)
     b, n = indices.shape
     _, m, k = table.shape
     x0 = table.new_empty((b, m, n * k))
@@ -305,86 +303,3 @@ def cross_backward(grad, x0, weight, bias, states):
 
     _cross_wgrad_kernel[wgrad_grid](u, x0, states_arg, dweight, dbias, b, m, d, **meta)
     return dx0.to(x0.dtype), dweight, dbias
-
-
-# ---- custom ops ---------------------------------------------------------------------------------
-
-@torch.library.custom_op("fastme::triton_cross_network", mutates_args=())
-def cross_op(x0: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (x_L, states x_1..x_{L-1}); the states only feed the backward."""
-    return cross_forward(x0, weight, bias)
-
-
-@cross_op.register_fake
-def _(x0, weight, bias):
-    return torch.empty_like(x0), x0.new_empty((max(weight.shape[0] - 1, 0), *x0.shape))
-
-
-@torch.library.custom_op("fastme::triton_lookup_cross_network", mutates_args=())
-def lookup_cross_op(table: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
-                    weight: torch.Tensor, bias: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (x_L, the gathered x_0, states x_1..x_{L-1}); x_0 and states feed the backward."""
-    return lookup_cross_forward(table, indices, offsets, weight, bias)
-
-
-@lookup_cross_op.register_fake
-def _(table, indices, offsets, weight, bias):
-    x0 = table.new_empty((indices.shape[0], table.shape[1], indices.shape[1] * table.shape[2]))
-    return torch.empty_like(x0), torch.empty_like(x0), x0.new_empty(
-        (max(weight.shape[0] - 1, 0), *x0.shape))
-
-
-@torch.library.custom_op("fastme::triton_cross_network_backward", mutates_args=())
-def cross_backward_op(grad: torch.Tensor, x0: torch.Tensor, weight: torch.Tensor,
-                      bias: torch.Tensor, states: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return cross_backward(grad, x0, weight, bias, states)
-
-
-@cross_backward_op.register_fake
-def _(grad, x0, weight, bias, states):
-    return torch.empty_like(x0), torch.empty_like(weight), torch.empty_like(bias)
-
-
-def _cross_setup(ctx, inputs, output):
-    x0, weight, bias = inputs
-    ctx.save_for_backward(x0, weight, bias, output[1])
-
-
-def _cross_grad(ctx, grad, _grad_states):
-    x0, weight, bias, states = ctx.saved_tensors
-    return cross_backward_op(grad, x0, weight, bias, states)
-
-
-def _lookup_cross_setup(ctx, inputs, output):
-    table, indices, offsets, weight, bias = inputs
-    ctx.save_for_backward(indices, offsets, weight, bias, output[1], output[2])
-    ctx.num_rows = table.shape[0]
-    ctx.row_shape = table.shape[1:]
-
-
-def _lookup_cross_grad(ctx, grad, _grad_x0, _grad_states):
-    indices, offsets, weight, bias, x0, states = ctx.saved_tensors
-    dx0, dweight, dbias = cross_backward_op(grad, x0, weight, bias, states)
-    dtable = None
-    if ctx.needs_input_grad[0]:
-        b, n = indices.shape
-        emb_grad = dx0.reshape(b, ctx.row_shape[0], n, ctx.row_shape[1])  # [B, M, N, K]
-        dtable = lookup_backward_op(emb_grad, indices, offsets, ctx.num_rows)
-    return dtable, None, None, dweight, dbias
-
-
-cross_op.register_autograd(_cross_grad, setup_context=_cross_setup)
-lookup_cross_op.register_autograd(_lookup_cross_grad, setup_context=_lookup_cross_setup)
-
-
-def cross_network(x0, weight, bias):
-    """Backend implementation registered as ("cross_network", "triton")."""
-    return cross_op(x0, weight, bias)[0]
-
-
-def lookup_cross_network(table, indices, offsets, weight, bias):
-    """Backend implementation registered as ("lookup_cross_network", "triton")."""
-    return lookup_cross_op(table, indices, offsets, weight, bias)[0]

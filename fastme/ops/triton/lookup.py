@@ -12,9 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastme.ops.embedding_lookup import register_kernel_autograd
-from fastme.ops.triton._common import (NUM_WARPS, RowGradTarget, check_nonempty_table, contiguous,
-                                       load_rows, pow2)
+from fastme.ops.triton._common import NUM_WARPS, RowGradTarget, contiguous, load_rows, pow2
 
 # Elements (pairs x row values) per program.
 _TILE = 1024
@@ -65,7 +63,6 @@ def _grid(num_pairs: int, mk: int):
 def lookup_forward(table: torch.Tensor, indices: torch.Tensor,
                    offsets: torch.Tensor) -> torch.Tensor:
     table, indices, offsets = contiguous(table, indices, offsets)
-    check_nonempty_table(table, indices)
     rows, m, k = table.shape
     b, n = indices.shape
     out = torch.empty((b, m, n, k), dtype=table.dtype, device=table.device)
@@ -94,24 +91,3 @@ def lookup_backward(grad: torch.Tensor, indices: torch.Tensor, offsets: torch.Te
     target = RowGradTarget(indices, offsets, num_rows, (m, k), grad.dtype)
     scatter_add_rows(target, grad)
     return target.finish()
-
-
-# ---- custom ops ---------------------------------------------------------------------------------
-
-@torch.library.custom_op("fastme::triton_multi_embedding_lookup", mutates_args=())
-def lookup_op(table: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    return lookup_forward(table, indices, offsets)
-
-
-@torch.library.custom_op("fastme::triton_multi_embedding_lookup_backward", mutates_args=())
-def lookup_backward_op(grad: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
-                       num_rows: int) -> torch.Tensor:
-    return lookup_backward(grad, indices, offsets, num_rows)
-
-
-register_kernel_autograd(lookup_op, lookup_backward_op)
-
-
-def multi_embedding_lookup(table, indices, offsets):
-    """Backend implementation registered as ("multi_embedding_lookup", "triton")."""
-    return lookup_op(table, indices, offsets)

@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastme.ops.triton._common import (NUM_WARPS, RowGradTarget, acc_dtype, check_nonempty_table,
-                                       contiguous, dot_meta, load_rows, mma, pow2, tl_dtype)
+from fastme.ops.triton._common import (NUM_WARPS, RowGradTarget, acc_dtype, contiguous,
+                                       dot_meta, load_rows, mma, pow2, tl_dtype)
 
 _FM_BLOCK = 1024
 
@@ -138,7 +138,6 @@ def _fwfm_blocks(n: int, num_cols: int):
 
 def _prepare(table, indices, offsets, field_weights=None):
     table, indices, offsets = contiguous(table, indices, offsets)
-    check_nonempty_table(table, indices)
     if field_weights is not None:
         field_weights = field_weights.contiguous()
     return table, indices, offsets, field_weights
@@ -217,76 +216,3 @@ def fwfm_backward(grad, table, indices, offsets, field_weights):
         b * k, rows, n, m, k, num_blocks, programs,
         BLOCK_N=block_n, BLOCK_C=block_c, **dot_meta(table.dtype), num_warps=warps)
     return target.finish(), dr_part.sum(0).to(field_weights.dtype)
-
-
-# ---- custom ops ---------------------------------------------------------------------------------
-
-def _pooled_fake(table, indices, offsets, *rest):
-    return table.new_empty((indices.shape[0], table.shape[1], table.shape[2]))
-
-
-@torch.library.custom_op("fastme::triton_fm_pooled_lookup", mutates_args=())
-def fm_op(table: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    return fm_forward(table, indices, offsets)
-
-
-@torch.library.custom_op("fastme::triton_fm_pooled_lookup_backward", mutates_args=())
-def fm_backward_op(grad: torch.Tensor, table: torch.Tensor, indices: torch.Tensor,
-                   offsets: torch.Tensor) -> torch.Tensor:
-    return fm_backward(grad, table, indices, offsets)
-
-
-@torch.library.custom_op("fastme::triton_fwfm_pooled_lookup", mutates_args=())
-def fwfm_op(table: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
-            field_weights: torch.Tensor) -> torch.Tensor:
-    return fwfm_forward(table, indices, offsets, field_weights)
-
-
-@torch.library.custom_op("fastme::triton_fwfm_pooled_lookup_backward", mutates_args=())
-def fwfm_backward_op(grad: torch.Tensor, table: torch.Tensor, indices: torch.Tensor,
-                     offsets: torch.Tensor, field_weights: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    return fwfm_backward(grad, table, indices, offsets, field_weights)
-
-
-fm_op.register_fake(_pooled_fake)
-fwfm_op.register_fake(_pooled_fake)
-
-
-@fm_backward_op.register_fake
-def _(grad, table, indices, offsets):
-    return torch.empty_like(table)
-
-
-@fwfm_backward_op.register_fake
-def _(grad, table, indices, offsets, field_weights):
-    return torch.empty_like(table), torch.empty_like(field_weights)
-
-
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _fm_grad(ctx, grad):
-    table, indices, offsets = ctx.saved_tensors
-    dtable = fm_backward_op(grad, table, indices, offsets) if ctx.needs_input_grad[0] else None
-    return dtable, None, None
-
-
-def _fwfm_grad(ctx, grad):
-    table, indices, offsets, field_weights = ctx.saved_tensors
-    if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[3]):
-        return None, None, None, None
-    dtable, dr = fwfm_backward_op(grad, table, indices, offsets, field_weights)
-    return dtable, None, None, dr
-
-
-fm_op.register_autograd(_fm_grad, setup_context=_setup_context)
-fwfm_op.register_autograd(_fwfm_grad, setup_context=_setup_context)
-
-
-def pooled_lookup(table, indices, offsets, field_weights=None):
-    """Backend implementation registered as ("pooled_lookup", "triton")."""
-    if field_weights is None:
-        return fm_op(table, indices, offsets)
-    return fwfm_op(table, indices, offsets, field_weights)
