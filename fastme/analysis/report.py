@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,82 +11,48 @@ from fastme.analysis import collapse
 from fastme.analysis.plots import (plot_bars, plot_field_ia, plot_interaction_pattern,
                                    plot_spectra, plot_sub_embedding, save_json)
 
-CHECKPOINT_NAMES = ("best.pt", "last.pt")
-
-
-def _find_checkpoint(path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        for name in CHECKPOINT_NAMES:
-            if (path / name).is_file():
-                return path / name
-        raise FileNotFoundError(f"no {' or '.join(CHECKPOINT_NAMES)} in directory {path}")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return path
-
-
-def _field_meta(ckpt: dict, path: Path) -> tuple[list[int] | None, list[str] | None]:
-    """Field cardinalities and names stored with a checkpoint or next to it (the trainer's
-    results.json / last.pt); (None, None) when nothing says."""
-    for source in (ckpt.get("data"), ckpt.get("config"), ckpt.get("info")):
-        if isinstance(source, dict) and source.get("field_dims"):
-            return [int(d) for d in source["field_dims"]], source.get("field_names")
-    results = path.parent / "results.json"
-    if results.is_file():
-        meta = json.loads(results.read_text())
-        dims = (meta.get("data") or {}).get("field_dims")
-        if dims:
-            return [int(d) for d in dims], meta.get("field_names")
-    last = path.parent / "last.pt"
-    if last.is_file() and last != path:
-        other = torch.load(last, map_location="cpu", weights_only=True)
-        dims = (other.get("data") or {}).get("field_dims")
-        if dims:
-            return [int(d) for d in dims], None
-    return None, None
-
 
 def load_model(checkpoint, field_dims=None, model: str | None = None, mode: str | None = None,
                scale: int | None = None, model_options: dict | None = None):
     """Rebuild the model of a checkpoint written by ``fastme train`` (a file, or a run directory:
-    its best.pt). Arguments given here override what the checkpoint records.
+    its best.pt) from the :class:`~fastme.models.ModelSpec` it carries. Arguments given here
+    override the spec's fields (and stand in for it in a checkpoint that has none).
 
     Returns (model in eval mode on the CPU, metadata dict with model/mode/scale/field_dims/
     field_names/checkpoint).
     """
-    from fastme.models import build
+    from fastme.models.spec import CHECKPOINT_KEY, ModelSpec, find_checkpoint
 
-    path = _find_checkpoint(checkpoint)
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    path = find_checkpoint(checkpoint)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable fastme checkpoint ({type(exc).__name__}: "
+                         f"{exc})") from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ValueError(f"{path} is not a fastme checkpoint (no 'model' state dict)")
-    info = ckpt.get("info") or {}
-    config = ckpt.get("config") or {}
-    saved_dims, names = _field_meta(ckpt, path)
-    field_dims = list(field_dims) if field_dims is not None else saved_dims
-    if field_dims is None:
-        raise ValueError(f"{path} does not record the field cardinalities; pass the data the model "
-                         "was trained on (--data)")
-    name = model or info.get("model") or config.get("model")
-    mode = mode or info.get("mode") or config.get("mode")
-    scale = scale or info.get("scale") or config.get("scale")
-    if not name or mode not in ("se", "me") or not scale:
-        raise ValueError(f"{path} does not say which model it holds (model={name!r}, mode={mode!r},"
-                         f" scale={scale!r}); pass --model, --mode and --scale")
-    options = dict(info.get("model_options") or config.get("model_options") or {})
-    options.update(model_options or {})
-    options["backend"] = "reference"  # analysis never runs a kernel
-    net = build(name, field_dims, int(scale), multi=mode == "me", **options)
+    saved = dict(ckpt.get(CHECKPOINT_KEY) or {})
+    overrides = {"name": model, "mode": mode, "scale": scale,
+                 "field_dims": list(field_dims) if field_dims is not None else None}
+    saved.update({k: v for k, v in overrides.items() if v is not None})
+    saved["options"] = {**(saved.get("options") or {}), **(model_options or {})}
+    try:
+        spec = ModelSpec.from_dict(saved)
+    except ValueError as exc:
+        raise ValueError(f"{path} carries no complete model spec ({exc}); pass --model, --mode, "
+                         f"--scale and the training --data") from exc
+    net = spec.build(backend="reference")  # analysis never runs a kernel
     try:
         net.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise ValueError(f"{path} does not fit {name} {mode} x{scale} with {len(field_dims)} "
-                         f"fields: {exc}") from exc
+        raise ValueError(f"{path} does not fit {spec}: {exc}") from exc
     net.eval()
-    meta = {"checkpoint": str(path), "model": name, "mode": mode, "scale": int(scale),
-            "field_dims": field_dims, "model_options": options,
-            "field_names": list(names) if names else [f"f{i}" for i in range(len(field_dims))]}
+    names = (ckpt.get("data") or {}).get("field_names")
+    if not names or len(names) != len(spec.field_dims):
+        names = [f"f{i}" for i in range(len(spec.field_dims))]
+    meta = {"checkpoint": str(path), "model": spec.name, "mode": spec.mode, "scale": spec.scale,
+            "field_dims": list(spec.field_dims), "model_options": dict(spec.options),
+            "field_names": list(names), "spec": spec.to_dict()}
     return net, meta
 
 

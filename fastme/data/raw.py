@@ -91,7 +91,8 @@ class _Format:
 
     ``rows(batch, bad)`` drops malformed rows (counting them in ``bad``) and returns (labels,
     [one pyarrow array per field, null = missing]). Integer-derived fields are int64 arrays,
-    categorical ones strings; the vocabulary keeps each field's type.
+    categorical ones strings; the vocabulary keeps each field's type. ``parse`` also returns
+    the boolean mask of the rows kept (prediction keeps every input row's place).
     """
 
     kind: str
@@ -106,6 +107,14 @@ class _Format:
 
     def check_header(self, path: Path) -> None:
         """Raise ValueError when the file clearly is not of this format."""
+
+    def rows(self, batch, bad):
+        _, labels, fields = self.parse(batch, bad)
+        return labels, fields
+
+    def parse(self, batch, bad: "_Malformed"):
+        """(kept-row mask, labels, fields) of a batch; see the class docstring."""
+        raise NotImplementedError
 
     def _label_ok(self, batch, bad: _Malformed):
         ok = pc.is_in(batch.column(self.label), value_set=_LABEL)
@@ -142,7 +151,7 @@ class CriteoFormat(_Format):
         return pacsv.ConvertOptions(column_types={c: pa.string() for c in CRITEO_COLUMNS},
                                     strings_can_be_null=False, quoted_strings_can_be_null=False)
 
-    def rows(self, batch, bad):
+    def parse(self, batch, bad):
         ok = self._label_ok(batch, bad)
         # Fast path: parse each integer column whole; only a column that fails is checked cell by
         # cell (with a pattern that accepts a subset of what the parser does).
@@ -166,7 +175,7 @@ class CriteoFormat(_Format):
         fields = [tokens[name] if name in tokens else criteo_integer_tokens(batch.column(name))
                   for name in CRITEO_INT]
         fields += [_empty_to_null(batch.column(name)) for name in CRITEO_CAT]
-        return self._labels(batch), fields
+        return ok, self._labels(batch), fields
 
 
 def criteo_integer_tokens(col: pa.Array) -> pa.Array:
@@ -217,7 +226,7 @@ class AvazuFormat(_Format):
             raise ValueError(f"{path} does not look like the Avazu train file: its header is "
                              f"{','.join(names)[:200]!r}, expected {','.join(AVAZU_COLUMNS)!r}")
 
-    def rows(self, batch, bad):
+    def parse(self, batch, bad):
         ok = self._label_ok(batch, bad)
         if self.hour == "split":
             hour = batch.column("hour")
@@ -239,7 +248,7 @@ class AvazuFormat(_Format):
         else:
             fields = [_empty_to_null(batch.column("hour"))]
         fields += [_empty_to_null(batch.column(name)) for name in AVAZU_CAT]
-        return self._labels(batch), fields
+        return ok, self._labels(batch), fields
 
 
 # ---- reading ------------------------------------------------------------------------------------

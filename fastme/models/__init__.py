@@ -11,17 +11,22 @@ from fastme.models.dnn import DNN
 from fastme.models.finalmlp import FinalMLP
 from fastme.models.ipnn import IPNN
 from fastme.models.nfwfm import NFwFM
+from fastme.models.spec import ModelSpec, load_trained
 from fastme.models.xdeepfm import xDeepFM
 
 MODELS = {cls.__name__.lower(): cls for cls in (DNN, IPNN, NFwFM, xDeepFM, DCNv2, FinalMLP, AutoInt)}
 
 
-def build(name: str, field_dims, scale: int = 1, multi: bool = False, **options) -> MultiEmbeddingModel:
+def build(name: str, field_dims, scale: int = 1, multi: bool = False, backend: str = "auto",
+          **options) -> MultiEmbeddingModel:
     """The paper's scaled variant of a backbone.
 
     SE (``multi=False``) at scale s: one set of size ``base * s``. ME (``multi=True``) at scale s:
     ``s`` sets of size ``base``. ``base`` is the class's ``base_embed_dim`` (10; 50 for NFwFM).
     Both have the same number of embedding parameters. ``options`` go to the model constructor.
+
+    The model's ``spec`` attribute is the :class:`ModelSpec` that rebuilds it
+    (``model.spec.build()``); checkpoints and results store ``spec.to_dict()``.
     """
     key = name.lower()
     if key not in MODELS:
@@ -31,8 +36,11 @@ def build(name: str, field_dims, scale: int = 1, multi: bool = False, **options)
     cls = MODELS[key]
     base = cls.base_embed_dim
     embed_dim, num_sets = (base, int(scale)) if multi else (base * int(scale), 1)
-    return cls(field_dims, embed_dim=embed_dim, num_sets=num_sets, **options)
+    spec = ModelSpec(key, "me" if multi else "se", int(scale), field_dims, options)
+    model = cls(field_dims, embed_dim=embed_dim, num_sets=num_sets, backend=backend, **options)
+    model.spec = spec
+    return model
 
 
-__all__ = ["AutoInt", "DCNv2", "DNN", "FinalMLP", "IPNN", "MODELS", "MultiEmbeddingModel", "NFwFM",
-           "build", "xDeepFM"]
+__all__ = ["AutoInt", "DCNv2", "DNN", "FinalMLP", "IPNN", "MODELS", "ModelSpec",
+           "MultiEmbeddingModel", "NFwFM", "build", "load_trained", "xDeepFM"]

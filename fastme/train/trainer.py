@@ -205,7 +205,12 @@ class Trainer:
             "field_dims": list(self.train_set.field_dims),
             "field_names": list(self.train_set.field_names),
             "rows": {"train": len(self.train_set), "valid": len(self.valid_set),
-                     "test": len(self.test_set)}}
+                     "test": len(self.test_set)},
+            # what prediction needs to encode new raw rows exactly as these were
+            "source": {k: self.train_set.info[k] for k in ("dataset", "options", "cache_dir")
+                       if k in self.train_set.info}}
+        spec = getattr(model, "spec", None)  # the ModelSpec of a model made by models.build
+        self.spec = spec.to_dict() if spec is not None else None
         self.model = model.to(self.device)
         self.optimizer = _make_optimizer(model, config, self.device)
         self.state = _fresh_state()
@@ -214,8 +219,9 @@ class Trainer:
     # -- what a run is ----------------------------------------------------------------------------
     def describe(self) -> dict:
         """What every checkpoint and results.json record about the run: its config, the caller's
-        ``info`` and the data's shape."""
-        return {"config": self.config.as_dict(), "info": self.info, "data": self.data_desc}
+        ``info``, the data's shape and source, and the model spec that rebuilds the model."""
+        return {"config": self.config.as_dict(), "info": self.info, "data": self.data_desc,
+                "spec": self.spec}
 
     def checkpoint(self, kind: str) -> dict:
         """The one checkpoint layout: ``kind`` "last" (enough to resume: the trainer's state) or
@@ -250,6 +256,9 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path, self.device)
+        if self.spec is not None and ckpt.get("spec") not in (None, self.spec):
+            raise ResumeError(f"cannot resume {path}: it holds another model ({ckpt['spec']}, "
+                              f"not {self.spec})")
         saved = ckpt["config"]
         changed = [k for k in TRAJECTORY_FIELDS if saved.get(k) != getattr(self.config, k)]
         if changed:
