@@ -11,7 +11,7 @@ import ast
 import importlib
 import sys
 
-SUBCOMMAND_MODULES = ("fastme.train.cli", "fastme.analysis.cli")
+SUBCOMMAND_MODULES = ("fastme.train.cli", "fastme.analysis.cli", "fastme.serve.cli")
 
 
 def key_values(pairs, flag: str) -> dict:

@@ -1,0 +1,393 @@
+"""Scoring files with a trained model: one probability per input row, in input order.
+
+The raw file is read line by line in blocks (bounded memory, gzip allowed) so that every input
+line keeps its place: a malformed line yields its row with an empty probability instead of
+vanishing. Cells are validated, transformed and mapped to indices by the training pipeline's own
+code (fastme.data.raw) with the training cache's vocabulary, so a value is encoded exactly as it
+was in training (unseen or rare -> the field's OOV index, empty -> its missing index).
+
+Recognised inputs (``criteo:PATH`` / ``avazu:PATH``, the kind the model was trained on):
+
+- Criteo ``train.txt`` (40 tab-separated columns, label first) or ``test.txt`` (39, no label);
+  rows are identified by their 0-based line number (``row``);
+- the competition's CSV files: header ``Id,Label,I1..I13,C1..C26`` or ``Id,I1..C26`` (``Id``);
+- Avazu ``train`` (header with ``click``) or ``test`` (no ``click``), identified by ``id``.
+
+Other data (``cache:DIR``, ``parquet:``, ``npy:``, ``synthetic``) is scored row by row in the
+order of the dataset, identified by the row number.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from fastme.data.dataset import load_vocab
+from fastme.data.raw import (AVAZU_COLUMNS, CRITEO_CAT, CRITEO_COLUMNS, CRITEO_INT, AvazuFormat,
+                             CriteoFormat, _indices, _Malformed)
+from fastme.models.spec import load_trained
+from fastme.train.metrics import log_loss_from_logits, roc_auc
+
+BLOCK_BYTES = 16 << 20
+_EXAMPLES = 5
+
+
+@dataclass
+class Layout:
+    """How an input file's lines map onto the training format's columns."""
+
+    kind: str                 # "criteo" or "avazu"
+    delimiter: str
+    header: bool              # first line is a header (not a row)
+    columns: list[str]        # the file's columns, named as the training format names them
+    id_column: str | None     # column that identifies a row (None: the row number)
+    id_name: str              # output column names
+    probability_name: str
+
+    @property
+    def labeled(self) -> bool:
+        return "label" in self.columns or "click" in self.columns
+
+
+def detect_layout(kind: str, path: Path) -> Layout:
+    """The layout of ``path`` from its first line; ValueError naming the file when unknown."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        first = f.readline().rstrip(b"\r\n").decode("utf-8", errors="replace")
+    if kind == "criteo":
+        if "\t" in first or "," not in first:
+            n = first.count("\t") + 1
+            if n == len(CRITEO_COLUMNS):
+                return Layout("criteo", "\t", False, CRITEO_COLUMNS, None, "row", "probability")
+            if n == len(CRITEO_COLUMNS) - 1:
+                return Layout("criteo", "\t", False, CRITEO_COLUMNS[1:], None, "row",
+                              "probability")
+            raise ValueError(f"{path}: the first line has {n} tab-separated columns; a Criteo "
+                             f"file has 40 (label, I1..I13, C1..C26) or 39 (the test file)")
+        names = first.split(",")
+        features = CRITEO_INT + CRITEO_CAT
+        if names == ["Id", "Label"] + features:
+            return Layout("criteo", ",", True, ["Id", "label"] + features, "Id", "Id",
+                          "Predicted")
+        if names == ["Id"] + features:
+            return Layout("criteo", ",", True, ["Id"] + features, "Id", "Id", "Predicted")
+        raise ValueError(f"{path}: comma-separated, but the header {first[:120]!r} is not the "
+                         f"Criteo competition's CSV (Id,Label,I1..I13,C1..C26 or Id,I1..C26)")
+    names = first.split(",")
+    test_columns = [c for c in AVAZU_COLUMNS if c != "click"]
+    if names == AVAZU_COLUMNS:
+        return Layout("avazu", ",", True, AVAZU_COLUMNS, "id", "id", "click")
+    if names == test_columns:
+        return Layout("avazu", ",", True, test_columns, "id", "id", "click")
+    raise ValueError(f"{path}: the header {first[:200]!r} is neither Avazu's train "
+                     f"({','.join(AVAZU_COLUMNS)}) nor its test file (the same without click)")
+
+
+def _line_blocks(path: Path, block_bytes: int):
+    """Yield (lines as a list of bytes, bytes of the file consumed so far) in input order.
+    Every line is returned, empty ones included, so that row numbers are line numbers."""
+    gz = path.suffix == ".gz"
+    with open(path, "rb") as raw:
+        f = gzip.GzipFile(fileobj=raw) if gz else raw
+        tail = b""
+        while True:
+            try:
+                chunk = f.read(block_bytes)
+            except (OSError, EOFError) as exc:  # truncated or corrupt gzip
+                raise ValueError(f"{path} is damaged after {raw.tell():,} bytes ({exc}); rows "
+                                 f"up to there were written") from exc
+            if not chunk:
+                if tail:
+                    yield [tail.rstrip(b"\r")], raw.tell()
+                return
+            lines = (tail + chunk).split(b"\n")
+            tail = lines.pop()
+            yield [line[:-1] if line.endswith(b"\r") else line for line in lines], raw.tell()
+
+
+def _as_strings(lines: list[bytes], bad_encoding: np.ndarray) -> pa.Array:
+    """The lines as a UTF-8 string array; a line that is not UTF-8 becomes "" and is flagged."""
+    try:
+        return pa.array(lines, pa.binary()).cast(pa.string())
+    except pa.ArrowInvalid:
+        decoded = []
+        for i, line in enumerate(lines):
+            try:
+                decoded.append(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                bad_encoding[i] = True
+                decoded.append("")
+        return pa.array(decoded, pa.string())
+
+
+@dataclass
+class Summary:
+    """What one scoring run did (the rows themselves go to the output file)."""
+
+    rows: int = 0
+    scored: int = 0
+    malformed: dict = field(default_factory=dict)
+    malformed_examples: list = field(default_factory=list)
+    seconds: float = 0.0
+    auc: float | None = None
+    logloss: float | None = None
+    out: str | None = None
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("nan")
+
+    def as_dict(self) -> dict:
+        return {"rows": self.rows, "scored": self.scored, "malformed": self.malformed,
+                "malformed_examples": self.malformed_examples, "seconds": self.seconds,
+                "rows_per_s": self.rows_per_s, "auc": self.auc, "logloss": self.logloss,
+                "out": self.out}
+
+
+class Predictor:
+    """A trained model with the vocabulary it was trained with, ready to score files.
+
+    ``Predictor(checkpoint)`` reads a checkpoint (or run directory) written by ``fastme train``;
+    ``vocab_dir`` overrides where the training cache (its ``vocab.json``) is looked up.
+    """
+
+    def __init__(self, checkpoint, *, vocab_dir=None, backend: str = "reference",
+                 device: str = "cpu", batch_size: int = 8192):
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.device = torch.device(device)
+        self.model, ckpt = load_trained(checkpoint, backend=backend, device=self.device)
+        self.spec = self.model.spec
+        self.batch_size = int(batch_size)
+        data = ckpt.get("data") or {}
+        self.field_names = list(data.get("field_names") or [])
+        self.source = dict(data.get("source") or {})
+        self._vocab_dir = vocab_dir
+        self._vocab = None
+
+    # -- model ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Logits (float64) of per-field indices ``x`` [n, N], ``batch_size`` rows at a time."""
+        out = np.empty(len(x), dtype=np.float64)
+        for start in range(0, len(x), self.batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(x[start:start + self.batch_size],
+                                                       dtype=np.int64)).to(self.device)
+            out[start:start + len(xb)] = self.model(xb).double().cpu().numpy()
+        return out
+
+    # -- raw files ---------------------------------------------------------------------------
+    def _training_format(self, kind: str):
+        trained = self.source.get("dataset")
+        if trained != kind:
+            raise ValueError(f"the model was trained on {trained or 'non-raw'} data, not {kind}; "
+                             f"score {trained or 'cache'}:PATH files with it")
+        options = self.source.get("options") or {}
+        return CriteoFormat() if kind == "criteo" else AvazuFormat(options.get("hour", "split"))
+
+    def vocabulary(self) -> list[pa.Array]:
+        if self._vocab is None:
+            where = self._vocab_dir or self.source.get("cache_dir")
+            vocab = load_vocab(where) if where else None
+            if vocab is None:
+                raise ValueError(f"the training cache's vocabulary (vocab.json) is not at "
+                                 f"{where!r}; pass the training cache directory (--vocab DIR)")
+            if [len(v) + 2 for v in vocab] != list(self.spec.field_dims):
+                raise ValueError(f"the vocabulary in {where} does not fit the model: it gives "
+                                 f"field_dims {[len(v) + 2 for v in vocab][:6]}..., the model "
+                                 f"has {list(self.spec.field_dims)[:6]}...")
+            self._vocab = [pa.array(v) for v in vocab]
+        return self._vocab
+
+    def iter_raw(self, kind: str, path, *, block_bytes: int = BLOCK_BYTES,
+                 summary: Summary | None = None, progress: bool = False):
+        """Score a raw file block by block: yields (layout, ids, logits, labels) arrays, one
+        entry per input row in input order; a malformed row has logit NaN (label NaN too;
+        labels is None for an unlabeled file)."""
+        from tqdm.auto import tqdm
+
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"data file not found: {path}")
+        fmt = self._training_format(kind)
+        vocab = self.vocabulary()
+        layout = detect_layout(kind, path)
+        summary = summary if summary is not None else Summary()
+        bad = _Malformed()
+        n_cols = len(layout.columns)
+        row, first = 0, True
+        with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, disable=not progress,
+                  desc=f"predict {path.name}", mininterval=1.0) as bar:
+            done = 0
+            for lines, position in _line_blocks(path, block_bytes):
+                bar.update(position - done)
+                done = position
+                if first and layout.header:
+                    lines = lines[1:]
+                first = False
+                if not lines:
+                    continue
+                n = len(lines)
+                bad_encoding = np.zeros(n, dtype=bool)
+                cells = pc.split_pattern(_as_strings(lines, bad_encoding), layout.delimiter)
+                counts = pc.list_value_length(cells).to_numpy(zero_copy_only=False)
+                whole = (counts == n_cols) & ~bad_encoding
+                self._note_bad_lines(lines, counts, bad_encoding, n_cols, row, summary)
+                if layout.id_column is None:
+                    ids = np.arange(row, row + n, dtype=np.int64)
+                else:
+                    ids = pc.list_element(cells, 0)
+                logits = np.full(n, np.nan)
+                labels = np.full(n, np.nan) if layout.labeled else None
+                if whole.any():
+                    flat = cells.filter(pa.array(whole)).flatten()
+                    columns = [flat.take(pa.array(np.arange(j, len(flat), n_cols)))
+                               for j in range(n_cols)]
+                    batch = pa.RecordBatch.from_arrays(columns, names=layout.columns)
+                    if not layout.labeled:  # the parser wants a label; it is never used
+                        zeros = pa.array(np.zeros(batch.num_rows, dtype=np.int8)).cast(pa.string())
+                        batch = pa.RecordBatch.from_arrays(
+                            batch.columns + [zeros], names=layout.columns + [fmt.label])
+                    kept, y, values = fmt.parse(batch, bad)
+                    kept = np.asarray(kept.to_numpy(zero_copy_only=False), dtype=bool)
+                    x = np.stack([_indices(v, k) for v, k in zip(values, vocab)], axis=1)
+                    where = np.flatnonzero(whole)[kept]
+                    logits[where] = self.logits(x)
+                    if labels is not None:
+                        labels[where] = y
+                row += n
+                summary.rows += n
+                summary.scored += int(np.isfinite(logits).sum())
+                bar.set_postfix(rows=f"{summary.rows:,}", refresh=False)
+                yield layout, ids, logits, labels
+        for reason in ("bad_label", "bad_integer", "bad_hour"):
+            if getattr(bad, reason):
+                summary.malformed[reason] = getattr(bad, reason)
+        summary.malformed_examples += bad.examples[:_EXAMPLES]
+
+    @staticmethod
+    def _note_bad_lines(lines, counts, bad_encoding, n_cols, row, summary):
+        wrong = (counts != n_cols) & ~bad_encoding
+        for reason, mask in (("column_count", wrong), ("encoding", bad_encoding)):
+            k = int(mask.sum())
+            if not k:
+                continue
+            summary.malformed[reason] = summary.malformed.get(reason, 0) + k
+            for i in np.flatnonzero(mask)[:_EXAMPLES - len(summary.malformed_examples)]:
+                what = (f"{counts[i]} columns, expected {n_cols}" if reason == "column_count"
+                        else "not UTF-8")
+                summary.malformed_examples.append(
+                    f"row {row + i}: {what}: {lines[i][:60]!r}")
+
+    # -- datasets ----------------------------------------------------------------------------
+    def iter_dataset(self, data, *, summary: Summary | None = None, block_rows: int = 1 << 18,
+                     progress: bool = False):
+        """Score a :class:`~fastme.data.CTRData` in its row order: yields (None, row numbers,
+        logits, labels)."""
+        from tqdm.auto import tqdm
+
+        if list(data.field_dims) != list(self.spec.field_dims):
+            raise ValueError(f"{data.name} has field_dims {list(data.field_dims)[:6]}..., the "
+                             f"model {list(self.spec.field_dims)[:6]}...; score data encoded "
+                             f"with the training vocabulary")
+        summary = summary if summary is not None else Summary()
+        x, y = data.base_arrays()
+        rows = data.row_numbers()
+        with tqdm(total=len(rows), unit="row", unit_scale=True, disable=not progress,
+                  desc=f"predict {data.name}", mininterval=1.0) as bar:
+            for start in range(0, len(rows), block_rows):
+                r = rows[start:start + block_rows]
+                logits = self.logits(np.asarray(x[r]))
+                summary.rows += len(r)
+                summary.scored += len(r)
+                bar.update(len(r))
+                yield None, np.arange(start, start + len(r)), logits, np.asarray(y[r], np.float64)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """Click probability of logits, without overflow warnings for large |z| (NaN stays NaN)."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+def predict(checkpoint, data: str, out=None, *, vocab_dir=None, cache_dir=None,
+            backend: str = "reference", device: str = "cpu", batch_size: int = 8192,
+            progress: bool = False) -> Summary:
+    """Score ``data`` with the model of ``checkpoint`` and write ``out`` (CSV: an id column and
+    the probability, one line per input row in input order; empty for a malformed row).
+
+    ``data`` is ``criteo:PATH`` or ``avazu:PATH`` (raw files, see the module docstring) or any
+    other :func:`fastme.data.load_dataset` spec (scored in its row order). Returns a
+    :class:`Summary` with the row counts, rows/s and, when the input has labels, AUC and log loss
+    over the well-formed rows.
+    """
+    predictor = Predictor(checkpoint, vocab_dir=vocab_dir, backend=backend, device=device,
+                          batch_size=batch_size)
+    kind, _, arg = str(data).partition(":")
+    summary = Summary(out=str(out) if out is not None else None)
+    if kind in ("criteo", "avazu"):
+        if not arg:
+            raise ValueError(f"give the file as {kind}:PATH, got {data!r}")
+        blocks = predictor.iter_raw(kind, arg, summary=summary, progress=progress)
+    else:
+        from fastme.data import load_dataset
+
+        blocks = predictor.iter_dataset(load_dataset(data, cache_dir=cache_dir),
+                                        summary=summary, progress=progress)
+    started = time.perf_counter()
+    labels_all, logits_all = [], []
+    writer = handle = None
+    try:
+        if out is not None:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            handle = open(out, "w", newline="")
+            writer = csv.writer(handle)
+        for layout, ids, logits, labels in blocks:
+            if writer is not None:
+                if handle.tell() == 0:
+                    writer.writerow([layout.id_name, layout.probability_name] if layout
+                                    else ["row", "probability"])
+                ids = ids.to_pylist() if isinstance(ids, pa.Array) else ids.tolist()
+                probs = sigmoid(logits).tolist()
+                writer.writerows(zip(ids, ("" if p != p else f"{p:.6g}" for p in probs)))
+            if labels is not None:
+                good = np.isfinite(logits)
+                labels_all.append(labels[good].astype(np.float32))
+                logits_all.append(logits[good])
+    finally:
+        if handle is not None:
+            handle.close()
+    summary.seconds = time.perf_counter() - started
+    if labels_all:
+        y, z = np.concatenate(labels_all), np.concatenate(logits_all)
+        if len(y) and 0 < y.sum() < len(y):
+            summary.auc = roc_auc(y, z)
+            summary.logloss = log_loss_from_logits(y, z)
+    return summary
+
+
+def print_summary(summary: Summary, file=None) -> None:
+    file = file or sys.stderr
+    bad = sum(summary.malformed.values())
+    lines = [f"predict: {summary.rows:,} rows ({summary.scored:,} scored, {bad:,} malformed) "
+             f"in {summary.seconds:.1f} s, {summary.rows_per_s:,.0f} rows/s"]
+    if bad:
+        lines.append("  malformed rows have an empty probability: "
+                     + ", ".join(f"{k} {v:,}" for k, v in summary.malformed.items())
+                     + ("; e.g. " + "; ".join(summary.malformed_examples[:3])
+                        if summary.malformed_examples else ""))
+    if summary.auc is not None:
+        lines.append(f"  AUC {summary.auc:.5f}  logloss {summary.logloss:.5f} "
+                     f"(over the well-formed labeled rows)")
+    if summary.out:
+        lines.append(f"  written to {summary.out}")
+    print("\n".join(lines), file=file, flush=True)
