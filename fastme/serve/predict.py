@@ -358,7 +358,7 @@ def predict(checkpoint, data: str, out=None, *, vocab_dir=None, cache_dir=None,
                                     else ["row", "probability"])
                 ids = ids.to_pylist() if isinstance(ids, pa.Array) else ids.tolist()
                 probs = sigmoid(logits).tolist()
-                writer.writerows(zip(ids, ("" if p != p else f"{p:.6g}" for p in probs)))
+                writer.writerows(zip(ids, ("" if p != p else f"{p:.10g}" for p in probs)))
             if labels is not None:
                 good = np.isfinite(logits)
                 labels_all.append(labels[good].astype(np.float32))

@@ -1,0 +1,154 @@
+"""fastme predict: one probability per input row, in input order, encoded as in training."""
+
+import csv
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from fastme.cli import main
+from fastme.data import load_dataset, load_vocab
+from fastme.data.raw import AVAZU_COLUMNS, CRITEO_CAT, CRITEO_INT
+from fastme.models import build
+from fastme.serve.predict import predict, sigmoid
+from fastme.train import TrainConfig, train
+from fastme.train.metrics import roc_auc
+
+
+def random_criteo_rows(n, seed):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        ints = [str(v) if rng.random() > 0.2 else "" for v in rng.integers(-1, 60, 13)]
+        cats = ["%06x" % v if rng.random() > 0.1 else "" for v in rng.integers(0, 6, 26)]
+        rows.append([str(int(rng.random() < 0.4))] + ints + cats)
+    return rows
+
+
+def trained_run(tmp_path, kind, text):
+    """Train a tiny model for one epoch on ``text`` (a raw file); returns (run dir, data)."""
+    raw = tmp_path / f"train.{kind}"
+    raw.write_text(text)
+    data = load_dataset(f"{kind}:{raw}", cache_dir=tmp_path / "cache", min_count=2,
+                        progress=False)
+    torch.manual_seed(0)
+    model = build("dnn", data.field_dims, 2, multi=True, hidden_dim=8)
+    train(model, data, TrainConfig(epochs=1, batch_size=64, progress=False, verbose=False,
+                                   out_dir=str(tmp_path / "run")))
+    return tmp_path / "run", data
+
+
+def eager_probabilities(run, x):
+    from fastme.models import load_trained
+
+    model, _ = load_trained(run)
+    with torch.no_grad():
+        return sigmoid(model(torch.from_numpy(np.asarray(x, np.int64))).double().numpy())
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1:]
+
+
+@pytest.fixture(scope="module")
+def criteo_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("criteo")
+    rows = random_criteo_rows(300, seed=1)
+    run, data = trained_run(tmp, "criteo", "".join("\t".join(r) + "\n" for r in rows))
+    return tmp, rows, run, data
+
+
+def test_unlabeled_criteo_test_file_gets_the_training_encoding(criteo_run):
+    tmp, rows, run, data = criteo_run
+    test = tmp / "test.txt"
+    test.write_text("".join("\t".join(r[1:]) + "\n" for r in rows))  # 39 columns, no label
+    summary = predict(run, f"criteo:{test}", tmp / "preds.csv")
+    header, out = read_csv(tmp / "preds.csv")
+    assert header == ["row", "probability"]
+    assert [int(r[0]) for r in out] == list(range(len(rows)))
+    assert (summary.rows, summary.scored, summary.auc) == (len(rows), len(rows), None)
+    # the cache holds the same rows in the same order: the same indices, the same probabilities
+    expected = eager_probabilities(run, data.x)
+    np.testing.assert_allclose([float(r[1]) for r in out], expected, rtol=1e-5)
+
+
+def test_labeled_file_reports_auc_and_unseen_values_take_the_oov_index(criteo_run):
+    tmp, rows, run, data = criteo_run
+    novel = [list(r) for r in rows[:20]]
+    for r in novel:
+        r[14] = "ffffff"  # C1: never seen in training
+    path = tmp / "labeled.txt"
+    path.write_text("".join("\t".join(r) + "\n" for r in rows + novel))
+    summary = predict(run, f"criteo:{path}", tmp / "labeled.csv")
+    _, out = read_csv(tmp / "labeled.csv")
+    probs = np.array([float(r[1]) for r in out])
+    labels = np.array([float(r[0]) for r in rows + novel])
+    assert summary.auc == pytest.approx(roc_auc(labels, probs), abs=1e-6)
+    x = np.array(data.x[:20])
+    x[:, 13] = len(load_vocab(data)[13])  # C1's OOV index
+    np.testing.assert_allclose(probs[len(rows):], eager_probabilities(run, x), rtol=1e-5)
+
+
+def test_malformed_rows_keep_their_place_with_an_empty_probability(criteo_run):
+    tmp, rows, run, _ = criteo_run
+    good = [("\t".join(r[1:]) + "\n").encode() for r in rows[:6]]
+    bad_int = list(rows[6][1:])
+    bad_int[2] = "x7"
+    lines = [good[0], b"1\t2\t3\n", good[1], b"\n", good[2], ("\t".join(bad_int) + "\n").encode(),
+             good[3], b"\xff\xfe" + good[4], good[5]]
+    path = tmp / "messy.txt"
+    path.write_bytes(b"".join(lines))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        summary = predict(run, f"criteo:{path}", tmp / "messy.csv")
+    _, out = read_csv(tmp / "messy.csv")
+    assert [int(r[0]) for r in out] == list(range(len(lines)))
+    empty = [i for i, r in enumerate(out) if r[1] == ""]
+    assert empty == [1, 3, 5, 7]
+    assert summary.malformed == {"column_count": 2, "encoding": 1, "bad_integer": 1}
+    clean = tmp / "clean.txt"
+    clean.write_bytes(b"".join(good))
+    predict(run, f"criteo:{clean}", tmp / "clean.csv")
+    _, reference = read_csv(tmp / "clean.csv")
+    assert [r[1] for i, r in enumerate(out) if i not in empty] == \
+        [r[1] for i, r in enumerate(reference) if i != 4]
+
+
+def test_kaggle_csv_ids_and_cli(criteo_run, capsys):
+    tmp, rows, run, _ = criteo_run
+    path = tmp / "test.csv"
+    lines = [",".join(["Id"] + CRITEO_INT + CRITEO_CAT)]
+    lines += [",".join([str(60000000 + i)] + r[1:]) for i, r in enumerate(rows[:10])]
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["predict", str(run), "--data", f"criteo:{path}", "--out",
+                 str(tmp / "kaggle.csv"), "--no-progress"]) == 0
+    assert "10 rows (10 scored, 0 malformed)" in capsys.readouterr().out
+    header, out = read_csv(tmp / "kaggle.csv")
+    assert header == ["Id", "Predicted"] and out[0][0] == "60000000" and len(out) == 10
+    bad = tmp / "bad.csv"
+    bad.write_text("Id,foo\n1,2\n")
+    assert main(["predict", str(run), "--data", f"criteo:{bad}"]) == 2
+    assert "is not the Criteo competition's CSV" in capsys.readouterr().err
+
+
+def test_avazu_test_file_without_click(tmp_path):
+    rng = np.random.default_rng(2)
+    lines = []
+    for i in range(200):
+        cells = ["%d" % (10 ** 19 + i), str(int(rng.random() < 0.3)), "141021%02d" % (i % 24)]
+        cells += ["v%d" % v for v in rng.integers(0, 4, len(AVAZU_COLUMNS) - 3)]
+        lines.append(",".join(cells))
+    run, data = trained_run(tmp_path, "avazu", ",".join(AVAZU_COLUMNS) + "\n"
+                            + "\n".join(lines) + "\n")
+    test = tmp_path / "test"
+    header = [c for c in AVAZU_COLUMNS if c != "click"]
+    test.write_text(",".join(header) + "\n" + "\n".join(
+        ",".join(line.split(",")[:1] + line.split(",")[2:]) for line in lines) + "\n")
+    predict(run, f"avazu:{test}", tmp_path / "preds.csv")
+    names, out = read_csv(tmp_path / "preds.csv")
+    assert names == ["id", "click"] and [r[0] for r in out] == [ln.split(",")[0] for ln in lines]
+    np.testing.assert_allclose([float(r[1]) for r in out], eager_probabilities(run, data.x),
+                               rtol=1e-5)
