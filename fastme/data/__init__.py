@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fastme.data.dataset import CTRData, load_cache, load_vocab
 from fastme.data.raw import DEFAULT_MIN_COUNT, default_cache_root, preprocess
+from fastme.data.sources import PARQUET_OPTIONS, load_npy, load_parquet
 from fastme.data.synthetic import DEFAULT_NUM_SAMPLES, SyntheticTeacher, make_synthetic
 
 _RAW_OPTIONS = {"criteo": {"min_count", "rebuild", "progress", "block_size"},
@@ -22,6 +23,10 @@ def load_dataset(spec: str, *, cache_dir=None, **options) -> CTRData:
     - ``"criteo:PATH"`` / ``"avazu:PATH"``: a raw Kaggle file, preprocessed on first use into a
       memory-mapped cache under ``cache_dir`` and reused afterwards (options: min_count, hour
       (Avazu), rebuild, progress; see :func:`fastme.data.raw.preprocess`).
+    - ``"parquet:PATH"``: Parquet file(s) (a file, directory, glob or comma list), preprocessed
+      like the raw files (options: label, fields, integer, min_count, valid_files, test_files,
+      rebuild, progress; see :mod:`fastme.data.sources`).
+    - ``"npy:DIR"``: already encoded ``x.npy`` / ``y.npy`` arrays.
     - ``"cache:DIR"``: an existing cache directory.
     """
     if not isinstance(spec, str) or not spec:
@@ -40,14 +45,26 @@ def load_dataset(spec: str, *, cache_dir=None, **options) -> CTRData:
             raise TypeError(f"unknown option(s) for {kind} data: {', '.join(sorted(unknown))} "
                             f"(allowed: {', '.join(sorted(_RAW_OPTIONS[kind]))})")
         return preprocess(kind, arg, cache_dir, **options)
+    if kind == "parquet":
+        unknown = set(options) - PARQUET_OPTIONS
+        if unknown or not arg:
+            raise TypeError(f"give parquet:PATH (file, directory, glob or list); options: "
+                            f"{', '.join(sorted(PARQUET_OPTIONS))}; got {spec!r} "
+                            f"{sorted(unknown) or ''}")
+        return load_parquet(arg, cache_dir, **options)
+    if kind == "npy":
+        if not arg or set(options) - {"progress"}:
+            raise TypeError(f"give npy:DIR (holding x.npy and y.npy); it takes no options but "
+                            f"progress, got {spec!r} {sorted(options)}")
+        return load_npy(arg, cache_dir, **options)
     if kind == "cache":
         if options:
             raise TypeError(f"cache:DIR takes no options, got {', '.join(sorted(options))}")
         return load_cache(arg)
-    raise ValueError(f"unknown dataset {spec!r}: use synthetic, criteo:PATH, avazu:PATH or "
-                     f"cache:DIR")
+    raise ValueError(f"unknown dataset {spec!r}: use synthetic, criteo:PATH, avazu:PATH, "
+                     f"parquet:PATH, npy:DIR or cache:DIR")
 
 
 __all__ = ["CTRData", "DEFAULT_MIN_COUNT", "DEFAULT_NUM_SAMPLES", "SyntheticTeacher",
-           "default_cache_root", "load_cache", "load_dataset", "load_vocab", "make_synthetic",
-           "preprocess"]
+           "default_cache_root", "load_cache", "load_dataset", "load_npy", "load_parquet",
+           "load_vocab", "make_synthetic", "preprocess"]

@@ -106,7 +106,13 @@ class CTRData:
         As in the paper's code: one ``torch.randperm`` from a generator seeded with ``seed``; the
         parts take floor(f * n) rows each, in permutation order, and the last part takes the rest.
         Deterministic for a given seed and torch version.
+
+        Data preprocessed with a split by file (``info["file_split"]``, see
+        fastme.data.sources) returns that split instead (train, valid, test row ranges; without
+        validation files, a seeded random 1/9 of the training rows).
         """
+        if self.info.get("file_split") and self._rows is None:
+            return self._file_split(self.info["file_split"], seed)
         fractions = [float(f) for f in fractions]
         if len(fractions) < 2 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0,
                                                                          abs_tol=1e-6):
@@ -124,6 +130,18 @@ class CTRData:
             parts.append(self.subset(perm[start:start + size], name=f"{self.name}/{part}"))
             start += size
         return tuple(parts)
+
+    def _file_split(self, split: dict, seed: int) -> tuple["CTRData", ...]:
+        train = np.arange(*split["train"])
+        if split.get("valid"):
+            valid = np.arange(*split["valid"])
+        else:
+            perm = torch.randperm(len(train),
+                                  generator=torch.Generator().manual_seed(int(seed))).numpy()
+            cut = len(train) // 9
+            valid, train = np.sort(train[perm[:cut]]), np.sort(train[perm[cut:]])
+        return tuple(self.subset(rows, name=f"{self.name}/{part}") for part, rows in
+                     (("train", train), ("valid", valid), ("test", np.arange(*split["test"]))))
 
     def positive_rate(self) -> float:
         return float(self.y.mean()) if len(self) else float("nan")

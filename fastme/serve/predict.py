@@ -13,8 +13,9 @@ Recognised inputs (``criteo:PATH`` / ``avazu:PATH``, the kind the model was trai
 - the competition's CSV files: header ``Id,Label,I1..I13,C1..C26`` or ``Id,I1..C26`` (``Id``);
 - Avazu ``train`` (header with ``click``) or ``test`` (no ``click``), identified by ``id``.
 
-Other data (``cache:DIR``, ``parquet:``, ``npy:``, ``synthetic``) is scored row by row in the
-order of the dataset, identified by the row number.
+``parquet:PATH`` files are encoded with the training vocabulary and column options too, rows
+identified by their number over all files. Other data (``cache:DIR``, ``npy:DIR``,
+``synthetic``), already encoded, is scored in the order of the dataset by row number.
 """
 
 from __future__ import annotations
@@ -288,6 +289,35 @@ class Predictor:
                 summary.malformed_examples.append(
                     f"row {row + i}: {what}: {lines[i][:60]!r}")
 
+    # -- Parquet ---------------------------------------------------------------------------
+    def iter_parquet(self, spec: str, *, summary: Summary | None = None,
+                     progress: bool = False):
+        """Score Parquet file(s) with the training cache's vocabulary and column options:
+        yields (None, row numbers over all files, logits, labels or None)."""
+        from tqdm.auto import tqdm
+
+        from fastme.data.sources import ParquetSource, expand_paths
+
+        if self.source.get("dataset") != "parquet":
+            raise ValueError(f"the model was trained on {self.source.get('dataset') or 'non-raw'}"
+                             f" data, not Parquet files")
+        options = self.source.get("options") or {}
+        source = ParquetSource(expand_paths(spec), options.get("label", "label"),
+                               options.get("fields"), options.get("integer", ()))
+        vocab = self.vocabulary()
+        summary = summary if summary is not None else Summary()
+        with tqdm(total=sum(source.num_rows(f) for f in source.files), unit="row",
+                  unit_scale=True, disable=not progress, desc="predict parquet") as bar:
+            for file in source.files:
+                for labels, values in source.batches(file, need_label=False):
+                    x = np.stack([_indices(v, k) for v, k in zip(values, vocab)], axis=1)
+                    n = len(x)
+                    ids = np.arange(summary.rows, summary.rows + n)
+                    summary.rows += n
+                    summary.scored += n
+                    bar.update(n)
+                    yield None, ids, self.logits(x), labels
+
     # -- datasets ----------------------------------------------------------------------------
     def iter_dataset(self, data, *, summary: Summary | None = None, block_rows: int = 1 << 18,
                      progress: bool = False):
@@ -338,6 +368,8 @@ def predict(checkpoint, data: str, out=None, *, vocab_dir=None, cache_dir=None,
         if not arg:
             raise ValueError(f"give the file as {kind}:PATH, got {data!r}")
         blocks = predictor.iter_raw(kind, arg, summary=summary, progress=progress)
+    elif kind == "parquet":
+        blocks = predictor.iter_parquet(arg, summary=summary, progress=progress)
     else:
         from fastme.data import load_dataset
 

@@ -1,0 +1,311 @@
+"""Bring your own data: Parquet files and ``.npy`` arrays as :class:`~fastme.data.CTRData`.
+
+``parquet:PATH`` — PATH is a file, a directory (its ``*.parquet``), a glob (``day_*.parquet``) or
+a comma-separated list; several files are read in sorted order (as given, for a list). Column
+contract:
+
+- ``label`` (option ``label=NAME``): 0/1 (bool, integer or float); every row needs one;
+- every other column (or only those of option ``fields=[...]``) is a categorical field, whatever
+  its type (strings, integers); a null cell is the field's *missing* value;
+- columns listed in option ``integer=[...]`` are counts bucketized as Criteo's I1..I13
+  (``floor(ln(v)^2)`` for v > 2, ``v - 2`` otherwise) before counting.
+
+Preprocessing is the raw files' (fastme.data.raw): two streaming passes over the files in record
+batches (bounded memory: one batch plus the value counts), values seen at least ``min_count``
+times (default 1) numbered by decreasing count, then one OOV and one missing index per field,
+written into a memory-mapped cache with its ``vocab.json`` (so ``fastme predict`` encodes new
+files the same way). Options ``valid_files=J, test_files=K`` split by file instead of at random:
+the last K files are the test set, the J before them the validation set (J = 0: a seeded random
+1/9 of the training files' rows), the rest the training set — e.g. Criteo 1TB's 24 days with
+``test_files=1``. The split is recorded in the cache (``file_split``) and
+:meth:`CTRData.split` returns it.
+
+``npy:DIR`` — ``DIR/x.npy`` holds already encoded indices (integer [n, N], field i's index in
+``[0, field_dims[i])``), ``DIR/y.npy`` the 0/1 labels [n]; ``DIR/meta.json`` may give
+``field_dims`` and ``field_names`` (default: max + 1 of each column, ``f0..``). int32/float32
+arrays are used memory-mapped as they are; other dtypes are converted into a cache in chunks.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fastme.data.dataset import CTRData, finish_cache, load_cache, read_meta, write_meta
+from fastme.data.raw import _indices, _ValueCounter, criteo_integer_tokens, default_cache_root
+
+PARQUET_OPTIONS = {"label", "fields", "integer", "min_count", "valid_files", "test_files",
+                   "rebuild", "progress", "batch_rows"}
+_BATCH_ROWS = 1 << 17
+
+
+def expand_paths(spec: str, suffix: str = ".parquet") -> list[Path]:
+    """The files of a PATH spec: a file, a directory, a glob or a comma-separated list."""
+    parts = [p for p in spec.split(",") if p] if "," in spec else [spec]
+    files: list[Path] = []
+    for part in parts:
+        path = Path(part).expanduser()
+        if any(c in part for c in "*?["):
+            found = sorted(Path(p) for p in glob.glob(str(path)))
+            if not found:
+                raise FileNotFoundError(f"no file matches {part!r}")
+            files += found
+        elif path.is_dir():
+            found = sorted(path.glob(f"*{suffix}"))
+            if not found:
+                raise FileNotFoundError(f"directory {path} holds no *{suffix} file")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"data file not found: {path}")
+    return files
+
+
+class ParquetSource:
+    """Record batches of Parquet files mapped to (labels, per-field value arrays)."""
+
+    def __init__(self, files, label: str = "label", fields=None, integer=(),
+                 batch_rows: int = _BATCH_ROWS):
+        import pyarrow.parquet as pq
+
+        self.files = [Path(f) for f in files]
+        self.label = label
+        self.batch_rows = int(batch_rows)
+        schema = None
+        for f in self.files:
+            try:
+                file_schema = pq.read_schema(f)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise ValueError(f"cannot read {f} as Parquet: {exc}") from exc
+            names = list(file_schema.names)
+            if schema is None:
+                schema = names
+            elif set(names) != set(schema):
+                raise ValueError(f"{f} has columns {names}, but {self.files[0]} has {schema}: "
+                                 f"every file needs the same columns")
+        self.has_label = label in schema
+        self.field_names = list(fields) if fields is not None else [c for c in schema
+                                                                    if c != label]
+        self.integer = set(integer)
+        missing = [c for c in self.field_names + sorted(self.integer) if c not in schema]
+        if missing:
+            raise ValueError(f"{self.files[0]} has no column {', '.join(missing)} "
+                             f"(columns: {', '.join(schema)})")
+        if not self.field_names:
+            raise ValueError(f"{self.files[0]} has no feature column besides {label!r}")
+        if self.integer - set(self.field_names):
+            raise ValueError(f"integer columns {sorted(self.integer - set(self.field_names))} "
+                             f"are not fields")
+
+    def num_rows(self, file: Path) -> int:
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(file).metadata.num_rows
+
+    def batches(self, file: Path, need_label: bool = True):
+        """Yield (labels float32 or None, [one array per field, null = missing])."""
+        import pyarrow.parquet as pq
+
+        columns = self.field_names + ([self.label] if self.has_label else [])
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=self.batch_rows,
+                                                       columns=columns):
+            labels = None
+            if self.has_label:
+                labels = self._labels(batch.column(self.label), file)
+            elif need_label:
+                raise ValueError(f"{file} has no label column {self.label!r} (option label=NAME)")
+            yield labels, [self._field(batch.column(name), name, file)
+                           for name in self.field_names]
+
+    @staticmethod
+    def _labels(col: pa.Array, file: Path) -> np.ndarray:
+        if col.null_count:
+            raise ValueError(f"{file}: the label column has {col.null_count} empty cells")
+        y = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+        if not np.isin(y, (0.0, 1.0)).all():
+            raise ValueError(f"{file}: labels must be 0 or 1, found {y[~np.isin(y, (0, 1))][0]}")
+        return y.astype(np.float32)
+
+    def _field(self, col: pa.Array, name: str, file: Path) -> pa.Array:
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        if pa.types.is_dictionary(col.type):
+            col = col.dictionary_decode()
+        if name in self.integer:
+            if not pa.types.is_integer(col.type):
+                raise ValueError(f"{file}: integer column {name} has type {col.type}")
+            return criteo_integer_tokens(pc.cast(col, pa.string()).fill_null(""))
+        if pa.types.is_floating(col.type) or pa.types.is_boolean(col.type):
+            return pc.cast(col, pa.string())  # one categorical value per distinct number
+        return col
+
+
+def _cache_dir(kind: str, files: list[Path], options: dict, cache_dir) -> Path:
+    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    key = json.dumps({"files": stats, "kind": kind, **options}, sort_keys=True, default=str)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+    return root / f"{kind}-{files[0].stem}-{len(files)}files-{digest}"
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def load_parquet(spec: str, cache_dir=None, *, label: str = "label", fields=None, integer=(),
+                 min_count: int = 1, valid_files: int = 0, test_files: int = 0,
+                 rebuild: bool = False, progress: bool = True,
+                 batch_rows: int = _BATCH_ROWS) -> CTRData:
+    """Preprocess Parquet files once into a cache and open it; see the module docstring."""
+    if isinstance(min_count, bool) or int(min_count) != min_count or min_count < 1:
+        raise ValueError(f"min_count must be a positive integer, got {min_count!r}")
+    files = expand_paths(spec)
+    for name, value in (("valid_files", valid_files), ("test_files", test_files)):
+        if int(value) != value or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if test_files and len(files) <= valid_files + test_files:
+        raise ValueError(f"a split by file needs more than valid_files + test_files = "
+                         f"{valid_files + test_files} files, got {len(files)}")
+    if valid_files and not test_files:
+        raise ValueError("valid_files needs test_files too")
+    source = ParquetSource(files, label, fields, integer, batch_rows)
+    options = {"label": label, "fields": source.field_names, "integer": sorted(source.integer),
+               "min_count": int(min_count), "valid_files": int(valid_files),
+               "test_files": int(test_files)}
+    directory = _cache_dir("parquet", files, options, cache_dir)
+    if rebuild or read_meta(directory) is None:
+        _build(source, directory, options, progress)
+    return load_cache(directory, name="parquet")
+
+
+def _build(source: ParquetSource, directory: Path, options: dict, progress: bool) -> None:
+    started = time.perf_counter()
+    n_fields = len(source.field_names)
+    counters = [_ValueCounter() for _ in range(n_fields)]
+    file_rows, positives = [], 0
+    for file in source.files:  # pass 1: count
+        rows = 0
+        for labels, values in source.batches(file):
+            rows += len(labels)
+            positives += int(labels.sum())
+            for counter, v in zip(counters, values):
+                counter.add(v)
+        file_rows.append(rows)
+    num_rows = sum(file_rows)
+    if num_rows == 0:
+        raise ValueError(f"{source.files[0]}: the Parquet files hold no rows")
+    vocab, field_dims, stats = [], [], []
+    for name, counter in zip(source.field_names, counters):
+        kept, distinct, rare = counter.kept(options["min_count"])
+        vocab.append(kept)
+        field_dims.append(len(kept) + 2)
+        stats.append({"field": name, "distinct": distinct, "kept": len(kept),
+                      "oov_index": len(kept), "missing_index": len(kept) + 1,
+                      "rare_rows": rare, "missing_rows": counter.missing})
+    tmp = directory.with_name(directory.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    x = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.int32,
+                                  shape=(num_rows, n_fields))
+    y = np.lib.format.open_memmap(tmp / "y.npy", mode="w+", dtype=np.float32, shape=(num_rows,))
+    pos = 0
+    for file in source.files:  # pass 2: write
+        for labels, values in source.batches(file):
+            end = pos + len(labels)
+            if end > num_rows:
+                raise RuntimeError(f"{file} changed while it was being preprocessed; run again")
+            x[pos:end] = np.stack([_indices(v, k) for v, k in zip(values, vocab)], axis=1)
+            y[pos:end] = labels
+            pos = end
+    if pos != num_rows:
+        raise RuntimeError(f"{source.files[0]}: files changed while being preprocessed; run again")
+    x.flush()
+    y.flush()
+    del x, y
+    seconds = time.perf_counter() - started
+    bounds = np.cumsum([0] + file_rows).tolist()
+    info = {"dataset": "parquet",
+            "source": {"files": [str(f.resolve()) for f in source.files], "rows": file_rows},
+            "options": options, "positive_rate": positives / num_rows, "fields": stats,
+            "build": {"seconds": seconds, "rows_per_s": num_rows / seconds}}
+    if options["test_files"]:
+        k, j = options["test_files"], options["valid_files"]
+        n = len(file_rows)
+        info["file_split"] = {"train": [0, bounds[n - k - j]],
+                              "valid": [bounds[n - k - j], bounds[n - k]] if j else None,
+                              "test": [bounds[n - k], bounds[n]]}
+    write_meta(tmp, source.field_names, field_dims, num_rows, info,
+               vocab=[v.to_pylist() for v in vocab])
+    finish_cache(tmp, directory)
+    _say(progress, f"parquet: {num_rows:,} rows from {len(source.files)} file(s), "
+                   f"{sum(field_dims):,} feature values in {n_fields} fields; {seconds:.1f} s "
+                   f"({num_rows / seconds:,.0f} rows/s); cache {directory}")
+
+
+def load_npy(directory, cache_dir=None, *, progress: bool = True,
+             chunk_rows: int = 1 << 20) -> CTRData:
+    """Already encoded arrays ``DIR/x.npy`` and ``DIR/y.npy`` (see the module docstring)."""
+    directory = Path(directory).expanduser()
+    for name in ("x.npy", "y.npy"):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"npy:DIR needs {directory / name} (see docs/data.md)")
+    x = np.load(directory / "x.npy", mmap_mode="r")
+    y = np.load(directory / "y.npy", mmap_mode="r")
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.integer):
+        raise ValueError(f"{directory / 'x.npy'} must be an integer array [n, N], got "
+                         f"{x.dtype} {x.shape}")
+    if y.shape != (len(x),):
+        raise ValueError(f"{directory / 'y.npy'} must have shape ({len(x)},), got {y.shape}")
+    meta = {}
+    if (directory / "meta.json").is_file():
+        meta = json.loads((directory / "meta.json").read_text())
+    dims = meta.get("field_dims")
+    if dims is None:  # one streaming pass for the maxima
+        dims = np.zeros(x.shape[1], dtype=np.int64)
+        for start in range(0, len(x), chunk_rows):
+            dims = np.maximum(dims, np.asarray(x[start:start + chunk_rows]).max(axis=0) + 1)
+        dims = dims.tolist()
+    names = meta.get("field_names")
+    info = {"dataset": "npy", "source": {"dir": str(directory.resolve())}}
+    if x.dtype == np.int32 and y.dtype == np.float32:
+        data = CTRData(x, y, dims, names, name="npy", info=info)
+    else:  # convert once, in chunks, into a cache
+        stat = (directory / "x.npy").stat()
+        key = f"{directory.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{json.dumps(meta)}"
+        root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+        target = root / f"npy-{directory.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+        if read_meta(target) is None:
+            tmp = target.with_name(target.name + ".partial")
+            tmp.mkdir(parents=True, exist_ok=True)
+            xo = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.int32,
+                                           shape=x.shape)
+            yo = np.lib.format.open_memmap(tmp / "y.npy", mode="w+", dtype=np.float32,
+                                           shape=y.shape)
+            for start in range(0, len(x), chunk_rows):
+                xo[start:start + chunk_rows] = x[start:start + chunk_rows]
+                yo[start:start + chunk_rows] = y[start:start + chunk_rows]
+            xo.flush()
+            yo.flush()
+            del xo, yo
+            write_meta(tmp, names or [f"f{i}" for i in range(len(dims))], dims, len(x), info)
+            finish_cache(tmp, target)
+            _say(progress, f"npy: converted {directory} to int32/float32 in {target}")
+        data = load_cache(target, name="npy")
+    for start in range(0, len(data), chunk_rows):
+        labels = np.asarray(data.y[start:start + chunk_rows])
+        if not np.isin(labels, (0.0, 1.0)).all():
+            raise ValueError(f"{directory / 'y.npy'}: labels must be 0 or 1")
+    try:
+        data.check_indices(chunk_rows)
+    except ValueError as exc:
+        raise ValueError(f"{directory}: {exc} (meta.json field_dims too small?)") from exc
+    return data

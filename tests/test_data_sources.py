@@ -1,0 +1,106 @@
+"""Bring your own data: Parquet (multi-file, split by file) and npy arrays."""
+
+import csv
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fastme.cli import main
+from fastme.data import load_dataset, load_vocab
+from fastme.serve.predict import predict
+
+
+def parquet_day(path, rows, seed):
+    rng = np.random.default_rng(seed)
+    table = pa.table({
+        "click": pa.array(rng.integers(0, 2, rows), pa.int8()),
+        "site": pa.array([None if v == 0 else f"s{v}" for v in rng.integers(0, 5, rows)]),
+        "count": pa.array(rng.integers(-1, 30, rows), pa.int64()),
+        "ad": pa.array(rng.integers(0, 7, rows), pa.int32()),
+    })
+    pq.write_table(table, path, row_group_size=64)
+    return table
+
+
+@pytest.fixture
+def days(tmp_path):
+    return [parquet_day(tmp_path / f"day_{d}.parquet", 150 + 10 * d, d) for d in range(3)]
+
+
+def load(spec, tmp_path, **options):
+    return load_dataset(spec, cache_dir=tmp_path / "cache", progress=False, **options)
+
+
+def test_parquet_columns_are_encoded_as_raw_fields(days, tmp_path):
+    data = load(f"parquet:{tmp_path}/day_*.parquet", tmp_path, label="click", integer=["count"],
+                batch_rows=50)
+    table = pa.concat_tables(days)
+    assert len(data) == table.num_rows and data.field_names == ["site", "count", "ad"]
+    np.testing.assert_array_equal(data.y, table.column("click").to_numpy())
+    vocab = load_vocab(data)
+    site = table.column("site").to_pylist()
+    # kept values by decreasing count, then OOV, then missing (the empty cells)
+    expected = [len(vocab[0]) + 1 if v is None else vocab[0].index(v) for v in site]
+    np.testing.assert_array_equal(data.x[:, 0], expected)
+    counts = table.column("count").to_pylist()
+    tokens = [math.floor(math.log(v) ** 2) if v > 2 else v - 2 for v in counts]
+    np.testing.assert_array_equal(data.x[:, 1], [vocab[1].index(t) for t in tokens])
+    assert data.field_dims == [len(v) + 2 for v in vocab]
+
+
+def test_split_by_file_holds_out_the_last_days(days, tmp_path):
+    files = ",".join(str(tmp_path / f"day_{d}.parquet") for d in range(3))
+    data = load(f"parquet:{files}", tmp_path, label="click", test_files=1)
+    train, valid, test = data.split(seed=0)
+    n0, n1, n2 = (t.num_rows for t in days)
+    np.testing.assert_array_equal(test.row_numbers(), np.arange(n0 + n1, n0 + n1 + n2))
+    assert len(valid) == (n0 + n1) // 9 and len(train) + len(valid) == n0 + n1
+    assert not set(train.row_numbers()) & set(valid.row_numbers())
+    train, valid, test = load(f"parquet:{files}", tmp_path, label="click", valid_files=1,
+                              test_files=1).split()
+    assert (len(train), len(valid), len(test)) == (n0, n1, n2)
+
+
+def test_bad_parquet_input_is_named(days, tmp_path):
+    with pytest.raises(ValueError, match="no column nope"):
+        load(f"parquet:{tmp_path}", tmp_path, label="click", integer=["nope"])
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        load(f"parquet:{tmp_path}/x_*.parquet", tmp_path)
+    with pytest.raises(ValueError, match="no label column 'label'"):
+        load(f"parquet:{tmp_path}", tmp_path)
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    with pytest.raises(ValueError, match="cannot read .*bad.parquet as Parquet"):
+        load(f"parquet:{tmp_path}/bad.parquet", tmp_path)
+
+
+def test_a_parquet_file_trains_and_predicts(days, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", f"parquet:{tmp_path}", "--data-option", "label=click",
+                 "--model", "dnn", "--model-option", "hidden_dim=8", "--epochs", "1",
+                 "--batch-size", "64", "--out", str(run), "--cache-dir", str(tmp_path / "c"),
+                 "--no-progress", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    new = tmp_path / "new"
+    new.mkdir()
+    parquet_day(new / "day_9.parquet", 40, seed=9)
+    summary = predict(run, f"parquet:{new}", tmp_path / "preds.csv")
+    with open(tmp_path / "preds.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["row", "probability"] and len(rows) == 41
+    assert summary.auc is not None and 0.0 <= summary.auc <= 1.0
+
+
+def test_npy_arrays(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, [3, 5, 8], (100, 3))
+    np.save(tmp_path / "x.npy", x)  # int64: converted into a cache
+    np.save(tmp_path / "y.npy", rng.integers(0, 2, 100))
+    data = load(f"npy:{tmp_path}", tmp_path)
+    assert data.field_dims == (x.max(0) + 1).tolist() and data.x.dtype == np.int32
+    np.testing.assert_array_equal(data.x, x)
+    (tmp_path / "meta.json").write_text('{"field_dims": [3, 5, 2]}')
+    with pytest.raises(ValueError, match="field_dims too small"):
+        load(f"npy:{tmp_path}", tmp_path / "other")
