@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from fastme import ops
 from fastme.data.dataset import load_vocab
 from fastme.data.raw import (AVAZU_COLUMNS, CRITEO_CAT, CRITEO_COLUMNS, CRITEO_INT, AvazuFormat,
                              CriteoFormat, _indices, _Malformed)
@@ -177,13 +178,21 @@ class Predictor:
 
     # -- model ------------------------------------------------------------------------------
     @torch.no_grad()
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        """Logits (float64) of per-field indices ``x`` [n, N], ``batch_size`` rows at a time."""
+    def logits(self, x: np.ndarray, in_range: bool = False) -> np.ndarray:
+        """Logits (float64) of per-field indices ``x`` [n, N], ``batch_size`` rows at a time.
+        ``in_range``: the indices come from the vocabulary, so the ops' bounds check is skipped
+        (it costs a sixth of the time on a CPU)."""
         out = np.empty(len(x), dtype=np.float64)
-        for start in range(0, len(x), self.batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(x[start:start + self.batch_size],
-                                                       dtype=np.int64)).to(self.device)
-            out[start:start + len(xb)] = self.model(xb).double().cpu().numpy()
+        previous = ops.get_bounds_check()
+        if in_range:
+            ops.set_bounds_check("off")
+        try:
+            for start in range(0, len(x), self.batch_size):
+                xb = torch.from_numpy(np.ascontiguousarray(x[start:start + self.batch_size],
+                                                           dtype=np.int64)).to(self.device)
+                out[start:start + len(xb)] = self.model(xb).double().cpu().numpy()
+        finally:
+            ops.set_bounds_check(previous)
         return out
 
     # -- raw files ---------------------------------------------------------------------------
@@ -262,7 +271,7 @@ class Predictor:
                     kept = np.asarray(kept.to_numpy(zero_copy_only=False), dtype=bool)
                     x = np.stack([_indices(v, k) for v, k in zip(values, vocab)], axis=1)
                     where = np.flatnonzero(whole)[kept]
-                    logits[where] = self.logits(x)
+                    logits[where] = self.logits(x, in_range=True)
                     if labels is not None:
                         labels[where] = y
                 row += n
@@ -316,7 +325,7 @@ class Predictor:
                     summary.rows += n
                     summary.scored += n
                     bar.update(n)
-                    yield None, ids, self.logits(x), labels
+                    yield None, ids, self.logits(x, in_range=True), labels
 
     # -- datasets ----------------------------------------------------------------------------
     def iter_dataset(self, data, *, summary: Summary | None = None, block_rows: int = 1 << 18,
