@@ -13,8 +13,9 @@ from fastme.ops import BACKENDS
 from fastme.train.config import add_config_arguments, config_options
 
 DATA_HELP = ("synthetic (built in), criteo:PATH (raw Kaggle train.txt), avazu:PATH (raw Kaggle "
-             "train CSV) or cache:DIR (a preprocessed cache); raw files are preprocessed once into "
-             "a cache that later runs reuse")
+             "train CSV), parquet:PATH (Parquet file, directory, glob or comma list), npy:DIR "
+             "(encoded x.npy and y.npy) or cache:DIR (a preprocessed cache); raw and Parquet "
+             "files are preprocessed once into a cache that later runs reuse (docs/data.md)")
 MODEL_HELP = "backbone: " + ", ".join(MODELS)
 
 
@@ -87,8 +88,8 @@ def _data_options(args) -> dict:
             raise ValueError("--synthetic-samples only applies to --data synthetic")
         options["num_samples"] = args.synthetic_samples
     if args.min_count is not None:
-        if kind not in ("criteo", "avazu"):
-            raise ValueError("--min-count only applies to criteo:/avazu: data")
+        if kind not in ("criteo", "avazu", "parquet"):
+            raise ValueError("--min-count only applies to criteo:/avazu:/parquet: data")
         options["min_count"] = args.min_count
     if args.avazu_hour is not None:
         if kind != "avazu":
@@ -96,7 +97,7 @@ def _data_options(args) -> dict:
         options["hour"] = args.avazu_hour
     if args.rebuild_cache:
         options["rebuild"] = True
-    if kind in ("criteo", "avazu"):
+    if kind in ("criteo", "avazu", "parquet", "npy"):
         options["progress"] = args.progress
     return options
 
