@@ -108,10 +108,3 @@ def _sharded_equals_plain(rank, world, sharding):
 def test_sharded_me_dcnv2_equals_the_plain_model_forward_and_backward(sharding):
     spawn(_sharded_equals_plain, 2, sharding)
 
-
-def test_default_column_shards_split_every_table_over_the_ranks():
-    assert ftr.default_column_shard_dim(10, 10, 2) == 20  # 100 columns: 5 shards of 20
-    assert ftr.default_column_shard_dim(2, 10, 2) == 4
-    assert ftr.default_column_shard_dim(4, 16, 4) == 16
-    with pytest.raises(ValueError, match="cannot split"):
-        ftr.default_column_shard_dim(1, 10, 2)

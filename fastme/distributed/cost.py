@@ -9,8 +9,9 @@ Conventions (the same as :mod:`fastme.ops.cost`: ``elem`` float bytes, ``index``
   A ring all-reduce sends ``2 (W - 1) / W`` times the payload out of every rank.
 - ``alltoall_bytes``: what the embedding all-to-alls move between ranks each step, all ranks
   together: the ids to the ranks owning the tables (forward), the gathered embeddings back to the
-  ranks owning the samples (forward) and their gradients the other way (backward). A column-wise
-  shard needs the ids of every sample of its table, so ids go to every shard owner.
+  ranks owning the samples (forward) and their gradients the other way (backward). Every column
+  shard needs the ids of every sample of its table, so ids go to each shard (M*K / shard width of
+  them, :func:`default_column_shard_dim`).
 - ``memory_per_rank``: parameters, their gradients and Adam's two moments (the trainer's
   optimizer) of what the fullest rank holds, activations not counted. With TorchRec's fused
   kernel the table shard's gradient is never materialised (the update happens in the backward);
@@ -48,6 +49,7 @@ class StepCost:
     allreduce_bytes: float      # gradient payload all-reduced per step
     alltoall_bytes: float       # embedding all-to-all traffic per step, all ranks together
     sent_bytes_per_rank: float  # what one rank sends per step (ring all-reduce + its a2a share)
+    table_bytes_per_rank: float  # embedding weights on the fullest rank
     memory_per_rank: float      # params + grads + Adam moments on the fullest rank
 
     def as_dict(self) -> dict:
@@ -63,6 +65,20 @@ def dense_parameter_count(name: str, num_fields: int, scale: int = 1, multi: boo
     return sum(p.numel() for p in model.parameters()) - table
 
 
+def default_column_shard_dim(num_sets: int, embed_dim: int, world_size: int) -> int:
+    """The column shard width fastme.distributed.torchrec asks the planner for: the widest that
+    still gives every rank a shard, i.e. the largest width <= M*K / W that divides M*K and is a
+    multiple of 4 (TorchRec's alignment for column shards). TorchRec's own default, 128 columns,
+    would leave every ME table of M*K <= 128 unsplit."""
+    dim = num_sets * embed_dim
+    widths = [w for w in range(4, -(-dim // world_size) + 1, 4) if dim % w == 0]
+    if not widths:
+        raise ValueError(f"column_wise sharding cannot split a table of dimension M*K = {dim} over "
+                         f"{world_size} ranks (shards must be multiples of 4 columns that divide "
+                         "it); use table_wise")
+    return widths[-1]
+
+
 def _table_wise_largest_rank(table_sizes, world_size: int) -> int:
     loads = [0] * world_size
     for size in sorted(table_sizes, reverse=True):
@@ -72,7 +88,7 @@ def _table_wise_largest_rank(table_sizes, world_size: int) -> int:
 
 def step_cost(field_dims, num_sets: int, embed_dim: int, dense_params: int, batch_size: int,
               world_size: int, strategy: str = "ddp", *, fused_table_update: bool = True,
-              elem: int = 4, index: int = 8) -> StepCost:
+              column_shard_dim: int | None = None, elem: int = 4, index: int = 8) -> StepCost:
     """The estimate for one step of an SE/ME model (M = ``num_sets``, K = ``embed_dim``) with
     ``dense_params`` non-embedding parameters. See the module doc for what each number counts."""
     if strategy not in STRATEGIES:
@@ -89,11 +105,14 @@ def step_cost(field_dims, num_sets: int, embed_dim: int, dense_params: int, batc
     if strategy == "ddp":
         table_bytes = rows * mk * elem
         payload = table_bytes + dense_bytes
-        return StepCost(strategy, w, float(payload), 0.0, ring * payload,
+        return StepCost(strategy, w, float(payload), 0.0, ring * payload, float(table_bytes),
                         float((1 + 1 + adam) * payload))
     remote = (w - 1) / w  # share of the samples living on other ranks
     gathered = batch_size * n * mk * elem
-    id_copies = (w - 1) if strategy == "column_wise" else remote
+    id_copies = remote  # every table's ids go to its owner
+    if strategy == "column_wise":  # ... and to every column shard's owner
+        width = column_shard_dim or default_column_shard_dim(num_sets, embed_dim, w)
+        id_copies = remote * (mk // width)
     ids = batch_size * n * (index + 4) * id_copies  # ids and their per-sample lengths (int32)
     alltoall = ids + 2 * remote * gathered  # forward embeddings + backward gradients
     if strategy == "table_wise":
@@ -103,4 +122,4 @@ def step_cost(field_dims, num_sets: int, embed_dim: int, dense_params: int, batc
     table_copies = 1 + adam + (0 if fused_table_update else 1)
     memory = table_copies * shard + (1 + 1 + adam) * dense_bytes
     return StepCost(strategy, w, float(dense_bytes), float(alltoall),
-                    ring * dense_bytes + alltoall / w, float(memory))
+                    ring * dense_bytes + alltoall / w, float(shard), float(memory))

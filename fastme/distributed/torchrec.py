@@ -34,6 +34,7 @@ from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.types import ShardingEnv
 
+from fastme.distributed.cost import default_column_shard_dim
 from fastme.models import MultiEmbeddingModel
 
 #: Sharding types offered: each table whole on one rank, split by columns, split by rows.
@@ -184,19 +185,6 @@ def gather_plain_state_dict(sharded: nn.Module, dst: int = 0) -> dict | None:
 
 
 # ---- sharding ---------------------------------------------------------------------------------
-
-def default_column_shard_dim(num_sets: int, embed_dim: int, world_size: int) -> int:
-    """The widest column shard that still gives every rank one: the largest width <= M*K / W that
-    divides M*K and is a multiple of 4 (TorchRec's alignment for column shards). TorchRec's own
-    default, 128 columns, would leave every ME table of M*K <= 128 unsplit."""
-    dim = num_sets * embed_dim
-    widths = [w for w in range(4, -(-dim // world_size) + 1, 4) if dim % w == 0]
-    if not widths:
-        raise ValueError(f"column_wise sharding cannot split a table of dimension M*K = {dim} over "
-                         f"{world_size} ranks (shards must be multiples of 4 columns that divide "
-                         "it); use table_wise")
-    return widths[-1]
-
 
 def shard(model: TorchRecModel, sharding: str = "table_wise", *, device: torch.device | None = None,
           process_group=None, fused_params: dict | None = None,
