@@ -216,3 +216,17 @@ def test_build_rejects_bad_arguments():
         fm.build("dnn", FIELD_DIMS, 0)
     with pytest.raises(ValueError, match="field_dims"):
         fm.DNN([3, 0])
+
+
+@pytest.mark.parametrize("name", sorted(fm.MODELS))
+def test_forward_embeddings_equals_forward_on_the_gathered_embeddings(name):
+    # The path a sharded embedding takes; the fused backbones (DCNv2, NFwFM) switch from their
+    # lookup-fused op to the op on gathered embeddings, so this also checks those against each other.
+    model = small(name, True).double().eval()
+    x = random_x(FIELD_DIMS, 6, seed=3)
+    emb = model.lookup(x).detach().requires_grad_()
+    torch.testing.assert_close(model.forward_embeddings(emb), model(x))
+    (model.forward_embeddings(emb) * torch.randn(6, dtype=torch.float64)).sum().backward()
+    assert emb.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"\[B, M, N, K\]"):
+        model.forward_embeddings(emb[:, :, :-1])

@@ -29,8 +29,7 @@ class AutoInt(MultiEmbeddingModel):
                                                 hidden_dim, dropout)
             self.mlp_head = OutputHead(hidden_dim, dropout)
 
-    def interact(self, x):
-        emb = self.lookup(x)  # [B, M, N, K]
+    def interact_embeddings(self, emb):  # emb [B, M, N, K]
         # SetLinear maps the last axis per set; it expects [..., M, K], so put fields before sets.
         h = self.field_projection(emb.transpose(1, 2)).transpose(1, 2)  # [B, M, N, H]
         for layer in self.attention:

@@ -12,7 +12,11 @@ from fastme.ops._backend import BACKENDS
 
 
 class MultiEmbeddingModel(nn.Module):
-    """Base class. Subclasses implement :meth:`interact` (per-set features -> logits [B]).
+    """Base class. Subclasses implement :meth:`interact_embeddings` (gathered embeddings
+    [B, M, N, K] -> logits [B]); a backbone whose interaction has a kernel fused with the lookup
+    also overrides :meth:`interact` (indices -> logits) to use it. Both paths compute the same
+    function, so an embedding gathered elsewhere (e.g. a sharded TorchRec table, see
+    fastme.distributed) goes through :meth:`forward_embeddings`.
 
     Args:
         field_dims: cardinality of each of the N fields.
@@ -95,7 +99,22 @@ class MultiEmbeddingModel(nn.Module):
         self._check_input(x)
         return self.interact(x)
 
-    def interact(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def forward_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
+        """Gathered embeddings [B, M, N, K] (what :meth:`lookup` returns) -> logits [B]; the same
+        function as :meth:`forward` on the indices they were gathered with. ``self.embedding`` is
+        not used."""
+        expected = (self.num_sets, self.num_fields, self.embed_dim)
+        if not isinstance(emb, torch.Tensor) or emb.dim() != 4 or tuple(emb.shape[1:]) != expected:
+            got = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
+            raise ValueError(f"emb must have shape [B, {', '.join(map(str, expected))}] "
+                             f"([B, M, N, K]), got {got}")
+        return self.interact_embeddings(emb)
+
+    def interact(self, x: torch.Tensor) -> torch.Tensor:
+        """Indices [B, N] -> logits [B]; by default the lookup, then :meth:`interact_embeddings`."""
+        return self.interact_embeddings(self.lookup(x))
+
+    def interact_embeddings(self, emb: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -117,5 +136,12 @@ class ProjectedModel(MultiEmbeddingModel):
     def interact(self, x):
         return self.head(self.projection(self.set_features(x)))
 
-    def set_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def interact_embeddings(self, emb):
+        return self.head(self.projection(self.set_features_from_embeddings(emb)))
+
+    def set_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Indices [B, N] -> per-set interaction features [B, M, F]; fused backbones override."""
+        return self.set_features_from_embeddings(self.lookup(x))
+
+    def set_features_from_embeddings(self, emb: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError

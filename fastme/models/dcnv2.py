@@ -85,7 +85,11 @@ class DCNv2(ProjectedModel):
         W[l, m, i*K:(i+1)*K, j*K:(j+1)*K] is the paper's W_{j->i} of layer l, set m."""
         return self._effective_weight().detach(), self.cross_bias.detach()
 
-    def set_features(self, x):
+    def set_features_from_embeddings(self, emb):
+        return ops.cross_network(self.flat_sets(emb), self._effective_weight(), self.cross_bias,
+                                 backend=self.backend)
+
+    def set_features(self, x):  # the lookup fused in front of the cross network
         e = self.embedding
         return ops.lookup_cross_network(e.weight, x, e.offsets, self._effective_weight(),
                                         self.cross_bias, field_dims=e.field_dims,

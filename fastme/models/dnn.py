@@ -11,5 +11,5 @@ class DNN(ProjectedModel):
                          nonlinear_projection)
         self._build_projection(self.num_fields * self.embed_dim)
 
-    def set_features(self, x):
-        return self.flat_sets(self.lookup(x))
+    def set_features_from_embeddings(self, emb):
+        return self.flat_sets(emb)

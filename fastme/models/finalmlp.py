@@ -25,8 +25,7 @@ class FinalMLP(MultiEmbeddingModel):
         self.fusion2 = nn.Linear(hidden_dim, 1)
         self.fusion_bilinear = nn.Parameter(torch.zeros(hidden_dim, hidden_dim))
 
-    def interact(self, x):
-        emb = self.lookup(x)
+    def interact_embeddings(self, emb):  # emb [B, M, N, K]
         flat = self.flat_sets(emb)
         o1 = self.stream1(flat).mean(dim=1)
         o2 = self.stream2(flat).mean(dim=1)

@@ -23,8 +23,7 @@ class IPNN(ProjectedModel):
         in_dim = n * (n - 1) // 2 + (n * self.embed_dim if self.concat_embeddings else 0)
         self._build_projection(in_dim)
 
-    def set_features(self, x):
-        emb = self.lookup(x)
+    def set_features_from_embeddings(self, emb):
         products = interactions.inner_products(emb)
         if not self.concat_embeddings:
             return products

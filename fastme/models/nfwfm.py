@@ -33,10 +33,17 @@ class NFwFM(ProjectedModel):
     def effective_field_weights(self):
         return self.field_weights if self.field_pairs == "all" else self.field_weights * self.pair_mask
 
-    def set_features(self, x):
+    def set_features(self, x):  # the lookup fused with the pooling
         e = self.embedding
-        pooled = ops.pooled_lookup(e.weight, x, e.offsets, self.effective_field_weights(),
-                                   field_dims=e.field_dims, backend=self.backend)
+        return self._normalise_pooled(ops.pooled_lookup(
+            e.weight, x, e.offsets, self.effective_field_weights(), field_dims=e.field_dims,
+            backend=self.backend))
+
+    def set_features_from_embeddings(self, emb):
+        return self._normalise_pooled(ops.fwfm_pooling(emb, self.effective_field_weights(),
+                                                       backend=self.backend))
+
+    def _normalise_pooled(self, pooled):
         b = pooled.shape[0]
         pooled = self.pool_norm(pooled.reshape(b, self.num_sets * self.embed_dim))
         pooled = pooled.reshape(b, self.num_sets, self.embed_dim)

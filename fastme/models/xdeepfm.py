@@ -17,8 +17,7 @@ class xDeepFM(MultiEmbeddingModel):  # noqa: N801 - the model's published name
                                             hidden_dim, dropout)
         self.dnn_head = OutputHead(hidden_dim, dropout)
 
-    def interact(self, x):
-        emb = self.lookup(x)
+    def interact_embeddings(self, emb):  # emb [B, M, N, K]
         cin_logit = self.cin_out(self.cin(emb).mean(dim=1)).squeeze(-1)
         dnn_logit = self.dnn_head(self.dnn_projection(self.flat_sets(emb)))
         return cin_logit + dnn_logit

@@ -1,0 +1,29 @@
+"""Starting small multi-process gloo groups from a test."""
+
+import os
+import socket
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _init_and_run(rank, world_size, port, fn, args):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        fn(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(fn, world_size=2, *args):
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` fresh processes of one gloo group;
+    an exception in any of them fails the caller with that process's traceback."""
+    mp.spawn(_init_and_run, args=(world_size, free_port(), fn, args), nprocs=world_size)
