@@ -2,16 +2,22 @@
 // sizes and the CUDA stream (as integers) and torch owns every allocation.
 #include <pybind11/pybind11.h>
 
-#include "ops.h"
-
 namespace py = pybind11;
+
+#ifdef FASTME_WITH_CUDA
+namespace fastme {
+// Every kernel entry point; defined in csrc/cuda_bindings.cpp, next to the kernels' host API
+// (kernels/api.h).
+void register_cuda_ops(py::module_& m);
+}  // namespace fastme
+#endif
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastme compiled kernels (CUDA C++). Tensors are passed as raw pointers.";
 #ifdef FASTME_WITH_CUDA
   m.attr("built_with_cuda") = true;
+  fastme::register_cuda_ops(m);
 #else
   m.attr("built_with_cuda") = false;
 #endif
-  fastme::register_ops(m);
 }

@@ -22,3 +22,12 @@ def matmul_precision():
     previous = torch.get_float32_matmul_precision()
     yield torch.set_float32_matmul_precision
     torch.set_float32_matmul_precision(previous)
+
+
+@pytest.fixture
+def float64_default():
+    """float64 as the default dtype for one test (restored afterwards)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

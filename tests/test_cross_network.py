@@ -41,7 +41,8 @@ GPU_CROSS_SHAPES = [  # batch, sets, dim, layers
     (5, 2, 10, 0),     # no layers: identity
 ]
 GPU_LOOKUP_CROSS_SHAPES = [  # batch, field_dims, sets, dim, layers
-    (1, [1], 1, 1, 1), (9, [4, 1, 6], 2, 5, 3), (90, [3, 8, 2, 5], 3, 10, 4), (40, [2, 2], 1, 16, 2),
+    (1, [1], 1, 1, 1), (9, [4, 1, 6], 2, 5, 3), (90, [3, 8, 2, 5], 3, 10, 4),
+    (40, [2, 2], 1, 16, 2),
 ]
 # Relative error against float64 maths on the same values, per layer.
 TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 4e-2, torch.float16: 6e-3}

@@ -169,6 +169,28 @@ def test_bounds_check_modes(backend):
         ops.set_bounds_check("error")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_table_without_rows_is_refused_with_the_bounds_check_off(backend):
+    """The kernels clamp rows into the table, which needs one: every lookup-based op refuses."""
+    f64 = dict(dtype=torch.float64, device=DEVICE)
+    table, weights = torch.zeros(0, 2, 3, **f64), torch.zeros(2, 2, 2, **f64)
+    weight, bias = torch.zeros(1, 2, 6, 6, **f64), torch.zeros(1, 2, 6, **f64)
+    indices = torch.zeros(4, 2, dtype=torch.int64, device=DEVICE)
+    offsets = torch.zeros(2, dtype=torch.int64, device=DEVICE)
+    calls = [lambda: lookup(backend)(table, indices, offsets),
+             lambda: ops.pooled_lookup(table, indices, offsets, backend=backend),
+             lambda: ops.pooled_lookup(table, indices, offsets, weights, backend=backend),
+             lambda: ops.lookup_cross_network(table, indices, offsets, weight, bias,
+                                              backend=backend)]
+    try:
+        ops.set_bounds_check("off")
+        for call in calls:
+            with pytest.raises(ValueError, match="table has 0 rows but indices is not empty"):
+                call()
+    finally:
+        ops.set_bounds_check("error")
+
+
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_op_registration(backend):
     table, indices, offsets = lookup_inputs(5, [3, 2, 2], 2, 3)

@@ -8,14 +8,7 @@ import torch
 
 from fastme.models import interactions
 
-
-@pytest.fixture(autouse=True)
-def float64_default():
-    """Every tensor in this module is float64; restore the default for other modules."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def test_inner_products_order_and_values():

@@ -8,7 +8,6 @@ pooled_lookup (FwFM pooling) and DCNv2 through lookup_cross_network.
 import pytest
 import torch
 
-import fastme.ops as ops
 from fastme.models import MODELS
 
 from kernel_backends import BACKENDS, DEVICE, KERNEL_TESTS, gpu_test

@@ -7,26 +7,9 @@ import torch
 
 from fastme.ops import reference
 
+from kernel_backends import lookup_inputs
 
-
-@pytest.fixture(autouse=True)
-def float64_default():
-    """Every tensor in this module is float64; restore the default for other modules."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def random_lookup_inputs(batch, field_dims, num_sets, dim, seed, index_dtype=torch.int64):
-    g = torch.Generator().manual_seed(seed)
-    dims = torch.tensor(field_dims)
-    table = torch.randn(int(dims.sum()), num_sets, dim, generator=g, dtype=torch.float64)
-    # Few distinct values per field so that duplicates are frequent.
-    indices = torch.stack([torch.randint(0, d, (batch,), generator=g) for d in field_dims], 1)
-    offsets = torch.cumsum(dims, 0) - dims
-    return table, indices.to(index_dtype), offsets
-
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 SHAPES = [  # batch, field_dims, num_sets, dim
     (1, [1], 1, 1),
@@ -48,7 +31,8 @@ def loop_lookup(table, indices, offsets):
 @pytest.mark.parametrize("batch,field_dims,num_sets,dim", SHAPES)
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 def test_lookup_matches_loop(batch, field_dims, num_sets, dim, index_dtype):
-    table, indices, offsets = random_lookup_inputs(batch, field_dims, num_sets, dim, 0, index_dtype)
+    table, indices, offsets = lookup_inputs(batch, field_dims, num_sets, dim, seed=0,
+                                            index_dtype=index_dtype, device="cpu")
     torch.testing.assert_close(reference.multi_embedding_lookup(table, indices, offsets),
                                loop_lookup(table, indices, offsets))
 
@@ -66,7 +50,7 @@ def test_lookup_gradient_sums_duplicates():
 
 @pytest.mark.parametrize("batch,field_dims,num_sets,dim", SHAPES)
 def test_fm_pooling_matches_pairwise_sum(batch, field_dims, num_sets, dim):
-    table, indices, offsets = random_lookup_inputs(batch, field_dims, num_sets, dim, 1)
+    table, indices, offsets = lookup_inputs(batch, field_dims, num_sets, dim, seed=1, device="cpu")
     emb = reference.multi_embedding_lookup(table, indices, offsets)
     expected = torch.zeros(batch, num_sets, dim)
     n = len(field_dims)
@@ -78,7 +62,7 @@ def test_fm_pooling_matches_pairwise_sum(batch, field_dims, num_sets, dim):
 
 @pytest.mark.parametrize("batch,field_dims,num_sets,dim", SHAPES)
 def test_fwfm_pooling_matches_loop_over_all_pairs(batch, field_dims, num_sets, dim):
-    table, indices, offsets = random_lookup_inputs(batch, field_dims, num_sets, dim, 2)
+    table, indices, offsets = lookup_inputs(batch, field_dims, num_sets, dim, seed=2, device="cpu")
     emb = reference.multi_embedding_lookup(table, indices, offsets)
     n = len(field_dims)
     r = torch.randn(num_sets, n, n)
@@ -110,7 +94,7 @@ def test_cross_network_matches_per_example_loop(batch, num_sets, dim, layers):
 
 
 def test_lookup_cross_network_is_composition():
-    table, indices, offsets = random_lookup_inputs(4, [3, 5], 2, 3, 3)
+    table, indices, offsets = lookup_inputs(4, [3, 5], 2, 3, seed=3, device="cpu")
     weight = torch.randn(2, 2, 6, 6) / 6
     bias = torch.randn(2, 2, 6)
     x0 = reference.multi_embedding_lookup(table, indices, offsets).reshape(4, 2, 6)

@@ -8,7 +8,6 @@ from torch import nn
 
 from fastme import ops
 from fastme.models.layers import MultiSetEmbedding, OutputHead, SetProjection
-from fastme.ops._backend import BACKENDS
 
 
 class MultiEmbeddingModel(nn.Module):
@@ -59,8 +58,8 @@ class MultiEmbeddingModel(nn.Module):
 
     @backend.setter
     def backend(self, value: str) -> None:
-        if value not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
+        if value not in ops.BACKENDS:
+            raise ValueError(f"backend must be one of {ops.BACKENDS}, got {value!r}")
         self._backend = value
 
     # -- analysis -----------------------------------------------------------------------------

@@ -34,8 +34,15 @@ from fastme.ops import _backend
 from fastme.ops._policy import check_nonempty_table
 
 
-def _contiguous(*tensors):
-    return tuple(t.contiguous() for t in tensors)
+def _contiguous(*args):
+    return tuple(a.contiguous() if isinstance(a, Tensor) else a for a in args)
+
+
+def _gather(host_fn, table, indices, *rest):
+    """Runs a forward that gathers table rows. Its kernels clamp every row into the table (the
+    bounds check may be off), which needs a row to clamp into."""
+    check_nonempty_table(table, indices)
+    return host_fn(*_contiguous(table, indices, *rest))
 
 
 def _op(backend: str, name: str, device_types):
@@ -50,8 +57,7 @@ def _needs_grad(*tensors) -> bool:
 def _lookup_ops(backend, device_types, forward, backward):
     @_op(backend, "multi_embedding_lookup", device_types)
     def lookup(table: Tensor, indices: Tensor, offsets: Tensor) -> Tensor:
-        check_nonempty_table(table, indices)
-        return forward(*_contiguous(table, indices, offsets))
+        return _gather(forward, table, indices, offsets)
 
     @_op(backend, "multi_embedding_lookup_backward", device_types)
     def lookup_backward(grad: Tensor, indices: Tensor, offsets: Tensor, num_rows: int) -> Tensor:
@@ -95,8 +101,7 @@ def _pooled_fake(table, indices, offsets, *rest):
 def _pooling_ops(backend, device_types, fm_forward, fm_backward, fwfm_forward, fwfm_backward):
     @_op(backend, "fm_pooled_lookup", device_types)
     def fm(table: Tensor, indices: Tensor, offsets: Tensor) -> Tensor:
-        check_nonempty_table(table, indices)
-        return fm_forward(*_contiguous(table, indices, offsets))
+        return _gather(fm_forward, table, indices, offsets)
 
     @_op(backend, "fm_pooled_lookup_backward", device_types)
     def fm_backward_op(grad: Tensor, table: Tensor, indices: Tensor, offsets: Tensor) -> Tensor:
@@ -104,8 +109,7 @@ def _pooling_ops(backend, device_types, fm_forward, fm_backward, fwfm_forward, f
 
     @_op(backend, "fwfm_pooled_lookup", device_types)
     def fwfm(table: Tensor, indices: Tensor, offsets: Tensor, field_weights: Tensor) -> Tensor:
-        check_nonempty_table(table, indices)
-        return fwfm_forward(*_contiguous(table, indices, offsets, field_weights))
+        return _gather(fwfm_forward, table, indices, offsets, field_weights)
 
     @_op(backend, "fwfm_pooled_lookup_backward", device_types)
     def fwfm_backward_op(grad: Tensor, table: Tensor, indices: Tensor, offsets: Tensor,
@@ -183,8 +187,7 @@ def _cross_ops(backend, device_types, forward, backward, state_planes, lookup_cr
     def lookup_cross(table: Tensor, indices: Tensor, offsets: Tensor, weight: Tensor,
                      bias: Tensor, save: bool) -> tuple[Tensor, Tensor, Tensor]:
         """Returns (x_L, the gathered x_0, states); x_0 and the states feed the backward."""
-        check_nonempty_table(table, indices)
-        return lookup_cross_forward(*_contiguous(table, indices, offsets, weight, bias), save)
+        return _gather(lookup_cross_forward, table, indices, offsets, weight, bias, save)
 
     @cross.register_fake
     def _(x0, weight, bias, save):

@@ -24,7 +24,8 @@ def tf32_allowed() -> bool:
 
 def deterministic() -> bool:
     """Whether kernels must give bit-identical table gradients run to run (no float atomics whose
-    order varies): on with ``torch.use_deterministic_algorithms(True)`` or FASTME_DETERMINISTIC=1."""
+    order varies): on with ``torch.use_deterministic_algorithms(True)`` or
+    FASTME_DETERMINISTIC=1."""
     return torch.are_deterministic_algorithms_enabled() or \
         os.environ.get("FASTME_DETERMINISTIC", "0") not in ("", "0")
 

@@ -114,17 +114,15 @@ def apply_bounds_check(indices: torch.Tensor, field_dims: torch.Tensor, name: st
     raise ValueError(f"bounds check mode must be one of {BOUNDS_CHECK_MODES}, got {mode!r}")
 
 
-def check_offsets(offsets: torch.Tensor, field_dims: torch.Tensor | None, num_rows: int) -> None:
+def check_offsets(offsets: torch.Tensor, field_dims: torch.Tensor, num_rows: int,
+                  implied: bool) -> None:
     """Every field's rows lie in the table: 0 <= offsets[i] and offsets[i] + field_dims[i] <=
-    rows; without ``field_dims`` (implied by the offsets) the offsets must not decrease nor pass
-    the table's end. Costs one device->host sync, like the 'error' bounds check."""
-    starts = offsets.long()
-    if field_dims is None:
-        ends = torch.cat([starts[1:], starts.new_tensor([num_rows])])
-        bad = (starts < 0) | (starts > ends)
-    else:
-        ends = starts + field_dims.long()
-        bad = (starts < 0) | (field_dims < 0) | (ends > num_rows)
+    rows. ``implied``: field_dims came from the offsets, which must then neither decrease nor
+    pass the table's end (a negative implied cardinality). One device->host sync."""
+    starts, dims = offsets.long(), field_dims.long()
+    bad = (starts < 0) | (dims < 0)
+    if not implied:
+        bad |= starts + dims > num_rows
     if torch.compiler.is_compiling():
         torch._assert_async(~bad.any(), "offsets/field_dims reach outside the table's rows")
         return
@@ -135,7 +133,7 @@ def check_offsets(offsets: torch.Tensor, field_dims: torch.Tensor | None, num_ro
     if start < 0:
         raise ValueError(f"offsets[{i}] = {start} is negative; offsets[i] is the table row of "
                          "field i's value 0 (the exclusive cumsum of field_dims)")
-    if field_dims is None:
+    if implied:
         if start > num_rows:
             raise ValueError(f"offsets[{i}] = {start} is past the table's {num_rows} rows; "
                              "offsets[i] is the table row of field i's value 0")
@@ -154,8 +152,9 @@ def prepare_lookup(table, indices, offsets, field_dims):
     """Shared validation of every lookup-based op; returns (indices, field_dims) after the
     offsets and bounds checks (indices may come back clamped in 'clamp' mode; 'off' skips both)."""
     check_lookup_inputs(table, indices, offsets, field_dims)
-    if _bounds_check_mode != "off" and offsets.numel():
-        check_offsets(offsets, field_dims, table.shape[0])
-    if field_dims is None:
+    implied = field_dims is None
+    if implied:
         field_dims = field_dims_from_offsets(offsets, table.shape[0])
+    if _bounds_check_mode != "off" and offsets.numel():
+        check_offsets(offsets, field_dims, table.shape[0], implied)
     return apply_bounds_check(indices, field_dims), field_dims
