@@ -71,6 +71,15 @@ ROUNDS = int(os.environ.get("FASTME_BENCH_ROUNDS", "7"))
 ROUND_SECONDS = float(os.environ.get("FASTME_BENCH_ROUND_SECONDS",
                                      "0.1" if DEVICE.type == "cuda" else "0.03"))
 WARMUP_CALLS = 3 if DEVICE.type == "cpu" else 10
+# On a CPU, "wall" times the elapsed time; "cpu" this process's CPU time (all its threads), which
+# on a machine shared with other work leaves out the time spent waiting for a core. With one
+# torch thread (FASTME_BENCH_THREADS=1) it is then close to the work done; with several it also
+# counts the threads' spin-waiting. CUDA cases always use CUDA events.
+CLOCK = os.environ.get("FASTME_BENCH_CLOCK", "wall")
+if CLOCK not in ("wall", "cpu"):
+    raise ValueError(f"FASTME_BENCH_CLOCK must be 'wall' or 'cpu', got {CLOCK!r}")
+if os.environ.get("FASTME_BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["FASTME_BENCH_THREADS"]))
 
 BASELINE = "eager"
 # Variants that may fail to build or run here (missing package, no compiler): "unavailable",
@@ -263,10 +272,11 @@ def _timed_calls(runner: Runner, calls: int, start: int) -> float:
         end.record()
         end.synchronize()
         return begin.elapsed_time(end) / 1e3 / calls
-    t0 = time.perf_counter()
+    clock = time.process_time if CLOCK == "cpu" else time.perf_counter
+    t0 = clock()
     for i in range(calls):
         runner.call(pool[(start + i) % n])
-    return (time.perf_counter() - t0) / calls
+    return (clock() - t0) / calls
 
 
 def interleaved(runners: dict[str, Runner], rounds: int = ROUNDS,
@@ -406,7 +416,9 @@ def record() -> dict:
             "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
             "rounds": ROUNDS, "round_seconds": ROUND_SECONDS, "baseline": BASELINE,
             "torch_threads": torch.get_num_threads(),
-            "timing": ("CUDA events" if DEVICE.type == "cuda" else "perf_counter")
+            "clock": "cuda events" if DEVICE.type == "cuda" else CLOCK,
+            "timing": ("CUDA events" if DEVICE.type == "cuda" else
+                       "process CPU time" if CLOCK == "cpu" else "wall clock")
                       + ", variants interleaved per round, median over rounds",
         },
         "machine": {"loadavg_start": LOAD["loadavg_start"], "loadavg_end": LOAD["loadavg_end"],
