@@ -153,7 +153,13 @@ class ModelCase(harness.Case):
             return self._paper_style(data)
         model = copy.deepcopy(data.extra["model"])  # every variant starts from the same weights
         model.backend = "reference" if variant in ("eager", "compile") else variant
-        forward = harness.compiled(model) if variant == "compile" else model
+        optimizer = fastme_optimizer(model) if self.train else None
+        return self.fastme_runner(model, optimizer, data, compile=variant == "compile")
+
+    def fastme_runner(self, model, optimizer, data: harness.CaseData,
+                      compile: bool = False) -> harness.Runner:
+        """The step (or inference) of a fastme model, optionally through torch.compile."""
+        forward = harness.compiled(model) if compile else model
         if not self.train:
             model.eval()
 
@@ -163,8 +169,6 @@ class ModelCase(harness.Case):
 
             return harness.Runner(call=infer, pool=data.pool,
                                   check=lambda: {"out": infer(data.pool[0])})
-
-        optimizer = fastme_optimizer(model)
 
         def step(s):
             x, y = s

@@ -261,6 +261,10 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def _clock():
+    return time.process_time if CLOCK == "cpu" else time.perf_counter
+
+
 def _timed_calls(runner: Runner, calls: int, start: int) -> float:
     """Seconds per call of ``calls`` calls (pool items from ``start`` on)."""
     pool, n = runner.pool, len(runner.pool)
@@ -272,7 +276,7 @@ def _timed_calls(runner: Runner, calls: int, start: int) -> float:
         end.record()
         end.synchronize()
         return begin.elapsed_time(end) / 1e3 / calls
-    clock = time.process_time if CLOCK == "cpu" else time.perf_counter
+    clock = _clock()
     t0 = clock()
     for i in range(calls):
         runner.call(pool[(start + i) % n])
@@ -351,13 +355,13 @@ def start_run() -> None:
     """Before the first timing: the load average, then the peak probe."""
     if PROBES["start"] is None:
         LOAD["loadavg_start"] = machine.load_average()
-        PROBES["start"] = machine.measure_peaks(DEVICE)
+        PROBES["start"] = machine.measure_peaks(DEVICE, clock=_clock())
 
 
 def finish_run() -> None:
     """After the last timing (only if something was timed): the probe again, the load average."""
     if PROBES["start"] is not None and PROBES["end"] is None:
-        PROBES["end"] = machine.measure_peaks(DEVICE)
+        PROBES["end"] = machine.measure_peaks(DEVICE, clock=_clock())
         LOAD["loadavg_end"] = machine.load_average()
 
 
