@@ -4,8 +4,9 @@
 - the reference cross network's formulation (fwd+bwd): the per-layer ``weight[layer]``
   indexing it replaced, and a candidate with fewer unfused elementwise ops (sets as the batch
   of ``baddbmm`` for ``x W^T + b``, then one ``addcmul`` for ``x0 * h + x``);
-- an ME-DCNv2 x4 training step: with torch's ``nn.Dropout`` instead of fastme's CPU dropout
-  mask, and with torch's default (unfused) Adam instead of the fused one.
+- ReLU + dropout: torch's ``nn.Dropout`` against fastme's CPU dropout mask;
+- one Adam step over 11.8M parameters: torch's default (unfused) Adam against the fused one;
+- an ME-DCNv2 x4 training step with each of those two choices undone.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 
 import bench_cross_network
 import costs
+import fastme.models
 import bench_training
 import harness
 from fastme.models.layers import Dropout
@@ -136,6 +138,46 @@ class DropoutCase(harness.Case):
         return harness.Runner(call=runner.call, pool=data.pool, check=check)
 
 
+@dataclass(frozen=True)
+class AdamStepCase(harness.Case):
+    """One Adam step (lr 1e-3, weight decay 1e-6) over the parameters of an ME-DCNv2 x1 at
+    Criteo's full cardinalities (11.8M parameters), from fixed gradients."""
+    kind = "op"
+    id = "adam-step-dcnv2-criteo-x1"
+    title = "Adam step, ME-DCNv2 x1 parameters at full Criteo size"
+
+    def variants(self) -> list[str]:
+        return [harness.BASELINE, "adam_unfused"]
+
+    def prepare(self) -> harness.CaseData:
+        torch.manual_seed(0)
+        model = fastme.models.build("dcnv2", harness.CRITEO_FIELD_DIMS, 1, multi=True,
+                                    backend="reference").to(harness.DEVICE)
+        n = sum(p.numel() for p in model.parameters())
+        # read parameter, gradient and both moments, write parameter and moments
+        return harness.CaseData(pool=[None], tol=1e-5, extra={"model": model},
+                                cost=costs.Cost(7 * 4 * n, 0))
+
+    def runner(self, variant: str, data: harness.CaseData) -> harness.Runner:
+        g = torch.Generator(device=harness.DEVICE).manual_seed(1)
+        params = [p.detach().clone().requires_grad_() for p in data.extra["model"].parameters()]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g, device=harness.DEVICE) * 1e-3
+        fused = True if variant == "eager" else None  # None: torch's default implementation
+        optimizer = torch.optim.Adam(params, lr=bench_training.LR,
+                                     weight_decay=bench_training.WEIGHT_DECAY, fused=fused)
+
+        def check():
+            fresh = [p.detach().clone().requires_grad_() for p in params]
+            for f, p in zip(fresh, params):
+                f.grad = p.grad
+            torch.optim.Adam(fresh, lr=bench_training.LR, weight_decay=bench_training.WEIGHT_DECAY,
+                             fused=fused).step()
+            return {"out": torch.cat([f.detach().reshape(-1) for f in fresh])}
+
+        return harness.Runner(call=lambda _: optimizer.step(), pool=[None], check=check)
+
+
 def _with_torch_dropout(model: nn.Module) -> nn.Module:
     for module in list(model.modules()):
         for name, child in module.named_children():
@@ -177,7 +219,7 @@ class StepAblationCase(bench_training.ModelCase):
 
 
 CASES = [CrossFormulationCase(4, True, False), CrossFormulationCase(1, True, False, 40),
-         DropoutCase(4 * 400), StepAblationCase("dcnv2", 4, True)]
+         DropoutCase(4 * 400), AdamStepCase(), StepAblationCase("dcnv2", 4, True)]
 
 
 @pytest.mark.parametrize("case", harness.params(CASES))
