@@ -1,15 +1,230 @@
 """One training step (forward, backward, Adam) and one inference forward of ME-DCNv2, ME-NFwFM
-and ME-DNN at scales 1, 4 and 10."""
+and ME-DNN at scales 1, 4 and 10; ME-DCNv2's step also against the paper code's way of writing
+it (one nn.Embedding per set, a Python loop over sets, nn.Linear cross layers, sigmoid +
+BCELoss, torch's default Adam)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
 
 import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
 
+import costs
+import fastme.models
 import harness
+from bench_cross_network import PaperStyleCross
+from harness import DEVICE, FIELD_DIMS, MODEL_BATCH, NUM_FIELDS
 
-CASES = [harness.ModelCase(model, scale, train)
-         for model in harness.BENCH_MODELS for train in (True, False)
-         for scale in harness.MODEL_SCALES]
+BENCH_MODELS = {"dcnv2": "ME-DCNv2", "nfwfm": "ME-NFwFM", "dnn": "ME-DNN"}
+PAPER_STYLE = {"paper_style": "the paper code's ME-DCNv2: one nn.Embedding per set, Python loop "
+                              "over sets, nn.Linear cross layers, sigmoid + BCELoss, default Adam"}
+LR, WEIGHT_DECAY = 1e-3, 1e-6  # the paper's Adam
 
 
-@pytest.mark.parametrize(("case", "variant"), harness.params(CASES))
-def test_model(benchmark, case, variant):
-    harness.run(benchmark, case, variant)
+def fastme_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer fastme.train builds: Adam with coupled L2, the fused kernel (CPU and CUDA)."""
+    return torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
+
+
+def _loss(model, logits, y):
+    loss = F.binary_cross_entropy_with_logits(logits, y)
+    reg = model.regularization_loss()
+    return loss if reg is None else loss + reg
+
+
+def _block(in_dim, out_dim, dropout):
+    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.BatchNorm1d(out_dim), nn.ReLU(),
+                         nn.Dropout(dropout))
+
+
+class PaperStyleMEDCNv2(nn.Module):
+    """ME-DCNv2 as the paper's code writes it (see the module docstring); logits out."""
+
+    def __init__(self, field_dims, num_sets, embed_dim=10, layers=4, hidden=400, dropout=0.2):
+        super().__init__()
+        dims = torch.tensor(field_dims)
+        self.register_buffer("offsets", torch.cumsum(dims, 0) - dims)
+        rows, d = int(dims.sum()), len(field_dims) * embed_dim
+        self.embeddings = nn.ModuleList(nn.Embedding(rows, embed_dim) for _ in range(num_sets))
+        for e in self.embeddings:
+            nn.init.xavier_uniform_(e.weight)
+        self.cross = nn.ModuleList(PaperStyleCross(d, layers) for _ in range(num_sets))
+        self.projections = nn.ModuleList(_block(d, hidden, dropout) for _ in range(num_sets))
+        self.mlp = nn.Sequential(_block(hidden, hidden, dropout), nn.Linear(hidden, 1))
+
+    def forward(self, x):
+        x = x + self.offsets
+        outs = []
+        for emb, cross, projection in zip(self.embeddings, self.cross, self.projections):
+            e = emb(x).view(x.shape[0], -1)
+            outs.append(projection(cross(e)))
+        return self.mlp(torch.stack(outs, 1).mean(1)).squeeze(1)
+
+    @torch.no_grad()
+    def copy_from(self, model) -> None:
+        """Take a fastme ME-DCNv2's weights (so both compute the same function)."""
+        hidden = self.mlp[1].in_features
+        block = model.projection.block
+        for m, (emb, cross, proj) in enumerate(zip(self.embeddings, self.cross,
+                                                   self.projections)):
+            emb.weight.copy_(model.embedding.weight[:, m])
+            for layer, lin in enumerate(cross.layers):
+                lin.weight.copy_(model.cross_weight[layer, m])
+                lin.bias.copy_(model.cross_bias[layer, m])
+            proj[0].weight.copy_(block.linear.weight[m])
+            proj[0].bias.copy_(block.linear.bias[m])
+            part = slice(m * hidden, (m + 1) * hidden)
+            proj[1].weight.copy_(block.norm.weight[part])
+            proj[1].bias.copy_(block.norm.bias[part])
+        self.mlp[0].load_state_dict(model.head.block.state_dict())
+        self.mlp[1].load_state_dict(model.head.out.state_dict())
+
+    def grads_as_fastme(self, grads: dict) -> dict:
+        """Gradients of the shared parameters under fastme's names and layouts."""
+        sets = range(len(self.embeddings))
+        layers = range(len(self.cross[0].layers))
+        return {
+            "grad_embedding.weight": torch.stack([grads[f"embeddings.{m}.weight"] for m in sets], 1),
+            "grad_cross_weight": torch.stack([torch.stack(
+                [grads[f"cross.{m}.layers.{l}.weight"] for m in sets]) for l in layers]),
+            "grad_cross_bias": torch.stack([torch.stack(
+                [grads[f"cross.{m}.layers.{l}.bias"] for m in sets]) for l in layers]),
+        }
+
+
+def _without_dropout(model, fn):
+    """Run ``fn`` with every dropout off: its masks depend on how random numbers are drawn
+    (compiled code draws them differently), so only without it do all variants compute the same
+    function. BatchNorm stays in training mode."""
+    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    for m in dropouts:
+        m.eval()
+    try:
+        return fn()
+    finally:
+        for m in dropouts:
+            m.train()
+
+
+@dataclass(frozen=True)
+class ModelCase(harness.Case):
+    model: str
+    scale: int
+    train: bool
+    kind = "model"
+
+    @property
+    def peers(self) -> dict:
+        return PAPER_STYLE if self.model == "dcnv2" and self.train else {}
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-x{self.scale}-{'train' if self.train else 'infer'}"
+
+    @property
+    def title(self) -> str:
+        return f"{BENCH_MODELS[self.model]} x{self.scale} {'train step' if self.train else 'inference'}"
+
+    def variants(self) -> list[str]:
+        return [*harness.own_variants(), *self.peers]
+
+    def prepare(self) -> harness.CaseData:
+        torch.manual_seed(0)
+        model = fastme.models.build(self.model, FIELD_DIMS, self.scale, multi=True,
+                                    backend="reference").to(DEVICE)
+
+        def batch(seed):
+            g = torch.Generator(device=DEVICE).manual_seed(seed)
+            y = torch.rand(MODEL_BATCH, generator=g, device=DEVICE).round()
+            return harness.random_indices(g, MODEL_BATCH), y
+
+        pool = harness.build_pool(batch, harness.tensor_bytes)
+        # 1e-2: besides TF32 kernels on CUDA, torch.compile's float32 code for this BatchNorm
+        # network gives gradients a few 1e-3 off the float64 truth on a CPU (eager: 1e-6).
+        return harness.CaseData(pool=pool, tol=1e-2, extra={"model": model},
+                                cost=costs.model_step(model, MODEL_BATCH, train=self.train))
+
+    def runner(self, variant: str, data: harness.CaseData) -> harness.Runner:
+        if variant == "paper_style":
+            return self._paper_style(data)
+        model = copy.deepcopy(data.extra["model"])  # every variant starts from the same weights
+        model.backend = "reference" if variant in ("eager", "compile") else variant
+        optimizer = fastme_optimizer(model) if self.train else None
+        return self.fastme_runner(model, optimizer, data, compile=variant == "compile")
+
+    def fastme_runner(self, model, optimizer, data: harness.CaseData,
+                      compile: bool = False) -> harness.Runner:
+        """The step (or inference) of a fastme model, optionally through torch.compile."""
+        forward = harness.compiled(model) if compile else model
+        if not self.train:
+            model.eval()
+
+            def infer(s):
+                with torch.no_grad():
+                    return forward(s[0])
+
+            return harness.Runner(call=infer, pool=data.pool,
+                                  check=lambda: {"out": infer(data.pool[0])})
+
+        def step(s):
+            x, y = s
+            optimizer.zero_grad(set_to_none=True)
+            loss = _loss(model, forward(x), y)
+            loss.backward()
+            optimizer.step()
+            return loss
+
+        def check():
+            # One forward+backward without the optimizer step, from the shared weights.
+            def grads():
+                x, y = data.pool[0]
+                logits = forward(x)
+                loss = _loss(model, logits, y)
+                names, params = zip(*model.named_parameters())
+                g = torch.autograd.grad(loss, params)
+                return {"out": logits, "loss": loss,
+                        **{f"grad_{n}": t for n, t in zip(names, g)}}
+            return _without_dropout(model, grads)
+
+        return harness.Runner(call=step, pool=data.pool, check=check)
+
+    def _paper_style(self, data: harness.CaseData) -> harness.Runner:
+        source = data.extra["model"]
+        model = PaperStyleMEDCNv2(source.field_dims, source.num_sets, source.embed_dim,
+                                  source.cross_weight.shape[0], source.hidden_dim,
+                                  source.dropout).to(DEVICE)
+        model.copy_from(source)
+        optimizer = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+
+        def step(s):
+            x, y = s
+            optimizer.zero_grad()
+            loss = F.binary_cross_entropy(torch.sigmoid(model(x)), y)
+            loss.backward()
+            optimizer.step()
+            return loss
+
+        def check():
+            def grads():
+                x, y = data.pool[0]
+                logits = model(x)
+                loss = F.binary_cross_entropy(torch.sigmoid(logits), y)
+                names, params = zip(*model.named_parameters())
+                g = dict(zip(names, torch.autograd.grad(loss, params)))
+                return {"out": logits, "loss": loss, **model.grads_as_fastme(g)}
+            return _without_dropout(model, grads)
+
+        return harness.Runner(call=step, pool=data.pool, check=check)
+
+
+CASES = [ModelCase(model, scale, train)
+         for model in BENCH_MODELS for train in (True, False) for scale in harness.MODEL_SCALES]
+
+
+@pytest.mark.parametrize("case", harness.params(CASES))
+def test_model(benchmark, case):
+    harness.run(benchmark, case)

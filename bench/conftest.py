@@ -7,6 +7,7 @@ collected by the hook below whenever bench/ itself is collected.
 
 from __future__ import annotations
 
+import json
 import pathlib
 import sys
 
@@ -36,12 +37,20 @@ def pytest_collect_file(file_path, parent):
     return None
 
 
-def pytest_benchmark_update_json(config, benchmarks, output_json):
-    output_json["fastme"] = harness.run_metadata()
+def pytest_addoption(parser):
+    parser.addoption("--fastme-record", default=str(BENCH_DIR / "records" / "latest.json"),
+                     help="where to write this run's record (JSON; default bench/records/"
+                          "latest.json); render_results.py and plot_results.py read it")
 
 
-def pytest_terminal_summary(terminalreporter):
-    if not harness.RESULTS and not harness.UNAVAILABLE:
+def pytest_terminal_summary(terminalreporter, config):
+    if not harness.RECORDS and not harness.UNAVAILABLE:
         return
+    harness.finish_run()  # the peak probe again, the load average: did the machine stay quiet?
+    data = harness.record()
+    path = pathlib.Path(config.getoption("--fastme-record"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
     terminalreporter.write_sep("=", "fastme benchmark summary")
-    terminalreporter.write_line(render_results.summary(harness.run_metadata(), harness.RESULTS))
+    terminalreporter.write_line(render_results.summary(data))
+    terminalreporter.write_line(f"\nrecord written to {path}")

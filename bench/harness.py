@@ -1,37 +1,40 @@
-"""What every bench_*.py shares: sizes, input pools, the variants measured for a case, the
-correctness check, timing, the device-peak probe and the run's results.
+"""The runner every bench_*.py shares: device and sizes, input pools, the correctness check,
+interleaved timing, the machine checks and the run's record.
 
-A *case* is one thing to time (an op forward, an op forward+backward, a model's training step or
-inference). A *variant* is one way of computing it: ``eager`` (the reference backend), ``compile``
-(``torch.compile`` of the reference), every kernel backend that ``fastme.ops.available_backends``
-lists for the device (Triton only on CUDA: its CPU interpreter is a correctness tool), and
-``fbgemm`` for the plain lookup when ``fbgemm_gpu`` imports. See bench/README.md.
+A *case* is one thing to time (an op forward, an op forward+backward, a model's training step).
+Each bench_<op>.py defines its cases (a subclass of :class:`Case`: inputs, output shape, cost,
+tolerance, title, and the variants that compute it). A *variant* is one way of computing a case:
+fastme's ``eager`` reference, ``compile`` (``torch.compile`` of it), every kernel backend that
+``fastme.ops.available_backends`` lists for the device (Triton only on CUDA: its CPU interpreter
+is a correctness tool), and outside peers (FBGEMM, TorchRec, DeepCTR-Torch, the paper's code
+style), each named in the table. See bench/README.md.
+
+All variants of one case are timed in the same stretch of time, interleaved: round r runs every
+variant once (a batch of calls), in an order rotated by r, so a change of machine load hits all
+of them alike. Each round gives a per-call time per variant and, per round, the ratio of every
+variant to the baseline (``eager``). A row names a winner only when every round's ratio lies on
+the same side of 1 (render_results.py).
 """
 
 from __future__ import annotations
 
-import copy
-import functools
 import gc
-import itertools
+import importlib.metadata
 import math
 import os
 import platform
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import costs
 import fastme
-import fastme.models
+import machine
 from fastme import ops
-from fastme.ops import reference
 
 # ---- device and sizes ------------------------------------------------------------------------
 
@@ -55,7 +58,6 @@ OP_BATCH = 4096 if FULL else 256
 MODEL_BATCH = 4096 if FULL else 256
 OP_SETS = (1, 4, 10) if FULL else (4,)  # M for the op cases
 MODEL_SCALES = (1, 4, 10)  # ME scale: M sets of the backbone's base size
-BENCH_MODELS = {"dcnv2": "ME-DCNv2", "nfwfm": "ME-NFwFM", "dnn": "ME-DNN"}
 
 # A pool holds enough independent input sets that, rotated call after call, they cover this many
 # times the last-level cache (L2 on a GPU), so no call finds its inputs already cached.
@@ -63,17 +65,29 @@ POOL_CACHE_MULTIPLE = 3
 POOL_MIN, POOL_MAX = 2, 16
 CPU_CACHE_BYTES = 32 * 2**20  # assumed last-level cache on a CPU
 
-# CUDA-event timing: repeats sized to about this many seconds of measured time, within bounds.
-CUDA_TIME_BUDGET_S = 1.0
-CUDA_MIN_REPS, CUDA_MAX_REPS = 50, 1000
-CUDA_MIN_WARMUP = 10
+# Interleaved timing: ROUNDS rounds; in each, every variant runs a batch of calls lasting about
+# ROUND_SECONDS (at least one call). More rounds narrow the ratio intervals, at the cost of time.
+ROUNDS = int(os.environ.get("FASTME_BENCH_ROUNDS", "7"))
+ROUND_SECONDS = float(os.environ.get("FASTME_BENCH_ROUND_SECONDS",
+                                     "0.1" if DEVICE.type == "cuda" else "0.03"))
+WARMUP_CALLS = 3 if DEVICE.type == "cpu" else 10
+# On a CPU, "wall" times the elapsed time; "cpu" this process's CPU time (all its threads), which
+# on a machine shared with other work leaves out the time spent waiting for a core. With one
+# torch thread (FASTME_BENCH_THREADS=1) it is then close to the work done; with several it also
+# counts the threads' spin-waiting. CUDA cases always use CUDA events.
+CLOCK = os.environ.get("FASTME_BENCH_CLOCK", "wall")
+if CLOCK not in ("wall", "cpu"):
+    raise ValueError(f"FASTME_BENCH_CLOCK must be 'wall' or 'cpu', got {CLOCK!r}")
+if os.environ.get("FASTME_BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["FASTME_BENCH_THREADS"]))
 
-PEERS = ("eager", "compile")
-OPTIONAL_PEERS = ("compile", "fbgemm")  # if these fail to build or run: "unavailable", no error
-
-# Bounds checks cost a device->host sync per call ('error' mode); inputs here are generated in
-# range, and tuned training loops run with the check off, so every variant runs without it.
-ops.set_bounds_check("off")
+BASELINE = "eager"
+# Variants that may fail to build or run here (missing package, no compiler): "unavailable",
+# with the reason, instead of an error. fastme's own variants must run.
+OWN_VARIANTS = ("eager",)
+# Comma-separated variant names to time (others are skipped); default all.
+ONLY_VARIANTS = tuple(v for v in os.environ.get("FASTME_BENCH_VARIANTS", "").split(",") if v)
+REQUIRE_QUIET = os.environ.get("FASTME_BENCH_REQUIRE_QUIET", "") == "1"
 
 
 def cache_bytes() -> int:
@@ -87,170 +101,115 @@ def pool_size(set_bytes: int) -> int:
     return max(POOL_MIN, min(POOL_MAX, want))
 
 
+def build_pool(make: Callable[[int], Any], nbytes: Callable[[Any], int]) -> list:
+    """Input sets ``make(0), make(1), ...``: as many as :func:`pool_size` asks for."""
+    first = make(0)
+    return [first] + [make(seed) for seed in range(1, pool_size(nbytes(first)))]
+
+
+def tensor_bytes(item) -> int:
+    values = item.values() if isinstance(item, dict) else item
+    return sum(t.nbytes for t in values if isinstance(t, torch.Tensor))
+
+
 def kernel_backends() -> list[str]:
     """Kernel backends to measure here: Triton only on CUDA (never the CPU interpreter)."""
     return [b for b in ops.available_backends(DEVICE)
             if b != "reference" and (b != "triton" or DEVICE.type == "cuda")]
 
 
+def random_indices(g: torch.Generator, batch: int) -> torch.Tensor:
+    """[batch, N] per-field indices, uniform within each field's cardinality."""
+    dims = torch.tensor(FIELD_DIMS, device=DEVICE)
+    # float64 so that u * d never rounds up to d: indices stay inside their field
+    u = torch.rand(batch, NUM_FIELDS, generator=g, device=DEVICE, dtype=torch.float64)
+    return (u * dims).long()
+
+
+def field_offsets() -> torch.Tensor:
+    dims = torch.tensor(FIELD_DIMS, device=DEVICE)
+    return torch.cumsum(dims, 0) - dims
+
+
 class Unavailable(Exception):
-    """This variant cannot run this case here (reported in the summary, the test is skipped)."""
+    """This variant cannot run this case here (reported in the summary and the record)."""
 
 
-# ---- the run's results -----------------------------------------------------------------------
-
-RESULTS: list[dict] = []  # one per timed (case, variant)
-UNAVAILABLE: list[dict] = []  # one per skipped (case, variant), with the reason
-
-
-@functools.lru_cache(maxsize=None)
-def device_peaks() -> dict:
-    """Peak memory bandwidth (large copy) and matmul throughput, measured once per run."""
-    cuda = DEVICE.type == "cuda"
-    n_copy = (256 if cuda else 64) * 2**20  # floats: 1 GiB per buffer on a GPU, 256 MiB on a CPU
-    src = torch.empty(n_copy, device=DEVICE).uniform_()
-    dst = torch.empty_like(src)
-    copy_s = _median_seconds(lambda: dst.copy_(src))
-    peaks = {"copy_bytes": 2 * src.nbytes, "copy_gbps": 2 * src.nbytes / copy_s / 1e9}
-    del src, dst
-    n = 8192 if cuda else 2048
-    a, b = (torch.randn(n, n, device=DEVICE) for _ in range(2))
-    out = torch.empty_like(a)
-    peaks["matmul_n"] = n
-    peaks["matmul_fp32_tflops"] = 2 * n**3 / _median_seconds(lambda: torch.mm(a, b, out=out)) / 1e12
-    peaks["matmul_tf32_tflops"] = None
-    if cuda:  # the fastest float32-input matmul the device has: tensor cores in TF32
-        saved = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = True
-        try:
-            peaks["matmul_tf32_tflops"] = (
-                2 * n**3 / _median_seconds(lambda: torch.mm(a, b, out=out)) / 1e12)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = saved
-    peaks["peak_gbps"] = peaks["copy_gbps"]
-    peaks["peak_tflops"] = max(v for v in (peaks["matmul_fp32_tflops"],
-                                           peaks["matmul_tf32_tflops"]) if v is not None)
-    return peaks
+def require(module: str, what: str):
+    """Import an outside peer's module, or say why the variant is unavailable."""
+    try:
+        return __import__(module, fromlist=["_"])
+    except Exception as exc:  # not installed, or built for another torch
+        raise Unavailable(f"{what} not importable ({type(exc).__name__}); "
+                          f"pip install -e '.[bench]' (bench/README.md)") from None
 
 
-def run_metadata() -> dict:
-    """Device, versions, sizes and peaks of this run (written into the JSON, rendered on top)."""
-    if DEVICE.type == "cuda":
-        device = torch.cuda.get_device_name(DEVICE)
-    else:
-        cpu = platform.processor() or platform.machine()
-        device = f"CPU ({cpu}, {torch.get_num_threads()} threads)"
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "fastme": fastme.__version__}
-    if torch.version.cuda:
-        versions["cuda"] = torch.version.cuda
-    for name in ("triton", "fbgemm_gpu", "pytest_benchmark"):
-        try:
-            versions[name] = __import__(name).__version__
-        except Exception:  # not installed, or fails to load: simply not part of this run
-            pass
-    return {
-        "device": device,
-        "device_type": DEVICE.type,
-        "full_shapes": FULL,
-        "versions": versions,
-        "settings": {
-            "fields": NUM_FIELDS, "rows": NUM_ROWS, "embed_dim": EMBED_DIM,
-            "cross_layers": CROSS_LAYERS, "op_batch": OP_BATCH, "model_batch": MODEL_BATCH,
-            "op_sets": list(OP_SETS), "model_scales": list(MODEL_SCALES),
-            "kernel_backends": kernel_backends(), "bounds_check": ops.get_bounds_check(),
-            "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-            "timing": "CUDA events, median" if DEVICE.type == "cuda"
-                      else "pytest-benchmark rounds, median",
-        },
-        "peaks": device_peaks() if RESULTS else None,
-        "unavailable": list(UNAVAILABLE),
-    }
+# ---- cases -----------------------------------------------------------------------------------
+
+@dataclass
+class CaseData:
+    """What a case's variants share: input pool, the reference result, cost, tolerance."""
+    pool: list
+    cost: costs.Cost
+    tol: float
+    expected: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # case-specific (e.g. the model all variants copy)
 
 
-# ---- timing ----------------------------------------------------------------------------------
-
-_event_clock_now = 0.0
-
-
-def cuda_event_clock() -> float:
-    """pytest-benchmark timer for CUDA cases: reads 0 before a round, the round's CUDA-event
-    duration after it.
-
-    The times are measured first (see ``_cuda_event_times``), then replayed through
-    ``benchmark.pedantic`` so that pytest-benchmark's statistics and JSON hold them exactly.
-    """
-    return _event_clock_now
+@dataclass
+class Runner:
+    """One variant of one case: ``call`` is what gets timed (one item of ``pool`` per call);
+    ``check`` returns named tensors to compare with the reference's tensors of the same name."""
+    call: Callable[[Any], Any]
+    pool: list
+    check: Callable[[], dict]
 
 
-def _set_event_clock(seconds: float) -> None:
-    global _event_clock_now
-    _event_clock_now = seconds
+class Case:
+    """One thing to time. Subclasses (one family per bench_<op>.py) define ``id``, ``title``,
+    ``kind`` ("op" or "model"), :meth:`variants`, :meth:`prepare` and :meth:`runner`."""
+
+    id: str
+    title: str
+    kind: str
+    #: variant name -> what it is, for outside peers (shown in the table)
+    peers: dict[str, str] = {}
+
+    def variants(self) -> list[str]:
+        raise NotImplementedError
+
+    def prepare(self) -> CaseData:
+        """Build the inputs and the cost; ``run`` fills ``expected`` from the baseline."""
+        raise NotImplementedError
+
+    def runner(self, variant: str, data: CaseData) -> Runner:
+        raise NotImplementedError
 
 
-def _cuda_event_times(call: Callable[[Any], Any], pool: list) -> list[float]:
-    """Per-call GPU time in seconds: warm-up, then many calls, each bracketed by CUDA events.
-
-    Calls rotate through ``pool`` so no call finds its inputs in L2 from the previous one. Events
-    are read only after the last call, so the host never stalls the queue between calls.
-    """
-    n = len(pool)
-    for i in range(max(n, CUDA_MIN_WARMUP)):  # every input set at least once: compiles, autotunes
-        call(pool[i % n])
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    probe = 5
-    for i in range(probe):
-        call(pool[i % n])
-    end.record()
-    end.synchronize()
-    estimate = start.elapsed_time(end) / 1e3 / probe
-    reps = int(min(CUDA_MAX_REPS, max(CUDA_MIN_REPS, CUDA_TIME_BUDGET_S / max(estimate, 1e-7))))
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for r in range(reps):
-        starts[r].record()
-        call(pool[r % n])
-        ends[r].record()
-    torch.cuda.synchronize()
-    return [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
+def own_variants() -> list[str]:
+    """fastme's variants of every case: the eager reference, its torch.compile, the kernels."""
+    return [BASELINE, "compile", *kernel_backends()]
 
 
-def _median_seconds(fn: Callable[[], Any]) -> float:
-    """Median time of ``fn`` for the peak probe (CUDA events on a GPU, wall clock on a CPU)."""
-    if DEVICE.type == "cuda":
-        return statistics.median(_cuda_event_times(lambda _: fn(), [None]))
-    fn()
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def op_runner(fn: Callable, args: tuple[str, ...], pool: list, backward: bool) -> Runner:
+    """Runner of an op ``fn(*(item[a] for a in args))`` over ``pool``: forward, or forward and
+    ``torch.autograd.grad`` of every differentiable input against the item's ``grad_out`` (so no
+    gradient accumulates between calls). Checked tensors: ``out`` and ``grad_<arg>``."""
+
+    def call(item):
+        out = fn(*(item[a] for a in args))
+        if not backward:
+            return {"out": out}
+        leaves = [a for a in args if item[a] is not None and item[a].requires_grad]
+        grads = torch.autograd.grad(out, [item[a] for a in leaves], item["grad_out"])
+        return {"out": out, **{f"grad_{a}": g for a, g in zip(leaves, grads)}}
+
+    return Runner(call=call, pool=pool, check=lambda: call(pool[0]))
 
 
-def measure(benchmark, call: Callable[[Any], Any], pool: list) -> float | None:
-    """Time ``call`` over the rotating ``pool``; returns the median seconds per call (None when
-    pytest-benchmark is disabled: the case then only runs its correctness check)."""
-    if not benchmark.enabled:
-        benchmark(call, pool[0])  # disabled: pytest-benchmark just runs it once
-        return None
-    if DEVICE.type == "cuda":
-        times = _cuda_event_times(call, pool)
-        replay = iter(times)
-        benchmark.pedantic(lambda: _set_event_clock(next(replay)),
-                           setup=lambda: _set_event_clock(0.0),
-                           rounds=len(times), iterations=1, warmup_rounds=0)
-        median = float(benchmark.stats["median"])
-        if median != statistics.median(times):
-            raise RuntimeError("pytest-benchmark did not time with harness.cuda_event_clock; "
-                               "CUDA cases must be parametrized through harness.params()")
-        return median
-    items = itertools.cycle(pool)
-    call(next(items))  # warm-up outside pytest-benchmark's calibration (e.g. a recompile)
-    benchmark(lambda: call(next(items)))
-    return float(benchmark.stats["median"])
+def compiled(fn):
+    torch._dynamo.reset()  # a fresh compile per case: static shapes, no recompile limit
+    return torch.compile(fn, dynamic=False)
 
 
 # ---- correctness -----------------------------------------------------------------------------
@@ -258,365 +217,224 @@ def measure(benchmark, call: Callable[[Any], Any], pool: list) -> float | None:
 NEGLIGIBLE = 1e-4  # relative to the largest reference norm of a check
 
 
-def mismatches(got, expected, tol: float) -> list[str]:
-    """Outputs of ``got`` that differ from ``expected``: relative Frobenius error above ``tol``.
+def mismatches(got: dict, expected: dict, tol: float) -> list[str]:
+    """Tensors of ``got`` that differ from ``expected``'s of the same name: relative Frobenius
+    error above ``tol``. A variant may check a subset of the names (an outside peer has no
+    counterpart of some parameters), but always ``out``.
 
     A reference tensor whose norm is below NEGLIGIBLE times the largest reference norm of the
     check (e.g. the gradient of a bias that BatchNorm cancels: zero in exact arithmetic, rounding
     noise in practice) is compared absolutely instead: |got - ref| must stay below that bound.
     """
-    if len(got) != len(expected):
-        return [f"{len(got)} outputs, the reference has {len(expected)}"]
-    floor = NEGLIGIBLE * max((float(e.detach().float().norm()) for e in expected), default=0.0)
+    if "out" not in got:
+        return ["no 'out' tensor to compare"]
+    unknown = sorted(set(got) - set(expected))
+    if unknown:
+        return [f"the reference has no {', '.join(unknown)}"]
+    floor = NEGLIGIBLE * max((float(e.detach().float().norm()) for e in expected.values()),
+                             default=0.0)
     bad = []
-    for i, (g, e) in enumerate(zip(got, expected)):
+    for name, g in got.items():
+        e = expected[name]
         if tuple(g.shape) != tuple(e.shape):
-            bad.append(f"output {i}: shape {tuple(g.shape)}, reference {tuple(e.shape)}")
+            bad.append(f"{name}: shape {tuple(g.shape)}, reference {tuple(e.shape)}")
             continue
         g, e = g.detach().float(), e.detach().float()
         diff, ref = float((g - e).norm()), float(e.norm())
         if ref <= floor:
             if not diff <= floor:  # `not <=` also catches NaN
-                bad.append(f"output {i} {tuple(e.shape)}: |got - ref| = {diff:.2e} where the "
+                bad.append(f"{name} {tuple(e.shape)}: |got - ref| = {diff:.2e} where the "
                            f"reference is ~0 (|ref| = {ref:.1e} <= {floor:.1e})")
         elif not diff / ref <= tol:
-            bad.append(f"output {i} {tuple(e.shape)}: relative error {diff / ref:.2e} > {tol:.0e}")
+            bad.append(f"{name} {tuple(e.shape)}: relative error {diff / ref:.2e} > {tol:.0e}")
     return bad
 
 
-# ---- cases -----------------------------------------------------------------------------------
+# ---- interleaved timing ----------------------------------------------------------------------
 
-@dataclass
-class CaseData:
-    """Everything a case's variants share: inputs, the reference result, the cost."""
-    pool: list
-    expected: tuple
-    cost: costs.Cost
-    tol: float
-    model: nn.Module | None = None
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
-@dataclass
-class Runner:
-    """One variant of one case: ``call`` is what gets timed, ``check`` gives the tensors compared
-    with the reference (same order and layout as the reference's)."""
-    call: Callable[[Any], Any]
-    pool: list
-    check: Callable[[], tuple]
+def _clock():
+    return time.process_time if CLOCK == "cpu" else time.perf_counter
 
 
-_OP_ARGS = {
-    "multi_embedding_lookup": ("table", "indices", "offsets"),
-    "pooled_lookup": ("table", "indices", "offsets", "field_weights"),
-    "cross_network": ("x0", "weight", "bias"),
-    "lookup_cross_network": ("table", "indices", "offsets", "weight", "bias"),
-}
-_OP_SHORT = {"multi_embedding_lookup": "lookup", "cross_network": "cross",
-             "lookup_cross_network": "lookup_cross"}
+def _timed_calls(runner: Runner, calls: int, start: int) -> float:
+    """Seconds per call of ``calls`` calls (pool items from ``start`` on)."""
+    pool, n = runner.pool, len(runner.pool)
+    if DEVICE.type == "cuda":
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for i in range(calls):
+            runner.call(pool[(start + i) % n])
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) / 1e3 / calls
+    clock = _clock()
+    t0 = clock()
+    for i in range(calls):
+        runner.call(pool[(start + i) % n])
+    return (clock() - t0) / calls
 
 
-@dataclass(frozen=True)
-class OpCase:
-    op: str
-    sets: int
-    backward: bool
-    weighted: bool = False  # pooled_lookup only: field-weighted (FwFM) instead of FM pooling
+def interleaved(runners: dict[str, Runner], rounds: int = ROUNDS,
+                round_seconds: float = ROUND_SECONDS) -> dict[str, list[float]]:
+    """Per-call seconds of every variant in each of ``rounds`` rounds, variants interleaved.
 
-    @property
-    def id(self) -> str:
-        if self.op == "pooled_lookup":
-            short = "fwfm" if self.weighted else "fm"
-        else:
-            short = _OP_SHORT[self.op]
-        return f"{short}-{'fwdbwd' if self.backward else 'fwd'}-M{self.sets}"
-
-    @property
-    def title(self) -> str:
-        pooling = (" FwFM" if self.weighted else " FM") if self.op == "pooled_lookup" else ""
-        return f"{self.op}{pooling} {'fwd+bwd' if self.backward else 'fwd'} M={self.sets}"
-
-    @property
-    def kind(self) -> str:
-        return "op"
-
-    def variants(self) -> list[str]:
-        extra = ["fbgemm"] if self.op == "multi_embedding_lookup" else []
-        return [*PEERS, *kernel_backends(), *extra]
-
-    def out_shape(self) -> tuple[int, ...]:
-        B, N, M, K = OP_BATCH, NUM_FIELDS, self.sets, EMBED_DIM
-        return {"multi_embedding_lookup": (B, M, N, K), "pooled_lookup": (B, M, K)}.get(
-            self.op, (B, M, N * K))
-
-    def cost(self) -> costs.Cost:
-        B, N, M, K, L, R = OP_BATCH, NUM_FIELDS, self.sets, EMBED_DIM, CROSS_LAYERS, NUM_ROWS
-        if self.op == "multi_embedding_lookup":
-            return costs.multi_embedding_lookup(B, N, M, K, R, backward=self.backward)
-        if self.op == "pooled_lookup":
-            return costs.pooled_lookup(B, N, M, K, R, weighted=self.weighted,
-                                       backward=self.backward)
-        if self.op == "cross_network":
-            return costs.cross_network(B, M, N * K, L, backward=self.backward)
-        return costs.lookup_cross_network(B, N, M, K, L, R, backward=self.backward)
-
-    def tolerance(self) -> float:
-        # A pure gather is exact; reductions and matmuls may run in another order, and on CUDA a
-        # kernel may use TF32 tensor cores. A real bug gives errors of order 1e-1 or more.
-        if self.op == "multi_embedding_lookup":
-            return 1e-4
-        return 1e-2 if DEVICE.type == "cuda" else 1e-4
-
-    def inputs(self, seed: int) -> dict:
-        g = torch.Generator(device=DEVICE).manual_seed(seed)
-        B, N, M, K, L = OP_BATCH, NUM_FIELDS, self.sets, EMBED_DIM, CROSS_LAYERS
-        D = N * K
-        grad = self.backward
-
-        def randn(*shape, scale=1.0, leaf=False):
-            t = torch.randn(*shape, generator=g, device=DEVICE) * scale
-            return t.requires_grad_(grad and leaf)
-
-        x: dict[str, torch.Tensor | None] = {}
-        if self.op != "cross_network":
-            dims = torch.tensor(FIELD_DIMS, device=DEVICE)
-            x["table"] = randn(NUM_ROWS, M, K, scale=0.1, leaf=True)
-            # float64 so that u * d never rounds up to d: indices stay inside their field
-            u = torch.rand(B, N, generator=g, device=DEVICE, dtype=torch.float64)
-            x["indices"] = (u * dims).long()
-            x["offsets"] = torch.cumsum(dims, 0) - dims
-        if self.op == "pooled_lookup":
-            x["field_weights"] = randn(M, N, N, leaf=True) if self.weighted else None
-        if self.op == "cross_network":
-            x["x0"] = randn(B, M, D, scale=0.1, leaf=True)
-        if self.op in ("cross_network", "lookup_cross_network"):
-            x["weight"] = randn(L, M, D, D, scale=D ** -0.5, leaf=True)  # std of the model's init
-            x["bias"] = randn(L, M, D, scale=0.01, leaf=True)
-        if grad:
-            x["grad_out"] = randn(*self.out_shape())
-        return x
-
-    def prepare(self) -> CaseData:
-        first = self.inputs(seed=0)
-        set_bytes = sum(t.nbytes for t in first.values() if t is not None)
-        pool = [first] + [self.inputs(seed=i) for i in range(1, pool_size(set_bytes))]
-        data = CaseData(pool=pool, expected=(), cost=self.cost(), tol=self.tolerance())
-        data.expected = tuple(t.detach() for t in self.runner("eager", data).check())
-        return data
-
-    def runner(self, variant: str, data: CaseData) -> Runner:
-        if variant == "fbgemm":
-            return _fbgemm_lookup_runner(self, data)
-        names = _OP_ARGS[self.op]
-        if variant == "compile":
-            torch._dynamo.reset()  # a fresh compile per case: static shapes, no recompile limit
-            fn = torch.compile(getattr(reference, self.op), dynamic=False)
-        else:
-            fn = functools.partial(getattr(ops, self.op),
-                                   backend="reference" if variant == "eager" else variant)
-
-        def call(s):
-            out = fn(*(s[n] for n in names))
-            if not self.backward:
-                return (out,)
-            leaves = [s[n] for n in names if s[n] is not None and s[n].requires_grad]
-            return (out, *torch.autograd.grad(out, leaves, s["grad_out"]))
-
-        return Runner(call=call, pool=data.pool, check=lambda: call(data.pool[0]))
-
-
-def _fbgemm_lookup_runner(case: OpCase, data: CaseData) -> Runner:
-    """FBGEMM's table-batched embedding (the kernel under TorchRec), one table per field.
-
-    With one [D_i, M*K] table per field, FBGEMM's flat weight is exactly fastme's [rows, M, K]
-    table. FBGEMM takes feature-major indices and returns the rows either batch-major
-    [B, N*M*K] or feature-major [N*B, M*K] (depending on the build); it is timed in its own
-    layouts (inputs converted once per input set, outside the timing) and its result is permuted
-    to [B, M, N, K] only for the check.
+    Warm-up: every variant runs its whole pool (compiles, autotunes, fills caches), then a few
+    calls estimate its time, which sets how many calls make one of its rounds. Round r runs the
+    variants in the order rotated by r (A B C, B C A, C A B, ...).
     """
+    names = list(runners)
+    calls = {}
+    for name in names:
+        r = runners[name]
+        for i in range(max(len(r.pool), WARMUP_CALLS)):
+            r.call(r.pool[i % len(r.pool)])
+        _sync()
+        estimate = _timed_calls(r, 2, 0)
+        calls[name] = max(1, int(round_seconds / max(estimate, 1e-7)))
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rnd in range(rounds):
+        order = names[rnd % len(names):] + names[:rnd % len(names)]
+        for name in order:
+            times[name].append(_timed_calls(runners[name], calls[name], rnd * calls[name]))
+    return times
+
+
+def quantile(values: list[float], q: float) -> float:
+    """Linear-interpolated quantile (no numpy needed for a handful of values)."""
+    s = sorted(values)
+    pos = q * (len(s) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def summarize(times: list[float]) -> dict:
+    """Median per-call time and its spread over rounds: (p90 - p10) / median, and min/max."""
+    median = statistics.median(times)
+    return {"median": median, "rounds": times,
+            "spread": (quantile(times, 0.9) - quantile(times, 0.1)) / median,
+            "min": min(times), "max": max(times)}
+
+
+def ratios(baseline: list[float], variant: list[float]) -> dict:
+    """Per-round speed-up of ``variant`` over ``baseline`` (baseline time / variant time; above
+    1 = faster), its median and its 10-90% interval over the rounds."""
+    per_round = [b / v for b, v in zip(baseline, variant)]
+    return {"median": statistics.median(per_round), "rounds": per_round,
+            "low": quantile(per_round, 0.1), "high": quantile(per_round, 0.9)}
+
+
+def verdict(ratio: dict) -> str:
+    """'faster' / 'slower' when the whole interval is on one side of 1, else 'unresolved': the
+    spread between rounds is larger than the ratio's margin from 1, so no winner is named."""
+    if ratio["low"] > 1.0:
+        return "faster"
+    if ratio["high"] < 1.0:
+        return "slower"
+    return "unresolved"
+
+
+# ---- the run's record ------------------------------------------------------------------------
+
+RECORDS: list[dict] = []  # one per case
+UNAVAILABLE: list[dict] = []  # one per skipped (case, variant), with the reason
+PROBES: dict[str, Any] = {"start": None, "end": None}
+LOAD: dict[str, Any] = {"loadavg_start": None, "loadavg_end": None}
+
+
+def start_run() -> None:
+    """Before the first timing: the load average, then the peak probe."""
+    if PROBES["start"] is None:
+        LOAD["loadavg_start"] = machine.load_average()
+        PROBES["start"] = machine.measure_peaks(DEVICE, clock=_clock())
+
+
+def finish_run() -> None:
+    """After the last timing (only if something was timed): the probe again, the load average."""
+    if PROBES["start"] is not None and PROBES["end"] is None:
+        PROBES["end"] = machine.measure_peaks(DEVICE, clock=_clock())
+        LOAD["loadavg_end"] = machine.load_average()
+
+
+def disturbance() -> list[str]:
+    """Why this run's numbers are not those of a quiet machine (empty: no sign of it)."""
+    problems = machine.probe_problems(PROBES["start"], PROBES["end"])
+    cores = os.cpu_count() or 1
+    start = LOAD["loadavg_start"]
+    if start is not None and start / cores > machine.LOADAVG_PER_CORE_LIMIT:
+        problems.append(f"1-minute load average {start:.1f} on {cores} cores before the run")
+    busy = [r for r in RECORDS if r.get("disturbed")]
+    if busy:
+        worst = max(r["foreign_cpu"] for r in busy)
+        problems.append(f"{len(busy)} of {len(RECORDS)} cases timed while other processes used "
+                        f"more than {machine.FOREIGN_CPU_LIMIT:.0%} of the CPU (up to {worst:.0%})")
+    return problems
+
+
+def _version(distribution: str) -> str | None:
+    # From the installed metadata: importing some peers has side effects (network checks).
     try:
-        from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
-            DenseTableBatchedEmbeddingBagsCodegen, PoolingMode)
-    except Exception as exc:  # not installed, or built for another torch
-        raise Unavailable(f"fbgemm_gpu not importable ({type(exc).__name__})") from None
-    B, N, M, K = OP_BATCH, NUM_FIELDS, case.sets, EMBED_DIM
-    specs = [(d, M * K) for d in FIELD_DIMS]
-    pool = []
-    for s in data.pool:
-        tbe = DenseTableBatchedEmbeddingBagsCodegen(specs, pooling_mode=PoolingMode.NONE,
-                                                    use_cpu=DEVICE.type == "cpu")
-        with torch.no_grad():
-            tbe.weights.copy_(s["table"].detach().reshape(-1))
-        tbe.weights.requires_grad_(case.backward)
-        pool.append({"tbe": tbe, "indices": s["indices"].t().reshape(-1).contiguous(),
-                     "offsets": torch.arange(N * B + 1, device=DEVICE)})
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:  # simply not part of this run
+        return None
 
-    with torch.no_grad():
-        shape = tuple(pool[0]["tbe"](pool[0]["indices"], pool[0]["offsets"]).shape)
-    if shape == (B, N * M * K):  # batch-major
-        def to_reference(out):
-            return out.reshape(B, N, M, K).permute(0, 2, 1, 3)
 
-        def from_reference(t):
-            return t.permute(0, 2, 1, 3).reshape(B, N * M * K).contiguous()
-    elif shape == (N * B, M * K):  # feature-major
-        def to_reference(out):
-            return out.reshape(N, B, M, K).permute(1, 2, 0, 3)
-
-        def from_reference(t):
-            return t.permute(2, 0, 1, 3).reshape(N * B, M * K).contiguous()
+def record() -> dict:
+    """Everything this run measured, and on what: the machine-readable record of the run."""
+    if DEVICE.type == "cuda":
+        device = torch.cuda.get_device_name(DEVICE)
     else:
-        raise Unavailable(f"unexpected FBGEMM output shape {shape}")
-    if case.backward:
-        for item, s in zip(pool, data.pool):
-            item["grad_out"] = from_reference(s["grad_out"])
-
-    def call(item):
-        out = item["tbe"](item["indices"], item["offsets"])
-        if not case.backward:
-            return (out,)
-        return (out, *torch.autograd.grad(out, [item["tbe"].weights], item["grad_out"]))
-
-    def check():
-        result = call(pool[0])
-        return (to_reference(result[0]), *(g.reshape(NUM_ROWS, M, K) for g in result[1:]))
-
-    return Runner(call=call, pool=pool, check=check)
-
-
-def _loss(model, logits, y):
-    loss = F.binary_cross_entropy_with_logits(logits, y)
-    reg = model.regularization_loss()
-    return loss if reg is None else loss + reg
-
-
-@dataclass(frozen=True)
-class ModelCase:
-    model: str
-    scale: int
-    train: bool
-
-    @property
-    def id(self) -> str:
-        return f"{self.model}-x{self.scale}-{'train' if self.train else 'infer'}"
-
-    @property
-    def title(self) -> str:
-        what = "train step" if self.train else "inference"
-        return f"{BENCH_MODELS[self.model]} x{self.scale} {what}"
-
-    @property
-    def kind(self) -> str:
-        return "model"
-
-    def variants(self) -> list[str]:
-        return [*PEERS, *kernel_backends()]
-
-    def prepare(self) -> CaseData:
-        torch.manual_seed(0)
-        model = fastme.models.build(self.model, FIELD_DIMS, self.scale, multi=True,
-                                    backend="reference").to(DEVICE)
-        dims = torch.tensor(FIELD_DIMS, device=DEVICE)
-        g = torch.Generator(device=DEVICE).manual_seed(0)
-
-        def batch():
-            u = torch.rand(MODEL_BATCH, NUM_FIELDS, generator=g, device=DEVICE, dtype=torch.float64)
-            y = torch.rand(MODEL_BATCH, generator=g, device=DEVICE).round()
-            return (u * dims).long(), y
-
-        first = batch()
-        pool = [first] + [batch() for _ in range(1, pool_size(sum(t.nbytes for t in first)))]
-        # 1e-2: besides TF32 kernels on CUDA, torch.compile's float32 code for this BatchNorm
-        # network gives gradients a few 1e-3 off the float64 truth on a CPU (eager: 1e-6).
-        data = CaseData(pool=pool, expected=(), model=model, tol=1e-2,
-                        cost=costs.model_step(model, MODEL_BATCH, train=self.train))
-        data.expected = tuple(t.detach() for t in self.runner("eager", data).check())
-        return data
-
-    def runner(self, variant: str, data: CaseData) -> Runner:
-        model = copy.deepcopy(data.model)  # every variant starts from the same weights
-        model.backend = variant if variant not in PEERS else "reference"
-        if variant == "compile":
-            torch._dynamo.reset()
-            forward = torch.compile(model, dynamic=False)
-        else:
-            forward = model
-        if not self.train:
-            model.eval()
-
-            def infer(s):
-                with torch.no_grad():
-                    return forward(s[0])
-
-            return Runner(call=infer, pool=data.pool, check=lambda: (infer(data.pool[0]),))
-
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-6,
-                                     fused=DEVICE.type == "cuda")  # as fastme.train does
-
-        def step(s):
-            x, y = s
-            optimizer.zero_grad(set_to_none=True)
-            loss = _loss(model, forward(x), y)
-            loss.backward()
-            optimizer.step()
-            return loss
-
-        def check():
-            # One forward+backward without the optimizer step. Dropout is switched off for it:
-            # its masks depend on how the random numbers are drawn (compiled code draws them
-            # differently), so only without it do all variants compute the same function.
-            # BatchNorm stays in training mode.
-            x, y = data.pool[0]
-            dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
-            for m in dropouts:
-                m.eval()
-            try:
-                logits = forward(x)
-                loss = _loss(model, logits, y)
-                grads = torch.autograd.grad(loss, list(model.parameters()))
-            finally:
-                for m in dropouts:
-                    m.train()
-            return (logits, loss, *grads)
-
-        return Runner(call=step, pool=data.pool, check=check)
+        cpu = platform.processor() or platform.machine()
+        device = f"CPU ({cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "fastme": fastme.__version__}
+    if torch.version.cuda:
+        versions["cuda"] = torch.version.cuda
+    for name in ("triton", "fbgemm-gpu-cpu", "fbgemm-gpu", "torchrec", "deepctr-torch",
+                 "pytest-benchmark"):
+        v = _version(name)
+        if v:
+            versions[name] = v
+    problems = disturbance()
+    return {
+        "schema": 1,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "device": device,
+        "device_type": DEVICE.type,
+        "full_shapes": FULL,
+        "versions": versions,
+        "config": {
+            "fields": NUM_FIELDS, "rows": NUM_ROWS, "embed_dim": EMBED_DIM,
+            "cross_layers": CROSS_LAYERS, "op_batch": OP_BATCH, "model_batch": MODEL_BATCH,
+            "op_sets": list(OP_SETS), "model_scales": list(MODEL_SCALES),
+            "kernel_backends": kernel_backends(), "bounds_check": "off",
+            "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "rounds": ROUNDS, "round_seconds": ROUND_SECONDS, "baseline": BASELINE,
+            "torch_threads": torch.get_num_threads(),
+            "clock": "cuda events" if DEVICE.type == "cuda" else CLOCK,
+            "timing": ("CUDA events" if DEVICE.type == "cuda" else
+                       "process CPU time" if CLOCK == "cpu" else "wall clock")
+                      + ", variants interleaved per round, median over rounds",
+        },
+        "machine": {"loadavg_start": LOAD["loadavg_start"], "loadavg_end": LOAD["loadavg_end"],
+                    "cores": os.cpu_count(), "probe_start": PROBES["start"],
+                    "probe_end": PROBES["end"], "disturbed": bool(problems),
+                    "problems": problems},
+        "cases": list(RECORDS),
+        "unavailable": list(UNAVAILABLE),
+    }
 
 
-# ---- running one (case, variant) -------------------------------------------------------------
+# ---- running one case ------------------------------------------------------------------------
 
-_current: tuple[Any, CaseData] | None = None
-
-
-def case_data(case) -> CaseData:
-    """The case's shared data, built once for all its variants (only one case kept alive)."""
-    global _current
-    if _current is None or _current[0] != case:
-        _current = None
-        torch._dynamo.reset()  # compiled code of the previous case may hold its tensors
-        gc.collect()
-        if DEVICE.type == "cuda":
-            torch.cuda.empty_cache()
-        _current = (case, case.prepare())
-    return _current[1]
-
-
-def params(cases) -> list:
-    """pytest parameters (case, variant) with ids ``<case>-<variant>``; every variant of a case is
-    in one pytest-benchmark group, and CUDA cases are timed on the CUDA-event clock."""
-    out = []
-    for case in cases:
-        mark = pytest.mark.benchmark(group=case.id)
-        if DEVICE.type == "cuda":
-            mark = pytest.mark.benchmark(group=case.id, timer=cuda_event_clock)
-        for variant in case.variants():
-            out.append(pytest.param(case, variant, id=f"{case.id}-{variant}", marks=mark))
-    return out
-
-
-def _skip(benchmark, case, variant: str, reason: str):
-    benchmark.skipped = True  # tells pytest-benchmark the unused fixture is expected
-    UNAVAILABLE.append({"case": case.title, "kind": case.kind, "variant": variant,
-                        "reason": reason})
-    pytest.skip(f"{variant} unavailable: {reason}")
+def params(cases: list[Case]) -> list:
+    """pytest parameters, one per case, with the case id as test id."""
+    return [pytest.param(case, id=case.id) for case in cases]
 
 
 def _short(exc: BaseException) -> str:
@@ -624,35 +442,74 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
 
-def run(benchmark, case, variant: str) -> None:
-    """Check one variant against the reference, then time it and record the result."""
-    data = case_data(case)
-    try:
-        runner = case.runner(variant, data)
-        got = runner.check()
-    except Unavailable as exc:
-        _skip(benchmark, case, variant, str(exc))
-    except (ops.BackendUnavailable, NotImplementedError) as exc:
-        _skip(benchmark, case, variant, _short(exc))
-    except Exception as exc:
-        if variant not in OPTIONAL_PEERS:
-            raise
-        _skip(benchmark, case, variant, _short(exc))
-    bad = mismatches(got, data.expected, data.tol)
-    assert not bad, f"{case.title} [{variant}] does not match the reference: " + "; ".join(bad)
-    del got
+def _unavailable(case: Case, variant: str, reason: str) -> None:
+    UNAVAILABLE.append({"case": case.title, "case_id": case.id, "kind": case.kind,
+                        "variant": variant, "peer": case.peers.get(variant), "reason": reason})
 
-    benchmark.extra_info.update(case=case.title, case_id=case.id, kind=case.kind,
-                                variant=variant, bytes=data.cost.bytes, flops=data.cost.flops,
-                                pool=len(runner.pool))
-    if benchmark.enabled:
-        device_peaks()  # measured once, before the first timing
-    try:
-        median = measure(benchmark, runner.call, runner.pool)
-    except Exception as exc:
-        if variant not in OPTIONAL_PEERS:
-            raise
-        _skip(benchmark, case, variant, _short(exc))
-    if median is not None:
-        RESULTS.append({"case": case.title, "kind": case.kind, "variant": variant,
-                        "seconds": median, "bytes": data.cost.bytes, "flops": data.cost.flops})
+
+def _checked_runners(case: Case, data: CaseData) -> dict[str, Runner]:
+    """Every variant's runner, each checked against the baseline's result first."""
+    baseline = case.runner(BASELINE, data)
+    data.expected = {k: v.detach() for k, v in baseline.check().items()}
+    runners = {BASELINE: baseline}
+    for variant in case.variants():
+        if variant == BASELINE or (ONLY_VARIANTS and variant not in ONLY_VARIANTS):
+            continue
+        try:
+            runner = case.runner(variant, data)
+            got = runner.check()
+        except Unavailable as exc:
+            _unavailable(case, variant, str(exc))
+            continue
+        except (ops.BackendUnavailable, NotImplementedError) as exc:
+            _unavailable(case, variant, _short(exc))
+            continue
+        except Exception as exc:
+            if variant in OWN_VARIANTS:
+                raise
+            _unavailable(case, variant, _short(exc))
+            continue
+        bad = mismatches(got, data.expected, data.tol)
+        assert not bad, f"{case.title} [{variant}] does not match the reference: " + "; ".join(bad)
+        runners[variant] = runner
+    return runners
+
+
+def run(benchmark, case: Case) -> None:
+    """Check every variant of ``case`` against the baseline, then time them interleaved and
+    record the result. With ``--benchmark-disable`` only the checks run."""
+    # Bounds checks cost a device->host sync per call ('error' mode); inputs here are generated
+    # in range, and tuned training loops run with the check off, so every variant runs without.
+    ops.set_bounds_check("off")
+    torch._dynamo.reset()  # compiled code of the previous case may hold its tensors
+    gc.collect()
+    if DEVICE.type == "cuda":
+        torch.cuda.empty_cache()
+    data = case.prepare()
+    runners = _checked_runners(case, data)
+    if not benchmark.enabled:
+        benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+        return
+    start_run()
+    load = machine.ForeignLoad()
+
+    def measure():
+        load.start()
+        times = interleaved(runners)
+        return times, load.stop()
+
+    # pytest-benchmark's own table then shows how long each case's whole measurement took.
+    times, foreign = benchmark.pedantic(measure, rounds=1, iterations=1)
+    base = times[BASELINE]
+    disturbed = foreign is not None and foreign > machine.FOREIGN_CPU_LIMIT
+    RECORDS.append({
+        "case": case.title, "case_id": case.id, "kind": case.kind,
+        "bytes": data.cost.bytes, "flops": data.cost.flops, "pool": len(data.pool),
+        "foreign_cpu": foreign, "disturbed": disturbed,
+        "variants": {name: {"peer": case.peers.get(name), **summarize(t),
+                            "vs_baseline": ratios(base, t)}
+                     for name, t in times.items()},
+    })
+    if disturbed and REQUIRE_QUIET:
+        pytest.fail(f"{case.title}: other processes used {foreign:.0%} of the CPU while it was "
+                    "timed (FASTME_BENCH_REQUIRE_QUIET=1 refuses a disturbed measurement)")

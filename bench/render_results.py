@@ -1,10 +1,14 @@
-"""Render a pytest-benchmark JSON file of this suite into bench/RESULTS.md.
+"""Render a benchmark record (written by every `pytest bench/ --benchmark-only` run) into
+bench/RESULTS.md; never edit RESULTS.md by hand.
 
-    pytest bench/ --benchmark-only --benchmark-json=bench.json
-    python bench/render_results.py bench.json            # writes bench/RESULTS.md
-    python bench/render_results.py bench.json -o -       # prints it
+    pytest bench/ --benchmark-only                       # writes bench/records/latest.json
+    python bench/render_results.py bench/records/latest.json          # -> bench/RESULTS.md
+    python bench/render_results.py run1.json --rerun run2.json        # + does each verdict hold?
+    python bench/render_results.py run.json -o -                      # print instead
 
-The same table is printed at the end of every benchmark run (bench/conftest.py).
+A record whose machine checks found a disturbance is refused unless ``--allow-disturbed``;
+the table then says, on top, that it was measured on a loaded machine and why.
+The same summary is printed at the end of every benchmark run (bench/conftest.py).
 """
 
 from __future__ import annotations
@@ -14,11 +18,8 @@ import json
 import pathlib
 import sys
 
-VARIANT_ORDER = ("eager", "compile", "triton", "cuda", "fbgemm")
-# Cases are listed in this order (by title prefix), whatever order pytest ran them in.
-CASE_ORDER = ("multi_embedding_lookup", "pooled_lookup FM ", "pooled_lookup FwFM",
-              "cross_network", "lookup_cross_network", "ME-DCNv2", "ME-NFwFM", "ME-DNN ")
-HEADERS = ("case", "variant", "median time", "vs eager", "vs compile", "achieved", "of peak")
+HEADERS = ("case", "variant", "median", "spread", "vs eager (10–90% of rounds)", "verdict",
+           "achieved", "of peak")
 
 
 def _fmt_time(seconds: float) -> str:
@@ -28,129 +29,165 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds / 1e-9:.3g} ns"
 
 
-def _ratio(reference: float | None, seconds: float) -> str:
-    return "–" if reference is None else f"{reference / seconds:.2f}×"
+def peaks(record: dict) -> dict | None:
+    """Best-of peaks over the start and end probes (the machine's capability)."""
+    probes = [p for p in (record["machine"]["probe_start"], record["machine"]["probe_end"]) if p]
+    if not probes:
+        return None
+    return {"gbps": max(p["peak_gbps"] for p in probes),
+            "tflops": max(p["peak_tflops"] for p in probes)}
 
 
-def roofline(seconds: float, nbytes: float, flops: float, peaks: dict | None):
+def roofline(seconds: float, nbytes: float, flops: float, peak: dict | None):
     """(achieved, fraction of peak) for the resource that bounds this case on the roofline."""
-    if not peaks:
-        return f"{nbytes / seconds / 1e9:.1f} GB/s", "–"
-    t_mem = nbytes / (peaks["peak_gbps"] * 1e9)
-    t_flop = flops / (peaks["peak_tflops"] * 1e12)
+    if not peak:
+        return f"{nbytes / seconds / 1e9:.3g} GB/s", "–"
+    t_mem = nbytes / (peak["gbps"] * 1e9)
+    t_flop = flops / (peak["tflops"] * 1e12)
     if t_flop > t_mem:
-        return f"{flops / seconds / 1e12:.3g} TFLOP/s", f"{t_flop / seconds:.1%} FLOP"
-    return f"{nbytes / seconds / 1e9:.3g} GB/s", f"{t_mem / seconds:.1%} mem"
+        return f"{flops / seconds / 1e12:.3g} TFLOP/s", f"{t_flop / seconds:.0%} FLOP"
+    return f"{nbytes / seconds / 1e9:.3g} GB/s", f"{t_mem / seconds:.0%} mem"
 
 
-def table_rows(records: list[dict], unavailable: list[dict], peaks: dict | None) -> list[list[str]]:
-    """Rows of the summary: cases in first-seen order, variants eager, compile, then kernels."""
-    cases: dict[str, dict[str, dict]] = {}
-    for r in records:
-        cases.setdefault(r["case"], {})[r["variant"]] = r
-    for u in unavailable:
-        cases.setdefault(u["case"], {}).setdefault(u["variant"], u)
+def verdict(ratio: dict) -> str:
+    """Mirror of harness.verdict (render_results must not need torch)."""
+    if ratio["low"] > 1.0:
+        return "faster"
+    if ratio["high"] < 1.0:
+        return "slower"
+    return "unresolved"
 
-    def order(variant):
-        return VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
 
-    def case_order(case):
-        return next((i for i, p in enumerate(CASE_ORDER) if case.startswith(p)), len(CASE_ORDER))
-
+def _rows(record: dict, kind: str, rerun: dict | None) -> list[list[str]]:
+    peak = peaks(record)
+    again = {c["case_id"]: c for c in (rerun or {}).get("cases", [])}
     rows = []
-    for case, variants in sorted(cases.items(), key=lambda item: case_order(item[0])):
-        eager = variants.get("eager", {}).get("seconds")
-        compiled = variants.get("compile", {}).get("seconds")
-        for variant in sorted(variants, key=order):
-            r = variants[variant]
-            if "seconds" not in r:
-                rows.append([case, variant, f"unavailable: {r['reason']}", "", "", "", ""])
-                continue
-            achieved, fraction = roofline(r["seconds"], r["bytes"], r["flops"], peaks)
-            rows.append([case, variant, _fmt_time(r["seconds"]), _ratio(eager, r["seconds"]),
-                         _ratio(compiled, r["seconds"]), achieved, fraction])
+    for case in (c for c in record["cases"] if c["kind"] == kind):
+        mark = " (loaded)" if case.get("disturbed") else ""
+        for name, v in case["variants"].items():
+            r = v["vs_baseline"]
+            if name == record["config"]["baseline"]:
+                ratio, said = "1 (baseline)", "–"
+            else:
+                ratio = f"{r['median']:.2f}× [{r['low']:.2f}–{r['high']:.2f}]"
+                said = verdict(r) + mark
+                other = again.get(case["case_id"], {}).get("variants", {}).get(name)
+                if rerun is not None:
+                    said += (f"; re-run {other['vs_baseline']['median']:.2f}× "
+                             f"{verdict(other['vs_baseline'])}" if other else "; not re-run")
+            achieved, fraction = roofline(v["median"], case["bytes"], case["flops"], peak)
+            rows.append([case["case"], name, _fmt_time(v["median"]), f"±{v['spread'] / 2:.0%}",
+                         ratio, said, achieved, fraction])
+        for u in record.get("unavailable", []):
+            if u["case_id"] == case["case_id"]:
+                rows.append([case["case"], u["variant"], f"unavailable: {u['reason']}",
+                             "", "", "", "", ""])
     return rows
 
 
 def markdown_table(rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(HEADERS) + " |",
-             "|" + "|".join(["---", "---"] + ["---:"] * (len(HEADERS) - 2)) + "|"]
+             "|" + "|".join(["---", "---"] + ["---:"] * 4 + ["---:"] * (len(HEADERS) - 6)) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def peaks_line(peaks: dict | None) -> str:
-    if not peaks:
-        return "Device peaks: not measured (no case was timed)."
-    line = (f"Device peaks measured in this run: copy {peaks['peak_gbps']:.1f} GB/s "
-            f"({peaks['copy_bytes'] / 2**30:.2f} GiB moved per copy); "
-            f"{peaks['matmul_n']}³ matmul fp32 {peaks['matmul_fp32_tflops']:.3g} TFLOP/s")
-    if peaks.get("matmul_tf32_tflops"):
-        line += f", TF32 {peaks['matmul_tf32_tflops']:.3g} TFLOP/s"
-    return line + f" (peak used: {peaks['peak_tflops']:.3g} TFLOP/s)."
+def _probe_line(name: str, probe: dict | None) -> str:
+    if not probe:
+        return f"{name}: not measured"
+    c, m = probe["copy_gbps"], probe["matmul_fp32_tflops"]
+    return (f"{name}: copy best {c['best']:.1f} GB/s (median {c['median']:.1f}, spread "
+            f"{c['spread']:.0%}, {c['repeats']} repeats); {probe['matmul_n']}³ fp32 matmul best "
+            f"{m['best']:.3g} TFLOP/s (median {m['median']:.3g}, spread {m['spread']:.0%})"
+            + (f"; TF32 best {probe['matmul_tf32_tflops']['best']:.3g} TFLOP/s"
+               if probe.get("matmul_tf32_tflops") else ""))
 
 
-def summary(meta: dict, records: list[dict]) -> str:
+def agreement(record: dict, rerun: dict) -> str:
+    """How many of the first run's verdicts the re-run repeats."""
+    again = {c["case_id"]: c for c in rerun["cases"]}
+    same = flipped = softened = total = 0
+    for case in record["cases"]:
+        for name, v in case["variants"].items():
+            other = again.get(case["case_id"], {}).get("variants", {}).get(name)
+            if name == record["config"]["baseline"] or other is None:
+                continue
+            total += 1
+            a, b = verdict(v["vs_baseline"]), verdict(other["vs_baseline"])
+            if a == b:
+                same += 1
+            elif "unresolved" in (a, b):
+                softened += 1
+            else:
+                flipped += 1
+    return (f"Re-run ({rerun['date']}): of {total} ratios, {same} got the same verdict, "
+            f"{softened} were resolved in one run and unresolved in the other, {flipped} named the "
+            f"opposite winner.")
+
+
+def summary(record: dict, rerun: dict | None = None) -> str:
     """Header lines and one table per kind of case (ops, then models)."""
-    out = [f"Device: {meta['device']}",
-           "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
-           peaks_line(meta.get("peaks"))]
+    m = record["machine"]
+    load = ", ".join(f"{k.split('_')[1]} {m[k]:.2f}" for k in ("loadavg_start", "loadavg_end")
+                     if m.get(k) is not None)
+    out = [f"Device: {record['device']}; measured {record['date']}",
+           "Versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()),
+           _probe_line("Peak probe at the start", m["probe_start"]),
+           _probe_line("Peak probe at the end", m["probe_end"]),
+           f"1-minute load average ({m['cores']} cores): {load or 'not available'}"]
+    if m["disturbed"]:
+        out += ["", "**Measured on a loaded machine**: " + "; ".join(m["problems"]) + ". "
+                "Interleaving keeps the ratios comparable within a round, but absolute times "
+                "and the roofline fractions are those of a shared machine."]
+    else:
+        out += ["", "Machine checks: no sign of other load during the run."]
+    if rerun is not None:
+        out += ["", agreement(record, rerun)]
     for kind, title in (("op", "Fused ops"), ("model", "Training step and inference")):
-        rows = table_rows([r for r in records if r["kind"] == kind],
-                          [u for u in meta.get("unavailable", []) if u["kind"] == kind],
-                          meta.get("peaks"))
+        rows = _rows(record, kind, rerun)
         if rows:
             out += ["", f"### {title}", "", markdown_table(rows)]
+    peers = {}
+    for case in record["cases"]:
+        for name, v in case["variants"].items():
+            if v.get("peer"):
+                peers.setdefault(name, v["peer"])
+    if peers:
+        out += ["", "Outside peers:"] + [f"- `{k}`: {v}" for k, v in peers.items()]
     return "\n".join(out)
 
 
-def records_from_json(data: dict) -> list[dict]:
-    records = []
-    for bench in data.get("benchmarks", []):
-        info = bench.get("extra_info", {})
-        if "case" not in info:
-            continue
-        records.append({"case": info["case"], "kind": info["kind"], "variant": info["variant"],
-                        "seconds": bench["stats"]["median"], "bytes": info["bytes"],
-                        "flops": info["flops"]})
-    return records
-
-
-def render_markdown(data: dict, note: str | None = None) -> str:
-    meta = data.get("fastme")
-    if meta is None:
-        raise ValueError("this JSON has no 'fastme' section; write it with "
-                         "`pytest bench/ --benchmark-only --benchmark-json=FILE`")
-    settings = meta["settings"]
-    cpu = meta["device_type"] != "cuda"
-    commit = data.get("commit_info", {})
+def render_markdown(record: dict, rerun: dict | None = None, note: str | None = None) -> str:
+    c = record["config"]
     lines = ["# Benchmark results", ""]
-    if cpu:
+    if record["device_type"] != "cuda":
         lines += ["**CPU run** at reduced sizes (cardinalities / 100, smaller batches): these "
-                  "numbers show the suite works and how the eager and compiled references compare "
-                  "on a CPU; they say nothing about the GPU kernels. Run the suite on a GPU for "
-                  "the real table.", ""]
+                  "numbers compare fastme's CPU path with its peers on a CPU; they say nothing "
+                  "about the GPU kernels.", ""]
     if note:
         lines += [note, ""]
     lines += [
-        f"Generated by `bench/render_results.py` from `pytest bench/ --benchmark-only "
-        f"--benchmark-json=...`, {data.get('datetime', '')[:19].replace('T', ' ')} UTC"
-        + (f", commit {commit['id'][:10]}{' (dirty)' if commit.get('dirty') else ''}"
-           if commit.get("id") else "") + ".",
+        "Generated by `bench/render_results.py` from the record of one "
+        "`pytest bench/ --benchmark-only` run (bench/README.md says how to reproduce it); "
+        "not edited by hand.",
         "",
-        f"Shapes: N={settings['fields']} fields, K={settings['embed_dim']}, "
-        f"{settings['rows']:,} table rows (Criteo-like cardinalities"
-        f"{'' if meta['full_shapes'] else ' / 100'}), ops at B={settings['op_batch']} "
-        f"with M in {settings['op_sets']}, models at B={settings['model_batch']} with scales "
-        f"{settings['model_scales']}, {settings['cross_layers']} cross layers. Timing: "
-        f"{settings['timing']}. Kernel backends found: "
-        f"{', '.join(settings['kernel_backends']) or 'none'}.",
+        f"Shapes: N={c['fields']} fields, K={c['embed_dim']}, {c['rows']:,} table rows "
+        f"(Criteo-like cardinalities{'' if record['full_shapes'] else ' / 100'}), ops at "
+        f"B={c['op_batch']} with M in {c['op_sets']}, models at B={c['model_batch']} with scales "
+        f"{c['model_scales']}, {c['cross_layers']} cross layers. Timing: {c['timing']}, "
+        f"{c['rounds']} rounds of about {c['round_seconds'] * 1e3:.0f} ms per variant; "
+        f"torch threads {c['torch_threads']}. Kernel backends found: "
+        f"{', '.join(c['kernel_backends']) or 'none'}.",
         "",
-        "`vs eager` / `vs compile` = that variant's time / this row's time (above 1 is faster). "
-        "`achieved` and `of peak` are for the resource that bounds the case on the roofline "
-        "(bytes and FLOPs counted as in bench/README.md).",
+        "`median`: median per-call time over the rounds; `spread`: half the 10–90% range of the "
+        "rounds, relative to the median. `vs eager`: per-round eager time / this variant's time "
+        "(above 1 = faster), median and 10–90% range over the rounds. `verdict`: `faster` / "
+        "`slower` only when that whole range is on one side of 1, otherwise `unresolved` (the "
+        "rounds disagree by more than the margin: no winner). `(loaded)`: other processes used "
+        "over 10% of the CPU while this case was timed. `achieved` / `of peak`: the resource that "
+        "bounds the case on the roofline against the best-of probe peak.",
         "",
-        summary(meta, records_from_json(data)),
+        summary(record, rerun),
         "",
     ]
     return "\n".join(lines)
@@ -158,16 +195,31 @@ def render_markdown(data: dict, note: str | None = None) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("json", type=pathlib.Path, help="file written by --benchmark-json")
+    parser.add_argument("record", type=pathlib.Path, help="record of a run (bench/records/*.json)")
+    parser.add_argument("--rerun", type=pathlib.Path,
+                        help="record of a second run: show whether each verdict reproduces")
     default = pathlib.Path(__file__).with_name("RESULTS.md")
     parser.add_argument("-o", "--output", default=str(default),
                         help="markdown file to write, '-' for stdout (default: bench/RESULTS.md)")
     parser.add_argument("--note", help="a paragraph to add under the title (e.g. on the machine)")
+    parser.add_argument("--allow-disturbed", action="store_true",
+                        help="render a record whose machine checks found other load (it is "
+                             "marked as measured on a loaded machine)")
     args = parser.parse_args(argv)
     try:
-        text = render_markdown(json.loads(args.json.read_text()), note=args.note)
+        record = json.loads(args.record.read_text())
+        rerun = json.loads(args.rerun.read_text()) if args.rerun else None
+        if record.get("schema") != 1:
+            raise ValueError("not a fastme benchmark record (no schema 1); write one with "
+                             "`pytest bench/ --benchmark-only`")
+        if record["machine"]["disturbed"] and not args.allow_disturbed and args.output != "-":
+            print(f"render_results: {args.record} was measured on a disturbed machine ("
+                  + "; ".join(record["machine"]["problems"]) + "); re-run on a quiet machine, "
+                  "or pass --allow-disturbed to render it marked as such", file=sys.stderr)
+            return 2
+        text = render_markdown(record, rerun, note=args.note)
     except (OSError, ValueError, KeyError) as exc:
-        print(f"render_results: cannot render {args.json}: {exc}", file=sys.stderr)
+        print(f"render_results: cannot render {args.record}: {exc}", file=sys.stderr)
         return 1
     if args.output == "-":
         sys.stdout.write(text)

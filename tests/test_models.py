@@ -230,3 +230,20 @@ def test_forward_embeddings_equals_forward_on_the_gathered_embeddings(name):
     assert emb.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=r"\[B, M, N, K\]"):
         model.forward_embeddings(emb[:, :, :-1])
+
+
+def test_cpu_dropout_keeps_one_minus_p_scaled_and_its_gradient_is_the_mask():
+    from fastme.models.layers import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.3)
+    x = torch.rand(400, 500, dtype=torch.float64).add_(0.5).requires_grad_()
+    y = drop(x)
+    kept = y != 0
+    # 200k draws: the kept fraction's standard deviation is about 0.001
+    assert abs(kept.double().mean().item() - 0.7) < 0.006
+    torch.testing.assert_close(y[kept], x[kept] / 0.7)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(grad, kept.double() / 0.7)
+    drop.eval()
+    assert torch.equal(drop(x), x)

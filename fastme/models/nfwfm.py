@@ -3,6 +3,7 @@ from torch import nn
 
 from fastme import ops
 from fastme.models.base import ProjectedModel
+from fastme.models.layers import Dropout
 
 
 class NFwFM(ProjectedModel):
@@ -27,7 +28,7 @@ class NFwFM(ProjectedModel):
         mask = torch.ones(n, n) if field_pairs == "all" else torch.ones(n, n).triu(1)
         self.register_buffer("pair_mask", mask, persistent=False)
         self.pool_norm = nn.BatchNorm1d(self.num_sets * self.embed_dim)
-        self.pool_dropout = nn.Dropout(dropout)
+        self.pool_dropout = Dropout(dropout)
         self._build_projection(self.embed_dim)
 
     def effective_field_weights(self):

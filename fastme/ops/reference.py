@@ -51,8 +51,10 @@ def cross_network(x0: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) ->
     Block rows i*K:(i+1)*K, columns j*K:(j+1)*K of W_l^(m) is the paper's W_{j->i}.
     """
     x = x0
-    for layer in range(weight.shape[0]):
-        x = x0 * (torch.einsum("bmd,med->bme", x, weight[layer]) + bias[layer]) + x
+    # unbind, not weight[layer]: the backward of one unbind stacks the L gradients once, where
+    # L index ops would each zero-fill and copy a whole [L, M, D, D] gradient.
+    for w, b in zip(weight.unbind(0), bias.unbind(0)):
+        x = x0 * (torch.einsum("bmd,med->bme", x, w) + b) + x
     return x
 
 

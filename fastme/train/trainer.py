@@ -111,9 +111,14 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 def _make_optimizer(model, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     # Adam's weight_decay is the coupled L2 of the paper's code (not AdamW), on every parameter.
-    # The fused kernel avoids one launch per parameter tensor on CUDA.
+    # The fused kernel avoids one launch per parameter tensor on CUDA and on a CPU does the whole
+    # update in one pass (11.8M parameters: 8.4 ms a step instead of 96 ms, bench/README.md).
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                            fused=device.type == "cuda")
+                            fused=_fused_adam(device))
+
+
+def _fused_adam(device: torch.device) -> bool:
+    return device.type in ("cuda", "cpu")
 
 
 def _check_model_fits(model, data: CTRData) -> None:
@@ -273,7 +278,7 @@ class Trainer:
         # torch places Adam's step counters where the fused kernel expects them.
         opt_state = ckpt["optimizer"]
         for group in opt_state["param_groups"]:
-            group["fused"] = self.device.type == "cuda"
+            group["fused"] = _fused_adam(self.device)
             group["foreach"] = None
         self.optimizer.load_state_dict(opt_state)
         self.state = ckpt["trainer"]
