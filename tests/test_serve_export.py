@@ -107,3 +107,39 @@ def test_onnx_keeps_the_oov_rule_and_dynamic_batch(run, tmp_path):
     assert json.loads(props["fastme"])["field_dims"] == DIMS
     assert main(["export", str(run), "--format", "onnx", "--bounds", "raise", "--out",
                  str(tmp_path / "x.onnx")]) == 2
+
+
+def test_pt2_traced_with_triton_loads_after_import_fastme(run, tmp_path):
+    pytest.importorskip("triton")
+    from fastme.ops import available_backends
+
+    if "triton" not in available_backends("cpu"):
+        pytest.skip("the Triton interpreter is not enabled")
+    export(run, tmp_path / "triton.pt2", "pt2", backend="triton")
+    code = """
+        import numpy as np, torch
+        import fastme  # registers every fastme:: custom op
+        program = torch.export.load("triton.pt2")
+        x = torch.from_numpy(np.load("in0.npy"))
+        np.save("out0.npy", program.module()(x).detach().numpy())
+    """
+    x = inputs()[1]
+    got, = run_fresh(code, tmp_path, [x], env={"TRITON_INTERPRET": "1"})
+    np.testing.assert_allclose(got, eager(run, x), rtol=1e-5, atol=1e-6)
+    # Without Triton the program still loads; running it says why it cannot
+    blocked = """
+        import sys
+        sys.modules["triton"] = None
+        import torch
+        import fastme
+        program = torch.export.load("triton.pt2")
+        try:
+            program.module()(torch.zeros(2, 5, dtype=torch.long))
+        except Exception as exc:
+            assert "triton kernels, which cannot run here" in str(exc), exc
+        else:
+            raise AssertionError("ran without Triton")
+        import numpy as np
+        np.save("out0.npy", np.zeros(1))
+    """
+    run_fresh(blocked, tmp_path, [x])

@@ -200,7 +200,7 @@ def test_checkpoints_share_one_layout(data, tmp_path):
     shared = {"model", "optimizer", "epoch", "config", "info", "data", "spec"}
     assert set(best) == shared | {"val_auc"} and set(last) == shared | {"trainer"}
     results = json.loads((tmp_path / "results.json").read_text())
-    for key in ("config", "info", "data"):
+    for key in ("config", "info", "data", "spec"):
         assert results[key] == json.loads(json.dumps(last[key]))
 
 

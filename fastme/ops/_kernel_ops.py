@@ -267,3 +267,21 @@ def define_backend(backend: str, *, device_types=None, lookup, lookup_grad, fm, 
     _backend.register("lookup_cross_network", backend)(crossing.lookup_cross_network)
     return SimpleNamespace(lookup=lookup_op, lookup_backward=lookup_backward_op,
                            **vars(pooling), **vars(crossing))
+
+
+def define_unavailable_backend(backend: str, reason: str, *, device_types=None, cross_states):
+    """The custom ops of a backend whose package cannot be imported here (e.g. Triton is not
+    installed): the same schemas and fake implementations as :func:`define_backend`, so that a
+    program traced with that backend (``torch.export``) still loads in this process; running
+    one of its ops raises BackendUnavailable with ``reason``. Nothing is registered with the
+    public ops, which never dispatch to it."""
+
+    def unavailable(*args):
+        raise _backend.BackendUnavailable(
+            f"this program calls fastme's {backend} kernels, which cannot run here ({reason})")
+
+    lookup_op, lookup_backward_op = _lookup_ops(backend, device_types, unavailable, unavailable)
+    _pooling_ops(backend, device_types, unavailable, unavailable, unavailable, unavailable)
+    _cross_ops(backend, device_types, unavailable, unavailable, cross_states, None, unavailable,
+               lookup_backward_op)
+    return lookup_op

@@ -235,6 +235,7 @@ class Predictor:
         bad = _Malformed()
         n_cols = len(layout.columns)
         row, first = 0, True
+        started = time.perf_counter()
         with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, disable=not progress,
                   desc=f"predict {path.name}", mininterval=1.0) as bar:
             done = 0
@@ -277,7 +278,9 @@ class Predictor:
                 row += n
                 summary.rows += n
                 summary.scored += int(np.isfinite(logits).sum())
-                bar.set_postfix(rows=f"{summary.rows:,}", refresh=False)
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(rows=f"{summary.rows:,}",
+                                rows_per_s=f"{summary.rows / elapsed:,.0f}", refresh=False)
                 yield layout, ids, logits, labels
         for reason in ("bad_label", "bad_integer", "bad_hour"):
             if getattr(bad, reason):
