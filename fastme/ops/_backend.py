@@ -39,6 +39,32 @@ def register(op: str, backend: str):
     return decorator
 
 
+# Kernel backend -> the package whose import defines its custom ops and implementations.
+KERNEL_PACKAGES = {"triton": "fastme.ops.triton", "cuda": "fastme.ops.cuda"}
+# Kernel backend -> why its package could not be imported here.
+_IMPORT_ERRORS: dict[str, str] = {}
+
+
+def load_kernel_backends() -> None:
+    """Import every kernel package once (``import fastme.ops`` calls this), so that every
+    ``fastme::`` custom op exists in this process and a saved ``torch.export`` program that calls
+    one loads. A package that cannot be imported (Triton not installed) still gets its ops'
+    schemas and fake kernels; running them raises BackendUnavailable with the reason."""
+    from fastme.ops import _kernel_ops
+
+    for backend, package in KERNEL_PACKAGES.items():
+        if backend in _IMPORT_ERRORS:
+            continue
+        try:
+            importlib.import_module(package)
+        except ImportError as exc:
+            _IMPORT_ERRORS[backend] = f"{type(exc).__name__}: {exc}"
+            # the Triton backend keeps x_1..x_{L-1} for its backward (fastme/ops/triton/__init__)
+            _kernel_ops.define_unavailable_backend(
+                backend, _IMPORT_ERRORS[backend], device_types="cuda" if backend == "cuda" else None,
+                cross_states=lambda layers, save: max(layers - 1, 0))
+
+
 def _triton_usable(device: torch.device) -> bool:
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         return False
