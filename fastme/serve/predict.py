@@ -199,8 +199,10 @@ class Predictor:
     def _training_format(self, kind: str):
         trained = self.source.get("dataset")
         if trained != kind:
-            raise ValueError(f"the model was trained on {trained or 'non-raw'} data, not {kind}; "
-                             f"score {trained or 'cache'}:PATH files with it")
+            raise ValueError(f"the model was trained on {trained or 'already encoded'} data, not "
+                             f"on raw {kind} files, so it has no {kind} vocabulary; score "
+                             + (f"{trained}:PATH files" if trained in ("criteo", "avazu", "parquet")
+                                else "encoded data (cache:DIR, npy:DIR)") + " with it")
         options = self.source.get("options") or {}
         return CriteoFormat() if kind == "criteo" else AvazuFormat(options.get("hour", "split"))
 
@@ -311,8 +313,8 @@ class Predictor:
         from fastme.data.sources import ParquetSource, expand_paths
 
         if self.source.get("dataset") != "parquet":
-            raise ValueError(f"the model was trained on {self.source.get('dataset') or 'non-raw'}"
-                             f" data, not Parquet files")
+            raise ValueError(f"the model was trained on {self.source.get('dataset') or 'encoded'}"
+                             f" data, not on Parquet files, so it has no Parquet vocabulary")
         options = self.source.get("options") or {}
         source = ParquetSource(expand_paths(spec), options.get("label", "label"),
                                options.get("fields"), options.get("integer", ()))
