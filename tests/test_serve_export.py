@@ -143,3 +143,11 @@ def test_pt2_traced_with_triton_loads_after_import_fastme(run, tmp_path):
         np.save("out0.npy", np.zeros(1))
     """
     run_fresh(blocked, tmp_path, [x])
+
+
+def test_cli_errors_are_messages(run, tmp_path, capsys):
+    if not torch.cuda.is_available():
+        assert main(["export", str(run), "--backend", "cuda", "--out", str(tmp_path / "x.pt2")]) == 2
+        assert "fastme export: error: backend='cuda' needs CUDA" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "none"), "--out", str(tmp_path / "x.pt2")]) == 2
+    assert "does not exist" in capsys.readouterr().err

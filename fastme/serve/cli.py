@@ -56,28 +56,29 @@ def _error(cmd: str, exc: Exception) -> int:
 
 
 def run_predict(args) -> int:
+    from fastme.ops import BackendUnavailable
     from fastme.serve.predict import predict, print_summary
 
     try:
         summary = predict(args.checkpoint, args.data, args.out, vocab_dir=args.vocab,
                           cache_dir=args.cache_dir, backend=args.backend, device=args.device,
                           batch_size=args.batch_size, progress=not args.no_progress)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, OSError, BackendUnavailable) as exc:
         return _error("predict", exc)
     print_summary(summary, file=sys.stdout)
     return 0
 
 
 def run_export(args) -> int:
+    from fastme.ops import BackendUnavailable
     from fastme.serve.export import check_roundtrip, export
 
     try:
         meta = export(args.checkpoint, args.out, args.format, bounds=args.bounds,
                       backend=args.backend, device=args.device)
         diff = check_roundtrip(args.out)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, OSError) as exc:
-        return _error("export", exc)
-    except AssertionError as exc:
+    except (ValueError, TypeError, FileNotFoundError, ImportError, OSError, AssertionError,
+            BackendUnavailable) as exc:
         return _error("export", exc)
     spec = meta["spec"]
     print(f"exported {spec['name']} {spec['mode'].upper()} x{spec['scale']} "
