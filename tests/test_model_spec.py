@@ -1,4 +1,4 @@
-"""ModelSpec: made by models.build, stored in checkpoints and results, rebuilds the trained model."""
+"""ModelSpec: made by models.build, stored in checkpoints and results, rebuilds the model."""
 
 import json
 

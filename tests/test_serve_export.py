@@ -147,7 +147,8 @@ def test_pt2_traced_with_triton_loads_after_import_fastme(run, tmp_path):
 
 def test_cli_errors_are_messages(run, tmp_path, capsys):
     if not torch.cuda.is_available():
-        assert main(["export", str(run), "--backend", "cuda", "--out", str(tmp_path / "x.pt2")]) == 2
+        out = str(tmp_path / "x.pt2")
+        assert main(["export", str(run), "--backend", "cuda", "--out", out]) == 2
         assert "fastme export: error: backend='cuda' needs CUDA" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "none"), "--out", str(tmp_path / "x.pt2")]) == 2
     assert "does not exist" in capsys.readouterr().err

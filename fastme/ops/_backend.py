@@ -61,7 +61,8 @@ def load_kernel_backends() -> None:
             _IMPORT_ERRORS[backend] = f"{type(exc).__name__}: {exc}"
             # the Triton backend keeps x_1..x_{L-1} for its backward (fastme/ops/triton/__init__)
             _kernel_ops.define_unavailable_backend(
-                backend, _IMPORT_ERRORS[backend], device_types="cuda" if backend == "cuda" else None,
+                backend, _IMPORT_ERRORS[backend],
+                device_types="cuda" if backend == "cuda" else None,
                 cross_states=lambda layers, save: max(layers - 1, 0))
 
 
