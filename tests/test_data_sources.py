@@ -104,3 +104,26 @@ def test_npy_arrays(tmp_path):
     (tmp_path / "meta.json").write_text('{"field_dims": [3, 5, 2]}')
     with pytest.raises(ValueError, match="field_dims too small"):
         load(f"npy:{tmp_path}", tmp_path / "other")
+
+
+def test_raw_day_files_are_one_dataset_split_by_file(tmp_path):
+    rng = np.random.default_rng(4)
+    days = []
+    for d in range(3):
+        lines = ["\t".join([str(int(rng.random() < 0.3))] + [str(v) for v in rng.integers(0, 9, 13)]
+                           + ["%04x" % v for v in rng.integers(0, 5, 26)]) for _ in range(60 + d)]
+        if d == 1:
+            lines.insert(5, "1\t2")  # malformed: costs only itself
+        (tmp_path / f"day_{d}").write_text("\n".join(lines) + "\n")
+        days.append(lines)
+    with pytest.warns(RuntimeWarning, match="skipped 1 malformed"):
+        data = load(f"criteo:{tmp_path}/day_*", tmp_path, min_count=2, test_files=1)
+    assert len(data) == 60 + 61 + 62 and data.info["malformed"]["column_count"] == 1
+    train, valid, test = data.split()
+    np.testing.assert_array_equal(test.row_numbers(), np.arange(121, 183))
+    # the same encoding as one raw file holding the same rows
+    (tmp_path / "all.txt").write_text("".join("\n".join(d) + "\n" for d in days))
+    with pytest.warns(RuntimeWarning):
+        one = load(f"criteo:{tmp_path / 'all.txt'}", tmp_path, min_count=2)
+    np.testing.assert_array_equal(data.x, one.x)
+    np.testing.assert_array_equal(data.y, one.y)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from fastme.data.dataset import CTRData, load_cache, load_vocab
 from fastme.data.raw import DEFAULT_MIN_COUNT, default_cache_root, preprocess
-from fastme.data.sources import PARQUET_OPTIONS, load_npy, load_parquet
+from fastme.data.sources import (PARQUET_OPTIONS, is_multi_file, load_npy, load_parquet,
+                                 load_raw_files)
 from fastme.data.synthetic import DEFAULT_NUM_SAMPLES, SyntheticTeacher, make_synthetic
 
 _RAW_OPTIONS = {"criteo": {"min_count", "rebuild", "progress", "block_size"},
@@ -22,7 +23,9 @@ def load_dataset(spec: str, *, cache_dir=None, **options) -> CTRData:
       regenerated deterministically in seconds).
     - ``"criteo:PATH"`` / ``"avazu:PATH"``: a raw Kaggle file, preprocessed on first use into a
       memory-mapped cache under ``cache_dir`` and reused afterwards (options: min_count, hour
-      (Avazu), rebuild, progress; see :func:`fastme.data.raw.preprocess`).
+      (Avazu), rebuild, progress; see :func:`fastme.data.raw.preprocess`). A glob, directory or
+      comma list of raw files is one dataset, optionally split by file (valid_files,
+      test_files; :func:`fastme.data.sources.load_raw_files`).
     - ``"parquet:PATH"``: Parquet file(s) (a file, directory, glob or comma list), preprocessed
       like the raw files (options: label, fields, integer, min_count, valid_files, test_files,
       rebuild, progress; see :mod:`fastme.data.sources`).
@@ -37,6 +40,12 @@ def load_dataset(spec: str, *, cache_dir=None, **options) -> CTRData:
         if sep:
             raise ValueError(f"'synthetic' takes no path (use num_samples=...), got {spec!r}")
         return make_synthetic(**options)
+    if kind in _RAW_OPTIONS and arg and (is_multi_file(arg) or {"valid_files", "test_files"}
+                                         & set(options)):
+        unknown = set(options) - _RAW_OPTIONS[kind] - {"valid_files", "test_files"}
+        if unknown:
+            raise TypeError(f"unknown option(s) for {kind} files: {', '.join(sorted(unknown))}")
+        return load_raw_files(kind, arg, cache_dir, **options)
     if kind in _RAW_OPTIONS:
         if not arg:
             raise ValueError(f"give the raw file as {kind}:PATH, got {spec!r}")

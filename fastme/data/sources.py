@@ -1,4 +1,5 @@
-"""Bring your own data: Parquet files and ``.npy`` arrays as :class:`~fastme.data.CTRData`.
+"""Bring your own data: Parquet files, several raw files and ``.npy`` arrays as
+:class:`~fastme.data.CTRData`.
 
 ``parquet:PATH`` — PATH is a file, a directory (its ``*.parquet``), a glob (``day_*.parquet``) or
 a comma-separated list; several files are read in sorted order (as given, for a list). Column
@@ -20,6 +21,10 @@ the last K files are the test set, the J before them the validation set (J = 0: 
 ``test_files=1``. The split is recorded in the cache (``file_split``) and
 :meth:`CTRData.split` returns it.
 
+``criteo:PATH`` / ``avazu:PATH`` with a glob, a directory or a comma list — several raw files
+(e.g. Criteo 1TB's ``day_0`` .. ``day_23``) preprocessed as one dataset by the raw reader and
+parser, with the same ``valid_files`` / ``test_files`` split by file.
+
 ``npy:DIR`` — ``DIR/x.npy`` holds already encoded indices (integer [n, N], field i's index in
 ``[0, field_dims[i])``), ``DIR/y.npy`` the 0/1 labels [n]; ``DIR/meta.json`` may give
 ``field_dims`` and ``field_names`` (default: max + 1 of each column, ``f0..``). int32/float32
@@ -33,6 +38,7 @@ import hashlib
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +46,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fastme.data.dataset import CTRData, finish_cache, load_cache, read_meta, write_meta
-from fastme.data.raw import _indices, _ValueCounter, criteo_integer_tokens, default_cache_root
+from fastme.data.raw import (DEFAULT_MIN_COUNT, AvazuFormat, CriteoFormat, _indices, _Malformed,
+                             _read_blocks, _ValueCounter, criteo_integer_tokens,
+                             default_cache_root)
 
 PARQUET_OPTIONS = {"label", "fields", "integer", "min_count", "valid_files", "test_files",
                    "rebuild", "progress", "batch_rows"}
@@ -59,7 +67,7 @@ def expand_paths(spec: str, suffix: str = ".parquet") -> list[Path]:
                 raise FileNotFoundError(f"no file matches {part!r}")
             files += found
         elif path.is_dir():
-            found = sorted(path.glob(f"*{suffix}"))
+            found = sorted(p for p in path.glob(f"*{suffix}") if p.is_file())
             if not found:
                 raise FileNotFoundError(f"directory {path} holds no *{suffix} file")
             files += found
@@ -111,7 +119,12 @@ class ParquetSource:
 
         return pq.ParquetFile(file).metadata.num_rows
 
-    def batches(self, file: Path, need_label: bool = True):
+    kind = "parquet"
+
+    def extra_info(self) -> dict:
+        return {}
+
+    def batches(self, file: Path, pass_no: int = 1, need_label: bool = True):
         """Yield (labels float32 or None, [one array per field, null = missing])."""
         import pyarrow.parquet as pq
 
@@ -170,14 +183,7 @@ def load_parquet(spec: str, cache_dir=None, *, label: str = "label", fields=None
     if isinstance(min_count, bool) or int(min_count) != min_count or min_count < 1:
         raise ValueError(f"min_count must be a positive integer, got {min_count!r}")
     files = expand_paths(spec)
-    for name, value in (("valid_files", valid_files), ("test_files", test_files)):
-        if int(value) != value or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    if test_files and len(files) <= valid_files + test_files:
-        raise ValueError(f"a split by file needs more than valid_files + test_files = "
-                         f"{valid_files + test_files} files, got {len(files)}")
-    if valid_files and not test_files:
-        raise ValueError("valid_files needs test_files too")
+    _check_file_split(files, valid_files, test_files)
     source = ParquetSource(files, label, fields, integer, batch_rows)
     options = {"label": label, "fields": source.field_names, "integer": sorted(source.integer),
                "min_count": int(min_count), "valid_files": int(valid_files),
@@ -188,14 +194,84 @@ def load_parquet(spec: str, cache_dir=None, *, label: str = "label", fields=None
     return load_cache(directory, name="parquet")
 
 
-def _build(source: ParquetSource, directory: Path, options: dict, progress: bool) -> None:
+def _check_file_split(files, valid_files, test_files) -> None:
+    for name, value in (("valid_files", valid_files), ("test_files", test_files)):
+        if isinstance(value, bool) or int(value) != value or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if test_files and len(files) <= valid_files + test_files:
+        raise ValueError(f"a split by file needs more than valid_files + test_files = "
+                         f"{valid_files + test_files} files, got {len(files)}")
+    if valid_files and not test_files:
+        raise ValueError("valid_files needs test_files too")
+
+
+class RawFiles:
+    """Several raw Criteo / Avazu files (e.g. Criteo 1TB's day files) read as one dataset, each
+    with fastme.data.raw's reader and row parser; malformed rows are skipped and counted."""
+
+    def __init__(self, kind: str, files, hour: str = "split", block_size: int = 32 << 20,
+                 progress: bool = True):
+        self.kind = kind
+        self.fmt = CriteoFormat() if kind == "criteo" else AvazuFormat(hour)
+        self.files = [Path(f) for f in files]
+        self.field_names = self.fmt.field_names
+        self.block_size, self.progress = block_size, progress
+        self.bad = _Malformed()
+
+    def extra_info(self) -> dict:
+        return {"malformed": self.bad.as_dict()}
+
+    def batches(self, file: Path, pass_no: int = 1):
+        bad = self.bad if pass_no == 1 else _Malformed()  # count each row once
+        desc = f"{self.kind} {file.name}: pass {pass_no}/2"
+        for batch in _read_blocks(self.fmt, file, self.block_size, bad, desc, self.progress):
+            yield self.fmt.rows(batch, bad)
+
+
+def is_multi_file(path: str) -> bool:
+    """Whether a PATH names several files: a glob, a comma-separated list or a directory."""
+    return "," in path or any(c in path for c in "*?[") or Path(path).expanduser().is_dir()
+
+
+def load_raw_files(kind: str, spec: str, cache_dir=None, *, min_count: int | None = None,
+                   hour: str = "split", valid_files: int = 0, test_files: int = 0,
+                   rebuild: bool = False, progress: bool = True,
+                   block_size: int = 32 << 20) -> CTRData:
+    """Several raw ``kind`` files (a glob, a directory or a comma list) preprocessed as one
+    dataset, in file order, optionally split by file (``valid_files``, ``test_files``)."""
+    if kind not in DEFAULT_MIN_COUNT:
+        raise ValueError(f"unknown raw format {kind!r}; expected 'criteo' or 'avazu'")
+    min_count = DEFAULT_MIN_COUNT[kind] if min_count is None else min_count
+    if isinstance(min_count, bool) or int(min_count) != min_count or min_count < 1:
+        raise ValueError(f"min_count must be a positive integer, got {min_count!r}")
+    files = expand_paths(spec, suffix="")
+    _check_file_split(files, valid_files, test_files)
+    source = RawFiles(kind, files, hour, block_size, progress)
+    options = {"min_count": int(min_count), "valid_files": int(valid_files),
+               "test_files": int(test_files)}
+    if kind == "avazu":
+        options["hour"] = hour
+    directory = _cache_dir(kind, files, options, cache_dir)
+    if rebuild or read_meta(directory) is None:
+        _build(source, directory, options, progress)
+        if source.bad.total:
+            warnings.warn(f"{kind}: skipped {source.bad.total:,} malformed rows of "
+                          f"{len(files)} files; e.g. " + "; ".join(source.bad.examples[:3]),
+                          RuntimeWarning, stacklevel=2)
+    return load_cache(directory, name=kind)
+
+
+def _build(source, directory: Path, options: dict, progress: bool) -> None:
+    """Two streaming passes over ``source.files`` (``source.batches(file, pass_no)`` yields
+    (labels, per-field values)): count every field's values, then write the indices; the raw
+    files' index layout and counting code."""
     started = time.perf_counter()
     n_fields = len(source.field_names)
     counters = [_ValueCounter() for _ in range(n_fields)]
     file_rows, positives = [], 0
     for file in source.files:  # pass 1: count
         rows = 0
-        for labels, values in source.batches(file):
+        for labels, values in source.batches(file, 1):
             rows += len(labels)
             positives += int(labels.sum())
             for counter, v in zip(counters, values):
@@ -203,7 +279,7 @@ def _build(source: ParquetSource, directory: Path, options: dict, progress: bool
         file_rows.append(rows)
     num_rows = sum(file_rows)
     if num_rows == 0:
-        raise ValueError(f"{source.files[0]}: the Parquet files hold no rows")
+        raise ValueError(f"{source.files[0]}: the {source.kind} files hold no valid rows")
     vocab, field_dims, stats = [], [], []
     for name, counter in zip(source.field_names, counters):
         kept, distinct, rare = counter.kept(options["min_count"])
@@ -219,7 +295,7 @@ def _build(source: ParquetSource, directory: Path, options: dict, progress: bool
     y = np.lib.format.open_memmap(tmp / "y.npy", mode="w+", dtype=np.float32, shape=(num_rows,))
     pos = 0
     for file in source.files:  # pass 2: write
-        for labels, values in source.batches(file):
+        for labels, values in source.batches(file, 2):
             end = pos + len(labels)
             if end > num_rows:
                 raise RuntimeError(f"{file} changed while it was being preprocessed; run again")
@@ -233,10 +309,11 @@ def _build(source: ParquetSource, directory: Path, options: dict, progress: bool
     del x, y
     seconds = time.perf_counter() - started
     bounds = np.cumsum([0] + file_rows).tolist()
-    info = {"dataset": "parquet",
+    info = {"dataset": source.kind,
             "source": {"files": [str(f.resolve()) for f in source.files], "rows": file_rows},
             "options": options, "positive_rate": positives / num_rows, "fields": stats,
-            "build": {"seconds": seconds, "rows_per_s": num_rows / seconds}}
+            "build": {"seconds": seconds, "rows_per_s": num_rows / seconds},
+            **source.extra_info()}
     if options["test_files"]:
         k, j = options["test_files"], options["valid_files"]
         n = len(file_rows)
@@ -246,7 +323,7 @@ def _build(source: ParquetSource, directory: Path, options: dict, progress: bool
     write_meta(tmp, source.field_names, field_dims, num_rows, info,
                vocab=[v.to_pylist() for v in vocab])
     finish_cache(tmp, directory)
-    _say(progress, f"parquet: {num_rows:,} rows from {len(source.files)} file(s), "
+    _say(progress, f"{source.kind}: {num_rows:,} rows from {len(source.files)} file(s), "
                    f"{sum(field_dims):,} feature values in {n_fields} fields; {seconds:.1f} s "
                    f"({num_rows / seconds:,.0f} rows/s); cache {directory}")
 
