@@ -22,6 +22,7 @@ from torch import nn
 
 from fastme import ops
 from fastme.models.spec import load_trained
+from fastme.train.trainer import resolve_device
 
 FORMATS = ("pt2", "onnx")
 BOUNDS = ("oov", "raise")
@@ -84,6 +85,7 @@ def export(checkpoint, out, fmt: str = "pt2", *, bounds: str = "oov",
                              "as pt2")
         if backend != "reference":
             raise ValueError("ONNX export traces the reference ops only (backend='reference')")
+    device = resolve_device(device)
     model, ckpt = load_trained(checkpoint, backend=backend, device=device)
     spec = model.spec
     source = (ckpt.get("data") or {}).get("source") or {}

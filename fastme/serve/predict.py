@@ -38,6 +38,7 @@ from fastme.data.raw import (AVAZU_COLUMNS, CRITEO_CAT, CRITEO_COLUMNS, CRITEO_I
                              CriteoFormat, _indices, _Malformed)
 from fastme.models.spec import load_trained
 from fastme.train.metrics import log_loss_from_logits, roc_auc
+from fastme.train.trainer import resolve_device
 
 BLOCK_BYTES = 16 << 20
 _EXAMPLES = 5
@@ -166,7 +167,7 @@ class Predictor:
                  device: str = "cpu", batch_size: int = 8192):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model, ckpt = load_trained(checkpoint, backend=backend, device=self.device)
         self.spec = self.model.spec
         self.batch_size = int(batch_size)
