@@ -8,9 +8,11 @@ used without reading it into memory.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -151,11 +153,32 @@ class CTRData:
         dims = np.asarray(self.field_dims)
         for start in range(0, len(self._x), chunk_rows):
             block = np.asarray(self._x[start:start + chunk_rows])
-            bad = (block < 0) | (block >= dims)
+            if block.min(axis=0).min() >= 0 and (block.max(axis=0) < dims).all():
+                continue
+            r, i = np.argwhere((block < 0) | (block >= dims))[0]
+            raise ValueError(f"{self.name}: row {start + r} field {self.field_names[i]} has "
+                             f"index {block[r, i]} outside [0, {dims[i]})")
+
+    def check_labels(self, chunk_rows: int = 1 << 22) -> None:
+        """Raise ValueError unless every label is 0 or 1 (reads all labels)."""
+        for start in range(0, len(self._y), chunk_rows):
+            block = np.asarray(self._y[start:start + chunk_rows])
+            bad = (block != 0) & (block != 1)
             if bad.any():
-                r, i = np.argwhere(bad)[0]
-                raise ValueError(f"{self.name}: row {start + r} field {self.field_names[i]} has "
-                                 f"index {block[r, i]} outside [0, {dims[i]})")
+                r = int(np.argmax(bad))
+                raise ValueError(f"{self.name}: row {start + r} has label {block[r]}, not 0 or 1")
+
+    def fingerprint(self) -> str:
+        """A short hash of the data's content (shape, cardinalities and up to 65,536 rows spread
+        evenly over it, all rows when there are fewer): two datasets of the same shape but other
+        rows, such as synthetic data of another seed, differ in it."""
+        n = len(self._x)
+        rows = slice(None) if n <= 1 << 16 else np.linspace(0, n - 1, 1 << 16).astype(np.int64)
+        digest = hashlib.blake2b(json.dumps([list(self._x.shape), self.field_dims]).encode(),
+                                 digest_size=8)
+        digest.update(np.ascontiguousarray(self._x[rows]).tobytes())
+        digest.update(np.ascontiguousarray(self._y[rows]).tobytes())
+        return digest.hexdigest()
 
     # -- cache --------------------------------------------------------------------------------
     def save(self, directory, vocab=None) -> Path:
@@ -181,9 +204,7 @@ def write_meta(directory: Path, field_names, field_dims, num_rows: int, info: di
 def finish_cache(tmp: Path, directory: Path) -> Path:
     """Move a completely written cache into place, replacing an older one."""
     if directory.exists():
-        for f in directory.iterdir():
-            f.unlink()
-        directory.rmdir()
+        shutil.rmtree(directory)
     os.replace(tmp, directory)
     return directory
 
@@ -201,21 +222,65 @@ def read_meta(directory) -> dict | None:
 
 
 def load_cache(directory, name: str | None = None) -> CTRData:
-    """Open a cache directory memory-mapped (read-only)."""
+    """Open a cache directory memory-mapped (read-only).
+
+    The arrays are checked against meta.json (shape, dtype) at every load, and their contents
+    (every index within its field's cardinality, every label 0 or 1) once per version of the
+    files: a ``validated.json`` stamp records the sizes and modification times that passed.
+    """
     directory = Path(directory)
     meta = read_meta(directory)
     if meta is None:
         raise FileNotFoundError(f"{directory} is not a fastme data cache (no valid meta.json)")
-    x = np.load(directory / "x.npy", mmap_mode="r")
-    y = np.load(directory / "y.npy", mmap_mode="r")
-    if x.shape != (meta["num_rows"], len(meta["field_dims"])) or y.shape != (meta["num_rows"],):
-        raise ValueError(f"{directory}: arrays do not match meta.json (x {x.shape}, y {y.shape}); "
-                         f"delete the directory to rebuild it")
+    rebuild = "delete the directory to rebuild it"
+    arrays = {}
+    for array, dtype, shape in (("x", np.int32, (meta["num_rows"], len(meta["field_dims"]))),
+                                ("y", np.float32, (meta["num_rows"],))):
+        path = directory / f"{array}.npy"
+        try:
+            arrays[array] = np.load(path, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as exc:
+            raise ValueError(f"{path} is missing, truncated or not a .npy array ({exc}); "
+                             f"{rebuild}") from exc
+        if arrays[array].dtype != dtype or arrays[array].shape != shape:
+            raise ValueError(f"{path} holds {arrays[array].dtype} {arrays[array].shape}, but "
+                             f"meta.json describes {np.dtype(dtype)} {shape}; {rebuild}")
     info = {k: v for k, v in meta.items()
             if k not in ("format", "num_rows", "field_names", "field_dims")}
     info["cache_dir"] = str(directory)
-    return CTRData(x, y, meta["field_dims"], meta["field_names"],
-                   name=name or meta.get("dataset", directory.name), info=info)
+    try:
+        data = CTRData(arrays["x"], arrays["y"], meta["field_dims"], meta["field_names"],
+                       name=name or meta.get("dataset", directory.name), info=info)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{directory}/meta.json does not fit the arrays: {exc}; {rebuild}") from exc
+    _validate_once(data, directory, rebuild)
+    return data
+
+
+_STAMP = "validated.json"
+
+
+def _file_versions(directory: Path) -> dict:
+    return {name: [(directory / name).stat().st_size, (directory / name).stat().st_mtime_ns]
+            for name in ("x.npy", "y.npy", "meta.json")}
+
+
+def _validate_once(data: CTRData, directory: Path, rebuild: str) -> None:
+    versions = _file_versions(directory)
+    try:
+        if json.loads((directory / _STAMP).read_text()) == versions:
+            return
+    except (OSError, ValueError):
+        pass
+    try:
+        data.check_labels()
+        data.check_indices()
+    except ValueError as exc:
+        raise ValueError(f"the cache {directory} is corrupt: {exc}; {rebuild}") from exc
+    try:
+        (directory / _STAMP).write_text(json.dumps(versions))
+    except OSError:
+        pass  # a read-only cache is validated at every load instead
 
 
 def load_vocab(data_or_directory) -> list | None:

@@ -12,10 +12,14 @@ rarer or unseen values share the OOV index k, and an empty cell gets the missing
 
 from __future__ import annotations
 
-import gzip
+import codecs
+import datetime
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import sys
 import time
 import warnings
@@ -27,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from fastme._lock import file_lock
 from fastme.data.dataset import CTRData, finish_cache, load_cache, read_meta, write_meta
 
 CRITEO_INT = [f"I{i}" for i in range(1, 14)]
@@ -48,6 +53,15 @@ _NULL_STR = pa.scalar(None, pa.string())
 _EXAMPLES = 5  # malformed rows quoted in the summary
 
 
+class MalformedRowsWarning(RuntimeWarning):
+    """Rows of a raw file were skipped (each counted by reason in the cache's meta.json)."""
+
+
+#: Why a row is skipped, as counted in meta.json ("malformed") and named in the summary.
+_REASONS = {"column_count": "wrong column count", "bad_label": "bad label",
+            "bad_integer": "non-integer", "bad_hour": "bad hour", "bad_encoding": "not UTF-8"}
+
+
 @dataclass
 class _Malformed:
     """Rows skipped and why."""
@@ -56,20 +70,25 @@ class _Malformed:
     bad_label: int = 0
     bad_integer: int = 0
     bad_hour: int = 0
+    bad_encoding: int = 0
     examples: list = field(default_factory=list)
 
     @property
     def total(self) -> int:
-        return self.column_count + self.bad_label + self.bad_integer + self.bad_hour
+        return sum(getattr(self, reason) for reason in _REASONS)
 
     def note(self, text: str) -> None:
         if len(self.examples) < _EXAMPLES:
             self.examples.append(text)
 
     def as_dict(self) -> dict:
-        return {"total": self.total, "column_count": self.column_count,
-                "bad_label": self.bad_label, "bad_integer": self.bad_integer,
-                "bad_hour": self.bad_hour, "examples": self.examples}
+        return {"total": self.total, **{r: getattr(self, r) for r in _REASONS},
+                "examples": self.examples}
+
+    def summary(self) -> str:
+        """The reasons that occurred, e.g. "wrong column count 2, bad label 1"."""
+        return ", ".join(f"{text} {getattr(self, r):,}" for r, text in _REASONS.items()
+                         if getattr(self, r))
 
 
 def _count_true(mask) -> int:
@@ -105,7 +124,7 @@ class _Format:
     def convert_options(self) -> pacsv.ConvertOptions:
         raise NotImplementedError
 
-    def check_header(self, path: Path) -> None:
+    def check_header(self, path: Path, first_line: bytes) -> None:
         """Raise ValueError when the file clearly is not of this format."""
 
     def rows(self, batch, bad):
@@ -142,8 +161,20 @@ class CriteoFormat(_Format):
     def options(self) -> dict:
         return {}
 
-    def read_options(self, block_size):
-        return pacsv.ReadOptions(column_names=CRITEO_COLUMNS, block_size=block_size)
+    def read_options(self, block_size, encoding="utf8"):
+        return pacsv.ReadOptions(column_names=CRITEO_COLUMNS, block_size=block_size,
+                                 encoding=encoding)
+
+    def check_header(self, path, first_line):
+        if b"\t" in first_line or first_line.count(b",") < len(CRITEO_COLUMNS) - 1:
+            return
+        what = ("the Kaggle competition's comma-separated train.csv (Id,Label,I1..I13,C1..C26)"
+                if first_line.lower().startswith(b"id,label,i1,") else
+                f"comma-separated with {first_line.count(b',') + 1} columns")
+        raise ValueError(
+            f"{path} is {what}, but criteo: reads the tab-separated train.txt of the Display "
+            f"Advertising Challenge (label, I1..I13, C1..C26, no header). Convert it with: "
+            f"tail -n +2 {path.name} | cut -d, -f2- | tr , '\\t' > train.txt")
 
     def convert_options(self):
         # Every column as a string: the integer columns are validated and parsed here, so that a
@@ -209,8 +240,8 @@ class AvazuFormat(_Format):
     def options(self) -> dict:
         return {"hour": self.hour}
 
-    def read_options(self, block_size):
-        return pacsv.ReadOptions(block_size=block_size)
+    def read_options(self, block_size, encoding="utf8"):
+        return pacsv.ReadOptions(block_size=block_size, encoding=encoding)
 
     def convert_options(self):
         used = AVAZU_COLUMNS[1:]  # id is never read into memory (and overflows int64 anyway)
@@ -218,10 +249,8 @@ class AvazuFormat(_Format):
                                     include_columns=used, strings_can_be_null=False,
                                     quoted_strings_can_be_null=False)
 
-    def check_header(self, path):
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", newline="", errors="replace") as f:
-            names = f.readline().rstrip("\r\n").split(",")
+    def check_header(self, path, first_line):
+        names = first_line.decode("utf-8", "replace").rstrip("\r\n").split(",")
         if names != AVAZU_COLUMNS:
             raise ValueError(f"{path} does not look like the Avazu train file: its header is "
                              f"{','.join(names)[:200]!r}, expected {','.join(AVAZU_COLUMNS)!r}")
@@ -230,28 +259,78 @@ class AvazuFormat(_Format):
         ok = self._label_ok(batch, bad)
         if self.hour == "split":
             hour = batch.column("hour")
-            well_formed = pc.match_substring_regex(hour, r"^[0-9]{8}$")
-            stamp = pc.strptime(pc.if_else(well_formed, hour, "70010100"), format="%y%m%d%H",
-                                unit="s", error_is_null=True)
-            good = pc.and_(well_formed, pc.is_valid(stamp))
+            known, hour_of_day, weekday = _valid_hours(hour)
+            good = pc.is_in(hour, value_set=known)
             rejected = pc.and_(ok, pc.invert(good))
             n_rejected = _count_true(rejected)
             if n_rejected:
                 bad.bad_hour += n_rejected
-                bad.note(f"hour {_first_bad(hour, rejected)!r} is not YYMMDDHH")
+                bad.note(f"hour {_first_bad(hour, rejected)!r} is not a YYMMDDHH date and hour")
             ok = pc.and_(ok, good)
         if _count_true(ok) < batch.num_rows:
             batch = batch.filter(ok)
         if self.hour == "split":
-            stamp = pc.strptime(batch.column("hour"), format="%y%m%d%H", unit="s")
-            fields = [pc.hour(stamp), pc.day_of_week(stamp)]
+            where = pc.index_in(batch.column("hour"), value_set=known).to_numpy(
+                zero_copy_only=False)
+            fields = [pa.array(hour_of_day[where]), pa.array(weekday[where])]
         else:
             fields = [_empty_to_null(batch.column("hour"))]
         fields += [_empty_to_null(batch.column(name)) for name in AVAZU_CAT]
         return ok, self._labels(batch), fields
 
 
+def _valid_hours(hour: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """The block's distinct hour cells that are real YYMMDDHH times, with their hour of day and
+    weekday (0 = Monday). A file holds a few hundred distinct hours, so each is checked once with
+    the strict ``datetime.strptime`` (which refuses 14022900, unlike a rolling-over parser)."""
+    known, hour_of_day, weekday = [], [], []
+    for value in pc.unique(hour).to_pylist():
+        if not re.fullmatch(r"[0-9]{8}", value):
+            continue
+        try:
+            stamp = datetime.datetime.strptime(value, "%y%m%d%H")
+        except ValueError:
+            continue
+        known.append(value)
+        hour_of_day.append(stamp.hour)
+        weekday.append(stamp.weekday())
+    return (pa.array(known, pa.string()), np.array(hour_of_day, dtype=np.int64),
+            np.array(weekday, dtype=np.int64))
+
+
 # ---- reading ------------------------------------------------------------------------------------
+
+# Compressed inputs are recognised by their first bytes, whatever the file is called.
+_CODECS = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\x28\xb5\x2f\xfd": "zstd"}
+_ARCHIVES = {b"\xfd7zXZ\x00": "an xz file", b"PK\x03\x04": "a zip archive"}
+
+# Text that is not valid UTF-8 is read a second time through this decoder, which turns each bad
+# byte into U+FFFD; rows holding one are then skipped and counted (``bad_encoding``). Only files
+# that need it pay for the decoding.
+_REPLACING = "fastme_utf8_replace"
+_REPLACEMENT = "\ufffd"
+
+
+class _ReplacingDecoder(codecs.BufferedIncrementalDecoder):
+    def _buffer_decode(self, data, errors, final):
+        return codecs.utf_8_decode(data, "replace", final)
+
+
+def _find_codec(name):
+    if name == _REPLACING:
+        return codecs.CodecInfo(codecs.utf_8_encode,
+                                lambda data, errors="replace": codecs.utf_8_decode(data, "replace",
+                                                                                   True),
+                                incrementaldecoder=_ReplacingDecoder, name=_REPLACING)
+    return None
+
+
+codecs.register(_find_codec)
+
+
+class _NotUTF8(Exception):
+    """The file holds bytes that are not UTF-8: read it again with the replacing decoder."""
+
 
 def _check_file(path) -> Path:
     path = Path(path).expanduser()
@@ -261,13 +340,77 @@ def _check_file(path) -> Path:
         raise ValueError(f"raw data path is not a file: {path}")
     if path.stat().st_size == 0:
         raise ValueError(f"raw data file is empty: {path}")
+    _compression(path)  # refuses archives it cannot read, before any work
     return path
 
 
+def _compression(path: Path) -> str | None:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    for magic, what in _ARCHIVES.items():
+        if head.startswith(magic):
+            raise ValueError(f"{path} is {what}; unpack it first (fastme reads plain text, or "
+                             f"text compressed with gzip, bz2 or zstd)")
+    for magic, codec in _CODECS.items():
+        if head.startswith(magic):
+            if not pa.Codec.is_available(codec):
+                raise ValueError(f"{path} is {codec}-compressed, which this pyarrow build cannot "
+                                 f"read; decompress it first")
+            return codec
+    return None
+
+
+def _damaged(path: Path, codec: str | None, exc: Exception) -> ValueError:
+    what = f"{codec} stream" if codec else "file"
+    return ValueError(f"{path} is damaged: its {what} cannot be read to the end ({exc}); no cache "
+                      f"was written. Download it again (for gzip, `gzip -t {path.name}` checks a "
+                      f"file)")
+
+
+def _open(path: Path):
+    """(the file on disk, the text stream): Arrow's own file objects, so that reading never takes
+    the GIL; the file's ``tell()`` is the position on disk, for the progress bar."""
+    codec = _compression(path)
+    raw = pa.OSFile(str(path)) if codec else pa.memory_map(str(path))
+    return raw, (pa.CompressedInputStream(raw, codec) if codec else raw), codec
+
+
+def _first_line(path: Path) -> bytes:
+    raw, source, codec = _open(path)
+    with raw:
+        try:
+            head = source.read(1 << 20)
+        except (OSError, EOFError, pa.ArrowInvalid) as exc:
+            raise _damaged(path, codec, exc) from exc
+    return head.split(b"\n", 1)[0]
+
+
+def _drop_undecodable(batch: pa.RecordBatch, bad: _Malformed) -> pa.RecordBatch:
+    """Skip (and count) the rows where the replacing decoder had to stand in for a bad byte."""
+    hit = None
+    for col in batch.columns:
+        found = pc.match_substring(col, _REPLACEMENT)
+        hit = found if hit is None else pc.or_(hit, found)
+    n = _count_true(hit) if hit is not None else 0
+    if not n:
+        return batch
+    bad.bad_encoding += n
+    first = batch.filter(hit).to_pylist()[0]
+    bad.note(f"a row holds bytes that are not UTF-8: "
+             f"{next(v for v in first.values() if _REPLACEMENT in v)!r}")
+    return batch.filter(pc.invert(hit))
+
+
 def _read_blocks(fmt: _Format, path: Path, block_size: int, bad: _Malformed, desc: str,
-                 progress: bool):
-    """Record batches of the raw file, with a byte-based progress bar."""
+                 progress: bool, encoding: str = "utf8"):
+    """Record batches of the raw file, with a byte-based progress bar.
+
+    Raises :class:`_NotUTF8` when the file needs the replacing decoder, ValueError naming the file
+    when it cannot be parsed or read to the end.
+    """
     from tqdm.auto import tqdm
+
+    undecodable = []
 
     def skip(row) -> str:
         bad.column_count += 1
@@ -276,33 +419,54 @@ def _read_blocks(fmt: _Format, path: Path, block_size: int, bad: _Malformed, des
                  f"{row.text[:80]!r}")
         return "skip"
 
-    fmt.check_header(path)
-    parse = pacsv.ParseOptions(delimiter=fmt.delimiter, quote_char=False if fmt.kind == "criteo"
-                               else '"', invalid_row_handler=skip)
-    gz = path.suffix == ".gz"
-    # Arrow's own file objects: reading never takes the GIL (a Python file object would).
-    # ``raw.tell()`` is the position in the file on disk, compressed or not, for the progress bar.
-    raw = pa.OSFile(str(path)) if gz else pa.memory_map(str(path))
-    with raw, tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=desc,
-                   disable=not progress, mininterval=1.0) as bar:
-        source = pa.CompressedInputStream(raw, "gzip") if gz else raw
-        try:
-            reader = pacsv.open_csv(source, read_options=fmt.read_options(block_size),
-                                    parse_options=parse, convert_options=fmt.convert_options())
-        except pa.ArrowInvalid as exc:
-            raise ValueError(f"cannot read {path} as {fmt.kind} data: {exc}") from exc
-        done = 0
-        while True:
+    def unraisable(info):
+        # pyarrow decodes a short row's text before calling ``skip``; a bad byte there is not an
+        # error of the caller's to print but a sign to read the file with the replacing decoder.
+        if isinstance(info.exc_value, UnicodeDecodeError):
+            undecodable.append(info.exc_value)
+        else:
+            previous_hook(info)
+
+    def failure(exc) -> Exception:
+        if encoding == "utf8" and (undecodable or "UTF8" in str(exc) or "UTF-8" in str(exc)):
+            return _NotUTF8()
+        return ValueError(f"cannot parse {path} as {fmt.kind} data: {exc}")
+
+    fmt.check_header(path, _first_line(path))
+    # Neither format quotes its cells: a stray '"' is an ordinary character of its cell, not the
+    # start of a quoted field that would swallow the following lines.
+    parse = pacsv.ParseOptions(delimiter=fmt.delimiter, quote_char=False,
+                               invalid_row_handler=skip)
+    raw, source, codec = _open(path)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable
+    try:
+        with raw, tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=desc,
+                       disable=not progress, mininterval=1.0) as bar:
             try:
-                batch = reader.read_next_batch()
-            except StopIteration:
-                break
+                reader = pacsv.open_csv(source, read_options=fmt.read_options(block_size, encoding),
+                                        parse_options=parse,
+                                        convert_options=fmt.convert_options())
             except pa.ArrowInvalid as exc:
-                raise ValueError(f"cannot parse {path} as {fmt.kind} data: {exc}") from exc
-            position = raw.tell()
-            bar.update(position - done)
-            done = position
-            yield batch
+                raise failure(exc) from exc
+            except (OSError, EOFError) as exc:
+                raise _damaged(path, codec, exc) from exc
+            done = 0
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    break
+                except pa.ArrowInvalid as exc:
+                    raise failure(exc) from exc
+                except (OSError, EOFError) as exc:
+                    raise _damaged(path, codec, exc) from exc
+                position = raw.tell()
+                bar.update(position - done)
+                done = position
+                yield _drop_undecodable(batch, bad) if encoding != "utf8" else batch
+    finally:
+        sys.unraisablehook = previous_hook
 
 
 # ---- vocabulary ---------------------------------------------------------------------------------
@@ -355,10 +519,29 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("FASTME_CACHE_DIR") or Path.home() / ".cache" / "fastme")
 
 
-def _cache_dir(fmt: _Format, path: Path, options: dict, cache_dir) -> Path:
-    stat = path.stat()
-    key = json.dumps({"path": str(path.resolve()), "size": stat.st_size,
-                      "mtime_ns": stat.st_mtime_ns, "kind": fmt.kind, **options}, sort_keys=True)
+def file_fingerprint(path, block: int = 1 << 16, samples: int = 64) -> str:
+    """A content fingerprint that stays cheap on an 11 GB file: the size and a hash of the first
+    and last ``block`` bytes and of ``samples`` blocks spread evenly in between (about 4 MB read).
+    An in-place edit that keeps the size is caught when it touches one of those blocks (any edit
+    of the head or tail, or of one byte in every ~170 MB stretch); other edits need ``rebuild``."""
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.blake2b(str(size).encode(), digest_size=16)
+    with open(path, "rb") as f:
+        if size <= (samples + 2) * block:
+            digest.update(f.read())
+        else:
+            last = size - block
+            for offset in [0, *(last * i // (samples + 1) for i in range(1, samples + 1)), last]:
+                f.seek(offset)
+                digest.update(f.read(block))
+    return digest.hexdigest()
+
+
+def _cache_dir(fmt: _Format, path: Path, options: dict, cache_dir, fingerprint: str) -> Path:
+    # Keyed by content, not by path or modification time: a copy that keeps the mtime (cp -p,
+    # rsync -t) but not the content gets its own cache, and moving or touching a file keeps it.
+    key = json.dumps({"fingerprint": fingerprint, "kind": fmt.kind, **options}, sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
     return root / f"{fmt.kind}-{path.name}-{digest}"
@@ -370,8 +553,9 @@ def preprocess(kind: str, path, cache_dir=None, *, min_count: int | None = None,
     """Preprocess a raw ``kind`` ("criteo" or "avazu") file once and open its cache.
 
     The cache directory (under ``cache_dir``, default ``$FASTME_CACHE_DIR`` or
-    ``~/.cache/fastme``) is keyed by the file's path, size and modification time and by the
-    options, and reused when it exists unless ``rebuild``.
+    ``~/.cache/fastme``) is keyed by the file's :func:`file_fingerprint` and by the options, and
+    reused when it exists unless ``rebuild``. Building holds a lock (``<cache>.lock``): a second
+    process asking for the same cache waits for the first and then reuses its result.
 
     Args:
         min_count: values seen fewer times map to the field's OOV index (default 10 for Criteo,
@@ -393,10 +577,26 @@ def preprocess(kind: str, path, cache_dir=None, *, min_count: int | None = None,
         raise ValueError(f"min_count must be a positive integer, got {min_count!r}")
     path = _check_file(path)
     options = {"min_count": int(min_count), **fmt.options()}
-    directory = _cache_dir(fmt, path, options, cache_dir)
-    if not rebuild and read_meta(directory) is not None:
-        return load_cache(directory, name=kind)
-    return _build(fmt, path, directory, options, progress, block_size)
+    fingerprint = file_fingerprint(path)
+    directory = _cache_dir(fmt, path, options, cache_dir, fingerprint)
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        lock = file_lock(directory.with_name(directory.name + ".lock"),
+                         f"the cache {directory}", wait=True,
+                         on_wait=lambda who: _say(True, f"{kind}: waiting for {who}, which is "
+                                                        f"building the cache {directory}"))
+        with lock:
+            if not rebuild and _reusable(directory, fingerprint):
+                return load_cache(directory, name=kind)
+            return _build(fmt, path, directory, options, progress, block_size, fingerprint)
+    except OSError as exc:
+        raise OSError(f"cannot write the {kind} cache {directory}: {exc}. Free some space there or "
+                      f"choose another place (cache_dir / --cache-dir / $FASTME_CACHE_DIR)") from exc
+
+
+def _reusable(directory: Path, fingerprint: str) -> bool:
+    meta = read_meta(directory)
+    return meta is not None and (meta.get("source") or {}).get("fingerprint") == fingerprint
 
 
 def _say(progress: bool, message: str) -> None:
@@ -404,22 +604,50 @@ def _say(progress: bool, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _build(fmt: _Format, path: Path, directory: Path, options: dict, progress: bool,
-           block_size: int) -> CTRData:
-    started = time.perf_counter()
-    n_fields = len(fmt.field_names)
-
-    # Pass 1: validate and count.
+def _count(fmt: _Format, path: Path, options: dict, progress: bool, block_size: int,
+           encoding: str):
+    """Pass 1: validate the rows and count every field's values."""
     bad = _Malformed()
-    counters = [_ValueCounter() for _ in range(n_fields)]
+    counters = [_ValueCounter() for _ in fmt.field_names]
     num_rows = positives = 0
     for batch in _read_blocks(fmt, path, block_size, bad, f"{fmt.kind}: pass 1/2 (count)",
-                              progress):
+                              progress, encoding):
         labels, fields = fmt.rows(batch, bad)
         num_rows += len(labels)
         positives += int(labels.sum())
         for counter, values in zip(counters, fields):
             counter.add(values)
+    return bad, counters, num_rows, positives
+
+
+def _reserve(path: Path) -> None:
+    """Give the (sparse, memory-mapped) file its disk blocks now: running out of space while
+    writing through a memory map kills the process (SIGBUS) instead of raising an error."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate on this fs
+                raise
+
+
+def _build(fmt: _Format, path: Path, directory: Path, options: dict, progress: bool,
+           block_size: int, fingerprint: str) -> CTRData:
+    started = time.perf_counter()
+    n_fields = len(fmt.field_names)
+
+    encoding = "utf8"
+    try:
+        bad, counters, num_rows, positives = _count(fmt, path, options, progress, block_size,
+                                                    encoding)
+    except _NotUTF8:
+        encoding = _REPLACING
+        _say(progress, f"{fmt.kind}: {path} holds bytes that are not UTF-8; reading it again, "
+                       f"skipping the rows that hold them")
+        bad, counters, num_rows, positives = _count(fmt, path, options, progress, block_size,
+                                                    encoding)
     if num_rows == 0:
         raise ValueError(f"{path} holds no valid {fmt.kind} rows ({bad.total:,} malformed; "
                          f"e.g. {'; '.join(bad.examples[:2]) or 'no data lines'})")
@@ -433,16 +661,57 @@ def _build(fmt: _Format, path: Path, directory: Path, options: dict, progress: b
                             "rare_rows": rare_rows, "missing_rows": counter.missing})
     count_s = time.perf_counter() - started
 
-    # Pass 2: map values to indices and write the arrays.
+    # Pass 2: map values to indices and write the arrays, into a directory aside that is renamed
+    # into place only when complete (a failure removes it).
     tmp = directory.with_name(directory.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a process that was killed
+    tmp.mkdir(parents=True)
+    try:
+        _write(fmt, path, tmp, vocab, num_rows, bad, progress, block_size, encoding)
+        if file_fingerprint(path) != fingerprint:
+            raise RuntimeError(f"{path} changed while it was being preprocessed; run again")
+        seconds = time.perf_counter() - started
+        info = {"dataset": fmt.kind,
+                "source": {"path": str(path.resolve()), "size": path.stat().st_size,
+                           "fingerprint": fingerprint, "utf8": encoding == "utf8"},
+                "options": options, "positive_rate": positives / num_rows,
+                "malformed": bad.as_dict(), "fields": field_stats,
+                "build": {"seconds": seconds, "count_pass_seconds": count_s,
+                          "rows_per_s": num_rows / seconds}}
+        write_meta(tmp, fmt.field_names, field_dims, num_rows, info,
+                   vocab=[v.to_pylist() for v in vocab])
+        finish_cache(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _say(progress, f"{fmt.kind}: {num_rows:,} rows, {sum(field_dims):,} feature values in "
+                   f"{n_fields} fields; {seconds:.1f} s for two passes "
+                   f"({num_rows / seconds:,.0f} rows/s); cache {directory}")
+    if bad.total:
+        warnings.warn(f"{fmt.kind}: skipped {bad.total:,} malformed rows of {path} "
+                      f"({bad.summary()}); e.g. " + "; ".join(bad.examples[:3]),
+                      MalformedRowsWarning, stacklevel=3)
+    return load_cache(directory, name=fmt.kind)
+
+
+def _write(fmt: _Format, path: Path, tmp: Path, vocab: list, num_rows: int, bad: _Malformed,
+           progress: bool, block_size: int, encoding: str) -> None:
+    """Pass 2: write ``x.npy`` and ``y.npy`` into ``tmp``."""
+    n_fields = len(fmt.field_names)
+    x_bytes, y_bytes = num_rows * n_fields * 4, num_rows * 4
+    free = shutil.disk_usage(tmp).free
+    if free < x_bytes + y_bytes:
+        raise OSError(f"the cache needs {(x_bytes + y_bytes) / 1e9:.2f} GB but only "
+                      f"{free / 1e9:.2f} GB are free")
     x = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.int32,
                                   shape=(num_rows, n_fields))
     y = np.lib.format.open_memmap(tmp / "y.npy", mode="w+", dtype=np.float32, shape=(num_rows,))
+    _reserve(tmp / "x.npy")
+    _reserve(tmp / "y.npy")
     bad2 = _Malformed()
     pos = 0
     for batch in _read_blocks(fmt, path, block_size, bad2, f"{fmt.kind}: pass 2/2 (write)",
-                              progress):
+                              progress, encoding):
         labels, fields = fmt.rows(batch, bad2)
         end = pos + len(labels)
         if end > num_rows:
@@ -458,27 +727,6 @@ def _build(fmt: _Format, path: Path, directory: Path, options: dict, progress: b
                            f"({num_rows:,} rows in pass 1, {pos:,} in pass 2); run again")
     x.flush()
     y.flush()
-    del x, y
-    seconds = time.perf_counter() - started
-    info = {"dataset": fmt.kind, "source": {"path": str(path.resolve()),
-                                            "size": path.stat().st_size},
-            "options": options, "positive_rate": positives / num_rows,
-            "malformed": bad.as_dict(), "fields": field_stats,
-            "build": {"seconds": seconds, "count_pass_seconds": count_s,
-                      "rows_per_s": num_rows / seconds}}
-    write_meta(tmp, fmt.field_names, field_dims, num_rows, info,
-               vocab=[v.to_pylist() for v in vocab])
-    finish_cache(tmp, directory)
-    _say(progress, f"{fmt.kind}: {num_rows:,} rows, {sum(field_dims):,} feature values in "
-                   f"{n_fields} fields; {seconds:.1f} s for two passes "
-                   f"({num_rows / seconds:,.0f} rows/s); cache {directory}")
-    if bad.total:
-        summary = (f"{fmt.kind}: skipped {bad.total:,} malformed rows of {path} (wrong column "
-                   f"count {bad.column_count:,}, bad label {bad.bad_label:,}, non-integer "
-                   f"{bad.bad_integer:,}, bad hour {bad.bad_hour:,}); e.g. "
-                   + "; ".join(bad.examples[:3]))
-        warnings.warn(summary, RuntimeWarning, stacklevel=3)
-    return load_cache(directory, name=fmt.kind)
 
 
 def _indices(values: pa.Array, kept: pa.Array) -> np.ndarray:
