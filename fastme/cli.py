@@ -10,6 +10,7 @@ import argparse
 import ast
 import importlib
 import sys
+import warnings
 
 SUBCOMMAND_MODULES = ("fastme.train.cli", "fastme.analysis.cli", "fastme.serve.cli")
 
@@ -54,7 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    command = " ".join(filter(None, (args.command, getattr(args, "experiment", None))))
+    with warnings.catch_warnings():
+        # A warning is a message to the user here, not to a programmer: one line, no source.
+        warnings.showwarning = lambda message, *_, **__: print(
+            f"fastme {command}: warning: {message}", file=sys.stderr, flush=True)
+        try:
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            print(f"fastme {command}: interrupted", file=sys.stderr, flush=True)
+            return 130
 
 
 if __name__ == "__main__":

@@ -86,3 +86,132 @@ def test_cli_defaults_are_the_config_defaults():
         action = next(a for a in parser._subparsers._group_actions[0].choices["train"]._actions
                       if flag in a.option_strings)
         assert list(action.choices) == list(choices)
+
+
+TINY = ["--data", "synthetic", "--synthetic-samples", "1000", "--data-option",
+        "field_dims=[4,8,16]", "--model", "dnn", "--model-option", "hidden_dim=8",
+        "--batch-size", "256", "--epochs", "1", "--no-progress"]
+
+
+def test_user_mistakes_are_one_line_errors_before_any_data_is_loaded(tmp_path, capsys,
+                                                                     monkeypatch):
+    import fastme.data
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data loaded before the options were checked")
+
+    monkeypatch.setattr(fastme.data, "load_dataset", no_loading)
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    cases = [(["--out", str(afile)], "is an existing file"),
+             (["--model-option", "no_such_option=1"], "no_such_option"),
+             (["--backend", "cuda", "--device", "cpu"], "--backend cuda cannot run on cpu")]
+    for extra, message in cases:
+        assert main(["train", *TINY, "--out", str(tmp_path / "r"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fastme train: error: ") and message in err
+        assert "Traceback" not in err
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    import fastme.train.trainer as trainer
+
+    real, calls = trainer._train_one_epoch, []
+
+    def interrupted_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_train_one_epoch", interrupted_in_epoch_2)
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "3", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "fastme train: interrupted" in err and "--resume" in err and str(out) in err
+    assert "Traceback" not in err
+
+
+def test_a_non_finite_loss_is_an_error_with_a_hint(tmp_path, capsys, monkeypatch):
+    import fastme.train.trainer as trainer
+
+    monkeypatch.setattr(trainer.F, "binary_cross_entropy_with_logits",
+                        lambda logits, y: (logits * float("nan")).mean())
+    assert main(["train", *TINY, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastme train: error: ") and "--lr 0.0001" in err
+
+
+def test_default_out_names_differ_with_the_data_and_settings():
+    from fastme.cli import build_parser
+    from fastme.train.cli import _data_options, default_out_dir, run_identity
+
+    def out_of(*argv):
+        args = build_parser().parse_args(["train", *argv])
+        return default_out_dir(args, run_identity(args, _data_options(args), {}))
+
+    base = out_of("--data", "criteo:/data/a.txt")
+    assert base.startswith("runs/dcnv2-sex1-criteo-seed0-")
+    assert base == out_of("--data", "criteo:/data/a.txt", "--no-progress", "--device", "cpu")
+    others = {out_of("--data", "criteo:/data/b.txt"),
+              out_of("--data", "criteo:/data/a.txt", "--min-count", "4"),
+              out_of("--data", "criteo:/data/a.txt", "--lr", "0.01"),
+              out_of("--data", "criteo:/data/a.txt", "--epochs", "5")}
+    assert len(others) == 4 and base not in others
+
+
+def test_another_run_in_out_is_not_replaced_silently(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert main(["train", *TINY, "--out", str(out)]) == 0  # the same run again: replaced
+    assert main(["train", *TINY, "--lr", "0.01", "--out", str(out)]) == 2
+    assert "holds another run (it differs in config)" in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["config"] == first["config"]
+    assert main(["train", *TINY, "--lr", "0.01", "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "results.json").read_text())["config"]["lr"] == 0.01
+
+
+def test_warnings_are_one_line_messages(tmp_path, capsys):
+    raw = tmp_path / "train.txt"
+    lines = ["\t".join([str(i % 2)] + [str(i % 7)] * 13 + [f"c{i % 5}"] * 26) for i in range(400)]
+    raw.write_text("\n".join(lines + ["1\t2"]) + "\n")
+    code = main(["train", "--data", f"criteo:{raw}", "--cache-dir", str(tmp_path / "c"),
+                 "--min-count", "1", "--model", "dnn", "--model-option", "hidden_dim=8",
+                 "--epochs", "1", "--batch-size", "128", "--no-progress", "--out",
+                 str(tmp_path / "r")])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "fastme train: warning: criteo: skipped 1 malformed rows" in err
+    assert "RuntimeWarning" not in err and "warnings.warn" not in err and "hour" not in err
+
+
+def test_analyze_refuses_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    bogus = tmp_path / "best.pt"
+    bogus.write_bytes(b"not a checkpoint at all")
+    assert main(["analyze", str(bogus)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastme analyze: error: ") and str(bogus) in err
+
+
+def test_a_busy_or_unwritable_out_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    import os
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import time; from fastme.train.trainer import lock_run_dir\n"
+         f"with lock_run_dir({str(out)!r}):\n"
+         "    print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["train", *TINY, "--out", str(out)]) == 2
+        assert f"is in use by pid {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    # (root may write anywhere, so an unwritable directory is simulated)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert main(["train", *TINY, "--out", str(tmp_path / "ro")]) == 2
+    assert "cannot write to the output directory" in capsys.readouterr().err

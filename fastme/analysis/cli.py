@@ -113,7 +113,7 @@ def run_scale_command(args) -> int:
                 raise ValueError("--synthetic-samples only applies to --data synthetic")
             data_options["num_samples"] = args.synthetic_samples
         data = load_dataset(args.data, cache_dir=args.cache_dir, **data_options)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         return error("experiment scale", exc)
     out = Path(args.out or f"runs/experiment-scale-{args.model.lower()}-{kind}")
     train_options = config_options(args)
@@ -194,7 +194,7 @@ def run_analyze_command(args) -> int:
         title = f"{meta['model']} {meta['mode'].upper()} x{meta['scale']}"
         result = analyze_model(model, out, field_names=names, seen_rows=seen, split=args.split,
                                layer=args.layer, title=title)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         return error("analyze", exc)
     print(f"{title} ({meta['checkpoint']})")
     print(f"mean field IA {result['mean_field_ia']:.3f} "

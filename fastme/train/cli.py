@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import re
 import sys
 import time
+from pathlib import Path
 
 from fastme.cli import error, key_values
 from fastme.models import MODELS
@@ -73,8 +76,10 @@ def add_parsers(subparsers) -> None:
     t = p.add_argument_group("training")
     add_config_arguments(t, ("epochs", "batch_size", "lr", "weight_decay", "patience", "shuffle",
                              "device", "seed", "split_seed", "out_dir", "resume", "progress"),
-                         out_dir="output directory (default "
-                                 "runs/<model>-<mode>x<scale>-<data>-seed<seed>)")
+                         out_dir="output directory (default runs/<model>-<mode>x<scale>-<data>-"
+                                 "seed<seed>-<hash of the data and settings>)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace another run's files in --out (otherwise refused)")
     t.add_argument("--track-ia", action="store_true",
                    help="record each field's information abundance after every epoch")
     p.set_defaults(func=run)
@@ -102,12 +107,64 @@ def _data_options(args) -> dict:
     return options
 
 
-def default_out_dir(args) -> str:
+#: Settings that do not change what a run computes: they are left out of its identity.
+_COSMETIC = ("device", "out_dir", "resume", "progress", "verbose")
+
+
+def run_identity(args, data_options: dict, model_options: dict) -> dict:
+    """What makes two runs the same run: the model, the data (a raw file by its absolute path) and
+    every training setting that changes the result."""
+    kind, _, where = args.data.partition(":")
+    data = f"{kind}:{Path(where).expanduser().resolve()}" if where else kind
+    config = {k: v for k, v in config_options(args).items() if k not in _COSMETIC}
+    return {"model": args.model, "mode": args.mode, "scale": args.scale,
+            "model_options": model_options, "data": data,
+            "data_options": {k: v for k, v in data_options.items()
+                             if k not in ("progress", "rebuild")},
+            "config": config}
+
+
+def default_out_dir(args, identity: dict) -> str:
+    """runs/<model>-<mode>x<scale>-<data>-seed<seed>-<hash>: the hash is of the run's identity
+    (data file, data and model options, training settings), so that runs that differ in any of them
+    never share a directory, while the same command finds its own run again (for --resume)."""
     kind = args.data.split(":", 1)[0]
     if kind == "synthetic" and args.synthetic_samples:
         kind += str(args.synthetic_samples)
-    name = f"{args.model.lower()}-{args.mode}x{args.scale}-{kind}-seed{args.seed}"
+    digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode())
+    name = f"{args.model}-{args.mode}x{args.scale}-{kind}-seed{args.seed}-{digest.hexdigest()[:8]}"
     return "runs/" + re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _saved_identity(out: Path) -> dict | None:
+    """The identity recorded by the run in ``out`` (None: no run there)."""
+    from fastme.train.trainer import LAST, RESULTS, load_checkpoint
+
+    if (out / RESULTS).is_file():
+        try:
+            return json.loads((out / RESULTS).read_text())["info"].get("identity", {})
+        except (OSError, ValueError, KeyError, AttributeError):
+            return {}
+    if (out / LAST).is_file():
+        try:
+            return load_checkpoint(out / LAST)["info"].get("identity", {})
+        except (ValueError, KeyError, AttributeError):
+            return {}
+    return None
+
+
+def _check_not_another_run(out: Path, identity: dict, args) -> None:
+    """A fresh run replaces the files in ``out`` only when they are an earlier try of the same
+    run; another run's results are never deleted silently."""
+    if args.resume or args.overwrite:
+        return
+    saved = _saved_identity(out)
+    if saved is None or saved == json.loads(json.dumps(identity, default=str)):
+        return
+    differs = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+    raise ValueError(f"{out} holds another run (it differs in {', '.join(differs) or 'settings'}); "
+                     f"choose another --out, add --resume to continue that run or --overwrite to "
+                     f"replace it")
 
 
 def _field_ia(model, entry) -> dict:
@@ -120,34 +177,56 @@ def _field_ia(model, entry) -> dict:
 def run(args) -> int:
     import torch
 
+    from fastme._lock import LockedError
     from fastme.data import load_dataset
     from fastme.models import build
-    from fastme.train.trainer import TrainConfig, print_summary, resolve_device, train
+    from fastme.ops import available_backends
+    from fastme.train.trainer import TrainConfig, lock_run_dir, print_summary, resolve_device, train
 
+    out = None
     try:
         model_options = key_values(args.model_option, "--model-option")
         data_options = _data_options(args)
-        config = TrainConfig(**{**config_options(args),
-                                "device": str(resolve_device(args.device)),
-                                "out_dir": args.out_dir or default_out_dir(args)})
-        started = time.perf_counter()
-        data = load_dataset(args.data, cache_dir=args.cache_dir, **data_options)
-        print(f"data: {data!r} (loaded in {time.perf_counter() - started:.1f} s)", flush=True)
-        torch.manual_seed(args.seed)  # the model's initialisation
-        model = build(args.model, data.field_dims, args.scale, multi=args.mode == "me",
-                      backend=args.backend, **model_options)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
-        return error("train", exc)
-    title = (f"{args.model} {args.mode.upper()} x{args.scale} on {args.data} "
-             f"(backend {args.backend}, seed {args.seed})")
-    print(f"model: {title}: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
-    info = {"title": title, "model": args.model, "mode": args.mode, "scale": args.scale,
-            "backend": args.backend, "data": args.data, "data_info": data.info,
-            "model_options": model_options, "command": sys.argv}
-    try:
-        results = train(model, data, config, info=info,
-                        on_epoch=_field_ia if args.track_ia else None, on_result=_field_ia)
-    except ValueError as exc:  # resuming with other settings, a split without both classes, ...
+        device = resolve_device(args.device)
+        if args.backend != "auto" and args.backend not in available_backends(device):
+            raise ValueError(f"--backend {args.backend} cannot run on {device} here (available: "
+                             f"{', '.join(available_backends(device))}); use --backend auto"
+                             + (" or --device cuda" if args.backend == "cuda" else ""))
+        # A model option mistake is found now, not after minutes of preprocessing.
+        build(args.model, [2, 2], args.scale, multi=args.mode == "me", backend="reference",
+              **model_options)
+        identity = run_identity(args, data_options, model_options)
+        out = Path(args.out_dir or default_out_dir(args, identity))
+        config = TrainConfig(**{**config_options(args), "device": str(device),
+                                "out_dir": str(out)})
+        with lock_run_dir(out):  # refuses a second run into --out before any data is loaded
+            _check_not_another_run(out, identity, args)
+            started = time.perf_counter()
+            data = load_dataset(args.data, cache_dir=args.cache_dir, **data_options)
+            print(f"data: {data!r} (loaded in {time.perf_counter() - started:.1f} s)", flush=True)
+            torch.manual_seed(args.seed)  # the model's initialisation
+            model = build(args.model, data.field_dims, args.scale, multi=args.mode == "me",
+                          backend=args.backend, **model_options)
+            title = (f"{args.model} {args.mode.upper()} x{args.scale} on {args.data} "
+                     f"(backend {args.backend}, seed {args.seed})")
+            print(f"model: {title}: {sum(p.numel() for p in model.parameters()):,} parameters",
+                  flush=True)
+            info = {"title": title, "model": args.model, "mode": args.mode, "scale": args.scale,
+                    "backend": args.backend, "data": args.data, "data_info": data.info,
+                    "model_options": model_options, "identity": identity,
+                    "command": sys.argv}
+            results = train(model, data, config, info=info,
+                            on_epoch=_field_ia if args.track_ia else None, on_result=_field_ia)
+    except KeyboardInterrupt:
+        where = out / "last.pt" if out is not None else None
+        hint = (f"; the last completed epoch is in {where}: run the same command with --resume "
+                f"to continue" if where is not None and where.is_file() else "")
+        print(f"fastme train: interrupted{hint}", file=sys.stderr, flush=True)
+        return 130
+    except FloatingPointError as exc:
+        return error("train", f"{exc} (for example --lr {args.lr / 10:g})")
+    except (ValueError, TypeError, OSError, LockedError) as exc:
+        # bad options or data, a resume that does not fit, a damaged file, a full disk, ...
         return error("train", exc)
     print_summary(results)
     return 0

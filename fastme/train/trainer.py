@@ -16,6 +16,7 @@ information abundance that ``fastme train`` records) come in through the ``on_ep
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,12 +31,21 @@ import torch
 import torch.nn.functional as F
 
 from fastme._json import json_default
+from fastme._lock import file_lock
 from fastme.data.dataset import CTRData
 from fastme.train.batches import iterate_batches
 from fastme.train.config import TRAJECTORY_FIELDS, TrainConfig
 from fastme.train.metrics import log_loss_from_logits, roc_auc
 
 LAST, BEST, RESULTS = "last.pt", "best.pt", "results.json"
+LOCK = ".lock"  # held by the run training into the directory
+
+#: What a run's ``info`` says about the model; resuming with other values is refused.
+_MODEL_INFO = ("model", "mode", "scale", "model_options")
+
+
+class TrainingWarning(RuntimeWarning):
+    """The run finished but its numbers are suspect (e.g. it diverged)."""
 
 #: ``callback(model, entry) -> dict | None``: extra entries for an epoch's history record
 #: (``on_epoch``) or for the results (``on_result``, called with the tested best model).
@@ -99,9 +109,28 @@ def _save(obj, path: Path) -> None:
     os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
 
 
+class CheckpointError(ValueError):
+    """A file that should be a fastme checkpoint cannot be read as one."""
+
+
 def load_checkpoint(path, device="cpu") -> dict:
-    """A checkpoint written by :func:`train` (model/optimizer state dicts, epoch, config, ...)."""
-    return torch.load(path, map_location=device, weights_only=True)
+    """A checkpoint written by :func:`train` (model/optimizer state dicts, epoch, config, ...).
+
+    Raises :class:`CheckpointError` naming the file when it is empty, truncated, or not a
+    checkpoint at all."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        size = path.stat().st_size if path.is_file() else 0
+        what = "empty" if size == 0 else "truncated, damaged or not a checkpoint"
+        raise CheckpointError(f"{path} is {what} ({type(exc).__name__}: {str(exc)[:120]}); "
+                              f"delete it to start afresh") from exc
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise CheckpointError(f"{path} is not a fastme checkpoint (no 'model' state dict)")
+    return ckpt
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -151,7 +180,8 @@ def _train_one_epoch(model, optimizer, data: CTRData, rows: np.ndarray, config: 
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     with tqdm(total=len(rows), unit="sample", unit_scale=True, desc=desc,
               disable=not config.progress, leave=False, mininterval=0.5) as bar:
-        for step, (xb, yb) in enumerate(iterate_batches(data, rows, config.batch_size, device)):
+        batches = iterate_batches(data, rows, config.batch_size, device, merge_single_tail=True)
+        for step, (xb, yb) in enumerate(batches):
             logits = model(xb)
             loss = F.binary_cross_entropy_with_logits(logits.float(), yb)
             reg = model.regularization_loss() if hasattr(model, "regularization_loss") else None
@@ -165,8 +195,8 @@ def _train_one_epoch(model, optimizer, data: CTRData, rows: np.ndarray, config: 
                 bar.set_postfix(loss=f"{loss.item():.4f}")
     mean_loss = loss_sum.item() / max(len(rows), 1)
     if not math.isfinite(mean_loss):
-        raise FloatingPointError(f"{desc}: the training loss is not finite ({mean_loss}); "
-                                 f"try a smaller lr")
+        raise FloatingPointError(f"{desc}: the training loss is not finite ({mean_loss}): the "
+                                 f"training diverged; try a smaller lr")
     return mean_loss
 
 
@@ -174,10 +204,61 @@ class ResumeError(ValueError):
     """The run in out_dir cannot be continued with these settings or this data."""
 
 
+def prepare_out_dir(out: Path) -> None:
+    """Create the run directory, or say clearly why it cannot be one."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output directory {out} is an existing file; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the output directory {out}: {exc.strerror or exc}; "
+                         f"choose another --out") from exc
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write to the output directory {out}; choose another --out")
+
+
+def lock_run_dir(out) -> "contextlib.AbstractContextManager":
+    """Hold ``out``'s lock: two runs writing into one directory would mix their checkpoints and
+    report each other's numbers, so the second is refused (:class:`fastme._lock.LockedError`)."""
+    out = Path(out)
+    prepare_out_dir(out)
+    return file_lock(out / LOCK, f"the run directory {out}")
+
+
+def _check_backend(model, device: torch.device) -> None:
+    from fastme.ops import available_backends
+
+    backend = getattr(model, "backend", "auto")
+    if backend != "auto" and backend not in available_backends(device):
+        raise ValueError(f"the model's backend {backend!r} cannot run on {device} here "
+                         f"(available: {', '.join(available_backends(device))}); use backend "
+                         f"'auto' or another device")
+
+
+def _constant_logloss(train_set: CTRData, valid_set: CTRData) -> float:
+    y = train_set.base_arrays()[1]
+    rate = float(np.clip(np.mean(y[train_set.row_numbers()], dtype=np.float64), 1e-6, 1 - 1e-6))
+    q = float(np.mean(y[valid_set.row_numbers()], dtype=np.float64))
+    return -(q * math.log(rate) + (1 - q) * math.log(1 - rate))
+
+
+def _state_dict_mismatch(saved: dict, ours: dict) -> str:
+    """What differs between two state dicts' keys and shapes ("" when they fit)."""
+    problems = [f"{k} is {list(saved[k].shape)} in the checkpoint, {list(ours[k].shape)} here"
+                for k in saved if k in ours and saved[k].shape != ours[k].shape]
+    missing = [k for k in ours if k not in saved]
+    extra = [k for k in saved if k not in ours]
+    if missing:
+        problems.append(f"missing {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
+    if extra:
+        problems.append(f"unexpected {', '.join(extra[:3])}" + (" ..." if len(extra) > 3 else ""))
+    return "; ".join(problems[:4])
+
+
 def _fresh_state() -> dict:
     """The trainer's bookkeeping, saved in last.pt so that a resumed run continues it."""
     return {"epoch": 0, "best_val_auc": -math.inf, "best_epoch": None, "bad_epochs": 0,
-            "history": [], "train_time_s": 0.0, "train_samples": 0}
+            "history": [], "train_time_s": 0.0, "wall_time_s": 0.0, "train_samples": 0}
 
 
 class Trainer:
@@ -198,11 +279,15 @@ class Trainer:
         for part in (self.train_set, self.valid_set, self.test_set):
             if len(part) == 0:
                 raise ValueError(f"{part.name} is empty: the dataset is too small to split 8/1/1")
+        if len(self.train_set) < 2:
+            raise ValueError(f"{self.train_set.name} has {len(self.train_set)} row; training "
+                             f"needs at least 2 (BatchNorm cannot learn from one sample)")
         _check_model_fits(model, self.train_set)
+        _check_backend(model, self.device)
         self.eval_batch_size = config.eval_batch_size or config.batch_size
         self.out = Path(config.out_dir) if config.out_dir is not None else None
         if self.out is not None:
-            self.out.mkdir(parents=True, exist_ok=True)
+            prepare_out_dir(self.out)
         self.info = dict(info or {})
         self.on_epoch, self.on_result = on_epoch, on_result
         self.data_desc = {
@@ -213,13 +298,19 @@ class Trainer:
                      "test": len(self.test_set)},
             # what prediction needs to encode new raw rows exactly as these were
             "source": {k: self.train_set.info[k] for k in ("dataset", "options", "cache_dir")
-                       if k in self.train_set.info}}
+                       if k in self.train_set.info},
+            "fingerprint": self.train_set.fingerprint()}
         spec = getattr(model, "spec", None)  # the ModelSpec of a model made by models.build
         self.spec = spec.to_dict() if spec is not None else None
         self.model = model.to(self.device)
         self.optimizer = _make_optimizer(model, config, self.device)
         self.state = _fresh_state()
         self._best_in_memory = None
+        self._wall_base = 0.0  # wall time of the sessions before this one (resumed runs)
+        self._session_start = time.perf_counter()
+        # Log loss of always predicting the training click rate: a model far worse than that on
+        # the validation rows has diverged, even when every loss is finite.
+        self.constant_logloss = _constant_logloss(self.train_set, self.valid_set)
 
     # -- what a run is ----------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -256,23 +347,45 @@ class Trainer:
             self._resume(out / LAST)
             self._log(f"resumed {out / LAST} after epoch {self.state['epoch']}")
             return
+        if self.config.resume:
+            self._log(f"no {out / LAST} to resume: starting a fresh run")
         for name in (LAST, BEST, RESULTS):
             (out / name).unlink(missing_ok=True)
 
     def _resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path, self.device)
-        if self.spec is not None and ckpt.get("spec") not in (None, self.spec):
-            raise ResumeError(f"cannot resume {path}: it holds another model ({ckpt['spec']}, "
-                              f"not {self.spec})")
-        saved = ckpt["config"]
-        changed = [k for k in TRAJECTORY_FIELDS if saved.get(k) != getattr(self.config, k)]
+        try:
+            saved_config, saved_info, saved_data = ckpt["config"], ckpt["info"], ckpt["data"]
+            state = ckpt["trainer"]
+        except KeyError as exc:
+            raise CheckpointError(f"{path} is not a last.pt written by the trainer (no {exc})")
+        changed = [f"{k} {saved_config.get(k)!r} (now {getattr(self.config, k)!r})"
+                   for k in TRAJECTORY_FIELDS if saved_config.get(k) != getattr(self.config, k)]
+        saved_spec = ckpt.get("spec")
+        if self.spec is not None and saved_spec is not None:
+            # field_dims are compared with the data below
+            changed += [f"model {k} {saved_spec.get(k)!r} (now {v!r})"
+                        for k, v in self.spec.items()
+                        if k != "field_dims" and saved_spec.get(k) != v]
+        changed += [f"{k} {saved_info.get(k)!r} (now {self.info.get(k)!r})" for k in _MODEL_INFO
+                    if k in saved_info and k in self.info and saved_info[k] != self.info[k]]
         if changed:
-            raise ResumeError(f"cannot resume {path}: {', '.join(changed)} differ from the saved "
-                              f"run ({', '.join(f'{k}={saved.get(k)!r}' for k in changed)})")
-        if ckpt["data"]["field_dims"] != self.data_desc["field_dims"] or \
-                ckpt["data"]["rows"] != self.data_desc["rows"]:
+            raise ResumeError(f"cannot resume {path}: the saved run differs in "
+                              f"{', '.join(changed)}; resume with the saved settings or train "
+                              f"into another --out")
+        ours = self.data_desc
+        if saved_data.get("field_dims") != ours["field_dims"] or \
+                saved_data.get("rows") != ours["rows"] or \
+                saved_data.get("fingerprint", ours["fingerprint"]) != ours["fingerprint"]:
             raise ResumeError(f"cannot resume {path}: it was trained on different data "
-                              f"({ckpt['data']['rows']} rows)")
+                              f"({saved_data.get('name')}, {saved_data.get('rows')} rows, "
+                              f"fingerprint {saved_data.get('fingerprint')}; this data: "
+                              f"{ours['name']}, {ours['rows']} rows, fingerprint "
+                              f"{ours['fingerprint']})")
+        mismatch = _state_dict_mismatch(ckpt["model"], self.model.state_dict())
+        if mismatch:
+            raise ResumeError(f"cannot resume {path}: its weights do not fit this model "
+                              f"({mismatch}); build the model the saved run used")
         self.model.load_state_dict(ckpt["model"])
         # The saved run may have used another device: load with this run's kernel choice, so that
         # torch places Adam's step counters where the fused kernel expects them.
@@ -281,7 +394,8 @@ class Trainer:
             group["fused"] = _fused_adam(self.device)
             group["foreach"] = None
         self.optimizer.load_state_dict(opt_state)
-        self.state = ckpt["trainer"]
+        self.state = state
+        self._wall_base = float(state.get("wall_time_s", state.get("train_time_s", 0.0)))
 
     def should_stop(self) -> bool:
         """Early stopping: the epoch budget is spent or ``patience`` epochs in a row brought no
@@ -319,6 +433,12 @@ class Trainer:
         record = {"epoch": epoch + 1, "train_loss": train_loss, "val_auc": val["auc"],
                   "val_logloss": val["logloss"], "train_time_s": train_s,
                   "samples_per_s": len(rows) / train_s}
+        if val["logloss"] > 2 * self.constant_logloss:
+            record["warning"] = (
+                f"epoch {epoch + 1}: validation log loss {val['logloss']:.4g} is more than twice "
+                f"that of always predicting the training click rate "
+                f"({self.constant_logloss:.4f}): the training is diverging; try a smaller lr")
+            warnings.warn(record["warning"], TrainingWarning, stacklevel=2)
         record.update(self._call(self.on_epoch, record))
         improved = val["auc"] > state["best_val_auc"]
         state["epoch"] = epoch + 1
@@ -334,6 +454,7 @@ class Trainer:
                                         for k, v in self.model.state_dict().items()}
         else:
             state["bad_epochs"] += 1
+        state["wall_time_s"] = self.wall_time()
         if self.out is not None:
             self.save("last")
         self._log(f"epoch {epoch + 1:3d}  train loss {train_loss:.5f}  val AUC {val['auc']:.5f}"
@@ -350,22 +471,38 @@ class Trainer:
         return evaluate(self.model, self.test_set, self.device, self.eval_batch_size,
                         self.config.progress)
 
-    def results(self, test: dict, wall_time_s: float) -> dict:
+    def wall_time(self) -> float:
+        """Seconds of wall time of the run so far, over all its sessions (a resumed run counts
+        the time before its interruption, up to its last saved epoch)."""
+        return self._wall_base + time.perf_counter() - self._session_start
+
+    def results(self, test: dict) -> dict:
         """The run's results (written to out_dir/results.json when there is one)."""
         state = self.state
         best = state["best_epoch"]
+        best_val_logloss = state["history"][best - 1]["val_logloss"] if best else None
         results = {
             "test_auc": test["auc"], "test_logloss": test["logloss"],
             "best_val_auc": state["best_val_auc"], "best_epoch": best,
-            "best_val_logloss": state["history"][best - 1]["val_logloss"] if best else None,
+            "best_val_logloss": best_val_logloss,
             "epochs": state["epoch"],
             "stopped_early": state["bad_epochs"] >= self.config.patience,
             "samples_per_s": state["train_samples"] / max(state["train_time_s"], 1e-9),
-            "train_time_s": state["train_time_s"], "wall_time_s": wall_time_s,
+            "train_time_s": state["train_time_s"], "wall_time_s": self.wall_time(),
             "field_names": list(self.train_set.field_names),
             "history": state["history"], "model": _model_summary(self.model),
             "device": str(self.device), "torch": torch.__version__, **self.describe(),
         }
+        diverged = (test["logloss"] > 2 * self.constant_logloss
+                    or best_val_logloss is None or best_val_logloss > 2 * self.constant_logloss)
+        results["diverged"] = diverged
+        results["warnings"] = [h["warning"] for h in state["history"] if "warning" in h]
+        if diverged:
+            results["warnings"].append(
+                f"test log loss {test['logloss']:.4g} against {self.constant_logloss:.4f} for "
+                f"always predicting the training click rate: this run diverged and its scores "
+                f"mean nothing; train again with a smaller lr")
+            warnings.warn(results["warnings"][-1], TrainingWarning, stacklevel=2)
         results.update(self._call(self.on_result, results))
         if self.out is not None:
             tmp = self.out / (RESULTS + ".tmp")
@@ -375,11 +512,19 @@ class Trainer:
         return results
 
     def run(self) -> dict:
-        started = time.perf_counter()
-        self.start_or_resume()
-        self.fit()
-        test = self.test()
-        return self.results(test, wall_time_s=time.perf_counter() - started)
+        """The whole run; with an out_dir, under its lock (a second run into the same directory
+        is refused while this one is alive)."""
+        self._session_start = time.perf_counter()
+        with self.lock():
+            self.start_or_resume()
+            self.fit()
+            return self.results(self.test())
+
+    def lock(self):
+        """The run directory's lock (a no-op without out_dir)."""
+        if self.out is None:
+            return contextlib.nullcontext()
+        return lock_run_dir(self.out)
 
     # -- helpers ----------------------------------------------------------------------------------
     def _call(self, callback: Callback | None, entry: dict) -> dict:
