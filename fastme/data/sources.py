@@ -376,7 +376,10 @@ def load_npy(directory, cache_dir=None, *, progress: bool = True,
             write_meta(tmp, names or [f"f{i}" for i in range(len(dims))], dims, len(x), info)
             finish_cache(tmp, target)
             _say(progress, f"npy: converted {directory} to int32/float32 in {target}")
-        data = load_cache(target, name="npy")
+        try:  # load_cache validates the indices against field_dims
+            data = load_cache(target, name="npy")
+        except ValueError as exc:
+            raise ValueError(f"{directory}: {exc} (meta.json field_dims too small?)") from exc
     for start in range(0, len(data), chunk_rows):
         labels = np.asarray(data.y[start:start + chunk_rows])
         if not np.isin(labels, (0.0, 1.0)).all():

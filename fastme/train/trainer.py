@@ -362,15 +362,19 @@ class Trainer:
         changed = [f"{k} {saved_config.get(k)!r} (now {getattr(self.config, k)!r})"
                    for k in TRAJECTORY_FIELDS if saved_config.get(k) != getattr(self.config, k)]
         saved_spec = ckpt.get("spec")
+        n_settings = len(changed)
         if self.spec is not None and saved_spec is not None:
             # field_dims are compared with the data below
             changed += [f"model {k} {saved_spec.get(k)!r} (now {v!r})"
                         for k, v in self.spec.items()
                         if k != "field_dims" and saved_spec.get(k) != v]
-        changed += [f"{k} {saved_info.get(k)!r} (now {self.info.get(k)!r})" for k in _MODEL_INFO
-                    if k in saved_info and k in self.info and saved_info[k] != self.info[k]]
+        else:  # a model not made by models.build: what the caller's info says about it
+            changed += [f"{k} {saved_info.get(k)!r} (now {self.info.get(k)!r})"
+                        for k in _MODEL_INFO
+                        if k in saved_info and k in self.info and saved_info[k] != self.info[k]]
         if changed:
-            raise ResumeError(f"cannot resume {path}: the saved run differs in "
+            what = "it holds another model; " if len(changed) > n_settings else ""
+            raise ResumeError(f"cannot resume {path}: {what}the saved run differs in "
                               f"{', '.join(changed)}; resume with the saved settings or train "
                               f"into another --out")
         ours = self.data_desc
