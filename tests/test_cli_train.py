@@ -46,7 +46,8 @@ def test_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:  # refused before any data is loaded
         main(["train", "--model", "nope", "--data", f"criteo:{tmp_path / 'missing.txt'}"])
     assert stop.value.code == 2
-    assert "fastme train: error: argument --model: invalid choice: 'nope'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "fastme train: error: argument --model: invalid choice: 'nope'" in err
     with pytest.raises(SystemExit):
         main(["train", "--scale", "0"])
     assert "--scale: expected a positive integer" in capsys.readouterr().err

@@ -232,3 +232,15 @@ def test_a_full_disk_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="cannot write the criteo cache .*GB are free.*cache-dir"):
         load("criteo", path, tmp_path)
     assert not list((tmp_path / "cache").glob("*.partial"))
+
+
+def test_a_byte_order_mark_and_blank_lines_are_not_rows(tmp_path):
+    avazu = tmp_path / "bom.csv"
+    text = HEADER + "".join(avazu_line(i) for i in range(9))
+    avazu.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    criteo = tmp_path / "bom.txt"
+    lines = [criteo_line(i) for i in range(9)]
+    criteo.write_bytes(b"\xef\xbb\xbf" + "".join(lines[:4] + ["\n", "\n"] + lines[4:]).encode())
+    for kind, path in (("avazu", avazu), ("criteo", criteo)):
+        data, messages = load(kind, path, tmp_path)
+        assert len(data) == 9 and data.info["malformed"]["total"] == 0 and not messages

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fastme._lock import LockedError
 from fastme.analysis import toy as toy_module
 from fastme.analysis.scale import DEFAULT_SCALES
 from fastme.cli import error, key_values
@@ -122,7 +123,7 @@ def run_scale_command(args) -> int:
                             train_options=train_options, model_options=model_options,
                             backend=args.backend, out_dir=out, seen_only=args.seen_only,
                             keep_checkpoints=not args.no_checkpoints, data_spec=args.data)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OSError, LockedError) as exc:  # LockedError: a busy run
         return error("experiment scale", exc)
     print(f"{'scale':>6} {'SE test AUC':>20} {'ME test AUC':>20} {'SE mean IA':>12} "
           f"{'ME mean IA':>12}")

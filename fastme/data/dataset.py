@@ -252,7 +252,8 @@ def load_cache(directory, name: str | None = None) -> CTRData:
         data = CTRData(arrays["x"], arrays["y"], meta["field_dims"], meta["field_names"],
                        name=name or meta.get("dataset", directory.name), info=info)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{directory}/meta.json does not fit the arrays: {exc}; {rebuild}") from exc
+        raise ValueError(f"{directory}/meta.json does not fit the arrays: {exc}; "
+                         f"{rebuild}") from exc
     _validate_once(data, directory, rebuild)
     return data
 

@@ -382,7 +382,8 @@ def _first_line(path: Path) -> bytes:
             head = source.read(1 << 20)
         except (OSError, EOFError, pa.ArrowInvalid) as exc:
             raise _damaged(path, codec, exc) from exc
-    return head.split(b"\n", 1)[0]
+    # pyarrow skips a UTF-8 byte-order mark (as written by some Windows tools); so does this
+    return head.removeprefix(codecs.BOM_UTF8).split(b"\n", 1)[0]
 
 
 def _drop_undecodable(batch: pa.RecordBatch, bad: _Malformed) -> pa.RecordBatch:
@@ -590,8 +591,9 @@ def preprocess(kind: str, path, cache_dir=None, *, min_count: int | None = None,
                 return load_cache(directory, name=kind)
             return _build(fmt, path, directory, options, progress, block_size, fingerprint)
     except OSError as exc:
-        raise OSError(f"cannot write the {kind} cache {directory}: {exc}. Free some space there or "
-                      f"choose another place (cache_dir / --cache-dir / $FASTME_CACHE_DIR)") from exc
+        raise OSError(f"cannot write the {kind} cache {directory}: {exc}. Free some space there "
+                      f"or choose another place (cache_dir / --cache-dir / "
+                      f"$FASTME_CACHE_DIR)") from exc
 
 
 def _reusable(directory: Path, fingerprint: str) -> bool:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from fastme._json import json_default
 from fastme._lock import file_lock
 from fastme.data.dataset import CTRData
+from fastme.ops import available_backends
 from fastme.train.batches import iterate_batches
 from fastme.train.config import TRAJECTORY_FIELDS, TrainConfig
 from fastme.train.metrics import log_loss_from_logits, roc_auc
@@ -226,8 +227,6 @@ def lock_run_dir(out) -> "contextlib.AbstractContextManager":
 
 
 def _check_backend(model, device: torch.device) -> None:
-    from fastme.ops import available_backends
-
     backend = getattr(model, "backend", "auto")
     if backend != "auto" and backend not in available_backends(device):
         raise ValueError(f"the model's backend {backend!r} cannot run on {device} here "
