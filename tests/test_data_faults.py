@@ -244,3 +244,17 @@ def test_a_byte_order_mark_and_blank_lines_are_not_rows(tmp_path):
     for kind, path in (("avazu", avazu), ("criteo", criteo)):
         data, messages = load(kind, path, tmp_path)
         assert len(data) == 9 and data.info["malformed"]["total"] == 0 and not messages
+
+
+def test_several_raw_files_skip_only_the_lines_that_are_not_utf8(tmp_path):
+    days = tmp_path / "days"
+    days.mkdir()
+    for day in range(2):
+        lines = [criteo_line(i).encode() for i in range(20)]
+        if day == 1:
+            lines[15] = lines[15].replace(b"c3", b"c\xff3")
+        (days / f"day_{day}.txt").write_bytes(b"".join(lines))
+    with pytest.warns(MalformedRowsWarning, match="not UTF-8 1"):
+        data = load_dataset(f"criteo:{days}", cache_dir=tmp_path / "cache", min_count=1,
+                            progress=False)
+    assert len(data) == 39 and data.info["malformed"]["bad_encoding"] == 1

@@ -328,8 +328,9 @@ def _find_codec(name):
 codecs.register(_find_codec)
 
 
-class _NotUTF8(Exception):
-    """The file holds bytes that are not UTF-8: read it again with the replacing decoder."""
+class _NotUTF8(ValueError):
+    """The file holds bytes that are not UTF-8: read it again with the replacing decoder (a
+    ValueError naming the file for a caller that cannot)."""
 
 
 def _check_file(path) -> Path:
@@ -430,7 +431,7 @@ def _read_blocks(fmt: _Format, path: Path, block_size: int, bad: _Malformed, des
 
     def failure(exc) -> Exception:
         if encoding == "utf8" and (undecodable or "UTF8" in str(exc) or "UTF-8" in str(exc)):
-            return _NotUTF8()
+            return _NotUTF8(f"{path} holds bytes that are not UTF-8")
         return ValueError(f"cannot parse {path} as {fmt.kind} data: {exc}")
 
     fmt.check_header(path, _first_line(path))

@@ -46,9 +46,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fastme.data.dataset import CTRData, finish_cache, load_cache, read_meta, write_meta
-from fastme.data.raw import (DEFAULT_MIN_COUNT, AvazuFormat, CriteoFormat, _indices, _Malformed,
-                             _read_blocks, _ValueCounter, criteo_integer_tokens,
-                             default_cache_root)
+from fastme.data.raw import (_REPLACING, DEFAULT_MIN_COUNT, AvazuFormat, CriteoFormat,
+                             MalformedRowsWarning, _indices, _Malformed, _read_blocks,
+                             _ValueCounter, criteo_integer_tokens, default_cache_root)
 
 PARQUET_OPTIONS = {"label", "fields", "integer", "min_count", "valid_files", "test_files",
                    "rebuild", "progress", "batch_rows"}
@@ -224,7 +224,10 @@ class RawFiles:
     def batches(self, file: Path, pass_no: int = 1):
         bad = self.bad if pass_no == 1 else _Malformed()  # count each row once
         desc = f"{self.kind} {file.name}: pass {pass_no}/2"
-        for batch in _read_blocks(self.fmt, file, self.block_size, bad, desc, self.progress):
+        # The replacing decoder from the start: a file found to hold bytes that are not UTF-8
+        # half-way could not be re-read from its start here (the rows before are counted).
+        for batch in _read_blocks(self.fmt, file, self.block_size, bad, desc, self.progress,
+                                  encoding=_REPLACING):
             yield self.fmt.rows(batch, bad)
 
 
@@ -256,8 +259,8 @@ def load_raw_files(kind: str, spec: str, cache_dir=None, *, min_count: int | Non
         _build(source, directory, options, progress)
         if source.bad.total:
             warnings.warn(f"{kind}: skipped {source.bad.total:,} malformed rows of "
-                          f"{len(files)} files; e.g. " + "; ".join(source.bad.examples[:3]),
-                          RuntimeWarning, stacklevel=2)
+                          f"{len(files)} files ({source.bad.summary()}); e.g. "
+                          + "; ".join(source.bad.examples[:3]), MalformedRowsWarning, stacklevel=2)
     return load_cache(directory, name=kind)
 
 
