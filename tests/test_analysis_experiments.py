@@ -75,6 +75,54 @@ def test_analyze_model_writes_report(tmp_path, name, multi, scale):
     assert set(result["figures"]) == expected
 
 
+# -- the built-in data's planted collapse mechanism (generator v2) ------------------------------
+def test_v2_generator_plants_low_cardinality_interactions():
+    from fastme.data.synthetic import (LOW_CARDINALITY, collapse_field_dims, make_synthetic,
+                                       synthetic_teacher)
+    from fastme.train.metrics import roc_auc
+
+    dims = collapse_field_dims()
+    low = [i for i, d in enumerate(dims) if d < LOW_CARDINALITY]
+    rich = [i for i, d in enumerate(dims) if d >= LOW_CARDINALITY]
+    assert [dims[i] for i in low] == [2, 3, 4, 5] and len(rich) == 12
+    assert min(dims[i] for i in rich) == 20 and max(dims) == 20_000
+    teacher = synthetic_teacher(seed=0)
+    ranks = dict(zip(teacher.pairs, teacher.pair_ranks))
+    # every rich field interacts with every low one, with the rank its few values allow ...
+    for r in rich:
+        for lo in low:
+            assert ranks[(lo, r)] == dims[lo] - 1
+    # ... and with two other rich fields at full latent rank; low fields never with each other
+    assert all(sum(r in p for p in ranks if p[0] in rich) == 4 for r in rich)
+    assert not any(i in low and j in low for i, j in ranks)
+
+    x = teacher.sample_x(20_000)
+    y = teacher.sample_labels(x)
+    first, pairs = teacher.logits(x, parts=True)
+    assert roc_auc(y, first + pairs) - roc_auc(y, first) > 0.15  # labels need the interactions
+    # the label's dependence on a rich field flips with the low field's value: a (low, rich) pair
+    # term averages to ~0 given either field alone but not given both
+    lo, r = low[0], rich[0]
+    k = teacher.pairs.index((lo, r))
+    term = (teacher._left[k][x[:, lo]] * teacher._right[k][x[:, r]]).sum(1)
+    both = [term[(x[:, lo] == a) & (x[:, r] == 0)].mean() for a in range(dims[lo])]
+    assert abs(term[x[:, r] == 0].mean()) < 0.05 * term.std()
+    assert abs(term[x[:, lo] == 0].mean()) < 0.05 * term.std()
+    assert both[0] * both[1] < 0 and min(abs(b) for b in both) > 0.3 * term.std()
+
+    a, b = make_synthetic(3_000, seed=5), make_synthetic(3_000, seed=5)
+    np.testing.assert_array_equal(a.x, b.x)
+    np.testing.assert_array_equal(a.y, b.y)
+    assert not np.array_equal(a.y, make_synthetic(3_000, seed=6).y)
+    assert a.field_names[:5] == ["L1", "L2", "L3", "L4", "R1"] and a.info["generator"] == "v2"
+    old = make_synthetic(500, generator="v1")  # the earlier Criteo-like data stays reachable
+    assert old.num_fields == 39 and old.field_names[0] == "I1"
+    with pytest.raises(ValueError, match="generator"):
+        make_synthetic(10, generator="v3")
+    with pytest.raises(ValueError, match="v1 option"):
+        make_synthetic(10, num_pairs=3)
+
+
 # -- scaling sweep (needs the trainer) ---------------------------------------------------------
 def _tiny_data():
     data = pytest.importorskip("fastme.data")
