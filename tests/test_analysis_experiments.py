@@ -146,16 +146,31 @@ def test_scale_aggregates_over_seeds(tmp_path):
     summary = run_scale("dnn", _tiny_data(), scales=(1, 3), seeds=(0, 2), train_options=TRAIN,
                         model_options={"hidden_dim": 8}, backend="reference", out_dir=tmp_path,
                         train_fn=fake_train, log=lambda *_: None)
-    assert sorted(calls) == sorted([("se", 1, 0), ("se", 1, 2), ("se", 3, 0), ("se", 3, 2),
-                                    ("me", 3, 0), ("me", 3, 2)])
+    # scale by scale, SE before ME: an interrupted sweep has both curves up to a scale
+    assert calls == [("se", 1, 0), ("se", 1, 2), ("se", 3, 0), ("se", 3, 2), ("me", 3, 0),
+                     ("me", 3, 2)]
     assert summary["se"]["1"] == summary["me"]["1"]  # the shared base point
     assert summary["me"]["3"]["test_auc_mean"] == pytest.approx(0.6 + 0.03 + 0.02 + 0.001)
     assert summary["me"]["3"]["test_auc_std"] == pytest.approx(0.001)
     assert len(summary["se"]["3"]["field_ia_mean"]) == len(FIELD_DIMS)
+    # IA relative to a random matrix of the same shape [D_i, M*K]: untrained tables are as
+    # abundant as random ones, whatever the scale and mode
+    for mode, scale in (("se", 1), ("se", 3), ("me", 3)):
+        entry = summary[mode][str(scale)]
+        np.testing.assert_allclose(entry["field_ia_over_random_mean"],
+                                   np.divide(entry["field_ia_mean"], entry["field_ia_random"]))
+        assert 0.85 < entry["mean_field_ia_over_random_mean"] < 1.15
     for key in ("auc", "ia", "field_ia"):
         assert _is_png(summary["figures"][key])
     saved = json.loads((tmp_path / "scale.json").read_text())
     assert saved["me"]["3"]["seeds"] == [0, 2]
+    # the results page renders these numbers
+    from fastme.analysis.results import render
+
+    page = render(saved, run_toy(iterations=20, seeds=(0,), record_every=10))
+    me3 = saved["me"]["3"]
+    assert f"{me3['test_auc_mean']:.4f} ± {me3['test_auc_std']:.4f}" in page
+    assert "| 3x |" in page and "| ME 3x |" in page and "| D3 |" in page
     # a second call reuses the finished runs
     calls.clear()
     run_scale("dnn", _tiny_data(), scales=(1, 3), seeds=(0, 2), train_options=TRAIN,
