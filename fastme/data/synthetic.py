@@ -256,8 +256,8 @@ def make_synthetic(num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0, *,
             v2, 4 low-cardinality and 12 rich fields; :func:`default_field_dims` for v1, 39
             Criteo-like fields of 3 to 100,000 values). With v2, fields with fewer than 10 values
             are the low-cardinality ones.
-        field_names: names (v2: L1.. for low-cardinality fields, R1.. for rich ones; v1: I1..I13,
-            C1..C26 for 39 fields, else f0, f1, ...).
+        field_names: names (default fields: L1.. for v2's low-cardinality fields, R1.. for its
+            rich ones; I1..I13, C1..C26 for v1's 39 fields; given ``field_dims``: f0, f1, ...).
         min_count: as in the Criteo preprocessing, values seen fewer times in the sample share
             one OOV index per field, and kept values are numbered by decreasing count; the
             dataset's ``field_dims`` are then (kept + 1). 0 keeps the raw values as indices
@@ -276,7 +276,7 @@ def make_synthetic(num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0, *,
     teacher = synthetic_teacher(seed, generator, field_dims, **options)
     dims = teacher.field_dims
     if field_names is None:
-        if generator == "v2":  # L1, L2, ...: low-cardinality fields; R1, R2, ...: rich ones
+        if generator == "v2" and field_dims is None:  # L1..: low-cardinality fields, R1..: rich
             low = options.get("low_threshold", LOW_CARDINALITY)
             counts = {"L": 0, "R": 0}
             field_names = []
@@ -284,7 +284,7 @@ def make_synthetic(num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0, *,
                 kind = "L" if d < low else "R"
                 counts[kind] += 1
                 field_names.append(f"{kind}{counts[kind]}")
-        elif len(dims) == 39:
+        elif generator == "v1" and len(dims) == 39:
             field_names = CRITEO_FIELD_NAMES
         else:
             field_names = [f"f{i}" for i in range(len(dims))]
