@@ -14,9 +14,9 @@ b sets the click rate to about ``positive_rate``. Two generators choose the fiel
   rich fields R1..R12 (20 to 2,000 values). Every rich field interacts with every low field, with
   rank D_low - 1 (all a centred latent of D_low values can hold): the interactions through which,
   by the interaction-collapse theory, the low-information fields restrict the rich fields'
-  embeddings. Each rich field also interacts with two other rich fields at rank 16 (> 10): the
-  information a larger embedding could hold. A_ij has rank_ij unit singular values and every pair
-  term the same standard deviation. Why these choices, and what each knob does to SE and ME
+  embeddings. Each rich field also interacts with four other rich fields (its neighbours at
+  distance 1 and 2 on a ring) at rank 16 (> 10): the information a larger embedding could hold.
+  A_ij has rank_ij unit singular values and every pair term the same standard deviation. Why these choices, and what each knob does to SE and ME
   models: docs/analysis.md.
 - ``"v1"``: 39 Criteo-like fields (13 with 8 to 120 values, 26 with 3 to 100,000) and 30 random
   pairs, favouring fields with fewer values, with random orthogonal (full-rank) r x r mixers
