@@ -75,6 +75,59 @@ def test_analyze_model_writes_report(tmp_path, name, multi, scale):
     assert set(result["figures"]) == expected
 
 
+# -- the built-in data's planted collapse mechanism (generator v2) ------------------------------
+def test_v2_generator_plants_low_cardinality_interactions():
+    from fastme.data.synthetic import (LOW_CARDINALITY, collapse_field_dims, make_synthetic,
+                                       synthetic_teacher)
+    from fastme.train.metrics import roc_auc
+
+    dims = collapse_field_dims()
+    low = [i for i, d in enumerate(dims) if d < LOW_CARDINALITY]
+    rich = [i for i, d in enumerate(dims) if d >= LOW_CARDINALITY]
+    assert [dims[i] for i in low] == [2, 3, 4, 5] and len(rich) == 12
+    assert min(dims[i] for i in rich) == 20 and max(dims) == 2_000
+    teacher = synthetic_teacher(seed=0)
+    ranks = dict(zip(teacher.pairs, teacher.pair_ranks))
+    # every rich field interacts with every low one, with the rank its few values allow ...
+    for r in rich:
+        for lo in low:
+            assert ranks[(lo, r)] == dims[lo] - 1
+    # ... and with two other rich fields at full latent rank; low fields never with each other
+    assert all(sum(r in p for p in ranks if p[0] in rich) == 4 for r in rich)
+    assert not any(i in low and j in low for i, j in ranks)
+
+    x = teacher.sample_x(20_000)
+    y = teacher.sample_labels(x)
+    first, pairs = teacher.logits(x, parts=True)
+    assert roc_auc(y, first + pairs) - roc_auc(y, first) > 0.15  # labels need the interactions
+    # a (low, rich) pair term is a function of both fields that no single field explains: its
+    # share of variance explained by either field's values alone is ~0
+    lo, r = low[0], rich[0]
+    k = teacher.pairs.index((lo, r))
+    term = (teacher._left[k][x[:, lo]] * teacher._right[k][x[:, r]]).sum(1).astype(np.float64)
+
+    def explained(*cols):
+        keys = np.unique(np.stack([x[:, c] for c in cols], 1), axis=0, return_inverse=True)[1]
+        keys = keys.ravel()
+        means = np.bincount(keys, term) / np.bincount(keys)
+        return means[keys].var() / term.var()
+
+    assert explained(lo) < 0.01 and explained(r) < 0.05
+    assert explained(lo, r) == pytest.approx(1.0)
+
+    a, b = make_synthetic(3_000, seed=5), make_synthetic(3_000, seed=5)
+    np.testing.assert_array_equal(a.x, b.x)
+    np.testing.assert_array_equal(a.y, b.y)
+    assert not np.array_equal(a.y, make_synthetic(3_000, seed=6).y)
+    assert a.field_names[:5] == ["L1", "L2", "L3", "L4", "R1"] and a.info["generator"] == "v2"
+    old = make_synthetic(500, generator="v1")  # the earlier Criteo-like data stays reachable
+    assert old.num_fields == 39 and old.field_names[0] == "I1"
+    with pytest.raises(ValueError, match="generator"):
+        make_synthetic(10, generator="v3")
+    with pytest.raises(ValueError, match="v1 option"):
+        make_synthetic(10, num_pairs=3)
+
+
 # -- scaling sweep (needs the trainer) ---------------------------------------------------------
 def _tiny_data():
     data = pytest.importorskip("fastme.data")
@@ -98,16 +151,31 @@ def test_scale_aggregates_over_seeds(tmp_path):
     summary = run_scale("dnn", _tiny_data(), scales=(1, 3), seeds=(0, 2), train_options=TRAIN,
                         model_options={"hidden_dim": 8}, backend="reference", out_dir=tmp_path,
                         train_fn=fake_train, log=lambda *_: None)
-    assert sorted(calls) == sorted([("se", 1, 0), ("se", 1, 2), ("se", 3, 0), ("se", 3, 2),
-                                    ("me", 3, 0), ("me", 3, 2)])
+    # scale by scale, SE before ME: an interrupted sweep has both curves up to a scale
+    assert calls == [("se", 1, 0), ("se", 1, 2), ("se", 3, 0), ("se", 3, 2), ("me", 3, 0),
+                     ("me", 3, 2)]
     assert summary["se"]["1"] == summary["me"]["1"]  # the shared base point
     assert summary["me"]["3"]["test_auc_mean"] == pytest.approx(0.6 + 0.03 + 0.02 + 0.001)
     assert summary["me"]["3"]["test_auc_std"] == pytest.approx(0.001)
     assert len(summary["se"]["3"]["field_ia_mean"]) == len(FIELD_DIMS)
+    # IA relative to a random matrix of the same shape [D_i, M*K]: untrained tables are as
+    # abundant as random ones, whatever the scale and mode
+    for mode, scale in (("se", 1), ("se", 3), ("me", 3)):
+        entry = summary[mode][str(scale)]
+        np.testing.assert_allclose(entry["field_ia_over_random_mean"],
+                                   np.divide(entry["field_ia_mean"], entry["field_ia_random"]))
+        assert 0.85 < entry["mean_field_ia_over_random_mean"] < 1.15
     for key in ("auc", "ia", "field_ia"):
         assert _is_png(summary["figures"][key])
     saved = json.loads((tmp_path / "scale.json").read_text())
     assert saved["me"]["3"]["seeds"] == [0, 2]
+    # the results page renders these numbers
+    from fastme.analysis.results import render
+
+    page = render(saved, run_toy(iterations=20, seeds=(0,), record_every=10))
+    me3 = saved["me"]["3"]
+    assert f"{me3['test_auc_mean']:.4f} ± {me3['test_auc_std']:.4f}" in page
+    assert "| 3x |" in page and "| ME 3x |" in page and "| D3 |" in page
     # a second call reuses the finished runs
     calls.clear()
     run_scale("dnn", _tiny_data(), scales=(1, 3), seeds=(0, 2), train_options=TRAIN,

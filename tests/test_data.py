@@ -92,7 +92,7 @@ def test_cache_round_trip(tmp_path):
 def test_synthetic_shape_is_criteo_like():
     dims = default_field_dims()
     assert len(dims) == 39 and min(dims) <= 5 and max(dims) == 100_000
-    data = make_synthetic(20_000, min_count=0)
+    data = make_synthetic(20_000, min_count=0, generator="v1")
     assert data.field_dims == dims and data.num_fields == 39
     assert data.field_names[0] == "I1" and data.field_names[-1] == "C26"
     assert data.x.dtype == np.int32 and data.y.dtype == np.float32

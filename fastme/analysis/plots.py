@@ -73,10 +73,12 @@ def plot_toy(result: dict, path) -> Path:
 
 
 def plot_field_ia(series: dict, field_names, path, title: str, field_dims=None,
-                  errors: dict | None = None, ylabel: str = "information abundance") -> Path:
+                  errors: dict | None = None, ylabel: str = "information abundance",
+                  baseline: float | None = None) -> Path:
     """Grouped bars of per-field IA, one bar group per field (Figures 2 and 8b). ``series`` maps a
     label to N values; ``errors`` optionally the same labels to N standard deviations. With
-    ``field_dims`` the fields are sorted by cardinality, as in the paper."""
+    ``field_dims`` the fields are sorted by cardinality, as in the paper; ``baseline`` draws a
+    horizontal reference line (e.g. 1 for IA relative to random)."""
     plt = _plt()
     names = list(field_names)
     order = (np.argsort(field_dims, kind="stable") if field_dims is not None
@@ -90,8 +92,11 @@ def plot_field_ia(series: dict, field_names, path, title: str, field_dims=None,
         v = np.asarray(values, dtype=float)[order]
         err = None if not errors or label not in errors else np.asarray(errors[label], float)[order]
         ax.bar(x + (idx - (s - 1) / 2) * width, v, width, yerr=err, label=label, capsize=2)
+    if baseline is not None:
+        ax.axhline(baseline, color="0.3", lw=1, ls=":")
     ax.set_xticks(x)
-    ax.set_xticklabels([names[i] for i in order], rotation=90, fontsize=7)
+    ax.set_xticklabels([names[i] + (f" ({field_dims[i]})" if field_dims is not None else "")
+                        for i in order], rotation=90, fontsize=7)
     ax.set_xlabel("field" + (" (sorted by cardinality)" if field_dims is not None else ""))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -102,28 +107,41 @@ def plot_field_ia(series: dict, field_names, path, title: str, field_dims=None,
     return _finish(fig, path, data)
 
 
-def plot_spectra(spectra, field_names, path, title: str) -> Path:
-    """Normalised singular values of every field (Figure 1b), log scale, coloured by field."""
+def plot_spectra(spectra, field_names, path, title: str, field_dims=None,
+                 labelled: int = 5) -> Path:
+    """Normalised singular values of every field (Figure 1b), log scale. Fields are coloured by
+    their rank in cardinality order (``field_dims``; without it, the given order), dark = fewest
+    values, and ``labelled`` of them, spread evenly over that order, are named in the legend."""
     plt = _plt()
-    fig, ax = plt.subplots(layout="constrained", figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(layout="constrained", figsize=(6.8, 4.2))
     cmap = plt.get_cmap("viridis")
+    names = list(field_names)
     n = len(spectra)
-    for i, (sv, name) in enumerate(zip(spectra, field_names)):
-        sv = np.asarray(sv, dtype=float)
-        if sv.size:
-            ax.plot(np.arange(1, sv.size + 1), np.maximum(sv, 1e-12), color=cmap(i / max(n - 1, 1)),
-                    lw=1, label=name if n <= 12 else None)
+    order = (np.argsort(field_dims, kind="stable") if field_dims is not None else np.arange(n))
+    named = set(np.unique(np.rint(np.linspace(0, n - 1, min(labelled, n))).astype(int)).tolist())
+    for rank, i in enumerate(order):
+        sv = np.asarray(spectra[i], dtype=float)
+        if not sv.size:
+            continue
+        label = None
+        if rank in named:
+            label = names[i] + (f" (D = {field_dims[i]})" if field_dims is not None else "")
+        ax.plot(np.arange(1, sv.size + 1), np.maximum(sv, 1e-12),
+                color=cmap(rank / max(n - 1, 1)), lw=2.0 if label else 0.8,
+                alpha=1.0 if label else 0.6, label=label, zorder=3 if label else 2)
     ax.set_yscale("log")
     ax.set_xlabel("singular value index")
     ax.set_ylabel("singular value / largest")
     ax.set_title(title)
-    if n <= 12:
-        ax.legend(fontsize=7, ncol=2)
-    else:
+    ax.legend(fontsize=7, title="labelled fields", title_fontsize=7)
+    if n > 1:
         sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, n - 1))
-        fig.colorbar(sm, ax=ax, label="field index")
+        by = "cardinality" if field_dims is not None else "field order"
+        fig.colorbar(sm, ax=ax, label=f"field rank by {by} (0 = {'fewest values' if field_dims is not None else 'first'})")
     ax.grid(alpha=0.3)
-    data = {"title": title, "field_names": list(field_names),
+    data = {"title": title, "field_names": names,
+            "field_dims": list(field_dims) if field_dims is not None else None,
+            "colour_order": [names[i] for i in order],
             "spectra": [np.asarray(s, dtype=float).tolist() for s in spectra]}
     return _finish(fig, path, data)
 
@@ -139,7 +157,8 @@ def plot_sub_embedding(analysis: dict, field_names, path, title: str) -> Path:
     fig, axes = plt.subplots(1, 3, layout="constrained", figsize=(15, 4.4),
                              gridspec_kw={"width_ratios": [1.2, 1, 1]})
     im = axes[0].imshow(m.T, origin="lower", cmap="viridis", aspect="auto")
-    fig.colorbar(im, ax=axes[0], label="IA(E_i→j)")
+    # under the heatmap: a colorbar on its right puts its label against the next panel's y label
+    fig.colorbar(im, ax=axes[0], location="bottom", shrink=0.8, label="IA(E_i→j)")
     axes[0].set_xlabel("source field i (sorted by IA(E_i))")
     axes[0].set_ylabel("target field j (sorted by IA(E_j))")
     axes[0].set_title("IA of sub-embeddings")
@@ -204,17 +223,27 @@ def plot_bars(values: dict, path, title: str, ylabel: str, errors: dict | None =
     return _finish(fig, path, {"title": title, "values": values, "errors": errors})
 
 
+_MODE_STYLE = {"se": dict(color="C0", marker="s", ls="--", mfc="white", ms=7),
+               "me": dict(color="C1", marker="o", ls="-", ms=5)}
+
+
 def _plot_scale_metric(summary: dict, path, title: str, metric: str, ylabel: str,
-                       labels: dict) -> Path:
+                       labels: dict, baseline: float | None = None,
+                       baseline_label: str | None = None) -> Path:
     """``metric`` (mean +- std over seeds) vs model scale, one line per mode in ``labels``."""
     plt = _plt()
     scales = summary["scales"]
     fig, ax = plt.subplots(layout="constrained", figsize=(6.0, 4.2))
     x = np.arange(len(scales))
-    for mode, label in labels.items():
+    for idx, (mode, label) in enumerate(labels.items()):
         mean = np.array([summary[mode][str(s)][f"{metric}_mean"] for s in scales], dtype=float)
         std = np.array([summary[mode][str(s)][f"{metric}_std"] for s in scales], dtype=float)
-        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label)
+        # distinct marker and line style, and a small sideways offset, so a line that coincides
+        # with the other (always at the shared base point) stays visible
+        offset = (idx - (len(labels) - 1) / 2) * 0.06
+        ax.errorbar(x + offset, mean, yerr=std, capsize=3, label=label, **_MODE_STYLE[mode])
+    if baseline is not None:
+        ax.axhline(baseline, color="0.4", lw=1, ls=":", label=baseline_label)
     ax.set_xticks(x)
     ax.set_xticklabels(["base" if s == 1 else f"{s}x" for s in scales])
     ax.set_xlabel("model size (embedding scale)")
@@ -232,7 +261,9 @@ def plot_scale_auc(summary: dict, path, title: str) -> Path:
 
 
 def plot_scale_ia(summary: dict, path, title: str) -> Path:
-    """Mean per-field IA vs model scale for SE and ME, mean +- std over seeds."""
-    return _plot_scale_metric(summary, path, title, "mean_field_ia",
-                              "mean information abundance over fields",
-                              {"se": "SE", "me": "ME (sets concatenated)"})
+    """Per-field IA normalised by its random baseline (IA / E[IA(randn_like(E))], Appendix I),
+    averaged over fields, vs model scale for SE and ME, mean +- std over seeds (Figure 8b)."""
+    return _plot_scale_metric(summary, path, title, "mean_field_ia_over_random",
+                              "mean over fields of IA / IA(random)",
+                              {"se": "SE", "me": "ME (sets concatenated)"},
+                              baseline=1.0, baseline_label="random N(0, 1)")

@@ -92,7 +92,7 @@ def analyze_model(model, out_dir, field_names=None, seen_rows=None, split: int |
         f"{prefix}information abundance per field", field_dims=dims))
     result["figures"]["spectra"] = str(plot_spectra(
         collapse.field_spectra(ff), names, out / "spectra",
-        f"{prefix}normalised singular values per field"))
+        f"{prefix}normalised singular values per field", field_dims=dims))
 
     # diversity: the model's own sets, or chunks of an SE embedding (default: of the base size)
     if split is None and num_sets == 1:

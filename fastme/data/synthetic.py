@@ -1,26 +1,32 @@
-"""The built-in synthetic CTR dataset: Criteo-like fields, labels from a planted teacher.
-
-Raw values: 13 integer-like fields with 8 to 120 values and 26 categorical fields with 3 to
-100,000 values, every field's values drawn with power-law (Zipf) frequencies. Labels come from a
-teacher
+"""The built-in synthetic CTR dataset: fields with power-law value frequencies, labels from a
+planted teacher
 
     logit = b + s1 * sum_i a_i[x_i] + s2 * sum_{(i,j) in P} z_i[x_i]^T A_ij z_j[x_j],
     y ~ Bernoulli(sigmoid(logit)),
 
 with a scalar weight a_i[v] and an r-dimensional latent z_i[v] per value (N(0, 1), the latents
-centred under the value frequencies), a random set P of field pairs (favouring fields with fewer
-values, whose values are seen often enough to be learned) and random orthogonal, full-rank r x r
-matrices A_ij. The pair terms have zero mean given any single field, so a model without feature
-interactions cannot use them at all, and a field that interacts with several others needs up to r
-independent directions in its embedding: the interactions are of high rank. b sets the click rate
-to about ``positive_rate``.
+centred under the value frequencies) and a mixer A_ij per interacting pair. The pair terms have
+zero mean given any single field, so a model without feature interactions cannot use them at all.
+b sets the click rate to about ``positive_rate``. Two generators choose the fields and P:
+
+- ``"v2"`` (default): a small instance of the paper's collapse mechanism (§4, Appendix G). Four
+  low-cardinality fields L1..L4 (2 to 5 values, fewer than the base embedding size 10) and twelve
+  rich fields R1..R12 (20 to 2,000 values). Every rich field interacts with every low field, with
+  rank D_low - 1 (all a centred latent of D_low values can hold): the interactions through which,
+  by the interaction-collapse theory, the low-information fields restrict the rich fields'
+  embeddings. Each rich field also interacts with four other rich fields (its neighbours at
+  distance 1 and 2 on a ring) at rank 16 (> 10): the information a larger embedding could hold.
+  A_ij has rank_ij unit singular values and every pair term the same standard deviation. Why these choices, and what each knob does to SE and ME
+  models: docs/analysis.md.
+- ``"v1"``: 39 Criteo-like fields (13 with 8 to 120 values, 26 with 3 to 100,000) and 30 random
+  pairs, favouring fields with fewer values, with random orthogonal (full-rank) r x r mixers
+  (docs/data.md).
 
 Then, as Criteo's preprocessing does, values seen fewer than ``min_count`` (10) times become one
 OOV index per field, so the dataset's cardinalities grow with its size, as a real log's do.
 
 Every random stream is derived from ``seed`` alone (field by field), so the data is deterministic,
 and the raw values of a smaller dataset are a prefix of a larger one's with the same seed.
-docs/data.md gives the numbers (Bayes AUC, what a first-order model reaches).
 """
 
 from __future__ import annotations
@@ -30,11 +36,20 @@ import numpy as np
 from fastme.data.dataset import CTRData
 from fastme.data.raw import CRITEO_FIELD_NAMES
 
-#: Rows of the default dataset: enough that DCNv2 clearly learns the interactions (test AUC ~0.75
-#: against ~0.64 for a first-order model), few enough that ``fastme train`` finishes in a few
-#: minutes on a 2-core CPU. Use more (--synthetic-samples) on a GPU.
+#: Rows of the default dataset: enough that DCNv2 learns the interactions well past what a
+#: first-order model reaches, few enough that the scaling sweep fits in minutes on a 2-core CPU.
+#: Use more (--synthetic-samples) on a GPU.
 DEFAULT_NUM_SAMPLES = 60_000
 
+
+#: "v2" (default): few fields, the paper's collapse mechanism planted (see the module docstring);
+#: "v1": 39 Criteo-like fields with random high-rank pairs.
+GENERATORS = ("v2", "v1")
+#: v2: a field with fewer values than this (the paper's base embedding size K = 10) is low-cardinality.
+LOW_CARDINALITY = 10
+LOW_FIELD_DIMS = (2, 3, 4, 5)
+V2_ZIPF_EXPONENTS = (1.05, 1.3)
+_DESIGN_OPTIONS = ("rich_rank", "rich_offsets", "low_weight", "rich_weight", "low_threshold")
 
 
 def default_field_dims() -> list[int]:
@@ -71,7 +86,7 @@ class SyntheticTeacher:
     def __init__(self, seed: int = 0, field_dims=None, rank: int = 8, num_pairs: int | None = None,
                  first_order_scale: float = 1.0, interaction_scale: float = 3.0,
                  zipf_exponents: tuple[float, float] = (1.2, 1.6), positive_rate: float = 0.25,
-                 pair_weighting: float = 3.0):
+                 pair_weighting: float = 3.0, pairs=None):
         dims = default_field_dims() if field_dims is None else [int(d) for d in field_dims]
         if len(dims) < 2 or min(dims) < 1:
             raise ValueError(f"field_dims must hold >= 2 positive cardinalities, got {dims}")
@@ -79,6 +94,11 @@ class SyntheticTeacher:
         if int(rank) != rank or rank < 1:
             raise ValueError(f"rank must be a positive integer, got {rank!r}")
         all_pairs = n_fields * (n_fields - 1) // 2
+        if pairs is not None:
+            pairs = _check_pairs(pairs, n_fields, int(rank))
+            if num_pairs is not None and int(num_pairs) != len(pairs):
+                raise ValueError(f"num_pairs ({num_pairs}) contradicts the {len(pairs)} pairs given")
+            num_pairs = len(pairs)
         num_pairs = min(30, all_pairs) if num_pairs is None else int(num_pairs)
         if not 0 <= num_pairs <= all_pairs:
             raise ValueError(f"num_pairs must be in [0, {all_pairs}], got {num_pairs}")
@@ -99,14 +119,28 @@ class SyntheticTeacher:
         # to zero given either of its fields alone and carries no first-order signal.
         latent = [z - v.pmf @ z for z, v in
                   ((rng.standard_normal((d, rank)), v) for d, v in zip(dims, self.values))]
-        iu, ju = np.triu_indices(n_fields, k=1)
-        # Pairs of low-cardinality fields (whose values are seen often) are favoured with
-        # probability ~ (ln(1 + D_i) ln(1 + D_j))^-pair_weighting.
-        logd = np.log1p(np.asarray(dims, dtype=np.float64))
-        p = (logd[iu] * logd[ju]) ** -float(pair_weighting)
-        chosen = np.sort(rng.choice(all_pairs, size=num_pairs, replace=False, p=p / p.sum()))
-        self.pairs = [(int(iu[p]), int(ju[p])) for p in chosen]
-        mixers = [np.linalg.qr(rng.standard_normal((rank, rank)))[0] for _ in self.pairs]
+        if pairs is None:
+            iu, ju = np.triu_indices(n_fields, k=1)
+            # Pairs of low-cardinality fields (whose values are seen often) are favoured with
+            # probability ~ (ln(1 + D_i) ln(1 + D_j))^-pair_weighting.
+            logd = np.log1p(np.asarray(dims, dtype=np.float64))
+            p = (logd[iu] * logd[ju]) ** -float(pair_weighting)
+            chosen = np.sort(rng.choice(all_pairs, size=num_pairs, replace=False, p=p / p.sum()))
+            self.pairs = [(int(iu[p]), int(ju[p])) for p in chosen]
+            self.pair_ranks = [rank] * num_pairs
+            weights = np.ones(num_pairs)
+            mixers = [np.linalg.qr(rng.standard_normal((rank, rank)))[0] for _ in self.pairs]
+        else:
+            self.pairs = [(i, j) for i, j, _, _ in pairs]
+            self.pair_ranks = [r for _, _, r, _ in pairs]
+            weights = np.array([w for _, _, _, w in pairs], dtype=np.float64)
+            # A_ij = Q Q'^T with Q, Q' r x rank_ij with orthonormal columns: a rank-limited mixer whose
+            # term z_i^T A z_j has variance ~rank; 1/sqrt(rank) brings it to ~1 before the weight.
+            mixers = []
+            for r_ij, w in zip(self.pair_ranks, weights):
+                left = np.linalg.qr(rng.standard_normal((rank, r_ij)))[0]
+                right = np.linalg.qr(rng.standard_normal((rank, r_ij)))[0]
+                mixers.append(w / np.sqrt(r_ij) * left @ right.T)
         # z_i^T A z_j = <z_i, (z A^T)_j>: transform field j's table once per pair, so a row's pair
         # term is two gathers and a dot product (float32 tables halve the gather traffic).
         latent = [z.astype(np.float32) for z in latent]
@@ -115,7 +149,10 @@ class SyntheticTeacher:
                        for (_, j), a in zip(self.pairs, mixers)]
         # Unit-variance parts: each a_i[x_i] has variance ~1, each z^T A z' (A orthogonal) ~r.
         self._s1 = first_order_scale / np.sqrt(n_fields)
-        self._s2 = interaction_scale / np.sqrt(max(num_pairs, 1) * rank)
+        if pairs is None:
+            self._s2 = interaction_scale / np.sqrt(max(num_pairs, 1) * rank)
+        else:  # every pair term already has standard deviation ~ its weight
+            self._s2 = interaction_scale / np.sqrt(max(float(weights @ weights), 1e-12))
         # The bias comes from a fixed pilot sample, so it does not depend on the dataset size.
         pilot = self.sample_x(20_000, streams=[bias_ss] * n_fields)
         self.bias = _bias_for_rate(self.logits(pilot, with_bias=False), positive_rate)
@@ -147,33 +184,110 @@ class SyntheticTeacher:
         return (np.random.default_rng(self._label_ss).random(len(x)) < prob).astype(np.float32)
 
 
-def make_synthetic(num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0, *, field_dims=None,
-                   field_names=None, min_count: int = 10, **teacher_options) -> CTRData:
+def collapse_field_dims() -> list[int]:
+    """v2's fields: 4 low-cardinality ones (2 to 5 values, all below the base embedding size 10)
+    and 12 rich ones (20 to 2,000 values, geometric)."""
+    return list(LOW_FIELD_DIMS) + [int(d) for d in np.rint(np.geomspace(20, 2_000, 12))]
+
+
+def collapse_pairs(field_dims, rich_rank: int = 16, rich_offsets=(1, 2), low_weight: float = 1.0,
+                   rich_weight: float = 1.0, low_threshold: int = LOW_CARDINALITY):
+    """v2's planted interactions on ``field_dims``: a field is low-cardinality when it has fewer
+    than ``low_threshold`` values (D < K, the paper's low-information case), rich otherwise.
+
+    - every rich field interacts with every low field, with rank D_low - 1 (all a centred latent
+      of D_low values can hold) and weight ``low_weight``: the interactions that restrict the
+      rich fields' embeddings;
+    - rich field number a interacts with rich fields a + o (o in ``rich_offsets``, cyclically),
+      with rank ``rich_rank`` and weight ``rich_weight``: the high-rank information that larger
+      embeddings can hold.
+
+    A weight of 0 leaves that kind of pair out (for ablations).
+
+    Returns (pairs as (i, j, rank, weight), latent rank r).
+    """
+    low = [i for i, d in enumerate(field_dims) if d < low_threshold]
+    rich = [i for i, d in enumerate(field_dims) if d >= low_threshold]
+    pairs, seen = [], set()
+    for r in rich:
+        for lo in low:
+            if field_dims[lo] >= 2 and low_weight > 0:  # a one-valued field carries nothing
+                pairs.append((lo, r, field_dims[lo] - 1, low_weight))
+    if len(rich) > 1 and rich_weight > 0:
+        for a in range(len(rich)):
+            for o in rich_offsets:
+                i, j = sorted((rich[a], rich[(a + int(o)) % len(rich)]))
+                if i != j and (i, j) not in seen:
+                    seen.add((i, j))
+                    pairs.append((i, j, int(rich_rank), rich_weight))
+    rank = max([int(rich_rank)] + [field_dims[lo] - 1 for lo in low])
+    return pairs, rank
+
+
+def synthetic_teacher(seed: int = 0, generator: str = "v2", field_dims=None,
+                      **options) -> SyntheticTeacher:
+    """The planted teacher of :func:`make_synthetic` with the same arguments."""
+    if generator not in GENERATORS:
+        raise ValueError(f"generator must be one of {GENERATORS}, got {generator!r}")
+    if generator == "v1":
+        return SyntheticTeacher(seed, field_dims, **options)
+    options = dict(options)
+    design = {k: options.pop(k) for k in _DESIGN_OPTIONS if k in options}
+    for k in ("pairs", "num_pairs", "pair_weighting", "rank"):
+        if k in options:
+            raise ValueError(f"generator v2 plants its own pairs; {k!r} is a v1 option (use "
+                             f"generator='v1', or v2's {', '.join(_DESIGN_OPTIONS)})")
+    field_dims = collapse_field_dims() if field_dims is None else [int(d) for d in field_dims]
+    pairs, rank = collapse_pairs(field_dims, **design)
+    options = {"zipf_exponents": V2_ZIPF_EXPONENTS, **options}
+    return SyntheticTeacher(seed, field_dims, rank=rank, pairs=pairs, **options)
+
+
+def make_synthetic(num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0, *,
+                   generator: str = "v2", field_dims=None, field_names=None, min_count: int = 10,
+                   **options) -> CTRData:
     """Generate the synthetic dataset (see the module docstring).
 
     Args:
         num_samples: number of rows.
         seed: seeds everything; same seed and size -> same teacher and rows.
-        field_dims: the raw value space of every field (default: :func:`default_field_dims`, 39
-            Criteo-like fields of 3 to 100,000 values).
-        field_names: names (default I1..I13, C1..C26 for 39 fields, else f0, f1, ...).
+        generator: "v2" (default) or "v1", see the module docstring.
+        field_dims: the raw value space of every field (default: :func:`collapse_field_dims` for
+            v2, 4 low-cardinality and 12 rich fields; :func:`default_field_dims` for v1, 39
+            Criteo-like fields of 3 to 100,000 values). With v2, fields with fewer than 10 values
+            are the low-cardinality ones.
+        field_names: names (default fields: L1.. for v2's low-cardinality fields, R1.. for its
+            rich ones; I1..I13, C1..C26 for v1's 39 fields; given ``field_dims``: f0, f1, ...).
         min_count: as in the Criteo preprocessing, values seen fewer times in the sample share
             one OOV index per field, and kept values are numbered by decreasing count; the
             dataset's ``field_dims`` are then (kept + 1). 0 keeps the raw values as indices
             (``field_dims`` = the raw value spaces; what :class:`SyntheticTeacher` takes).
-        teacher_options: :class:`SyntheticTeacher` knobs: ``rank`` (r, default 8), ``num_pairs``
-            (|P|, default 2 per field), ``first_order_scale`` / ``interaction_scale`` (standard
-            deviations of the two logit parts), ``zipf_exponents`` (each field's Zipf exponent is
-            uniform in this range), ``pair_weighting``, ``positive_rate`` (0.25).
+        options: :class:`SyntheticTeacher` knobs: ``first_order_scale`` / ``interaction_scale``
+            (standard deviations of the two logit parts, 1 and 3), ``zipf_exponents`` (each
+            field's Zipf exponent is uniform in this range; v2 (1.05, 1.3), v1 (1.2, 1.6)),
+            ``positive_rate`` (0.25); v1 only: ``rank`` (r, default 8), ``num_pairs`` (|P|,
+            default 30), ``pair_weighting``; v2 only: the :func:`collapse_pairs` knobs
+            ``rich_rank``, ``rich_offsets``, ``low_weight``, ``rich_weight``, ``low_threshold``.
     """
     if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     if isinstance(min_count, bool) or int(min_count) != min_count or min_count < 0:
         raise ValueError(f"min_count must be a non-negative integer, got {min_count!r}")
-    teacher = SyntheticTeacher(seed, field_dims, **teacher_options)
+    teacher = synthetic_teacher(seed, generator, field_dims, **options)
     dims = teacher.field_dims
     if field_names is None:
-        field_names = CRITEO_FIELD_NAMES if len(dims) == 39 else [f"f{i}" for i in range(len(dims))]
+        if generator == "v2" and field_dims is None:  # L1..: low-cardinality fields, R1..: rich
+            low = options.get("low_threshold", LOW_CARDINALITY)
+            counts = {"L": 0, "R": 0}
+            field_names = []
+            for d in dims:
+                kind = "L" if d < low else "R"
+                counts[kind] += 1
+                field_names.append(f"{kind}{counts[kind]}")
+        elif generator == "v1" and len(dims) == 39:
+            field_names = CRITEO_FIELD_NAMES
+        else:
+            field_names = [f"f{i}" for i in range(len(dims))]
     names = list(field_names)
     if len(names) != len(dims):
         raise ValueError(f"field_names has {len(names)} names for {len(dims)} fields")
@@ -181,11 +295,31 @@ def make_synthetic(num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0, *, fie
     y = teacher.sample_labels(x)  # from the raw values: the OOV bucket mixes distinct truths
     if min_count > 0:
         dims = [_threshold_column(x[:, i], d, int(min_count)) for i, d in enumerate(dims)]
-    info = {"dataset": "synthetic", "num_samples": int(num_samples), "seed": int(seed),
-            "min_count": int(min_count), "raw_field_dims": teacher.field_dims,
-            "teacher_options": teacher_options,
+    info = {"dataset": "synthetic", "generator": generator, "num_samples": int(num_samples),
+            "seed": int(seed), "min_count": int(min_count), "raw_field_dims": teacher.field_dims,
+            "options": options,
+            "pair_ranks": teacher.pair_ranks,
             "interacting_pairs": [[names[i], names[j]] for i, j in teacher.pairs]}
     return CTRData(x, y, dims, names, name="synthetic", info=info)
+
+
+def _check_pairs(pairs, n_fields: int, rank: int) -> list[tuple[int, int, int, float]]:
+    """Explicit teacher pairs as (i, j, rank_ij, weight), checked."""
+    checked, seen = [], set()
+    for pair in pairs:
+        i, j, r_ij, w = (tuple(pair) + (1.0,))[:4] if len(pair) == 3 else tuple(pair)
+        if not (0 <= int(i) < n_fields and 0 <= int(j) < n_fields and i != j):
+            raise ValueError(f"pairs: ({i}, {j}) is not a pair of two distinct fields in "
+                             f"0..{n_fields - 1}")
+        if frozenset((i, j)) in seen:
+            raise ValueError(f"pairs: ({i}, {j}) is given twice")
+        if not 1 <= int(r_ij) <= rank:
+            raise ValueError(f"pairs: the rank of ({i}, {j}) must be in 1..rank={rank}, got {r_ij}")
+        if not float(w) > 0:
+            raise ValueError(f"pairs: the weight of ({i}, {j}) must be > 0, got {w}")
+        seen.add(frozenset((i, j)))
+        checked.append((int(i), int(j), int(r_ij), float(w)))
+    return checked
 
 
 def _threshold_column(col: np.ndarray, dim: int, min_count: int) -> int:
