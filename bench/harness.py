@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -384,6 +385,19 @@ def _version(distribution: str) -> str | None:
         return None
 
 
+def _commit() -> str | None:
+    """The checkout's commit (with "+dirty" when files differ from it), None outside git."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def record() -> dict:
     """Everything this run measured, and on what: the machine-readable record of the run."""
     if DEVICE.type == "cuda":
@@ -404,6 +418,7 @@ def record() -> dict:
     return {
         "schema": 1,
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "commit": _commit(),
         "device": device,
         "device_type": DEVICE.type,
         "full_shapes": FULL,

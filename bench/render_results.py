@@ -130,7 +130,8 @@ def summary(record: dict, rerun: dict | None = None) -> str:
     m = record["machine"]
     load = ", ".join(f"{k.split('_')[1]} {m[k]:.2f}" for k in ("loadavg_start", "loadavg_end")
                      if m.get(k) is not None)
-    out = [f"Device: {record['device']}; measured {record['date']}",
+    commit = f", commit {record['commit'][:10]}" if record.get("commit") else ""
+    out = [f"Device: {record['device']}; measured {record['date']}{commit}",
            "Versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()),
            _probe_line("Peak probe at the start", m["probe_start"]),
            _probe_line("Peak probe at the end", m["probe_end"]),
