@@ -346,11 +346,13 @@ RECORDS: list[dict] = []  # one per case
 UNAVAILABLE: list[dict] = []  # one per skipped (case, variant), with the reason
 PROBES: dict[str, Any] = {"start": None, "end": None}
 LOAD: dict[str, Any] = {"loadavg_start": None, "loadavg_end": None}
+COMMIT: dict[str, str | None] = {"start": None}  # the code measured: taken before the first case
 
 
 def start_run() -> None:
     """Before the first timing: the load average, then the peak probe."""
     if PROBES["start"] is None:
+        COMMIT["start"] = _commit()
         LOAD["loadavg_start"] = machine.load_average()
         PROBES["start"] = machine.measure_peaks(DEVICE, clock=_clock())
 
@@ -418,7 +420,7 @@ def record() -> dict:
     return {
         "schema": 1,
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "commit": _commit(),
+        "commit": COMMIT["start"] or _commit(),
         "device": device,
         "device_type": DEVICE.type,
         "full_shapes": FULL,
