@@ -106,13 +106,12 @@ def _torchrec_module(table: torch.Tensor, bags: bool):
                      feature_names=[f"f{i}"]) for i, d in enumerate(FIELD_DIMS)]
     module = (torchrec.EmbeddingBagCollection if bags else torchrec.EmbeddingCollection)(
         tables=tables, device=DEVICE)
-    weights = [module.state_dict()[f"{'embedding_bags' if bags else 'embeddings'}.t{i}.weight"]
-               for i in range(NUM_FIELDS)]
+    named = dict(module.named_parameters())
+    prefix = "embedding_bags" if bags else "embeddings"
+    params = [named[f"{prefix}.t{i}.weight"] for i in range(NUM_FIELDS)]  # field order
     with torch.no_grad():
-        for w, src in zip(weights, _per_field_tables(table)):
+        for w, src in zip(params, _per_field_tables(table)):
             w.copy_(src)
-    params = [p for _, p in sorted(module.named_parameters(), key=lambda kv: int(
-        kv[0].split(".t")[1].split(".")[0]))]
     return module, params
 
 

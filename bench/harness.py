@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -345,11 +346,13 @@ RECORDS: list[dict] = []  # one per case
 UNAVAILABLE: list[dict] = []  # one per skipped (case, variant), with the reason
 PROBES: dict[str, Any] = {"start": None, "end": None}
 LOAD: dict[str, Any] = {"loadavg_start": None, "loadavg_end": None}
+COMMIT: dict[str, str | None] = {"start": None}  # the code measured: taken before the first case
 
 
 def start_run() -> None:
     """Before the first timing: the load average, then the peak probe."""
     if PROBES["start"] is None:
+        COMMIT["start"] = _commit()
         LOAD["loadavg_start"] = machine.load_average()
         PROBES["start"] = machine.measure_peaks(DEVICE, clock=_clock())
 
@@ -384,6 +387,19 @@ def _version(distribution: str) -> str | None:
         return None
 
 
+def _commit() -> str | None:
+    """The checkout's commit (with "+dirty" when files differ from it), None outside git."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def record() -> dict:
     """Everything this run measured, and on what: the machine-readable record of the run."""
     if DEVICE.type == "cuda":
@@ -404,6 +420,7 @@ def record() -> dict:
     return {
         "schema": 1,
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "commit": COMMIT["start"] or _commit(),
         "device": device,
         "device_type": DEVICE.type,
         "full_shapes": FULL,

@@ -19,35 +19,32 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot(record: dict, path: pathlib.Path) -> None:
+    """One bar per (case, variant) other than the baseline, coloured by variant."""
     baseline = record["config"]["baseline"]
-    cases = record["cases"]
-    names = sorted({n for c in cases for n in c["variants"] if n != baseline})
-    fig, ax = plt.subplots(figsize=(10, max(3.0, 0.32 * len(cases) * max(1, len(names)) / 2)))
-    height = 0.8 / max(1, len(names))
-    for i, name in enumerate(names):
-        ys, xs, lo, hi = [], [], [], []
-        for row, case in enumerate(cases):
-            v = case["variants"].get(name)
-            if v is None:
-                continue
-            r = v["vs_baseline"]
-            ys.append(row + (i - (len(names) - 1) / 2) * height)
-            xs.append(r["median"])
-            lo.append(r["median"] - r["low"])
-            hi.append(r["high"] - r["median"])
-        ax.barh(ys, xs, height=height, xerr=[lo, hi], label=name, capsize=2)
+    rows = [(case, name, v) for case in record["cases"]
+            for name, v in case["variants"].items() if name != baseline]
+    names = list(dict.fromkeys(name for _, name, _ in rows))
+    colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(names)}
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.22 * len(rows)))
+    for y, (case, name, v) in enumerate(rows):
+        r = v["vs_baseline"]
+        ax.errorbar(r["median"], y, xerr=[[r["median"] - r["low"]], [r["high"] - r["median"]]],
+                    fmt="o", color=colours[name], capsize=2, markersize=4)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set_yticks(range(len(cases)))
-    ax.set_yticklabels([c["case"] + (" (loaded)" if c.get("disturbed") else "")
-                        for c in cases], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel(f"speed-up over {baseline} (per-round ratio: median, 10-90% range)")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{case['case']}{' (loaded)' if case.get('disturbed') else ''}: {name}"
+                        for case, name, _ in rows], fontsize=6)
+    for label, (_, name, _) in zip(ax.get_yticklabels(), rows):
+        label.set_color(colours[name])
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.grid(axis="x", which="both", linewidth=0.3)
+    ax.set_xlabel(f"speed-up over {baseline}: per-round ratio, median and 10-90% range "
+                  "(right of the line = faster)")
     loaded = " — measured on a loaded machine" if record["machine"]["disturbed"] else ""
     ax.set_title(f"{record['device']}, {record['date']}{loaded}", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
