@@ -128,6 +128,10 @@ def test_kaggle_csv_ids_and_cli(criteo_run, capsys):
     assert "10 rows (10 scored, 0 malformed)" in capsys.readouterr().out
     header, out = read_csv(tmp / "kaggle.csv")
     assert header == ["Id", "Predicted"] and out[0][0] == "60000000" and len(out) == 10
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # a byte-order mark changes nothing
+    assert main(["predict", str(run), "--data", f"criteo:{path}", "--out",
+                 str(tmp / "bom.csv"), "--no-progress"]) == 0
+    assert read_csv(tmp / "bom.csv")[1] == out
     bad = tmp / "bad.csv"
     bad.write_text("Id,foo\n1,2\n")
     assert main(["predict", str(run), "--data", f"criteo:{bad}"]) == 2

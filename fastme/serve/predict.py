@@ -41,6 +41,7 @@ from fastme.train.metrics import log_loss_from_logits, roc_auc
 from fastme.train.trainer import resolve_device
 
 BLOCK_BYTES = 16 << 20
+_BOM = b"\xef\xbb\xbf"
 _EXAMPLES = 5
 
 
@@ -65,7 +66,7 @@ def detect_layout(kind: str, path: Path) -> Layout:
     """The layout of ``path`` from its first line; ValueError naming the file when unknown."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
-        first = f.readline().rstrip(b"\r\n").decode("utf-8", errors="replace")
+        first = f.readline().rstrip(b"\r\n").removeprefix(_BOM).decode("utf-8", errors="replace")
     if kind == "criteo":
         if "\t" in first or "," not in first:
             n = first.count("\t") + 1
@@ -101,7 +102,7 @@ def _line_blocks(path: Path, block_bytes: int):
     gz = path.suffix == ".gz"
     with open(path, "rb") as raw:
         f = gzip.GzipFile(fileobj=raw) if gz else raw
-        tail = b""
+        tail, start = b"", True
         while True:
             try:
                 chunk = f.read(block_bytes)
@@ -112,6 +113,8 @@ def _line_blocks(path: Path, block_bytes: int):
                 if tail:
                     yield [tail.rstrip(b"\r")], raw.tell()
                 return
+            if start:  # a byte-order mark is not part of the first row
+                chunk, start = chunk.removeprefix(_BOM), False
             lines = (tail + chunk).split(b"\n")
             tail = lines.pop()
             yield [line[:-1] if line.endswith(b"\r") else line for line in lines], raw.tell()
