@@ -156,3 +156,20 @@ def test_avazu_test_file_without_click(tmp_path):
     assert names == ["id", "click"] and [r[0] for r in out] == [ln.split(",")[0] for ln in lines]
     np.testing.assert_allclose([float(r[1]) for r in out], eager_probabilities(run, data.x),
                                rtol=1e-5)
+
+
+def test_compressed_input_and_a_damaged_stream(criteo_run, capsys):
+    import bz2
+    import gzip
+
+    tmp, rows, run, _ = criteo_run
+    text = "".join("\t".join(r[1:]) + "\n" for r in rows[:30]).encode()
+    (tmp / "plain.txt").write_bytes(text)
+    predict(run, f"criteo:{tmp / 'plain.txt'}", tmp / "plain.csv")
+    for name, data in (("t.gz", gzip.compress(text)), ("t.bz2", bz2.compress(text))):
+        (tmp / name).write_bytes(data)
+        predict(run, f"criteo:{tmp / name}", tmp / f"{name}.csv")
+        assert read_csv(tmp / f"{name}.csv") == read_csv(tmp / "plain.csv")
+    (tmp / "cut.gz").write_bytes(gzip.compress(text)[:-40])
+    assert main(["predict", str(run), "--data", f"criteo:{tmp / 'cut.gz'}", "--no-progress"]) == 2
+    assert "cut.gz is damaged" in capsys.readouterr().err

@@ -1,8 +1,8 @@
 """Scoring files with a trained model: one probability per input row, in input order.
 
-The raw file is read line by line in blocks (bounded memory, gzip allowed) so that every input
-line keeps its place: a malformed line yields its row with an empty probability instead of
-vanishing. Cells are validated, transformed and mapped to indices by the training pipeline's own
+The raw file is read line by line in blocks (bounded memory; gzip, bz2 or zstd allowed) so that
+every input line keeps its place: a malformed line yields its row with an empty probability
+instead of vanishing. Cells are validated, transformed and mapped to indices by the training pipeline's own
 code (fastme.data.raw) with the training cache's vocabulary, so a value is encoded exactly as it
 was in training (unseen or rare -> the field's OOV index, empty -> its missing index).
 
@@ -21,7 +21,6 @@ identified by their number over all files. Other data (``cache:DIR``, ``npy:DIR`
 from __future__ import annotations
 
 import csv
-import gzip
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ import torch
 from fastme import ops
 from fastme.data.dataset import load_vocab
 from fastme.data.raw import (AVAZU_COLUMNS, CRITEO_CAT, CRITEO_COLUMNS, CRITEO_INT, AvazuFormat,
-                             CriteoFormat, _indices, _Malformed)
+                             CriteoFormat, _damaged, _first_line, _indices, _Malformed, _open)
 from fastme.models.spec import load_trained
 from fastme.train.metrics import log_loss_from_logits, roc_auc
 from fastme.train.trainer import resolve_device
@@ -64,9 +63,7 @@ class Layout:
 
 def detect_layout(kind: str, path: Path) -> Layout:
     """The layout of ``path`` from its first line; ValueError naming the file when unknown."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        first = f.readline().rstrip(b"\r\n").removeprefix(_BOM).decode("utf-8", errors="replace")
+    first = _first_line(path).rstrip(b"\r").decode("utf-8", errors="replace")
     if kind == "criteo":
         if "\t" in first or "," not in first:
             n = first.count("\t") + 1
@@ -97,18 +94,17 @@ def detect_layout(kind: str, path: Path) -> Layout:
 
 
 def _line_blocks(path: Path, block_bytes: int):
-    """Yield (lines as a list of bytes, bytes of the file consumed so far) in input order.
-    Every line is returned, empty ones included, so that row numbers are line numbers."""
-    gz = path.suffix == ".gz"
-    with open(path, "rb") as raw:
-        f = gzip.GzipFile(fileobj=raw) if gz else raw
+    """Yield (lines as a list of bytes, bytes of the file on disk consumed so far) in input order.
+    Every line is returned, empty ones included, so that row numbers are line numbers. Input
+    compressed with gzip, bz2 or zstd is recognised as in training (fastme.data.raw)."""
+    raw, source, codec = _open(path)
+    with raw:
         tail, start = b"", True
         while True:
             try:
-                chunk = f.read(block_bytes)
-            except (OSError, EOFError) as exc:  # truncated or corrupt gzip
-                raise ValueError(f"{path} is damaged after {raw.tell():,} bytes ({exc}); rows "
-                                 f"up to there were written") from exc
+                chunk = source.read(block_bytes)
+            except (OSError, EOFError, pa.ArrowInvalid) as exc:  # truncated or corrupt stream
+                raise _damaged(path, codec, exc) from exc
             if not chunk:
                 if tail:
                     yield [tail.rstrip(b"\r")], raw.tell()
