@@ -22,6 +22,8 @@ SHAPES = [  # batch, field_dims, num_sets, dim
     (4, [3, 4], 1, 16),          # M = 1
     (3, [2, 3, 2], 2, 50),       # K = 50 (NFwFM's base size)
     (100, [3] * 18, 1, 3),       # N > 16; several column blocks per program
+    (5, [2] * 70, 2, 3),         # N = 70: FwFM in three field blocks of 32
+    (6, [3] * 256, 2, 3),        # N = 256: FwFM in 4 x 4 tiles of 64 fields
 ]
 GPU_SHAPES = SHAPES[:3] + [
     (64, [4, 1, 6, 3], 3, 10),
@@ -53,7 +55,7 @@ def pooled_inputs(shape, weighted, **kwargs):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("weighted", [False, True], ids=["fm", "fwfm"])
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"B{s[0]}-N{len(s[1])}-M{s[2]}-K{s[3]}")
 def test_forward_and_gradients_match_reference_float64(backend, shape, index_dtype, weighted):
     inputs = pooled_inputs(shape, weighted, index_dtype=index_dtype)
     out, grads = outputs_and_grads(pooled(backend), *inputs)

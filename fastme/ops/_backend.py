@@ -2,8 +2,13 @@
 
 Every public op has one eager ``reference`` implementation (fastme/ops/reference.py) and may have
 ``triton`` (fastme/ops/triton/) and ``cuda`` (kernels/ via fastme/ops/cuda/) implementations,
-registered with :func:`register`. Kernel packages are imported lazily, so ``import fastme.ops``
-never needs Triton or the compiled extension.
+registered with :func:`register`. ``import fastme.ops`` imports every kernel package that can be
+imported here (:func:`load_kernel_backends`), so that resolving an op is a dictionary lookup:
+ops are resolved inside the traced code of ``torch.compile(fullgraph=True)``, where nothing can
+be imported. A package that cannot be imported (no Triton) leaves its backend unavailable, with
+the reason kept for the error message; ``import fastme.ops`` never needs Triton or the compiled
+extension. The Triton package picks GPU or interpreter launch configurations when imported, so
+TRITON_INTERPRET must be set before fastme.ops is imported.
 """
 
 from __future__ import annotations
@@ -69,11 +74,7 @@ def load_kernel_backends() -> None:
 def _triton_usable(device: torch.device) -> bool:
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return "triton" not in _IMPORT_ERRORS
 
 
 def _cuda_usable(device: torch.device) -> bool:
@@ -83,11 +84,6 @@ def _cuda_usable(device: torch.device) -> bool:
 
 
 def _load(op: str, backend: str) -> Callable | None:
-    if (op, backend) not in _IMPLEMENTATIONS and backend != "reference":
-        try:
-            importlib.import_module(f"fastme.ops.{backend}")
-        except ImportError:
-            return None
     return _IMPLEMENTATIONS.get((op, backend))
 
 
@@ -115,9 +111,10 @@ def resolve(op: str, backend: str, device: torch.device) -> Callable:
                     return fn
         return _IMPLEMENTATIONS[(op, "reference")]
     if backend == "triton" and not _triton_usable(device):
+        why = _IMPORT_ERRORS.get("triton", f"got tensors on {device}")
         raise BackendUnavailable(
             f"backend='triton' needs CUDA tensors and the triton package (or TRITON_INTERPRET=1 "
-            f"for the CPU interpreter); got tensors on {device}")
+            f"for the CPU interpreter; install with `pip install fastme[triton]`): {why}")
     if backend == "cuda":
         if device.type != "cuda":
             raise BackendUnavailable(f"backend='cuda' needs CUDA tensors, got tensors on {device}")
@@ -126,5 +123,6 @@ def resolve(op: str, backend: str, device: torch.device) -> Callable:
         require_cuda_kernels()
     fn = _load(op, backend)
     if fn is None:
-        raise BackendUnavailable(f"op {op!r} has no {backend!r} implementation in this build")
+        why = f" ({_IMPORT_ERRORS[backend]})" if backend in _IMPORT_ERRORS else ""
+        raise BackendUnavailable(f"op {op!r} has no {backend!r} implementation in this build{why}")
     return fn

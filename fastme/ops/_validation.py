@@ -71,8 +71,11 @@ def check_lookup_inputs(table: torch.Tensor, indices: torch.Tensor, offsets: tor
 
 
 def field_dims_from_offsets(offsets: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """Field cardinalities implied by offsets and the table's row count (last field to the end)."""
-    ends = torch.cat([offsets[1:], offsets.new_tensor([num_rows])])
+    """Field cardinalities implied by offsets and the table's row count (last field to the end).
+    Built on the device without a host->device copy (which would block the host per call)."""
+    ends = torch.empty_like(offsets)
+    ends[:-1] = offsets[1:]
+    ends[-1:] = num_rows
     return ends - offsets
 
 
@@ -150,11 +153,14 @@ def check_offsets(offsets: torch.Tensor, field_dims: torch.Tensor, num_rows: int
 
 def prepare_lookup(table, indices, offsets, field_dims):
     """Shared validation of every lookup-based op; returns (indices, field_dims) after the
-    offsets and bounds checks (indices may come back clamped in 'clamp' mode; 'off' skips both)."""
+    offsets and bounds checks (indices may come back clamped in 'clamp' mode; 'off' skips both
+    and returns field_dims as given, possibly None)."""
     check_lookup_inputs(table, indices, offsets, field_dims)
+    if _bounds_check_mode == "off":  # nothing to check: no work, no host synchronisation
+        return indices, field_dims
     implied = field_dims is None
     if implied:
         field_dims = field_dims_from_offsets(offsets, table.shape[0])
-    if _bounds_check_mode != "off" and offsets.numel():
+    if offsets.numel():
         check_offsets(offsets, field_dims, table.shape[0], implied)
     return apply_bounds_check(indices, field_dims), field_dims

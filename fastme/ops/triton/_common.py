@@ -1,6 +1,7 @@
 """Helpers shared by the Triton kernels: launch sizes, dot precision, row arithmetic and the
 accumulation target of table gradients."""
 
+import functools
 import os
 
 import torch
@@ -70,6 +71,21 @@ def upcast_dot(dtype: torch.dtype) -> bool:
 def dot_meta(dtype: torch.dtype) -> dict:
     """Constexpr arguments every kernel with a ``tl.dot`` takes."""
     return dict(ACC=tl_dtype(acc_dtype(dtype)), PREC=dot_precision(dtype), UPCAST=upcast_dot(dtype))
+
+
+def on_input_device(launcher):
+    """Run ``launcher`` with its first tensor argument's CUDA device current: Triton launches on
+    torch's current device (and its current stream), which need not be the tensors' device."""
+
+    @functools.wraps(launcher)
+    def wrapper(*args, **kwargs):
+        device = next(a.device for a in args if isinstance(a, torch.Tensor))
+        if device.type != "cuda":
+            return launcher(*args, **kwargs)
+        with torch.cuda.device(device):
+            return launcher(*args, **kwargs)
+
+    return wrapper
 
 
 def contiguous(*tensors):
@@ -152,4 +168,6 @@ def mma(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
     if UPCAST:
         a = a.to(tl.float32)
         b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision=PREC)
+    # out_dtype is explicit: Triton 3.6 defaults it to float32 and rejects a float64 accumulator
+    # (3.9 infers it from acc).
+    return tl.dot(a, b, acc, input_precision=PREC, out_dtype=acc.dtype)

@@ -23,13 +23,17 @@ import torch
 import triton
 import triton.language as tl
 
-from fastme.ops.triton._common import acc_dtype, autotune, contiguous, dot_meta, load_rows, mma
+from fastme.ops.triton._common import (acc_dtype, autotune, contiguous, dot_meta, load_rows, mma,
+                                       on_input_device)
 from fastme.ops.triton.lookup import lookup_forward
 
-# Launch configurations. The GPU lists keep the configurations whose sm_90 builds (Triton 3.9,
-# fp32/TF32 and bf16) hold their tiles in registers without (or with ~100 B of) spilling; the
-# autotuner picks among them per (M, D, L) at the first call. The interpreter runs one small
-# configuration.
+# Launch configurations; the autotuner picks among them per (M, D, L) at the first call, the
+# interpreter runs one small configuration. Their builds (python -m fastme.ops.triton.aot,
+# Triton 3.6 and 3.9, D = 390 and 1280) all fit in shared memory (at most 128 KB), but several
+# use all 255 registers and spill: on sm_90 up to 64 B/thread (fp32 forward, 64 x 64 tiles),
+# 56 B (fp32 backward), 48 B (fp64); on sm_80 up to 920 B (fp32 weight gradient, 64 x 64 x 64)
+# and 688 B (fp32 forward, 64 x 64). Whether a spilling configuration still wins is for the
+# autotuner to measure on the GPU.
 _C = triton.Config
 _FWD_CONFIGS = [_C({"BLOCK_B": 64, "BLOCK_D": 64}, num_warps=8, num_stages=3),
                 _C({"BLOCK_B": 64, "BLOCK_D": 32}, num_warps=8, num_stages=2),
@@ -244,6 +248,7 @@ def _cross_wgrad_kernel(U, X0, STATES, DW, DB, B, M, D,
 
 # ---- host side ----------------------------------------------------------------------------------
 
+@on_input_device
 def _forward(x0, weight, bias, gather=None):
     """Runs the forward kernel. ``gather`` = (table, indices, offsets) fuses the lookup: x0 is
     then an empty buffer the kernel fills. Returns (out, states)."""
@@ -280,6 +285,7 @@ def lookup_cross_forward(table, indices, offsets, weight, bias):
     return out, x0, states
 
 
+@on_input_device
 def cross_backward(grad, x0, weight, bias, states):
     """Gradients (x0, weight, bias) of the cross network given the saved states."""
     grad, x0, weight, bias = contiguous(grad, x0, weight, bias)

@@ -12,7 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastme.ops.triton._common import NUM_WARPS, RowGradTarget, contiguous, load_rows, pow2
+from fastme.ops.triton._common import (NUM_WARPS, RowGradTarget, contiguous, load_rows,
+                                       on_input_device, pow2)
 
 # Elements (pairs x row values) per program.
 _TILE = 1024
@@ -60,6 +61,7 @@ def _grid(num_pairs: int, mk: int):
     return (triton.cdiv(num_pairs, block_p), triton.cdiv(mk, block_c)), block_p, block_c
 
 
+@on_input_device
 def lookup_forward(table: torch.Tensor, indices: torch.Tensor,
                    offsets: torch.Tensor) -> torch.Tensor:
     table, indices, offsets = contiguous(table, indices, offsets)
@@ -74,6 +76,7 @@ def lookup_forward(table: torch.Tensor, indices: torch.Tensor,
     return out
 
 
+@on_input_device
 def scatter_add_rows(target: RowGradTarget, grad: torch.Tensor) -> None:
     """Add grad [B, M, N, K] (one gradient per (sample, field) pair and set) into ``target``."""
     b, m, n, k = grad.shape
