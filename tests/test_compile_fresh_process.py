@@ -42,7 +42,8 @@ for name, options in [("dnn", {}), ("nfwfm", {}), ("dcnv2", dict(num_cross_layer
 """
 
 
-@pytest.mark.parametrize("backend", ops.available_backends(DEVICE))
+# "auto" picks a kernel backend only on CUDA tensors (else the reference, already covered).
+@pytest.mark.parametrize("backend", ops.available_backends(DEVICE) + ["auto"] * (DEVICE == "cuda"))
 def test_compiled_model_in_fresh_process(backend):
     env = dict(os.environ)
     if DEVICE == "cpu":

@@ -19,6 +19,8 @@ from typing import Callable
 
 import torch
 
+from fastme import _extension
+
 BACKENDS = ("auto", "reference", "triton", "cuda")
 
 # Order in which "auto" tries kernel backends on a CUDA device: Triton first, as it runs wherever
@@ -78,9 +80,7 @@ def _triton_usable(device: torch.device) -> bool:
 
 
 def _cuda_usable(device: torch.device) -> bool:
-    from fastme._extension import cuda_kernels_available
-
-    return device.type == "cuda" and cuda_kernels_available()
+    return device.type == "cuda" and _extension.cuda_kernels_available()
 
 
 def _load(op: str, backend: str) -> Callable | None:
@@ -118,9 +118,7 @@ def resolve(op: str, backend: str, device: torch.device) -> Callable:
     if backend == "cuda":
         if device.type != "cuda":
             raise BackendUnavailable(f"backend='cuda' needs CUDA tensors, got tensors on {device}")
-        from fastme._extension import require_cuda_kernels
-
-        require_cuda_kernels()
+        _extension.require_cuda_kernels()
     fn = _load(op, backend)
     if fn is None:
         why = f" ({_IMPORT_ERRORS[backend]})" if backend in _IMPORT_ERRORS else ""
