@@ -197,10 +197,10 @@ def test_the_trainer_does_not_import_the_analysis():
 def test_checkpoints_share_one_layout(data, tmp_path):
     train(small_model(data), data, config(tmp_path, epochs=1))
     best, last = load_checkpoint(tmp_path / "best.pt"), load_checkpoint(tmp_path / "last.pt")
-    shared = {"model", "optimizer", "epoch", "config", "info", "data", "spec"}
+    shared = {"model", "optimizer", "epoch", "config", "info", "data", "spec", "world_size"}
     assert set(best) == shared | {"val_auc"} and set(last) == shared | {"trainer"}
     results = json.loads((tmp_path / "results.json").read_text())
-    for key in ("config", "info", "data", "spec"):
+    for key in ("config", "info", "data", "spec", "world_size"):
         assert results[key] == json.loads(json.dumps(last[key]))
 
 

@@ -34,7 +34,7 @@ CRITEO_KAGGLE_FIELD_DIMS = (
     1458, 555, 193949, 138801, 306, 19, 11970, 634, 4, 42646, 5178, 192773, 3175, 27, 11422,
     181075, 11, 4654, 2032, 5, 189657, 18, 16, 59697, 86, 45571,
 )
-#: Criteo 1TB: the 26 categorical vocabularies TorchRec's DLRM example uses (about 204M rows),
+#: Criteo 1TB: the 26 categorical vocabularies TorchRec's DLRM example uses (about 178M rows),
 #: after the same 13 bucketised integer fields as above.
 CRITEO_1TB_FIELD_DIMS = CRITEO_KAGGLE_FIELD_DIMS[:13] + (
     45833188, 36746, 17245, 7413, 20243, 3, 7114, 1441, 62, 29275261, 1572176, 345138, 10, 2209,
@@ -123,3 +123,37 @@ def step_cost(field_dims, num_sets: int, embed_dim: int, dense_params: int, batc
     memory = table_copies * shard + (1 + 1 + adam) * dense_bytes
     return StepCost(strategy, w, float(dense_bytes), float(alltoall),
                     ring * dense_bytes + alltoall / w, float(shard), float(memory))
+
+
+def scaling_table(field_dims, name: str = "dcnv2", world_size: int = 8, batch_size: int = 2048,
+                  scales=range(1, 11)) -> str:
+    """A markdown table of the estimate for the ME model ``name`` at each scale M (K = the
+    backbone's base size): DDP against column-wise (table-wise where the table cannot be split)
+    sharding over ``world_size`` ranks."""
+    mb, gb = 1e6, 1e9
+    lines = [f"| M | DDP all-reduce MB | DDP sent/rank MB | DDP memory/rank GB | sharding | "
+             f"sharded all-reduce MB | all-to-all MB | sharded sent/rank MB | "
+             f"sharded memory/rank GB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for m in scales:
+        dense = dense_parameter_count(name, len(field_dims), m, multi=True)
+        k = build(name, [1], 1).base_embed_dim
+        ddp = step_cost(field_dims, m, k, dense, batch_size, world_size, "ddp")
+        try:
+            sharded = step_cost(field_dims, m, k, dense, batch_size, world_size, "column_wise")
+        except ValueError:  # M*K cannot be split into columns
+            sharded = step_cost(field_dims, m, k, dense, batch_size, world_size, "table_wise")
+        lines.append(
+            f"| {m} | {ddp.allreduce_bytes / mb:,.0f} | {ddp.sent_bytes_per_rank / mb:,.0f} | "
+            f"{ddp.memory_per_rank / gb:,.1f} | {sharded.strategy} | "
+            f"{sharded.allreduce_bytes / mb:,.0f} | {sharded.alltoall_bytes / mb:,.1f} | "
+            f"{sharded.sent_bytes_per_rank / mb:,.0f} | {sharded.memory_per_rank / gb:,.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    for title, dims in (("Criteo (Kaggle)", CRITEO_KAGGLE_FIELD_DIMS),
+                        ("Criteo 1TB", CRITEO_1TB_FIELD_DIMS)):
+        print(f"{title}: {sum(dims):,} rows, ME DCNv2 (K=10, 4 cross layers, hidden 400), "
+              f"global batch 2048, 8 ranks\n")
+        print(scaling_table(dims), "\n")

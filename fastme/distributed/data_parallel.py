@@ -54,7 +54,7 @@ def init(device: str | torch.device = "auto") -> Ranks:
     "cuda" (a device index is replaced by the local rank)."""
     missing = [v for v in ENV_VARS if v not in os.environ]
     if missing and not dist.is_initialized():
-        raise RuntimeError(f"not started by torchrun: {', '.join(missing)} unset; launch with "
+        raise ValueError(f"not started by torchrun: {', '.join(missing)} unset; launch with "
                            "`torchrun --nproc_per_node N -m fastme train ...`")
     kind = torch.device(device).type if str(device) != "auto" else (
         "cuda" if torch.cuda.is_available() else "cpu")
@@ -128,3 +128,20 @@ def gather_concat(part: torch.Tensor) -> torch.Tensor:
     parts = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     return torch.cat([p[:int(n.item())] for p, n in zip(parts, lengths)])
+
+
+class main_rank_first:
+    """``with main_rank_first(ranks): ...`` runs the block on rank 0 before the other ranks (e.g.
+    building a data cache that the others then read). ``ranks`` None: just runs it."""
+
+    def __init__(self, ranks: Ranks | None):
+        self.ranks = ranks
+
+    def __enter__(self):
+        if self.ranks is not None and not self.ranks.is_main:
+            dist.barrier()
+
+    def __exit__(self, *exc):
+        if self.ranks is not None and self.ranks.is_main and exc[0] is None:
+            dist.barrier()
+        return False

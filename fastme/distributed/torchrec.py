@@ -81,8 +81,9 @@ class TorchRecModel(nn.Module):
 
     def _features(self, x: torch.Tensor) -> KeyedJaggedTensor:
         """[B, N] per-field ids -> one id per (field, sample), fields as keys (key-major)."""
-        if ((x < 0) | (x >= self._field_dims.to(x.device))).any():
-            bad = ((x < 0) | (x >= self._field_dims.to(x.device))).any(0).nonzero()[0, 0].item()
+        outside = ((x < 0) | (x >= self._field_dims.to(x.device))).any(0)
+        if outside.any():  # the plain model's bounds check, with its message
+            bad = outside.nonzero()[0, 0].item()
             raise IndexError(f"x holds an index out of range for field {bad} "
                              f"(cardinality {self.field_dims[bad]})")
         b, n = x.shape

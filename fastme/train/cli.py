@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import re
@@ -179,12 +180,20 @@ def run(args) -> int:
 
     from fastme._lock import LockedError
     from fastme.data import load_dataset
+    from fastme.distributed import data_parallel as dp
     from fastme.models import build
     from fastme.ops import available_backends
     from fastme.train.trainer import TrainConfig, lock_run_dir, print_summary, resolve_device, train
 
     out = None
+    # Under torchrun (WORLD_SIZE > 1) every rank runs this; rank 0 prints, locks --out and writes
+    # the files (docs/distributed.md).
+    ranks = None
+    say = print
     try:
+        if dp.launched_distributed():
+            ranks = dp.init(args.device)
+            say = print if ranks.is_main else (lambda *a, **k: None)
         model_options = key_values(args.model_option, "--model-option")
         data_options = _data_options(args)
         device = resolve_device(args.device)
@@ -199,24 +208,33 @@ def run(args) -> int:
         out = Path(args.out_dir or default_out_dir(args, identity))
         config = TrainConfig(**{**config_options(args), "device": str(device),
                                 "out_dir": str(out)})
-        with lock_run_dir(out):  # refuses a second run into --out before any data is loaded
+        lock = lock_run_dir(out) if ranks is None or ranks.is_main else contextlib.nullcontext()
+        with lock:  # refuses a second run into --out before any data is loaded
             _check_not_another_run(out, identity, args)
             started = time.perf_counter()
-            data = load_dataset(args.data, cache_dir=args.cache_dir, **data_options)
-            print(f"data: {data!r} (loaded in {time.perf_counter() - started:.1f} s)", flush=True)
+            with dp.main_rank_first(ranks):  # rank 0 builds a missing cache, the others read it
+                data = load_dataset(args.data, cache_dir=args.cache_dir, **data_options)
+            say(f"data: {data!r} (loaded in {time.perf_counter() - started:.1f} s)", flush=True)
             torch.manual_seed(args.seed)  # the model's initialisation
             model = build(args.model, data.field_dims, args.scale, multi=args.mode == "me",
                           backend=args.backend, **model_options)
             title = (f"{args.model} {args.mode.upper()} x{args.scale} on {args.data} "
                      f"(backend {args.backend}, seed {args.seed})")
-            print(f"model: {title}: {sum(p.numel() for p in model.parameters()):,} parameters",
-                  flush=True)
+            say(f"model: {title}: {sum(p.numel() for p in model.parameters()):,} parameters",
+                flush=True)
             info = {"title": title, "model": args.model, "mode": args.mode, "scale": args.scale,
                     "backend": args.backend, "data": args.data, "data_info": data.info,
                     "model_options": model_options, "identity": identity,
                     "command": sys.argv}
-            results = train(model, data, config, info=info,
-                            on_epoch=_field_ia if args.track_ia else None, on_result=_field_ia)
+            callbacks = {"on_epoch": _field_ia if args.track_ia else None,
+                         "on_result": _field_ia}
+            if ranks is None:
+                results = train(model, data, config, info=info, **callbacks)
+            else:
+                from fastme.distributed.trainer import train as train_data_parallel
+
+                results = train_data_parallel(model, data, config, ranks=ranks, info=info,
+                                              **callbacks)
     except KeyboardInterrupt:
         where = out / "last.pt" if out is not None else None
         hint = (f"; the last completed epoch is in {where}: run the same command with --resume "
@@ -228,5 +246,8 @@ def run(args) -> int:
     except (ValueError, TypeError, OSError, LockedError) as exc:
         # bad options or data, a resume that does not fit, a damaged file, a full disk, ...
         return error("train", exc)
-    print_summary(results)
+    if ranks is None or ranks.is_main:
+        print_summary(results)
+    if ranks is not None:
+        torch.distributed.destroy_process_group()
     return 0

@@ -73,16 +73,22 @@ def resolve_device(spec: str) -> torch.device:
 
 # ---- evaluation ---------------------------------------------------------------------------------
 
-@torch.no_grad()
 def evaluate(model, data: CTRData, device: torch.device, batch_size: int = 2048,
              progress: bool = False) -> dict:
     """AUC and log loss of ``model`` (eval mode) on ``data``."""
-    from tqdm.auto import tqdm
-
     if len(data) == 0:
         raise ValueError(f"cannot evaluate on {data.name}: it has no rows")
-    model.eval()
     rows = np.sort(data.row_numbers())  # the order does not matter here; sorted reads are faster
+    return scores(data, rows, predict_logits(model, data, rows, device, batch_size, progress))
+
+
+@torch.no_grad()
+def predict_logits(model, data: CTRData, rows: np.ndarray, device: torch.device,
+                   batch_size: int = 2048, progress: bool = False) -> np.ndarray:
+    """The logits of ``model`` (eval mode) for ``rows`` of ``data``, in that order (float32)."""
+    from tqdm.auto import tqdm
+
+    model.eval()
     logits = torch.empty(len(rows), dtype=torch.float32, device=device)
     pos = 0
     with tqdm(total=len(rows), unit="sample", unit_scale=True, desc=f"eval {data.name}",
@@ -91,7 +97,11 @@ def evaluate(model, data: CTRData, device: torch.device, batch_size: int = 2048,
             logits[pos:pos + len(xb)] = model(xb).float()
             pos += len(xb)
             bar.update(len(xb))
-    z = logits.cpu().numpy()
+    return logits.cpu().numpy()
+
+
+def scores(data: CTRData, rows: np.ndarray, z: np.ndarray) -> dict:
+    """AUC and log loss of the logits ``z`` of ``rows`` of ``data``."""
     labels = data.base_arrays()[1][rows]
     if not np.isfinite(z).all():
         raise FloatingPointError(f"the model produced non-finite logits on {data.name}")
@@ -171,22 +181,26 @@ def _model_summary(model) -> dict:
 
 # ---- training -----------------------------------------------------------------------------------
 
-def _train_one_epoch(model, optimizer, data: CTRData, rows: np.ndarray, config: TrainConfig,
-                     device: torch.device, desc: str) -> float:
-    """One pass over ``rows``; returns the mean training loss. Syncs with the device only at the
-    end (and every 100 steps for the progress bar's loss)."""
+def _train_one_epoch(model, optimizer, batches, num_rows: int, config: TrainConfig,
+                     device: torch.device, desc: str, forward=None) -> torch.Tensor:
+    """One pass over ``batches`` of (x, y, loss weight); returns the summed training loss (a
+    float64 tensor on ``device``). ``forward`` is the module called on x (default ``model``; a
+    DDP wrapper of it in data-parallel runs); the regulariser comes from ``model``. Syncs with the
+    device only at the end (and every 100 steps for the progress bar's loss)."""
     from tqdm.auto import tqdm
 
-    model.train()
+    forward = forward or model
+    forward.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    with tqdm(total=len(rows), unit="sample", unit_scale=True, desc=desc,
+    with tqdm(total=num_rows, unit="sample", unit_scale=True, desc=desc,
               disable=not config.progress, leave=False, mininterval=0.5) as bar:
-        batches = iterate_batches(data, rows, config.batch_size, device, merge_single_tail=True)
-        for step, (xb, yb) in enumerate(batches):
-            logits = model(xb)
+        for step, (xb, yb, weight) in enumerate(batches):
+            logits = forward(xb)
             loss = F.binary_cross_entropy_with_logits(logits.float(), yb)
             reg = model.regularization_loss() if hasattr(model, "regularization_loss") else None
             total = loss if reg is None else loss + reg
+            if weight != 1.0:
+                total = total * weight
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
@@ -194,11 +208,7 @@ def _train_one_epoch(model, optimizer, data: CTRData, rows: np.ndarray, config: 
             bar.update(len(yb))
             if config.progress and step % 100 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
-    mean_loss = loss_sum.item() / max(len(rows), 1)
-    if not math.isfinite(mean_loss):
-        raise FloatingPointError(f"{desc}: the training loss is not finite ({mean_loss}): the "
-                                 f"training diverged; try a smaller lr")
-    return mean_loss
+    return loss_sum
 
 
 class ResumeError(ValueError):
@@ -302,6 +312,9 @@ class Trainer:
         spec = getattr(model, "spec", None)  # the ModelSpec of a model made by models.build
         self.spec = spec.to_dict() if spec is not None else None
         self.model = model.to(self.device)
+        #: The module the training forward calls (a data-parallel trainer's DDP wrapper); the
+        #: checkpoints, evaluation and callbacks always use the plain ``model``.
+        self.train_module = self.model
         self.optimizer = _make_optimizer(model, config, self.device)
         self.state = _fresh_state()
         self._best_in_memory = None
@@ -314,9 +327,10 @@ class Trainer:
     # -- what a run is ----------------------------------------------------------------------------
     def describe(self) -> dict:
         """What every checkpoint and results.json record about the run: its config, the caller's
-        ``info``, the data's shape and source, and the model spec that rebuilds the model."""
+        ``info``, the data's shape and source, the model spec that rebuilds the model and the
+        number of processes that trained it."""
         return {"config": self.config.as_dict(), "info": self.info, "data": self.data_desc,
-                "spec": self.spec}
+                "spec": self.spec, "world_size": 1}
 
     def checkpoint(self, kind: str) -> dict:
         """The one checkpoint layout: ``kind`` "last" (enough to resume: the trainer's state) or
@@ -420,6 +434,31 @@ class Trainer:
             rows = rows[rng.permutation(len(rows))]
         return rows
 
+    def train_batches(self, rows: np.ndarray):
+        """The training batches of an epoch visiting ``rows``: (x, y, loss weight) on the device."""
+        for xb, yb in iterate_batches(self.train_set, rows, self.config.batch_size, self.device,
+                                      merge_single_tail=True):
+            yield xb, yb, 1.0
+
+    def train_pass(self, rows: np.ndarray, desc: str) -> float:
+        """Train on :meth:`train_batches` once; returns the mean training loss over ``rows``."""
+        loss_sum = _train_one_epoch(self.model, self.optimizer, self.train_batches(rows),
+                                    len(rows), self.config, self.device, desc,
+                                    forward=self.train_module)
+        mean_loss = self.sum_over_ranks(loss_sum).item() / max(len(rows), 1)
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"{desc}: the training loss is not finite ({mean_loss}): the "
+                                     f"training diverged; try a smaller lr")
+        return mean_loss
+
+    def sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` summed over the processes sharing the run (one here)."""
+        return value
+
+    def evaluate(self, data: CTRData) -> dict:
+        """AUC and log loss of the model on ``data`` (validation or test)."""
+        return evaluate(self.model, data, self.device, self.eval_batch_size, self.config.progress)
+
     def train_epoch(self) -> dict:
         """One epoch: train, validate, update the early-stopping state, save checkpoints; returns
         the epoch's history record."""
@@ -428,11 +467,9 @@ class Trainer:
         torch.manual_seed(_epoch_seed(config.seed, epoch))
         rows = self.epoch_rows(epoch)
         t0 = time.perf_counter()
-        train_loss = _train_one_epoch(self.model, self.optimizer, self.train_set, rows, config,
-                                      self.device, desc=f"epoch {epoch + 1}")
+        train_loss = self.train_pass(rows, desc=f"epoch {epoch + 1}")
         train_s = time.perf_counter() - t0
-        val = evaluate(self.model, self.valid_set, self.device, self.eval_batch_size,
-                       config.progress)
+        val = self.evaluate(self.valid_set)
         record = {"epoch": epoch + 1, "train_loss": train_loss, "val_auc": val["auc"],
                   "val_logloss": val["logloss"], "train_time_s": train_s,
                   "samples_per_s": len(rows) / train_s}
@@ -471,8 +508,7 @@ class Trainer:
             self.model.load_state_dict(load_checkpoint(self.out / BEST, self.device)["model"])
         elif self._best_in_memory is not None:
             self.model.load_state_dict(self._best_in_memory)
-        return evaluate(self.model, self.test_set, self.device, self.eval_batch_size,
-                        self.config.progress)
+        return self.evaluate(self.test_set)
 
     def wall_time(self) -> float:
         """Seconds of wall time of the run so far, over all its sessions (a resumed run counts
