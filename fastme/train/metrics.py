@@ -50,15 +50,21 @@ def roc_auc(labels, scores) -> float:
     return u2 / (2.0 * n_pos * n_neg)
 
 
+def _labels_and(name: str, labels, values) -> tuple[np.ndarray, np.ndarray]:
+    """Binary labels and the float64 values scored against them, of one non-zero length."""
+    y = _binary_labels(labels)
+    v = _as_1d(name, values, np.float64)
+    if len(v) != len(y):
+        raise ValueError(f"labels and {name} differ in length ({len(y)} vs {len(v)})")
+    if len(v) == 0:
+        raise ValueError("log loss of an empty set is undefined")
+    return y, v
+
+
 def log_loss(labels, probs, eps: float = 1e-15) -> float:
     """Mean binary cross-entropy -[y log p + (1 - y) log(1 - p)] (natural log), with p clipped to
     [eps, 1 - eps] so that a confident mistake costs a large finite amount."""
-    y = _binary_labels(labels)
-    p = _as_1d("probs", probs, np.float64)
-    if len(p) != len(y):
-        raise ValueError(f"labels and probs differ in length ({len(y)} vs {len(p)})")
-    if len(p) == 0:
-        raise ValueError("log loss of an empty set is undefined")
+    y, p = _labels_and("probs", labels, probs)
     if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
         raise ValueError("probs must lie in [0, 1]")
     p = np.clip(p, eps, 1.0 - eps)
@@ -68,10 +74,5 @@ def log_loss(labels, probs, eps: float = 1e-15) -> float:
 def log_loss_from_logits(labels, logits) -> float:
     """:func:`log_loss` of sigmoid(logits), computed stably from the logits (no clipping needed):
     softplus(z) - y z."""
-    y = _binary_labels(labels)
-    z = _as_1d("logits", logits, np.float64)
-    if len(z) != len(y):
-        raise ValueError(f"labels and logits differ in length ({len(y)} vs {len(z)})")
-    if len(z) == 0:
-        raise ValueError("log loss of an empty set is undefined")
+    y, z = _labels_and("logits", labels, logits)
     return float(np.mean(np.logaddexp(0.0, z) - y * z))

@@ -68,29 +68,19 @@ def _store_tile(P, rows, cols, bmask, D, value):
 
 
 @triton.jit
-def _x_times_wt(X, W_l, rows, bmask, n, D, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
-                ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    """(x W_l^T)[:, n] for the program's samples: W_l is [D_out, D_in], n indexes outputs."""
+def _times_w(A, W_l, rows, bmask, n, D, TRANSPOSED: tl.constexpr, BLOCK_B: tl.constexpr,
+             BLOCK_D: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """(a W_l^T)[:, n] when TRANSPOSED (n indexes outputs of W_l, which is [D_out, D_in]), else
+    (a W_l)[:, n] (n indexes inputs), for the program's samples."""
     acc = tl.zeros([BLOCK_B, BLOCK_D], ACC)
     for k0 in range(0, D, BLOCK_D):
         kk = k0 + tl.arange(0, BLOCK_D)
-        a = _tile(X, rows, kk, bmask, D)
-        w_t = tl.load(W_l + n[None, :] * D + kk[:, None],
-                      mask=(kk < D)[:, None] & (n < D)[None, :], other=0)  # [k, n] = W[n, k]
-        acc = mma(a, w_t, acc, PREC, UPCAST)
-    return acc
-
-
-@triton.jit
-def _u_times_w(U_l, W_l, rows, bmask, n, D, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
-               ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    """(u W_l)[:, n] for the program's samples: n indexes inputs of W_l."""
-    acc = tl.zeros([BLOCK_B, BLOCK_D], ACC)
-    for k0 in range(0, D, BLOCK_D):
-        kk = k0 + tl.arange(0, BLOCK_D)
-        a = _tile(U_l, rows, kk, bmask, D)
-        w = tl.load(W_l + kk[:, None] * D + n[None, :],
-                    mask=(kk < D)[:, None] & (n < D)[None, :], other=0)
+        a = _tile(A, rows, kk, bmask, D)
+        if TRANSPOSED:
+            w_ptrs = W_l + n[None, :] * D + kk[:, None]  # [k, n] = W[n, k]
+        else:
+            w_ptrs = W_l + kk[:, None] * D + n[None, :]
+        w = tl.load(w_ptrs, mask=(kk < D)[:, None] & (n < D)[None, :], other=0)
         acc = mma(a, w, acc, PREC, UPCAST)
     return acc
 
@@ -137,7 +127,7 @@ def _cross_fwd_kernel(X0, W, BIAS, STATES, OUT, TABLE, IDX, OFFS, B, M, D, L, N,
         w_l = W + (l * M + m).to(tl.int64) * D * D
         for n0 in range(0, D, BLOCK_D):
             n = n0 + tl.arange(0, BLOCK_D)
-            z = _x_times_wt(src, w_l, rows, bmask, n, D, BLOCK_B, BLOCK_D, ACC, PREC, UPCAST)
+            z = _times_w(src, w_l, rows, bmask, n, D, True, BLOCK_B, BLOCK_D, ACC, PREC, UPCAST)
             z += tl.load(BIAS + (l * M + m) * D + n, mask=n < D, other=0).to(ACC)[None, :]
             x = _tile(src, rows, n, bmask, D).to(ACC)
             _store_tile(dst, rows, n, bmask, D, _tile(x0, rows, n, bmask, D).to(ACC) * z + x)
@@ -155,7 +145,7 @@ def _cross_bwd_layer(x0, x_l, g_in, g_out, u_l, dx0, w_l, bias_l, rows, bmask, D
     # phase 1, over the outputs n of the layer
     for n0 in range(0, D, BLOCK_D):
         n = n0 + tl.arange(0, BLOCK_D)
-        z = _x_times_wt(x_l, w_l, rows, bmask, n, D, BLOCK_B, BLOCK_D, ACC, PREC, UPCAST)
+        z = _times_w(x_l, w_l, rows, bmask, n, D, True, BLOCK_B, BLOCK_D, ACC, PREC, UPCAST)
         z += tl.load(bias_l + n, mask=n < D, other=0).to(ACC)[None, :]
         g = _tile(g_in, rows, n, bmask, D).to(ACC)
         _store_tile(u_l, rows, n, bmask, D, _tile(x0, rows, n, bmask, D).to(ACC) * g)
@@ -167,7 +157,7 @@ def _cross_bwd_layer(x0, x_l, g_in, g_out, u_l, dx0, w_l, bias_l, rows, bmask, D
     # phase 2, over the inputs n of the layer
     for n0 in range(0, D, BLOCK_D):
         n = n0 + tl.arange(0, BLOCK_D)
-        g = _u_times_w(u_l, w_l, rows, bmask, n, D, BLOCK_B, BLOCK_D, ACC, PREC, UPCAST)
+        g = _times_w(u_l, w_l, rows, bmask, n, D, False, BLOCK_B, BLOCK_D, ACC, PREC, UPCAST)
         g += _tile(g_in, rows, n, bmask, D).to(ACC)
         if BOTTOM:
             _store_tile(dx0, rows, n, bmask, D, _tile(dx0, rows, n, bmask, D) + g)

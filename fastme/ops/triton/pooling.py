@@ -203,16 +203,26 @@ def _prepare(table, indices, offsets, field_weights=None):
     return table, indices, offsets, field_weights
 
 
+def _pooled_output(table, indices):
+    """The [B, M, K] output of a pooled lookup, and whether it is already final: nothing to
+    compute, or no fields to pool (a sum over none is zero)."""
+    (b, n), (m, k) = indices.shape, table.shape[1:]
+    out = torch.empty((b, m, k), dtype=table.dtype, device=table.device)
+    if out.numel() == 0:
+        return out, True
+    if n == 0:
+        return out.zero_(), True
+    return out, False
+
+
 @on_input_device
 def fm_forward(table, indices, offsets):
     table, indices, offsets, _ = _prepare(table, indices, offsets)
+    out, done = _pooled_output(table, indices)
+    if done:
+        return out
     rows, m, k = table.shape
     b, n = indices.shape
-    out = torch.empty((b, m, k), dtype=table.dtype, device=table.device)
-    if out.numel() == 0:
-        return out
-    if n == 0:
-        return out.zero_()
     block = pow2(out.numel(), hi=_FM_BLOCK)
     _fm_fwd_kernel[(triton.cdiv(out.numel(), block),)](
         table, indices, offsets, out, out.numel(), rows, n, m * k,
@@ -237,13 +247,11 @@ def fm_backward(grad, table, indices, offsets):
 @on_input_device
 def fwfm_forward(table, indices, offsets, field_weights):
     table, indices, offsets, field_weights = _prepare(table, indices, offsets, field_weights)
+    out, done = _pooled_output(table, indices)
+    if done:
+        return out
     rows, m, k = table.shape
     b, n = indices.shape
-    out = torch.empty((b, m, k), dtype=table.dtype, device=table.device)
-    if out.numel() == 0:
-        return out
-    if n == 0:
-        return out.zero_()
     block_n, block_c, num_blocks, warps = _fwfm_blocks(n, b * k)
     _fwfm_fwd_kernel[(num_blocks, m)](
         table, indices, offsets, field_weights, out, b * k, rows, n, m, k,
