@@ -127,3 +127,114 @@ def test_raw_day_files_are_one_dataset_split_by_file(tmp_path):
         one = load(f"criteo:{tmp_path / 'all.txt'}", tmp_path, min_count=2)
     np.testing.assert_array_equal(data.x, one.x)
     np.testing.assert_array_equal(data.y, one.y)
+
+
+# ---- the cache of every source: keyed by content, locked, validated ---------------------------
+
+def plain_parquet(path, sites):
+    """A Parquet file whose size depends only on the number and length of the values."""
+    table = pa.table({"label": pa.array([i % 2 for i in range(len(sites))], pa.int8()),
+                      "site": pa.array(sites)})
+    pq.write_table(table, path, compression="none", use_dictionary=False, write_statistics=False)
+
+
+def test_an_edit_keeping_size_and_mtime_is_not_served_from_the_old_parquet_cache(tmp_path):
+    import os
+
+    path = tmp_path / "day.parquet"
+    plain_parquet(path, [f"a{i % 3}" for i in range(50)])
+    first = load(f"parquet:{path}", tmp_path)
+    stat = path.stat()
+    plain_parquet(path, [f"b{i % 3}" for i in range(50)])  # the same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as cp -p / rsync -t do
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    second = load(f"parquet:{path}", tmp_path)
+    assert load_vocab(first)[0] == ["a0", "a1", "a2"]
+    assert load_vocab(second)[0] == ["b0", "b1", "b2"]
+    os.utime(path)  # touching the file keeps its cache
+    assert load(f"parquet:{path}", tmp_path).info["cache_dir"] == second.info["cache_dir"]
+
+
+def _load_in_child(spec, cache_dir, options, queue):
+    import time
+
+    from fastme.data import sources
+
+    real = sources._indices
+
+    def slow_indices(*args):  # a longer write pass, so that the two processes overlap in it
+        time.sleep(0.05)
+        return real(*args)
+
+    sources._indices = slow_indices
+    try:
+        data = load_dataset(spec, cache_dir=cache_dir, progress=False, **options)
+        queue.put(("ok", data.info["cache_dir"], len(data)))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        queue.put(("error", repr(exc), 0))
+
+
+@pytest.mark.parametrize("kind", ["parquet", "criteo"])
+def test_two_processes_building_one_multi_file_cache_share_it(kind, tmp_path):
+    import multiprocessing
+
+    for d in range(2):
+        if kind == "parquet":
+            parquet_day(tmp_path / f"day_{d}.parquet", 600, d)
+        else:
+            (tmp_path / f"day_{d}").write_text("".join(
+                "\t".join([str(i % 2)] + [str(i % 5)] * 13 + [f"c{i % 4}"] * 26) + "\n"
+                for i in range(600)))
+    spec = f"{kind}:{tmp_path}/day_*"
+    options = {"label": "click", "batch_rows": 100} if kind == "parquet" else {"min_count": 1}
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    children = [ctx.Process(target=_load_in_child, args=(spec, tmp_path / "c", options,
+                                                              queue))
+                for _ in range(2)]
+    for child in children:
+        child.start()
+    outcomes = [queue.get(timeout=300) for _ in children]
+    for child in children:
+        child.join(60)
+    assert [o[0] for o in outcomes] == ["ok", "ok"], outcomes
+    assert outcomes[0][1:] == outcomes[1][1:] and outcomes[0][2] == 1_200
+    assert not list((tmp_path / "c").glob("*.partial"))
+
+
+def test_a_truncated_parquet_cache_is_refused_naming_it(days, tmp_path):
+    from pathlib import Path
+
+    data = load(f"parquet:{tmp_path}", tmp_path, label="click")
+    x = Path(data.info["cache_dir"]) / "x.npy"
+    x.write_bytes(x.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="x.npy is missing, truncated") as error:
+        load(f"parquet:{tmp_path}", tmp_path, label="click")
+    assert str(x) in str(error.value) and "delete the directory" in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["x.npy", "y.npy"])
+def test_a_truncated_npy_input_is_refused_naming_it(name, tmp_path):
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "x.npy", rng.integers(0, 5, (100, 3)).astype(np.int32))
+    np.save(tmp_path / "y.npy", rng.integers(0, 2, 100).astype(np.float32))
+    raw = (tmp_path / name).read_bytes()
+    (tmp_path / name).write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="truncated") as error:
+        load(f"npy:{tmp_path}", tmp_path)
+    assert str(tmp_path / name) in str(error.value)
+
+
+def test_an_npy_input_edited_in_place_is_converted_again(tmp_path):
+    import os
+
+    x = np.arange(30).reshape(10, 3) % 4  # int64: converted into a cache
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.arange(10) % 2)
+    first = load(f"npy:{tmp_path}", tmp_path)
+    stat = (tmp_path / "x.npy").stat()
+    np.save(tmp_path / "x.npy", 3 - x)
+    os.utime(tmp_path / "x.npy", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = load(f"npy:{tmp_path}", tmp_path)
+    np.testing.assert_array_equal(first.x, x)
+    np.testing.assert_array_equal(second.x, 3 - x)

@@ -29,7 +29,7 @@ DEFAULT_TRAIN = {"batch_size": 512, "lr": 2e-3}
 RECORD = "scale_record.json"
 #: TrainConfig fields that do not change a run's outcome (a finished run with other values of
 #: these is reused).
-_COSMETIC = ("out_dir", "progress", "verbose", "resume", "track_ia")
+_COSMETIC = ("out_dir", "progress", "verbose", "resume")
 
 
 def _run_name(model: str, mode: str, scale: int, seed: int) -> str:

@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
+from fastme.data.cache import default_cache_root
 from fastme.data.dataset import CTRData, load_cache, load_vocab
-from fastme.data.raw import DEFAULT_MIN_COUNT, default_cache_root, preprocess
+from fastme.data.raw import DEFAULT_MIN_COUNT, preprocess
 from fastme.data.sources import (PARQUET_OPTIONS, is_multi_file, load_npy, load_parquet,
                                  load_raw_files)
 from fastme.data.synthetic import DEFAULT_NUM_SAMPLES, SyntheticTeacher, make_synthetic

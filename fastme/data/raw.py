@@ -14,12 +14,7 @@ from __future__ import annotations
 
 import codecs
 import datetime
-import errno
-import hashlib
-import json
-import os
 import re
-import shutil
 import sys
 import time
 import warnings
@@ -31,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from fastme._lock import file_lock
-from fastme.data.dataset import CTRData, finish_cache, load_cache, read_meta, write_meta
+from fastme.data.cache import build_or_reuse, cache_path, file_fingerprint, open_arrays
+from fastme.data.dataset import CTRData, write_meta
 
 CRITEO_INT = [f"I{i}" for i in range(1, 14)]
 CRITEO_CAT = [f"C{i}" for i in range(1, 27)]
@@ -517,38 +512,6 @@ class _ValueCounter:
 
 # ---- the pipeline -------------------------------------------------------------------------------
 
-def default_cache_root() -> Path:
-    return Path(os.environ.get("FASTME_CACHE_DIR") or Path.home() / ".cache" / "fastme")
-
-
-def file_fingerprint(path, block: int = 1 << 16, samples: int = 64) -> str:
-    """A content fingerprint that stays cheap on an 11 GB file: the size and a hash of the first
-    and last ``block`` bytes and of ``samples`` blocks spread evenly in between (about 4 MB read).
-    An in-place edit that keeps the size is caught when it touches one of those blocks (any edit
-    of the head or tail, or of one byte in every ~170 MB stretch); other edits need ``rebuild``."""
-    path = Path(path)
-    size = path.stat().st_size
-    digest = hashlib.blake2b(str(size).encode(), digest_size=16)
-    with open(path, "rb") as f:
-        if size <= (samples + 2) * block:
-            digest.update(f.read())
-        else:
-            last = size - block
-            for offset in [0, *(last * i // (samples + 1) for i in range(1, samples + 1)), last]:
-                f.seek(offset)
-                digest.update(f.read(block))
-    return digest.hexdigest()
-
-
-def _cache_dir(fmt: _Format, path: Path, options: dict, cache_dir, fingerprint: str) -> Path:
-    # Keyed by content, not by path or modification time: a copy that keeps the mtime (cp -p,
-    # rsync -t) but not the content gets its own cache, and moving or touching a file keeps it.
-    key = json.dumps({"fingerprint": fingerprint, "kind": fmt.kind, **options}, sort_keys=True)
-    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
-    return root / f"{fmt.kind}-{path.name}-{digest}"
-
-
 def preprocess(kind: str, path, cache_dir=None, *, min_count: int | None = None,
                hour: str = "split", rebuild: bool = False, progress: bool = True,
                block_size: int = 32 << 20) -> CTRData:
@@ -580,26 +543,22 @@ def preprocess(kind: str, path, cache_dir=None, *, min_count: int | None = None,
     path = _check_file(path)
     options = {"min_count": int(min_count), **fmt.options()}
     fingerprint = file_fingerprint(path)
-    directory = _cache_dir(fmt, path, options, cache_dir, fingerprint)
-    try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        lock = file_lock(directory.with_name(directory.name + ".lock"),
-                         f"the cache {directory}", wait=True,
-                         on_wait=lambda who: _say(True, f"{kind}: waiting for {who}, which is "
-                                                        f"building the cache {directory}"))
-        with lock:
-            if not rebuild and _reusable(directory, fingerprint):
-                return load_cache(directory, name=kind)
-            return _build(fmt, path, directory, options, progress, block_size, fingerprint)
-    except OSError as exc:
-        raise OSError(f"cannot write the {kind} cache {directory}: {exc}. Free some space there "
-                      f"or choose another place (cache_dir / --cache-dir / "
-                      f"$FASTME_CACHE_DIR)") from exc
+    # The key of raw caches: kind, options and content (the names of caches built before stay).
+    directory = cache_path(cache_dir, f"{kind}-{path.name}", fingerprint, {"kind": kind, **options})
+    skipped = []
 
+    def build(tmp: Path) -> None:
+        skipped.append(_build(fmt, path, tmp, directory, options, progress, block_size,
+                              fingerprint))
 
-def _reusable(directory: Path, fingerprint: str) -> bool:
-    meta = read_meta(directory)
-    return meta is not None and (meta.get("source") or {}).get("fingerprint") == fingerprint
+    data = build_or_reuse(directory, fingerprint, build, name=kind, files=[path],
+                          rebuild=rebuild)
+    if skipped and skipped[0].total:
+        bad = skipped[0]
+        warnings.warn(f"{kind}: skipped {bad.total:,} malformed rows of {path} "
+                      f"({bad.summary()}); e.g. " + "; ".join(bad.examples[:3]),
+                      MalformedRowsWarning, stacklevel=2)
+    return data
 
 
 def _say(progress: bool, message: str) -> None:
@@ -623,21 +582,10 @@ def _count(fmt: _Format, path: Path, options: dict, progress: bool, block_size: 
     return bad, counters, num_rows, positives
 
 
-def _reserve(path: Path) -> None:
-    """Give the (sparse, memory-mapped) file its disk blocks now: running out of space while
-    writing through a memory map kills the process (SIGBUS) instead of raising an error."""
-    if not hasattr(os, "posix_fallocate"):
-        return
-    with open(path, "r+b") as f:
-        try:
-            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate on this fs
-                raise
-
-
-def _build(fmt: _Format, path: Path, directory: Path, options: dict, progress: bool,
-           block_size: int, fingerprint: str) -> CTRData:
+def _build(fmt: _Format, path: Path, tmp: Path, directory: Path, options: dict,
+           progress: bool, block_size: int, fingerprint: str) -> _Malformed:
+    """Both passes into the empty directory ``tmp`` (published as ``directory``); returns the
+    malformed rows skipped."""
     started = time.perf_counter()
     n_fields = len(fmt.field_names)
 
@@ -664,53 +612,28 @@ def _build(fmt: _Format, path: Path, directory: Path, options: dict, progress: b
                             "rare_rows": rare_rows, "missing_rows": counter.missing})
     count_s = time.perf_counter() - started
 
-    # Pass 2: map values to indices and write the arrays, into a directory aside that is renamed
-    # into place only when complete (a failure removes it).
-    tmp = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a process that was killed
-    tmp.mkdir(parents=True)
-    try:
-        _write(fmt, path, tmp, vocab, num_rows, bad, progress, block_size, encoding)
-        if file_fingerprint(path) != fingerprint:
-            raise RuntimeError(f"{path} changed while it was being preprocessed; run again")
-        seconds = time.perf_counter() - started
-        info = {"dataset": fmt.kind,
-                "source": {"path": str(path.resolve()), "size": path.stat().st_size,
-                           "fingerprint": fingerprint, "utf8": encoding == "utf8"},
-                "options": options, "positive_rate": positives / num_rows,
-                "malformed": bad.as_dict(), "fields": field_stats,
-                "build": {"seconds": seconds, "count_pass_seconds": count_s,
-                          "rows_per_s": num_rows / seconds}}
-        write_meta(tmp, fmt.field_names, field_dims, num_rows, info,
-                   vocab=[v.to_pylist() for v in vocab])
-        finish_cache(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _write(fmt, path, tmp, vocab, num_rows, bad, progress, block_size, encoding)
+    seconds = time.perf_counter() - started
+    info = {"dataset": fmt.kind,
+            "source": {"path": str(path.resolve()), "size": path.stat().st_size,
+                       "fingerprint": fingerprint, "utf8": encoding == "utf8"},
+            "options": options, "positive_rate": positives / num_rows,
+            "malformed": bad.as_dict(), "fields": field_stats,
+            "build": {"seconds": seconds, "count_pass_seconds": count_s,
+                      "rows_per_s": num_rows / seconds}}
+    write_meta(tmp, fmt.field_names, field_dims, num_rows, info,
+               vocab=[v.to_pylist() for v in vocab])
     _say(progress, f"{fmt.kind}: {num_rows:,} rows, {sum(field_dims):,} feature values in "
                    f"{n_fields} fields; {seconds:.1f} s for two passes "
                    f"({num_rows / seconds:,.0f} rows/s); cache {directory}")
-    if bad.total:
-        warnings.warn(f"{fmt.kind}: skipped {bad.total:,} malformed rows of {path} "
-                      f"({bad.summary()}); e.g. " + "; ".join(bad.examples[:3]),
-                      MalformedRowsWarning, stacklevel=3)
-    return load_cache(directory, name=fmt.kind)
+    return bad
 
 
 def _write(fmt: _Format, path: Path, tmp: Path, vocab: list, num_rows: int, bad: _Malformed,
            progress: bool, block_size: int, encoding: str) -> None:
     """Pass 2: write ``x.npy`` and ``y.npy`` into ``tmp``."""
     n_fields = len(fmt.field_names)
-    x_bytes, y_bytes = num_rows * n_fields * 4, num_rows * 4
-    free = shutil.disk_usage(tmp).free
-    if free < x_bytes + y_bytes:
-        raise OSError(f"the cache needs {(x_bytes + y_bytes) / 1e9:.2f} GB but only "
-                      f"{free / 1e9:.2f} GB are free")
-    x = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.int32,
-                                  shape=(num_rows, n_fields))
-    y = np.lib.format.open_memmap(tmp / "y.npy", mode="w+", dtype=np.float32, shape=(num_rows,))
-    _reserve(tmp / "x.npy")
-    _reserve(tmp / "y.npy")
+    x, y = open_arrays(tmp, num_rows, n_fields)
     bad2 = _Malformed()
     pos = 0
     for batch in _read_blocks(fmt, path, block_size, bad2, f"{fmt.kind}: pass 2/2 (write)",

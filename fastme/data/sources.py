@@ -34,7 +34,6 @@ arrays are used memory-mapped as they are; other dtypes are converted into a cac
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import sys
 import time
@@ -45,10 +44,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fastme.data.dataset import CTRData, finish_cache, load_cache, read_meta, write_meta
+from fastme.data.cache import build_or_reuse, cache_path, files_fingerprint, open_arrays
+from fastme.data.dataset import CTRData, write_meta
 from fastme.data.raw import (_REPLACING, DEFAULT_MIN_COUNT, AvazuFormat, CriteoFormat,
                              MalformedRowsWarning, _indices, _Malformed, _read_blocks,
-                             _ValueCounter, criteo_integer_tokens, default_cache_root)
+                             _ValueCounter, criteo_integer_tokens)
 
 PARQUET_OPTIONS = {"label", "fields", "integer", "min_count", "valid_files", "test_files",
                    "rebuild", "progress", "batch_rows"}
@@ -162,12 +162,10 @@ class ParquetSource:
         return col
 
 
-def _cache_dir(kind: str, files: list[Path], options: dict, cache_dir) -> Path:
-    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    key = json.dumps({"files": stats, "kind": kind, **options}, sort_keys=True, default=str)
-    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
-    return root / f"{kind}-{files[0].stem}-{len(files)}files-{digest}"
+def _cache_dir(kind: str, files: list[Path], options: dict, cache_dir,
+               fingerprint: str) -> Path:
+    return cache_path(cache_dir, f"{kind}-{files[0].stem}-{len(files)}files", fingerprint,
+                      {"kind": kind, **options})
 
 
 def _say(progress: bool, message: str) -> None:
@@ -188,10 +186,12 @@ def load_parquet(spec: str, cache_dir=None, *, label: str = "label", fields=None
     options = {"label": label, "fields": source.field_names, "integer": sorted(source.integer),
                "min_count": int(min_count), "valid_files": int(valid_files),
                "test_files": int(test_files)}
-    directory = _cache_dir("parquet", files, options, cache_dir)
-    if rebuild or read_meta(directory) is None:
-        _build(source, directory, options, progress)
-    return load_cache(directory, name="parquet")
+    fingerprint = files_fingerprint(files)
+    directory = _cache_dir("parquet", files, options, cache_dir, fingerprint)
+    return build_or_reuse(directory, fingerprint,
+                          lambda tmp: _build(source, tmp, directory, options, progress,
+                                             fingerprint),
+                          name="parquet", files=files, rebuild=rebuild)
 
 
 def _check_file_split(files, valid_files, test_files) -> None:
@@ -254,20 +254,25 @@ def load_raw_files(kind: str, spec: str, cache_dir=None, *, min_count: int | Non
                "test_files": int(test_files)}
     if kind == "avazu":
         options["hour"] = hour
-    directory = _cache_dir(kind, files, options, cache_dir)
-    if rebuild or read_meta(directory) is None:
-        _build(source, directory, options, progress)
-        if source.bad.total:
-            warnings.warn(f"{kind}: skipped {source.bad.total:,} malformed rows of "
-                          f"{len(files)} files ({source.bad.summary()}); e.g. "
-                          + "; ".join(source.bad.examples[:3]), MalformedRowsWarning, stacklevel=2)
-    return load_cache(directory, name=kind)
+    fingerprint = files_fingerprint(files)
+    directory = _cache_dir(kind, files, options, cache_dir, fingerprint)
+    data = build_or_reuse(directory, fingerprint,
+                          lambda tmp: _build(source, tmp, directory, options, progress,
+                                             fingerprint),
+                          name=kind, files=files, rebuild=rebuild)
+    if source.bad.total:  # counted only when this call built the cache
+        warnings.warn(f"{kind}: skipped {source.bad.total:,} malformed rows of "
+                      f"{len(files)} files ({source.bad.summary()}); e.g. "
+                      + "; ".join(source.bad.examples[:3]), MalformedRowsWarning, stacklevel=2)
+    return data
 
 
-def _build(source, directory: Path, options: dict, progress: bool) -> None:
+def _build(source, tmp: Path, directory: Path, options: dict, progress: bool,
+           fingerprint: str) -> None:
     """Two streaming passes over ``source.files`` (``source.batches(file, pass_no)`` yields
-    (labels, per-field values)): count every field's values, then write the indices; the raw
-    files' index layout and counting code."""
+    (labels, per-field values)) into the empty directory ``tmp`` (published as ``directory``):
+    count every field's values, then write the indices; the raw files' index layout and counting
+    code."""
     started = time.perf_counter()
     n_fields = len(source.field_names)
     counters = [_ValueCounter() for _ in range(n_fields)]
@@ -291,11 +296,7 @@ def _build(source, directory: Path, options: dict, progress: bool) -> None:
         stats.append({"field": name, "distinct": distinct, "kept": len(kept),
                       "oov_index": len(kept), "missing_index": len(kept) + 1,
                       "rare_rows": rare, "missing_rows": counter.missing})
-    tmp = directory.with_name(directory.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
-    x = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.int32,
-                                  shape=(num_rows, n_fields))
-    y = np.lib.format.open_memmap(tmp / "y.npy", mode="w+", dtype=np.float32, shape=(num_rows,))
+    x, y = open_arrays(tmp, num_rows, n_fields)
     pos = 0
     for file in source.files:  # pass 2: write
         for labels, values in source.batches(file, 2):
@@ -313,7 +314,8 @@ def _build(source, directory: Path, options: dict, progress: bool) -> None:
     seconds = time.perf_counter() - started
     bounds = np.cumsum([0] + file_rows).tolist()
     info = {"dataset": source.kind,
-            "source": {"files": [str(f.resolve()) for f in source.files], "rows": file_rows},
+            "source": {"files": [str(f.resolve()) for f in source.files], "rows": file_rows,
+                       "fingerprint": fingerprint},
             "options": options, "positive_rate": positives / num_rows, "fields": stats,
             "build": {"seconds": seconds, "rows_per_s": num_rows / seconds},
             **source.extra_info()}
@@ -325,10 +327,17 @@ def _build(source, directory: Path, options: dict, progress: bool) -> None:
                               "test": [bounds[n - k], bounds[n]]}
     write_meta(tmp, source.field_names, field_dims, num_rows, info,
                vocab=[v.to_pylist() for v in vocab])
-    finish_cache(tmp, directory)
     _say(progress, f"{source.kind}: {num_rows:,} rows from {len(source.files)} file(s), "
                    f"{sum(field_dims):,} feature values in {n_fields} fields; {seconds:.1f} s "
                    f"({num_rows / seconds:,.0f} rows/s); cache {directory}")
+
+
+def _open_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"{path} is truncated or not a .npy array ({exc}); write it again "
+                         f"with numpy.save") from exc
 
 
 def load_npy(directory, cache_dir=None, *, progress: bool = True,
@@ -338,8 +347,7 @@ def load_npy(directory, cache_dir=None, *, progress: bool = True,
     for name in ("x.npy", "y.npy"):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"npy:DIR needs {directory / name} (see docs/data.md)")
-    x = np.load(directory / "x.npy", mmap_mode="r")
-    y = np.load(directory / "y.npy", mmap_mode="r")
+    x, y = (_open_npy(directory / name) for name in ("x.npy", "y.npy"))
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.integer):
         raise ValueError(f"{directory / 'x.npy'} must be an integer array [n, N], got "
                          f"{x.dtype} {x.shape}")
@@ -359,28 +367,26 @@ def load_npy(directory, cache_dir=None, *, progress: bool = True,
     if x.dtype == np.int32 and y.dtype == np.float32:
         data = CTRData(x, y, dims, names, name="npy", info=info)
     else:  # convert once, in chunks, into a cache
-        stat = (directory / "x.npy").stat()
-        key = f"{directory.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{json.dumps(meta)}"
-        root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
-        target = root / f"npy-{directory.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
-        if read_meta(target) is None:
-            tmp = target.with_name(target.name + ".partial")
-            tmp.mkdir(parents=True, exist_ok=True)
-            xo = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.int32,
-                                           shape=x.shape)
-            yo = np.lib.format.open_memmap(tmp / "y.npy", mode="w+", dtype=np.float32,
-                                           shape=y.shape)
+        arrays = [directory / "x.npy", directory / "y.npy"]
+        fingerprint = files_fingerprint(arrays)
+        target = cache_path(cache_dir, f"npy-{directory.name}", fingerprint,
+                            {"kind": "npy", "meta": meta})
+        names = names or [f"f{i}" for i in range(len(dims))]
+
+        def convert(tmp: Path) -> None:
+            xo, yo = open_arrays(tmp, len(x), x.shape[1])
             for start in range(0, len(x), chunk_rows):
                 xo[start:start + chunk_rows] = x[start:start + chunk_rows]
                 yo[start:start + chunk_rows] = y[start:start + chunk_rows]
             xo.flush()
             yo.flush()
             del xo, yo
-            write_meta(tmp, names or [f"f{i}" for i in range(len(dims))], dims, len(x), info)
-            finish_cache(tmp, target)
+            write_meta(tmp, names, dims, len(x),
+                       {**info, "source": {**info["source"], "fingerprint": fingerprint}})
             _say(progress, f"npy: converted {directory} to int32/float32 in {target}")
+
         try:  # load_cache validates the indices against field_dims
-            data = load_cache(target, name="npy")
+            data = build_or_reuse(target, fingerprint, convert, name="npy", files=arrays)
         except ValueError as exc:
             raise ValueError(f"{directory}: {exc} (meta.json field_dims too small?)") from exc
     for start in range(0, len(data), chunk_rows):
