@@ -159,39 +159,68 @@ def test_a_damaged_cache_is_refused_at_load(tmp_path, damage, message):
     assert str(cache) in str(error.value) and "delete the directory" in str(error.value)
 
 
-def _preprocess_in_child(path, cache_dir, queue):
+def _load_in_child(spec, cache_dir, options, slowed, queue):
+    import importlib
     import time
 
-    from fastme.data import raw
-
-    real = raw._indices
+    module = importlib.import_module(slowed)
+    real = module._indices
 
     def slow_indices(*args):  # a longer write pass, so that the two processes overlap in it
-        time.sleep(0.08)
+        time.sleep(0.05)
         return real(*args)
 
-    raw._indices = slow_indices
+    module._indices = slow_indices
     try:
-        data = preprocess("criteo", path, cache_dir, progress=False, min_count=1)
+        data = load_dataset(spec, cache_dir=cache_dir, progress=False, **options)
         queue.put(("ok", data.info["cache_dir"], len(data)))
     except Exception as exc:  # noqa: BLE001 - reported to the parent
         queue.put(("error", repr(exc), 0))
 
 
-def test_two_processes_preprocessing_one_file_share_one_cache(tmp_path):
-    path = tmp_path / "train.txt"
-    path.write_text("".join(criteo_line(i) for i in range(2_000)))
+def load_in_two_processes(spec, cache_dir, options, slowed):
+    """Two processes loading ``spec`` at once (``slowed``: the module whose write pass is slowed
+    down); their outcomes: ("ok", cache_dir, rows) or ("error", message, 0)."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    children = [ctx.Process(target=_preprocess_in_child, args=(path, tmp_path / "c", queue))
+    children = [ctx.Process(target=_load_in_child, args=(spec, cache_dir, options, slowed, queue))
                 for _ in range(2)]
     for child in children:
         child.start()
     outcomes = [queue.get(timeout=300) for _ in children]
     for child in children:
         child.join(60)
+    return outcomes
+
+
+def test_two_processes_preprocessing_one_file_share_one_cache(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_text("".join(criteo_line(i) for i in range(2_000)))
+    outcomes = load_in_two_processes(f"criteo:{path}", tmp_path / "c", {"min_count": 1},
+                                     "fastme.data.raw")
     assert [o[0] for o in outcomes] == ["ok", "ok"], outcomes
     assert outcomes[0][1:] == outcomes[1][1:] and outcomes[0][2] == 2_000
+
+
+@pytest.mark.parametrize("kind", ["parquet", "criteo"])
+def test_two_processes_building_one_multi_file_cache_share_it(kind, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for d in range(2):
+        if kind == "parquet":
+            pq.write_table(pa.table({"label": pa.array([i % 2 for i in range(600)], pa.int8()),
+                                     "site": [f"s{i % 3}" for i in range(600)],
+                                     "ad": [i % 7 for i in range(600)]}),
+                           tmp_path / f"day_{d}.parquet")
+        else:
+            (tmp_path / f"day_{d}").write_text("".join(criteo_line(i) for i in range(600)))
+    options = {"batch_rows": 100} if kind == "parquet" else {"min_count": 1}
+    outcomes = load_in_two_processes(f"{kind}:{tmp_path}/day_*", tmp_path / "c", options,
+                                     "fastme.data.sources")
+    assert [o[0] for o in outcomes] == ["ok", "ok"], outcomes
+    assert outcomes[0][1:] == outcomes[1][1:] and outcomes[0][2] == 1_200
+    assert not list((tmp_path / "c").glob("*.partial"))
 
 
 def test_kaggle_csv_criteo_is_recognised(tmp_path):

@@ -155,53 +155,6 @@ def test_an_edit_keeping_size_and_mtime_is_not_served_from_the_old_parquet_cache
     assert load(f"parquet:{path}", tmp_path).info["cache_dir"] == second.info["cache_dir"]
 
 
-def _load_in_child(spec, cache_dir, options, queue):
-    import time
-
-    from fastme.data import sources
-
-    real = sources._indices
-
-    def slow_indices(*args):  # a longer write pass, so that the two processes overlap in it
-        time.sleep(0.05)
-        return real(*args)
-
-    sources._indices = slow_indices
-    try:
-        data = load_dataset(spec, cache_dir=cache_dir, progress=False, **options)
-        queue.put(("ok", data.info["cache_dir"], len(data)))
-    except Exception as exc:  # noqa: BLE001 - reported to the parent
-        queue.put(("error", repr(exc), 0))
-
-
-@pytest.mark.parametrize("kind", ["parquet", "criteo"])
-def test_two_processes_building_one_multi_file_cache_share_it(kind, tmp_path):
-    import multiprocessing
-
-    for d in range(2):
-        if kind == "parquet":
-            parquet_day(tmp_path / f"day_{d}.parquet", 600, d)
-        else:
-            (tmp_path / f"day_{d}").write_text("".join(
-                "\t".join([str(i % 2)] + [str(i % 5)] * 13 + [f"c{i % 4}"] * 26) + "\n"
-                for i in range(600)))
-    spec = f"{kind}:{tmp_path}/day_*"
-    options = {"label": "click", "batch_rows": 100} if kind == "parquet" else {"min_count": 1}
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    children = [ctx.Process(target=_load_in_child, args=(spec, tmp_path / "c", options,
-                                                              queue))
-                for _ in range(2)]
-    for child in children:
-        child.start()
-    outcomes = [queue.get(timeout=300) for _ in children]
-    for child in children:
-        child.join(60)
-    assert [o[0] for o in outcomes] == ["ok", "ok"], outcomes
-    assert outcomes[0][1:] == outcomes[1][1:] and outcomes[0][2] == 1_200
-    assert not list((tmp_path / "c").glob("*.partial"))
-
-
 def test_a_truncated_parquet_cache_is_refused_naming_it(days, tmp_path):
     from pathlib import Path
 
