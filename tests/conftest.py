@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -31,3 +33,26 @@ def float64_default():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
+@pytest.fixture
+def run_lock_holder():
+    """hold(path) starts a second process that holds the run lock of directory `path` and returns
+    it once the lock is taken; every such process is killed at teardown."""
+    holders = []
+
+    def hold(path):
+        holder = subprocess.Popen(
+            [sys.executable, "-c",
+             "import time; from fastme.train.trainer import lock_run_dir\n"
+             f"with lock_run_dir({str(path)!r}):\n"
+             "    print('locked', flush=True); time.sleep(60)"],
+            stdout=subprocess.PIPE, text=True)
+        holders.append(holder)
+        assert holder.stdout.readline().strip() == "locked"
+        return holder
+
+    yield hold
+    for holder in holders:
+        holder.kill()
+        holder.wait()

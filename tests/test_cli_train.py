@@ -198,23 +198,14 @@ def test_analyze_refuses_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
     assert err.startswith("fastme analyze: error: ") and str(bogus) in err
 
 
-def test_a_busy_or_unwritable_out_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+def test_a_busy_or_unwritable_out_is_refused_before_loading(tmp_path, capsys, monkeypatch,
+                                                            run_lock_holder):
     import os
 
     out = tmp_path / "run"
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import time; from fastme.train.trainer import lock_run_dir\n"
-         f"with lock_run_dir({str(out)!r}):\n"
-         "    print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        assert main(["train", *TINY, "--out", str(out)]) == 2
-        assert f"is in use by pid {holder.pid}" in capsys.readouterr().err
-    finally:
-        holder.kill()
-        holder.wait()
+    holder = run_lock_holder(out)
+    assert main(["train", *TINY, "--out", str(out)]) == 2
+    assert f"is in use by pid {holder.pid}" in capsys.readouterr().err
     # (root may write anywhere, so an unwritable directory is simulated)
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     assert main(["train", *TINY, "--out", str(tmp_path / "ro")]) == 2

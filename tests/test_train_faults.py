@@ -2,8 +2,6 @@
 checkpoints, two runs in one directory, time across resumes."""
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
@@ -104,22 +102,14 @@ def test_resume_without_a_checkpoint_says_so(data, tmp_path, capsys):
     assert "no " + str(tmp_path / "new" / "last.pt") + " to resume" in capsys.readouterr().out
 
 
-def test_a_second_run_into_a_busy_directory_is_refused(data, tmp_path):
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from fastme.train.trainer import lock_run_dir\n"
-         f"with lock_run_dir({str(tmp_path)!r}):\n"
-         "    print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(LockedError, match=f"run directory {tmp_path} is in use by pid "
-                                              f"{holder.pid}"):
-            train(model_for(data), data, config(tmp_path))
-        assert not (tmp_path / "results.json").exists()
-    finally:
-        holder.kill()
-        holder.wait()
+def test_a_second_run_into_a_busy_directory_is_refused(data, tmp_path, run_lock_holder):
+    holder = run_lock_holder(tmp_path)
+    with pytest.raises(LockedError, match=f"run directory {tmp_path} is in use by pid "
+                                          f"{holder.pid}"):
+        train(model_for(data), data, config(tmp_path))
+    assert not (tmp_path / "results.json").exists()
+    holder.kill()
+    holder.wait()
     assert train(model_for(data), data, config(tmp_path))["epochs"] == 1  # free again
 
 
