@@ -170,27 +170,9 @@ class ModelCase(harness.Case):
             return harness.Runner(call=infer, pool=data.pool,
                                   check=lambda: {"out": infer(data.pool[0])})
 
-        def step(s):
-            x, y = s
-            optimizer.zero_grad(set_to_none=True)
-            loss = _loss(model, forward(x), y)
-            loss.backward()
-            optimizer.step()
-            return loss
-
-        def check():
-            # One forward+backward without the optimizer step, from the shared weights.
-            def grads():
-                x, y = data.pool[0]
-                logits = forward(x)
-                loss = _loss(model, logits, y)
-                names, params = zip(*model.named_parameters())
-                g = torch.autograd.grad(loss, params)
-                return {"out": logits, "loss": loss,
-                        **{f"grad_{n}": t for n, t in zip(names, g)}}
-            return _without_dropout(model, grads)
-
-        return harness.Runner(call=step, pool=data.pool, check=check)
+        return _training_runner(model, forward, lambda logits, y: _loss(model, logits, y),
+                                optimizer, data,
+                                lambda grads: {f"grad_{n}": g for n, g in grads.items()})
 
     def _paper_style(self, data: harness.CaseData) -> harness.Runner:
         source = data.extra["model"]
@@ -200,25 +182,35 @@ class ModelCase(harness.Case):
         model.copy_from(source)
         optimizer = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
 
-        def step(s):
-            x, y = s
-            optimizer.zero_grad()
-            loss = F.binary_cross_entropy(torch.sigmoid(model(x)), y)
-            loss.backward()
-            optimizer.step()
-            return loss
+        return _training_runner(
+            model, model, lambda logits, y: F.binary_cross_entropy(torch.sigmoid(logits), y),
+            optimizer, data, model.grads_as_fastme)
 
-        def check():
-            def grads():
-                x, y = data.pool[0]
-                logits = model(x)
-                loss = F.binary_cross_entropy(torch.sigmoid(logits), y)
-                names, params = zip(*model.named_parameters())
-                g = dict(zip(names, torch.autograd.grad(loss, params)))
-                return {"out": logits, "loss": loss, **model.grads_as_fastme(g)}
-            return _without_dropout(model, grads)
 
-        return harness.Runner(call=step, pool=data.pool, check=check)
+def _training_runner(model, forward, loss_fn, optimizer, data: harness.CaseData,
+                     named_grads) -> harness.Runner:
+    """A timed optimizer step of `model` through `forward`, and its check: one forward+backward
+    without the step, from the shared weights; `named_grads` maps {parameter name: gradient} to
+    fastme's names."""
+    def step(s):
+        x, y = s
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(forward(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    def check():
+        def grads():
+            x, y = data.pool[0]
+            logits = forward(x)
+            loss = loss_fn(logits, y)
+            names, params = zip(*model.named_parameters())
+            return {"out": logits, "loss": loss,
+                    **named_grads(dict(zip(names, torch.autograd.grad(loss, params))))}
+        return _without_dropout(model, grads)
+
+    return harness.Runner(call=step, pool=data.pool, check=check)
 
 
 CASES = [ModelCase(model, scale, train)
