@@ -159,18 +159,19 @@ def test_a_damaged_cache_is_refused_at_load(tmp_path, damage, message):
     assert str(cache) in str(error.value) and "delete the directory" in str(error.value)
 
 
-def _load_in_child(spec, cache_dir, options, slowed, queue):
-    import importlib
+def _load_in_child(spec, cache_dir, options, queue):
     import time
 
-    module = importlib.import_module(slowed)
-    real = module._indices
+    from fastme.data.encode import Encoder
 
-    def slow_indices(*args):  # a longer write pass, so that the two processes overlap in it
-        time.sleep(0.05)
-        return real(*args)
+    real, slept = Encoder.add, []
 
-    module._indices = slow_indices
+    def slow_add(self, *args):  # a longer build, so that the two processes overlap in it
+        if not slept:
+            slept.append(time.sleep(3))
+        return real(self, *args)
+
+    Encoder.add = slow_add
     try:
         data = load_dataset(spec, cache_dir=cache_dir, progress=False, **options)
         queue.put(("ok", data.info["cache_dir"], len(data)))
@@ -178,12 +179,12 @@ def _load_in_child(spec, cache_dir, options, slowed, queue):
         queue.put(("error", repr(exc), 0))
 
 
-def load_in_two_processes(spec, cache_dir, options, slowed):
-    """Two processes loading ``spec`` at once (``slowed``: the module whose write pass is slowed
-    down); their outcomes: ("ok", cache_dir, rows) or ("error", message, 0)."""
+def load_in_two_processes(spec, cache_dir, options):
+    """Two processes loading ``spec`` at once (the first block of a build is slowed down);
+    their outcomes: ("ok", cache_dir, rows) or ("error", message, 0)."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    children = [ctx.Process(target=_load_in_child, args=(spec, cache_dir, options, slowed, queue))
+    children = [ctx.Process(target=_load_in_child, args=(spec, cache_dir, options, queue))
                 for _ in range(2)]
     for child in children:
         child.start()
@@ -196,8 +197,7 @@ def load_in_two_processes(spec, cache_dir, options, slowed):
 def test_two_processes_preprocessing_one_file_share_one_cache(tmp_path):
     path = tmp_path / "train.txt"
     path.write_text("".join(criteo_line(i) for i in range(2_000)))
-    outcomes = load_in_two_processes(f"criteo:{path}", tmp_path / "c", {"min_count": 1},
-                                     "fastme.data.raw")
+    outcomes = load_in_two_processes(f"criteo:{path}", tmp_path / "c", {"min_count": 1})
     assert [o[0] for o in outcomes] == ["ok", "ok"], outcomes
     assert outcomes[0][1:] == outcomes[1][1:] and outcomes[0][2] == 2_000
 
@@ -216,8 +216,7 @@ def test_two_processes_building_one_multi_file_cache_share_it(kind, tmp_path):
         else:
             (tmp_path / f"day_{d}").write_text("".join(criteo_line(i) for i in range(600)))
     options = {"batch_rows": 100} if kind == "parquet" else {"min_count": 1}
-    outcomes = load_in_two_processes(f"{kind}:{tmp_path}/day_*", tmp_path / "c", options,
-                                     "fastme.data.sources")
+    outcomes = load_in_two_processes(f"{kind}:{tmp_path}/day_*", tmp_path / "c", options)
     assert [o[0] for o in outcomes] == ["ok", "ok"], outcomes
     assert outcomes[0][1:] == outcomes[1][1:] and outcomes[0][2] == 1_200
     assert not list((tmp_path / "c").glob("*.partial"))

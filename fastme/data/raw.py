@@ -1,21 +1,21 @@
 """Preprocessing of the raw Criteo and Avazu Kaggle files into a memory-mapped cache.
 
-Two streaming passes over the file with pyarrow's CSV reader (bounded memory: one block of rows at
-a time, plus the value counts): pass 1 validates rows and counts every field's values, pass 2
-maps each value to its index and writes int32 ``x`` and float32 ``y`` into ``.npy`` files.
-
-Per field, indices are laid out as ``[kept values..., OOV, missing]``: values seen at least
-``min_count`` times in the whole file get 0..k-1 in order of decreasing count (ties by value), all
-rarer or unseen values share the OOV index k, and an empty cell gets the missing index k+1. So
-``field_dims[i] = k + 2``. docs/data.md explains every choice.
+One streaming pass over the file with pyarrow's CSV reader (bounded memory: one block of rows at
+a time, plus the value counts), which validates the rows, parses the categorical columns straight
+into per-block dictionaries and hands each block to :class:`fastme.data.encode.Encoder`; that
+writes int32 ``x`` and float32 ``y`` into ``.npy`` files and then maps the codes to the final
+indices over the binary file. The index layout (kept values by count, OOV, missing) is described
+there; docs/data.md explains every choice.
 """
 
 from __future__ import annotations
 
 import codecs
 import datetime
+import queue
 import re
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -26,8 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from fastme.data.cache import build_or_reuse, cache_path, file_fingerprint, open_arrays
+from fastme.data.cache import build_or_reuse, cache_path, file_fingerprint
 from fastme.data.dataset import CTRData, write_meta
+from fastme.data.encode import Encoder
 
 CRITEO_INT = [f"I{i}" for i in range(1, 14)]
 CRITEO_CAT = [f"C{i}" for i in range(1, 27)]
@@ -90,8 +91,18 @@ def _count_true(mask) -> int:
     return int(pc.sum(mask).as_py() or 0)
 
 
-def _empty_to_null(col: pa.Array) -> pa.Array:
+def empty_to_null(col: pa.Array) -> pa.Array:
+    """Empty strings as nulls (the reader does this while parsing; predict's own splitter not)."""
     return pc.if_else(pc.equal(col, ""), _NULL_STR, col)
+
+
+def _convert_options(columns: list[str]) -> pacsv.ConvertOptions:
+    """Every cell read as text, so that a bad cell skips its row instead of failing its block;
+    an empty cell is null (missing). (Text, not dictionaries: the reader's dictionaries are per
+    parser block, and unifying them costs more than encoding each column once.)"""
+    return pacsv.ConvertOptions(column_types={c: pa.string() for c in columns},
+                                include_columns=columns, strings_can_be_null=True,
+                                null_values=[""], quoted_strings_can_be_null=False)
 
 
 def _first_bad(col: pa.Array, bad) -> str:
@@ -105,16 +116,15 @@ class _Format:
 
     ``rows(batch, bad)`` drops malformed rows (counting them in ``bad``) and returns (labels,
     [one pyarrow array per field, null = missing]). Integer-derived fields are int64 arrays,
-    categorical ones strings; the vocabulary keeps each field's type. ``parse`` also returns
-    the boolean mask of the rows kept (prediction keeps every input row's place).
+    categorical ones strings; the vocabulary keeps each field's type. ``parse`` also returns the boolean mask of the rows kept
+    (prediction keeps every input row's place). Batches hold text cells, empty ones as nulls.
     """
 
     kind: str
     delimiter: str
     label: str
-
-    def read_options(self, block_size: int) -> pacsv.ReadOptions:
-        raise NotImplementedError
+    columns: list[str]  # of every line
+    header: bool  # whether the first line names the columns
 
     def convert_options(self) -> pacsv.ConvertOptions:
         raise NotImplementedError
@@ -131,7 +141,7 @@ class _Format:
         raise NotImplementedError
 
     def _label_ok(self, batch, bad: _Malformed):
-        ok = pc.is_in(batch.column(self.label), value_set=_LABEL)
+        ok = pc.fill_null(pc.is_in(batch.column(self.label), value_set=_LABEL), False)
         n_bad = len(ok) - _count_true(ok)
         if n_bad:
             bad.bad_label += n_bad
@@ -149,16 +159,13 @@ class CriteoFormat(_Format):
     I1..I13 (integers), C1..C26 (hashed categories); any cell may be empty."""
 
     kind, delimiter, label = "criteo", "\t", "label"
+    columns, header = CRITEO_COLUMNS, False
 
     def __init__(self):
         self.field_names = CRITEO_FIELD_NAMES
 
     def options(self) -> dict:
         return {}
-
-    def read_options(self, block_size, encoding="utf8"):
-        return pacsv.ReadOptions(column_names=CRITEO_COLUMNS, block_size=block_size,
-                                 encoding=encoding)
 
     def check_header(self, path, first_line):
         if b"\t" in first_line or first_line.count(b",") < len(CRITEO_COLUMNS) - 1:
@@ -172,48 +179,57 @@ class CriteoFormat(_Format):
             f"tail -n +2 {path.name} | cut -d, -f2- | tr , '\\t' > train.txt")
 
     def convert_options(self):
-        # Every column as a string: the integer columns are validated and parsed here, so that a
-        # bad cell skips its row instead of failing the whole block.
-        return pacsv.ConvertOptions(column_types={c: pa.string() for c in CRITEO_COLUMNS},
-                                    strings_can_be_null=False, quoted_strings_can_be_null=False)
+        return _convert_options(CRITEO_COLUMNS)
 
     def parse(self, batch, bad):
         ok = self._label_ok(batch, bad)
-        # Fast path: parse each integer column whole; only a column that fails is checked cell by
-        # cell (with a pattern that accepts a subset of what the parser does).
-        tokens, int_ok = {}, None
+        ints, int_ok = {}, None
         for name in CRITEO_INT:
-            col = batch.column(name)
-            try:
-                tokens[name] = criteo_integer_tokens(col)
-                continue
-            except pa.ArrowInvalid:
-                pass
-            good = pc.or_(pc.equal(col, ""), pc.match_substring_regex(col, _INTEGER))
-            int_ok = good if int_ok is None else pc.and_(int_ok, good)
-            bad.note(f"{name} {_first_bad(col, pc.invert(good))!r} is not an integer")
+            ints[name], good, example = integer_field(batch.column(name))
+            if good is not None:
+                int_ok = good if int_ok is None else pc.and_(int_ok, good)
+                bad.note(f"{name} {example!r} is not an integer")
         if int_ok is not None:
             bad.bad_integer += _count_true(pc.and_(ok, pc.invert(int_ok)))
             ok = pc.and_(ok, int_ok)
         if _count_true(ok) < batch.num_rows:
             batch = batch.filter(ok)
-            tokens = {name: t.filter(ok) for name, t in tokens.items()}
-        fields = [tokens[name] if name in tokens else criteo_integer_tokens(batch.column(name))
-                  for name in CRITEO_INT]
-        fields += [_empty_to_null(batch.column(name)) for name in CRITEO_CAT]
+            ints = {name: field.filter(ok) for name, field in ints.items()}
+        fields = [ints[name] for name in CRITEO_INT] + [batch.column(name) for name in CRITEO_CAT]
         return ok, self._labels(batch), fields
 
 
+def integer_field(col: pa.Array):
+    """An integer column (text, null = empty) as a dictionary array of its tokens
+    (:func:`criteo_integer_tokens`), with the mask of rows whose cell is an integer and an
+    example of one that is not (None, None when all are). A column holds a few thousand distinct
+    cells, so validating and transforming each distinct cell once is cheap."""
+    encoded = pc.dictionary_encode(col)
+    cells = encoded.dictionary
+    try:
+        return pa.DictionaryArray.from_arrays(encoded.indices,
+                                              criteo_integer_tokens(cells)), None, None
+    except pa.ArrowInvalid:
+        pass
+    # Only when the parser refuses a cell: a pattern that accepts a subset of what it takes.
+    good = pc.match_substring_regex(cells, _INTEGER)
+    tokens = criteo_integer_tokens(pc.if_else(good, cells, "0"))  # bad rows are dropped
+    rows_ok = pc.fill_null(pc.take(good, encoded.indices), True)
+    example = cells.filter(pc.invert(good))[0].as_py()
+    return pa.DictionaryArray.from_arrays(encoded.indices, tokens), rows_ok, example
+
+
 def criteo_integer_tokens(col: pa.Array) -> pa.Array:
-    """The Criteo winners' discretisation of an integer column (strings, already validated):
-    v > 2 -> floor(ln(v)^2) (>= 1), v <= 2 -> v - 2 (<= 0, so 2, 1, 0, -1 stay distinct values
-    and never collide with the log branch), empty -> null (missing)."""
-    empty = pc.equal(col, "")
-    v = pc.cast(pc.if_else(empty, "0", col), pa.int64()).to_numpy()
+    """The Criteo winners' discretisation of an integer column (strings, already validated;
+    empty or null = missing): v > 2 -> floor(ln(v)^2) (>= 1), v <= 2 -> v - 2 (<= 0, so 2, 1, 0, -1 stay
+    distinct values and never collide with the log branch), empty -> null (missing)."""
+    parsed = pc.cast(empty_to_null(col), pa.int64())
+    v = pc.fill_null(parsed, 0).to_numpy()
     with np.errstate(invalid="ignore"):
         logv = np.log(np.maximum(v, 3).astype(np.float64))
     tokens = np.where(v > 2, np.floor(logv * logv).astype(np.int64), v - 2)
-    return pa.array(tokens, type=pa.int64(), mask=empty.to_numpy(zero_copy_only=False))
+    mask = parsed.is_null().to_numpy(zero_copy_only=False) if parsed.null_count else None
+    return pa.array(tokens, type=pa.int64(), mask=mask)
 
 
 class AvazuFormat(_Format):
@@ -225,6 +241,7 @@ class AvazuFormat(_Format):
     """
 
     kind, delimiter, label = "avazu", ",", "click"
+    columns, header = AVAZU_COLUMNS, True  # check_header: the header is exactly these names
 
     def __init__(self, hour: str = "split"):
         if hour not in ("split", "raw"):
@@ -235,14 +252,9 @@ class AvazuFormat(_Format):
     def options(self) -> dict:
         return {"hour": self.hour}
 
-    def read_options(self, block_size, encoding="utf8"):
-        return pacsv.ReadOptions(block_size=block_size, encoding=encoding)
-
     def convert_options(self):
-        used = AVAZU_COLUMNS[1:]  # id is never read into memory (and overflows int64 anyway)
-        return pacsv.ConvertOptions(column_types={c: pa.string() for c in used},
-                                    include_columns=used, strings_can_be_null=False,
-                                    quoted_strings_can_be_null=False)
+        # id is never read into memory (and overflows int64 anyway)
+        return _convert_options(AVAZU_COLUMNS[1:])
 
     def check_header(self, path, first_line):
         names = first_line.decode("utf-8", "replace").rstrip("\r\n").split(",")
@@ -269,8 +281,8 @@ class AvazuFormat(_Format):
                 zero_copy_only=False)
             fields = [pa.array(hour_of_day[where]), pa.array(weekday[where])]
         else:
-            fields = [_empty_to_null(batch.column("hour"))]
-        fields += [_empty_to_null(batch.column(name)) for name in AVAZU_CAT]
+            fields = [batch.column("hour")]
+        fields += [batch.column(name) for name in AVAZU_CAT]
         return ok, self._labels(batch), fields
 
 
@@ -280,7 +292,7 @@ def _valid_hours(hour: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     the strict ``datetime.strptime`` (which refuses 14022900, unlike a rolling-over parser)."""
     known, hour_of_day, weekday = [], [], []
     for value in pc.unique(hour).to_pylist():
-        if not re.fullmatch(r"[0-9]{8}", value):
+        if value is None or not re.fullmatch(r"[0-9]{8}", value):
             continue
         try:
             stamp = datetime.datetime.strptime(value, "%y%m%d%H")
@@ -371,6 +383,15 @@ def _open(path: Path):
     return raw, (pa.CompressedInputStream(raw, codec) if codec else raw), codec
 
 
+def rows_estimate(path: Path) -> int | None:
+    """About how many lines an uncompressed file holds (from its first MB); None if compressed."""
+    if _compression(path):
+        return None
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    return int(path.stat().st_size * max(head.count(b"\n"), 1) / max(len(head), 1)) + 1
+
+
 def _first_line(path: Path) -> bytes:
     raw, source, codec = _open(path)
     with raw:
@@ -386,7 +407,11 @@ def _drop_undecodable(batch: pa.RecordBatch, bad: _Malformed) -> pa.RecordBatch:
     """Skip (and count) the rows where the replacing decoder had to stand in for a bad byte."""
     hit = None
     for col in batch.columns:
-        found = pc.match_substring(col, _REPLACEMENT)
+        if pa.types.is_dictionary(col.type):
+            found = pc.take(pc.match_substring(col.dictionary, _REPLACEMENT), col.indices)
+        else:
+            found = pc.match_substring(col, _REPLACEMENT)
+        found = pc.fill_null(found, False)
         hit = found if hit is None else pc.or_(hit, found)
     n = _count_true(hit) if hit is not None else 0
     if not n:
@@ -394,13 +419,42 @@ def _drop_undecodable(batch: pa.RecordBatch, bad: _Malformed) -> pa.RecordBatch:
     bad.bad_encoding += n
     first = batch.filter(hit).to_pylist()[0]
     bad.note(f"a row holds bytes that are not UTF-8: "
-             f"{next(v for v in first.values() if _REPLACEMENT in v)!r}")
+             f"{next(v for v in first.values() if v and _REPLACEMENT in v)!r}")
     return batch.filter(pc.invert(hit))
+
+
+# One parser thread takes this many bytes at a time: small blocks parse faster (they stay in the
+# cache) and spread a piece of the file over every core.
+_PARSE_BLOCK = 1 << 20
+
+
+def _text_pieces(source, size: int):
+    """The stream's bytes in pieces of about ``size`` bytes, each ending at a line end (the last
+    one where the stream ends), as (piece, bytes read from the stream so far)."""
+    rest = b""
+    while True:
+        data = source.read(size)
+        if not data:
+            if rest:
+                yield rest
+            return
+        data = rest + data if rest else data
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:  # a line longer than ``size``: read on
+            rest = data
+            continue
+        yield memoryview(data)[:cut]
+        rest = data[cut:]
 
 
 def _read_blocks(fmt: _Format, path: Path, block_size: int, bad: _Malformed, desc: str,
                  progress: bool, encoding: str = "utf8"):
-    """Record batches of the raw file, with a byte-based progress bar.
+    """Record batches of the raw file (about ``block_size`` bytes of text each), with a
+    byte-based progress bar.
+
+    A background thread cuts the text into pieces at line ends and parses each with pyarrow's
+    multi-threaded CSV reader while the caller works on the batch before, so the caller's work
+    and the parsing overlap and every core parses. At most three pieces are in memory.
 
     Raises :class:`_NotUTF8` when the file needs the replacing decoder, ValueError naming the file
     when it cannot be parsed or read to the end.
@@ -408,12 +462,14 @@ def _read_blocks(fmt: _Format, path: Path, block_size: int, bad: _Malformed, des
     from tqdm.auto import tqdm
 
     undecodable = []
+    lock = threading.Lock()  # the parser's threads call ``skip``
 
     def skip(row) -> str:
-        bad.column_count += 1
-        where = f"line {row.number}" if row.number and row.number > 0 else "a line"
-        bad.note(f"{where} has {row.actual_columns} columns, expected {row.expected_columns}: "
-                 f"{row.text[:80]!r}")
+        with lock:
+            bad.column_count += 1
+            where = f"line {row.number}" if row.number and row.number > 0 else "a line"
+            bad.note(f"{where} has {row.actual_columns} columns, expected "
+                     f"{row.expected_columns}: {row.text[:80]!r}")
         return "skip"
 
     def unraisable(info):
@@ -434,80 +490,71 @@ def _read_blocks(fmt: _Format, path: Path, block_size: int, bad: _Malformed, des
     # start of a quoted field that would swallow the following lines.
     parse = pacsv.ParseOptions(delimiter=fmt.delimiter, quote_char=False,
                                invalid_row_handler=skip)
+    convert = fmt.convert_options()
     raw, source, codec = _open(path)
+    results: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                results.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                pass
+
+    def parse_pieces() -> None:
+        pieces = _text_pieces(source, block_size)
+        first = True
+        while not stop.is_set():
+            try:
+                piece = next(pieces, None)
+            except (OSError, EOFError, pa.ArrowInvalid) as exc:
+                return put(("damaged", exc))
+            if piece is None:
+                return put(("done", None))
+            options = pacsv.ReadOptions(column_names=fmt.columns,
+                                        skip_rows=int(first and fmt.header),
+                                        block_size=min(_PARSE_BLOCK, block_size),
+                                        encoding=encoding)
+            first = False
+            try:
+                table = pacsv.read_csv(pa.BufferReader(pa.py_buffer(piece)),
+                                       read_options=options, parse_options=parse,
+                                       convert_options=convert)
+            except pa.ArrowInvalid as exc:
+                if "Empty CSV file" in str(exc):  # a piece of blank lines, or a lone header
+                    continue
+                return put(("invalid", exc))
+            except Exception as exc:  # noqa: BLE001 - raised in the caller's thread
+                return put(("invalid", exc))
+            put(("table", (table, raw.tell())))
+
     previous_hook = sys.unraisablehook
     sys.unraisablehook = unraisable
+    worker = threading.Thread(target=parse_pieces, name=f"fastme-parse-{path.name}", daemon=True)
     try:
         with raw, tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=desc,
                        disable=not progress, mininterval=1.0) as bar:
-            try:
-                reader = pacsv.open_csv(source, read_options=fmt.read_options(block_size, encoding),
-                                        parse_options=parse,
-                                        convert_options=fmt.convert_options())
-            except pa.ArrowInvalid as exc:
-                raise failure(exc) from exc
-            except (OSError, EOFError) as exc:
-                raise _damaged(path, codec, exc) from exc
+            worker.start()
             done = 0
             while True:
-                try:
-                    batch = reader.read_next_batch()
-                except StopIteration:
+                what, item = results.get()
+                if what == "done":
                     break
-                except pa.ArrowInvalid as exc:
-                    raise failure(exc) from exc
-                except (OSError, EOFError) as exc:
-                    raise _damaged(path, codec, exc) from exc
-                position = raw.tell()
+                if what == "damaged":
+                    raise _damaged(path, codec, item) from item
+                if what == "invalid":
+                    raise failure(item) from item
+                table, position = item
                 bar.update(position - done)
                 done = position
-                yield _drop_undecodable(batch, bad) if encoding != "utf8" else batch
+                for batch in table.combine_chunks().to_batches():
+                    yield _drop_undecodable(batch, bad) if encoding != "utf8" else batch
     finally:
+        stop.set()
+        worker.join() if worker.is_alive() or worker.ident else None
         sys.unraisablehook = previous_hook
-
-
-# ---- vocabulary ---------------------------------------------------------------------------------
-
-class _ValueCounter:
-    """Counts of one field's values over a stream of blocks.
-
-    Per-block counts are pooled and merged once the pool is as large as the merged table, so the
-    total merging work stays proportional to the number of distinct (block, value) pairs.
-    """
-
-    def __init__(self):
-        self._pool: list[pa.Table] = []
-        self._pool_rows = 0
-        self._merged: pa.Table | None = None
-        self.missing = 0
-
-    def add(self, values: pa.Array) -> None:
-        self.missing += values.null_count
-        counts = pc.value_counts(values.drop_null() if values.null_count else values)
-        self._pool.append(pa.table({"v": counts.field("values"), "c": counts.field("counts")}))
-        self._pool_rows += len(counts)
-        if self._pool_rows >= max(1 << 21, len(self._merged) if self._merged else 0):
-            self._merge()
-
-    def _merge(self) -> None:
-        tables = self._pool + ([self._merged] if self._merged is not None else [])
-        if tables:
-            grouped = pa.concat_tables(tables).group_by("v").aggregate([("c", "sum")])
-            self._merged = pa.table({"v": grouped.column("v"), "c": grouped.column("c_sum")})
-        self._pool, self._pool_rows = [], 0
-
-    def kept(self, min_count: int) -> tuple[pa.Array, int, int]:
-        """(values seen >= min_count times, most frequent first; distinct values; rows holding a
-        value below the threshold)."""
-        self._merge()
-        if self._merged is None or len(self._merged) == 0:
-            return pa.array([], pa.string()), 0, 0
-        table = self._merged
-        frequent = table.filter(pc.greater_equal(table.column("c"), min_count))
-        frequent = frequent.sort_by([("c", "descending"), ("v", "ascending")])
-        rare_rows = int(pc.sum(table.column("c")).as_py()) - int(
-            pc.sum(frequent.column("c")).as_py() or 0)
-        return frequent.column("v").combine_chunks(), len(table), rare_rows
 
 
 # ---- the pipeline -------------------------------------------------------------------------------
@@ -566,103 +613,51 @@ def _say(progress: bool, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _count(fmt: _Format, path: Path, options: dict, progress: bool, block_size: int,
-           encoding: str):
-    """Pass 1: validate the rows and count every field's values."""
-    bad = _Malformed()
-    counters = [_ValueCounter() for _ in fmt.field_names]
-    num_rows = positives = 0
-    for batch in _read_blocks(fmt, path, block_size, bad, f"{fmt.kind}: pass 1/2 (count)",
-                              progress, encoding):
-        labels, fields = fmt.rows(batch, bad)
-        num_rows += len(labels)
-        positives += int(labels.sum())
-        for counter, values in zip(counters, fields):
-            counter.add(values)
-    return bad, counters, num_rows, positives
-
-
 def _build(fmt: _Format, path: Path, tmp: Path, directory: Path, options: dict,
            progress: bool, block_size: int, fingerprint: str) -> _Malformed:
-    """Both passes into the empty directory ``tmp`` (published as ``directory``); returns the
-    malformed rows skipped."""
+    """The one pass over the file into the empty directory ``tmp`` (published as ``directory``);
+    returns the malformed rows skipped."""
     started = time.perf_counter()
-    n_fields = len(fmt.field_names)
-
     encoding = "utf8"
     try:
-        bad, counters, num_rows, positives = _count(fmt, path, options, progress, block_size,
-                                                    encoding)
+        bad, encoder = _encode(fmt, path, tmp, progress, block_size, encoding)
     except _NotUTF8:
         encoding = _REPLACING
         _say(progress, f"{fmt.kind}: {path} holds bytes that are not UTF-8; reading it again, "
                        f"skipping the rows that hold them")
-        bad, counters, num_rows, positives = _count(fmt, path, options, progress, block_size,
-                                                    encoding)
+        bad, encoder = _encode(fmt, path, tmp, progress, block_size, encoding)
+    num_rows = encoder.num_rows
     if num_rows == 0:
         raise ValueError(f"{path} holds no valid {fmt.kind} rows ({bad.total:,} malformed; "
                          f"e.g. {'; '.join(bad.examples[:2]) or 'no data lines'})")
-    vocab, field_dims, field_stats = [], [], []
-    for name, counter in zip(fmt.field_names, counters):
-        kept, distinct, rare_rows = counter.kept(options["min_count"])
-        vocab.append(kept)
-        field_dims.append(len(kept) + 2)  # + OOV + missing
-        field_stats.append({"field": name, "distinct": distinct, "kept": len(kept),
-                            "oov_index": len(kept), "missing_index": len(kept) + 1,
-                            "rare_rows": rare_rows, "missing_rows": counter.missing})
-    count_s = time.perf_counter() - started
-
-    _write(fmt, path, tmp, vocab, num_rows, bad, progress, block_size, encoding)
+    read_s = time.perf_counter() - started
+    vocab, field_dims, field_stats = encoder.finish(options["min_count"])
     seconds = time.perf_counter() - started
     info = {"dataset": fmt.kind,
             "source": {"path": str(path.resolve()), "size": path.stat().st_size,
                        "fingerprint": fingerprint, "utf8": encoding == "utf8"},
-            "options": options, "positive_rate": positives / num_rows,
+            "options": options, "positive_rate": encoder.positives / num_rows,
             "malformed": bad.as_dict(), "fields": field_stats,
-            "build": {"seconds": seconds, "count_pass_seconds": count_s,
+            "build": {"seconds": seconds, "read_pass_seconds": read_s,
                       "rows_per_s": num_rows / seconds}}
     write_meta(tmp, fmt.field_names, field_dims, num_rows, info,
                vocab=[v.to_pylist() for v in vocab])
     _say(progress, f"{fmt.kind}: {num_rows:,} rows, {sum(field_dims):,} feature values in "
-                   f"{n_fields} fields; {seconds:.1f} s for two passes "
-                   f"({num_rows / seconds:,.0f} rows/s); cache {directory}")
+                   f"{len(field_dims)} fields; {seconds:.1f} s ({num_rows / seconds:,.0f} rows/s); "
+                   f"cache {directory}")
     return bad
 
 
-def _write(fmt: _Format, path: Path, tmp: Path, vocab: list, num_rows: int, bad: _Malformed,
-           progress: bool, block_size: int, encoding: str) -> None:
-    """Pass 2: write ``x.npy`` and ``y.npy`` into ``tmp``."""
-    n_fields = len(fmt.field_names)
-    x, y = open_arrays(tmp, num_rows, n_fields)
-    bad2 = _Malformed()
-    pos = 0
-    for batch in _read_blocks(fmt, path, block_size, bad2, f"{fmt.kind}: pass 2/2 (write)",
-                              progress, encoding):
-        labels, fields = fmt.rows(batch, bad2)
-        end = pos + len(labels)
-        if end > num_rows:
-            break  # the file grew since pass 1; caught below
-        block = np.empty((len(labels), n_fields), dtype=np.int32)
-        for i, (values, kept) in enumerate(zip(fields, vocab)):
-            block[:, i] = _indices(values, kept)
-        x[pos:end] = block
-        y[pos:end] = labels
-        pos = end
-    if pos != num_rows or bad2.total != bad.total:
-        raise RuntimeError(f"{path} changed while it was being preprocessed "
-                           f"({num_rows:,} rows in pass 1, {pos:,} in pass 2); run again")
-    x.flush()
-    y.flush()
-
-
-def _indices(values: pa.Array, kept: pa.Array) -> np.ndarray:
-    """Field-local indices: position in ``kept``, else OOV (= len(kept)); missing = len + 1."""
-    oov = len(kept)
-    if len(kept):
-        found = pc.index_in(values, value_set=kept.cast(values.type))
-        out = found.fill_null(oov).to_numpy(zero_copy_only=False).astype(np.int32)
-    else:
-        out = np.full(len(values), oov, dtype=np.int32)
-    if values.null_count:
-        out[values.is_null().to_numpy(zero_copy_only=False)] = oov + 1
-    return out
+def _encode(fmt: _Format, path: Path, tmp: Path, progress: bool, block_size: int,
+            encoding: str) -> tuple[_Malformed, Encoder]:
+    """Read the file once, validating its rows, into an :class:`Encoder` writing to ``tmp``."""
+    bad = _Malformed()
+    encoder = Encoder(tmp, fmt.field_names, estimated_rows=rows_estimate(path))
+    try:
+        for batch in _read_blocks(fmt, path, block_size, bad, f"{fmt.kind}: reading", progress,
+                                  encoding):
+            encoder.add(*fmt.rows(batch, bad))
+    except BaseException:
+        encoder.close()
+        raise
+    return bad, encoder

@@ -11,7 +11,7 @@ contract:
 - columns listed in option ``integer=[...]`` are counts bucketized as Criteo's I1..I13
   (``floor(ln(v)^2)`` for v > 2, ``v - 2`` otherwise) before counting.
 
-Preprocessing is the raw files' (fastme.data.raw): two streaming passes over the files in record
+Preprocessing is the raw files' (fastme.data.encode): one streaming pass over the files in record
 batches (bounded memory: one batch plus the value counts), values seen at least ``min_count``
 times (default 1) numbered by decreasing count, then one OOV and one missing index per field,
 written into a memory-mapped cache with its ``vocab.json`` (so ``fastme predict`` encodes new
@@ -46,9 +46,10 @@ import pyarrow.compute as pc
 
 from fastme.data.cache import build_or_reuse, cache_path, files_fingerprint, open_arrays
 from fastme.data.dataset import CTRData, write_meta
+from fastme.data.encode import Encoder
 from fastme.data.raw import (_REPLACING, DEFAULT_MIN_COUNT, AvazuFormat, CriteoFormat,
-                             MalformedRowsWarning, _indices, _Malformed, _read_blocks,
-                             _ValueCounter, criteo_integer_tokens)
+                             MalformedRowsWarning, _Malformed, _read_blocks,
+                             integer_field, rows_estimate)
 
 PARQUET_OPTIONS = {"label", "fields", "integer", "min_count", "valid_files", "test_files",
                    "rebuild", "progress", "batch_rows"}
@@ -114,17 +115,17 @@ class ParquetSource:
             raise ValueError(f"integer columns {sorted(self.integer - set(self.field_names))} "
                              f"are not fields")
 
-    def num_rows(self, file: Path) -> int:
+    def estimated_rows(self) -> int:
         import pyarrow.parquet as pq
 
-        return pq.ParquetFile(file).metadata.num_rows
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
 
     kind = "parquet"
 
     def extra_info(self) -> dict:
         return {}
 
-    def batches(self, file: Path, pass_no: int = 1, need_label: bool = True):
+    def batches(self, file: Path, need_label: bool = True):
         """Yield (labels float32 or None, [one array per field, null = missing])."""
         import pyarrow.parquet as pq
 
@@ -156,7 +157,7 @@ class ParquetSource:
         if name in self.integer:
             if not pa.types.is_integer(col.type):
                 raise ValueError(f"{file}: integer column {name} has type {col.type}")
-            return criteo_integer_tokens(pc.cast(col, pa.string()).fill_null(""))
+            return integer_field(pc.cast(col, pa.string()))[0]  # integers: never a bad cell
         if pa.types.is_floating(col.type) or pa.types.is_boolean(col.type):
             return pc.cast(col, pa.string())  # one categorical value per distinct number
         return col
@@ -221,14 +222,16 @@ class RawFiles:
     def extra_info(self) -> dict:
         return {"malformed": self.bad.as_dict()}
 
-    def batches(self, file: Path, pass_no: int = 1):
-        bad = self.bad if pass_no == 1 else _Malformed()  # count each row once
-        desc = f"{self.kind} {file.name}: pass {pass_no}/2"
+    def estimated_rows(self) -> int | None:
+        estimates = [rows_estimate(f) for f in self.files]
+        return None if None in estimates else sum(estimates)
+
+    def batches(self, file: Path):
         # The replacing decoder from the start: a file found to hold bytes that are not UTF-8
         # half-way could not be re-read from its start here (the rows before are counted).
-        for batch in _read_blocks(self.fmt, file, self.block_size, bad, desc, self.progress,
-                                  encoding=_REPLACING):
-            yield self.fmt.rows(batch, bad)
+        for batch in _read_blocks(self.fmt, file, self.block_size, self.bad,
+                                  f"{self.kind} {file.name}", self.progress, encoding=_REPLACING):
+            yield self.fmt.rows(batch, self.bad)
 
 
 def is_multi_file(path: str) -> bool:
@@ -269,48 +272,26 @@ def load_raw_files(kind: str, spec: str, cache_dir=None, *, min_count: int | Non
 
 def _build(source, tmp: Path, directory: Path, options: dict, progress: bool,
            fingerprint: str) -> None:
-    """Two streaming passes over ``source.files`` (``source.batches(file, pass_no)`` yields
-    (labels, per-field values)) into the empty directory ``tmp`` (published as ``directory``):
-    count every field's values, then write the indices; the raw files' index layout and counting
-    code."""
+    """One streaming pass over ``source.files`` (``source.batches(file)`` yields (labels,
+    per-field values)) through the raw files' :class:`Encoder` into the empty directory ``tmp``
+    (published as ``directory``)."""
     started = time.perf_counter()
-    n_fields = len(source.field_names)
-    counters = [_ValueCounter() for _ in range(n_fields)]
-    file_rows, positives = [], 0
-    for file in source.files:  # pass 1: count
-        rows = 0
-        for labels, values in source.batches(file, 1):
-            rows += len(labels)
-            positives += int(labels.sum())
-            for counter, v in zip(counters, values):
-                counter.add(v)
-        file_rows.append(rows)
-    num_rows = sum(file_rows)
+    encoder = Encoder(tmp, source.field_names, estimated_rows=source.estimated_rows())
+    file_rows = []
+    try:
+        for file in source.files:
+            before = encoder.num_rows
+            for labels, values in source.batches(file):
+                encoder.add(labels, values)
+            file_rows.append(encoder.num_rows - before)
+    except BaseException:
+        encoder.close()
+        raise
+    num_rows, positives = encoder.num_rows, encoder.positives
     if num_rows == 0:
         raise ValueError(f"{source.files[0]}: the {source.kind} files hold no valid rows")
-    vocab, field_dims, stats = [], [], []
-    for name, counter in zip(source.field_names, counters):
-        kept, distinct, rare = counter.kept(options["min_count"])
-        vocab.append(kept)
-        field_dims.append(len(kept) + 2)
-        stats.append({"field": name, "distinct": distinct, "kept": len(kept),
-                      "oov_index": len(kept), "missing_index": len(kept) + 1,
-                      "rare_rows": rare, "missing_rows": counter.missing})
-    x, y = open_arrays(tmp, num_rows, n_fields)
-    pos = 0
-    for file in source.files:  # pass 2: write
-        for labels, values in source.batches(file, 2):
-            end = pos + len(labels)
-            if end > num_rows:
-                raise RuntimeError(f"{file} changed while it was being preprocessed; run again")
-            x[pos:end] = np.stack([_indices(v, k) for v, k in zip(values, vocab)], axis=1)
-            y[pos:end] = labels
-            pos = end
-    if pos != num_rows:
-        raise RuntimeError(f"{source.files[0]}: files changed while being preprocessed; run again")
-    x.flush()
-    y.flush()
-    del x, y
+    vocab, field_dims, stats = encoder.finish(options["min_count"])
+    n_fields = len(field_dims)
     seconds = time.perf_counter() - started
     bounds = np.cumsum([0] + file_rows).tolist()
     info = {"dataset": source.kind,

@@ -33,8 +33,9 @@ import torch
 
 from fastme import ops
 from fastme.data.dataset import load_vocab
+from fastme.data.encode import indices
 from fastme.data.raw import (AVAZU_COLUMNS, CRITEO_CAT, CRITEO_COLUMNS, CRITEO_INT, AvazuFormat,
-                             CriteoFormat, _damaged, _first_line, _indices, _Malformed, _open)
+                             CriteoFormat, _damaged, _first_line, _Malformed, _open, empty_to_null)
 from fastme.models.spec import load_trained
 from fastme.train.metrics import log_loss_from_logits, roc_auc
 from fastme.train.trainer import resolve_device
@@ -265,6 +266,7 @@ class Predictor:
                     flat = cells.filter(pa.array(whole)).flatten()
                     columns = [flat.take(pa.array(np.arange(j, len(flat), n_cols)))
                                for j in range(n_cols)]
+                    columns = [empty_to_null(c) for c in columns]  # as the reader gives them
                     batch = pa.RecordBatch.from_arrays(columns, names=layout.columns)
                     if not layout.labeled:  # the parser wants a label; it is never used
                         zeros = pa.array(np.zeros(batch.num_rows, dtype=np.int8)).cast(pa.string())
@@ -272,7 +274,7 @@ class Predictor:
                             batch.columns + [zeros], names=layout.columns + [fmt.label])
                     kept, y, values = fmt.parse(batch, bad)
                     kept = np.asarray(kept.to_numpy(zero_copy_only=False), dtype=bool)
-                    x = np.stack([_indices(v, k) for v, k in zip(values, vocab)], axis=1)
+                    x = np.stack([indices(v, k) for v, k in zip(values, vocab)], axis=1)
                     where = np.flatnonzero(whole)[kept]
                     logits[where] = self.logits(x, in_range=True)
                     if labels is not None:
@@ -320,11 +322,11 @@ class Predictor:
                                options.get("fields"), options.get("integer", ()))
         vocab = self.vocabulary()
         summary = summary if summary is not None else Summary()
-        with tqdm(total=sum(source.num_rows(f) for f in source.files), unit="row",
+        with tqdm(total=source.estimated_rows(), unit="row",
                   unit_scale=True, disable=not progress, desc="predict parquet") as bar:
             for file in source.files:
                 for labels, values in source.batches(file, need_label=False):
-                    x = np.stack([_indices(v, k) for v, k in zip(values, vocab)], axis=1)
+                    x = np.stack([indices(v, k) for v, k in zip(values, vocab)], axis=1)
                     n = len(x)
                     ids = np.arange(summary.rows, summary.rows + n)
                     summary.rows += n
