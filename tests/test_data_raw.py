@@ -239,6 +239,23 @@ def test_small_blocks_give_the_same_result(criteo_file, tmp_path):
     assert load_vocab(whole) == load_vocab(blocks)
 
 
+@pytest.mark.parametrize("kind", ["criteo", "avazu"])
+def test_merging_the_value_tables_block_by_block_gives_the_same_result(
+        kind, criteo_file, avazu_file, tmp_path, monkeypatch):
+    # Small blocks and a tiny merge pool: every block is merged into tables that already hold
+    # values, so the ids of known values must stay put and the new ones follow.
+    from fastme.data import encode
+
+    path = criteo_file if kind == "criteo" else avazu_file
+    whole = load(f"{kind}:{path}", tmp_path / "a", min_count=1)
+    monkeypatch.setattr(encode, "MERGE_POOL", 1)
+    merged = load(f"{kind}:{path}", tmp_path / "b", min_count=1, block_size=256)
+    np.testing.assert_array_equal(whole.x, merged.x)
+    np.testing.assert_array_equal(whole.y, merged.y)
+    assert load_vocab(whole) == load_vocab(merged)
+    assert whole.info["fields"] == merged.info["fields"]
+
+
 def test_gzip_input_gives_the_same_result(criteo_file, avazu_file, tmp_path):
     import gzip
 

@@ -29,6 +29,9 @@ import pyarrow.compute as pc
 
 _HEADER_BYTES = 128  # a fixed-size .npy header, rewritten with the real shape at the end
 _SCRATCH = "scratch"
+# A field's pooled blocks are merged into its table once they hold this many distinct values (or
+# as many as the table): large enough to keep merges rare, small next to the value tables.
+MERGE_POOL = 1 << 21
 
 
 def _npy_header(dtype: np.dtype, shape: tuple) -> bytes:
@@ -92,7 +95,7 @@ class _FieldValues:
     def add(self, dictionary: pa.Array, counts: np.ndarray) -> None:
         self._pool.append((dictionary, counts))
         self._pool_rows += len(dictionary)
-        if self._pool_rows >= max(1 << 21, len(self.counts)):
+        if self._pool_rows >= max(MERGE_POOL, len(self.counts)):
             self._merge()
 
     def _merge(self) -> None:
@@ -130,7 +133,9 @@ class _FieldValues:
         kept, kept_ids = order.column("v").combine_chunks(), order.column("id").to_numpy()
         index = np.full(len(self.values), len(kept), dtype=np.int32)  # OOV unless kept
         index[kept_ids] = np.arange(len(kept), dtype=np.int32)
-        stats = {"field": self.name, "distinct": len(self.values), "kept": len(kept),
+        # (a dictionary may hold a value no kept row uses: the cell of a malformed row)
+        stats = {"field": self.name, "distinct": int(np.count_nonzero(self.counts)),
+                 "kept": len(kept),
                  "oov_index": len(kept), "missing_index": len(kept) + 1,
                  "rare_rows": int(self.counts.sum() - self.counts[kept_ids].sum()),
                  "missing_rows": self.missing}
