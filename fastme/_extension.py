@@ -57,14 +57,6 @@ def cuda_problem() -> str:
     return _cuda_problem_uncached()
 
 
-def built_with_cuda() -> bool:
-    """True when the extension exists and was compiled with the CUDA kernels."""
-    try:
-        return bool(getattr(load(), "built_with_cuda", False))
-    except ExtensionUnavailable:
-        return False
-
-
 def cuda_kernels_available() -> bool:
     """True when the extension was compiled with CUDA and a CUDA device is visible."""
     return cuda_problem() == ""

@@ -73,29 +73,18 @@ def load_kernel_backends() -> None:
                 cross_states=lambda layers, save: max(layers - 1, 0))
 
 
-def _triton_usable(device: torch.device) -> bool:
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return False
-    return "triton" not in _IMPORT_ERRORS
-
-
-def _cuda_usable(device: torch.device) -> bool:
+def _usable(backend: str, device: torch.device) -> bool:
+    """Whether the kernel backend ``backend`` can run on ``device`` here."""
+    if backend == "triton":
+        return ((device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+                and "triton" not in _IMPORT_ERRORS)
     return device.type == "cuda" and _extension.cuda_kernels_available()
-
-
-def _load(op: str, backend: str) -> Callable | None:
-    return _IMPLEMENTATIONS.get((op, backend))
 
 
 def available_backends(device: torch.device | str) -> list[str]:
     """Backends that can run on ``device`` here (reference always can)."""
     device = torch.device(device)
-    found = ["reference"]
-    if _triton_usable(device):
-        found.append("triton")
-    if _cuda_usable(device):
-        found.append("cuda")
-    return found
+    return ["reference"] + [b for b in KERNEL_PACKAGES if _usable(b, device)]
 
 
 def resolve(op: str, backend: str, device: torch.device) -> Callable:
@@ -105,12 +94,11 @@ def resolve(op: str, backend: str, device: torch.device) -> Callable:
     if backend == "auto":
         if device.type == "cuda":
             for candidate in AUTO_ORDER:
-                usable = _triton_usable if candidate == "triton" else _cuda_usable
-                fn = _load(op, candidate) if usable(device) else None
+                fn = _IMPLEMENTATIONS.get((op, candidate)) if _usable(candidate, device) else None
                 if fn is not None:
                     return fn
         return _IMPLEMENTATIONS[(op, "reference")]
-    if backend == "triton" and not _triton_usable(device):
+    if backend == "triton" and not _usable("triton", device):
         why = _IMPORT_ERRORS.get("triton", f"got tensors on {device}")
         raise BackendUnavailable(
             f"backend='triton' needs CUDA tensors and the triton package (or TRITON_INTERPRET=1 "
@@ -119,7 +107,7 @@ def resolve(op: str, backend: str, device: torch.device) -> Callable:
         if device.type != "cuda":
             raise BackendUnavailable(f"backend='cuda' needs CUDA tensors, got tensors on {device}")
         _extension.require_cuda_kernels()
-    fn = _load(op, backend)
+    fn = _IMPLEMENTATIONS.get((op, backend))
     if fn is None:
         why = f" ({_IMPORT_ERRORS[backend]})" if backend in _IMPORT_ERRORS else ""
         raise BackendUnavailable(f"op {op!r} has no {backend!r} implementation in this build{why}")

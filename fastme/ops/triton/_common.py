@@ -88,10 +88,6 @@ def on_input_device(launcher):
     return wrapper
 
 
-def contiguous(*tensors):
-    return tuple(t.contiguous() for t in tensors)
-
-
 class RowGradTarget:
     """Where the backward kernels add table-row gradients, and how they become the dense
     [rows, *row_shape] gradient. Kernels add the gradient of (sample, field) pair p into row

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastme.ops.triton._common import (acc_dtype, autotune, contiguous, dot_meta, load_rows, mma,
+from fastme.ops.triton._common import (acc_dtype, autotune, dot_meta, load_rows, mma,
                                        on_input_device)
 from fastme.ops.triton.lookup import lookup_forward
 
@@ -240,7 +240,7 @@ def _cross_wgrad_kernel(U, X0, STATES, DW, DB, B, M, D,
 # ---- host side ----------------------------------------------------------------------------------
 
 @on_input_device
-def _forward(x0, weight, bias, gather=None):
+def cross_forward(x0, weight, bias, gather=None):
     """Runs the forward kernel. ``gather`` = (table, indices, offsets) fuses the lookup: x0 is
     then an empty buffer the kernel fills. Returns (out, states)."""
     layers, m, d, _ = weight.shape
@@ -262,24 +262,17 @@ def _forward(x0, weight, bias, gather=None):
     return out, states
 
 
-def cross_forward(x0, weight, bias):
-    x0, weight, bias = contiguous(x0, weight, bias)
-    return _forward(x0, weight, bias)
-
-
 def lookup_cross_forward(table, indices, offsets, weight, bias):
-    table, indices, offsets, weight, bias = contiguous(table, indices, offsets, weight, bias)
     b, n = indices.shape
     _, m, k = table.shape
     x0 = table.new_empty((b, m, n * k))
-    out, states = _forward(x0, weight, bias, gather=(table, indices, offsets))
+    out, states = cross_forward(x0, weight, bias, gather=(table, indices, offsets))
     return out, x0, states
 
 
 @on_input_device
 def cross_backward(grad, x0, weight, bias, states):
     """Gradients (x0, weight, bias) of the cross network given the saved states."""
-    grad, x0, weight, bias = contiguous(grad, x0, weight, bias)
     layers, m, d, _ = weight.shape
     b = x0.shape[0]
     acc = acc_dtype(x0.dtype)

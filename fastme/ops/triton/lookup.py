@@ -12,8 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastme.ops.triton._common import (NUM_WARPS, RowGradTarget, contiguous, load_rows,
-                                       on_input_device, pow2)
+from fastme.ops.triton._common import NUM_WARPS, RowGradTarget, load_rows, on_input_device, pow2
 
 # Elements (pairs x row values) per program.
 _TILE = 1024
@@ -64,7 +63,6 @@ def _grid(num_pairs: int, mk: int):
 @on_input_device
 def lookup_forward(table: torch.Tensor, indices: torch.Tensor,
                    offsets: torch.Tensor) -> torch.Tensor:
-    table, indices, offsets = contiguous(table, indices, offsets)
     rows, m, k = table.shape
     b, n = indices.shape
     out = torch.empty((b, m, n, k), dtype=table.dtype, device=table.device)
@@ -83,7 +81,7 @@ def scatter_add_rows(target: RowGradTarget, grad: torch.Tensor) -> None:
     if grad.numel() == 0:
         return
     grid, block_p, block_c = _grid(b * n, m * k)
-    _lookup_bwd_kernel[grid](grad.contiguous(), target.dest, target.acc, b * n, n, k, m * k,
+    _lookup_bwd_kernel[grid](grad, target.dest, target.acc, b * n, n, k, m * k,
                              BLOCK_P=block_p, BLOCK_C=block_c, num_warps=NUM_WARPS)
 
 

@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastme.ops.triton._common import (NUM_WARPS, RowGradTarget, acc_dtype, contiguous,
-                                       dot_meta, load_rows, mma, on_input_device, pow2, tl_dtype)
+from fastme.ops.triton._common import (NUM_WARPS, RowGradTarget, acc_dtype, dot_meta,
+                                       load_rows, mma, on_input_device, pow2, tl_dtype)
 
 _FM_BLOCK = 1024
 
@@ -196,13 +196,6 @@ def _fwfm_blocks(n: int, num_cols: int):
 
 # ---- host side ----------------------------------------------------------------------------------
 
-def _prepare(table, indices, offsets, field_weights=None):
-    table, indices, offsets = contiguous(table, indices, offsets)
-    if field_weights is not None:
-        field_weights = field_weights.contiguous()
-    return table, indices, offsets, field_weights
-
-
 def _pooled_output(table, indices):
     """The [B, M, K] output of a pooled lookup, and whether it is already final: nothing to
     compute, or no fields to pool (a sum over none is zero)."""
@@ -217,7 +210,6 @@ def _pooled_output(table, indices):
 
 @on_input_device
 def fm_forward(table, indices, offsets):
-    table, indices, offsets, _ = _prepare(table, indices, offsets)
     out, done = _pooled_output(table, indices)
     if done:
         return out
@@ -232,21 +224,19 @@ def fm_forward(table, indices, offsets):
 
 @on_input_device
 def fm_backward(grad, table, indices, offsets):
-    table, indices, offsets, _ = _prepare(table, indices, offsets)
     rows, m, k = table.shape
     b, n = indices.shape
     target = RowGradTarget(indices, offsets, rows, (m, k), table.dtype)
     if b * n * m * k:
         block = pow2(b * m * k, hi=_FM_BLOCK)
         _fm_bwd_kernel[(triton.cdiv(b * m * k, block),)](
-            table, indices, offsets, grad.contiguous(), target.dest, target.acc, b * m * k, rows,
+            table, indices, offsets, grad, target.dest, target.acc, b * m * k, rows,
             n, m * k, BLOCK=block, ACC=tl_dtype(acc_dtype(table.dtype)), num_warps=NUM_WARPS)
     return target.finish()
 
 
 @on_input_device
 def fwfm_forward(table, indices, offsets, field_weights):
-    table, indices, offsets, field_weights = _prepare(table, indices, offsets, field_weights)
     out, done = _pooled_output(table, indices)
     if done:
         return out
@@ -276,13 +266,11 @@ def _fwfm_num_programs(num_blocks: int, num_tiles: int, device: torch.device) ->
 
 @on_input_device
 def fwfm_backward(grad, table, indices, offsets, field_weights):
-    table, indices, offsets, field_weights = _prepare(table, indices, offsets, field_weights)
     rows, m, k = table.shape
     b, n = indices.shape
     target = RowGradTarget(indices, offsets, rows, (m, k), table.dtype)
     if b * n * m * k == 0:
         return target.finish(), torch.zeros_like(field_weights)
-    grad = grad.contiguous()
     block_n, block_c, num_blocks, warps = _fwfm_blocks(n, b * k)
     field_blocks = triton.cdiv(n, block_n)
     meta = dict(BLOCK_N=block_n, BLOCK_C=block_c, **dot_meta(table.dtype), num_warps=warps,
