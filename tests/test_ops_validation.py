@@ -5,6 +5,7 @@ import torch
 
 import fastme.ops as ops
 from fastme._extension import ExtensionUnavailable
+from fastme.ops._validation import bounds_check
 
 from kernel_backends import lookup_inputs
 
@@ -51,13 +52,11 @@ def test_offsets_and_field_dims_are_checked_against_the_table(backend, offsets, 
 
 def test_offsets_check_is_skipped_with_bounds_check_off():
     table, indices, _ = inputs()
-    try:
-        ops.set_bounds_check("off")  # kernels and the reference then read clamped rows
+    with bounds_check("off"):  # kernels and the reference then read clamped rows
         out = ops.multi_embedding_lookup(table, indices.clamp(0, 3), torch.tensor([0, 4]),
                                          field_dims=torch.tensor([4, 100]))
-    finally:
-        ops.set_bounds_check("error")
     assert out.shape == (4, 2, 2, 3)
+    assert ops.get_bounds_check() == "error"  # restored after the block
 
 
 @pytest.mark.parametrize("mutate,exc,match", [

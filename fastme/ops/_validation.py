@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Sequence
 
@@ -27,6 +28,17 @@ def set_bounds_check(mode: str) -> None:
 
 def get_bounds_check() -> str:
     return _bounds_check_mode
+
+
+@contextlib.contextmanager
+def bounds_check(mode: str):
+    """The bounds-check mode ``mode`` inside the block; the previous one is restored after."""
+    previous = _bounds_check_mode
+    set_bounds_check(mode)
+    try:
+        yield
+    finally:
+        set_bounds_check(previous)
 
 
 def check_tensor(t, name: str, *, ndim: int | None = None, dtypes=None, device=None) -> None:

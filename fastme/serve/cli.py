@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fastme.cli import error
+
 _FMT = argparse.ArgumentDefaultsHelpFormatter
 
 
@@ -50,11 +52,6 @@ def add_parsers(subparsers) -> None:
     e.set_defaults(func=run_export)
 
 
-def _error(cmd: str, exc: Exception) -> int:
-    print(f"fastme {cmd}: error: {exc}", file=sys.stderr)
-    return 2
-
-
 def run_predict(args) -> int:
     from fastme.ops import BackendUnavailable
     from fastme.serve.predict import predict, print_summary
@@ -63,8 +60,8 @@ def run_predict(args) -> int:
         summary = predict(args.checkpoint, args.data, args.out, vocab_dir=args.vocab,
                           cache_dir=args.cache_dir, backend=args.backend, device=args.device,
                           batch_size=args.batch_size, progress=not args.no_progress)
-    except (ValueError, TypeError, FileNotFoundError, OSError, BackendUnavailable) as exc:
-        return _error("predict", exc)
+    except (ValueError, TypeError, OSError, BackendUnavailable) as exc:
+        return error("predict", exc)
     print_summary(summary, file=sys.stdout)
     return 0
 
@@ -77,9 +74,9 @@ def run_export(args) -> int:
         meta = export(args.checkpoint, args.out, args.format, bounds=args.bounds,
                       backend=args.backend, device=args.device)
         diff = check_roundtrip(args.out)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, OSError, AssertionError,
+    except (ValueError, TypeError, ImportError, OSError, AssertionError,
             BackendUnavailable) as exc:
-        return _error("export", exc)
+        return error("export", exc)
     spec = meta["spec"]
     print(f"exported {spec['name']} {spec['mode'].upper()} x{spec['scale']} "
           f"({len(meta['field_dims'])} fields, bounds {meta['bounds']}) to {args.out}; "

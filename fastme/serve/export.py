@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastme import ops
 from fastme.models.spec import load_trained
+from fastme.ops._validation import bounds_check
 from fastme.train.trainer import resolve_device
 
 FORMATS = ("pt2", "onnx")
@@ -103,17 +103,13 @@ def export(checkpoint, out, fmt: str = "pt2", *, bounds: str = "oov",
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=1 << 24)
-    previous = ops.get_bounds_check()
     # 'oov' makes every index valid before the model sees it: its own check would be dead code.
-    ops.set_bounds_check("off" if bounds == "oov" else "error")
-    try:
+    with bounds_check("off" if bounds == "oov" else "error"):
         if fmt == "pt2":
             program = torch.export.export(serving, (x,), dynamic_shapes=({0: batch},))
             torch.export.save(program, out, extra_files={META_NAME: json.dumps(meta)})
         else:
             _export_onnx(serving, x, batch, out, meta)
-    finally:
-        ops.set_bounds_check(previous)
     return meta
 
 

@@ -31,12 +31,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from fastme import ops
 from fastme.data.dataset import load_vocab
 from fastme.data.encode import indices
 from fastme.data.raw import (AVAZU_COLUMNS, CRITEO_CAT, CRITEO_COLUMNS, CRITEO_INT, AvazuFormat,
                              CriteoFormat, _damaged, _first_line, _Malformed, _open, empty_to_null)
 from fastme.models.spec import load_trained
+from fastme.ops._validation import bounds_check, get_bounds_check
 from fastme.train.metrics import log_loss_from_logits, roc_auc
 from fastme.train.trainer import resolve_device
 
@@ -77,19 +77,15 @@ def detect_layout(kind: str, path: Path) -> Layout:
                              f"file has 40 (label, I1..I13, C1..C26) or 39 (the test file)")
         names = first.split(",")
         features = CRITEO_INT + CRITEO_CAT
-        if names == ["Id", "Label"] + features:
-            return Layout("criteo", ",", True, ["Id", "label"] + features, "Id", "Id",
-                          "Predicted")
-        if names == ["Id"] + features:
-            return Layout("criteo", ",", True, ["Id"] + features, "Id", "Id", "Predicted")
+        if names in (["Id", "Label"] + features, ["Id"] + features):  # the train or test CSV
+            columns = ["Id"] + (["label"] if names[1] == "Label" else []) + features
+            return Layout("criteo", ",", True, columns, "Id", "Id", "Predicted")
         raise ValueError(f"{path}: comma-separated, but the header {first[:120]!r} is not the "
                          f"Criteo competition's CSV (Id,Label,I1..I13,C1..C26 or Id,I1..C26)")
     names = first.split(",")
     test_columns = [c for c in AVAZU_COLUMNS if c != "click"]
-    if names == AVAZU_COLUMNS:
-        return Layout("avazu", ",", True, AVAZU_COLUMNS, "id", "id", "click")
-    if names == test_columns:
-        return Layout("avazu", ",", True, test_columns, "id", "id", "click")
+    if names in (AVAZU_COLUMNS, test_columns):
+        return Layout("avazu", ",", True, names, "id", "id", "click")
     raise ValueError(f"{path}: the header {first[:200]!r} is neither Avazu's train "
                      f"({','.join(AVAZU_COLUMNS)}) nor its test file (the same without click)")
 
@@ -149,12 +145,6 @@ class Summary:
     def rows_per_s(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else float("nan")
 
-    def as_dict(self) -> dict:
-        return {"rows": self.rows, "scored": self.scored, "malformed": self.malformed,
-                "malformed_examples": self.malformed_examples, "seconds": self.seconds,
-                "rows_per_s": self.rows_per_s, "auc": self.auc, "logloss": self.logloss,
-                "out": self.out}
-
 
 class Predictor:
     """A trained model with the vocabulary it was trained with, ready to score files.
@@ -184,16 +174,11 @@ class Predictor:
         ``in_range``: the indices come from the vocabulary, so the ops' bounds check is skipped
         (it costs a sixth of the time on a CPU)."""
         out = np.empty(len(x), dtype=np.float64)
-        previous = ops.get_bounds_check()
-        if in_range:
-            ops.set_bounds_check("off")
-        try:
+        with bounds_check("off" if in_range else get_bounds_check()):
             for start in range(0, len(x), self.batch_size):
                 xb = torch.from_numpy(np.ascontiguousarray(x[start:start + self.batch_size],
                                                            dtype=np.int64)).to(self.device)
                 out[start:start + len(xb)] = self.model(xb).double().cpu().numpy()
-        finally:
-            ops.set_bounds_check(previous)
         return out
 
     # -- raw files ---------------------------------------------------------------------------
