@@ -91,6 +91,21 @@ def outputs_and_grads(fn, *args, grad_seed=1):
                                for a, d in zip(leaves, grads, strict=True))
 
 
+def with_backend(op, backend):
+    """``op`` with ``backend=backend`` bound."""
+    return lambda *args: op(*args, backend=backend)
+
+
+def assert_close_to_reference(fn, ref, args, ref_args=None, **tolerance):
+    """fn(*args) and its gradients against ``ref`` on ``ref_args`` (default: the same ``args``)
+    with ``torch.testing.assert_close``; returns fn's (output, gradients)."""
+    out, grads = outputs_and_grads(fn, *args)
+    ref_out, ref_grads = outputs_and_grads(ref, *(args if ref_args is None else ref_args))
+    torch.testing.assert_close(out, ref_out, **tolerance)
+    torch.testing.assert_close(grads, ref_grads, **tolerance)
+    return out, grads
+
+
 def relative_error(actual, expected, floor=0.0):
     """||actual - expected|| / ||expected|| (Frobenius). ``floor`` (per element) keeps a tiny
     expected value that is the difference of O(1) terms from demanding 16-bit accuracy of itself."""

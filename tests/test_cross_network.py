@@ -9,9 +9,10 @@ import fastme.ops as ops
 from fastme.ops import reference
 
 from kernel_backends import (BACKENDS, DEVICE, DTYPES, KERNEL_TESTS, NONDET_TOL,
-                             assert_matches_reference, check_registration, criteo_like_field_dims,
-                             criteo_shapes_on_gpu, cross_params, gpu_test, lookup_inputs,
-                             outputs_and_grads)
+                             assert_close_to_reference, assert_matches_reference,
+                             check_registration, criteo_like_field_dims, criteo_shapes_on_gpu,
+                             cross_params, gpu_test, lookup_inputs)
+from kernel_backends import with_backend as kernel
 
 pytestmark = KERNEL_TESTS
 
@@ -65,21 +66,14 @@ OPS = {  # name: (public op, reference, argument picker)
 }
 
 
-def kernel(public, backend):
-    return lambda *a: public(*a, backend=backend)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_forward_and_gradients_match_reference_float64(backend, op, shape):
     public, ref, pick = OPS[op]
-    args = pick(random_inputs(*shape))
-    out, grads = outputs_and_grads(kernel(public, backend), *args)
-    ref_out, ref_grads = outputs_and_grads(ref, *args)
+    _, grads = assert_close_to_reference(kernel(public, backend), ref, pick(random_inputs(*shape)),
+                                         rtol=1e-11, atol=1e-11)
     assert len(grads) == 3
-    torch.testing.assert_close(out, ref_out, rtol=1e-11, atol=1e-11)
-    torch.testing.assert_close(grads, ref_grads, rtol=1e-11, atol=1e-11)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -147,10 +141,8 @@ def test_edge_cases(backend):
     x0_nc = x0.transpose(0, 1).contiguous().transpose(0, 1)
     weight_nc = weight.transpose(2, 3).contiguous().transpose(2, 3)
     assert not x0_nc.is_contiguous() and not weight_nc.is_contiguous()
-    out, grads = outputs_and_grads(kernel(ops.cross_network, backend), x0_nc, weight_nc, bias)
-    ref_out, ref_grads = outputs_and_grads(reference.cross_network, x0, weight, bias)
-    torch.testing.assert_close(out, ref_out)
-    torch.testing.assert_close(grads, ref_grads)
+    assert_close_to_reference(kernel(ops.cross_network, backend), reference.cross_network,
+                              (x0_nc, weight_nc, bias), (x0, weight, bias))
     out = ops.lookup_cross_network(table, indices.t().contiguous().t(), offsets, weight_nc, bias,
                                    backend=backend)
     torch.testing.assert_close(out, reference.lookup_cross_network(table, indices, offsets,
@@ -190,10 +182,8 @@ def test_torch_compile_fullgraph(backend):
         out = ops.lookup_cross_network(t, indices, offsets, w, b, backend=backend)
         return torch.nn.functional.softplus(out).mean()
 
-    _, grads = outputs_and_grads(torch.compile(loss, fullgraph=True, backend=compiler), table,
-                                 weight, bias)
-    _, eager_grads = outputs_and_grads(loss, table, weight, bias)
-    torch.testing.assert_close(grads, eager_grads)
+    assert_close_to_reference(torch.compile(loss, fullgraph=True, backend=compiler), loss,
+                              (table, weight, bias))
 
 
 # ---- GPU only -----------------------------------------------------------------------------------
@@ -250,8 +240,6 @@ def test_second_device(backend):
     """The kernels follow the tensors, not the current device."""
     x0, weight, bias = cross_params(9, 2, 7, 2, device="cuda:1")
     with torch.cuda.device(0):
-        out, grads = outputs_and_grads(kernel(ops.cross_network, backend), x0, weight, bias)
+        out, grads = assert_close_to_reference(kernel(ops.cross_network, backend),
+                                               reference.cross_network, (x0, weight, bias))
     assert out.device == grads[0].device == torch.device("cuda:1")
-    ref_out, ref_grads = outputs_and_grads(reference.cross_network, x0, weight, bias)
-    torch.testing.assert_close(out, ref_out)
-    torch.testing.assert_close(grads, ref_grads)

@@ -11,11 +11,13 @@ import torch
 
 import fastme.ops as ops
 from fastme.ops import _policy, reference
+from fastme.ops._validation import bounds_check
 
 from kernel_backends import (BACKENDS, DEVICE, DTYPES, KERNEL_TESTS, NONDET_TOL,
-                             assert_matches_reference, check_registration, criteo_like_field_dims,
-                             criteo_shapes_on_gpu, gpu_test, lookup_inputs, outputs_and_grads,
-                             relative_error)
+                             assert_close_to_reference, assert_matches_reference,
+                             check_registration, criteo_like_field_dims, criteo_shapes_on_gpu,
+                             gpu_test, lookup_inputs, outputs_and_grads, relative_error,
+                             with_backend)
 
 pytestmark = KERNEL_TESTS
 
@@ -36,30 +38,28 @@ GPU_SHAPES = SHAPES[:2] + [
 
 
 def lookup(backend):
-    return lambda *a: ops.multi_embedding_lookup(*a, backend=backend)
+    return with_backend(ops.multi_embedding_lookup, backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_forward_and_table_gradient_match_reference_float64(backend, shape, index_dtype):
-    inputs = lookup_inputs(*shape, index_dtype=index_dtype)
-    out, grads = outputs_and_grads(lookup(backend), *inputs)
-    ref_out, ref_grads = outputs_and_grads(reference.multi_embedding_lookup, *inputs)
-    torch.testing.assert_close(out, ref_out, rtol=0, atol=0)  # a gather is exact
-    torch.testing.assert_close(grads, ref_grads, rtol=1e-12, atol=1e-12)
+    _check_float64(backend, lookup_inputs(*shape, index_dtype=index_dtype))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("index_dtype,offsets_dtype", [(torch.int32, torch.int64),
                                                        (torch.int64, torch.int32)])
 def test_mixed_index_dtypes(backend, index_dtype, offsets_dtype):
-    inputs = lookup_inputs(20, [4, 9, 2], 3, 6, index_dtype=index_dtype,
-                           offsets_dtype=offsets_dtype)
-    out, grads = outputs_and_grads(lookup(backend), *inputs)
-    ref_out, ref_grads = outputs_and_grads(reference.multi_embedding_lookup, *inputs)
-    torch.testing.assert_close(out, ref_out, rtol=0, atol=0)
-    torch.testing.assert_close(grads, ref_grads, rtol=1e-12, atol=1e-12)
+    _check_float64(backend, lookup_inputs(20, [4, 9, 2], 3, 6, index_dtype=index_dtype,
+                                          offsets_dtype=offsets_dtype))
+
+
+def _check_float64(backend, inputs):
+    out, _ = assert_close_to_reference(lookup(backend), reference.multi_embedding_lookup, inputs,
+                                       rtol=1e-12, atol=1e-12)
+    assert torch.equal(out, reference.multi_embedding_lookup(*inputs))  # a gather is exact
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -127,11 +127,8 @@ def test_non_contiguous_inputs(backend):
     table_nc = table.transpose(1, 2).contiguous().transpose(1, 2)  # same values, other strides
     indices_nc = indices.t().contiguous().t()
     assert not table_nc.is_contiguous() and not indices_nc.is_contiguous()
-    out, grads = outputs_and_grads(lookup(backend), table_nc, indices_nc, offsets)
-    ref_out, ref_grads = outputs_and_grads(reference.multi_embedding_lookup, table, indices,
-                                           offsets)
-    torch.testing.assert_close(out, ref_out)
-    torch.testing.assert_close(grads, ref_grads)
+    assert_close_to_reference(lookup(backend), reference.multi_embedding_lookup,
+                              (table_nc, indices_nc, offsets), (table, indices, offsets))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -152,21 +149,17 @@ def test_bounds_check_modes(backend):
     bad[1, 1] = 5
     with pytest.raises(IndexError, match=r"indices\[1, 1\] = 5 is out of range for field 1"):
         lookup(backend)(table, bad, offsets)
-    try:
-        ops.set_bounds_check("clamp")
-        with pytest.warns(RuntimeWarning, match="clamped"):
-            out = lookup(backend)(table, bad, offsets)
-        torch.testing.assert_close(out[1, :, 1], table[offsets[1] + 4])
-        # "off": no check at all, but the kernels clamp the global row, so even wild indices
-        # read inside the table (never an illegal access)
-        ops.set_bounds_check("off")
-        wild = indices.clone()
-        wild[0, 0], wild[2, 1], wild[3, 0] = -10**6, 10**9, 3  # below, far above, next field
+    with bounds_check("clamp"), pytest.warns(RuntimeWarning, match="clamped"):
+        out = lookup(backend)(table, bad, offsets)
+    torch.testing.assert_close(out[1, :, 1], table[offsets[1] + 4])
+    # "off": no check at all, but the kernels clamp the global row, so even wild indices read
+    # inside the table (never an illegal access)
+    wild = indices.clone()
+    wild[0, 0], wild[2, 1], wild[3, 0] = -10**6, 10**9, 3  # below, far above, next field
+    with bounds_check("off"):
         out = lookup(backend)(table, wild, offsets)
-        rows = (wild + offsets).clamp(0, table.shape[0] - 1)
-        assert torch.equal(out, table[rows].permute(0, 2, 1, 3))
-    finally:
-        ops.set_bounds_check("error")
+    rows = (wild + offsets).clamp(0, table.shape[0] - 1)
+    assert torch.equal(out, table[rows].permute(0, 2, 1, 3))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -182,13 +175,10 @@ def test_a_table_without_rows_is_refused_with_the_bounds_check_off(backend):
              lambda: ops.pooled_lookup(table, indices, offsets, weights, backend=backend),
              lambda: ops.lookup_cross_network(table, indices, offsets, weight, bias,
                                               backend=backend)]
-    try:
-        ops.set_bounds_check("off")
+    with bounds_check("off"):
         for call in calls:
             with pytest.raises(ValueError, match="table has 0 rows but indices is not empty"):
                 call()
-    finally:
-        ops.set_bounds_check("error")
 
 
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
@@ -210,12 +200,8 @@ def test_torch_compile_fullgraph(backend):
     def loss(t):
         return (lookup(backend)(t, indices, offsets) ** 2).sum()
 
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    t1 = table.clone().requires_grad_()
-    t2 = table.clone().requires_grad_()
-    compiled(t1).backward()
-    loss(t2).backward()
-    torch.testing.assert_close(t1.grad, t2.grad)
+    assert_close_to_reference(torch.compile(loss, fullgraph=True, backend="aot_eager"), loss,
+                              (table,))
     if DEVICE == "cuda":
         return  # a failing device-side assertion would poison the CUDA context of later tests
     # bounds check "error" inside the graph: an asynchronous assertion instead of a graph break

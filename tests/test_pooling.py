@@ -7,11 +7,12 @@ import torch
 
 import fastme.ops as ops
 from fastme.ops import reference
+from fastme.ops._validation import bounds_check
 
 from kernel_backends import (BACKENDS, DEVICE, DTYPES, KERNEL_TESTS, NONDET_TOL,
-                             assert_matches_reference, check_registration, criteo_like_field_dims,
-                             criteo_shapes_on_gpu, field_weights, gpu_test, lookup_inputs,
-                             outputs_and_grads)
+                             assert_close_to_reference, assert_matches_reference,
+                             check_registration, criteo_like_field_dims, criteo_shapes_on_gpu,
+                             field_weights, gpu_test, lookup_inputs, with_backend)
 
 pytestmark = KERNEL_TESTS
 
@@ -40,7 +41,7 @@ FLOOR = {torch.bfloat16: 0.5, torch.float16: 0.5}
 
 
 def pooled(backend):
-    return lambda t, x, o, *w: ops.pooled_lookup(t, x, o, *w, backend=backend)
+    return with_backend(ops.pooled_lookup, backend)
 
 
 def pooled_inputs(shape, weighted, **kwargs):
@@ -57,12 +58,10 @@ def pooled_inputs(shape, weighted, **kwargs):
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"B{s[0]}-N{len(s[1])}-M{s[2]}-K{s[3]}")
 def test_forward_and_gradients_match_reference_float64(backend, shape, index_dtype, weighted):
-    inputs = pooled_inputs(shape, weighted, index_dtype=index_dtype)
-    out, grads = outputs_and_grads(pooled(backend), *inputs)
-    ref_out, ref_grads = outputs_and_grads(reference.pooled_lookup, *inputs)
+    out, _ = assert_close_to_reference(pooled(backend), reference.pooled_lookup,
+                                       pooled_inputs(shape, weighted, index_dtype=index_dtype),
+                                       rtol=1e-12, atol=1e-12)
     assert out.shape == (shape[0], shape[2], shape[3])
-    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(grads, ref_grads, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -113,12 +112,9 @@ def test_non_contiguous_inputs(backend, weighted):
     table_nc = table.transpose(1, 2).contiguous().transpose(1, 2)
     weights_nc = [w.transpose(1, 2).contiguous().transpose(1, 2) for w in weights]
     assert not table_nc.is_contiguous() and not any(w.is_contiguous() for w in weights_nc)
-    out, grads = outputs_and_grads(pooled(backend), table_nc, indices.t().contiguous().t(),
-                                   offsets, *weights_nc)
-    ref_out, ref_grads = outputs_and_grads(reference.pooled_lookup, table, indices, offsets,
-                                           *weights)
-    torch.testing.assert_close(out, ref_out)
-    torch.testing.assert_close(grads, ref_grads)
+    assert_close_to_reference(pooled(backend), reference.pooled_lookup,
+                              (table_nc, indices.t().contiguous().t(), offsets, *weights_nc),
+                              (table, indices, offsets, *weights))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -140,11 +136,8 @@ def test_out_of_range_indices_read_the_clamped_row_with_bounds_check_off(backend
     wild = indices.clone()
     wild[1, 0], wild[3, 1], wild[2, 0] = -10**6, 10**9, 3  # below, far above, into field 1
     rows = (wild + offsets).clamp(0, table.shape[0] - 1)
-    try:
-        ops.set_bounds_check("off")
+    with bounds_check("off"):
         out = pooled(backend)(table, wild, offsets, *weights)
-    finally:
-        ops.set_bounds_check("error")
     no_offsets = torch.zeros_like(offsets)  # the clamped global rows, looked up directly
     torch.testing.assert_close(out, reference.pooled_lookup(table, rows, no_offsets, *weights))
     with pytest.raises(IndexError, match="out of range"):
@@ -185,10 +178,8 @@ def test_torch_compile_fullgraph(backend):
         return (pooled(backend)(t, indices, offsets).square().sum()
                 + pooled(backend)(t, indices, offsets, w).sum())
 
-    compiled = torch.compile(loss, fullgraph=True, backend=compiler)
-    _, grads = outputs_and_grads(compiled, table, weights)
-    _, eager_grads = outputs_and_grads(loss, table, weights)
-    torch.testing.assert_close(grads, eager_grads)
+    assert_close_to_reference(torch.compile(loss, fullgraph=True, backend=compiler), loss,
+                              (table, weights))
 
 
 # ---- FM / FwFM pooling of gathered embeddings ---------------------------------------------------
@@ -203,21 +194,19 @@ def test_pooling_of_gathered_embeddings_matches_reference_float64(backend, weigh
     weights = (field_weights(m, n),) if weighted else ()
     public, ref = ((ops.fwfm_pooling, reference.fwfm_pooling) if weighted
                    else (ops.fm_pooling, reference.fm_pooling))
-    out, grads = outputs_and_grads(lambda *a: public(*a, backend=backend), emb, *weights)
-    ref_out, ref_grads = outputs_and_grads(ref, emb, *weights)
+    out, _ = assert_close_to_reference(with_backend(public, backend), ref, (emb, *weights),
+                                       rtol=1e-12, atol=1e-12)
     assert out.shape == (b, m, k)
-    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(grads, ref_grads, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_pooling_of_gathered_embeddings_low_precision(backend):
     emb = torch.randn(9, 2, 5, 4, device=DEVICE).to(torch.bfloat16)
     weights = field_weights(2, 5, dtype=torch.bfloat16) / 5
-    assert_matches_reference(lambda e: ops.fm_pooling(e, backend=backend), reference.fm_pooling,
+    assert_matches_reference(with_backend(ops.fm_pooling, backend), reference.fm_pooling,
                              (emb,), 2e-2, 0.5)
-    assert_matches_reference(lambda e, w: ops.fwfm_pooling(e, w, backend=backend),
-                             reference.fwfm_pooling, (emb, weights), 2e-2, 0.5)
+    assert_matches_reference(with_backend(ops.fwfm_pooling, backend), reference.fwfm_pooling,
+                             (emb, weights), 2e-2, 0.5)
 
 
 # ---- GPU only -----------------------------------------------------------------------------------
@@ -241,9 +230,6 @@ def test_second_device(backend):
     """The kernels follow the tensors, not the current device."""
     table, indices, offsets, weights = pooled_inputs((20, [4, 5], 2, 6), True, device="cuda:1")
     with torch.cuda.device(0):
-        out, grads = outputs_and_grads(pooled(backend), table, indices, offsets, weights)
+        out, grads = assert_close_to_reference(pooled(backend), reference.pooled_lookup,
+                                               (table, indices, offsets, weights))
     assert out.device == grads[0].device == torch.device("cuda:1")
-    ref_out, ref_grads = outputs_and_grads(reference.pooled_lookup, table, indices, offsets,
-                                           weights)
-    torch.testing.assert_close(out, ref_out)
-    torch.testing.assert_close(grads, ref_grads)
