@@ -56,3 +56,23 @@ def run_lock_holder():
     for holder in holders:
         holder.kill()
         holder.wait()
+
+
+@pytest.fixture
+def interrupt_epoch(monkeypatch):
+    """interrupt_epoch(n): the n-th training epoch the trainer starts from now on raises
+    KeyboardInterrupt, as Ctrl-C would; the epochs after it run as usual."""
+    import fastme.train.trainer as trainer
+
+    def arm(n):
+        real, calls = trainer._train_one_epoch, []
+
+        def maybe_stop(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(trainer, "_train_one_epoch", maybe_stop)
+
+    return arm

@@ -117,18 +117,8 @@ def test_user_mistakes_are_one_line_errors_before_any_data_is_loaded(tmp_path, c
         assert "Traceback" not in err
 
 
-def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
-    import fastme.train.trainer as trainer
-
-    real, calls = trainer._train_one_epoch, []
-
-    def interrupted_in_epoch_2(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "_train_one_epoch", interrupted_in_epoch_2)
+def test_ctrl_c_says_how_to_resume(tmp_path, capsys, interrupt_epoch):
+    interrupt_epoch(2)
     out = tmp_path / "run"
     assert main(["train", *TINY, "--epochs", "3", "--out", str(out)]) == 130
     err = capsys.readouterr().err

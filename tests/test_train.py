@@ -1,7 +1,6 @@
 """The trainer: early stopping, best checkpoint, resume, results, information abundance."""
 
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -101,30 +100,16 @@ def test_training_learns_and_writes_results(data, tmp_path):
     assert on_disk["samples_per_s"] > 0 and on_disk["epochs"] == 3
 
 
-def interrupt_at_epoch(monkeypatch, n):
-    real = trainer._train_one_epoch
-    calls = {"n": 0}
-
-    def maybe_stop(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == n:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "_train_one_epoch", maybe_stop)
-
-
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(data, tmp_path, monkeypatch,
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(data, tmp_path, interrupt_epoch,
                                                               shuffle):
     settings = dict(epochs=4, patience=4, shuffle=shuffle, seed=5)
     full_model = small_model(data)
     full = train(full_model, data, config(tmp_path / "full", **settings))
 
-    with monkeypatch.context() as patch:
-        interrupt_at_epoch(patch, 3)  # killed during epoch 3, after two saved epochs
-        with pytest.raises(KeyboardInterrupt):
-            train(small_model(data), data, config(tmp_path / "cut", **settings))
+    interrupt_epoch(3)  # killed during epoch 3, after two saved epochs
+    with pytest.raises(KeyboardInterrupt):
+        train(small_model(data), data, config(tmp_path / "cut", **settings))
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 2
     resumed_model = small_model(data, seed=123)  # weights come from the checkpoint
     resumed = train(resumed_model, data, config(tmp_path / "cut", resume=True, **settings))
