@@ -13,8 +13,6 @@ from torch import nn
 
 import costs
 import harness
-from fastme import ops
-from fastme.ops import reference
 from harness import CROSS_LAYERS, DEVICE, EMBED_DIM, NUM_FIELDS, NUM_ROWS, OP_BATCH
 
 CROSS_PEERS = {
@@ -141,15 +139,7 @@ class CrossCase(harness.Case):
     def runner(self, variant: str, data: harness.CaseData) -> harness.Runner:
         if variant in CROSS_PEERS:
             return self._peer(variant, data)
-        if variant == "compile":
-            fn = harness.compiled(getattr(reference, self.op))
-        else:
-            backend = "reference" if variant == "eager" else variant
-            op = getattr(ops, self.op)
-
-            def fn(*args):
-                return op(*args, backend=backend)
-        return harness.op_runner(fn, self.args, data.pool, self.backward)
+        return harness.own_op_runner(variant, self.op, self.args, data.pool, self.backward)
 
     def _peer(self, variant: str, data: harness.CaseData) -> harness.Runner:
         pool = []

@@ -18,7 +18,6 @@ import torch
 import costs
 import harness
 from fastme import ops
-from fastme.ops import reference
 from harness import DEVICE, EMBED_DIM, FIELD_DIMS, NUM_FIELDS, NUM_ROWS, OP_BATCH
 
 PEERS = {
@@ -140,18 +139,12 @@ class LookupCase(harness.Case):
             OP_BATCH, NUM_FIELDS, self.sets, EMBED_DIM, NUM_ROWS, backward=self.backward))
 
     def runner(self, variant: str, data: harness.CaseData) -> harness.Runner:
-        args = ("table", "indices", "offsets")
-        if variant == "compile":
-            return harness.op_runner(harness.compiled(reference.multi_embedding_lookup), args,
-                                     data.pool, self.backward)
         if variant == "fbgemm":
             return self._fbgemm(data)
         if variant in ("torchrec_ec", "torchrec_ebc"):
             return self._torchrec(data, bags=variant == "torchrec_ebc")
-        backend = "reference" if variant == "eager" else variant
-        return harness.op_runner(
-            lambda *a: ops.multi_embedding_lookup(*a, backend=backend), args, data.pool,
-            self.backward)
+        return harness.own_op_runner(variant, "multi_embedding_lookup",
+                                     ("table", "indices", "offsets"), data.pool, self.backward)
 
     def _fbgemm(self, data):
         pool = [{"tbe": _fbgemm_tbe(s["table"], self.backward),

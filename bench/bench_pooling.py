@@ -11,8 +11,6 @@ import torch
 
 import costs
 import harness
-from fastme import ops
-from fastme.ops import reference
 from harness import DEVICE, EMBED_DIM, NUM_FIELDS, NUM_ROWS, OP_BATCH
 
 ARGS = ("table", "indices", "offsets", "field_weights")
@@ -58,14 +56,7 @@ class PooledLookupCase(harness.Case):
         return harness.CaseData(pool=pool, cost=cost, tol=1e-2 if DEVICE.type == "cuda" else 1e-4)
 
     def runner(self, variant: str, data: harness.CaseData) -> harness.Runner:
-        if variant == "compile":
-            fn = harness.compiled(reference.pooled_lookup)
-        else:
-            backend = "reference" if variant == "eager" else variant
-
-            def fn(*args):
-                return ops.pooled_lookup(*args, backend=backend)
-        return harness.op_runner(fn, ARGS, data.pool, self.backward)
+        return harness.own_op_runner(variant, "pooled_lookup", ARGS, data.pool, self.backward)
 
 
 CASES = [PooledLookupCase(m, backward, weighted)

@@ -36,6 +36,9 @@ import costs
 import fastme
 import machine
 from fastme import ops
+from fastme.distributed.cost import CRITEO_KAGGLE_FIELD_DIMS
+from fastme.ops import reference
+from render_results import verdict  # noqa: F401 - the one rule, also for the rendering
 
 # ---- device and sizes ------------------------------------------------------------------------
 
@@ -44,11 +47,7 @@ FULL = DEVICE.type == "cuda" or os.environ.get("FASTME_BENCH_FULL", "") == "1"
 
 # Approximate Kaggle Criteo cardinalities after the reference pipeline's frequency threshold of 10
 # (13 bucketised integer fields, then 26 categorical; sum about 1.09M rows).
-CRITEO_FIELD_DIMS = (
-    49, 101, 126, 45, 223, 118, 84, 76, 95, 9, 30, 40, 75,
-    1458, 555, 193949, 138801, 306, 19, 11970, 634, 4, 42646, 5178, 192773, 3175, 27, 11422,
-    181075, 11, 4654, 2032, 5, 189657, 18, 16, 59697, 86, 45571,
-)
+CRITEO_FIELD_DIMS = CRITEO_KAGGLE_FIELD_DIMS
 # On a CPU the same 39 fields with every cardinality divided by 100 (at least 2): ~11k rows.
 FIELD_DIMS = CRITEO_FIELD_DIMS if FULL else tuple(max(2, d // 100) for d in CRITEO_FIELD_DIMS)
 NUM_FIELDS = len(FIELD_DIMS)
@@ -213,6 +212,17 @@ def compiled(fn):
     return torch.compile(fn, dynamic=False)
 
 
+def own_op_runner(variant: str, op: str, args: tuple[str, ...], pool: list,
+                  backward: bool) -> Runner:
+    """:func:`op_runner` of fastme's variant ``variant`` of the op named ``op``: "compile" is
+    torch.compile of the reference maths, "eager" the public op's reference backend, any other
+    a kernel backend."""
+    if variant == "compile":
+        return op_runner(compiled(getattr(reference, op)), args, pool, backward)
+    public, backend = getattr(ops, op), "reference" if variant == BASELINE else variant
+    return op_runner(lambda *a: public(*a, backend=backend), args, pool, backward)
+
+
 # ---- correctness -----------------------------------------------------------------------------
 
 NEGLIGIBLE = 1e-4  # relative to the largest reference norm of a check
@@ -265,19 +275,12 @@ def _clock():
 def _timed_calls(runner: Runner, calls: int, start: int) -> float:
     """Seconds per call of ``calls`` calls (pool items from ``start`` on)."""
     pool, n = runner.pool, len(runner.pool)
-    if DEVICE.type == "cuda":
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
+
+    def run():
         for i in range(calls):
             runner.call(pool[(start + i) % n])
-        end.record()
-        end.synchronize()
-        return begin.elapsed_time(end) / 1e3 / calls
-    clock = _clock()
-    t0 = clock()
-    for i in range(calls):
-        runner.call(pool[(start + i) % n])
-    return (clock() - t0) / calls
+
+    return machine.seconds(run, DEVICE, _clock()) / calls
 
 
 def interleaved(runners: dict[str, Runner], rounds: int = ROUNDS,
@@ -328,16 +331,6 @@ def ratios(baseline: list[float], variant: list[float]) -> dict:
     per_round = [b / v for b, v in zip(baseline, variant)]
     return {"median": statistics.median(per_round), "rounds": per_round,
             "low": quantile(per_round, 0.1), "high": quantile(per_round, 0.9)}
-
-
-def verdict(ratio: dict) -> str:
-    """'faster' / 'slower' when the whole interval is on one side of 1, else 'unresolved': the
-    spread between rounds is larger than the ratio's margin from 1, so no winner is named."""
-    if ratio["low"] > 1.0:
-        return "faster"
-    if ratio["high"] < 1.0:
-        return "slower"
-    return "unresolved"
 
 
 # ---- the run's record ------------------------------------------------------------------------
@@ -411,11 +404,9 @@ def record() -> dict:
                 "fastme": fastme.__version__}
     if torch.version.cuda:
         versions["cuda"] = torch.version.cuda
-    for name in ("triton", "fbgemm-gpu-cpu", "fbgemm-gpu", "torchrec", "deepctr-torch",
-                 "pytest-benchmark"):
-        v = _version(name)
-        if v:
-            versions[name] = v
+    versions.update({name: v for name in ("triton", "fbgemm-gpu-cpu", "fbgemm-gpu", "torchrec",
+                                          "deepctr-torch", "pytest-benchmark")
+                     if (v := _version(name))})
     problems = disturbance()
     return {
         "schema": 1,
@@ -475,16 +466,11 @@ def _checked_runners(case: Case, data: CaseData) -> dict[str, Runner]:
         try:
             runner = case.runner(variant, data)
             got = runner.check()
-        except Unavailable as exc:
-            _unavailable(case, variant, str(exc))
-            continue
-        except (ops.BackendUnavailable, NotImplementedError) as exc:
-            _unavailable(case, variant, _short(exc))
-            continue
         except Exception as exc:
-            if variant in OWN_VARIANTS:
+            expected = isinstance(exc, (Unavailable, ops.BackendUnavailable, NotImplementedError))
+            if variant in OWN_VARIANTS and not expected:
                 raise
-            _unavailable(case, variant, _short(exc))
+            _unavailable(case, variant, str(exc) if isinstance(exc, Unavailable) else _short(exc))
             continue
         bad = mismatches(got, data.expected, data.tol)
         assert not bad, f"{case.title} [{variant}] does not match the reference: " + "; ".join(bad)

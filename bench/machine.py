@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
@@ -83,10 +83,6 @@ class Probe:
     spread: float  # max / min - 1 over the repeats
     repeats: int
 
-    def as_dict(self) -> dict:
-        return {"best": self.best, "median": self.median, "spread": self.spread,
-                "repeats": self.repeats}
-
 
 def _repeat(rate: Callable[[], float], repeats: int) -> Probe:
     values = [rate() for _ in range(repeats)]
@@ -94,7 +90,8 @@ def _repeat(rate: Callable[[], float], repeats: int) -> Probe:
                  spread=max(values) / min(values) - 1.0, repeats=repeats)
 
 
-def _seconds(fn: Callable[[], Any], device: torch.device, clock=time.perf_counter) -> float:
+def seconds(fn: Callable[[], Any], device: torch.device, clock=time.perf_counter) -> float:
+    """Seconds ``fn()`` takes: CUDA events on a GPU, ``clock`` on a CPU."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -118,7 +115,7 @@ def measure_peaks(device: torch.device, repeats: int = PROBE_REPEATS,
     dst = torch.empty_like(src)
     moved = 2 * src.nbytes
     dst.copy_(src)
-    copy = _repeat(lambda: moved / _seconds(lambda: dst.copy_(src), device, clock) / 1e9, repeats)
+    copy = _repeat(lambda: moved / seconds(lambda: dst.copy_(src), device, clock) / 1e9, repeats)
     del src, dst
     n = 8192 if cuda else 2048
     a, b = (torch.randn(n, n, device=device) for _ in range(2))
@@ -126,16 +123,16 @@ def measure_peaks(device: torch.device, repeats: int = PROBE_REPEATS,
     torch.mm(a, b, out=out)
 
     def tflops():
-        return 2 * n**3 / _seconds(lambda: torch.mm(a, b, out=out), device, clock) / 1e12
+        return 2 * n**3 / seconds(lambda: torch.mm(a, b, out=out), device, clock) / 1e12
 
     fp32 = _repeat(tflops, repeats)
-    peaks = {"copy_bytes": moved, "copy_gbps": copy.as_dict(), "matmul_n": n,
-             "matmul_fp32_tflops": fp32.as_dict(), "matmul_tf32_tflops": None}
+    peaks = {"copy_bytes": moved, "copy_gbps": asdict(copy), "matmul_n": n,
+             "matmul_fp32_tflops": asdict(fp32), "matmul_tf32_tflops": None}
     if cuda:  # the fastest float32-input matmul the device has: tensor cores in TF32
         saved = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = True
         try:
-            peaks["matmul_tf32_tflops"] = _repeat(tflops, repeats).as_dict()
+            peaks["matmul_tf32_tflops"] = asdict(_repeat(tflops, repeats))
         finally:
             torch.backends.cuda.matmul.allow_tf32 = saved
     peaks["peak_gbps"] = copy.best

@@ -32,9 +32,8 @@ def plot(record: dict, path: pathlib.Path) -> None:
                     fmt="o", color=colours[name], capsize=2, markersize=4)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"{case['case']}{' (loaded)' if case.get('disturbed') else ''}: {name}"
-                        for case, name, _ in rows], fontsize=6)
+    ax.set_yticks(range(len(rows)), [f"{case['case']}{' (loaded)' if case.get('disturbed') else ''}"
+                                     f": {name}" for case, name, _ in rows], fontsize=6)
     for label, (_, name, _) in zip(ax.get_yticklabels(), rows):
         label.set_color(colours[name])
     ax.set_ylim(len(rows) - 0.5, -0.5)

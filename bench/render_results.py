@@ -56,7 +56,9 @@ def roofline(seconds: float, nbytes: float, flops: float, peak: dict | None):
 
 
 def verdict(ratio: dict) -> str:
-    """Mirror of harness.verdict (render_results must not need torch)."""
+    """'faster' / 'slower' when the whole interval is on one side of 1, else 'unresolved': the
+    spread between rounds is larger than the ratio's margin from 1, so no winner is named.
+    (Here rather than in harness.py, which imports it, so that rendering needs no torch.)"""
     if ratio["low"] > 1.0:
         return "faster"
     if ratio["high"] < 1.0:
