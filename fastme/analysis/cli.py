@@ -132,12 +132,10 @@ def run_scale_command(args) -> int:
           f"{'ME IA/random':>13}")
     for s in summary["scales"]:
         se, me = summary["se"].get(str(s)), summary["me"].get(str(s))
-        cells = []
-        for entry in (se, me):
-            cells.append(f"{entry['test_auc_mean']:.5f} ± {entry['test_auc_std']:.5f}"
-                         if entry else "-")
-        for entry in (se, me):  # mean over fields of IA / E[IA(random)] (Appendix I)
-            cells.append(f"{entry['mean_field_ia_over_random_mean']:.3f}" if entry else "-")
+        cells = [f"{e['test_auc_mean']:.5f} ± {e['test_auc_std']:.5f}" if e else "-"
+                 for e in (se, me)]
+        # mean over fields of IA / E[IA(random)] (Appendix I)
+        cells += [f"{e['mean_field_ia_over_random_mean']:.3f}" if e else "-" for e in (se, me)]
         print(f"{s:>6} {cells[0]:>20} {cells[1]:>20} {cells[2]:>13} {cells[3]:>13}")
     print(f"results: {out / 'scale.json'}  figures: {', '.join(summary['figures'].values())}")
     return 0

@@ -199,8 +199,10 @@ def field_spectra(model, seen_rows=None, method: str = "auto") -> list[np.ndarra
 
 
 # -- diversity -------------------------------------------------------------------------------------
-def _mean_pair_diversity(set_factors, rtol: float) -> float:
-    bases = [column_basis(s, rtol) for s in set_factors]
+def _mean_pair_diversity(factor: torch.Tensor, k: int, rtol: float) -> float:
+    """Mean diversity over all pairs of sets of a factor whose columns are the sets side by side
+    (chunks of ``k`` columns)."""
+    bases = [column_basis(s, rtol) for s in factor.split(k, dim=1)]
     return float(np.mean([diversity_from_cosines(basis_cosines(a, b))
                           for a, b in itertools.combinations(bases, 2)]))
 
@@ -210,9 +212,7 @@ def set_diversity(sets, rtol: float = DIVERSITY_RTOL, method: str = "auto") -> f
     sets = as_matrix(sets, "sets")
     if sets.dim() != 3 or sets.shape[0] < 2:
         raise ValueError(f"sets must be [M, D, K] with M >= 2, got {tuple(sets.shape)}")
-    m, _, k = sets.shape
-    f = compact_factor(concat_sets(sets), method)
-    return _mean_pair_diversity([f[:, s * k:(s + 1) * k] for s in range(m)], rtol)
+    return _mean_pair_diversity(compact_factor(concat_sets(sets), method), sets.shape[2], rtol)
 
 
 def model_diversity(model, seen_rows=None, split: int | None = None,
@@ -227,20 +227,14 @@ def model_diversity(model, seen_rows=None, split: int | None = None,
         if ff.num_sets < 2:
             raise ValueError("an SE model has a single embedding set: pass split=M to compare M "
                              "chunks of its embedding (the paper's SE baseline)")
-        num, k = ff.num_sets, ff.embed_dim
+        k = ff.embed_dim
     else:
         if isinstance(split, bool) or int(split) != split or split < 2 or width % split:
             raise ValueError(f"split must be an integer >= 2 dividing the width {width}, "
                              f"got {split!r}")
-        num, k = int(split), width // int(split)
-    per_field = []
-    for f, d in zip(ff.factors, ff.rows):
-        if f is None or d < 2:
-            per_field.append(float("nan"))
-            continue
-        # the factor's columns are the sets side by side, so chunks of k columns are the sets
-        per_field.append(_mean_pair_diversity([f[:, s * k:(s + 1) * k] for s in range(num)],
-                                              rtol))
+        k = width // int(split)
+    per_field = [_mean_pair_diversity(f, k, rtol) if f is not None and d >= 2 else float("nan")
+                 for f, d in zip(ff.factors, ff.rows)]
     return {"per_field": per_field, "mean": float(np.nanmean(per_field))}
 
 
@@ -250,14 +244,8 @@ def random_diversity(field_dims, num_sets: int, embed_dim: int, seed: int = 0,
     through their compact factors, so any D_i is cheap)."""
     rng = np.random.default_rng(seed)
     k = int(embed_dim)
-    per_field = []
-    for d in field_dims:
-        if int(d) < 2:
-            per_field.append(float("nan"))
-            continue
-        f = random_factor(int(d), int(num_sets) * k, rng)
-        per_field.append(_mean_pair_diversity([f[:, s * k:(s + 1) * k] for s in range(num_sets)],
-                                              rtol))
+    per_field = [_mean_pair_diversity(random_factor(int(d), int(num_sets) * k, rng), k, rtol)
+                 if int(d) >= 2 else float("nan") for d in field_dims]
     return {"per_field": per_field, "mean": float(np.nanmean(per_field))}
 
 

@@ -51,6 +51,11 @@ def _finish(fig, path, data) -> Path:
     return png
 
 
+def _cardinality_order(field_dims, n: int) -> np.ndarray:
+    """The fields by increasing cardinality (stable), or as given without ``field_dims``."""
+    return np.argsort(field_dims, kind="stable") if field_dims is not None else np.arange(n)
+
+
 def plot_toy(result: dict, path) -> Path:
     """IA(E1) over training for each D3 (Figure 4), mean +- std over seeds."""
     plt = _plt()
@@ -63,10 +68,8 @@ def plot_toy(result: dict, path) -> Path:
         line, = ax.plot(it, mean, label=f"D3 = {d3} ({kind})")
         if len(run["ia"]) > 1:
             ax.fill_between(it, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("IA(E1)")
-    ax.set_title(f"Toy experiment: IA of E1 (K = {k}, mean ± std over "
-                 f"{len(result['config']['seeds'])} seeds)")
+    ax.set(xlabel="iteration", ylabel="IA(E1)", title=f"Toy experiment: IA of E1 (K = {k}, "
+           f"mean ± std over {len(result['config']['seeds'])} seeds)")
     ax.legend()
     ax.grid(alpha=0.3)
     return _finish(fig, path, result)
@@ -81,8 +84,7 @@ def plot_field_ia(series: dict, field_names, path, title: str, field_dims=None,
     horizontal reference line (e.g. 1 for IA relative to random)."""
     plt = _plt()
     names = list(field_names)
-    order = (np.argsort(field_dims, kind="stable") if field_dims is not None
-             else np.arange(len(names)))
+    order = _cardinality_order(field_dims, len(names))
     n, s = len(names), len(series)
     fig, ax = plt.subplots(layout="constrained",
                            figsize=(min(16.0, max(6.4, 0.2 * n * max(s, 1) + 2)), 4.5))
@@ -94,12 +96,10 @@ def plot_field_ia(series: dict, field_names, path, title: str, field_dims=None,
         ax.bar(x + (idx - (s - 1) / 2) * width, v, width, yerr=err, label=label, capsize=2)
     if baseline is not None:
         ax.axhline(baseline, color="0.3", lw=1, ls=":")
-    ax.set_xticks(x)
-    ax.set_xticklabels([names[i] + (f" ({field_dims[i]})" if field_dims is not None else "")
-                        for i in order], rotation=90, fontsize=7)
-    ax.set_xlabel("field" + (" (sorted by cardinality)" if field_dims is not None else ""))
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_xticks(x, [names[i] + (f" ({field_dims[i]})" if field_dims is not None else "")
+                      for i in order], rotation=90, fontsize=7)
+    ax.set(xlabel="field" + (" (sorted by cardinality)" if field_dims is not None else ""),
+           ylabel=ylabel, title=title)
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     data = {"title": title, "field_names": names, "field_dims": field_dims, "series": series,
@@ -117,7 +117,7 @@ def plot_spectra(spectra, field_names, path, title: str, field_dims=None,
     cmap = plt.get_cmap("viridis")
     names = list(field_names)
     n = len(spectra)
-    order = (np.argsort(field_dims, kind="stable") if field_dims is not None else np.arange(n))
+    order = _cardinality_order(field_dims, n)
     named = set(np.unique(np.rint(np.linspace(0, n - 1, min(labelled, n))).astype(int)).tolist())
     for rank, i in enumerate(order):
         sv = np.asarray(spectra[i], dtype=float)
@@ -129,10 +129,8 @@ def plot_spectra(spectra, field_names, path, title: str, field_dims=None,
         ax.plot(np.arange(1, sv.size + 1), np.maximum(sv, 1e-12),
                 color=cmap(rank / max(n - 1, 1)), lw=2.0 if label else 0.8,
                 alpha=1.0 if label else 0.6, label=label, zorder=3 if label else 2)
-    ax.set_yscale("log")
-    ax.set_xlabel("singular value index")
-    ax.set_ylabel("singular value / largest")
-    ax.set_title(title)
+    ax.set(yscale="log", xlabel="singular value index", ylabel="singular value / largest",
+           title=title)
     ax.legend(fontsize=7, title="labelled fields", title_fontsize=7)
     if n > 1:
         sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, n - 1))
@@ -159,18 +157,15 @@ def plot_sub_embedding(analysis: dict, field_names, path, title: str) -> Path:
     im = axes[0].imshow(m.T, origin="lower", cmap="viridis", aspect="auto")
     # under the heatmap: a colorbar on its right puts its label against the next panel's y label
     fig.colorbar(im, ax=axes[0], location="bottom", shrink=0.8, label="IA(E_i→j)")
-    axes[0].set_xlabel("source field i (sorted by IA(E_i))")
-    axes[0].set_ylabel("target field j (sorted by IA(E_j))")
-    axes[0].set_title("IA of sub-embeddings")
+    source, target = "source field i (sorted by IA(E_i))", "target field j (sorted by IA(E_j))"
+    axes[0].set(xlabel=source, ylabel=target, title="IA of sub-embeddings")
     x = np.arange(len(order))
     axes[1].plot(x, m.sum(1), marker="o", ms=3, label="Σ_j IA(E_i→j)")
-    axes[1].set_xlabel("source field i (sorted by IA(E_i))")
-    axes[1].set_ylabel("sum over j")
-    axes[1].set_title(f"sum over targets (corr. with IA(E_i): {analysis['source_pearson']:.2f})")
+    axes[1].set(xlabel=source, ylabel="sum over j", title="sum over targets (corr. with "
+                f"IA(E_i): {analysis['source_pearson']:.2f})")
     axes[2].plot(x, m.sum(0), marker="o", ms=3, color="C1", label="Σ_i IA(E_i→j)")
-    axes[2].set_xlabel("target field j (sorted by IA(E_j))")
-    axes[2].set_ylabel("sum over i")
-    axes[2].set_title(f"sum over sources (corr. with IA(E_j): {analysis['target_pearson']:.2f})")
+    axes[2].set(xlabel=target, ylabel="sum over i", title="sum over sources (corr. with "
+                f"IA(E_j): {analysis['target_pearson']:.2f})")
     for ax in axes[1:]:
         ax.legend()
         ax.grid(alpha=0.3)
@@ -197,9 +192,7 @@ def plot_interaction_pattern(pattern, field_names, path, title: str, max_sets: i
             ax.axis("off")
             continue
         im = ax.imshow(p[idx].T, origin="lower", cmap="magma", vmin=vmin, vmax=vmax)
-        ax.set_title(f"set {idx}")
-        ax.set_xlabel("source field i")
-        ax.set_ylabel("target field j")
+        ax.set(title=f"set {idx}", xlabel="source field i", ylabel="target field j")
     fig.colorbar(im, ax=axes, label="||W_i→j||_F")
     fig.suptitle(title)
     data = {"title": title, "field_names": list(field_names), "pattern": p.tolist(),
@@ -217,8 +210,7 @@ def plot_bars(values: dict, path, title: str, ylabel: str, errors: dict | None =
     bars = ax.bar(labels, [values[k] for k in labels], yerr=err, capsize=3,
                   color=[f"C{i}" for i in range(len(labels))])
     ax.bar_label(bars, fmt="%.3f")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set(ylabel=ylabel, title=title)
     ax.grid(axis="y", alpha=0.3)
     return _finish(fig, path, {"title": title, "values": values, "errors": errors})
 
@@ -244,11 +236,8 @@ def _plot_scale_metric(summary: dict, path, title: str, metric: str, ylabel: str
         ax.errorbar(x + offset, mean, yerr=std, capsize=3, label=label, **_MODE_STYLE[mode])
     if baseline is not None:
         ax.axhline(baseline, color="0.4", lw=1, ls=":", label=baseline_label)
-    ax.set_xticks(x)
-    ax.set_xticklabels(["base" if s == 1 else f"{s}x" for s in scales])
-    ax.set_xlabel("model size (embedding scale)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_xticks(x, ["base" if s == 1 else f"{s}x" for s in scales])
+    ax.set(xlabel="model size (embedding scale)", ylabel=ylabel, title=title)
     ax.legend()
     ax.grid(alpha=0.3)
     return _finish(fig, path, summary)

@@ -32,19 +32,6 @@ RECORD = "scale_record.json"
 _COSMETIC = ("out_dir", "progress", "verbose", "resume")
 
 
-def _run_name(model: str, mode: str, scale: int, seed: int) -> str:
-    return f"{model}-{mode}x{scale}-seed{seed}"
-
-
-def _stats(values) -> tuple[float, float]:
-    v = np.asarray(values, dtype=float)
-    return float(np.nanmean(v)), float(np.nanstd(v))
-
-
-def _comparable(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in _COSMETIC}
-
-
 def run_scale(model: str, data, scales=DEFAULT_SCALES, seeds=(0, 1, 2), train_options=None,
               model_options=None, backend: str = "auto", out_dir=None, seen_only: bool = False,
               keep_checkpoints: bool = True, data_spec: str | None = None,
@@ -80,22 +67,22 @@ def run_scale(model: str, data, scales=DEFAULT_SCALES, seeds=(0, 1, 2), train_op
     train_options = dict(train_options or {})
     out = Path(out_dir) if out_dir is not None else None
     train_split = data.split(train_options.get("split_seed", 0))[0] if seen_only else None
+    data_name = data_spec or getattr(data, "name", None)
 
     # scale by scale, SE then ME, so an interrupted sweep already has both curves up to a scale
     plan = [(mode, s) for s in scales for mode in ("se", "me") if mode == "se" or s > 1]
     runs = []
     for mode, scale in plan:
         for seed in seeds:
-            name = _run_name(model, mode, scale, seed)
+            name = f"{model}-{mode}x{scale}-seed{seed}"
             run_dir = out / "runs" / name if out is not None and keep_checkpoints else None
             config = TrainConfig(**{**train_options, "seed": seed,
                                     "out_dir": str(run_dir) if run_dir else None})
             setting = {"model": model, "mode": mode, "scale": scale, "seed": seed,
                        "backend": backend, "model_options": model_options,
-                       "train_config": _comparable(dataclasses.asdict(config)),
-                       "seen_only": seen_only,
-                       "data": data_spec or getattr(data, "name", None),
-                       "num_rows": len(data)}
+                       "train_config": {k: v for k, v in dataclasses.asdict(config).items()
+                                        if k not in _COSMETIC},
+                       "seen_only": seen_only, "data": data_name, "num_rows": len(data)}
             if run_dir is not None and (run_dir / RECORD).is_file():
                 previous = json.loads((run_dir / RECORD).read_text())
                 if (previous.get("setting") == json.loads(json.dumps(setting))
@@ -108,8 +95,7 @@ def run_scale(model: str, data, scales=DEFAULT_SCALES, seeds=(0, 1, 2), train_op
             net = build(model, data.field_dims, scale, multi=mode == "me", backend=backend,
                         **model_options)
             info = {"title": f"{model} {mode.upper()} x{scale} (seed {seed})", "model": model,
-                    "mode": mode, "scale": scale, "backend": backend,
-                    "data": data_spec or getattr(data, "name", None),
+                    "mode": mode, "scale": scale, "backend": backend, "data": data_name,
                     "model_options": model_options}
             results = train_fn(net, data, config, info=info)
             # the trainer leaves the best epoch's weights in the model
@@ -140,8 +126,7 @@ def run_scale(model: str, data, scales=DEFAULT_SCALES, seeds=(0, 1, 2), train_op
     summary = summarize(runs, scales, list(data.field_names), list(data.field_dims))
     summary["config"] = {"model": model, "scales": scales, "seeds": seeds, "backend": backend,
                          "model_options": model_options, "train_options": train_options,
-                         "seen_only": seen_only, "data": data_spec or getattr(data, "name", None),
-                         "num_rows": len(data)}
+                         "seen_only": seen_only, "data": data_name, "num_rows": len(data)}
     if out is not None:
         write_outputs(summary, out)
     return summary
@@ -157,10 +142,9 @@ def summarize(runs, scales, field_names, field_dims) -> dict:
             group = [r for r in runs if r["setting"]["mode"] == src and r["setting"]["scale"] == s]
             if not group:
                 continue
-            auc_mean, auc_std = _stats([r["test_auc"] for r in group])
-            entry = {"seeds": [r["setting"]["seed"] for r in group],
-                     "test_auc": [r["test_auc"] for r in group],
-                     "test_auc_mean": auc_mean, "test_auc_std": auc_std}
+            auc = np.asarray([r["test_auc"] for r in group], dtype=float)
+            entry = {"seeds": [r["setting"]["seed"] for r in group], "test_auc": auc.tolist(),
+                     "test_auc_mean": float(np.nanmean(auc)), "test_auc_std": float(np.nanstd(auc))}
             for key in ("field_ia", "field_ia_over_random"):
                 ia = np.asarray([r[key] for r in group], dtype=float)
                 mean_ia = np.nanmean(ia, axis=1)  # per run, over fields
