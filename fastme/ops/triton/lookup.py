@@ -63,8 +63,7 @@ def _grid(num_pairs: int, mk: int):
 @on_input_device
 def lookup_forward(table: torch.Tensor, indices: torch.Tensor,
                    offsets: torch.Tensor) -> torch.Tensor:
-    rows, m, k = table.shape
-    b, n = indices.shape
+    (b, n), (rows, m, k) = indices.shape, table.shape
     out = torch.empty((b, m, n, k), dtype=table.dtype, device=table.device)
     if out.numel() == 0:
         return out
