@@ -5,7 +5,8 @@
     python bench/preprocess.py --rows 1000000 --parquet         # the same rows as 4 Parquet files
 
 Each round builds the cache once per source tree, in a fresh process (its peak resident memory
-is its own), alternating the trees (A B, B A, ...); every build is checked to give the same
+is its own: ``ru_maxrss``, and the peak of its anonymous memory, which leaves out pages of files
+it reads or maps, sampled every 50 ms), alternating the trees (A B, B A, ...); every build is checked to give the same
 ``x.npy``, ``y.npy`` and ``vocab.json`` as the first. Reported per tree: median wall seconds and
 rows/s, CPU seconds, peak RSS, and per round the ratio to the first tree. bench/README.md says how
 each published number was made.
@@ -94,14 +95,23 @@ def write_criteo_like_parquet(directory: Path, rows: int, files: int = 4, seed: 
 
 
 _CHILD = """
-import json, resource, sys, time
+import json, resource, sys, threading, time
 from fastme.data import load_dataset  # imports torch: not timed, but in the peak memory
+peak_anon = [0]
+def sample():  # the process's own memory (not file pages it has read or mapped)
+    while True:
+        with open("/proc/self/status") as f:
+            anon = next(int(l.split()[1]) for l in f if l.startswith("RssAnon:"))
+        peak_anon[0] = max(peak_anon[0], anon * 1024)
+        time.sleep(0.05)
+threading.Thread(target=sample, daemon=True).start()
 options = {"integer": [f"I{i}" for i in range(1, 14)]} if sys.argv[1].startswith("parquet:") else {}
 t, c = time.perf_counter(), time.process_time()
 data = load_dataset(sys.argv[1], cache_dir=sys.argv[2], progress=False, rebuild=True, **options)
 wall, cpu = time.perf_counter() - t, time.process_time() - c
 print(json.dumps({"rows": len(data), "wall": wall, "cpu": cpu,
                   "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "peak_anon": peak_anon[0],
                   "cache": data.info["cache_dir"]}))
 """
 
@@ -169,7 +179,8 @@ def main(argv=None) -> None:
                 results[i].append(result)
                 print(f"round {r + 1} {trees[i]}: {result['wall']:.1f} s wall, "
                       f"{result['cpu']:.1f} s CPU, {result['rows'] / result['wall']:,.0f} rows/s, "
-                      f"peak {result['peak_rss'] / 1e9:.2f} GB", flush=True)
+                      f"peak RSS {result['peak_rss'] / 1e9:.2f} GB (anonymous "
+                      f"{result['peak_anon'] / 1e9:.2f} GB)", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(raw) if raw.is_dir() else raw.unlink(missing_ok=True)
@@ -180,7 +191,8 @@ def main(argv=None) -> None:
         line = (f"{tree}: median {statistics.median(walls):.2f} s "
                 f"({args.rows / statistics.median(walls):,.0f} rows/s), CPU "
                 f"{statistics.median(x['cpu'] for x in results[i]):.2f} s, peak RSS "
-                f"{max(x['peak_rss'] for x in results[i]) / 1e9:.2f} GB")
+                f"{max(x['peak_rss'] for x in results[i]) / 1e9:.2f} GB (anonymous "
+                f"{max(x['peak_anon'] for x in results[i]) / 1e9:.2f} GB)")
         if i:
             per_round = [b["wall"] / a["wall"] for a, b in zip(results[0], results[i])]
             line += f"; its time / the first's per round: {', '.join(f'{q:.2f}' for q in per_round)}"

@@ -236,27 +236,30 @@ class Encoder:
         return vocab, [len(kept) + 2 for kept in vocab], stats
 
     def _rewrite(self, indices: list[np.ndarray]) -> None:
-        """Each block's codes -> global ids (the scratch files) -> final indices, in place."""
-        if not self.num_rows:
-            return
-        x = np.load(self.x.path, mmap_mode="r+")
+        """Each block's codes -> global ids (the scratch files) -> final indices, in place. Plain
+        reads and writes, block by block, not a memory map: the cache's pages never count as the
+        process's memory."""
+        row_bytes = 4 * len(self.field_names)
         ids = [open(field.ids_path, "rb") for field in self.fields]
         try:
-            start = 0
-            for rows, sizes in self._blocks:
-                block = x[start:start + rows].T.copy()  # field-major: contiguous gathers
+            with open(self.x.path, "r+b") as x:
+                offset = _HEADER_BYTES
+                for rows, sizes in self._blocks:
+                    codes = np.frombuffer(os.pread(x.fileno(), rows * row_bytes, offset),
+                                          dtype=np.int32)
+                    block = codes.reshape(rows, -1).T.copy()  # field-major: contiguous gathers
 
-                def rewrite(f: int) -> None:
-                    block_ids = np.fromfile(ids[f], dtype=np.int32, count=sizes[f])
-                    # the block's code -> final index; code -1 (missing) reads the last entry
-                    table = np.append(indices[f][block_ids], indices[f][-1])
-                    block[f] = table[block[f]]
+                    def rewrite(f: int) -> None:
+                        block_ids = np.fromfile(ids[f], dtype=np.int32, count=sizes[f])
+                        # the block's code -> final index; code -1 (missing): the last entry
+                        table = np.append(indices[f][block_ids], indices[f][-1])
+                        block[f] = table[block[f]]
 
-                list(self._threads.map(rewrite, range(len(sizes))))
-                x[start:start + rows] = block.T
-                start += rows
+                    list(self._threads.map(rewrite, range(len(sizes))))
+                    data = np.ascontiguousarray(block.T).data
+                    if os.pwrite(x.fileno(), data, offset) != data.nbytes:
+                        raise OSError(f"short write to {self.x.path}")
+                    offset += rows * row_bytes
         finally:
             for f in ids:
                 f.close()
-        x.flush()
-        del x

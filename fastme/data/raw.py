@@ -377,9 +377,10 @@ def _damaged(path: Path, codec: str | None, exc: Exception) -> ValueError:
 
 def _open(path: Path):
     """(the file on disk, the text stream): Arrow's own file objects, so that reading never takes
-    the GIL; the file's ``tell()`` is the position on disk, for the progress bar."""
+    the GIL; the file's ``tell()`` is the position on disk, for the progress bar. Plain reads, not
+    a memory map, so that the file's pages never count as the process's memory."""
     codec = _compression(path)
-    raw = pa.OSFile(str(path)) if codec else pa.memory_map(str(path))
+    raw = pa.OSFile(str(path))
     return raw, (pa.CompressedInputStream(raw, codec) if codec else raw), codec
 
 
