@@ -200,7 +200,7 @@ class StepAblationCase(bench_training.ModelCase):
 
     @property
     def title(self) -> str:
-        return f"{bench_training.BENCH_MODELS[self.model]} x{self.scale} train step: CPU choices"
+        return f"ME-{bench_training.BENCH_MODELS[self.model]} x{self.scale} train step: CPU choices"
 
     def variants(self) -> list[str]:
         return [harness.BASELINE, "torch_dropout", "adam_unfused"]
