@@ -1,7 +1,9 @@
 """One training step (forward, backward, Adam) and one inference forward of ME-DCNv2, ME-NFwFM
-and ME-DNN at scales 1, 4 and 10; ME-DCNv2's step also against the paper code's way of writing
-it (one nn.Embedding per set, a Python loop over sets, nn.Linear cross layers, sigmoid +
-BCELoss, torch's default Adam)."""
+and ME-DNN at scales 1, 4 and 10, and the training step of SE-DCNv2 at scale 4 (K = 40; at scale 1
+SE and ME are the same model). Every DCNv2 step is also timed against two peers of the same
+model: the paper code's way of writing it (one nn.Embedding per set, a Python loop over sets,
+nn.Linear cross layers, sigmoid + BCELoss, torch's default Adam), and the same with
+DeepCTR-Torch's matrix CrossNet as each set's cross network."""
 
 from __future__ import annotations
 
@@ -19,9 +21,14 @@ import harness
 from bench_cross_network import PaperStyleCross
 from harness import DEVICE, FIELD_DIMS, MODEL_BATCH, NUM_FIELDS
 
-BENCH_MODELS = {"dcnv2": "ME-DCNv2", "nfwfm": "ME-NFwFM", "dnn": "ME-DNN"}
-PAPER_STYLE = {"paper_style": "the paper code's ME-DCNv2: one nn.Embedding per set, Python loop "
-                              "over sets, nn.Linear cross layers, sigmoid + BCELoss, default Adam"}
+BENCH_MODELS = {"dcnv2": "DCNv2", "nfwfm": "NFwFM", "dnn": "DNN"}
+SE_SCALES = {"dcnv2": (4,)}  # SE training steps besides the ME ones (SE x1 is ME x1)
+DCN_PEERS = {
+    "paper_style": "the paper code's DCNv2: one nn.Embedding per set, Python loop over sets, "
+                   "nn.Linear cross layers, sigmoid + BCELoss, default Adam",
+    "deepctr": "the paper code's DCNv2 with DeepCTR-Torch's CrossNet(parameterization='matrix') "
+               "as each set's cross network",
+}
 LR, WEIGHT_DECAY = 1e-3, 1e-6  # the paper's Adam
 
 
@@ -41,10 +48,19 @@ def _block(in_dim, out_dim, dropout):
                          nn.Dropout(dropout))
 
 
-class PaperStyleMEDCNv2(nn.Module):
-    """ME-DCNv2 as the paper's code writes it (see the module docstring); logits out."""
+def _deepctr_cross(dim: int, layers: int) -> nn.Module:
+    interaction = harness.require("deepctr_torch.layers.interaction", "deepctr_torch")
+    return interaction.CrossNet(dim, layer_num=layers, parameterization="matrix",
+                                device=str(DEVICE))
 
-    def __init__(self, field_dims, num_sets, embed_dim=10, layers=4, hidden=400, dropout=0.2):
+
+class PaperStyleDCNv2(nn.Module):
+    """DCNv2 as the paper's code writes it (see the module docstring), SE (num_sets=1) or ME;
+    logits out. ``cross="deepctr"`` uses DeepCTR-Torch's matrix CrossNet for each set's cross
+    network instead of the nn.Linear layers."""
+
+    def __init__(self, field_dims, num_sets, embed_dim=10, layers=4, hidden=400, dropout=0.2,
+                 cross="paper_style"):
         super().__init__()
         dims = torch.tensor(field_dims)
         self.register_buffer("offsets", torch.cumsum(dims, 0) - dims)
@@ -52,7 +68,9 @@ class PaperStyleMEDCNv2(nn.Module):
         self.embeddings = nn.ModuleList(nn.Embedding(rows, embed_dim) for _ in range(num_sets))
         for e in self.embeddings:
             nn.init.xavier_uniform_(e.weight)
-        self.cross = nn.ModuleList(PaperStyleCross(d, layers) for _ in range(num_sets))
+        self.cross_kind = cross
+        make_cross = _deepctr_cross if cross == "deepctr" else PaperStyleCross
+        self.cross = nn.ModuleList(make_cross(d, layers) for _ in range(num_sets))
         self.projections = nn.ModuleList(_block(d, hidden, dropout) for _ in range(num_sets))
         self.mlp = nn.Sequential(_block(hidden, hidden, dropout), nn.Linear(hidden, 1))
 
@@ -66,15 +84,19 @@ class PaperStyleMEDCNv2(nn.Module):
 
     @torch.no_grad()
     def copy_from(self, model) -> None:
-        """Take a fastme ME-DCNv2's weights (so both compute the same function)."""
+        """Take a fastme DCNv2's weights (so both compute the same function)."""
         hidden = self.mlp[1].in_features
         block = model.projection.block
         for m, (emb, cross, proj) in enumerate(zip(self.embeddings, self.cross,
                                                    self.projections)):
             emb.weight.copy_(model.embedding.weight[:, m])
-            for layer, lin in enumerate(cross.layers):
-                lin.weight.copy_(model.cross_weight[layer, m])
-                lin.bias.copy_(model.cross_bias[layer, m])
+            if self.cross_kind == "deepctr":  # kernels [L, D, D], bias [L, D, 1]
+                cross.kernels.copy_(model.cross_weight[:, m])
+                cross.bias.copy_(model.cross_bias[:, m].unsqueeze(-1))
+            else:
+                for layer, lin in enumerate(cross.layers):
+                    lin.weight.copy_(model.cross_weight[layer, m])
+                    lin.bias.copy_(model.cross_bias[layer, m])
             proj[0].weight.copy_(block.linear.weight[m])
             proj[0].bias.copy_(block.linear.bias[m])
             part = slice(m * hidden, (m + 1) * hidden)
@@ -86,13 +108,19 @@ class PaperStyleMEDCNv2(nn.Module):
     def grads_as_fastme(self, grads: dict) -> dict:
         """Gradients of the shared parameters under fastme's names and layouts."""
         sets = range(len(self.embeddings))
-        layers = range(len(self.cross[0].layers))
+        if self.cross_kind == "deepctr":
+            weight = torch.stack([grads[f"cross.{m}.kernels"] for m in sets], 1)
+            bias = torch.stack([grads[f"cross.{m}.bias"].squeeze(-1) for m in sets], 1)
+        else:
+            layers = range(len(self.cross[0].layers))
+            weight = torch.stack([torch.stack(
+                [grads[f"cross.{m}.layers.{l}.weight"] for m in sets]) for l in layers])
+            bias = torch.stack([torch.stack(
+                [grads[f"cross.{m}.layers.{l}.bias"] for m in sets]) for l in layers])
         return {
             "grad_embedding.weight": torch.stack([grads[f"embeddings.{m}.weight"] for m in sets], 1),
-            "grad_cross_weight": torch.stack([torch.stack(
-                [grads[f"cross.{m}.layers.{l}.weight"] for m in sets]) for l in layers]),
-            "grad_cross_bias": torch.stack([torch.stack(
-                [grads[f"cross.{m}.layers.{l}.bias"] for m in sets]) for l in layers]),
+            "grad_cross_weight": weight,
+            "grad_cross_bias": bias,
         }
 
 
@@ -112,29 +140,35 @@ def _without_dropout(model, fn):
 
 @dataclass(frozen=True)
 class ModelCase(harness.Case):
+    """A model at one scale: ME (``multi``, M = scale sets of the base size, ids
+    ``{model}-x{scale}-...``) or SE (one set of size base * scale, ids ``{model}-se-x{scale}-...``)."""
     model: str
     scale: int
     train: bool
+    multi: bool = True
     kind = "model"
 
     @property
     def peers(self) -> dict:
-        return PAPER_STYLE if self.model == "dcnv2" and self.train else {}
+        return DCN_PEERS if self.model == "dcnv2" and self.train else {}
 
     @property
     def id(self) -> str:
-        return f"{self.model}-x{self.scale}-{'train' if self.train else 'infer'}"
+        se = "" if self.multi else "se-"
+        return f"{self.model}-{se}x{self.scale}-{'train' if self.train else 'infer'}"
 
     @property
     def title(self) -> str:
-        return f"{BENCH_MODELS[self.model]} x{self.scale} {'train step' if self.train else 'inference'}"
+        kind = "ME" if self.multi else "SE"
+        return f"{kind}-{BENCH_MODELS[self.model]} x{self.scale} " \
+               f"{'train step' if self.train else 'inference'}"
 
     def variants(self) -> list[str]:
         return [*harness.own_variants(), *self.peers]
 
     def prepare(self) -> harness.CaseData:
         torch.manual_seed(0)
-        model = fastme.models.build(self.model, FIELD_DIMS, self.scale, multi=True,
+        model = fastme.models.build(self.model, FIELD_DIMS, self.scale, multi=self.multi,
                                     backend="reference").to(DEVICE)
 
         def batch(seed):
@@ -149,8 +183,8 @@ class ModelCase(harness.Case):
                                 cost=costs.model_step(model, MODEL_BATCH, train=self.train))
 
     def runner(self, variant: str, data: harness.CaseData) -> harness.Runner:
-        if variant == "paper_style":
-            return self._paper_style(data)
+        if variant in DCN_PEERS:
+            return self._paper_style(data, cross=variant)
         model = copy.deepcopy(data.extra["model"])  # every variant starts from the same weights
         model.backend = "reference" if variant in ("eager", "compile") else variant
         optimizer = fastme_optimizer(model) if self.train else None
@@ -174,11 +208,11 @@ class ModelCase(harness.Case):
                                 optimizer, data,
                                 lambda grads: {f"grad_{n}": g for n, g in grads.items()})
 
-    def _paper_style(self, data: harness.CaseData) -> harness.Runner:
+    def _paper_style(self, data: harness.CaseData, cross: str) -> harness.Runner:
         source = data.extra["model"]
-        model = PaperStyleMEDCNv2(source.field_dims, source.num_sets, source.embed_dim,
-                                  source.cross_weight.shape[0], source.hidden_dim,
-                                  source.dropout).to(DEVICE)
+        model = PaperStyleDCNv2(source.field_dims, source.num_sets, source.embed_dim,
+                                source.cross_weight.shape[0], source.hidden_dim, source.dropout,
+                                cross=cross).to(DEVICE)
         model.copy_from(source)
         optimizer = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
 
@@ -215,6 +249,8 @@ def _training_runner(model, forward, loss_fn, optimizer, data: harness.CaseData,
 
 CASES = [ModelCase(model, scale, train)
          for model in BENCH_MODELS for train in (True, False) for scale in harness.MODEL_SCALES]
+CASES += [ModelCase(model, scale, True, multi=False)
+          for model, scales in SE_SCALES.items() for scale in scales]
 
 
 @pytest.mark.parametrize("case", harness.params(CASES))

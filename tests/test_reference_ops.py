@@ -79,18 +79,39 @@ def test_fwfm_with_ones_off_diagonal_upper_is_fm():
     torch.testing.assert_close(reference.fwfm_pooling(emb, r), reference.fm_pooling(emb))
 
 
-@pytest.mark.parametrize("batch,num_sets,dim,layers", [(1, 1, 1, 1), (3, 2, 6, 4), (5, 3, 11, 2)])
+@pytest.mark.parametrize("batch,num_sets,dim,layers",
+                         [(1, 1, 1, 1), (3, 2, 6, 4), (5, 3, 11, 2), (4, 1, 9, 3), (2, 1, 7, 0)])
 def test_cross_network_matches_per_example_loop(batch, num_sets, dim, layers):
-    x0 = torch.randn(batch, num_sets, dim)
-    weight = torch.randn(layers, num_sets, dim, dim) / dim
-    bias = torch.randn(layers, num_sets, dim)
-    expected = torch.empty_like(x0)
-    for b, s in itertools.product(range(batch), range(num_sets)):
-        x = x0[b, s]
-        for layer in range(layers):
-            x = x0[b, s] * (weight[layer, s] @ x + bias[layer, s]) + x
-        expected[b, s] = x
-    torch.testing.assert_close(reference.cross_network(x0, weight, bias), expected)
+    """Output and gradients (float64) against the formula written per example and set; one set
+    (SE) takes its own 2-D matmul path, several sets the batched one."""
+    g = torch.Generator().manual_seed(batch + num_sets + dim + layers)
+    x0 = torch.randn(batch, num_sets, dim, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = (torch.randn(layers, num_sets, dim, dim, generator=g, dtype=torch.float64) / dim
+              ).requires_grad_()
+    bias = torch.randn(layers, num_sets, dim, generator=g, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(batch, num_sets, dim, generator=g, dtype=torch.float64)
+
+    def per_example_loop(x0, weight, bias):
+        rows = []
+        for b in range(batch):
+            sets = []
+            for s in range(num_sets):
+                x = x0[b, s]
+                for layer in range(layers):
+                    x = x0[b, s] * (weight[layer, s] @ x + bias[layer, s]) + x
+                sets.append(x)
+            rows.append(torch.stack(sets))
+        return torch.stack(rows)
+
+    def with_grads(fn):
+        out = fn(x0, weight, bias)
+        return out, *torch.autograd.grad(out, [x0, weight, bias], grad_out, allow_unused=True,
+                                         materialize_grads=True)
+
+    got, expected = with_grads(reference.cross_network), with_grads(per_example_loop)
+    assert got[0].shape == (batch, num_sets, dim)
+    for g_, e in zip(got, expected):
+        torch.testing.assert_close(g_, e, rtol=1e-12, atol=1e-12)
 
 
 def test_lookup_cross_network_is_composition():

@@ -50,6 +50,17 @@ def cross_network(x0: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) ->
     x_{l+1} = x_0 ⊙ (W_l^(m) x_l + b_l^(m)) + x_l for l = 0..L-1; returns x_L [B, M, D].
     Block rows i*K:(i+1)*K, columns j*K:(j+1)*K of W_l^(m) is the paper's W_{j->i}.
     """
+    layers, sets, d = weight.shape[0], weight.shape[1], weight.shape[-1]
+    if sets == 1:
+        # One set (SE): 2-D matmuls, as nn.Linear. Their backward writes each weight gradient in
+        # the weight's own layout; bmm's is a transposed view, and stacking L of those into the
+        # [L, 1, D, D] gradient is then a strided copy of every weight (~15% of fwd+bwd at D=1560).
+        b0 = x0.shape[0]
+        x0 = x0.reshape(b0, d)
+        x = x0
+        for w, b in zip(weight.reshape(layers, d, d).unbind(0), bias.reshape(layers, d).unbind(0)):
+            x = x0 * torch.nn.functional.linear(x, w, b) + x
+        return x.reshape(b0, 1, d)
     x = x0
     # unbind, not weight[layer]: the backward of one unbind stacks the L gradients once, where
     # L index ops would each zero-fill and copy a whole [L, M, D, D] gradient.
