@@ -77,9 +77,9 @@ class _FieldValues:
     """One field's distinct values over all blocks, their counts, and for every block the global
     id of each of its distinct values (appended to a scratch file, block after block).
 
-    Blocks are pooled and merged into the global table once the pool is as large as the table:
-    the table's values come first in the merge, so their ids never change, and the total merging
-    work stays proportional to the number of distinct (block, value) pairs.
+    Blocks are pooled and merged into the global table once the pool holds half as many values
+    as the table: the table's values come first in the merge, so their ids never change, and the
+    total merging work stays proportional to the number of distinct (block, value) pairs.
     """
 
     def __init__(self, name: str, ids_path: Path):
@@ -95,7 +95,7 @@ class _FieldValues:
     def add(self, dictionary: pa.Array, counts: np.ndarray) -> None:
         self._pool.append((dictionary, counts))
         self._pool_rows += len(dictionary)
-        if self._pool_rows >= max(MERGE_POOL, len(self.counts)):
+        if self._pool_rows >= max(MERGE_POOL, len(self.counts) // 2):
             self._merge()
 
     def _merge(self) -> None:
@@ -109,9 +109,16 @@ class _FieldValues:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise ValueError(f"field {self.name} holds values of type {kind} and of another "
                              f"type that does not convert to it ({exc})") from exc
-        merged = pc.dictionary_encode(pa.concat_arrays(parts))
-        ids = merged.indices.to_numpy()[known:].astype(np.int32)
-        self.values = merged.dictionary
+        # A chunked array is encoded against one dictionary, without first copying the parts
+        # into one array.
+        merged = pc.dictionary_encode(pa.chunked_array(parts, kind))
+        if merged.num_chunks:  # (no chunks when every part was empty)
+            self.values = merged.chunk(merged.num_chunks - 1).dictionary
+        elif self.values is None:
+            self.values = pa.array([], kind)
+        ids = np.concatenate([np.zeros(0, np.int32)] + [c.indices.to_numpy() for c in merged.chunks]
+                             )[known:].astype(np.int32, copy=False)
+        del merged
         weights = np.concatenate([c for _, c in self._pool]).astype(np.float64)
         self.counts = np.concatenate(
             [self.counts, np.zeros(len(self.values) - known, dtype=np.int64)])
@@ -224,8 +231,8 @@ class Encoder:
         self.x.close()
         self.y.close()
         vocab, indices, stats = [], [], []
-        for field, (kept, index, field_stats) in zip(
-                self.fields, self._threads.map(lambda field: field.finish(min_count), self.fields)):
+        for field in self.fields:  # one at a time: a field's last merge is the build's peak
+            kept, index, field_stats = field.finish(min_count)
             vocab.append(kept)
             indices.append(np.append(index, np.int32(len(kept) + 1)))  # code -1: missing
             stats.append(field_stats)
