@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,8 +31,13 @@ import pyarrow.compute as pc
 _HEADER_BYTES = 128  # a fixed-size .npy header, rewritten with the real shape at the end
 _SCRATCH = "scratch"
 # A field's pooled blocks are merged into its table once they hold this many distinct values (or
-# as many as the table): large enough to keep merges rare, small next to the value tables.
-MERGE_POOL = 1 << 21
+# half as many as the table): large enough to keep merges rare, small next to the value tables
+# summed over all the fields.
+MERGE_POOL = 1 << 18
+# A merge of this many values or more waits for any other such merge: their transient hash tables
+# and copies are the build's peak of memory, and one at a time keeps it to the largest field's.
+_LARGE_MERGE = 1 << 20
+_large_merges = threading.Lock()
 
 
 def _npy_header(dtype: np.dtype, shape: tuple) -> bytes:
@@ -101,6 +107,13 @@ class _FieldValues:
     def _merge(self) -> None:
         if not self._pool:
             return
+        if len(self.counts) + self._pool_rows >= _LARGE_MERGE:
+            with _large_merges:
+                self._merge_pool()
+        else:
+            self._merge_pool()
+
+    def _merge_pool(self) -> None:
         known = 0 if self.values is None else len(self.values)
         parts = ([] if self.values is None else [self.values]) + [d for d, _ in self._pool]
         kind = parts[0].type
