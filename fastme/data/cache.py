@@ -12,7 +12,6 @@ it is opened (:func:`fastme.data.dataset.load_cache`).
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -72,33 +71,46 @@ def reusable(directory: Path, fingerprint: str) -> bool:
     return meta is not None and (meta.get("source") or {}).get("fingerprint") == fingerprint
 
 
-def reserve(path: Path) -> None:
-    """Give the (sparse, memory-mapped) file its disk blocks now: running out of space while
-    writing through a memory map kills the process (SIGBUS) instead of raising an error."""
-    if not hasattr(os, "posix_fallocate"):
-        return
-    with open(path, "r+b") as f:
-        try:
-            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate on this fs
-                raise
+NPY_HEADER_BYTES = 128  # a fixed-size .npy header, rewritten with the real shape at the end
 
 
-def open_arrays(tmp: Path, num_rows: int, num_fields: int):
-    """Writable memory-mapped int32 ``x.npy`` [num_rows, num_fields] and float32 ``y.npy`` in
-    ``tmp``, their disk space checked and reserved first."""
-    x_bytes, y_bytes = num_rows * num_fields * 4, num_rows * 4
-    free = shutil.disk_usage(tmp).free
-    if free < x_bytes + y_bytes:
-        raise OSError(f"the cache needs {(x_bytes + y_bytes) / 1e9:.2f} GB but only "
-                      f"{free / 1e9:.2f} GB are free")
-    x = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.int32,
-                                  shape=(num_rows, num_fields))
-    y = np.lib.format.open_memmap(tmp / "y.npy", mode="w+", dtype=np.float32, shape=(num_rows,))
-    reserve(tmp / "x.npy")
-    reserve(tmp / "y.npy")
-    return x, y
+def _npy_header(dtype: np.dtype, shape: tuple) -> bytes:
+    """A version 1.0 ``.npy`` header of exactly ``NPY_HEADER_BYTES`` bytes (numpy pads its own
+    headers with spaces the same way; a fixed size lets the shape be written last)."""
+    text = repr({"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                 "fortran_order": False, "shape": tuple(shape)})
+    room = NPY_HEADER_BYTES - 10
+    return (b"\x93NUMPY\x01\x00" + room.to_bytes(2, "little")
+            + text.encode("latin1").ljust(room - 1) + b"\n")
+
+
+def check_space(directory: Path, needed: int) -> None:
+    """Refuse a build that cannot fit before reading the source (a full disk part-way is also
+    an OSError, but after minutes of work)."""
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise OSError(f"the cache needs about {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB "
+                      f"are free")
+
+
+class NpyWriter:
+    """A cache's ``.npy`` file written block of rows by block of rows, its shape written last;
+    plain writes, so a full disk is an ``OSError`` (never the SIGBUS of a memory-mapped write)."""
+
+    def __init__(self, path: Path, dtype, row_shape: tuple):
+        self.path, self.dtype, self.row_shape = path, np.dtype(dtype), tuple(row_shape)
+        self.rows = 0
+        self.file = open(path, "wb")
+        self.file.write(_npy_header(self.dtype, (0, *self.row_shape)))
+
+    def append(self, block: np.ndarray) -> None:
+        self.file.write(np.ascontiguousarray(block, dtype=self.dtype).data)
+        self.rows += len(block)
+
+    def close(self) -> None:
+        self.file.seek(0)
+        self.file.write(_npy_header(self.dtype, (self.rows, *self.row_shape)))
+        self.file.close()
 
 
 def build_or_reuse(directory: Path, fingerprint: str, build, *, name: str, files,

@@ -28,7 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-_HEADER_BYTES = 128  # a fixed-size .npy header, rewritten with the real shape at the end
+from fastme.data.cache import NPY_HEADER_BYTES, NpyWriter, check_space
+
 _SCRATCH = "scratch"
 # A field's pooled blocks are merged into its table once they hold this many distinct values (or
 # half as many as the table): large enough to keep merges rare, small next to the value tables
@@ -38,45 +39,6 @@ MERGE_POOL = 1 << 18
 # and copies are the build's peak of memory, and one at a time keeps it to the largest field's.
 _LARGE_MERGE = 1 << 20
 _large_merges = threading.Lock()
-
-
-def _npy_header(dtype: np.dtype, shape: tuple) -> bytes:
-    """A version 1.0 ``.npy`` header of exactly ``_HEADER_BYTES`` bytes (numpy pads its own
-    headers with spaces the same way; a fixed size lets the shape be written last)."""
-    text = repr({"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-                 "fortran_order": False, "shape": tuple(shape)})
-    room = _HEADER_BYTES - 10
-    return (b"\x93NUMPY\x01\x00" + room.to_bytes(2, "little")
-            + text.encode("latin1").ljust(room - 1) + b"\n")
-
-
-def _check_space(directory: Path, needed: int) -> None:
-    """Refuse a build that cannot fit before reading the source (a full disk part-way is also
-    an OSError, but after minutes of work)."""
-    free = shutil.disk_usage(directory).free
-    if free < needed:
-        raise OSError(f"the cache needs about {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB "
-                      f"are free")
-
-
-class _Appender:
-    """A ``.npy`` file written row block by row block; plain writes, so a full disk is an
-    ``OSError`` (never the SIGBUS of a memory-mapped write)."""
-
-    def __init__(self, path: Path, dtype, row_shape: tuple):
-        self.path, self.dtype, self.row_shape = path, np.dtype(dtype), tuple(row_shape)
-        self.rows = 0
-        self.file = open(path, "wb")
-        self.file.write(_npy_header(self.dtype, (0, *self.row_shape)))
-
-    def append(self, block: np.ndarray) -> None:
-        self.file.write(np.ascontiguousarray(block, dtype=self.dtype).data)
-        self.rows += len(block)
-
-    def close(self) -> None:
-        self.file.seek(0)
-        self.file.write(_npy_header(self.dtype, (self.rows, *self.row_shape)))
-        self.file.close()
 
 
 class _FieldValues:
@@ -193,12 +155,12 @@ class Encoder:
     def __init__(self, tmp: Path, field_names: list[str], estimated_rows: int | None = None):
         self.tmp, self.field_names = Path(tmp), list(field_names)
         if estimated_rows:
-            _check_space(self.tmp, estimated_rows * (4 * len(self.field_names) + 4))
+            check_space(self.tmp, estimated_rows * (4 * len(self.field_names) + 4))
         self._scratch = self.tmp / _SCRATCH
         shutil.rmtree(self._scratch, ignore_errors=True)  # of an attempt that started over
         self._scratch.mkdir()
-        self.x = _Appender(self.tmp / "x.npy", np.int32, (len(self.field_names),))
-        self.y = _Appender(self.tmp / "y.npy", np.float32, ())
+        self.x = NpyWriter(self.tmp / "x.npy", np.int32, (len(self.field_names),))
+        self.y = NpyWriter(self.tmp / "y.npy", np.float32, ())
         self.fields = [_FieldValues(name, self._scratch / f"{i}.ids")
                        for i, name in enumerate(self.field_names)]
         self.positives = 0
@@ -263,7 +225,7 @@ class Encoder:
         ids = [open(field.ids_path, "rb") for field in self.fields]
         try:
             with open(self.x.path, "r+b") as x:
-                offset = _HEADER_BYTES
+                offset = NPY_HEADER_BYTES
                 for rows, sizes in self._blocks:
                     codes = np.frombuffer(os.pread(x.fileno(), rows * row_bytes, offset),
                                           dtype=np.int32)

@@ -44,7 +44,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fastme.data.cache import build_or_reuse, cache_path, files_fingerprint, open_arrays
+from fastme.data.cache import (NpyWriter, build_or_reuse, cache_path, check_space,
+                                files_fingerprint)
 from fastme.data.dataset import CTRData, write_meta
 from fastme.data.encode import Encoder
 from fastme.data.raw import (_REPLACING, DEFAULT_MIN_COUNT, AvazuFormat, CriteoFormat,
@@ -355,13 +356,14 @@ def load_npy(directory, cache_dir=None, *, progress: bool = True,
         names = names or [f"f{i}" for i in range(len(dims))]
 
         def convert(tmp: Path) -> None:
-            xo, yo = open_arrays(tmp, len(x), x.shape[1])
+            check_space(tmp, len(x) * (4 * x.shape[1] + 4))
+            xo = NpyWriter(tmp / "x.npy", np.int32, (x.shape[1],))
+            yo = NpyWriter(tmp / "y.npy", np.float32, ())
             for start in range(0, len(x), chunk_rows):
-                xo[start:start + chunk_rows] = x[start:start + chunk_rows]
-                yo[start:start + chunk_rows] = y[start:start + chunk_rows]
-            xo.flush()
-            yo.flush()
-            del xo, yo
+                xo.append(x[start:start + chunk_rows])
+                yo.append(y[start:start + chunk_rows])
+            xo.close()
+            yo.close()
             write_meta(tmp, names, dims, len(x),
                        {**info, "source": {**info["source"], "fingerprint": fingerprint}})
             _say(progress, f"npy: converted {directory} to int32/float32 in {target}")
