@@ -6,9 +6,10 @@
 
 Each round builds the cache once per source tree, in a fresh process (its peak resident memory
 is its own: ``ru_maxrss``, and the peak of its anonymous memory, which leaves out pages of files
-it reads or maps, sampled every 50 ms), alternating the trees (A B, B A, ...); every build is checked to give the same
-``x.npy``, ``y.npy`` and ``vocab.json`` as the first. Reported per tree: median wall seconds and
-rows/s, CPU seconds, peak RSS, and per round the ratio to the first tree. bench/README.md says how
+it reads or maps, sampled every 50 ms), alternating the trees (A B, B A, ...); every build is
+checked to give the same ``x.npy``, ``y.npy`` and ``vocab.json`` as the first. Reported per
+tree: median wall seconds and rows/s, CPU seconds, peak memory, and per round the ratio to the
+first tree. bench/README.md says how
 each published number was made.
 
 The generated file has the Kaggle ``train.txt`` layout (label, 13 integer columns, 26 hashed
@@ -195,7 +196,8 @@ def main(argv=None) -> None:
                 f"{max(x['peak_anon'] for x in results[i]) / 1e9:.2f} GB)")
         if i:
             per_round = [b["wall"] / a["wall"] for a, b in zip(results[0], results[i])]
-            line += f"; its time / the first's per round: {', '.join(f'{q:.2f}' for q in per_round)}"
+            ratios = ", ".join(f"{q:.2f}" for q in per_round)
+            line += f"; its time / the first's per round: {ratios}"
         print(line)
 
 

@@ -174,6 +174,13 @@ class Encoder:
     def num_rows(self) -> int:
         return self.x.rows
 
+    def __enter__(self) -> "Encoder":
+        return self
+
+    def __exit__(self, kind, exc, traceback) -> None:
+        if exc is not None:  # an abandoned build: close its files (finish closes them otherwise)
+            self.close()
+
     def add(self, labels: np.ndarray, fields: list[pa.Array]) -> None:
         n = len(labels)
         if n == 0:
@@ -195,7 +202,7 @@ class Encoder:
         self._blocks.append((n, sizes))
 
     def close(self) -> None:
-        """Close the files of a build that is abandoned (``finish`` closes them otherwise)."""
+        """Close the files of a build that is abandoned."""
         for f in [self.x.file, self.y.file] + [field._ids for field in self.fields]:
             f.close()
         self._threads.shutdown()
@@ -205,19 +212,19 @@ class Encoder:
         field_dims, per-field statistics for meta.json)."""
         self.x.close()
         self.y.close()
-        vocab, indices, stats = [], [], []
+        vocab, index_tables, stats = [], [], []
         for field in self.fields:  # one at a time: a field's last merge is the build's peak
             kept, index, field_stats = field.finish(min_count)
             vocab.append(kept)
-            indices.append(np.append(index, np.int32(len(kept) + 1)))  # code -1: missing
+            index_tables.append(np.append(index, np.int32(len(kept) + 1)))  # code -1: missing
             stats.append(field_stats)
             field.values = field.counts = None  # the largest things held: free them early
-        self._rewrite(indices)
+        self._rewrite(index_tables)
         self._threads.shutdown()
         shutil.rmtree(self._scratch)
         return vocab, [len(kept) + 2 for kept in vocab], stats
 
-    def _rewrite(self, indices: list[np.ndarray]) -> None:
+    def _rewrite(self, index_tables: list[np.ndarray]) -> None:
         """Each block's codes -> global ids (the scratch files) -> final indices, in place. Plain
         reads and writes, block by block, not a memory map: the cache's pages never count as the
         process's memory."""
@@ -234,7 +241,7 @@ class Encoder:
                     def rewrite(f: int) -> None:
                         block_ids = np.fromfile(ids[f], dtype=np.int32, count=sizes[f])
                         # the block's code -> final index; code -1 (missing): the last entry
-                        table = np.append(indices[f][block_ids], indices[f][-1])
+                        table = np.append(index_tables[f][block_ids], index_tables[f][-1])
                         block[f] = table[block[f]]
 
                     list(self._threads.map(rewrite, range(len(sizes))))

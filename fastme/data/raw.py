@@ -1,11 +1,10 @@
 """Preprocessing of the raw Criteo and Avazu Kaggle files into a memory-mapped cache.
 
-One streaming pass over the file with pyarrow's CSV reader (bounded memory: one block of rows at
-a time, plus the value counts), which validates the rows, parses the categorical columns straight
-into per-block dictionaries and hands each block to :class:`fastme.data.encode.Encoder`; that
-writes int32 ``x`` and float32 ``y`` into ``.npy`` files and then maps the codes to the final
-indices over the binary file. The index layout (kept values by count, OOV, missing) is described
-there; docs/data.md explains every choice.
+One streaming pass over the file with pyarrow's CSV reader (bounded memory: a few blocks of rows
+at a time, plus the value counts), which validates the rows and hands each block to
+:class:`fastme.data.encode.Encoder`; that writes int32 ``x`` and float32 ``y`` into ``.npy``
+files and then maps the codes to the final indices over the binary file. The index layout (kept
+values by count, OOV, missing) is described there; docs/data.md explains every choice.
 """
 
 from __future__ import annotations
@@ -116,8 +115,9 @@ class _Format:
 
     ``rows(batch, bad)`` drops malformed rows (counting them in ``bad``) and returns (labels,
     [one pyarrow array per field, null = missing]). Integer-derived fields are int64 arrays,
-    categorical ones strings; the vocabulary keeps each field's type. ``parse`` also returns the boolean mask of the rows kept
-    (prediction keeps every input row's place). Batches hold text cells, empty ones as nulls.
+    categorical ones strings; the vocabulary keeps each field's type. ``parse`` also returns the
+    boolean mask of the rows kept (prediction keeps every input row's place). Batches hold text
+    cells, empty ones as nulls.
     """
 
     kind: str
@@ -220,9 +220,9 @@ def integer_field(col: pa.Array):
 
 
 def criteo_integer_tokens(col: pa.Array) -> pa.Array:
-    """The Criteo winners' discretisation of an integer column (strings, already validated;
-    empty or null = missing): v > 2 -> floor(ln(v)^2) (>= 1), v <= 2 -> v - 2 (<= 0, so 2, 1, 0, -1 stay
-    distinct values and never collide with the log branch), empty -> null (missing)."""
+    """The Criteo winners' discretisation of an integer column (strings, already validated):
+    v > 2 -> floor(ln(v)^2) (>= 1), v <= 2 -> v - 2 (<= 0, so 2, 1, 0, -1 stay distinct values
+    and never collide with the log branch), empty or null -> null (missing)."""
     parsed = pc.cast(empty_to_null(col), pa.int64())
     v = pc.fill_null(parsed, 0).to_numpy()
     with np.errstate(invalid="ignore"):
@@ -408,11 +408,7 @@ def _drop_undecodable(batch: pa.RecordBatch, bad: _Malformed) -> pa.RecordBatch:
     """Skip (and count) the rows where the replacing decoder had to stand in for a bad byte."""
     hit = None
     for col in batch.columns:
-        if pa.types.is_dictionary(col.type):
-            found = pc.take(pc.match_substring(col.dictionary, _REPLACEMENT), col.indices)
-        else:
-            found = pc.match_substring(col, _REPLACEMENT)
-        found = pc.fill_null(found, False)
+        found = pc.fill_null(pc.match_substring(col, _REPLACEMENT), False)  # null: an empty cell
         hit = found if hit is None else pc.or_(hit, found)
     n = _count_true(hit) if hit is not None else 0
     if not n:
@@ -554,7 +550,8 @@ def _read_blocks(fmt: _Format, path: Path, block_size: int, bad: _Malformed, des
                     yield _drop_undecodable(batch, bad) if encoding != "utf8" else batch
     finally:
         stop.set()
-        worker.join() if worker.is_alive() or worker.ident else None
+        if worker.ident is not None:  # started
+            worker.join()
         sys.unraisablehook = previous_hook
 
 
@@ -653,12 +650,8 @@ def _encode(fmt: _Format, path: Path, tmp: Path, progress: bool, block_size: int
             encoding: str) -> tuple[_Malformed, Encoder]:
     """Read the file once, validating its rows, into an :class:`Encoder` writing to ``tmp``."""
     bad = _Malformed()
-    encoder = Encoder(tmp, fmt.field_names, estimated_rows=rows_estimate(path))
-    try:
+    with Encoder(tmp, fmt.field_names, estimated_rows=rows_estimate(path)) as encoder:
         for batch in _read_blocks(fmt, path, block_size, bad, f"{fmt.kind}: reading", progress,
                                   encoding):
             encoder.add(*fmt.rows(batch, bad))
-    except BaseException:
-        encoder.close()
-        raise
     return bad, encoder

@@ -277,17 +277,13 @@ def _build(source, tmp: Path, directory: Path, options: dict, progress: bool,
     per-field values)) through the raw files' :class:`Encoder` into the empty directory ``tmp``
     (published as ``directory``)."""
     started = time.perf_counter()
-    encoder = Encoder(tmp, source.field_names, estimated_rows=source.estimated_rows())
     file_rows = []
-    try:
+    with Encoder(tmp, source.field_names, estimated_rows=source.estimated_rows()) as encoder:
         for file in source.files:
             before = encoder.num_rows
             for labels, values in source.batches(file):
                 encoder.add(labels, values)
             file_rows.append(encoder.num_rows - before)
-    except BaseException:
-        encoder.close()
-        raise
     num_rows, positives = encoder.num_rows, encoder.positives
     if num_rows == 0:
         raise ValueError(f"{source.files[0]}: the {source.kind} files hold no valid rows")
