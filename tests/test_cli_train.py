@@ -150,15 +150,61 @@ def test_default_out_names_differ_with_the_data_and_settings():
     others = {out_of("--data", "criteo:/data/b.txt"),
               out_of("--data", "criteo:/data/a.txt", "--min-count", "4"),
               out_of("--data", "criteo:/data/a.txt", "--lr", "0.01"),
-              out_of("--data", "criteo:/data/a.txt", "--epochs", "5")}
+              out_of("--data", "criteo:/data/a.txt", "--batch-size", "512")}
     assert len(others) == 4 and base not in others
+    # what a resume may change is not part of the run's identity, so --resume finds the run
+    assert base == out_of("--data", "criteo:/data/a.txt", "--epochs", "5", "--patience", "9")
+
+
+def test_resume_with_more_epochs_continues_the_default_out_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *TINY]) == 0
+    first = capsys.readouterr().out
+    (out,) = (tmp_path / "runs").iterdir()
+    assert str(out.relative_to(tmp_path)) in first
+    assert main(["train", *TINY, "--epochs", "2", "--patience", "5", "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "starting a fresh run" not in printed and "resumed" in printed
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [out.name]
+    results = json.loads((out / "results.json").read_text())
+    assert results["epochs"] == 2 and len(results["history"]) == 2
+    assert results["config"]["epochs"] == 2 and results["config"]["patience"] == 5
+
+
+def test_a_finished_run_is_reported_not_trained_again(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = (out / "results.json").stat().st_mtime_ns, (out / "best.pt").stat().st_mtime_ns
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "already holds this run, finished" in printed and "nothing was trained" in printed
+    assert "test AUC" in printed and str(out / "results.json") in printed
+    assert ((out / "results.json").stat().st_mtime_ns, (out / "best.pt").stat().st_mtime_ns) \
+        == before
+    # asking for more epochs without --resume says how to get them
+    assert main(["train", *TINY, "--epochs", "3", "--out", str(out)]) == 0
+    assert "add --resume to continue it with --epochs 3" in capsys.readouterr().out
+    assert (out / "results.json").stat().st_mtime_ns == before[0]
+
+
+def test_an_interrupted_try_is_not_replaced_without_resume(tmp_path, capsys, interrupt_epoch):
+    interrupt_epoch(2)
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "3", "--out", str(out)]) == 130
+    saved = (out / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", *TINY, "--epochs", "3", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastme train: error: ") and "--resume" in err and "--overwrite" in err
+    assert (out / "last.pt").read_bytes() == saved
 
 
 def test_another_run_in_out_is_not_replaced_silently(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--out", str(out)]) == 0
     first = json.loads((out / "results.json").read_text())
-    assert main(["train", *TINY, "--out", str(out)]) == 0  # the same run again: replaced
+    assert main(["train", *TINY, "--out", str(out)]) == 0  # the same run again: reported
     assert main(["train", *TINY, "--lr", "0.01", "--out", str(out)]) == 2
     assert "holds another run (it differs in config)" in capsys.readouterr().err
     assert json.loads((out / "results.json").read_text())["config"] == first["config"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from fastme.cli import error, key_values
 from fastme.models import MODELS
 from fastme.ops import BACKENDS
-from fastme.train.config import add_config_arguments, config_options
+from fastme.train.config import TRAJECTORY_FIELDS, add_config_arguments, config_options
 
 DATA_HELP = ("synthetic (built in), criteo:PATH (raw Kaggle train.txt), avazu:PATH (raw Kaggle "
              "train CSV), parquet:PATH (Parquet file, directory, glob or comma list), npy:DIR "
@@ -108,16 +108,14 @@ def _data_options(args) -> dict:
     return options
 
 
-#: Settings that do not change what a run computes: they are left out of its identity.
-_COSMETIC = ("device", "out_dir", "resume", "progress", "verbose")
-
-
 def run_identity(args, data_options: dict, model_options: dict) -> dict:
-    """What makes two runs the same run: the model, the data (a raw file by its absolute path) and
-    every training setting that changes the result."""
+    """What makes two runs the same run: exactly what a resume may not change. The model, the
+    data (a raw file by its absolute path) and the settings of the optimisation trajectory
+    (``TRAJECTORY_FIELDS``); the epoch budget and the patience are not part of it, so that
+    ``--resume`` with a larger ``--epochs`` or ``--patience`` finds the run again."""
     kind, _, where = args.data.partition(":")
     data = f"{kind}:{Path(where).expanduser().resolve()}" if where else kind
-    config = {k: v for k, v in config_options(args).items() if k not in _COSMETIC}
+    config = {k: v for k, v in config_options(args).items() if k in TRAJECTORY_FIELDS}
     return {"model": args.model, "mode": args.mode, "scale": args.scale,
             "model_options": model_options, "data": data,
             "data_options": {k: v for k, v in data_options.items()
@@ -160,7 +158,7 @@ def _check_not_another_run(out: Path, identity: dict, args) -> None:
     if args.resume or args.overwrite:
         return
     saved = _saved_identity(out)
-    if saved is None or saved == json.loads(json.dumps(identity, default=str)):
+    if saved is None or saved == _as_json(identity):
         return
     differs = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
     raise ValueError(f"{out} holds another run (it differs in {', '.join(differs) or 'settings'}); "
@@ -168,11 +166,62 @@ def _check_not_another_run(out: Path, identity: dict, args) -> None:
                      f"replace it")
 
 
+def _finished_run(out: Path, identity: dict, args) -> dict | None:
+    """The results of this very run when ``out`` already holds it finished: running the same
+    command again reports them instead of training again (None: train).
+
+    A try that was interrupted (last.pt without results.json) is never replaced silently either:
+    ValueError says to add --resume or --overwrite."""
+    from fastme.train.trainer import LAST, RESULTS
+
+    if args.resume or args.overwrite or _saved_identity(out) != _as_json(identity):
+        return None
+    if not (out / RESULTS).is_file():
+        if (out / LAST).is_file():
+            raise ValueError(f"{out} holds an interrupted try of this run ({LAST}); add "
+                             f"--resume to continue it or --overwrite to start it again")
+        return None
+    try:
+        results = json.loads((out / RESULTS).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{out / RESULTS} cannot be read ({exc}); add --overwrite to train "
+                         f"this run again") from exc
+    results["results_path"] = str(out / RESULTS)
+    return results
+
+
+def _as_json(value):
+    return json.loads(json.dumps(value, default=str))
+
+
 def _field_ia(model, entry) -> dict:
     """The per-field information abundance, for the trainer's callbacks."""
     from fastme.analysis import field_information_abundance
 
     return {"field_ia": [float(v) for v in field_information_abundance(model)]}
+
+
+def _report_finished(results: dict, args, ranks) -> int:
+    """Say that the run is done and show its summary (rank 0 only), without training."""
+    import torch
+
+    from fastme.train.trainer import print_summary
+
+    if ranks is None or ranks.is_main:
+        done = results.get("config", {}).get("epochs")
+        more = ""
+        if done is not None and (args.epochs, args.patience) != (
+                done, results["config"].get("patience")):
+            more = (f" It was trained with --epochs {done} --patience "
+                    f"{results['config'].get('patience')}: add --resume to continue it with "
+                    f"--epochs {args.epochs} --patience {args.patience}.")
+        print(f"fastme train: {Path(results['results_path']).parent} already holds this run, "
+              f"finished: its results are shown, nothing was trained.{more} --overwrite trains "
+              f"it again.", flush=True)
+        print_summary(results)
+    if ranks is not None:
+        torch.distributed.destroy_process_group()
+    return 0
 
 
 def run(args) -> int:
@@ -211,6 +260,9 @@ def run(args) -> int:
         lock = lock_run_dir(out) if ranks is None or ranks.is_main else contextlib.nullcontext()
         with lock:  # refuses a second run into --out before any data is loaded
             _check_not_another_run(out, identity, args)
+            finished = _finished_run(out, identity, args)
+            if finished is not None:
+                return _report_finished(finished, args, ranks)
             started = time.perf_counter()
             with dp.main_rank_first(ranks):  # rank 0 builds a missing cache, the others read it
                 data = load_dataset(args.data, cache_dir=args.cache_dir, **data_options)
