@@ -68,6 +68,52 @@ def test_two_ranks_train_exactly_like_one_process_on_the_joined_batches(tmp_path
         torch.testing.assert_close(ours[key], theirs[key], msg=key)
 
 
+def test_each_rank_draws_its_own_dropout_masks():
+    from fastme.distributed.data_parallel import rank_seed
+    from fastme.train.trainer import _epoch_seed
+
+    for seed, epoch in ((0, 0), (0, 3), (7, 3)):
+        single = _epoch_seed(seed, epoch)
+        seeds = [rank_seed(single, seed, epoch, rank) for rank in range(4)]
+        assert seeds[0] == single  # rank 0 draws what one process draws
+        assert len(set(seeds)) == 4
+    assert rank_seed(1, 0, 0, 1) != rank_seed(1, 0, 1, 1)  # and anew every epoch
+
+
+def _batchnorm_model():
+    torch.manual_seed(0)
+    return build("dcnv2", DIMS, 2, multi=True, hidden_dim=16, dropout=0.0).double()
+
+
+# The weights hardly move: every step's batch means are those of the initial model in both runs.
+STILL = dict(SETTINGS, lr=1e-12)
+
+
+def _train_batchnorm_model(rank, world, out):
+    from fastme.distributed import data_parallel as dp
+    from fastme.distributed.trainer import train as train_data_parallel
+
+    ranks = dp.init("cpu")
+    train_data_parallel(_batchnorm_model(), _data(), TrainConfig(out_dir=out, **STILL),
+                        ranks=ranks)
+
+
+def test_batchnorm_running_means_are_those_of_the_whole_batches(tmp_path):
+    """Each rank's BatchNorm statistics come from its parts of the batches; they are averaged
+    before every evaluation, so the model scored and saved has the running means of the whole
+    batches (not those of rank 0's parts alone)."""
+    train(_batchnorm_model(), _data(), TrainConfig(out_dir=str(tmp_path / "one"), **STILL))
+    spawn(_train_batchnorm_model, 2, str(tmp_path / "two"))
+    one = load_checkpoint(tmp_path / "one" / "last.pt")["model"]
+    two = load_checkpoint(tmp_path / "two" / "last.pt")["model"]
+    # The BatchNorms after the first normalise inputs that per-part normalisation already changed
+    # (no SyncBatchNorm on CPU): the first, the per-set projection's, is compared.
+    means = [k for k in one if k.endswith("running_mean") and k.startswith("projection.")]
+    assert means
+    for key in means:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-7, atol=1e-9, msg=key)
+
+
 # ---- the command line, through torchrun ------------------------------------------------------
 
 CLI = ["--data", "synthetic", "--synthetic-samples", "3000",
@@ -93,6 +139,7 @@ def test_torchrun_train_writes_one_results_file_matching_a_single_process_run(tm
     assert main(["train", *CLI, "--epochs", "2", "--out", str(tmp_path / "one")]) == 0
     printed = torchrun(2, "--epochs", "2", "--out", str(tmp_path / "two"))
     assert printed.count("test AUC") == 1  # one summary, from rank 0
+    assert "2 processes (data parallel)" in printed
     one = json.loads((tmp_path / "one" / "results.json").read_text())
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert two["world_size"] == 2 and two["epochs"] == one["epochs"] == 2

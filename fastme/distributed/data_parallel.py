@@ -8,8 +8,9 @@ trains on part r only. Each rank weights its mean loss by its share of the batch
 (:func:`loss_weight`), so DDP's average of the ranks' gradients is exactly the gradient of the
 global batch's mean loss, the last (short) batch included. What differs from one process:
 BatchNorm in train mode normalises each rank's part with that part's statistics unless it is a
-SyncBatchNorm, which torch provides for CUDA only (:func:`wrap` converts on GPU), and dropout draws
-differ by rank.
+SyncBatchNorm, which torch provides for CUDA only (:func:`wrap` converts on GPU), and each rank
+draws its own dropout masks (:func:`rank_seed`). The ranks' BatchNorm running statistics are
+averaged before every evaluation (:func:`average_buffers`), so one model is scored and saved.
 
 Validation and test are split the same way; the logits are gathered so that AUC and log loss are
 those of the whole set, computed identically on every rank (early stopping agrees everywhere).
@@ -17,9 +18,11 @@ those of the whole set, computed identically on every rank (early stopping agree
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -97,8 +100,39 @@ def wrap(model: nn.Module, device: torch.device) -> DistributedDataParallel:
     if device.type == "cuda":
         # Replaces the BatchNorm children in place when the root is not itself a BatchNorm.
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return DistributedDataParallel(model, device_ids=[device.index])
-    return DistributedDataParallel(model)
+        return DistributedDataParallel(model, device_ids=[device.index], **_RANK_LOCAL_BUFFERS)
+    return DistributedDataParallel(model, **_RANK_LOCAL_BUFFERS)
+
+
+# Each rank keeps the running statistics of its own parts of the batches, and
+# :func:`average_buffers` makes them one model before it is evaluated or saved. DDP's default
+# overwrites them with rank 0's before every step: the statistics of rank 0's parts alone. (torch
+# 2.13 renamed the option; the GPU machine's torch 2.11 knows only the old name.)
+_RANK_LOCAL_BUFFERS = ({"forward_sync_buffers": False}
+                       if "forward_sync_buffers" in
+                       inspect.signature(DistributedDataParallel.__init__).parameters
+                       else {"broadcast_buffers": False})
+
+
+def rank_seed(single_process_seed: int, seed: int, epoch: int, rank: int) -> int:
+    """The seed of rank ``rank``'s random draws (dropout) in ``epoch``: rank 0 keeps the single
+    process's, every other rank gets a stream of its own from (seed, epoch, rank)."""
+    if rank == 0:
+        return int(single_process_seed)
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(rank)]).generate_state(1)[0])
+
+
+def average_buffers(model: nn.Module) -> None:
+    """Replace every floating-point buffer (BatchNorm running mean and variance) by its mean over
+    ranks, in place. The running mean is an exponential average, linear in the batch means, so
+    the mean over ranks of parts of equal size is the running mean of the whole batches."""
+    if not dist.is_initialized():
+        return
+    world = dist.get_world_size()
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer)
+            buffer.div_(world)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

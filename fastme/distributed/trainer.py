@@ -75,6 +75,12 @@ class DataParallelTrainer(Trainer):
             rows_in_step = local_bounds[step + 1] - local_bounds[step]
             yield xb, yb, dp.loss_weight(rows_in_step, sizes[step], world)
 
+    def dropout_seed(self, epoch: int) -> int:
+        """Rank 0 draws the single-process masks; every other rank its own stream. One seed for
+        all ranks would give the rows of every rank's part the same masks as rank 0's."""
+        single = super().dropout_seed(epoch)
+        return dp.rank_seed(single, self.config.seed, epoch, self.ranks.rank)
+
     def train_pass(self, rows: np.ndarray, desc: str) -> float:
         with self.train_module.join():
             return super().train_pass(rows, desc)
@@ -84,6 +90,9 @@ class DataParallelTrainer(Trainer):
 
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, data: CTRData) -> dict:
+        # One model scores every part (and is saved): the ranks' BatchNorm running statistics,
+        # each updated from its own part of every batch, are averaged first.
+        dp.average_buffers(self.model)
         if len(data) == 0:
             raise ValueError(f"cannot evaluate on {data.name}: it has no rows")
         rows = np.sort(data.row_numbers())

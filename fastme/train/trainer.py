@@ -434,6 +434,11 @@ class Trainer:
             rows = rows[rng.permutation(len(rows))]
         return rows
 
+    def dropout_seed(self, epoch: int) -> int:
+        """The seed of torch's generator for ``epoch`` (dropout masks); depends only on (seed,
+        epoch), so a resumed run replays it."""
+        return _epoch_seed(self.config.seed, epoch)
+
     def train_batches(self, rows: np.ndarray):
         """The training batches of an epoch visiting ``rows``: (x, y, loss weight) on the device."""
         for xb, yb in iterate_batches(self.train_set, rows, self.config.batch_size, self.device,
@@ -464,7 +469,7 @@ class Trainer:
         the epoch's history record."""
         config, state = self.config, self.state
         epoch = state["epoch"]
-        torch.manual_seed(_epoch_seed(config.seed, epoch))
+        torch.manual_seed(self.dropout_seed(epoch))
         rows = self.epoch_rows(epoch)
         t0 = time.perf_counter()
         train_loss = self.train_pass(rows, desc=f"epoch {epoch + 1}")
@@ -605,6 +610,10 @@ def train(model, data, config: TrainConfig | None = None, *, info: dict | None =
     return Trainer(model, data, config, info=info, on_epoch=on_epoch, on_result=on_result).run()
 
 
+def _processes(world_size: int) -> str:
+    return "1 process" if world_size == 1 else f"{world_size} processes (data parallel)"
+
+
 def print_summary(results: dict, file=None) -> None:
     """The human-readable end-of-run summary of :func:`train`'s results."""
     file = file or sys.stdout
@@ -629,7 +638,8 @@ def print_summary(results: dict, file=None) -> None:
         lines.append(f"field IA      unavailable ({results.get('callback_error', 'not computed')})")
     lines.append(f"time          {results['wall_time_s']:.1f} s "
                  f"(training {results['train_time_s']:.1f} s)   "
-                 f"{results['samples_per_s']:,.0f} samples/s on {results['device']}")
+                 f"{results['samples_per_s']:,.0f} samples/s on {results['device']}, "
+                 f"{_processes(results.get('world_size', 1))}")
     if results.get("results_path"):
         lines.append(f"results       {results['results_path']}")
     print("\n".join(lines), file=file, flush=True)
