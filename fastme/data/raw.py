@@ -432,7 +432,7 @@ class CsvFormat(_Format):
                          and c != delimiter), "")
             raise ValueError(f"the label column {self.label!r} is not in {where} (option "
                              f"label=NAME){hint}")
-        missing = [c for c in fields + self.integer if c not in self.columns]
+        missing = [c for c in dict.fromkeys(fields + self.integer) if c not in self.columns]
         if missing:
             raise ValueError(f"no column {', '.join(map(repr, missing))} in {where}")
         if self.label in fields:
