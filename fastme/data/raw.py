@@ -282,12 +282,14 @@ def avazu_columns(path, first_line: str, header: bool = True, labeled: bool = Tr
         if cells == AVAZU_TEST_COLUMNS:
             raise ValueError(test_file)
         row = cells[0].isdigit() and len(cells) in (len(AVAZU_COLUMNS), len(AVAZU_TEST_COLUMNS))
-        raise ValueError(
-            f"{path} does not look like {'the' if labeled else 'an'} Avazu "
-            f"{'train' if labeled else 'train or test'} file: its header is "
-            f"{first_line[:200]!r}, expected {expected}. "
-            + ("Its first line looks like a row: for" if row else "For")
-            + f" a file without a header line, pass the option {_HEADER_NONE}")
+        what = (f"{path} does not look like {'the' if labeled else 'an'} Avazu "
+                f"{'train' if labeled else 'train or test'} file")
+        if row:
+            raise ValueError(f"{what}: its first line looks like a row, not a header "
+                             f"({first_line[:100]!r}); for a file without a header line, pass "
+                             f"the option {_HEADER_NONE}. The header expected is {expected}")
+        raise ValueError(f"{what}: its header is {first_line[:200]!r}, expected {expected}. For "
+                         f"a file without a header line, pass the option {_HEADER_NONE}")
     if cells in layouts or cells == AVAZU_TEST_COLUMNS:
         raise ValueError(f"{path} has a header line ({first_line[:80]!r}...): leave out the "
                          f"option header=none")
