@@ -213,7 +213,7 @@ def own_csv(path, rows, seed, columns=("site", "clicked", "count", "note", "ad")
 def test_a_csv_file_is_encoded_as_its_parquet_twin(tmp_path):
     table = own_csv(tmp_path / "mine.csv", 300, seed=5)
     pq.write_table(table, tmp_path / "mine.parquet")
-    options = dict(label="clicked", fields=["site", "count", "ad"], integer=["count"])
+    options = {"label": "clicked", "fields": ["site", "count", "ad"], "integer": ["count"]}
     twin = load(f"parquet:{tmp_path / 'mine.parquet'}", tmp_path, **options)
     # fields and integer as --data-option gives them: comma-separated strings
     data = load(f"csv:{tmp_path / 'mine.csv'}", tmp_path, label="clicked", fields="site,count,ad",
@@ -282,8 +282,8 @@ def test_bad_csv_options_name_the_column_and_the_file(tmp_path, capsys):
              ({"label": "clicked", "integer": "ad2"}, r"no column 'ad2' in .*mine.csv"),
              ({"label": "clicked", "fields": "site", "integer": "count"},
               r"integer column\(s\) 'count' of .*mine.csv are not among the fields"),
-             ({"label": "clicked", "fields": "clicked,site"}, "label column 'clicked' of .*"
-                                                              "mine.csv cannot be a field"),
+             ({"label": "clicked", "fields": "clicked,site"},
+              "label column 'clicked' of .*mine.csv cannot be a field"),
              ({"label": "clicked", "delimiter": ";;"}, "delimiter must be one character"),
              ({"label": "clicked", "columns": "a"}, "unknown option.*columns")]
     for options, message in cases:

@@ -144,8 +144,8 @@ def avazu_run(tmp_path_factory):
     rng = np.random.default_rng(2)
     lines = []
     for i in range(200):
-        cells = ["%d" % (10 ** 19 + i), str(int(rng.random() < 0.3)), "141021%02d" % (i % 24)]
-        cells += ["v%d" % v for v in rng.integers(0, 4, len(AVAZU_COLUMNS) - 3)]
+        cells = [str(10 ** 19 + i), str(int(rng.random() < 0.3)), f"141021{i % 24:02d}"]
+        cells += [f"v{v}" for v in rng.integers(0, 4, len(AVAZU_COLUMNS) - 3)]
         lines.append(",".join(cells))
     run, data = trained_run(tmp, "avazu", ",".join(AVAZU_COLUMNS) + "\n"
                             + "\n".join(lines) + "\n")
