@@ -179,6 +179,41 @@ def test_avazu_wrong_header_is_a_clear_error(tmp_path):
         load(f"avazu:{path}", tmp_path)
 
 
+def test_a_headerless_avazu_file_gives_its_headed_twins_cache(avazu_file, tmp_path):
+    text = avazu_file.read_text()
+    bare = write(tmp_path / "bare.csv", text.split("\n", 1)[1])
+    headed = load(f"avazu:{avazu_file}", tmp_path / "a", min_count=1)
+    headerless = load(f"avazu:{bare}", tmp_path / "b", min_count=1, header="none")
+    np.testing.assert_array_equal(headed.x, headerless.x)
+    np.testing.assert_array_equal(headed.y, headerless.y)
+    assert load_vocab(headed) == load_vocab(headerless)
+    assert headed.info["malformed"] == headerless.info["malformed"]
+    assert headed.info["options"] == headerless.info["options"]  # header changes no index
+    # several headerless files are one dataset too, read with the same option
+    half = text.split("\n")
+    parts = [write(tmp_path / "p1", "\n".join(half[1:4]) + "\n"),
+             write(tmp_path / "p2", "\n".join(half[4:]))]
+    several = load(f"avazu:{parts[0]},{parts[1]}", tmp_path / "c", min_count=1, header="none")
+    np.testing.assert_array_equal(headed.x, several.x)
+
+
+def test_a_headerless_avazu_file_without_the_option_is_refused_naming_it(avazu_file, tmp_path):
+    lines = avazu_file.read_text().split("\n", 1)
+    bare = write(tmp_path / "bare.csv", lines[1])
+    with pytest.raises(ValueError, match=r"bare.csv does not look like the Avazu train file: "
+                                         r".*looks like a row.*header=none"):
+        load(f"avazu:{bare}", tmp_path)
+    with pytest.raises(ValueError, match=r"train.csv has a header line.*leave out"):
+        load(f"avazu:{avazu_file}", tmp_path, header="none")
+    test_file = write(tmp_path / "test", "\n".join(
+        ",".join(c for i, c in enumerate(line.split(",")) if i != 1)
+        for line in lines[1].split("\n")[:2]) + "\n")
+    with pytest.raises(ValueError, match="test is Avazu's test file .*no labels to train on"):
+        load(f"avazu:{test_file}", tmp_path, header="none")
+    with pytest.raises(ValueError, match="header must be 'none'"):
+        load(f"avazu:{bare}", tmp_path, header="no")
+
+
 # ---- errors and the cache -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["criteo", "avazu"])

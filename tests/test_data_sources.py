@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from fastme.cli import main
 from fastme.data import load_dataset, load_vocab
@@ -191,3 +192,117 @@ def test_an_npy_input_edited_in_place_is_converted_again(tmp_path):
     second = load(f"npy:{tmp_path}", tmp_path)
     np.testing.assert_array_equal(first.x, x)
     np.testing.assert_array_equal(second.x, 3 - x)
+
+
+# ---- csv:PATH: a delimited file of one's own ------------------------------------------------------
+
+def own_csv(path, rows, seed, columns=("site", "clicked", "count", "note", "ad"), sep=","):
+    """A CSV of one's own (string cells, the count an integer) and the same rows as a table."""
+    rng = np.random.default_rng(seed)
+    table = {"site": [None if v == 0 else f"s{v}" for v in rng.integers(0, 5, rows)],
+             "clicked": rng.integers(0, 2, rows).tolist(),
+             "count": rng.integers(-1, 30, rows).tolist(),
+             "note": [f"n{v}" for v in rng.integers(0, 100, rows)],
+             "ad": [f"a{v}" for v in rng.integers(0, 7, rows)]}
+    lines = [sep.join(columns)] + [sep.join("" if table[c][i] is None else str(table[c][i])
+                                            for c in columns) for i in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return pa.table(table)
+
+
+def test_a_csv_file_is_encoded_as_its_parquet_twin(tmp_path):
+    table = own_csv(tmp_path / "mine.csv", 300, seed=5)
+    pq.write_table(table, tmp_path / "mine.parquet")
+    options = {"label": "clicked", "fields": ["site", "count", "ad"], "integer": ["count"]}
+    twin = load(f"parquet:{tmp_path / 'mine.parquet'}", tmp_path, **options)
+    # fields and integer as --data-option gives them: comma-separated strings
+    data = load(f"csv:{tmp_path / 'mine.csv'}", tmp_path, label="clicked", fields="site,count,ad",
+                integer="count")
+    assert data.field_names == ["site", "count", "ad"] and data.info["dataset"] == "csv"
+    np.testing.assert_array_equal(data.x, twin.x)
+    np.testing.assert_array_equal(data.y, twin.y)
+    assert load_vocab(data) == load_vocab(twin)
+    # default: every column but the label is a categorical field
+    assert load(f"csv:{tmp_path / 'mine.csv'}", tmp_path, label="clicked").field_names == \
+        ["site", "count", "note", "ad"]
+    # a bad label, a non-integer count and a short line cost only their rows
+    with open(tmp_path / "mine.csv", "a") as f:
+        f.write("s1,7,3,n1,a1\ns1,1,x3,n1,a1\ns1,1\n")
+    with pytest.warns(RuntimeWarning, match="skipped 3 malformed rows"):
+        messy = load(f"csv:{tmp_path / 'mine.csv'}", tmp_path, **options)
+    assert (messy.info["malformed"]["bad_label"], messy.info["malformed"]["bad_integer"],
+            messy.info["malformed"]["column_count"]) == (1, 1, 1)
+    np.testing.assert_array_equal(messy.x, twin.x)
+
+
+def test_a_csv_file_trains_and_predicts_with_the_training_vocabulary(tmp_path, capsys):
+    from fastme.models import load_trained
+    from fastme.serve.predict import sigmoid
+
+    own_csv(tmp_path / "train.csv", 300, seed=6, sep="\t")
+    run = tmp_path / "run"
+    assert main(["train", "--data", f"csv:{tmp_path / 'train.csv'}", "--data-option",
+                 "label=clicked", "--data-option", "delimiter=tab", "--data-option",
+                 "fields=site,count,ad", "--data-option", "integer=count", "--model", "dnn",
+                 "--model-option", "hidden_dim=8", "--epochs", "1", "--batch-size", "64",
+                 "--out", str(run), "--cache-dir", str(tmp_path / "c"), "--no-progress",
+                 "--device", "cpu"]) == 0
+    capsys.readouterr()
+    data = load_dataset(f"csv:{tmp_path / 'train.csv'}", cache_dir=tmp_path / "c",
+                        label="clicked", delimiter="tab", fields="site,count,ad",
+                        integer="count")  # the training cache, reused
+    model, _ = load_trained(run)
+    with torch.no_grad():
+        expected = sigmoid(model(torch.from_numpy(np.asarray(data.x, np.int64))).double().numpy())
+    # the training file itself, and the same rows without the label, columns reordered
+    summary = predict(run, f"csv:{tmp_path / 'train.csv'}", tmp_path / "a.csv")
+    own_csv(tmp_path / "new.csv", 300, seed=6, columns=("ad", "note", "count", "site"),
+            sep="\t")
+    assert main(["predict", str(run), "--data", f"csv:{tmp_path / 'new.csv'}", "--out",
+                 str(tmp_path / "b.csv"), "--no-progress"]) == 0
+    for name in ("a.csv", "b.csv"):
+        with open(tmp_path / name, newline="") as f:
+            rows = list(csv.reader(f))
+        assert rows[0] == ["row", "probability"] and [r[0] for r in rows[1:]] == \
+            [str(i) for i in range(300)]
+        np.testing.assert_allclose([float(r[1]) for r in rows[1:]], expected, rtol=1e-5)
+    assert summary.auc is not None and summary.scored == 300
+    # a file without one of the training fields is refused, naming the column and the file
+    own_csv(tmp_path / "short.csv", 5, seed=6, columns=("ad", "site"), sep="\t")
+    assert main(["predict", str(run), "--data", f"csv:{tmp_path / 'short.csv'}"]) == 2
+    err = capsys.readouterr().err
+    assert "no column 'count' in" in err and "short.csv" in err and len(err.splitlines()) == 1
+
+
+def test_bad_csv_options_name_the_column_and_the_file(tmp_path, capsys):
+    path = tmp_path / "mine.csv"
+    own_csv(path, 20, seed=7)
+    cases = [({}, r"the label column 'label' is not in .*mine.csv \(columns: site, clicked"),
+             ({"label": "clicked", "fields": "site,nope"}, r"no column 'nope' in .*mine.csv"),
+             ({"label": "clicked", "integer": "ad2"}, r"no column 'ad2' in .*mine.csv"),
+             ({"label": "clicked", "fields": "site", "integer": "count"},
+              r"integer column\(s\) 'count' of .*mine.csv are not among the fields"),
+             ({"label": "clicked", "fields": "clicked,site"},
+              "label column 'clicked' of .*mine.csv cannot be a field"),
+             ({"label": "clicked", "delimiter": ";;"}, "delimiter must be one character"),
+             ({"label": "clicked", "columns": "a"}, "unknown option.*columns")]
+    for options, message in cases:
+        with pytest.raises((ValueError, TypeError), match=message):
+            load(f"csv:{path}", tmp_path, **options)
+    own_csv(tmp_path / "tabs.csv", 5, seed=7, sep="\t")
+    with pytest.raises(ValueError, match="is it tab-separated"):
+        load(f"csv:{tmp_path / 'tabs.csv'}", tmp_path, label="clicked")
+    (tmp_path / "twice.csv").write_text("a,clicked,a\nx,1,y\n")
+    with pytest.raises(ValueError, match="twice.csv: the header names the column.* a twice"):
+        load(f"csv:{tmp_path / 'twice.csv'}", tmp_path, label="clicked")
+    (tmp_path / "quoted.csv").write_text('"a","clicked"\n"x","1"\n')
+    with pytest.raises(ValueError, match="quoted.csv: the header line holds"):
+        load(f"csv:{tmp_path / 'quoted.csv'}", tmp_path, label="clicked")
+    (tmp_path / "other.csv").write_text("site,clicked,count\ns1,1,3\n")
+    with pytest.raises(ValueError, match="other.csv has the columns .* every file needs the"):
+        load(f"csv:{path},{tmp_path / 'other.csv'}", tmp_path, label="clicked")
+    assert main(["train", "--data", f"csv:{path}", "--data-option", "label=click",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastme train: error: the label column 'click' is not in")
+    assert "mine.csv" in err and len(err.splitlines()) == 1

@@ -138,24 +138,67 @@ def test_kaggle_csv_ids_and_cli(criteo_run, capsys):
     assert "is not the Criteo competition's CSV" in capsys.readouterr().err
 
 
-def test_avazu_test_file_without_click(tmp_path):
+@pytest.fixture(scope="module")
+def avazu_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("avazu")
     rng = np.random.default_rng(2)
     lines = []
     for i in range(200):
-        cells = ["%d" % (10 ** 19 + i), str(int(rng.random() < 0.3)), "141021%02d" % (i % 24)]
-        cells += ["v%d" % v for v in rng.integers(0, 4, len(AVAZU_COLUMNS) - 3)]
+        cells = [str(10 ** 19 + i), str(int(rng.random() < 0.3)), f"141021{i % 24:02d}"]
+        cells += [f"v{v}" for v in rng.integers(0, 4, len(AVAZU_COLUMNS) - 3)]
         lines.append(",".join(cells))
-    run, data = trained_run(tmp_path, "avazu", ",".join(AVAZU_COLUMNS) + "\n"
+    run, data = trained_run(tmp, "avazu", ",".join(AVAZU_COLUMNS) + "\n"
                             + "\n".join(lines) + "\n")
+    return tmp, lines, run, data
+
+
+def avazu_test_text(lines, header=True):
+    """Avazu's test file of ``lines`` (train rows): without click, with or without the header."""
+    head = [",".join(c for c in AVAZU_COLUMNS if c != "click")] if header else []
+    return "\n".join(head + [",".join(line.split(",")[:1] + line.split(",")[2:])
+                             for line in lines]) + "\n"
+
+
+def test_avazu_test_file_without_click(avazu_run):
+    tmp_path, lines, run, data = avazu_run
     test = tmp_path / "test"
-    header = [c for c in AVAZU_COLUMNS if c != "click"]
-    test.write_text(",".join(header) + "\n" + "\n".join(
-        ",".join(line.split(",")[:1] + line.split(",")[2:]) for line in lines) + "\n")
+    test.write_text(avazu_test_text(lines))
     predict(run, f"avazu:{test}", tmp_path / "preds.csv")
     names, out = read_csv(tmp_path / "preds.csv")
     assert names == ["id", "click"] and [r[0] for r in out] == [ln.split(",")[0] for ln in lines]
     np.testing.assert_allclose([float(r[1]) for r in out], eager_probabilities(run, data.x),
                                rtol=1e-5)
+
+
+def test_avazu_files_without_their_header_line(avazu_run, capsys):
+    tmp, lines, run, data = avazu_run
+    (tmp / "train").write_text(",".join(AVAZU_COLUMNS) + "\n" + "\n".join(lines) + "\n")
+    (tmp / "train-bare").write_text("\n".join(lines) + "\n")
+    (tmp / "test").write_text(avazu_test_text(lines))
+    (tmp / "test-bare").write_text(avazu_test_text(lines, header=False))
+    results = {}
+    for name in ("train", "train-bare", "test", "test-bare"):
+        options = ["--data-option", "header=none"] if name.endswith("bare") else []
+        assert main(["predict", str(run), "--data", f"avazu:{tmp / name}", "--out",
+                     str(tmp / f"{name}.csv"), "--no-progress"] + options) == 0
+        results[name] = read_csv(tmp / f"{name}.csv")
+        assert results[name][0] == ["id", "click"] and len(results[name][1]) == len(lines)
+        # the train files' labels are read, with or without the header
+        assert ("AUC" in capsys.readouterr().out) == name.startswith("train")
+    assert results["train-bare"] == results["train"] == results["test"] == results["test-bare"]
+    np.testing.assert_allclose([float(r[1]) for r in results["test-bare"][1]],
+                               eager_probabilities(run, data.x), rtol=1e-5)
+    # without the option, a headerless file is refused with the option that reads it
+    assert main(["predict", str(run), "--data", f"avazu:{tmp / 'test-bare'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastme predict: error: ") and len(err.splitlines()) == 1
+    assert "test-bare" in err and "--data-option header=none" in err
+    assert main(["predict", str(run), "--data", f"avazu:{tmp / 'test'}", "--data-option",
+                 "header=none"]) == 2
+    assert "has a header line" in capsys.readouterr().err
+    assert main(["predict", str(run), "--data", f"avazu:{tmp / 'test'}", "--data-option",
+                 "hour=raw"]) == 2
+    assert "takes no option hour" in capsys.readouterr().err
 
 
 def test_compressed_input_and_a_damaged_stream(criteo_run, capsys):

@@ -1,20 +1,21 @@
-"""Datasets for CTR training: the built-in synthetic data and preprocessed Criteo / Avazu files.
+"""Datasets for CTR training: the built-in synthetic data and preprocessed Criteo / Avazu / CSV
+files.
 
-``load_dataset(spec)`` is the one entry point: "synthetic", "criteo:PATH", "avazu:PATH" or
-"cache:DIR". See docs/data.md for the preprocessing.
+``load_dataset(spec)`` is the one entry point: "synthetic", "criteo:PATH", "avazu:PATH",
+"csv:PATH", "parquet:PATH", "npy:DIR" or "cache:DIR". See docs/data.md for the preprocessing.
 """
 
 from __future__ import annotations
 
 from fastme.data.cache import default_cache_root
 from fastme.data.dataset import CTRData, load_cache, load_vocab
-from fastme.data.raw import DEFAULT_MIN_COUNT, preprocess
+from fastme.data.raw import COMMON_OPTIONS, DEFAULT_MIN_COUNT, FORMATS, preprocess
 from fastme.data.sources import (PARQUET_OPTIONS, is_multi_file, load_npy, load_parquet,
                                  load_raw_files)
 from fastme.data.synthetic import DEFAULT_NUM_SAMPLES, SyntheticTeacher, make_synthetic
 
-_RAW_OPTIONS = {"criteo": {"min_count", "rebuild", "progress", "block_size"},
-                "avazu": {"min_count", "hour", "rebuild", "progress", "block_size"}}
+#: The options of each raw text format's spec: the format's own and those of every raw source.
+_RAW_OPTIONS = {kind: set(COMMON_OPTIONS) | set(fmt.OPTIONS) for kind, fmt in FORMATS.items()}
 
 
 def load_dataset(spec: str, *, cache_dir=None, **options) -> CTRData:
@@ -23,10 +24,13 @@ def load_dataset(spec: str, *, cache_dir=None, **options) -> CTRData:
     - ``"synthetic"``: :func:`make_synthetic` (options: num_samples, seed, ...; not cached, it is
       regenerated deterministically in seconds).
     - ``"criteo:PATH"`` / ``"avazu:PATH"``: a raw Kaggle file, preprocessed on first use into a
-      memory-mapped cache under ``cache_dir`` and reused afterwards (options: min_count, hour
-      (Avazu), rebuild, progress; see :func:`fastme.data.raw.preprocess`). A glob, directory or
-      comma list of raw files is one dataset, optionally split by file (valid_files,
-      test_files; :func:`fastme.data.sources.load_raw_files`).
+      memory-mapped cache under ``cache_dir`` and reused afterwards (options: min_count, rebuild,
+      progress; Avazu's hour and header; see :func:`fastme.data.raw.preprocess`). A glob,
+      directory or comma list of raw files is one dataset, optionally split by file
+      (valid_files, test_files; :func:`fastme.data.sources.load_raw_files`).
+    - ``"csv:PATH"``: a delimited text file of one's own with a header line, preprocessed the
+      same way (options: label, fields, integer, delimiter and the raw files' others; see
+      :class:`fastme.data.raw.CsvFormat`).
     - ``"parquet:PATH"``: Parquet file(s) (a file, directory, glob or comma list), preprocessed
       like the raw files (options: label, fields, integer, min_count, valid_files, test_files,
       rebuild, progress; see :mod:`fastme.data.sources`).
@@ -72,7 +76,7 @@ def load_dataset(spec: str, *, cache_dir=None, **options) -> CTRData:
             raise TypeError(f"cache:DIR takes no options, got {', '.join(sorted(options))}")
         return load_cache(arg)
     raise ValueError(f"unknown dataset {spec!r}: use synthetic, criteo:PATH, avazu:PATH, "
-                     f"parquet:PATH, npy:DIR or cache:DIR")
+                     f"csv:PATH, parquet:PATH, npy:DIR or cache:DIR")
 
 
 __all__ = ["CTRData", "DEFAULT_MIN_COUNT", "DEFAULT_NUM_SAMPLES", "SyntheticTeacher",

@@ -1,4 +1,5 @@
-"""Preprocessing of the raw Criteo and Avazu Kaggle files into a memory-mapped cache.
+"""Preprocessing of raw text files (Criteo's and Avazu's Kaggle files, a user's own CSV) into a
+memory-mapped cache.
 
 One streaming pass over the file with pyarrow's CSV reader (bounded memory: a few blocks of rows
 at a time, plus the value counts), which validates the rows and hands each block to
@@ -37,13 +38,15 @@ AVAZU_COLUMNS = ["id", "click", "hour", "C1", "banner_pos", "site_id", "site_dom
                  "site_category", "app_id", "app_domain", "app_category", "device_id", "device_ip",
                  "device_model", "device_type", "device_conn_type", "C14", "C15", "C16", "C17",
                  "C18", "C19", "C20", "C21"]
+AVAZU_TEST_COLUMNS = [c for c in AVAZU_COLUMNS if c != "click"]
 AVAZU_CAT = AVAZU_COLUMNS[3:]
-DEFAULT_MIN_COUNT = {"criteo": 10, "avazu": 2}
+DEFAULT_MIN_COUNT = {"criteo": 10, "avazu": 2, "csv": 1}
 
 # A valid integer cell: what pyarrow's int64 parser takes (decimal, or 0x-hex), short enough
 # never to overflow. Criteo's integer columns are all small decimals in practice.
 _INTEGER = r"^-?([0-9]{1,18}|0[xX][0-9a-fA-F]{1,15})$"
 _LABEL = pa.array(["0", "1"])
+_POSITIVE = pa.array(["1"])
 _NULL_STR = pa.scalar(None, pa.string())
 _EXAMPLES = 5  # malformed rows quoted in the summary
 
@@ -125,6 +128,20 @@ class _Format:
     label: str
     columns: list[str]  # of every line
     header: bool  # whether the first line names the columns
+    field_names: list[str]
+    #: Options of the format (``make_format``); ``options()`` records those that decide the
+    #: encoding in the cache's meta.json, where prediction finds them again.
+    OPTIONS: tuple = ()
+    #: Options that only say how one file is laid out: prediction takes them for its input.
+    READ_OPTIONS: tuple = ()
+    label_values, positive = _LABEL, _POSITIVE  # label cells accepted; those meaning a click
+
+    @classmethod
+    def from_options(cls, path, options: dict, labeled: bool) -> _Format:
+        return cls(**options)
+
+    def options(self) -> dict:
+        return {}
 
     def convert_options(self) -> pacsv.ConvertOptions:
         raise NotImplementedError
@@ -141,7 +158,7 @@ class _Format:
         raise NotImplementedError
 
     def _label_ok(self, batch, bad: _Malformed):
-        ok = pc.fill_null(pc.is_in(batch.column(self.label), value_set=_LABEL), False)
+        ok = pc.fill_null(pc.is_in(batch.column(self.label), value_set=self.label_values), False)
         n_bad = len(ok) - _count_true(ok)
         if n_bad:
             bad.bad_label += n_bad
@@ -150,8 +167,23 @@ class _Format:
         return ok
 
     def _labels(self, batch) -> np.ndarray:
-        return pc.equal(batch.column(self.label), "1").to_numpy(zero_copy_only=False).astype(
-            np.float32)
+        return pc.is_in(batch.column(self.label), value_set=self.positive).to_numpy(
+            zero_copy_only=False).astype(np.float32)
+
+    @staticmethod
+    def _integers(batch, names, ok, bad: _Malformed):
+        """(the rows kept, {name: integer field}): ``names`` validated and bucketized like
+        Criteo's I1..I13; a row with a non-integer cell is dropped and counted."""
+        ints, int_ok = {}, None
+        for name in names:
+            ints[name], good, example = integer_field(batch.column(name))
+            if good is not None:
+                int_ok = good if int_ok is None else pc.and_(int_ok, good)
+                bad.note(f"{name} {example!r} is not an integer")
+        if int_ok is not None:
+            bad.bad_integer += _count_true(pc.and_(ok, pc.invert(int_ok)))
+            ok = pc.and_(ok, int_ok)
+        return ok, ints
 
 
 class CriteoFormat(_Format):
@@ -163,9 +195,6 @@ class CriteoFormat(_Format):
 
     def __init__(self):
         self.field_names = CRITEO_FIELD_NAMES
-
-    def options(self) -> dict:
-        return {}
 
     def check_header(self, path, first_line):
         if b"\t" in first_line or first_line.count(b",") < len(CRITEO_COLUMNS) - 1:
@@ -182,16 +211,7 @@ class CriteoFormat(_Format):
         return _convert_options(CRITEO_COLUMNS)
 
     def parse(self, batch, bad):
-        ok = self._label_ok(batch, bad)
-        ints, int_ok = {}, None
-        for name in CRITEO_INT:
-            ints[name], good, example = integer_field(batch.column(name))
-            if good is not None:
-                int_ok = good if int_ok is None else pc.and_(int_ok, good)
-                bad.note(f"{name} {example!r} is not an integer")
-        if int_ok is not None:
-            bad.bad_integer += _count_true(pc.and_(ok, pc.invert(int_ok)))
-            ok = pc.and_(ok, int_ok)
+        ok, ints = self._integers(batch, CRITEO_INT, self._label_ok(batch, bad), bad)
         if _count_true(ok) < batch.num_rows:
             batch = batch.filter(ok)
             ints = {name: field.filter(ok) for name, field in ints.items()}
@@ -232,21 +252,77 @@ def criteo_integer_tokens(col: pa.Array) -> pa.Array:
     return pa.array(tokens, type=pa.int64(), mask=mask)
 
 
+def header_option(value) -> bool:
+    """The ``header`` option: whether the first line names the columns ("present", the default)
+    or is a row like the others ("none")."""
+    if value in ("none", None, False):
+        return False
+    if value in ("present", True):
+        return True
+    raise ValueError(f"header must be 'none' (the file has no header line) or 'present', "
+                     f"got {value!r}")
+
+
+_HEADER_NONE = "header=none (--data-option header=none)"
+
+
+def avazu_columns(path, first_line: str, header: bool = True, labeled: bool = True) -> list[str]:
+    """The columns of an Avazu file, told by its first line: the train file's (id, click, hour,
+    C1..C21) or, unless ``labeled``, the test file's (the same without click). Without a header
+    line (``header=False``) the first row's column count tells them apart (24 or 23).
+    ValueError naming the file, and the option header=none where it may be what is missing."""
+    cells = first_line.split(",")
+    layouts = [AVAZU_COLUMNS] if labeled else [AVAZU_COLUMNS, AVAZU_TEST_COLUMNS]
+    expected = repr(",".join(AVAZU_COLUMNS)) + ("" if labeled else " or the same without click")
+    test_file = (f"{path} is Avazu's test file (no click column): it has no labels to train on; "
+                 f"score it with fastme predict")
+    if header:
+        if cells in layouts:
+            return cells
+        if cells == AVAZU_TEST_COLUMNS:
+            raise ValueError(test_file)
+        row = cells[0].isdigit() and len(cells) in (len(AVAZU_COLUMNS), len(AVAZU_TEST_COLUMNS))
+        what = (f"{path} does not look like {'the' if labeled else 'an'} Avazu "
+                f"{'train' if labeled else 'train or test'} file")
+        if row:
+            raise ValueError(f"{what}: its first line looks like a row, not a header "
+                             f"({first_line[:100]!r}); for a file without a header line, pass "
+                             f"the option {_HEADER_NONE}. The header expected is {expected}")
+        raise ValueError(f"{what}: its header is {first_line[:200]!r}, expected {expected}. For "
+                         f"a file without a header line, pass the option {_HEADER_NONE}")
+    if cells in layouts or cells == AVAZU_TEST_COLUMNS:
+        raise ValueError(f"{path} has a header line ({first_line[:80]!r}...): leave out the "
+                         f"option header=none")
+    for names in layouts:
+        if len(cells) == len(names):
+            return list(names)
+    if len(cells) == len(AVAZU_TEST_COLUMNS):
+        raise ValueError(test_file)
+    raise ValueError(f"{path} does not look like an Avazu file without a header line: its first "
+                     f"line has {len(cells)} comma-separated columns, expected "
+                     f"{len(AVAZU_COLUMNS)} (id, click, hour, C1..C21)"
+                     + ("" if labeled else f" or {len(AVAZU_TEST_COLUMNS)} (without click)"))
+
+
 class AvazuFormat(_Format):
     """Kaggle Avazu ``train``: comma-separated with a header; id (dropped), click (label), hour
     (YYMMDDHH) and 21 categorical columns.
 
     ``hour="split"``: hour-of-day (0-23) and weekday (0 = Monday) fields in place of hour.
     ``hour="raw"``: the YYMMDDHH string as one categorical field (the reference code).
+    ``header="none"``: the file has no header line (its rows are still the 24 columns).
     """
 
     kind, delimiter, label = "avazu", ",", "click"
-    columns, header = AVAZU_COLUMNS, True  # check_header: the header is exactly these names
+    columns = AVAZU_COLUMNS  # check_header: the header is exactly these names
+    OPTIONS, READ_OPTIONS = ("hour", "header"), ("header",)
 
-    def __init__(self, hour: str = "split"):
+    def __init__(self, hour: str = "split", header="present"):
         if hour not in ("split", "raw"):
             raise ValueError(f"hour must be 'split' or 'raw', got {hour!r}")
         self.hour = hour
+        # Not among options(): it changes no index (a file's content tells whether it has one).
+        self.header = header_option(header)
         self.field_names = (["hour_of_day", "weekday"] if hour == "split" else ["hour"]) + AVAZU_CAT
 
     def options(self) -> dict:
@@ -257,10 +333,7 @@ class AvazuFormat(_Format):
         return _convert_options(AVAZU_COLUMNS[1:])
 
     def check_header(self, path, first_line):
-        names = first_line.decode("utf-8", "replace").rstrip("\r\n").split(",")
-        if names != AVAZU_COLUMNS:
-            raise ValueError(f"{path} does not look like the Avazu train file: its header is "
-                             f"{','.join(names)[:200]!r}, expected {','.join(AVAZU_COLUMNS)!r}")
+        avazu_columns(path, first_line.decode("utf-8", "replace").rstrip("\r\n"), self.header)
 
     def parse(self, batch, bad):
         ok = self._label_ok(batch, bad)
@@ -303,6 +376,130 @@ def _valid_hours(hour: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
         weekday.append(stamp.weekday())
     return (pa.array(known, pa.string()), np.array(hour_of_day, dtype=np.int64),
             np.array(weekday, dtype=np.int64))
+
+
+def column_list(value, option: str) -> list[str]:
+    """A list of column names given as a list or as one comma-separated string (``a,b,c``, as
+    ``--data-option fields=a,b,c`` gives it)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [name for name in value.split(",") if name]
+    if isinstance(value, (list, tuple)):
+        return [str(name) for name in value]
+    raise ValueError(f"{option} must be a list of column names or 'a,b,c', got {value!r}")
+
+
+_DELIMITERS = {"tab": "\t", "\\t": "\t"}
+
+
+class CsvFormat(_Format):
+    """A user's own delimited text file (``csv:PATH``): a header line naming the columns, one
+    0/1 label column (``label``, default "label"), every other column (or only those of
+    ``fields``) a categorical field, the columns of ``integer`` (a subset of the fields) counts
+    bucketized like Criteo's I1..I13. Cells are not quoted: a ``"`` is part of its cell.
+
+    The columns come from the file's header line (``path``); ``labeled=False`` (prediction)
+    lets the file lack the label column.
+    """
+
+    kind = "csv"
+    header = True
+    OPTIONS = ("label", "fields", "integer", "delimiter")
+    label_values = pa.array(["0", "1", "0.0", "1.0", "false", "true", "False", "True", "FALSE",
+                             "TRUE"])
+    positive = pa.array(["1", "1.0", "true", "True", "TRUE"])
+
+    @classmethod
+    def from_options(cls, path, options, labeled):
+        if path is None:
+            raise ValueError("csv data needs its file (csv:PATH)")
+        return cls(path, labeled=labeled, **options)
+
+    def __init__(self, path, label="label", fields=None, integer=(), delimiter=",",
+                 labeled: bool = True):
+        self.path = _check_file(path)
+        delimiter = _DELIMITERS.get(delimiter, delimiter)
+        if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\"\r\n":
+            raise ValueError(f"delimiter must be one character (or 'tab'), got {delimiter!r}")
+        self.delimiter, self.label = delimiter, str(label)
+        self.columns = self._header(self.path, _first_line(self.path))
+        fields = column_list(fields, "fields") or [c for c in self.columns if c != self.label]
+        self.integer = column_list(integer, "integer")
+        where = f"{self.path} (columns: {', '.join(self.columns)[:300]})"
+        if labeled and self.label not in self.columns:
+            hint = next((f"; is it {name}-separated? (option delimiter={name})"
+                         for name, c in (("tab", "\t"), (";", ";"), ("|", "|"))
+                         if len(self.columns) == 1 and c in self.columns[0]
+                         and c != delimiter), "")
+            raise ValueError(f"the label column {self.label!r} is not in {where} (option "
+                             f"label=NAME){hint}")
+        missing = [c for c in dict.fromkeys(fields + self.integer) if c not in self.columns]
+        if missing:
+            raise ValueError(f"no column {', '.join(map(repr, missing))} in {where}")
+        if self.label in fields:
+            raise ValueError(f"the label column {self.label!r} of {self.path} cannot be a field")
+        if not fields:
+            raise ValueError(f"{self.path} has no feature column besides the label "
+                             f"{self.label!r}")
+        not_fields = [c for c in self.integer if c not in fields]
+        if not_fields:
+            raise ValueError(f"integer column(s) {', '.join(map(repr, not_fields))} of "
+                             f"{self.path} are not among the fields {fields}")
+        self.field_names = fields
+
+    def _header(self, path: Path, first_line: bytes) -> list[str]:
+        names = first_line.decode("utf-8", "replace").rstrip("\r").split(self.delimiter)
+        if '"' in first_line.decode("utf-8", "replace"):
+            raise ValueError(f"{path}: the header line holds a '\"': csv: reads plain delimited "
+                             f"text, without quoting (write it without quotes)")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"{path}: the header names the column(s) {', '.join(twice)} twice")
+        return names
+
+    def options(self) -> dict:
+        return {"label": self.label, "fields": self.field_names, "integer": self.integer,
+                "delimiter": self.delimiter}
+
+    def check_header(self, path, first_line):
+        names = self._header(path, first_line)
+        if names != self.columns:
+            raise ValueError(f"{path} has the columns {names}, but {self.path} has "
+                             f"{self.columns}: every file needs the same header")
+
+    def convert_options(self):
+        return _convert_options([self.label] + self.field_names)
+
+    def parse(self, batch, bad):
+        ok, ints = self._integers(batch, self.integer, self._label_ok(batch, bad), bad)
+        if _count_true(ok) < batch.num_rows:
+            batch = batch.filter(ok)
+            ints = {name: field.filter(ok) for name, field in ints.items()}
+        fields = [ints[name] if name in ints else batch.column(name)
+                  for name in self.field_names]
+        return ok, self._labels(batch), fields
+
+
+#: Every raw text format by its spec prefix (``criteo:PATH``, ``avazu:PATH``, ``csv:PATH``).
+FORMATS = {"criteo": CriteoFormat, "avazu": AvazuFormat, "csv": CsvFormat}
+#: Options of every raw source beside the format's own (preprocess / load_raw_files).
+COMMON_OPTIONS = ("min_count", "rebuild", "progress", "block_size")
+
+
+def make_format(kind: str, path=None, options: dict | None = None, *,
+                labeled: bool = True) -> _Format:
+    """The reader of ``kind`` files with its format options (``FORMATS[kind].OPTIONS``); a CSV
+    format reads its columns from ``path``'s header. ``labeled=False``: the file to read may
+    lack the label (prediction)."""
+    if kind not in FORMATS:
+        raise ValueError(f"unknown raw format {kind!r}; expected one of {', '.join(FORMATS)}")
+    cls, options = FORMATS[kind], dict(options or {})
+    unknown = sorted(set(options) - set(cls.OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown option(s) for {kind} data: {', '.join(unknown)} (allowed: "
+                        f"{', '.join(sorted(set(cls.OPTIONS) | set(COMMON_OPTIONS)))})")
+    return cls.from_options(path, options, labeled)
 
 
 # ---- reading ------------------------------------------------------------------------------------
@@ -558,9 +755,9 @@ def _read_blocks(fmt: _Format, path: Path, block_size: int, bad: _Malformed, des
 # ---- the pipeline -------------------------------------------------------------------------------
 
 def preprocess(kind: str, path, cache_dir=None, *, min_count: int | None = None,
-               hour: str = "split", rebuild: bool = False, progress: bool = True,
-               block_size: int = 32 << 20) -> CTRData:
-    """Preprocess a raw ``kind`` ("criteo" or "avazu") file once and open its cache.
+               rebuild: bool = False, progress: bool = True, block_size: int = 32 << 20,
+               **format_options) -> CTRData:
+    """Preprocess a raw ``kind`` (a key of :data:`FORMATS`) file once and open its cache.
 
     The cache directory (under ``cache_dir``, default ``$FASTME_CACHE_DIR`` or
     ``~/.cache/fastme``) is keyed by the file's :func:`file_fingerprint` and by the options, and
@@ -569,23 +766,20 @@ def preprocess(kind: str, path, cache_dir=None, *, min_count: int | None = None,
 
     Args:
         min_count: values seen fewer times map to the field's OOV index (default 10 for Criteo,
-            2 for Avazu; the reference code uses 4 for Avazu).
-        hour: Avazu only: "split" (hour-of-day + weekday) or "raw" (the reference code).
+            2 for Avazu, 1 for CSV; the reference code uses 4 for Avazu).
         progress: progress bars and a summary on stderr.
         block_size: bytes of raw text parsed per block (bounds the working memory).
+        format_options: the format's own (``FORMATS[kind].OPTIONS``): Avazu's ``hour``
+            ("split": hour-of-day + weekday, or "raw": the reference code) and ``header``
+            ("none": no header line); CSV's ``label``, ``fields``, ``integer``, ``delimiter``.
     """
-    if kind == "criteo":
-        if hour != "split":
-            raise ValueError("hour only applies to Avazu data")
-        fmt: _Format = CriteoFormat()
-    elif kind == "avazu":
-        fmt = AvazuFormat(hour)
-    else:
-        raise ValueError(f"unknown raw format {kind!r}; expected 'criteo' or 'avazu'")
+    if kind not in FORMATS:
+        raise ValueError(f"unknown raw format {kind!r}; expected one of {', '.join(FORMATS)}")
     min_count = DEFAULT_MIN_COUNT[kind] if min_count is None else min_count
     if isinstance(min_count, bool) or int(min_count) != min_count or min_count < 1:
         raise ValueError(f"min_count must be a positive integer, got {min_count!r}")
     path = _check_file(path)
+    fmt = make_format(kind, path, format_options)
     options = {"min_count": int(min_count), **fmt.options()}
     fingerprint = file_fingerprint(path)
     # The key of raw caches: kind, options and content (the names of caches built before stay).

@@ -21,9 +21,10 @@ the last K files are the test set, the J before them the validation set (J = 0: 
 ``test_files=1``. The split is recorded in the cache (``file_split``) and
 :meth:`CTRData.split` returns it.
 
-``criteo:PATH`` / ``avazu:PATH`` with a glob, a directory or a comma list — several raw files
-(e.g. Criteo 1TB's ``day_0`` .. ``day_23``) preprocessed as one dataset by the raw reader and
-parser, with the same ``valid_files`` / ``test_files`` split by file.
+``criteo:PATH`` / ``avazu:PATH`` / ``csv:PATH`` with a glob, a directory or a comma list —
+several raw files (e.g. Criteo 1TB's ``day_0`` .. ``day_23``) preprocessed as one dataset by the
+raw reader and parser (fastme.data.raw, whose formats take their own options), with the same
+``valid_files`` / ``test_files`` split by file.
 
 ``npy:DIR`` — ``DIR/x.npy`` holds already encoded indices (integer [n, N], field i's index in
 ``[0, field_dims[i])``), ``DIR/y.npy`` the 0/1 labels [n]; ``DIR/meta.json`` may give
@@ -48,9 +49,8 @@ from fastme.data.cache import (NpyWriter, build_or_reuse, cache_path, check_spac
                                 files_fingerprint)
 from fastme.data.dataset import CTRData, write_meta
 from fastme.data.encode import Encoder
-from fastme.data.raw import (_REPLACING, DEFAULT_MIN_COUNT, AvazuFormat, CriteoFormat,
-                             MalformedRowsWarning, _Malformed, _read_blocks,
-                             integer_field, rows_estimate)
+from fastme.data.raw import (_REPLACING, DEFAULT_MIN_COUNT, FORMATS, MalformedRowsWarning,
+                             _Malformed, _read_blocks, integer_field, make_format, rows_estimate)
 
 PARQUET_OPTIONS = {"label", "fields", "integer", "min_count", "valid_files", "test_files",
                    "rebuild", "progress", "batch_rows"}
@@ -208,14 +208,14 @@ def _check_file_split(files, valid_files, test_files) -> None:
 
 
 class RawFiles:
-    """Several raw Criteo / Avazu files (e.g. Criteo 1TB's day files) read as one dataset, each
-    with fastme.data.raw's reader and row parser; malformed rows are skipped and counted."""
+    """Several raw text files of one format (e.g. Criteo 1TB's day files) read as one dataset,
+    each with fastme.data.raw's reader and row parser; malformed rows are skipped and counted."""
 
-    def __init__(self, kind: str, files, hour: str = "split", block_size: int = 32 << 20,
-                 progress: bool = True):
+    def __init__(self, kind: str, files, format_options: dict | None = None,
+                 block_size: int = 32 << 20, progress: bool = True):
         self.kind = kind
-        self.fmt = CriteoFormat() if kind == "criteo" else AvazuFormat(hour)
         self.files = [Path(f) for f in files]
+        self.fmt = make_format(kind, self.files[0], format_options)
         self.field_names = self.fmt.field_names
         self.block_size, self.progress = block_size, progress
         self.bad = _Malformed()
@@ -241,23 +241,22 @@ def is_multi_file(path: str) -> bool:
 
 
 def load_raw_files(kind: str, spec: str, cache_dir=None, *, min_count: int | None = None,
-                   hour: str = "split", valid_files: int = 0, test_files: int = 0,
-                   rebuild: bool = False, progress: bool = True,
-                   block_size: int = 32 << 20) -> CTRData:
+                   valid_files: int = 0, test_files: int = 0, rebuild: bool = False,
+                   progress: bool = True, block_size: int = 32 << 20,
+                   **format_options) -> CTRData:
     """Several raw ``kind`` files (a glob, a directory or a comma list) preprocessed as one
-    dataset, in file order, optionally split by file (``valid_files``, ``test_files``)."""
-    if kind not in DEFAULT_MIN_COUNT:
-        raise ValueError(f"unknown raw format {kind!r}; expected 'criteo' or 'avazu'")
+    dataset, in file order, optionally split by file (``valid_files``, ``test_files``);
+    ``format_options`` are the format's own (e.g. Avazu's ``hour``, CSV's ``label``)."""
+    if kind not in FORMATS:
+        raise ValueError(f"unknown raw format {kind!r}; expected one of {', '.join(FORMATS)}")
     min_count = DEFAULT_MIN_COUNT[kind] if min_count is None else min_count
     if isinstance(min_count, bool) or int(min_count) != min_count or min_count < 1:
         raise ValueError(f"min_count must be a positive integer, got {min_count!r}")
     files = expand_paths(spec, suffix="")
     _check_file_split(files, valid_files, test_files)
-    source = RawFiles(kind, files, hour, block_size, progress)
+    source = RawFiles(kind, files, format_options, block_size, progress)
     options = {"min_count": int(min_count), "valid_files": int(valid_files),
-               "test_files": int(test_files)}
-    if kind == "avazu":
-        options["hour"] = hour
+               "test_files": int(test_files), **source.fmt.options()}
     fingerprint = files_fingerprint(files)
     directory = _cache_dir(kind, files, options, cache_dir, fingerprint)
     data = build_or_reuse(directory, fingerprint,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fastme.cli import error
+from fastme.cli import error, key_values
 
 _FMT = argparse.ArgumentDefaultsHelpFormatter
 
@@ -15,14 +15,20 @@ def add_parsers(subparsers) -> None:
         "predict", help="score a file with a trained model", formatter_class=_FMT,
         description="Write one click probability per input row, in input order, encoding the "
                     "rows with the training cache's vocabulary. Raw Criteo (train.txt with "
-                    "labels, test.txt without, or the competition's CSV) and Avazu (train or "
-                    "test) files are recognised; a malformed row keeps its place with an empty "
-                    "probability. With labels, AUC and log loss are reported.")
+                    "labels, test.txt without, or the competition's CSV), Avazu (train or "
+                    "test, with or without their header line) and CSV files of the training "
+                    "run's columns are recognised; a malformed row keeps its place with an "
+                    "empty probability. With labels, AUC and log loss are reported.")
     p.add_argument("checkpoint", help="best.pt / last.pt written by fastme train, or its run "
                                       "directory")
     p.add_argument("--data", required=True,
-                   help="criteo:PATH or avazu:PATH (raw file), or any --data spec of fastme "
-                        "train (cache:DIR, parquet:PATH, npy:DIR, synthetic) scored in row order")
+                   help="criteo:PATH, avazu:PATH or csv:PATH (raw file, of the kind the model "
+                        "was trained on), or any --data spec of fastme train (cache:DIR, "
+                        "parquet:PATH, npy:DIR, synthetic) scored in row order")
+    p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="how the raw file is laid out, e.g. header=none for an Avazu file "
+                        "without its header line (repeatable); the training run's data options "
+                        "(hour, label, fields, ...) apply by themselves")
     p.add_argument("--out", default=None, help="output CSV (default: no file, summary only)")
     p.add_argument("--vocab", default=None, metavar="CACHE_DIR",
                    help="training cache holding vocab.json (default: the one the checkpoint "
@@ -59,7 +65,8 @@ def run_predict(args) -> int:
     try:
         summary = predict(args.checkpoint, args.data, args.out, vocab_dir=args.vocab,
                           cache_dir=args.cache_dir, backend=args.backend, device=args.device,
-                          batch_size=args.batch_size, progress=not args.no_progress)
+                          batch_size=args.batch_size, progress=not args.no_progress,
+                          data_options=key_values(args.data_option, "--data-option"))
     except (ValueError, TypeError, OSError, BackendUnavailable) as exc:
         return error("predict", exc)
     print_summary(summary, file=sys.stdout)

@@ -6,12 +6,16 @@ instead of vanishing. Cells are validated, transformed and mapped to indices by 
 code (fastme.data.raw) with the training cache's vocabulary, so a value is encoded exactly as it
 was in training (unseen or rare -> the field's OOV index, empty -> its missing index).
 
-Recognised inputs (``criteo:PATH`` / ``avazu:PATH``, the kind the model was trained on):
+Recognised inputs (``criteo:PATH`` / ``avazu:PATH`` / ``csv:PATH``, the kind the model was
+trained on):
 
 - Criteo ``train.txt`` (40 tab-separated columns, label first) or ``test.txt`` (39, no label);
   rows are identified by their 0-based line number (``row``);
 - the competition's CSV files: header ``Id,Label,I1..I13,C1..C26`` or ``Id,I1..C26`` (``Id``);
-- Avazu ``train`` (header with ``click``) or ``test`` (no ``click``), identified by ``id``.
+- Avazu ``train`` (header with ``click``) or ``test`` (no ``click``), identified by ``id``; with
+  the option ``header=none``, the same files without their header line (24 or 23 columns);
+- a CSV file with a header line holding the training run's fields (the label column optional),
+  read with its delimiter; rows identified by their number (``row``).
 
 ``parquet:PATH`` files are encoded with the training vocabulary and column options too, rows
 identified by their number over all files. Other data (``cache:DIR``, ``npy:DIR``,
@@ -33,8 +37,9 @@ import torch
 
 from fastme.data.dataset import load_vocab
 from fastme.data.encode import indices
-from fastme.data.raw import (AVAZU_COLUMNS, CRITEO_CAT, CRITEO_COLUMNS, CRITEO_INT, AvazuFormat,
-                             CriteoFormat, _damaged, _first_line, _Malformed, _open, empty_to_null)
+from fastme.data.raw import (CRITEO_CAT, CRITEO_COLUMNS, CRITEO_INT, FORMATS, _damaged,
+                             _first_line, _Malformed, _open, avazu_columns, empty_to_null,
+                             make_format)
 from fastme.models.spec import load_trained
 from fastme.ops._validation import bounds_check, get_bounds_check
 from fastme.train.metrics import log_loss_from_logits, roc_auc
@@ -49,21 +54,29 @@ _EXAMPLES = 5
 class Layout:
     """How an input file's lines map onto the training format's columns."""
 
-    kind: str                 # "criteo" or "avazu"
+    kind: str                 # "criteo", "avazu" or "csv"
     delimiter: str
     header: bool              # first line is a header (not a row)
     columns: list[str]        # the file's columns, named as the training format names them
     id_column: str | None     # column that identifies a row (None: the row number)
     id_name: str              # output column names
     probability_name: str
+    label: str | None = None  # the label column's name (None: "label" or "click")
 
     @property
     def labeled(self) -> bool:
+        if self.label is not None:
+            return self.label in self.columns
         return "label" in self.columns or "click" in self.columns
 
 
-def detect_layout(kind: str, path: Path) -> Layout:
-    """The layout of ``path`` from its first line; ValueError naming the file when unknown."""
+def detect_layout(kind: str, path: Path, fmt=None) -> Layout:
+    """The layout of ``path`` from its first line; ValueError naming the file when unknown.
+    ``fmt``: the training format (fastme.data.raw.make_format) with the file's read options
+    (Avazu's ``header``); a CSV file's columns are its header, which ``fmt`` has read."""
+    if kind == "csv":
+        return Layout("csv", fmt.delimiter, True, fmt.columns, None, "row", "probability",
+                      fmt.label)
     first = _first_line(path).rstrip(b"\r").decode("utf-8", errors="replace")
     if kind == "criteo":
         if "\t" in first or "," not in first:
@@ -82,12 +95,9 @@ def detect_layout(kind: str, path: Path) -> Layout:
             return Layout("criteo", ",", True, columns, "Id", "Id", "Predicted")
         raise ValueError(f"{path}: comma-separated, but the header {first[:120]!r} is not the "
                          f"Criteo competition's CSV (Id,Label,I1..I13,C1..C26 or Id,I1..C26)")
-    names = first.split(",")
-    test_columns = [c for c in AVAZU_COLUMNS if c != "click"]
-    if names in (AVAZU_COLUMNS, test_columns):
-        return Layout("avazu", ",", True, names, "id", "id", "click")
-    raise ValueError(f"{path}: the header {first[:200]!r} is neither Avazu's train "
-                     f"({','.join(AVAZU_COLUMNS)}) nor its test file (the same without click)")
+    header = fmt.header if fmt is not None else True
+    columns = avazu_columns(path, first, header, labeled=False)
+    return Layout("avazu", ",", header, columns, "id", "id", "click", "click")
 
 
 def _line_blocks(path: Path, block_bytes: int):
@@ -182,15 +192,24 @@ class Predictor:
         return out
 
     # -- raw files ---------------------------------------------------------------------------
-    def _training_format(self, kind: str):
+    def _training_format(self, kind: str, path: Path, read_options: dict):
+        """The training run's format (its recorded options) reading ``path``, laid out as
+        ``read_options`` say (the format's READ_OPTIONS, e.g. Avazu's header=none)."""
         trained = self.source.get("dataset")
         if trained != kind:
             raise ValueError(f"the model was trained on {trained or 'already encoded'} data, not "
                              f"on raw {kind} files, so it has no {kind} vocabulary; score "
-                             + (f"{trained}:PATH files" if trained in ("criteo", "avazu", "parquet")
+                             + (f"{trained}:PATH files" if trained in (*FORMATS, "parquet")
                                 else "encoded data (cache:DIR, npy:DIR)") + " with it")
-        options = self.source.get("options") or {}
-        return CriteoFormat() if kind == "criteo" else AvazuFormat(options.get("hour", "split"))
+        allowed = FORMATS[kind].READ_OPTIONS
+        unknown = sorted(set(read_options) - set(allowed))
+        if unknown:
+            raise ValueError(f"predicting {kind} files takes no option {', '.join(unknown)} "
+                             f"(the training run's options apply; "
+                             + (f"allowed: {', '.join(allowed)})" if allowed else "none allowed)"))
+        options = {k: v for k, v in (self.source.get("options") or {}).items()
+                   if k in FORMATS[kind].OPTIONS}
+        return make_format(kind, path, {**options, **read_options}, labeled=False)
 
     def vocabulary(self) -> list[pa.Array]:
         if self._vocab is None:
@@ -207,18 +226,20 @@ class Predictor:
         return self._vocab
 
     def iter_raw(self, kind: str, path, *, block_bytes: int = BLOCK_BYTES,
-                 summary: Summary | None = None, progress: bool = False):
+                 summary: Summary | None = None, progress: bool = False,
+                 options: dict | None = None):
         """Score a raw file block by block: yields (layout, ids, logits, labels) arrays, one
         entry per input row in input order; a malformed row has logit NaN (label NaN too;
-        labels is None for an unlabeled file)."""
+        labels is None for an unlabeled file). ``options``: how the file is laid out (the
+        format's READ_OPTIONS, e.g. ``{"header": "none"}`` for Avazu)."""
         from tqdm.auto import tqdm
 
         path = Path(path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"data file not found: {path}")
-        fmt = self._training_format(kind)
+        fmt = self._training_format(kind, path, options or {})
         vocab = self.vocabulary()
-        layout = detect_layout(kind, path)
+        layout = detect_layout(kind, path, fmt)
         summary = summary if summary is not None else Summary()
         bad = _Malformed()
         n_cols = len(layout.columns)
@@ -352,11 +373,12 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 def predict(checkpoint, data: str, out=None, *, vocab_dir=None, cache_dir=None,
             backend: str = "reference", device: str = "cpu", batch_size: int = 8192,
-            progress: bool = False) -> Summary:
+            progress: bool = False, data_options: dict | None = None) -> Summary:
     """Score ``data`` with the model of ``checkpoint`` and write ``out`` (CSV: an id column and
     the probability, one line per input row in input order; empty for a malformed row).
 
-    ``data`` is ``criteo:PATH`` or ``avazu:PATH`` (raw files, see the module docstring) or any
+    ``data`` is ``criteo:PATH``, ``avazu:PATH`` or ``csv:PATH`` (raw files, see the module
+    docstring; ``data_options`` say how the file is laid out, e.g. ``{"header": "none"}``) or any
     other :func:`fastme.data.load_dataset` spec (scored in its row order). Returns a
     :class:`Summary` with the row counts, rows/s and, when the input has labels, AUC and log loss
     over the well-formed rows.
@@ -365,10 +387,14 @@ def predict(checkpoint, data: str, out=None, *, vocab_dir=None, cache_dir=None,
                           batch_size=batch_size)
     kind, _, arg = str(data).partition(":")
     summary = Summary(out=str(out) if out is not None else None)
-    if kind in ("criteo", "avazu"):
+    if kind in FORMATS:
         if not arg:
             raise ValueError(f"give the file as {kind}:PATH, got {data!r}")
-        blocks = predictor.iter_raw(kind, arg, summary=summary, progress=progress)
+        blocks = predictor.iter_raw(kind, arg, summary=summary, progress=progress,
+                                    options=data_options)
+    elif data_options:
+        raise ValueError(f"data options ({', '.join(sorted(data_options))}) apply to raw files "
+                         f"({', '.join(f'{k}:PATH' for k in FORMATS)}), not to {data!r}")
     elif kind == "parquet":
         blocks = predictor.iter_parquet(arg, summary=summary, progress=progress)
     else:

@@ -17,9 +17,12 @@ from fastme.ops import BACKENDS
 from fastme.train.config import TRAJECTORY_FIELDS, add_config_arguments, config_options
 
 DATA_HELP = ("synthetic (built in), criteo:PATH (raw Kaggle train.txt), avazu:PATH (raw Kaggle "
-             "train CSV), parquet:PATH (Parquet file, directory, glob or comma list), npy:DIR "
-             "(encoded x.npy and y.npy) or cache:DIR (a preprocessed cache); raw and Parquet "
-             "files are preprocessed once into a cache that later runs reuse (docs/data.md)")
+             "train CSV; --data-option header=none without its header line), csv:PATH (your own "
+             "CSV with a header line; --data-option label=NAME, fields=a,b,c, integer=a), "
+             "parquet:PATH (Parquet file, directory, glob or comma list), npy:DIR "
+             "(encoded x.npy and y.npy) or cache:DIR (a preprocessed cache); raw, CSV and "
+             "Parquet files are preprocessed once into a cache that later runs reuse "
+             "(docs/data.md)")
 MODEL_HELP = "backbone: " + ", ".join(MODELS)
 
 
@@ -66,7 +69,8 @@ def add_parsers(subparsers) -> None:
                    help="rows of the synthetic data (default: the built-in size)")
     d.add_argument("--min-count", type=int, default=None,
                    help="raw data: values seen fewer times become the field's OOV index "
-                        "(default 10 for Criteo, 2 for Avazu; the reference code uses 4 for Avazu)")
+                        "(default 10 for Criteo, 2 for Avazu, 1 for CSV and Parquet; the reference "
+                        "code uses 4 for Avazu)")
     d.add_argument("--avazu-hour", choices=("split", "raw"), default=None,
                    help="Avazu hour: split into hour-of-day and weekday (default) or the raw "
                         "YYMMDDHH value as one field (the reference code)")
@@ -94,8 +98,8 @@ def _data_options(args) -> dict:
             raise ValueError("--synthetic-samples only applies to --data synthetic")
         options["num_samples"] = args.synthetic_samples
     if args.min_count is not None:
-        if kind not in ("criteo", "avazu", "parquet"):
-            raise ValueError("--min-count only applies to criteo:/avazu:/parquet: data")
+        if kind not in ("criteo", "avazu", "csv", "parquet"):
+            raise ValueError("--min-count only applies to criteo:/avazu:/csv:/parquet: data")
         options["min_count"] = args.min_count
     if args.avazu_hour is not None:
         if kind != "avazu":
@@ -103,7 +107,7 @@ def _data_options(args) -> dict:
         options["hour"] = args.avazu_hour
     if args.rebuild_cache:
         options["rebuild"] = True
-    if kind in ("criteo", "avazu", "parquet", "npy"):
+    if kind in ("criteo", "avazu", "csv", "parquet", "npy"):
         options["progress"] = args.progress
     return options
 
