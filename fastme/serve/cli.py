@@ -23,7 +23,14 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--data", required=True,
                    help="criteo:PATH or avazu:PATH (raw file), or any --data spec of fastme "
                         "train (cache:DIR, parquet:PATH, npy:DIR, synthetic) scored in row order")
-    p.add_argument("--out", default=None, help="output CSV (default: no file, summary only)")
+    p.add_argument("--out", default=None,
+                   help="output CSV, written whole or not at all (default: no file, summary only)")
+    p.add_argument("--id-start", type=int, default=None, metavar="N",
+                   help="id of the first row where rows are numbered (Criteo's test.txt: "
+                        "60000000, its Kaggle Ids; a Criteo output is then headed Id,Predicted)")
+    p.add_argument("--id-column", default=None, metavar="NAME",
+                   help="take each row's id from this column of a file with named columns (CSV "
+                        "with a header, Parquet); not with --id-start")
     p.add_argument("--vocab", default=None, metavar="CACHE_DIR",
                    help="training cache holding vocab.json (default: the one the checkpoint "
                         "records)")
@@ -59,7 +66,8 @@ def run_predict(args) -> int:
     try:
         summary = predict(args.checkpoint, args.data, args.out, vocab_dir=args.vocab,
                           cache_dir=args.cache_dir, backend=args.backend, device=args.device,
-                          batch_size=args.batch_size, progress=not args.no_progress)
+                          batch_size=args.batch_size, progress=not args.no_progress,
+                          id_start=args.id_start, id_column=args.id_column)
     except (ValueError, TypeError, OSError, BackendUnavailable) as exc:
         return error("predict", exc)
     print_summary(summary, file=sys.stdout)
