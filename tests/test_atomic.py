@@ -1,6 +1,7 @@
 """fastme._atomic: an output appears whole or not at all, and a failure leaves the old file."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +48,44 @@ def test_new_file_gets_ordinary_permissions_and_old_mode_is_kept(tmp_path):
         assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(mask)
+
+
+def test_directories_made_for_an_output_that_failed_are_removed(tmp_path):
+    (tmp_path / "kept").mkdir()
+    target = tmp_path / "kept" / "new" / "deeper" / "p.csv"
+    with pytest.raises(RuntimeError), replace_on_success(target, make_parents=True) as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError
+    assert os.listdir(tmp_path) == ["kept"] and os.listdir(tmp_path / "kept") == []
+    write_text(tmp_path / "kept" / "new" / "p.csv", "x", make_parents=True)
+    assert (tmp_path / "kept" / "new" / "p.csv").read_text() == "x"
+
+
+def test_make_dirs_reports_only_what_it_created_and_remove_dirs_stops_at_a_used_one(tmp_path):
+    from fastme._atomic import make_dirs, remove_dirs
+
+    created = make_dirs(tmp_path / "a" / "b" / "c")
+    assert created == [tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "c"]
+    assert make_dirs(tmp_path / "a" / "b") == []
+    (tmp_path / "a" / "other").write_text("someone else's")
+    remove_dirs(created)
+    assert sorted(os.listdir(tmp_path / "a")) == ["other"]
+
+
+def test_a_plot_that_fails_keeps_the_old_figure(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from fastme.analysis.plots import plot_bars
+
+    png = plot_bars({"a": 1.0, "b": 2.0}, tmp_path / "bars.png", "t", "y")
+    old = png.read_bytes()
+
+    def broken(self, fname, **kwargs):
+        Path(fname).write_bytes(b"half a png")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", broken)
+    with pytest.raises(OSError, match="disk full"):
+        plot_bars({"a": 3.0}, tmp_path / "bars.png", "t", "y")
+    assert png.read_bytes() == old
+    assert sorted(os.listdir(tmp_path)) == ["bars.json", "bars.png"]

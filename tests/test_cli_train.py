@@ -24,7 +24,8 @@ def test_train_end_to_end(tmp_path, capsys):
     assert results["epochs"] == 2 and results["model"]["num_sets"] == 2
     assert results["info"]["model"] == "dcnv2" and results["info"]["mode"] == "me"
     assert results["config"]["batch_size"] == 512 and results["config"]["lr"] == 3e-3
-    for needle in ("test AUC", "logloss", "field IA", "samples/s", str(out / "results.json")):
+    for needle in ("test AUC", "logloss", "field IA", "samples/s", str(out / "results.json"),
+                   str(out / "best.pt")):
         assert needle in printed
     assert f"{results['test_auc']:.5f}" in printed
 
@@ -246,3 +247,17 @@ def test_a_busy_or_unwritable_out_is_refused_before_loading(tmp_path, capsys, mo
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     assert main(["train", *TINY, "--out", str(tmp_path / "ro")]) == 2
     assert "cannot write to the output directory" in capsys.readouterr().err
+
+
+def test_rejected_train_commands_leave_nothing_behind(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --out is runs/<name> here
+    (tmp_path / "mine").mkdir()
+    bad_data = [["--data", "nosuch:thing"], ["--data", f"criteo:{tmp_path / 'nope.txt'}"]]
+    for data in bad_data:
+        for out in ([], ["--out", f"{tmp_path}/new/run"], ["--out", str(tmp_path / "mine")]):
+            assert main(["train", "--model", "dnn", "--epochs", "1", "--no-progress", *data,
+                         "--cache-dir", str(tmp_path / "cache"), *out]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("fastme train: error: ") and data[1].split(":")[-1] in err
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+            assert list((tmp_path / "mine").iterdir()) == []  # the user's directory stays

@@ -5,6 +5,7 @@ import gzip
 import json
 import multiprocessing
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -286,3 +287,19 @@ def test_several_raw_files_skip_only_the_lines_that_are_not_utf8(tmp_path):
         data = load_dataset(f"criteo:{days}", cache_dir=tmp_path / "cache", min_count=1,
                             progress=False)
     assert len(data) == 39 and data.info["malformed"]["bad_encoding"] == 1
+
+
+def test_a_failed_build_leaves_no_lock_and_no_cache_root_a_good_one_no_lock(tmp_path):
+    damaged = tmp_path / "damaged.gz"
+    damaged.write_bytes(gzip.compress("".join(criteo_line(i) for i in range(300)).encode())[:-40])
+    with pytest.raises(ValueError, match="damaged.gz is damaged"):
+        load("criteo", damaged, tmp_path)
+    assert not (tmp_path / "cache").exists()  # made for this build, removed with its lock
+    good = tmp_path / "train.txt"
+    good.write_text("".join(criteo_line(i) for i in range(30)))
+    data, _ = load("criteo", good, tmp_path)
+    built = Path(data.info["cache_dir"]).name
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [built]  # and no lock file
+    with pytest.raises(ValueError, match="damaged.gz is damaged"):
+        load("criteo", damaged, tmp_path)
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # the root holds a cache: it stays

@@ -216,3 +216,134 @@ def test_compressed_input_and_a_damaged_stream(criteo_run, capsys):
     (tmp / "cut.gz").write_bytes(gzip.compress(text)[:-40])
     assert main(["predict", str(run), "--data", f"criteo:{tmp / 'cut.gz'}", "--no-progress"]) == 2
     assert "cut.gz is damaged" in capsys.readouterr().err
+
+
+def test_a_failed_predict_keeps_the_old_output_and_leaves_nothing(criteo_run, capsys):
+    tmp, rows, run, _ = criteo_run
+    where = tmp / "failures"
+    where.mkdir()
+    keep = where / "keep.csv"
+    keep.write_text("row,probability\n" + "".join(f"{i},0.5\n" for i in range(100)))
+    before = keep.read_text()
+    cut = where / "cut.gz"
+    import gzip
+
+    cut.write_bytes(gzip.compress("".join("\t".join(r[1:]) + "\n" for r in rows).encode())[:-40])
+    for data in (f"criteo:{tmp / 'nope.txt'}",   # a missing file
+                 f"avazu:{tmp / 'train.criteo'}",  # the model was trained on the other dataset
+                 f"criteo:{cut}"):                # damaged half-way through
+        for out in (keep, where / "new" / "p.csv"):
+            assert main(["predict", str(run), "--data", data, "--out", str(out),
+                         "--no-progress"]) == 2
+            assert capsys.readouterr().err.startswith("fastme predict: error: ")
+            assert keep.read_text() == before
+            assert sorted(p.name for p in where.iterdir()) == ["cut.gz", "keep.csv"]
+
+
+def test_predicts_running_at_once_into_one_file_leave_a_whole_file(criteo_run, monkeypatch):
+    """One predict pauses half-way while another writes the same file from start to end; the
+    file then holds the whole output of one of them (the last to finish), never a mixture."""
+    import threading
+
+    from fastme.serve.predict import Predictor
+
+    tmp, rows, run, _ = criteo_run
+    short, long = tmp / "short.txt", tmp / "long.txt"
+    short.write_text("".join("\t".join(r[1:]) + "\n" for r in rows[:40]))
+    long.write_text("".join("\t".join(r[1:]) + "\n" for r in rows))
+    real, paused, go = Predictor.iter_raw, threading.Event(), threading.Event()
+
+    def iter_raw(self, kind, path, **kwargs):
+        for i, block in enumerate(real(self, kind, path, block_bytes=1024, **kwargs)):
+            yield block
+            if i == 0 and str(path) == str(short):
+                paused.set()
+                assert go.wait(60)
+
+    monkeypatch.setattr(Predictor, "iter_raw", iter_raw)
+    go.set()
+    predict(run, f"criteo:{short}", tmp / "short.csv")  # the same blocks, not paused
+    paused.clear()
+    go.clear()
+    out = tmp / "shared.csv"
+    first = threading.Thread(target=predict, args=(run, f"criteo:{short}", out))
+    first.start()
+    assert paused.wait(60)
+    predict(run, f"criteo:{long}", out)  # runs whole while the first one is half-way
+    go.set()
+    first.join()
+    assert read_csv(out) == read_csv(tmp / "short.csv")
+    assert not [p for p in tmp.iterdir() if ".partial" in p.name]
+
+
+def test_kaggle_ids_for_the_test_txt_layout(criteo_run, capsys):
+    tmp, rows, run, _ = criteo_run
+    test = tmp / "kaggle_test.txt"
+    test.write_text("".join("\t".join(r[1:]) + "\n" for r in rows[:25]))
+    predict(run, f"criteo:{test}", tmp / "numbered.csv")
+    assert main(["predict", str(run), "--data", f"criteo:{test}", "--id-start", "60000000",
+                 "--out", str(tmp / "ids.csv"), "--no-progress"]) == 0
+    assert f"wrote {tmp / 'ids.csv'}" in capsys.readouterr().out
+    header, out = read_csv(tmp / "ids.csv")
+    assert header == ["Id", "Predicted"]
+    assert [int(r[0]) for r in out] == list(range(60000000, 60000025))
+    assert [r[1] for r in out] == [r[1] for r in read_csv(tmp / "numbered.csv")[1]]
+
+
+def test_an_id_column_of_a_csv_and_the_combinations_that_make_no_sense(criteo_run, capsys):
+    tmp, rows, run, _ = criteo_run
+    csv_file = tmp / "ids_test.csv"
+    lines = [",".join(["Id"] + CRITEO_INT + CRITEO_CAT)]
+    lines += [",".join([str(60000000 + i)] + r[1:]) for i, r in enumerate(rows[:10])]
+    csv_file.write_text("\n".join(lines) + "\n")
+    predict(run, f"criteo:{csv_file}", tmp / "by_id.csv", id_column="C26")
+    header, out = read_csv(tmp / "by_id.csv")
+    assert header == ["C26", "Predicted"] and [r[0] for r in out] == [r[-1] for r in rows[:10]]
+    predict(run, f"criteo:{csv_file}", tmp / "by_Id.csv")
+    assert [r[1] for r in out] == [r[1] for r in read_csv(tmp / "by_Id.csv")[1]]
+    test = tmp / "kaggle_test.txt"
+    test.write_text("".join("\t".join(r[1:]) + "\n" for r in rows[:5]))
+    keep = tmp / "untouched.csv"
+    keep.write_text("old\n")
+    cases = [(f"criteo:{test}", ["--id-column", "Id"], "--id-column: "),
+             (f"criteo:{csv_file}", ["--id-column", "Nope"], "--id-column: "),
+             (f"criteo:{csv_file}", ["--id-start", "1"], "--id-start: "),
+             (f"criteo:{test}", ["--id-start", "1", "--id-column", "Id"],
+              "--id-start and --id-column"),
+             (f"criteo:{test}", ["--id-start", "-1"], "--id-start must be"),
+             ("synthetic", ["--id-column", "Id"], "--id-column: ")]
+    for data, options, message in cases:
+        assert main(["predict", str(run), "--data", data, *options, "--out", str(keep),
+                     "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"fastme predict: error: {message}") and err.count("\n") == 1
+        assert keep.read_text() == "old\n"
+
+
+def test_parquet_ids_from_a_column_or_a_start(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(3)
+    n = 400
+    table = pa.table({"label": rng.integers(0, 2, n), "a": rng.integers(0, 5, n).astype(str),
+                      "b": rng.integers(0, 7, n).astype(str),
+                      "key": [f"k{i}" for i in range(n)]})
+    pq.write_table(table, tmp_path / "t.parquet")
+    data = load_dataset(f"parquet:{tmp_path / 't.parquet'}", cache_dir=tmp_path / "cache",
+                        fields=["a", "b"], progress=False)
+    model = build("dnn", data.field_dims, 1, hidden_dim=4)
+    train(model, data, TrainConfig(epochs=1, batch_size=64, progress=False, verbose=False,
+                                   out_dir=str(tmp_path / "run")))
+    spec = f"parquet:{tmp_path / 't.parquet'}"
+    predict(tmp_path / "run", spec, tmp_path / "rows.csv")
+    predict(tmp_path / "run", spec, tmp_path / "keys.csv", id_column="key")
+    predict(tmp_path / "run", spec, tmp_path / "from.csv", id_start=1000)
+    rows, keys, start = (read_csv(tmp_path / f) for f in ("rows.csv", "keys.csv", "from.csv"))
+    assert (rows[0], keys[0], start[0]) == (["row", "probability"], ["key", "probability"],
+                                            ["id", "probability"])
+    assert [r[0] for r in keys[1]] == [f"k{i}" for i in range(n)]
+    assert [int(r[0]) for r in start[1]] == list(range(1000, 1000 + n))
+    assert [r[1] for r in rows[1]] == [r[1] for r in keys[1]] == [r[1] for r in start[1]]
+    with pytest.raises(ValueError, match="--id-column: .* has no column 'nope'"):
+        predict(tmp_path / "run", spec, tmp_path / "keys.csv", id_column="nope")

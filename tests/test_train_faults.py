@@ -139,3 +139,81 @@ def test_wall_time_covers_every_session(data, tmp_path, monkeypatch):
     assert again["wall_time_s"] >= again["train_time_s"]
     assert json.loads((tmp_path / "results.json").read_text())["wall_time_s"] == \
         again["wall_time_s"]
+
+
+def test_a_released_lock_leaves_no_file_and_removes_the_directories_it_made(tmp_path):
+    from fastme._atomic import make_dirs
+    from fastme._lock import file_lock
+
+    where = tmp_path / "a" / "b"
+    with file_lock(where / ".lock", "x", prepare=lambda: make_dirs(where)):
+        assert (where / ".lock").is_file()
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    with file_lock(tmp_path / "kept" / ".lock", "x", prepare=lambda: make_dirs(tmp_path / "kept")):
+        pass
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"]  # not made by the lock: kept
+
+
+def test_a_lock_file_deleted_by_its_holder_is_never_believed_held(tmp_path, monkeypatch):
+    """The race the holder's delete opens: we open the old file, its holder deletes it and lets
+    go, a third process makes and locks a new file of that name; then our flock succeeds on the
+    deleted file. We must see that and find the new file locked."""
+    import fcntl
+    import os
+    import types
+
+    import fastme._lock as lock
+
+    path = tmp_path / ".lock"
+    path.write_text("")
+    third = []
+
+    def flock(handle, op):
+        if not third:  # between our open and our flock: the file is replaced and locked
+            os.unlink(path)
+            third.append(open(path, "w"))  # noqa: SIM115 - held until the test ends
+            fcntl.flock(third[0], fcntl.LOCK_EX)
+        return fcntl.flock(handle, op)
+
+    monkeypatch.setattr(lock, "fcntl", types.SimpleNamespace(
+        flock=flock, LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB, LOCK_UN=fcntl.LOCK_UN))
+    try:
+        with pytest.raises(LockedError, match="x is in use"), lock.file_lock(path, "x"):
+            pass
+    finally:
+        third[0].close()
+
+
+def test_a_run_that_fails_leaves_no_directory_and_a_finished_one_no_lock(data, tmp_path,
+                                                                         monkeypatch):
+    def fails(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "_train_one_epoch", fails)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            train(model_for(data), data, config(tmp_path / "runs" / "r"))
+    assert list(tmp_path.iterdir()) == []  # neither runs/r nor runs/ stays
+    results = train(model_for(data), data, config(tmp_path / "runs" / "r"))
+    assert sorted(p.name for p in (tmp_path / "runs" / "r").iterdir()) == \
+        ["best.pt", "last.pt", "results.json"]
+    assert results["checkpoint_path"] == str(tmp_path / "runs" / "r" / "best.pt")
+
+
+def test_a_failed_checkpoint_write_keeps_the_old_file_and_leaves_no_debris(data, tmp_path,
+                                                                           monkeypatch):
+    train(model_for(data), data, config(tmp_path))
+    old = {name: (tmp_path / name).read_bytes() for name in ("best.pt", "last.pt")}
+    real_save = torch.save
+
+    def half_save(obj, f, *args, **kwargs):
+        real_save({"half": 1}, f)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", half_save)
+    with pytest.raises(OSError, match="disk full"):
+        train(model_for(data), data, config(tmp_path, resume=True, epochs=2))
+    monkeypatch.undo()
+    assert {name: (tmp_path / name).read_bytes() for name in old} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt", "results.json"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastme._atomic import replace_on_success, write_text
 from fastme._json import json_default
 
 
@@ -24,9 +25,8 @@ def _plt():
 def save_json(path, data) -> Path:
     """Write ``data`` as indented JSON (NaN written as null)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_nan_to_none(data), indent=1, default=json_default)
-    path.write_text(text + "\n")
+    write_text(path, text + "\n", make_parents=True)
     return path
 
 
@@ -43,10 +43,12 @@ def _nan_to_none(obj):
 def _finish(fig, path, data) -> Path:
     path = Path(path)
     stem = path.with_suffix("") if path.suffix == ".png" else path
-    stem.parent.mkdir(parents=True, exist_ok=True)
     png = stem.with_suffix(".png")
-    fig.savefig(png, dpi=120)
-    _plt().close(fig)
+    try:
+        with replace_on_success(png, make_parents=True) as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        _plt().close(fig)
     save_json(stem.with_suffix(".json"), data)
     return png
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastme._atomic import replace_on_success, write_text
+
 TOY_DIR = Path("runs/experiment-toy")
 SCALE_DIR = Path("runs/experiment-scale-dcnv2-synthetic")
 COMMAND = "python -m fastme.analysis.results"
@@ -170,14 +172,15 @@ def main(argv=None) -> int:
     for src in (SCALE_DIR / "scale_auc.png", SCALE_DIR / "scale_ia.png",
                 SCALE_DIR / "scale_field_ia.png", TOY_DIR / "toy.png"):
         if src.is_file():
-            shutil.copyfile(src, figures / src.name)
+            with replace_on_success(figures / src.name) as tmp:
+                shutil.copyfile(src, tmp)
     if timing:
-        (SCALE_DIR / "timing.json").write_text(json.dumps(timing, indent=1) + "\n")
+        write_text(SCALE_DIR / "timing.json", json.dumps(timing, indent=1) + "\n")
     elif (SCALE_DIR / "timing.json").is_file():
         timing = json.loads((SCALE_DIR / "timing.json").read_text())
     machine = args.machine or f"{platform.machine()}, {platform.python_implementation()} " \
                               f"{platform.python_version()}"
-    out.write_text(render(scale, toy, timing, machine))
+    write_text(out, render(scale, toy, timing, machine))
     print(f"wrote {out} and {figures}/")
     return 0
 

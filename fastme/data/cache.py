@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastme._atomic import make_dirs
 from fastme._lock import file_lock
 from fastme.data.dataset import CTRData, finish_cache, load_cache, read_meta
 
@@ -123,9 +124,10 @@ def build_or_reuse(directory: Path, fingerprint: str, build, *, name: str, files
 
     Errors writing the cache name it and say what to do."""
     try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
+        # The lock file is deleted on release, and a cache root this call created is removed
+        # again when the build fails: a failed command leaves nothing behind.
         lock = file_lock(directory.with_name(directory.name + ".lock"), f"the cache {directory}",
-                         wait=True,
+                         wait=True, prepare=lambda: make_dirs(directory.parent),
                          on_wait=lambda who: print(f"{name}: waiting for {who}, which is building "
                                                    f"the cache {directory}", file=sys.stderr,
                                                    flush=True))

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastme._atomic import write_text
+
 CACHE_FORMAT = 1
 
 
@@ -196,9 +198,9 @@ def write_meta(directory: Path, field_names, field_dims, num_rows: int, info: di
                vocab=None) -> None:
     meta = {"format": CACHE_FORMAT, "num_rows": int(num_rows), "field_names": list(field_names),
             "field_dims": [int(d) for d in field_dims], **info}
-    (directory / "meta.json").write_text(json.dumps(meta, indent=1))
+    write_text(directory / "meta.json", json.dumps(meta, indent=1))
     if vocab is not None:
-        (directory / "vocab.json").write_text(json.dumps(vocab))
+        write_text(directory / "vocab.json", json.dumps(vocab))
 
 
 def finish_cache(tmp: Path, directory: Path) -> Path:
@@ -279,7 +281,7 @@ def _validate_once(data: CTRData, directory: Path, rebuild: str) -> None:
     except ValueError as exc:
         raise ValueError(f"the cache {directory} is corrupt: {exc}; {rebuild}") from exc
     try:
-        (directory / _STAMP).write_text(json.dumps(versions))
+        write_text(directory / _STAMP, json.dumps(versions))
     except OSError:
         pass  # a read-only cache is validated at every load instead
 

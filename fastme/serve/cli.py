@@ -29,7 +29,14 @@ def add_parsers(subparsers) -> None:
                    help="how the raw file is laid out, e.g. header=none for an Avazu file "
                         "without its header line (repeatable); the training run's data options "
                         "(hour, label, fields, ...) apply by themselves")
-    p.add_argument("--out", default=None, help="output CSV (default: no file, summary only)")
+    p.add_argument("--out", default=None,
+                   help="output CSV, written whole or not at all (default: no file, summary only)")
+    p.add_argument("--id-start", type=int, default=None, metavar="N",
+                   help="id of the first row where rows are numbered (Criteo's test.txt: "
+                        "60000000, its Kaggle Ids; a Criteo output is then headed Id,Predicted)")
+    p.add_argument("--id-column", default=None, metavar="NAME",
+                   help="take each row's id from this column of a file with named columns (CSV "
+                        "with a header, Parquet); not with --id-start")
     p.add_argument("--vocab", default=None, metavar="CACHE_DIR",
                    help="training cache holding vocab.json (default: the one the checkpoint "
                         "records)")
@@ -66,7 +73,8 @@ def run_predict(args) -> int:
         summary = predict(args.checkpoint, args.data, args.out, vocab_dir=args.vocab,
                           cache_dir=args.cache_dir, backend=args.backend, device=args.device,
                           batch_size=args.batch_size, progress=not args.no_progress,
-                          data_options=key_values(args.data_option, "--data-option"))
+                          data_options=key_values(args.data_option, "--data-option"),
+                          id_start=args.id_start, id_column=args.id_column)
     except (ValueError, TypeError, OSError, BackendUnavailable) as exc:
         return error("predict", exc)
     print_summary(summary, file=sys.stdout)

@@ -24,10 +24,11 @@ identified by their number over all files. Other data (``cache:DIR``, ``npy:DIR`
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from fastme._atomic import replace_on_success
 from fastme.data.dataset import load_vocab
 from fastme.data.encode import indices
 from fastme.data.raw import (CRITEO_CAT, CRITEO_COLUMNS, CRITEO_INT, FORMATS, _damaged,
@@ -62,12 +64,38 @@ class Layout:
     id_name: str              # output column names
     probability_name: str
     label: str | None = None  # the label column's name (None: "label" or "click")
+    header_names: list[str] | None = None  # the file's own column names (a header line)
+    id_start: int = 0         # id of the first row, when rows are identified by their number
 
     @property
     def labeled(self) -> bool:
         if self.label is not None:
             return self.label in self.columns
         return "label" in self.columns or "click" in self.columns
+
+    @property
+    def id_index(self) -> int:
+        return (self.header_names or self.columns).index(self.id_column)
+
+    def with_ids(self, path: Path, id_start: int | None, id_column: str | None) -> Layout:
+        """This layout with the ids the user asked for (``--id-start`` / ``--id-column``);
+        ValueError naming the option where the file cannot have them."""
+        if id_column is not None:
+            if not self.header:
+                raise ValueError(f"--id-column: {path} has no header line, so no column is "
+                                 f"named {id_column!r}; its rows are numbered, --id-start N "
+                                 f"sets the first row's id")
+            if id_column not in self.header_names:
+                raise ValueError(f"--id-column: {path} has no column {id_column!r} (its "
+                                 f"columns: {', '.join(self.header_names)})")
+            return replace(self, id_column=id_column, id_name=id_column)
+        if id_start is not None:
+            if self.id_column is not None:
+                raise ValueError(f"--id-start: {path} has its own id column {self.id_column!r}, "
+                                 f"whose values are written as they are")
+            # ids of the competition's submission file: Id,Predicted
+            return replace(self, id_name="Id", probability_name="Predicted", id_start=id_start)
+        return self
 
 
 def detect_layout(kind: str, path: Path, fmt=None) -> Layout:
@@ -76,13 +104,14 @@ def detect_layout(kind: str, path: Path, fmt=None) -> Layout:
     (Avazu's ``header``); a CSV file's columns are its header, which ``fmt`` has read."""
     if kind == "csv":
         return Layout("csv", fmt.delimiter, True, fmt.columns, None, "row", "probability",
-                      fmt.label)
+                      fmt.label, header_names=fmt.columns)
     first = _first_line(path).rstrip(b"\r").decode("utf-8", errors="replace")
     if kind == "criteo":
         if "\t" in first or "," not in first:
             n = first.count("\t") + 1
             if n == len(CRITEO_COLUMNS):
-                return Layout("criteo", "\t", False, CRITEO_COLUMNS, None, "row", "probability")
+                return Layout("criteo", "\t", False, CRITEO_COLUMNS, None, "row",
+                              "probability")
             if n == len(CRITEO_COLUMNS) - 1:
                 return Layout("criteo", "\t", False, CRITEO_COLUMNS[1:], None, "row",
                               "probability")
@@ -92,12 +121,14 @@ def detect_layout(kind: str, path: Path, fmt=None) -> Layout:
         features = CRITEO_INT + CRITEO_CAT
         if names in (["Id", "Label"] + features, ["Id"] + features):  # the train or test CSV
             columns = ["Id"] + (["label"] if names[1] == "Label" else []) + features
-            return Layout("criteo", ",", True, columns, "Id", "Id", "Predicted")
+            return Layout("criteo", ",", True, columns, "Id", "Id", "Predicted",
+                          header_names=names)
         raise ValueError(f"{path}: comma-separated, but the header {first[:120]!r} is not the "
                          f"Criteo competition's CSV (Id,Label,I1..I13,C1..C26 or Id,I1..C26)")
     header = fmt.header if fmt is not None else True
     columns = avazu_columns(path, first, header, labeled=False)
-    return Layout("avazu", ",", header, columns, "id", "id", "click", "click")
+    return Layout("avazu", ",", header, columns, "id", "id", "click", "click",
+                  header_names=columns if header else None)
 
 
 def _line_blocks(path: Path, block_bytes: int):
@@ -227,11 +258,14 @@ class Predictor:
 
     def iter_raw(self, kind: str, path, *, block_bytes: int = BLOCK_BYTES,
                  summary: Summary | None = None, progress: bool = False,
-                 options: dict | None = None):
+                 options: dict | None = None, id_start: int | None = None,
+                 id_column: str | None = None):
         """Score a raw file block by block: yields (layout, ids, logits, labels) arrays, one
         entry per input row in input order; a malformed row has logit NaN (label NaN too;
         labels is None for an unlabeled file). ``options``: how the file is laid out (the
-        format's READ_OPTIONS, e.g. ``{"header": "none"}`` for Avazu)."""
+        format's READ_OPTIONS, e.g. ``{"header": "none"}`` for Avazu). Rows are identified by
+        the file's id column, or ``id_column``, or by their number counted from ``id_start``
+        (default 0)."""
         from tqdm.auto import tqdm
 
         path = Path(path).expanduser()
@@ -239,7 +273,7 @@ class Predictor:
             raise FileNotFoundError(f"data file not found: {path}")
         fmt = self._training_format(kind, path, options or {})
         vocab = self.vocabulary()
-        layout = detect_layout(kind, path, fmt)
+        layout = detect_layout(kind, path, fmt).with_ids(path, id_start, id_column)
         summary = summary if summary is not None else Summary()
         bad = _Malformed()
         n_cols = len(layout.columns)
@@ -263,9 +297,10 @@ class Predictor:
                 whole = (counts == n_cols) & ~bad_encoding
                 self._note_bad_lines(lines, counts, bad_encoding, n_cols, row, summary)
                 if layout.id_column is None:
-                    ids = np.arange(row, row + n, dtype=np.int64)
-                else:
-                    ids = pc.list_element(cells, 0)
+                    ids = np.arange(row, row + n, dtype=np.int64) + layout.id_start
+                else:  # a line too short to have the id cell gets an empty id
+                    ids = pc.list_slice(cells, layout.id_index, layout.id_index + 1,
+                                        return_fixed_size_list=True).flatten()
                 logits = np.full(n, np.nan)
                 labels = np.full(n, np.nan) if layout.labeled else None
                 if whole.any():
@@ -313,9 +348,12 @@ class Predictor:
 
     # -- Parquet ---------------------------------------------------------------------------
     def iter_parquet(self, spec: str, *, summary: Summary | None = None,
-                     progress: bool = False):
+                     progress: bool = False, id_start: int | None = None,
+                     id_column: str | None = None):
         """Score Parquet file(s) with the training cache's vocabulary and column options:
-        yields (None, row numbers over all files, logits, labels or None)."""
+        yields (None, ids, logits, labels or None); the ids are the rows' numbers over all files
+        counted from ``id_start`` (default 0), or the values of the column ``id_column``."""
+        import pyarrow.parquet as pq
         from tqdm.auto import tqdm
 
         from fastme.data.sources import ParquetSource, expand_paths
@@ -326,15 +364,28 @@ class Predictor:
         options = self.source.get("options") or {}
         source = ParquetSource(expand_paths(spec), options.get("label", "label"),
                                options.get("fields"), options.get("integer", ()))
+        if id_column is not None and id_column not in pq.read_schema(source.files[0]).names:
+            raise ValueError(f"--id-column: {source.files[0]} has no column {id_column!r} (its "
+                             f"columns: {', '.join(pq.read_schema(source.files[0]).names)})")
         vocab = self.vocabulary()
         summary = summary if summary is not None else Summary()
+        first = id_start or 0
         with tqdm(total=source.estimated_rows(), unit="row",
                   unit_scale=True, disable=not progress, desc="predict parquet") as bar:
             for file in source.files:
+                # the id column read alongside, in batches of the same rows
+                id_batches = (pq.ParquetFile(file).iter_batches(batch_size=source.batch_rows,
+                                                               columns=[id_column])
+                              if id_column is not None else None)
                 for labels, values in source.batches(file, need_label=False):
                     x = np.stack([indices(v, k) for v, k in zip(values, vocab)], axis=1)
                     n = len(x)
-                    ids = np.arange(summary.rows, summary.rows + n)
+                    if id_batches is None:
+                        ids = np.arange(first + summary.rows, first + summary.rows + n)
+                    else:
+                        ids = next(id_batches).column(0)
+                        if len(ids) != n:
+                            raise RuntimeError(f"{file}: the id column's batches do not match")
                     summary.rows += n
                     summary.scored += n
                     bar.update(n)
@@ -342,9 +393,9 @@ class Predictor:
 
     # -- datasets ----------------------------------------------------------------------------
     def iter_dataset(self, data, *, summary: Summary | None = None, block_rows: int = 1 << 18,
-                     progress: bool = False):
-        """Score a :class:`~fastme.data.CTRData` in its row order: yields (None, row numbers,
-        logits, labels)."""
+                     progress: bool = False, id_start: int | None = None):
+        """Score a :class:`~fastme.data.CTRData` in its row order: yields (None, row numbers
+        counted from ``id_start`` (default 0), logits, labels)."""
         from tqdm.auto import tqdm
 
         if list(data.field_dims) != list(self.spec.field_dims):
@@ -362,7 +413,8 @@ class Predictor:
                 summary.rows += len(r)
                 summary.scored += len(r)
                 bar.update(len(r))
-                yield None, np.arange(start, start + len(r)), logits, np.asarray(y[r], np.float64)
+                ids = np.arange(start, start + len(r)) + (id_start or 0)
+                yield None, ids, logits, np.asarray(y[r], np.float64)
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -373,48 +425,68 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 def predict(checkpoint, data: str, out=None, *, vocab_dir=None, cache_dir=None,
             backend: str = "reference", device: str = "cpu", batch_size: int = 8192,
-            progress: bool = False, data_options: dict | None = None) -> Summary:
+            progress: bool = False, data_options: dict | None = None,
+            id_start: int | None = None, id_column: str | None = None) -> Summary:
     """Score ``data`` with the model of ``checkpoint`` and write ``out`` (CSV: an id column and
     the probability, one line per input row in input order; empty for a malformed row).
 
     ``data`` is ``criteo:PATH``, ``avazu:PATH`` or ``csv:PATH`` (raw files, see the module
     docstring; ``data_options`` say how the file is laid out, e.g. ``{"header": "none"}``) or any
-    other :func:`fastme.data.load_dataset` spec (scored in its row order). Returns a
-    :class:`Summary` with the row counts, rows/s and, when the input has labels, AUC and log loss
-    over the well-formed rows.
+    other :func:`fastme.data.load_dataset` spec (scored in its row order). Rows identified by
+    their number are numbered from ``id_start`` (Criteo's test.txt: 60000000, its Kaggle Ids;
+    the output header is then ``Id,Predicted`` for Criteo files); ``id_column`` takes the ids
+    from that column of a file with named columns (CSV with a header, Parquet). ``out`` is
+    written whole or not at all: a failure leaves an existing file as it was. Returns a
+    :class:`Summary` with the row counts, rows/s and, when the input has labels, AUC and log
+    loss over the well-formed rows.
     """
+    if id_start is not None and id_column is not None:
+        raise ValueError("--id-start and --id-column exclude each other: rows are identified "
+                         "either by their number or by a column")
+    if id_start is not None and (isinstance(id_start, bool) or int(id_start) != id_start
+                                 or id_start < 0):
+        raise ValueError(f"--id-start must be a non-negative integer, got {id_start!r}")
+    kind, _, arg = str(data).partition(":")
+    if id_column is not None and kind not in (*FORMATS, "parquet"):
+        raise ValueError(f"--id-column: {data} is encoded data without named columns; its rows "
+                         f"are numbered, --id-start N sets the first row's id")
+    if kind in FORMATS and not arg:
+        raise ValueError(f"give the file as {kind}:PATH, got {data!r}")
     predictor = Predictor(checkpoint, vocab_dir=vocab_dir, backend=backend, device=device,
                           batch_size=batch_size)
-    kind, _, arg = str(data).partition(":")
-    summary = Summary(out=str(out) if out is not None else None)
+    summary = Summary()
     if kind in FORMATS:
-        if not arg:
-            raise ValueError(f"give the file as {kind}:PATH, got {data!r}")
         blocks = predictor.iter_raw(kind, arg, summary=summary, progress=progress,
-                                    options=data_options)
+                                    options=data_options, id_start=id_start,
+                                    id_column=id_column)
     elif data_options:
         raise ValueError(f"data options ({', '.join(sorted(data_options))}) apply to raw files "
                          f"({', '.join(f'{k}:PATH' for k in FORMATS)}), not to {data!r}")
     elif kind == "parquet":
-        blocks = predictor.iter_parquet(arg, summary=summary, progress=progress)
+        blocks = predictor.iter_parquet(arg, summary=summary, progress=progress,
+                                        id_start=id_start, id_column=id_column)
     else:
         from fastme.data import load_dataset
 
         blocks = predictor.iter_dataset(load_dataset(data, cache_dir=cache_dir),
-                                        summary=summary, progress=progress)
+                                        summary=summary, progress=progress, id_start=id_start)
+    header = [id_column or ("row" if id_start is None else "id"), "probability"]
     started = time.perf_counter()
     labels_all, logits_all = [], []
-    writer = handle = None
-    try:
+    # Written to a temporary file renamed over ``out`` only once complete: a failure (a bad
+    # spec, a model of another dataset, a damaged file half-way) leaves an older file intact, and
+    # predicts run at once into one file each leave a whole file (the last one's).
+    with contextlib.ExitStack() as stack:
+        writer = handle = None
         if out is not None:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            handle = open(out, "w", newline="")
+            tmp = stack.enter_context(replace_on_success(Path(out), make_parents=True))
+            handle = stack.enter_context(open(tmp, "w", newline=""))
             writer = csv.writer(handle)
         for layout, ids, logits, labels in blocks:
             if writer is not None:
                 if handle.tell() == 0:
                     writer.writerow([layout.id_name, layout.probability_name] if layout
-                                    else ["row", "probability"])
+                                    else header)
                 ids = ids.to_pylist() if isinstance(ids, pa.Array) else ids.tolist()
                 probs = sigmoid(logits).tolist()
                 writer.writerows(zip(ids, ("" if p != p else f"{p:.10g}" for p in probs)))
@@ -422,9 +494,7 @@ def predict(checkpoint, data: str, out=None, *, vocab_dir=None, cache_dir=None,
                 good = np.isfinite(logits)
                 labels_all.append(labels[good].astype(np.float32))
                 logits_all.append(logits[good])
-    finally:
-        if handle is not None:
-            handle.close()
+    summary.out = str(out) if out is not None else None
     summary.seconds = time.perf_counter() - started
     if labels_all:
         y, z = np.concatenate(labels_all), np.concatenate(logits_all)
@@ -448,5 +518,5 @@ def print_summary(summary: Summary, file=None) -> None:
         lines.append(f"  AUC {summary.auc:.5f}  logloss {summary.logloss:.5f} "
                      f"(over the well-formed labeled rows)")
     if summary.out:
-        lines.append(f"  written to {summary.out}")
+        lines.append(f"  wrote {summary.out}")
     print("\n".join(lines), file=file, flush=True)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastme._atomic import make_dirs, remove_dirs, replace_on_success, write_text
 from fastme._json import json_default
 from fastme._lock import file_lock
 from fastme.data.dataset import CTRData
@@ -115,9 +116,8 @@ def scores(data: CTRData, rows: np.ndarray, z: np.ndarray) -> dict:
 # ---- checkpoints --------------------------------------------------------------------------------
 
 def _save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
+    with replace_on_success(path) as tmp:  # a crash mid-write never leaves a truncated checkpoint
+        torch.save(obj, tmp)
 
 
 class CheckpointError(ValueError):
@@ -215,25 +215,47 @@ class ResumeError(ValueError):
     """The run in out_dir cannot be continued with these settings or this data."""
 
 
-def prepare_out_dir(out: Path) -> None:
-    """Create the run directory, or say clearly why it cannot be one."""
+def check_out_dir(out: Path) -> None:
+    """Say clearly why ``out`` cannot be a run directory, without creating anything (the run
+    creates it under its lock, and removes it again if it fails before writing a file)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output directory {out} is an existing file; choose another --out")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"cannot create the output directory {out}: {existing} is a file; "
+                         f"choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "write to the output directory" if existing == out else \
+            f"create the output directory {out} in"
+        raise ValueError(f"cannot {what} {existing}; choose another --out")
+
+
+def prepare_out_dir(out: Path) -> list[Path]:
+    """Create the run directory, or say clearly why it cannot be one; returns the directories
+    created (removed again by :func:`lock_run_dir` if the run leaves them empty)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output directory {out} is an existing file; choose another --out")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        created = make_dirs(out)
     except OSError as exc:
         raise ValueError(f"cannot create the output directory {out}: {exc.strerror or exc}; "
                          f"choose another --out") from exc
     if not os.access(out, os.W_OK | os.X_OK):
+        remove_dirs(created)
         raise ValueError(f"cannot write to the output directory {out}; choose another --out")
+    return created
 
 
 def lock_run_dir(out) -> "contextlib.AbstractContextManager":
     """Hold ``out``'s lock: two runs writing into one directory would mix their checkpoints and
-    report each other's numbers, so the second is refused (:class:`fastme._lock.LockedError`)."""
+    report each other's numbers, so the second is refused (:class:`fastme._lock.LockedError`).
+    The directory is created if needed; on release the lock file is deleted and a directory this
+    call created is removed when nothing else was written into it (a command that failed before
+    training leaves nothing behind)."""
     out = Path(out)
-    prepare_out_dir(out)
-    return file_lock(out / LOCK, f"the run directory {out}")
+    return file_lock(out / LOCK, f"the run directory {out}", prepare=lambda: prepare_out_dir(out))
 
 
 def _check_backend(model, device: torch.device) -> None:
@@ -296,7 +318,7 @@ class Trainer:
         self.eval_batch_size = config.eval_batch_size or config.batch_size
         self.out = Path(config.out_dir) if config.out_dir is not None else None
         if self.out is not None:
-            prepare_out_dir(self.out)
+            check_out_dir(self.out)
         self.info = dict(info or {})
         self.on_epoch, self.on_result = on_epoch, on_result
         self.data_desc = {
@@ -549,10 +571,9 @@ class Trainer:
             warnings.warn(results["warnings"][-1], TrainingWarning, stacklevel=2)
         results.update(self._call(self.on_result, results))
         if self.out is not None:
-            tmp = self.out / (RESULTS + ".tmp")
-            tmp.write_text(json.dumps(results, indent=1, default=json_default))
-            os.replace(tmp, self.out / RESULTS)
+            write_text(self.out / RESULTS, json.dumps(results, indent=1, default=json_default))
             results["results_path"] = str(self.out / RESULTS)
+            results["checkpoint_path"] = str(self.out / BEST)  # what predict and export take
         return results
 
     def run(self) -> dict:
@@ -640,6 +661,8 @@ def print_summary(results: dict, file=None) -> None:
                  f"(training {results['train_time_s']:.1f} s)   "
                  f"{results['samples_per_s']:,.0f} samples/s on {results['device']}, "
                  f"{_processes(results.get('world_size', 1))}")
+    if results.get("checkpoint_path"):
+        lines.append(f"best model    {results['checkpoint_path']} (for fastme predict / export)")
     if results.get("results_path"):
         lines.append(f"results       {results['results_path']}")
     print("\n".join(lines), file=file, flush=True)
