@@ -6,14 +6,17 @@ from pathlib import Path
 
 import numpy as np
 
-from fastme.analysis import collapse
+from fastme.analysis import collapse, metrics
 from fastme.analysis.plots import (plot_bars, plot_field_ia, plot_interaction_pattern,
                                    plot_spectra, plot_sub_embedding, save_json)
 
-#: A measure within this relative distance of its random baseline counts as "as random": the
-#: spread of IA over random draws is about 1-3% for the fields' shapes (more for tiny fields), so
-#: a closer match means nothing has been learned that these measures can see.
+#: A measure within this relative distance of its random baseline, or within 3 standard
+#: deviations of random draws of the same shapes where those spread wider (fields of a few rows),
+#: counts as "as random": nothing has been learned that these measures can see.
 RANDOM_TOLERANCE = 0.05
+
+#: Random draws of the diversity baseline (its spread sets the verdict's band).
+DIVERSITY_DRAWS = 24
 
 #: A field whose IA is below this fraction of a random matrix's counts as collapsed: its embedding
 #: uses fewer than half the directions an unlearned table of its shape has.
@@ -145,6 +148,8 @@ def analyze_model(model, out_dir, field_names=None, seen_rows=None, split: int |
     result["field_ia_per_set"] = collapse.field_information_abundance(ff, per_set=True)
     result["field_ia_over_width"] = [v / width for v in ia]
     result["field_ia_random"] = random_ia
+    result["field_ia_random_std"] = [
+        metrics.random_ia_stats(d, width, random_samples)[1] if d else float("nan") for d in dims]
     result["field_ia_over_random"] = [v / r for v, r in zip(ia, random_ia)]
     result["mean_field_ia"] = float(np.nanmean(ia))
     result["mean_field_ia_over_random"] = float(np.nanmean(result["field_ia_over_random"]))
@@ -166,12 +171,16 @@ def analyze_model(model, out_dir, field_names=None, seen_rows=None, split: int |
         else:
             label = f"SE split into {split}"
         div = collapse.model_diversity(ff, split=None if num_sets > 1 else split)
-        rnd = collapse.random_diversity(dims, sets_m, width // sets_m)
+        draws = [collapse.random_diversity(dims, sets_m, width // sets_m, seed=seed)
+                 for seed in range(DIVERSITY_DRAWS)]
+        rnd_mean = float(np.mean([r["mean"] for r in draws]))
         result["diversity"] = {"label": label, "num_sets": sets_m, "set_width": width // sets_m,
-                               **div, "random_per_field": rnd["per_field"],
-                               "random_mean": rnd["mean"], "over_random": div["mean"] / rnd["mean"]}
+                               **div, "random_per_field": draws[0]["per_field"],
+                               "random_mean": rnd_mean,  # over the draws, like random_std
+                               "random_std": float(np.std([r["mean"] for r in draws])),
+                               "over_random": div["mean"] / rnd_mean}
         result["figures"]["diversity"] = str(plot_bars(
-            {label: div["mean"], f"random N(0,1), split into {sets_m}": rnd["mean"]},
+            {label: div["mean"], f"random N(0,1), split into {sets_m}": rnd_mean},
             out / "diversity", f"{prefix}embedding-set diversity (mean over fields)",
             "diversity (0 = same directions, 1 = orthogonal)", ylim=(0.0, 1.0)))
     else:
@@ -215,36 +224,45 @@ def verdict(result: dict, tolerance: float = RANDOM_TOLERANCE,
     """What the measurements of :func:`analyze_model` say, in one sentence.
 
     ``kind``: "collapsed" (some fields' IA below ``collapse_ratio`` x random), "random" (mean IA /
-    random and, where measured, diversity / random within ``tolerance`` of 1: the embeddings are
-    indistinguishable from an unlearned N(0, 1) table, i.e. from their initialisation) or
-    "learned" (moved away from random, no field collapsed).
+    random, and the diversity where measured, within the band of random tables: 3 standard
+    deviations of random draws of the same shapes, at least ``tolerance`` of the baseline; the
+    embeddings are then indistinguishable from an unlearned table, i.e. from their
+    initialisation) or "learned" (moved away from random, no field collapsed).
     """
-    ratio = result["field_ia_over_random"]
+    ratio = np.asarray(result["field_ia_over_random"], dtype=float)
     names = result["field_names"]
     collapsed = sorted(((n, r) for n, r in zip(names, ratio) if r < collapse_ratio),
                        key=lambda p: p[1])
     mean = result["mean_field_ia_over_random"]
+    # spread of the mean over fields of IA / random for random tables (fields independent)
+    rel_sd = (np.asarray(result["field_ia_random_std"], dtype=float)
+              / np.asarray(result["field_ia_random"], dtype=float))
+    ok = np.isfinite(rel_sd)
+    ia_band = max(tolerance, 3 * float(np.sqrt((rel_sd[ok] ** 2).sum())) / max(ok.sum(), 1))
     div = result.get("diversity")
-    div_ratio = div["over_random"] if div else None
-    as_random = abs(mean - 1) <= tolerance and (div_ratio is None
-                                                or abs(div_ratio - 1) <= tolerance)
-    what = f"mean IA / random {mean:.2f}" + (f", diversity / random {div_ratio:.2f}"
-                                             if div_ratio is not None else "")
+    div_band = max(tolerance * div["random_mean"], 3 * div["random_std"]) if div else None
+    as_random = abs(mean - 1) <= ia_band and (
+        div is None or abs(div["mean"] - div["random_mean"]) <= div_band)
+    what = f"mean IA / random {mean:.2f} (random tables: 1 ± {ia_band:.2f})"
+    if div:
+        what += (f", diversity {div['mean']:.3f} (random tables: {div['random_mean']:.3f} ± "
+                 f"{div_band:.3f})")
     if collapsed:
         kind = "collapsed"
         text = (f"{len(collapsed)} of {len(names)} fields collapsed (IA below "
                 f"{collapse_ratio:g} x random): {_fmt_fields(collapsed)}")
     elif as_random:
         kind = "random"
-        text = (f"indistinguishable from random: {what}, within {tolerance:.0%} of a random "
-                f"N(0,1) table of the same shape. The embeddings have barely left their random "
-                f"initialisation, so these numbers show no collapse, nor anything learned; "
-                f"train longer (more optimiser steps) before reading them")
+        text = (f"indistinguishable from random: {what}; the bands are 3 standard deviations of "
+                f"random draws of these shapes, at least {tolerance:.0%}. The embeddings have "
+                f"barely left their random initialisation, so these numbers show no collapse, "
+                f"nor anything learned; train longer (more optimiser steps) before reading them")
     else:
         kind = "learned"
-        text = (f"moved away from random ({what}); no field below {collapse_ratio:g} x random "
+        text = (f"moved away from random: {what}; no field below {collapse_ratio:g} x random "
                 f"IA, so none collapsed")
-    return {"kind": kind, "text": text, "tolerance": tolerance, "collapse_ratio": collapse_ratio,
+    return {"kind": kind, "text": text, "tolerance": tolerance, "ia_band": ia_band,
+            "diversity_band": div_band, "collapse_ratio": collapse_ratio,
             "collapsed_fields": [n for n, _ in collapsed]}
 
 
