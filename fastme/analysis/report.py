@@ -179,10 +179,12 @@ def analyze_model(model, out_dir, field_names=None, seen_rows=None, split: int |
                                "random_mean": rnd_mean,  # over the draws, like random_std
                                "random_std": float(np.std([r["mean"] for r in draws])),
                                "over_random": div["mean"] / rnd_mean}
+        random_label = f"random N(0,1), split into {sets_m} (± 1 sd of draws)"
         result["figures"]["diversity"] = str(plot_bars(
-            {label: div["mean"], f"random N(0,1), split into {sets_m}": rnd_mean},
-            out / "diversity", f"{prefix}embedding-set diversity (mean over fields)",
-            "diversity (0 = same directions, 1 = orthogonal)", ylim=(0.0, 1.0)))
+            {label: div["mean"], random_label: rnd_mean}, out / "diversity",
+            f"{prefix}embedding-set diversity (mean over fields)",
+            "diversity (0 = same directions, 1 = orthogonal)",
+            errors={random_label: result["diversity"]["random_std"]}, ylim=(0.0, 1.0)))
     else:
         result["diversity"] = None
         # said in the summary and in analysis.json rather than a figure with nothing to compare
@@ -250,7 +252,7 @@ def verdict(result: dict, tolerance: float = RANDOM_TOLERANCE,
     if collapsed:
         kind = "collapsed"
         text = (f"{len(collapsed)} of {len(names)} fields collapsed (IA below "
-                f"{collapse_ratio:g} x random): {_fmt_fields(collapsed)}")
+                f"{collapse_ratio:g} x random): {_fmt_fields(collapsed)}; over all fields, {what}")
     elif as_random:
         kind = "random"
         text = (f"indistinguishable from random: {what}; the bands are 3 standard deviations of "
