@@ -1,13 +1,14 @@
 """The paper's experiments and reports: toy experiment, scaling sweep, checkpoint analysis, plots."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from fastme.analysis.plots import plot_toy
-from fastme.analysis.report import analyze_model
+from fastme.analysis.report import analyze_model, summary_lines
 from fastme.analysis.toy import run_toy
 from fastme.cli import main
 from fastme.models import build
@@ -197,9 +198,161 @@ def test_scale_and_analyze_cli_with_the_trainer(tmp_path):
     assert 0.0 <= summary["me"]["2"]["test_auc_mean"] <= 1.0
     run = out / "runs" / "dcnv2-mex2-seed0"
     assert (run / "best.pt").is_file()
-    # analyze the ME run's checkpoint, on the rows its training split saw
-    assert main(["analyze", str(run), "--data", "synthetic", "--seen-only", *common]) == 0
+    # analyze the ME run's checkpoint, on the rows its training split saw: the sweep recorded
+    # its data (spec and options), so no --data is needed
+    assert main(["analyze", str(run), "--seen-only"]) == 0
     report = json.loads((run / "analysis" / "analysis.json").read_text())
     assert report["num_sets"] == 2 and report["seen_only"]
+    train_rows = _tiny_data().split(0)[0].x
+    assert report["rows_analysed"] == [len(np.unique(train_rows[:, i])) for i in range(4)]
     assert len(report["sub_embedding"]["per_set"]) == 2
     assert main(["analyze", str(tmp_path / "missing")]) == 2
+
+
+# -- fastme analyze on a trained run, as a user runs it ------------------------------------------
+# fields of 30 to 240 rows, all kept: wide enough that random tables of their shapes spread little
+ANALYZE_DIMS = [30, 60, 120, 240]
+ANALYZE_DATA = ["--data", "synthetic", "--synthetic-samples", "1000", "--data-option",
+                f"field_dims={ANALYZE_DIMS}", "--data-option", "min_count=0"]
+
+
+def _train_run(out, mode, scale):
+    assert main(["train", "--model", "dcnv2", "--mode", mode, "--scale", str(scale),
+                 *ANALYZE_DATA, "--epochs", "1", "--batch-size", "128", "--device", "cpu",
+                 "--backend", "reference", "--model-option", "hidden_dim=8", "--no-progress",
+                 "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory):
+    """A barely trained ME x2 and SE x1 run (7 optimiser steps: still random, as a short run is)."""
+    pytest.importorskip("fastme.train")
+    root = tmp_path_factory.mktemp("runs")
+    return {"me": _train_run(root / "me", "me", 2), "se": _train_run(root / "se", "se", 1)}
+
+
+def test_analyze_says_what_the_numbers_mean(trained_runs, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["analyze", str(trained_runs["me"]), "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    report = json.loads((tmp_path / "analysis.json").read_text())
+    ratio = report["field_ia_over_random"]
+    worst = int(np.argmin(ratio))
+    # IA relative to random, per field: mean, min with the field's name
+    assert f"mean {np.mean(ratio):.3f}, min {ratio[worst]:.3f} (f{worst})" in text
+    assert report["mean_field_ia_over_random"] == pytest.approx(np.mean(ratio))
+    # diversity against its random baseline, and where the SE-split baseline comes from
+    d = report["diversity"]
+    assert f"{d['mean']:.3f}; random N(0,1) tables split the same way: {d['random_mean']:.3f}" \
+        in text
+    assert "SE-split baseline: analyse an SE x2 checkpoint" in text
+    # seven optimiser steps leave the embeddings where they started: said in words
+    assert report["verdict"]["kind"] == "random"
+    band = report["verdict"]["ia_band"]
+    assert f"verdict: indistinguishable from random: mean IA / random {np.mean(ratio):.2f} " \
+        f"(random tables: 1 ± {band:.2f})" in text
+    assert "3 standard deviations of random draws of these shapes, at least 5%" in text
+    assert "barely left their random initialisation" in text
+
+
+def test_analyze_verdicts_on_learned_and_collapsed_tables(tmp_path):
+    torch.manual_seed(0)
+    model = build("dcnv2", [40, 50, 60], 2, True, backend="reference", hidden_dim=8)
+    names = ["a", "b", "c"]
+    assert analyze_model(model, tmp_path / "init", names)["verdict"]["kind"] == "random"
+    with torch.no_grad():
+        tables = model.embedding_tables()
+        # field b collapsed onto one direction; a and c keep every direction but weight them
+        # unevenly (IA below random, not collapsed)
+        tables[1].copy_(torch.randn(2, 50, 1) * torch.randn(1, 1, 10))
+        for i in (0, 2):
+            tables[i].mul_(torch.linspace(1.0, 3.0, 10))
+    result = analyze_model(model, tmp_path / "collapsed", names)
+    v = result["verdict"]
+    assert v["kind"] == "collapsed" and v["collapsed_fields"] == ["b"]
+    assert "1 of 3 fields collapsed (IA below 0.5 x random): b 0." in v["text"]
+    lines = "\n".join(summary_lines(result))
+    assert "verdict: 1 of 3 fields collapsed" in lines and "min " in lines and "(b)" in lines
+    with torch.no_grad():
+        tables[1].copy_(torch.randn(2, 50, 10) * torch.linspace(1.0, 3.0, 10))
+    assert analyze_model(model, tmp_path / "learned", names)["verdict"]["kind"] == "learned"
+
+
+def test_analyze_se_base_model_says_why_there_is_no_diversity(trained_runs, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["analyze", str(trained_runs["se"]), "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "diversity: not measured: an SE model of width K = 10 has a single embedding set" \
+        in text and "--split M" in text
+    assert not (tmp_path / "diversity.png").exists()
+    report = json.loads((tmp_path / "analysis.json").read_text())
+    assert report["diversity"] is None and "single embedding set" in report["diversity_note"]
+    # --split 2 compares the two halves of the embedding instead
+    assert main(["analyze", str(trained_runs["se"]), "--out", str(tmp_path), "--split", "2"]) == 0
+    assert "diversity between 2 chunks of 5 columns" in capsys.readouterr().out
+    assert _is_png(tmp_path / "diversity.png")
+
+
+def test_sub_embedding_plot_names_fields_and_starts_at_zero(trained_runs, tmp_path, monkeypatch):
+    from fastme.analysis import plots
+
+    axes = {}
+    finish = plots._finish
+
+    def keep_axes(fig, path, data):
+        axes[Path(path).name] = [(ax.get_ylim(), [t.get_text() for t in ax.get_xticklabels()],
+                                  [ln.get_label() for ln in ax.get_lines()]) for ax in fig.axes]
+        return finish(fig, path, data)
+
+    monkeypatch.setattr(plots, "_finish", keep_axes)
+    assert main(["analyze", str(trained_runs["me"]), "--out", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "sub_embedding_ia.json").read_text())
+    by_ia = [f"f{i}" for i in saved["sorted_field_order"]]
+    heatmap, by_target, by_source = axes["sub_embedding_ia"][:3]
+    assert heatmap[1] == by_target[1] == by_source[1] == by_ia  # names, not sorted indices
+    for ylim, _, labels in (by_target, by_source):
+        assert ylim[0] == 0  # not zoomed onto the noise
+        assert "untrained model (random table and cross weights)" in labels
+    # the baseline is what an untrained model shows: this barely trained one sits on it
+    assert len(saved["random_ia"]) == len(ANALYZE_DIMS)
+    report = json.loads((tmp_path / "analysis.json").read_text())
+    assert report["sub_embedding"]["mean_over_random"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_analyze_seen_only_reopens_the_recorded_data(trained_runs, tmp_path, capsys):
+    from fastme.data import make_synthetic
+
+    assert main(["analyze", str(trained_runs["me"]), "--seen-only", "--out", str(tmp_path)]) == 0
+    assert "rows: those seen in synthetic (recorded in the checkpoint), training split" in \
+        capsys.readouterr().out
+    train_rows = make_synthetic(1000, field_dims=ANALYZE_DIMS, min_count=0).split(0)[0].x
+    report = json.loads((tmp_path / "analysis.json").read_text())
+    assert report["rows_analysed"] == [len(np.unique(train_rows[:, i])) for i in range(4)]
+    # --data overrides it, and must be the data the model was trained on
+    assert main(["analyze", str(trained_runs["me"]), "--seen-only", "--out", str(tmp_path),
+                 *ANALYZE_DATA]) == 0
+    other = [*ANALYZE_DATA, "--data-option", "seed=1"]
+    assert main(["analyze", str(trained_runs["me"]), "--seen-only", "--out", str(tmp_path),
+                 *other]) == 2
+    assert "is not the data" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", ["text", "pickle", "empty"])
+def test_analyze_a_file_that_is_no_checkpoint(tmp_path, capsys, content):
+    import pickle
+    import warnings
+
+    bad = tmp_path / "model.pt"
+    if content == "pickle":  # torch refuses it with advice to load it unsafely, and warns
+        bad.write_bytes(pickle.dumps({"x": 1 + 2j}, protocol=4))
+    else:
+        bad.write_text("hello\n" if content == "text" else "")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["analyze", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"fastme analyze: error: {bad} is not a ")
+    for advice in ("weights_only", "file an issue", "Please"):
+        assert advice not in err
+        assert not any(advice in str(w.message) for w in caught)

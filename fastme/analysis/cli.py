@@ -125,7 +125,8 @@ def run_scale_command(args) -> int:
         summary = run_scale(args.model, data, scales=args.scales, seeds=args.seeds,
                             train_options=train_options, model_options=model_options,
                             backend=args.backend, out_dir=out, seen_only=args.seen_only,
-                            keep_checkpoints=not args.no_checkpoints, data_spec=args.data)
+                            keep_checkpoints=not args.no_checkpoints, data_spec=args.data,
+                            data_options=data_options)
     except (ValueError, TypeError, OSError, LockedError) as exc:  # LockedError: a busy run
         return error("experiment scale", exc)
     print(f"{'scale':>6} {'SE test AUC':>20} {'ME test AUC':>20} {'SE IA/random':>13} "
@@ -152,14 +153,16 @@ def _add_analyze(subparsers) -> None:
     p.add_argument("--out", default=None,
                    help="output directory (default: <checkpoint directory>/analysis)")
     p.add_argument("--data", default=None,
-                   help="the training data (needed for --seen-only, or when the checkpoint does "
-                        "not record the field cardinalities)")
+                   help="the training data (default: the data the checkpoint records; needed "
+                        "only when the checkpoint does not record it or its cardinalities)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--synthetic-samples", type=int, default=None)
     p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--seen-only", action="store_true",
-                   help="analyse only embedding rows that occur in the training split of --data")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the 8/1/1 split")
+                   help="analyse only embedding rows that occur in the training split (of the "
+                        "recorded data, or of --data)")
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="seed of the 8/1/1 split (default: the run's)")
     p.add_argument("--split", type=int, default=None,
                    help="SE model: number of chunks its embedding is cut into for the diversity "
                         "baseline (default: chunks of the base embedding size)")
@@ -173,12 +176,10 @@ def _add_analyze(subparsers) -> None:
 
 
 def run_analyze_command(args) -> int:
-    from fastme.analysis.report import analyze_model, load_model
+    from fastme.analysis.report import analyze_model, load_model, summary_lines, training_rows
 
     try:
         data = None
-        if args.seen_only and not args.data:
-            raise ValueError("--seen-only needs --data (the data the model was trained on)")
         if args.data:
             from fastme.data import load_dataset
 
@@ -191,7 +192,9 @@ def run_analyze_command(args) -> int:
                                  model=args.model, mode=args.mode, scale=args.scale,
                                  model_options=key_values(args.model_option, "--model-option"))
         names = list(data.field_names) if data is not None else meta["field_names"]
-        seen = data.split(args.split_seed)[0] if args.seen_only else None
+        seen, seen_from = None, None
+        if args.seen_only:
+            seen, seen_from = training_rows(meta, data, args.split_seed)
         out = Path(args.out) if args.out else Path(meta["checkpoint"]).parent / "analysis"
         title = f"{meta['model']} {meta['mode'].upper()} x{meta['scale']}"
         result = analyze_model(model, out, field_names=names, seen_rows=seen, split=args.split,
@@ -199,15 +202,9 @@ def run_analyze_command(args) -> int:
     except (ValueError, TypeError, OSError) as exc:
         return error("analyze", exc)
     print(f"{title} ({meta['checkpoint']})")
-    print(f"mean field IA {result['mean_field_ia']:.3f} "
-          f"(K = {result['embed_dim']}, M = {result['num_sets']})")
-    if result["diversity"]:
-        d = result["diversity"]
-        print(f"diversity ({d['label']}) {d['mean']:.3f}, random baseline {d['random_mean']:.3f}")
-    if "sub_embedding" in result:
-        s = result["sub_embedding"]
-        print(f"sub-embedding IA: corr(sum_i IA(E_i->j), IA(E_j)) = "
-              f"{s['overall']['target_pearson']:.3f} overall, "
-              f"{s['mean_target_pearson']:.3f} mean over sets")
+    if seen_from:
+        print(f"rows: those seen in {seen_from}")
+    for line in summary_lines(result):
+        print(line)
     print(f"results: {out / 'analysis.json'}  figures: {', '.join(result['figures'].values())}")
     return 0

@@ -255,6 +255,29 @@ def random_information_abundance(field_dims, width: int, samples: int = 16, seed
             for d in field_dims]
 
 
+def random_sub_embedding_information_abundance(field_dims, num_sets: int, embed_dim: int,
+                                               samples: int = 16, seed: int = 0) -> list[float]:
+    """E[IA] of each field's sub-embedding in an untrained DCNv2: a N(0, 1) table [D_i, M*K] whose
+    M sets are each multiplied by an iid uniform K x K block (how the cross weights start), side
+    by side as in ``combine="concat"``. A product of two random matrices has a wider spectrum
+    than either, so this, not E[IA(randn(D_i, M*K))], is what an unlearned sub-embedding shows."""
+    rng = np.random.default_rng(seed)
+    m, k = int(num_sets), int(embed_dim)
+    out = []
+    for d in field_dims:
+        if int(d) < 1:
+            out.append(float("nan"))
+            continue
+        draws = []
+        for _ in range(samples):
+            r = random_factor(int(d), m * k, rng)  # [r, M*K]: the table, compactly
+            w = torch.from_numpy(rng.uniform(-1.0, 1.0, (m, k, k)))
+            draws.append(torch.cat([r[:, s * k:(s + 1) * k] @ w[s].T for s in range(m)], dim=1))
+        with single_thread():
+            out.append(float(information_abundance(torch.stack(draws), "exact").mean()))
+    return out
+
+
 # -- DCNv2 sub-embeddings --------------------------------------------------------------------------
 def cross_blocks(model, layer: int = 0) -> torch.Tensor:
     """The K x K blocks of one DCNv2 cross layer as [M, N, N, K, K], entry [m, i, j] = W_{i->j}^(m)
@@ -375,6 +398,7 @@ def sub_embedding_analysis(model, layer: int = 0, seen_rows=None, method: str = 
 
 __all__ = ["FieldFactors", "concat_sets", "cross_blocks", "field_information_abundance",
            "field_spectra", "field_tables", "interaction_pattern", "model_diversity",
-           "random_diversity", "random_information_abundance", "seen_masks", "set_diversity",
+           "random_diversity", "random_information_abundance",
+           "random_sub_embedding_information_abundance", "seen_masks", "set_diversity",
            "split_sets", "sub_embedding_analysis", "sub_embedding_correlation",
            "sub_embedding_information_abundance"]

@@ -193,21 +193,28 @@ def random_factor(num_rows: int, num_cols: int, rng: np.random.Generator) -> tor
 
 
 @functools.lru_cache(maxsize=1024)
-def _expected_random_ia(shape: tuple, samples: int, seed: int) -> float:
+def _random_ia_stats(shape: tuple, samples: int, seed: int) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
     draws = torch.stack([random_factor(*shape, rng) for _ in range(samples)])
     with single_thread():
-        return float(_ia_from_sv(torch.linalg.svdvals(draws)).mean())
+        ia = _ia_from_sv(torch.linalg.svdvals(draws))
+    return float(ia.mean()), float(ia.std()) if samples > 1 else 0.0
 
 
-def expected_random_ia(num_rows: int, num_cols: int, samples: int = 16, seed: int = 0) -> float:
-    """Monte-Carlo estimate of E[IA(randn(D, K))] (cached per shape; cheap for any D, see
-    :func:`random_factor`). For D >> K the spread over draws is tiny, since the singular values
-    concentrate near sqrt(D) +- sqrt(K)."""
+def random_ia_stats(num_rows: int, num_cols: int, samples: int = 16,
+                    seed: int = 0) -> tuple[float, float]:
+    """Mean and standard deviation of IA(randn(D, K)) over ``samples`` draws (cached per shape;
+    cheap for any D, see :func:`random_factor`). For D >> K the spread is tiny, since the singular
+    values concentrate near sqrt(D) +- sqrt(K); for a few rows it is several percent."""
     for name, v in (("num_rows", num_rows), ("num_cols", num_cols), ("samples", samples)):
         if isinstance(v, bool) or int(v) != v or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    return _expected_random_ia((int(num_rows), int(num_cols)), int(samples), int(seed))
+    return _random_ia_stats((int(num_rows), int(num_cols)), int(samples), int(seed))
+
+
+def expected_random_ia(num_rows: int, num_cols: int, samples: int = 16, seed: int = 0) -> float:
+    """Monte-Carlo estimate of E[IA(randn(D, K))] (the mean of :func:`random_ia_stats`)."""
+    return random_ia_stats(num_rows, num_cols, samples, seed)[0]
 
 
 def normalized_information_abundance(E, baseline: str = "size", method: str = "auto",

@@ -146,15 +146,20 @@ def plot_spectra(spectra, field_names, path, title: str, field_dims=None,
     return _finish(fig, path, data)
 
 
-def plot_sub_embedding(analysis: dict, field_names, path, title: str) -> Path:
+def plot_sub_embedding(analysis: dict, field_names, path, title: str,
+                       random_ia=None) -> Path:
     """Figure 3 / 9: the sub-embedding IA heatmap with fields sorted by IA(E), and the sums over
-    the target j and the source i with their correlation to the raw IA."""
+    the target j and the source i with their correlation to the raw IA. Fields are named; the sums
+    start at 0 and, given ``random_ia`` (per source field, E[IA] of its sub-embedding in an
+    untrained model), show what an untrained model's sums would be, so seed noise does not read
+    as a trend."""
     plt = _plt()
     mat = np.asarray(analysis["ia_matrix"], dtype=float)
     raw = np.asarray(analysis["raw_ia"], dtype=float)
     order = np.argsort(raw, kind="stable")
+    names = [list(field_names)[i] for i in order]
     m = mat[np.ix_(order, order)]
-    fig, axes = plt.subplots(1, 3, layout="constrained", figsize=(15, 4.4),
+    fig, axes = plt.subplots(1, 3, layout="constrained", figsize=(15, 4.8),
                              gridspec_kw={"width_ratios": [1.2, 1, 1]})
     im = axes[0].imshow(m.T, origin="lower", cmap="viridis", aspect="auto")
     # under the heatmap: a colorbar on its right puts its label against the next panel's y label
@@ -162,18 +167,32 @@ def plot_sub_embedding(analysis: dict, field_names, path, title: str) -> Path:
     source, target = "source field i (sorted by IA(E_i))", "target field j (sorted by IA(E_j))"
     axes[0].set(xlabel=source, ylabel=target, title="IA of sub-embeddings")
     x = np.arange(len(order))
+    size = 7 if len(x) <= 20 else 5
+    axes[0].set_xticks(x, names, rotation=90, fontsize=size)
+    axes[0].set_yticks(x, names, fontsize=size)
     axes[1].plot(x, m.sum(1), marker="o", ms=3, label="Σ_j IA(E_i→j)")
     axes[1].set(xlabel=source, ylabel="sum over j", title="sum over targets (corr. with "
                 f"IA(E_i): {analysis['source_pearson']:.2f})")
     axes[2].plot(x, m.sum(0), marker="o", ms=3, color="C1", label="Σ_i IA(E_i→j)")
     axes[2].set(xlabel=target, ylabel="sum over i", title="sum over sources (corr. with "
                 f"IA(E_j): {analysis['target_pearson']:.2f})")
+    top = max(np.nanmax(m.sum(1)), np.nanmax(m.sum(0)))
+    if random_ia is not None:
+        rnd = np.asarray(random_ia, dtype=float)[order]
+        label = "untrained model (random table and cross weights)"
+        axes[1].plot(x, len(x) * rnd, color="0.4", ls=":", label=label)
+        axes[2].axhline(np.nansum(rnd), color="0.4", ls=":", label=label)
+        top = max(top, len(x) * np.nanmax(rnd), np.nansum(rnd))
     for ax in axes[1:]:
-        ax.legend()
+        ax.set_xticks(x, names, rotation=90, fontsize=size)
+        # from 0: the spread of the sums is read against their size, not blown up to fill the axis
+        ax.set_ylim(0, 1.1 * top)
+        ax.legend(fontsize=8, loc="lower right")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     data = dict(analysis, title=title, field_names=list(field_names),
-                sorted_field_order=order.tolist())
+                sorted_field_order=order.tolist(),
+                random_ia=None if random_ia is None else list(random_ia))
     return _finish(fig, path, data)
 
 
@@ -195,6 +214,10 @@ def plot_interaction_pattern(pattern, field_names, path, title: str, max_sets: i
             continue
         im = ax.imshow(p[idx].T, origin="lower", cmap="magma", vmin=vmin, vmax=vmax)
         ax.set(title=f"set {idx}", xlabel="source field i", ylabel="target field j")
+        ticks = np.arange(p.shape[1])
+        size = 7 if len(ticks) <= 20 else 4
+        ax.set_xticks(ticks, list(field_names), rotation=90, fontsize=size)
+        ax.set_yticks(ticks, list(field_names), fontsize=size)
     fig.colorbar(im, ax=axes, label="||W_i→j||_F")
     fig.suptitle(title)
     data = {"title": title, "field_names": list(field_names), "pattern": p.tolist(),
@@ -202,8 +225,10 @@ def plot_interaction_pattern(pattern, field_names, path, title: str, max_sets: i
     return _finish(fig, path, data)
 
 
-def plot_bars(values: dict, path, title: str, ylabel: str, errors: dict | None = None) -> Path:
-    """One bar per label (e.g. the diversity of ME, SE split and random, Figure 10a)."""
+def plot_bars(values: dict, path, title: str, ylabel: str, errors: dict | None = None,
+              ylim: tuple | None = None) -> Path:
+    """One bar per label (e.g. the diversity of ME, SE split and random, Figure 10a); ``ylim``
+    fixes the value axis (e.g. a measure's whole range)."""
     plt = _plt()
     fig, ax = plt.subplots(layout="constrained",
                            figsize=(max(6.4, 1.3 * len(values) + 1.5), 4.2))
@@ -213,6 +238,8 @@ def plot_bars(values: dict, path, title: str, ylabel: str, errors: dict | None =
                   color=[f"C{i}" for i in range(len(labels))])
     ax.bar_label(bars, fmt="%.3f")
     ax.set(ylabel=ylabel, title=title)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.grid(axis="y", alpha=0.3)
     return _finish(fig, path, {"title": title, "values": values, "errors": errors})
 

@@ -35,7 +35,7 @@ _COSMETIC = ("out_dir", "progress", "verbose", "resume")
 def run_scale(model: str, data, scales=DEFAULT_SCALES, seeds=(0, 1, 2), train_options=None,
               model_options=None, backend: str = "auto", out_dir=None, seen_only: bool = False,
               keep_checkpoints: bool = True, data_spec: str | None = None,
-              train_fn=None, log=print) -> dict:
+              data_options: dict | None = None, train_fn=None, log=print) -> dict:
     """Run the sweep and write ``scale.json`` and the figures to ``out_dir`` (if given).
 
     Args:
@@ -49,6 +49,8 @@ def run_scale(model: str, data, scales=DEFAULT_SCALES, seeds=(0, 1, 2), train_op
         keep_checkpoints: give each run a directory ``out_dir/runs/<name>`` with the trainer's
             checkpoints (``fastme analyze`` reads them); a finished run found there with the same
             settings is reused, so an interrupted sweep continues where it stopped.
+        data_spec, data_options: how ``data`` was opened (:func:`fastme.data.load_dataset`),
+            recorded in each checkpoint so ``fastme analyze --seen-only`` can reopen it.
         train_fn: the training function (default :func:`fastme.train.train`).
     """
     from fastme.models import build
@@ -96,7 +98,7 @@ def run_scale(model: str, data, scales=DEFAULT_SCALES, seeds=(0, 1, 2), train_op
                         **model_options)
             info = {"title": f"{model} {mode.upper()} x{scale} (seed {seed})", "model": model,
                     "mode": mode, "scale": scale, "backend": backend, "data": data_name,
-                    "model_options": model_options}
+                    "data_options": dict(data_options or {}), "model_options": model_options}
             results = train_fn(net, data, config, info=info)
             # the trainer leaves the best epoch's weights in the model
             factors = FieldFactors(net, train_split)

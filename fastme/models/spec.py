@@ -89,22 +89,54 @@ class ModelSpec:
                 f"{sum(self.field_dims):,} rows{extra})")
 
 
+class CheckpointError(ValueError):
+    """A file that should be a fastme checkpoint cannot be read as one."""
+
+
+def read_checkpoint(path, device="cpu", hint: str | None = None) -> dict:
+    """The dict of a checkpoint file written by fastme (model state dict, spec, data, ...): the
+    one place that opens a checkpoint, for training, serving and analysis.
+
+    Raises :class:`CheckpointError` naming the file when it is empty, truncated or not a fastme
+    checkpoint, in one line of our own: torch's messages for such files advise loading with
+    ``weights_only=False`` (which would run code from the file) and filing an issue. ``hint`` is
+    appended as the caller's advice. A missing file raises FileNotFoundError.
+    """
+    import pickle
+    import warnings
+
+    import torch
+
+    path = Path(path)
+    end = f"; {hint}" if hint else ""
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4 ... file an issue"
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        if path.is_file() and path.stat().st_size == 0:
+            what = "the file is empty"
+        elif isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
+            what = "it holds Python objects that a fastme checkpoint never contains"
+        else:
+            what = f"truncated, damaged or another kind of file: {type(exc).__name__}"
+        raise CheckpointError(f"{path} is not a readable fastme checkpoint ({what}){end}") \
+            from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise CheckpointError(f"{path} is not a fastme checkpoint (no 'model' state dict){end}")
+    return ckpt
+
+
 def load_trained(checkpoint, backend: str = "reference", device="cpu"):
     """Rebuild the trained model of a checkpoint (a file, or a run directory: its best.pt, else
     last.pt) from the spec it carries.
 
     Returns (model in eval mode on ``device``, the checkpoint dict).
     """
-    import torch
-
     path = find_checkpoint(checkpoint)
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # truncated, garbage, not a torch file: always the same advice
-        raise ValueError(f"{path} is not a readable fastme checkpoint ({type(exc).__name__}: "
-                         f"{exc}); point to a run's best.pt or last.pt") from exc
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ValueError(f"{path} is not a fastme checkpoint (no 'model' state dict)")
+    ckpt = read_checkpoint(path, device, hint="point to a run's best.pt or last.pt")
     if not isinstance(ckpt.get(CHECKPOINT_KEY), dict):
         raise ValueError(f"{path} carries no model spec; it was written by an older fastme: "
                          f"retrain, or rebuild the model yourself and load ckpt['model']")

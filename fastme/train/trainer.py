@@ -34,6 +34,7 @@ from fastme._atomic import make_dirs, remove_dirs, replace_on_success, write_tex
 from fastme._json import json_default
 from fastme._lock import file_lock
 from fastme.data.dataset import CTRData
+from fastme.models.spec import CheckpointError, read_checkpoint
 from fastme.ops import available_backends
 from fastme.train.batches import iterate_batches
 from fastme.train.config import TRAJECTORY_FIELDS, TrainConfig
@@ -120,28 +121,12 @@ def _save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-class CheckpointError(ValueError):
-    """A file that should be a fastme checkpoint cannot be read as one."""
-
-
 def load_checkpoint(path, device="cpu") -> dict:
     """A checkpoint written by :func:`train` (model/optimizer state dicts, epoch, config, ...).
 
     Raises :class:`CheckpointError` naming the file when it is empty, truncated, or not a
-    checkpoint at all."""
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged file
-        size = path.stat().st_size if path.is_file() else 0
-        what = "empty" if size == 0 else "truncated, damaged or not a checkpoint"
-        raise CheckpointError(f"{path} is {what} ({type(exc).__name__}: {str(exc)[:120]}); "
-                              f"delete it to start afresh") from exc
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise CheckpointError(f"{path} is not a fastme checkpoint (no 'model' state dict)")
-    return ckpt
+    checkpoint at all (:func:`fastme.models.spec.read_checkpoint`)."""
+    return read_checkpoint(path, device, hint="delete it to start afresh")
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
