@@ -311,7 +311,8 @@ def assert_same_scores(ours, theirs, malformed):
     assert np.nanmax(np.abs(probs - want)) <= 1e-6
 
 
-def test_raw_criteo_rows_scored_by_onnxruntime_without_fastme_equal_predict(tmp_path):
+def test_raw_criteo_rows_scored_by_onnxruntime_without_fastme_equal_predict(tmp_path,
+                                                                              monkeypatch):
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")
     rows = random_criteo(300, seed=4)
@@ -345,6 +346,18 @@ def test_raw_criteo_rows_scored_by_onnxruntime_without_fastme_equal_predict(tmp_
     other.write_text(sidecar.read_text().replace('"min_count":2', '"min_count":3'))
     with pytest.raises(ValueError, match="not the encoding this model was exported with"):
         Scorer(tmp_path / "model.onnx", encoding_path=other)
+    # a failed export over them leaves the model and its sidecar as they were, and no other file
+    sidecar.write_text("the sidecar in service")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+
+    def differs(path, atol=1e-6):
+        raise AssertionError("outputs differ")
+
+    monkeypatch.setattr(importlib.import_module("fastme.serve.export"), "check_roundtrip",
+                        differs)
+    with pytest.raises(AssertionError):
+        export(run, tmp_path / "model.onnx")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
 @pytest.mark.parametrize("hour", ["split", "raw"])
