@@ -4,12 +4,12 @@
   the docs name (a raw Criteo ``train.txt`` and ``test.txt``, ``x.npy``/``y.npy`` and a trained run
   at ``runs/RUN``); the blocks of one page run in page order in the same sandbox, so a block may
   use what an earlier block or command of its page wrote.
-- Shell blocks: every ``fastme`` command (also behind ``python -m``, ``torchrun -m`` or ``&&``) is
-  parsed by fastme's own parser, so no page shows an option that does not exist; every
-  ``pip install -e '.[extra]'`` names extras that pyproject.toml defines. A block marked
-  ``<!-- docs-test: run -->`` is also run, line by line, in the sandbox, and must succeed.
-- A block marked ``<!-- docs-test: skip (why) -->`` is not run; the reason is required and shown
-  (a GPU, several processes, minutes of CPU).
+- Shell blocks run with bash (``-euo pipefail``) in the same sandbox and must succeed. Every
+  ``fastme`` command in them (also behind ``python -m``, ``torchrun -m`` or ``&&``), run or not, is
+  parsed by fastme's own parser first, so no page shows an option that does not exist; every
+  ``pip install -e '.[extra]'`` names extras that pyproject.toml defines.
+- A block marked ``<!-- docs-test: skip (why) -->`` is not run (but still parsed); the reason is
+  required (a GPU, the user's own files, an install, minutes of CPU).
 """
 
 from __future__ import annotations
@@ -39,11 +39,17 @@ def blocks(page: Path):
 
 
 def commands(body: str):
-    """The shell commands of a block: continuation lines joined, comments and empty lines
-    dropped, ``a && b`` split."""
+    """The shell commands of a block: continuation lines and quoted newlines joined, comments
+    and empty lines dropped, ``a && b`` split."""
     joined = re.sub(r"\\\n\s*", " ", body)
+    pending = ""
     for line in joined.splitlines():
-        words = shlex.split(line, comments=True)
+        pending += line + "\n"
+        try:
+            words = shlex.split(pending, comments=True)
+        except ValueError:  # a quotation that goes on on the next line
+            continue
+        pending = ""
         if not words:
             continue
         current: list[str] = []
@@ -145,7 +151,7 @@ def test_examples_run(page, sandbox):
         if lang == "python":
             done = subprocess.run([sys.executable, "-c", body], cwd=root, env=env,
                                   capture_output=True, text=True, timeout=600)
-        elif lang in SHELL and mark == "run":
+        elif lang in SHELL:
             done = subprocess.run(["bash", "-euo", "pipefail", "-c", body], cwd=root, env=env,
                                   capture_output=True, text=True, timeout=600)
         else:
