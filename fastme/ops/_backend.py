@@ -102,7 +102,7 @@ def resolve(op: str, backend: str, device: torch.device) -> Callable:
         why = _IMPORT_ERRORS.get("triton", f"got tensors on {device}")
         raise BackendUnavailable(
             f"backend='triton' needs CUDA tensors and the triton package (or TRITON_INTERPRET=1 "
-            f"for the CPU interpreter; install with `pip install fastme[triton]`): {why}")
+            f"for the CPU interpreter; in a fastme checkout: pip install -e '.[triton]'): {why}")
     if backend == "cuda":
         if device.type != "cuda":
             raise BackendUnavailable(f"backend='cuda' needs CUDA tensors, got tensors on {device}")
