@@ -474,7 +474,7 @@ class Trainer:
     def train_epoch(self) -> dict:
         """One epoch: train, validate, update the early-stopping state, save checkpoints; returns
         the epoch's history record."""
-        config, state = self.config, self.state
+        state = self.state
         epoch = state["epoch"]
         torch.manual_seed(self.dropout_seed(epoch))
         rows = self.epoch_rows(epoch)
