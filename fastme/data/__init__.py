@@ -21,24 +21,12 @@ DEFAULT_MIN_COUNT = {kind: fmt.MIN_COUNT for kind, fmt in TEXT_FORMATS.items()}
 
 
 def load_dataset(spec: str, *, cache_dir=None, **options) -> CTRData:
-    """Open a dataset by its spec.
-
-    - ``"synthetic"``: :func:`make_synthetic` (options: num_samples, seed, ...; not cached, it is
-      regenerated deterministically in seconds).
-    - ``"criteo:PATH"`` / ``"avazu:PATH"``: a raw Kaggle file, preprocessed on first use into a
-      memory-mapped cache under ``cache_dir`` and reused afterwards (options: min_count, rebuild,
-      progress; Avazu's hour and header; see :func:`preprocess`). A glob, directory or comma
-      list of raw files is one dataset, optionally split by file (valid_files, test_files;
-      :func:`fastme.data.sources.load_raw_files`).
-    - ``"csv:PATH"``: a delimited text file of one's own with a header line, preprocessed the
-      same way (options: label, fields, integer, delimiter and the raw files' others; see
-      :class:`fastme.data.formats.csv.CsvFormat`).
-    - ``"parquet:PATH"``: Parquet file(s) (a file, directory, glob or comma list), preprocessed
-      like the raw files (options: label, fields, integer, min_count, valid_files, test_files,
-      rebuild, progress; see :mod:`fastme.data.formats.parquet`).
-    - ``"npy:DIR"``: already encoded ``x.npy`` / ``y.npy`` arrays.
-    - ``"cache:DIR"``: an existing cache directory.
-    """
+    """Open a dataset by its spec: ``"synthetic"`` (:func:`make_synthetic`, options num_samples,
+    seed, ...), ``"criteo:PATH"``, ``"avazu:PATH"``, ``"csv:PATH"`` (raw text, preprocessed on
+    first use into a memory-mapped cache under ``cache_dir`` and reused afterwards; a glob,
+    directory or comma list is one dataset, optionally split by file), ``"parquet:PATH"``,
+    ``"npy:DIR"`` or ``"cache:DIR"``. Each is a module of :mod:`fastme.data.formats`, whose
+    docstring and ``load`` say its options."""
     fmt, arg = get_format(spec)
     return fmt.load(arg, spec, cache_dir, options)
 

@@ -205,7 +205,8 @@ def load_raw_files(fmt, spec: str, cache_dir=None, *, min_count: int | None = No
                    **format_options) -> CTRData:
     """Several raw files of the text format ``fmt`` (a glob, a directory or a comma list)
     preprocessed as one dataset, in file order, optionally split by file (``valid_files``,
-    ``test_files``); ``format_options`` are the format's own (e.g. Avazu's ``hour``, CSV's ``label``)."""
+    ``test_files``); ``format_options`` are the format's own (e.g. Avazu's ``hour``, CSV's
+    ``label``)."""
     kind = fmt.kind
     min_count = check_min_count(fmt.MIN_COUNT if min_count is None else min_count)
     files = expand_paths(spec, suffix="")

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from fastme._atomic import replace_on_success
-from fastme.data.dataset import load_vocab
+from fastme.data.dataset import training_vocab
 from fastme.data.formats import FORMATS as DATA_FORMATS
 from fastme.models.spec import load_trained
 from fastme.ops._validation import bounds_check
@@ -206,16 +206,8 @@ def raw_encoding(source: dict, field_names: list, field_dims: list, vocab_dir=No
                 or ("already encoded data" if kind is None else f"{kind} data"))
         return None, (f"the model was trained on {what}: there is no raw-row vocabulary to ship; "
                       f"serve it the encoded indices")
-    where = vocab_dir or source.get("cache_dir")
-    vocab = load_vocab(where) if where else None
-    if vocab is None:
-        raise ValueError(f"the training cache's vocabulary (vocab.json), which the export ships "
-                         f"for raw {kind} rows, is not at {where!r}; pass the training cache "
-                         f"directory (--vocab DIR)")
-    if [len(v) + 2 for v in vocab] != list(field_dims) or len(field_names) != len(vocab):
-        raise ValueError(f"the vocabulary in {where} does not fit the model: it gives field_dims "
-                         f"{[len(v) + 2 for v in vocab][:6]}..., the model has "
-                         f"{list(field_dims)[:6]}...")
+    vocab = training_vocab(vocab_dir or source.get("cache_dir"), field_dims, field_names,
+                           f", which the export ships for raw {kind} rows,")
     layout, kinds, columns = rows
     fields = [{"name": name, "column": column, "kind": k, "oov_index": len(values),
                "missing_index": len(values) + 1, "vocab": values}

@@ -7,17 +7,9 @@ pipeline's own code (the format's module in fastme.data.formats, its ``read_rows
 training cache's vocabulary, so a value is encoded exactly as it was in training (unseen or rare
 -> the field's OOV index, empty -> its missing index).
 
-Recognised inputs (``criteo:PATH`` / ``avazu:PATH`` / ``csv:PATH``, the kind the model was
-trained on; each format's ``layout`` tells them apart):
-
-- Criteo ``train.txt`` (40 tab-separated columns, label first) or ``test.txt`` (39, no label);
-  rows are identified by their 0-based line number (``row``);
-- the competition's CSV files: header ``Id,Label,I1..I13,C1..C26`` or ``Id,I1..C26`` (``Id``);
-- Avazu ``train`` (header with ``click``) or ``test`` (no ``click``), identified by ``id``; with
-  the option ``header=none``, the same files without their header line (24 or 23 columns);
-- a CSV file with a header line holding the training run's fields (the label column optional),
-  read with its delimiter; rows identified by their number (``row``).
-
+Each format of fastme.data.formats that READS_ROWS (``criteo:PATH``, ``avazu:PATH``,
+``csv:PATH``: the kind the model was trained on; its ``layout`` tells which of its files it is,
+e.g. Criteo's train.txt, test.txt or the competition's CSV) says how its rows are identified.
 ``parquet:PATH`` files are encoded with the training vocabulary and column options too, rows
 identified by their number over all files. Other data (``cache:DIR``, ``npy:DIR``,
 ``synthetic``), already encoded, is scored in the order of the dataset by row number.
@@ -37,7 +29,7 @@ import pyarrow as pa
 import torch
 
 from fastme._atomic import replace_on_success
-from fastme.data.dataset import load_vocab
+from fastme.data.dataset import training_vocab
 from fastme.data.formats import FORMATS, TEXT_FORMATS, RowTally
 from fastme.models.spec import load_trained
 from fastme.ops._validation import bounds_check, get_bounds_check
@@ -98,15 +90,8 @@ class Predictor:
 
     def vocabulary(self) -> list[pa.Array]:
         if self._vocab is None:
-            where = self._vocab_dir or self.source.get("cache_dir")
-            vocab = load_vocab(where) if where else None
-            if vocab is None:
-                raise ValueError(f"the training cache's vocabulary (vocab.json) is not at "
-                                 f"{where!r}; pass the training cache directory (--vocab DIR)")
-            if [len(v) + 2 for v in vocab] != list(self.spec.field_dims):
-                raise ValueError(f"the vocabulary in {where} does not fit the model: it gives "
-                                 f"field_dims {[len(v) + 2 for v in vocab][:6]}..., the model "
-                                 f"has {list(self.spec.field_dims)[:6]}...")
+            vocab = training_vocab(self._vocab_dir or self.source.get("cache_dir"),
+                                   self.spec.field_dims)
             self._vocab = [pa.array(v) for v in vocab]
         return self._vocab
 
