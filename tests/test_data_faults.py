@@ -12,7 +12,9 @@ import pytest
 
 from fastme.data import load_dataset, load_vocab, preprocess
 from fastme.data.dataset import load_cache
-from fastme.data.raw import AVAZU_COLUMNS, CRITEO_FIELD_NAMES, MalformedRowsWarning
+from fastme.data.formats.avazu import AVAZU_COLUMNS
+from fastme.data.formats.criteo import CRITEO_FIELD_NAMES
+from fastme.data.text import MalformedRowsWarning
 
 HEADER = ",".join(AVAZU_COLUMNS) + "\n"
 

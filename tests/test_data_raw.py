@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from fastme.data import load_dataset, load_vocab, preprocess
-from fastme.data import raw as raw_module
-from fastme.data.raw import AVAZU_COLUMNS, criteo_integer_tokens
+from fastme.data import sources as raw_module
+from fastme.data.formats.avazu import AVAZU_COLUMNS
+from fastme.data.text import criteo_integer_tokens
 
 
 def criteo_line(label, ints, cats):

@@ -364,7 +364,7 @@ def test_raw_criteo_rows_scored_by_onnxruntime_without_fastme_equal_predict(tmp_
 def test_raw_avazu_rows_scored_without_fastme_equal_predict(tmp_path, hour):
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")
-    from fastme.data.raw import AVAZU_COLUMNS
+    from fastme.data.formats.avazu import AVAZU_COLUMNS
 
     rng = np.random.default_rng(5)
     lines = []
@@ -391,7 +391,7 @@ def test_raw_avazu_rows_scored_without_fastme_equal_predict(tmp_path, hour):
 def test_integer_cells_are_validated_and_bucketed_as_the_reader_does():
     import pyarrow as pa
 
-    from fastme.data.raw import integer_field
+    from fastme.data.text import integer_field
     from fastme.serve.export import INTEGER_PATTERN
     from fastme.serve.raw_scoring import RawEncoder
 

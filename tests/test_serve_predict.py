@@ -9,7 +9,8 @@ import torch
 
 from fastme.cli import main
 from fastme.data import load_dataset, load_vocab
-from fastme.data.raw import AVAZU_COLUMNS, CRITEO_CAT, CRITEO_INT
+from fastme.data.formats.avazu import AVAZU_COLUMNS
+from fastme.data.formats.criteo import CRITEO_CAT, CRITEO_INT
 from fastme.models import build
 from fastme.serve.predict import predict, sigmoid
 from fastme.train import TrainConfig, train

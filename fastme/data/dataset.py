@@ -293,3 +293,18 @@ def load_vocab(data_or_directory) -> list | None:
     if directory is None or not (Path(directory) / "vocab.json").is_file():
         return None
     return json.loads((Path(directory) / "vocab.json").read_text())
+
+
+def training_vocab(where, field_dims, field_names=None, why: str = "") -> list:
+    """The vocabulary of the training cache at ``where`` (a model of ``field_dims`` and, when
+    given, ``field_names``); ValueError asking for ``--vocab DIR`` where it is missing or does
+    not fit. ``why`` says what it is needed for."""
+    vocab = load_vocab(where) if where else None
+    if vocab is None:
+        raise ValueError(f"the training cache's vocabulary (vocab.json){why} is not at "
+                         f"{where!r}; pass the training cache directory (--vocab DIR)")
+    dims = [len(v) + 2 for v in vocab]
+    if dims != list(field_dims) or (field_names is not None and len(field_names) != len(vocab)):
+        raise ValueError(f"the vocabulary in {where} does not fit the model: it gives field_dims "
+                         f"{dims[:6]}..., the model has {list(field_dims)[:6]}...")
+    return vocab

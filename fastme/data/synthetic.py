@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastme.data.dataset import CTRData
-from fastme.data.raw import CRITEO_FIELD_NAMES
+from fastme.data.formats.criteo import CRITEO_FIELD_NAMES
 
 #: Rows of the default dataset: enough that DCNv2 learns the interactions well past what a
 #: first-order model reaches, few enough that the scaling sweep fits in minutes on a 2-core CPU.

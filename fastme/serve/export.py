@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from fastme._atomic import replace_on_success
-from fastme.data.dataset import load_vocab
-from fastme.data.raw import AVAZU_COLUMNS, CRITEO_COLUMNS, CRITEO_INT
+from fastme.data.dataset import training_vocab
+from fastme.data.formats import FORMATS as DATA_FORMATS
 from fastme.models.spec import load_trained
 from fastme.ops._validation import bounds_check
 from fastme.train.trainer import resolve_device
@@ -42,12 +42,10 @@ from fastme.train.trainer import resolve_device
 FORMATS = ("pt2", "onnx")
 BOUNDS = ("oov", "raise")
 META_NAME = "fastme.json"
-#: Sources whose caches lay every field out as [kept values..., OOV, missing].
-_OOV_LAYOUT = ("criteo", "avazu", "parquet", "npy")
 _EXAMPLE_ROWS = 4
 ENCODING_SUFFIX = ".encoding.json"
 #: Criteo integer cells the sidecar calls integers: decimal or 0x-hex, short enough never to
-#: overflow, as fastme.data.raw takes them (its pattern also lets "-0x..." through, which its
+#: overflow, as fastme.data.text takes them (its pattern also lets "-0x..." through, which its
 #: int64 parser then refuses: no cell of that form ever reached a model).
 INTEGER_PATTERN = r"^(-?[0-9]{1,18}|0[xX][0-9a-fA-F]{1,15})$"
 INSTALL_HINT = "pip install -e '.[export]' in a fastme checkout"
@@ -76,9 +74,10 @@ class ServingModel(nn.Module):
 def oov_indices(field_dims, source: dict) -> tuple[list[int], str]:
     """Each field's OOV index and where the rule comes from. Caches of raw data (and of Parquet/
     npy sources) put the OOV index just before the missing one (``dims - 2``); other data records
-    none, so the last index stands in."""
+    none, so the last index stands in (each format says which: its OOV_LAYOUT)."""
     dims = [int(d) for d in field_dims]
-    if source.get("dataset") in _OOV_LAYOUT and min(dims) >= 2:
+    fmt = DATA_FORMATS.get(source.get("dataset"))
+    if fmt is not None and fmt.OOV_LAYOUT and min(dims) >= 2:
         return [d - 2 for d in dims], f"the {source['dataset']} cache layout: dims - 2"
     return [d - 1 for d in dims], "no OOV index recorded for this data: the last index"
 
@@ -195,38 +194,21 @@ def _quiet_exporter():
 
 
 def raw_encoding(source: dict, field_names: list, field_dims: list, vocab_dir=None):
-    """(the encoding sidecar's content, None) for a model trained on raw Criteo or Avazu files;
-    (None, why not) for other data. See docs/serving.md for the format."""
+    """(the encoding sidecar's content, None) for a model trained on raw files of a format with
+    a ``sidecar`` (Criteo, Avazu); (None, why not) for other data. See docs/serving.md for the
+    format."""
     kind = source.get("dataset")
-    if kind not in ("criteo", "avazu"):
-        what = {"parquet": "Parquet files (fastme predict parquet:PATH encodes their rows)",
-                "npy": "already encoded npy arrays", None: "already encoded data"}.get(
-            kind, f"{kind} data")
+    fmt = DATA_FORMATS.get(kind)
+    options = source.get("options") or {}
+    rows = fmt.sidecar(field_names, options) if fmt is not None else None
+    if rows is None:
+        what = ((fmt is not None and fmt.TRAINED_ON)
+                or ("already encoded data" if kind is None else f"{kind} data"))
         return None, (f"the model was trained on {what}: there is no raw-row vocabulary to ship; "
                       f"serve it the encoded indices")
-    where = vocab_dir or source.get("cache_dir")
-    vocab = load_vocab(where) if where else None
-    if vocab is None:
-        raise ValueError(f"the training cache's vocabulary (vocab.json), which the export ships "
-                         f"for raw {kind} rows, is not at {where!r}; pass the training cache "
-                         f"directory (--vocab DIR)")
-    if [len(v) + 2 for v in vocab] != list(field_dims) or len(field_names) != len(vocab):
-        raise ValueError(f"the vocabulary in {where} does not fit the model: it gives field_dims "
-                         f"{[len(v) + 2 for v in vocab][:6]}..., the model has "
-                         f"{list(field_dims)[:6]}...")
-    options = source.get("options") or {}
-    if kind == "criteo":
-        layout = {"delimiter": "\t", "header": False, "columns": CRITEO_COLUMNS,
-                  "label": "label", "id": None}
-        kinds = ["integer" if name in CRITEO_INT else "string" for name in field_names]
-        columns = list(field_names)
-    else:
-        layout = {"delimiter": ",", "header": True, "columns": AVAZU_COLUMNS, "label": "click",
-                  "id": "id"}
-        split = options.get("hour", "split") == "split"
-        kinds = (["hour_of_day", "weekday"] if split else ["string"]) + ["string"] * (
-            len(field_names) - (2 if split else 1))
-        columns = ["hour"] * (2 if split else 1) + list(field_names[2 if split else 1:])
+    vocab = training_vocab(vocab_dir or source.get("cache_dir"), field_dims, field_names,
+                           f", which the export ships for raw {kind} rows,")
+    layout, kinds, columns = rows
     fields = [{"name": name, "column": column, "kind": k, "oov_index": len(values),
                "missing_index": len(values) + 1, "vocab": values}
               for name, column, k, values in zip(field_names, columns, kinds, vocab)]
