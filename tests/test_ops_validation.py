@@ -5,7 +5,7 @@ import torch
 
 import fastme.ops as ops
 from fastme._extension import ExtensionUnavailable
-from fastme.ops._validation import bounds_check
+from fastme.ops import bounds_check
 
 from kernel_backends import lookup_inputs
 
