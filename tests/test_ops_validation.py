@@ -204,6 +204,6 @@ def test_a_backend_that_cannot_load_keeps_its_own_cross_state_layout():
     import sys
 
     run = subprocess.run([sys.executable, "-c", CUDA_STATES_WITHOUT_ITS_HOST_FUNCTIONS],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["3"]

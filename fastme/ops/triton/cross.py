@@ -23,7 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastme.ops.triton._common import acc_dtype, autotune, dot_meta, load_rows, mma, on_input_device
+from fastme.ops.triton._common import (acc_dtype, autotune, dot_meta, load_rows, mma,
+                                       on_input_device)
 from fastme.ops.triton.lookup import lookup_forward
 
 # Launch configurations; the autotuner picks among them per (M, D, L) at the first call, the

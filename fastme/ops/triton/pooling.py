@@ -20,17 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastme.ops.triton._common import (
-    NUM_WARPS,
-    RowGradTarget,
-    acc_dtype,
-    dot_meta,
-    load_rows,
-    mma,
-    on_input_device,
-    pow2,
-    tl_dtype,
-)
+from fastme.ops.triton._common import (NUM_WARPS, RowGradTarget, acc_dtype, dot_meta,
+                                       load_rows, mma, on_input_device, pow2, tl_dtype)
 
 _FM_BLOCK = 1024
 
