@@ -1,6 +1,6 @@
 """Bytes moved and FLOPs done by each benchmarked case: the roofline's numerators.
 
-The fused ops' counts come from ``fastme.ops.cost`` (one place for them); this module adds the
+The fused ops' counts come from bench/op_cost.py (one place for them); this module adds the
 models' training step and inference, with the same conventions (bench/README.md):
 - Bytes are the *compulsory* traffic: every input read once, every output written once, no
   intermediate round-tripping through memory; a gathered row counts once per lookup; embedding
@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import op_cost
 from torch import nn
-
-from fastme.ops import cost as op_cost
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ namespace py = pybind11;
 
 #ifdef FASTME_WITH_CUDA
 namespace fastme {
-// Every kernel entry point; defined in csrc/cuda_bindings.cpp, next to the kernels' host API
-// (kernels/api.h).
+// The CUDA runtime queries and every kernel file's bindings (kernels/<op>_bind.cpp); defined in
+// csrc/cuda_bindings.cpp.
 void register_cuda_ops(py::module_& m);
 }  // namespace fastme
 #endif

@@ -7,6 +7,7 @@
 //   dx0 += G * z_l;  dW_l = H^T x_l (split over the batch, partials reduced in a fixed order);
 //   db_l = sum_b H (row sums of the same GEMM's A operand);  dL/dx_l = G + H W_l (+ dx0 at l = 0).
 #include "gemm.cuh"
+#include "cross.h"
 
 namespace fastme {
 namespace kernels {
@@ -114,6 +115,7 @@ void cross_forward(const Launch& launch, DType dtype, bool allow_tf32, const voi
 }
 
 SplitPlan cross_weight_grad_plan(long long batch, int num_sets, int dim, int device) {
+  DeviceGuard guard(device);
   if (batch <= 0) return SplitPlan{1, kTileK};
   const long long tiles = ceil_div(dim, kTileM) * ceil_div(dim, kTileN) * (num_sets > 0 ? num_sets : 1);
   // Enough blocks for two waves, each slice at least 256 samples, at most 65535 grid slices.

@@ -5,6 +5,7 @@
 // (V*sizeof(T) up to 16 bytes, V | K so that no access straddles two sets): consecutive threads
 // read consecutive 16-byte pieces of a row and write K-long runs of the output.
 #include "common.cuh"
+#include "lookup.h"
 
 namespace fastme {
 namespace kernels {

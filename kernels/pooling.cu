@@ -11,6 +11,7 @@
 // register tile (three shared loads per eight FMAs). The weight gradient is a per-block N x N
 // partial with a 4x4 register tile per thread, reduced over blocks in a fixed order.
 #include "common.cuh"
+#include "pooling.h"
 
 namespace fastme {
 namespace kernels {
@@ -487,6 +488,7 @@ void fwfm_forward(const Launch& launch, DType dtype, const void* table, const In
 }
 
 ChunkPlan fwfm_weight_grad_plan(long long batch, int num_sets, int device) {
+  DeviceGuard guard(device);
   // Enough blocks (chunks x sets) to fill the device a few times; each chunk at least 32 samples.
   long long chunks = ceil_div(4LL * sm_count(device), num_sets > 0 ? num_sets : 1);
   const long long most = ceil_div(batch, 32);

@@ -130,13 +130,13 @@ def assert_matches_reference(fn, ref, args, tol, floor=0.0):
     return out
 
 
-def check_registration(backend, name, args, expected):
-    """Schema, fake implementation and autograd registration of the custom op ``name`` of
-    ``backend`` (see fastme/ops/_kernel_ops.py): ``torch.library.opcheck`` where the backend runs;
-    elsewhere (the CUDA ops without a GPU) its fake kernel on device="cuda" under FakeTensorMode.
-    Its leading outputs must have the shapes and dtypes of the ``expected`` tensors."""
-    kernels = pytest.importorskip(f"fastme.ops.{backend}")
-    op = getattr(kernels.OPS, name)
+def check_registration(backend, kind, args, expected):
+    """Schema, fake implementation and autograd registration of the custom op
+    ``fastme::<backend>_<kind>`` (see fastme/ops/_kernel_ops.py): ``torch.library.opcheck`` where
+    the backend runs; elsewhere (the CUDA ops without a GPU) its fake kernel on device="cuda"
+    under FakeTensorMode. Its leading outputs must have the shapes and dtypes of the ``expected``
+    tensors."""
+    op = getattr(torch.ops.fastme, f"{backend}_{kind}").default
     if backend in BACKENDS:
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration",
                                                    "test_faketensor"))

@@ -164,9 +164,9 @@ def test_op_registration(backend):
         t.requires_grad_()
     out = reference.cross_network(x0, weight, bias).detach()
     # AOT dispatch is exercised by test_torch_compile_fullgraph
-    check_registration(backend, "cross", (x0, weight, bias, True), [out])
-    check_registration(backend, "lookup_cross", (table, indices, offsets, weight, bias, True),
-                       [out, x0])
+    check_registration(backend, "cross_network", (x0, weight, bias, True), [out])
+    check_registration(backend, "lookup_cross_network",
+                       (table, indices, offsets, weight, bias, True), [out, x0])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -169,3 +169,123 @@ def test_build_without_cuda(tmp_path):
                    capture_output=True, env=env)
     code = "import _C; assert _C.built_with_cuda is False; assert not hasattr(_C, 'lookup_forward')"
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "out", check=True)
+
+
+def _cuda_only_build():
+    """The extension with CUDA kernels on a machine where none can run (then a call converts its
+    arguments and fails in the CUDA runtime, launching nothing)."""
+    ext = _extension.load()
+    if not ext.built_with_cuda or ext.cuda_device_count() > 0:
+        pytest.skip("needs a CUDA build on a machine without a usable GPU")
+    return ext
+
+
+def _kind(text: str) -> str:
+    """What Python passes for one parameter: "int", "bool" or "tuple<n>", from a C++ parameter
+    type or a pybind11 annotation."""
+    text = text.strip()
+    if text.startswith("tuple["):
+        depth, commas = 0, 0
+        for ch in text[len("tuple["):-1]:
+            depth += ch == "["
+            depth -= ch == "]"
+            commas += ch == "," and depth == 0
+        return f"tuple{commas + 1}"
+    structs = {"Launch": 2, "IndexArgs": 7, "ChunkPlan": 2, "SplitPlan": 2}
+    for type_name, fields in structs.items():
+        if re.search(rf"\b{type_name}\b", text):
+            return f"tuple{fields}"
+    return "bool" if re.fullmatch(r"(const )?bool( \w+)?", text) else "int"
+
+
+def _split_top(text: str) -> list:
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]] if text.strip() else parts
+
+
+def _bound_signature(fn) -> list:
+    """[(name, kind)] of a pybind11 function, from the first line of its __doc__."""
+    params = re.match(r"\w+\((.*)\) ->", fn.__doc__.strip().splitlines()[0]).group(1)
+    return [(p.split(":", 1)[0].strip(), _kind(p.split(":", 1)[1])) for p in _split_top(params)]
+
+
+def _declared_signatures() -> dict:
+    """{entry point: [(name, kind)]} of every host entry point the kernel headers declare."""
+    found = {}
+    for header in sorted((ROOT / "kernels").glob("*.h")):
+        text = re.sub(r"//[^\n]*", "", header.read_text())
+        for name, params in re.findall(r"^\w+\s+(\w+)\(([^;{]*)\);", text, re.MULTILINE):
+            found[name] = [(p.split()[-1].lstrip("*&"), _kind(p.rsplit(None, 1)[0]))
+                           for p in params.replace("\n", " ").split(",")]
+    return found
+
+
+def test_every_binding_matches_its_cpp_declaration():
+    ext = _extension.load()
+    if not ext.built_with_cuda:
+        pytest.skip("extension built without CUDA (no nvcc at build time)")
+    declared = _declared_signatures()
+    assert len(declared) >= 11, declared.keys()
+    for name, params in declared.items():
+        assert hasattr(ext, name), f"{name} is declared in kernels/*.h but not bound"
+        assert _bound_signature(getattr(ext, name)) == params, name
+
+
+def test_the_python_wrappers_call_every_binding_with_its_signature(monkeypatch):
+    """Each host function of fastme/ops/cuda calls the real bindings: pybind11 converts every
+    argument (a wrong name, count or kind is a TypeError) and the call then fails in the CUDA
+    runtime, which has no device here."""
+    ext = _cuda_only_build()
+    from fastme.ops.cuda import _lib, cross, lookup, pooling
+
+    called = set()
+
+    def cpu_ok(value):  # CPU tensors have no device index: any device number converts alike
+        return 0 if value is None else tuple(map(cpu_ok, value)) if isinstance(value, tuple) \
+            else value
+
+    class Checked:
+        def __getattr__(self, name):
+            fn = getattr(ext, name)
+            if not callable(fn):
+                return fn
+
+            def call(**kwargs):
+                called.add(name)
+                try:
+                    fn(**{k: cpu_ok(v) for k, v in kwargs.items()})
+                except RuntimeError as exc:
+                    assert "fastme CUDA error" in str(exc), exc
+                    return (1, 32) if fn.__doc__.split("->")[1].strip().startswith("tuple") \
+                        else None
+                raise AssertionError(f"{name} ran without a CUDA device")
+
+            return call
+
+    for module in (_lib, cross, lookup, pooling):
+        monkeypatch.setattr(module, "require_cuda_kernels", Checked)
+    monkeypatch.setattr(torch.cuda, "current_stream",
+                        lambda device=None: type("Stream", (), {"cuda_stream": 0}))
+    table = torch.randn(6, 2, 3)
+    indices = torch.tensor([[0, 1], [2, 1]])
+    offsets = torch.tensor([0, 3])
+    weights = torch.randn(2, 2, 2)
+    for dtype in (torch.float32, torch.bfloat16):  # atomic and sorted table gradients
+        t = table.to(dtype)
+        emb = lookup.lookup_forward(t, indices, offsets)
+        _lib.scatter_rows(emb, indices, offsets, 6)
+        pooled = pooling.fm_forward(t, indices, offsets)
+        pooling.fm_backward(pooled, t, indices, offsets)
+        pooling.fwfm_forward(t, indices, offsets, weights.to(dtype))
+        pooling.fwfm_backward(pooled, t, indices, offsets, weights.to(dtype))
+    x0, weight, bias = torch.randn(4, 2, 3), torch.randn(2, 2, 3, 3), torch.randn(2, 2, 3)
+    for save in (False, True):
+        out, states = cross.cross_forward(x0, weight, bias, save)
+    cross.cross_backward(out, x0, weight, bias, states)
+    assert called == set(_declared_signatures())

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import fastme.ops as ops
-from fastme.ops import _policy, reference
-from fastme.ops._validation import bounds_check
+from fastme.ops import _policy, bounds_check, reference
 
 from kernel_backends import (BACKENDS, DEVICE, DTYPES, KERNEL_TESTS, NONDET_TOL,
                              assert_close_to_reference, assert_matches_reference,
@@ -185,10 +184,11 @@ def test_a_table_without_rows_is_refused_with_the_bounds_check_off(backend):
 def test_op_registration(backend):
     table, indices, offsets = lookup_inputs(5, [3, 2, 2], 2, 3)
     grad = torch.randn(5, 2, 3, 3, dtype=torch.float64, device=DEVICE)
-    check_registration(backend, "lookup", (table.requires_grad_(), indices, offsets),
+    check_registration(backend, "multi_embedding_lookup",
+                       (table.requires_grad_(), indices, offsets),
                        [reference.multi_embedding_lookup(table, indices, offsets)])
-    check_registration(backend, "lookup_backward", (grad, indices, offsets, table.shape[0]),
-                       [table])
+    check_registration(backend, "multi_embedding_lookup_backward",
+                       (grad, indices, offsets, table.shape[0]), [table])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

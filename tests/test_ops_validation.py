@@ -5,7 +5,7 @@ import torch
 
 import fastme.ops as ops
 from fastme._extension import ExtensionUnavailable
-from fastme.ops._validation import bounds_check
+from fastme.ops import bounds_check
 
 from kernel_backends import lookup_inputs
 
@@ -129,3 +129,81 @@ def test_auto_backend_on_cpu_is_the_reference():
     table, indices, offsets = inputs()
     torch.testing.assert_close(ops.multi_embedding_lookup(table, indices, offsets),
                                ops.reference.multi_embedding_lookup(table, indices, offsets))
+
+
+def test_a_backend_implements_only_some_ops_and_the_rest_run_the_reference(monkeypatch):
+    """A backend record with host functions for the lookup only: the lookup runs its custom op,
+    every other op the reference; "auto" picks it on the devices it names."""
+    import sys
+    import types
+
+    from fastme.ops import _backend, _kernel_ops
+    from fastme.ops.cross_network import kernel_ops as cross_ops
+    from fastme.ops.embedding_lookup import kernel_ops as lookup_ops
+    from fastme.ops.pooling import kernel_ops as pooling_ops
+
+    calls = []
+    kernels = types.ModuleType("fastme_partial_backend.kernels")
+    kernels.forward = lambda *args: calls.append("forward") or ops.reference.multi_embedding_lookup(
+        *args)
+    kernels.backward = lambda grad, indices, offsets, num_rows: torch.zeros(
+        num_rows, grad.shape[1], grad.shape[3]).index_add_(
+            0, (indices + offsets).reshape(-1), grad.permute(0, 2, 1, 3).reshape(
+                -1, grad.shape[1], grad.shape[3]))
+    package = types.ModuleType("fastme_partial_backend")
+    package.BACKEND = _kernel_ops.KernelBackend(
+        name="partial", package="fastme_partial_backend", devices=("cpu",), auto=("cpu",),
+        needs="nothing", why_not_here=lambda device: "", cross_states=lambda layers, save: 0,
+        host_functions={"fastme::partial_multi_embedding_lookup": "kernels.forward",
+                        "fastme::partial_multi_embedding_lookup_backward": "kernels.backward"})
+    monkeypatch.setitem(sys.modules, "fastme_partial_backend", package)
+    monkeypatch.setitem(sys.modules, "fastme_partial_backend.kernels", kernels)
+    monkeypatch.setattr(_backend, "_KERNEL_BACKENDS", dict(_backend._KERNEL_BACKENDS))
+    monkeypatch.setattr(_backend, "_IMPLEMENTATIONS", dict(_backend._IMPLEMENTATIONS))
+    _backend.load(["fastme_partial_backend"], (lookup_ops, pooling_ops, cross_ops))
+    assert "partial" in ops.available_backends("cpu")
+
+    table, indices, offsets = inputs()
+    table.requires_grad_()
+    for backend in ("partial", "auto"):
+        out = ops.multi_embedding_lookup(table, indices, offsets, backend=backend)
+        torch.testing.assert_close(out, ops.reference.multi_embedding_lookup(table, indices,
+                                                                             offsets))
+        (grad,) = torch.autograd.grad(out.sum(), table)
+        (ref_grad,) = torch.autograd.grad(
+            ops.reference.multi_embedding_lookup(table, indices, offsets).sum(), table)
+        torch.testing.assert_close(grad, ref_grad)
+    assert calls == ["forward", "forward"]
+    torch.testing.assert_close(ops.pooled_lookup(table, indices, offsets, backend="partial"),
+                               ops.reference.pooled_lookup(table, indices, offsets))
+    assert calls == ["forward", "forward"]
+
+
+CUDA_STATES_WITHOUT_ITS_HOST_FUNCTIONS = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "fastme.ops.cuda._lib":
+            raise ImportError("blocked for the test")
+sys.meta_path.insert(0, Block())
+import torch
+import fastme.ops as ops
+from torch._subclasses.fake_tensor import FakeTensorMode
+with FakeTensorMode():
+    x0 = torch.empty(4, 2, 3, device="cuda")
+    out, states = torch.ops.fastme.cuda_cross_network(
+        x0, torch.empty(2, 2, 3, 3, device="cuda"), torch.empty(2, 2, 3, device="cuda"), True)
+print(states.shape[0])
+"""
+
+
+def test_a_backend_that_cannot_load_keeps_its_own_cross_state_layout():
+    """The CUDA custom ops without their host functions (as without Triton for the Triton ones)
+    still trace, with the CUDA layout: 2L - 1 state planes with save=True, not Triton's L - 1."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", CUDA_STATES_WITHOUT_ITS_HOST_FUNCTIONS],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["3"]

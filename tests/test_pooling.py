@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import fastme.ops as ops
-from fastme.ops import reference
-from fastme.ops._validation import bounds_check
+from fastme.ops import bounds_check, reference
 
 from kernel_backends import (BACKENDS, DEVICE, DTYPES, KERNEL_TESTS, NONDET_TOL,
                              assert_close_to_reference, assert_matches_reference,
@@ -159,12 +158,13 @@ def test_op_registration(backend):
     grad = torch.randn(5, 2, 3, dtype=torch.float64, device=DEVICE)
     table.requires_grad_()
     expected = reference.pooled_lookup(table, indices, offsets).detach()
-    check_registration(backend, "fm", (table, indices, offsets), [expected])
-    check_registration(backend, "fwfm", (table, indices, offsets, weights.requires_grad_()),
-                       [expected])
-    check_registration(backend, "fm_backward", (grad, table, indices, offsets), [table])
-    check_registration(backend, "fwfm_backward", (grad, table, indices, offsets, weights),
-                       [table, weights])
+    check_registration(backend, "fm_pooled_lookup", (table, indices, offsets), [expected])
+    check_registration(backend, "fwfm_pooled_lookup",
+                       (table, indices, offsets, weights.requires_grad_()), [expected])
+    check_registration(backend, "fm_pooled_lookup_backward", (grad, table, indices, offsets),
+                       [table])
+    check_registration(backend, "fwfm_pooled_lookup_backward",
+                       (grad, table, indices, offsets, weights), [table, weights])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from fastme.ops import _backend, reference
+from fastme.ops._kernel_ops import BackendOps
 from fastme.ops._validation import prepare_lookup
 
 
@@ -31,3 +32,30 @@ def multi_embedding_lookup(table: torch.Tensor, indices: torch.Tensor, offsets: 
 
 
 _backend.register("multi_embedding_lookup", "reference")(reference.multi_embedding_lookup)
+
+
+def kernel_ops(kernels: BackendOps) -> dict:
+    """One backend's lookup custom ops (forward and backward) and the public op they implement."""
+    lookup = kernels.define(
+        "multi_embedding_lookup", "(Tensor table, Tensor indices, Tensor offsets) -> Tensor",
+        lambda table, indices, offsets: table.new_empty(
+            (indices.shape[0], table.shape[1], indices.shape[1], table.shape[2])), gathers=True)
+    backward = kernels.define(
+        "multi_embedding_lookup_backward",
+        "(Tensor grad, Tensor indices, Tensor offsets, SymInt num_rows) -> Tensor",
+        lambda grad, indices, offsets, num_rows: grad.new_empty(
+            (num_rows, grad.shape[1], grad.shape[3])))
+    if lookup is None or backward is None:
+        return {}
+
+    def setup_context(ctx, inputs, output):
+        table, indices, offsets = inputs
+        ctx.save_for_backward(indices, offsets)
+        ctx.num_rows = table.shape[0]
+
+    def grad_fn(ctx, grad):
+        indices, offsets = ctx.saved_tensors
+        return backward(grad, indices, offsets, ctx.num_rows), None, None
+
+    lookup.register_autograd(grad_fn, setup_context=setup_context)
+    return {"multi_embedding_lookup": lookup}

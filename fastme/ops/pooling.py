@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from fastme.ops import _backend, reference
+from fastme.ops._kernel_ops import BackendOps
 from fastme.ops._validation import (FLOAT_DTYPES, check_same_dtype, check_shape, check_tensor,
                                     prepare_lookup)
 
@@ -52,3 +53,70 @@ def pooled_lookup(table: torch.Tensor, indices: torch.Tensor, offsets: torch.Ten
 _backend.register("pooled_lookup", "reference")(reference.pooled_lookup)
 _backend.register("fm_pooling", "reference")(reference.fm_pooling)
 _backend.register("fwfm_pooling", "reference")(reference.fwfm_pooling)
+
+
+def _as_lookup(emb):
+    """Already-gathered embeddings [B, M, N, K] as a lookup of distinct rows, so that the fused
+    pooled-lookup kernels pool them: row b*N + i of the [B*N, M, K] table is e_{b,i}, and the
+    table gradient is the gradient of ``emb`` (reached through the copy)."""
+    b, m, n, k = emb.shape
+    table = emb.transpose(1, 2).reshape(b * n, m, k)
+    indices = (torch.arange(b, device=emb.device) * n).unsqueeze(1).expand(b, n)
+    return table, indices, torch.arange(n, device=emb.device)
+
+
+def _pooled_fake(table, indices, offsets, *rest):
+    return table.new_empty((indices.shape[0], table.shape[1], table.shape[2]))
+
+
+def kernel_ops(kernels: BackendOps) -> dict:
+    """One backend's FM and FwFM custom ops and the public ops they implement."""
+    fm = kernels.define("fm_pooled_lookup",
+                        "(Tensor table, Tensor indices, Tensor offsets) -> Tensor",
+                        _pooled_fake, gathers=True)
+    fm_backward = kernels.define(
+        "fm_pooled_lookup_backward",
+        "(Tensor grad, Tensor table, Tensor indices, Tensor offsets) -> Tensor",
+        lambda grad, table, indices, offsets: torch.empty_like(table))
+    fwfm = kernels.define(
+        "fwfm_pooled_lookup",
+        "(Tensor table, Tensor indices, Tensor offsets, Tensor field_weights) -> Tensor",
+        _pooled_fake, gathers=True)
+    fwfm_backward = kernels.define(
+        "fwfm_pooled_lookup_backward", "(Tensor grad, Tensor table, Tensor indices, "
+        "Tensor offsets, Tensor field_weights) -> (Tensor, Tensor)",
+        lambda grad, table, indices, offsets, weights: (torch.empty_like(table),
+                                                        torch.empty_like(weights)))
+    implemented = {}
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    if fm is not None and fm_backward is not None:
+        def fm_grad(ctx, grad):
+            table, indices, offsets = ctx.saved_tensors
+            dtable = fm_backward(grad, table, indices, offsets) if ctx.needs_input_grad[0] \
+                else None
+            return dtable, None, None
+
+        fm.register_autograd(fm_grad, setup_context=setup_context)
+        implemented["fm_pooling"] = lambda emb: fm(*_as_lookup(emb))
+    if fwfm is not None and fwfm_backward is not None:
+        def fwfm_grad(ctx, grad):
+            table, indices, offsets, field_weights = ctx.saved_tensors
+            if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[3]):
+                return None, None, None, None
+            dtable, dweights = fwfm_backward(grad, table, indices, offsets, field_weights)
+            return dtable, None, None, dweights
+
+        fwfm.register_autograd(fwfm_grad, setup_context=setup_context)
+        implemented["fwfm_pooling"] = lambda emb, field_weights: fwfm(*_as_lookup(emb),
+                                                                      field_weights)
+    if len(implemented) == 2:
+        def pooled(table, indices, offsets, field_weights=None):
+            if field_weights is None:
+                return fm(table, indices, offsets)
+            return fwfm(table, indices, offsets, field_weights)
+
+        implemented["pooled_lookup"] = pooled
+    return implemented

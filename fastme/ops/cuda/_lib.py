@@ -1,7 +1,8 @@
 """Glue between torch tensors and the compiled kernels of ``fastme._C``.
 
 The extension takes raw device pointers, sizes, dtype codes and the current CUDA stream as
-integers; torch allocates every tensor here (outputs and workspaces).
+integers, with the argument names of the C++ declarations (kernels/<op>.h); torch allocates every
+tensor here (outputs and workspaces).
 """
 
 from __future__ import annotations
@@ -25,16 +26,15 @@ def dtype_code(dtype: torch.dtype) -> int:
 
 
 def launch(t: torch.Tensor) -> dict:
-    """Device and current stream of ``t``'s device, plus the dtype code of ``t``."""
-    return dict(device=t.device.index, stream=torch.cuda.current_stream(t.device).cuda_stream,
-                dtype=dtype_code(t.dtype))
+    """``launch`` = (device, current stream) of ``t``'s device and ``dtype`` = the code of ``t``."""
+    stream = torch.cuda.current_stream(t.device).cuda_stream
+    return {"launch": (t.device.index, stream), "dtype": dtype_code(t.dtype)}
 
 
 def index_args(indices: torch.Tensor, offsets: torch.Tensor, num_rows: int) -> dict:
-    """The (indices, offsets) keyword arguments every lookup kernel takes."""
-    return dict(indices=indices.data_ptr(), indices_int64=indices.dtype == torch.int64,
-                offsets=offsets.data_ptr(), offsets_int64=offsets.dtype == torch.int64,
-                num_rows=num_rows, batch=indices.shape[0], num_fields=indices.shape[1])
+    """``ix``, the (indices, offsets) argument every lookup kernel takes (IndexArgs, in order)."""
+    return {"ix": (indices.data_ptr(), indices.dtype == torch.int64, offsets.data_ptr(),
+                   offsets.dtype == torch.int64, num_rows, indices.shape[0], indices.shape[1])}
 
 
 def scatter_rows(src: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,

@@ -12,13 +12,8 @@ import torch
 
 from fastme._extension import require_cuda_kernels
 from fastme.ops._policy import acc_dtype, tf32_allowed
-from fastme.ops.cuda import _lib
-
-
-def state_planes(layers: int, save: bool) -> int:
-    if save:
-        return max(2 * layers - 1, 0)
-    return 1 if layers >= 2 else 0
+from fastme.ops.cuda import BACKEND, _lib
+from fastme.ops.cuda.lookup import lookup_forward
 
 
 def _split_states(states: torch.Tensor, layers: int, save: bool):
@@ -30,7 +25,7 @@ def _split_states(states: torch.Tensor, layers: int, save: bool):
 def cross_forward(x0, weight, bias, save):
     layers = weight.shape[0]
     batch, sets, dim = x0.shape
-    states = x0.new_empty((state_planes(layers, save), *x0.shape))
+    states = x0.new_empty((BACKEND.cross_states(layers, save), *x0.shape))
     if layers == 0 or x0.numel() == 0:
         return x0.clone(), states
     xs, zs = _split_states(states, layers, save)
@@ -40,6 +35,14 @@ def cross_forward(x0, weight, bias, save):
         num_sets=sets, dim=dim, layers=layers, out=out.data_ptr(), xs=xs.data_ptr(),
         zs=zs.data_ptr(), save=save, allow_tf32=tf32_allowed(), **_lib.launch(x0))
     return out, states
+
+
+def lookup_cross_forward(table, indices, offsets, weight, bias, save):
+    """The lookup writes x_0, then the cross network runs (no fused kernel)."""
+    (b, n), (_, m, k) = indices.shape, table.shape
+    x0 = lookup_forward(table, indices, offsets).reshape(b, m, n * k)
+    out, states = cross_forward(x0, weight, bias, save)
+    return out, x0, states
 
 
 def cross_backward(grad, x0, weight, bias, states):
@@ -52,8 +55,9 @@ def cross_backward(grad, x0, weight, bias, states):
     xs, zs = _split_states(states, layers, save=True)
     lib = require_cuda_kernels()
     acc = acc_dtype(x0.dtype)
-    splits, per_split = lib.cross_weight_grad_plan(batch=batch, num_sets=sets, dim=dim,
-                                                   device=x0.device.index)
+    plan = lib.cross_weight_grad_plan(batch=batch, num_sets=sets, dim=dim,
+                                      device=x0.device.index)
+    splits = plan[0]  # batch slices of the weight gradient
     grad_x0 = torch.empty_like(x0)
     grad_weight = torch.empty_like(weight)
     grad_bias = torch.empty_like(bias)
@@ -68,6 +72,6 @@ def cross_backward(grad, x0, weight, bias, states):
                        grad_weight=grad_weight.data_ptr(), grad_bias=grad_bias.data_ptr(),
                        h=h.data_ptr(), g=g.data_ptr(), dx0=dx0.data_ptr(),
                        w_partial=w_partial.data_ptr(), b_partial=b_partial.data_ptr(),
-                       splits=splits, depth_per_split=per_split, allow_tf32=tf32_allowed(),
+                       plan=plan, allow_tf32=tf32_allowed(),
                        **_lib.launch(x0))
     return grad_x0, grad_weight, grad_bias

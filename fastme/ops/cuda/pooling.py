@@ -84,11 +84,10 @@ def fwfm_backward(grad, table, indices, offsets, field_weights):
     acc = acc_dtype(table.dtype)
     r = field_weights.to(acc)
     qt = _transposed_padded(r + r.transpose(1, 2), lib.FWFM_FIELD_PAD)
-    chunks, chunk_size = lib.fwfm_weight_grad_plan(batch=b, num_sets=m, device=table.device.index)
-    partial = torch.zeros((chunks, m, n, n), dtype=acc, device=table.device)
+    plan = lib.fwfm_weight_grad_plan(batch=b, num_sets=m, device=table.device.index)
+    partial = torch.zeros((plan[0], m, n, n), dtype=acc, device=table.device)  # chunks x ...
     grad_weights = torch.empty((m, n, n), dtype=table.dtype, device=table.device)
     grad_table = _table_grad(lib.fwfm_backward, grad, table, indices, offsets,
                              q_full=qt.data_ptr(), weight_partial=partial.data_ptr(),
-                             chunks=chunks, chunk_size=chunk_size,
-                             grad_weight=grad_weights.data_ptr())
+                             plan=plan, grad_weight=grad_weights.data_ptr())
     return grad_table, grad_weights.to(field_weights.dtype)

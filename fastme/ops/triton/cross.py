@@ -28,7 +28,7 @@ from fastme.ops.triton._common import (acc_dtype, autotune, dot_meta, load_rows,
 from fastme.ops.triton.lookup import lookup_forward
 
 # Launch configurations; the autotuner picks among them per (M, D, L) at the first call, the
-# interpreter runs one small configuration. Their builds (python -m fastme.ops.triton.aot,
+# interpreter runs one small configuration. Their builds (tools/triton_aot.py,
 # Triton 3.6 and 3.9, D = 390 and 1280) all fit in shared memory (at most 128 KB), but several
 # use all 255 registers and spill: on sm_90 up to 64 B/thread (fp32 forward, 64 x 64 tiles),
 # 56 B (fp32 backward), 48 B (fp64); on sm_80 up to 920 B (fp32 weight gradient, 64 x 64 x 64)
@@ -240,9 +240,10 @@ def _cross_wgrad_kernel(U, X0, STATES, DW, DB, B, M, D,
 # ---- host side ----------------------------------------------------------------------------------
 
 @on_input_device
-def cross_forward(x0, weight, bias, gather=None):
+def cross_forward(x0, weight, bias, save=True, gather=None):
     """Runs the forward kernel. ``gather`` = (table, indices, offsets) fuses the lookup: x0 is
-    then an empty buffer the kernel fills. Returns (out, states)."""
+    then an empty buffer the kernel fills. Returns (out, states); the states x_1..x_{L-1} are
+    kept whatever ``save`` says: the kernel works in them."""
     layers, m, d, _ = weight.shape
     b = x0.shape[0]
     states = x0.new_empty((max(layers - 1, 0), b, m, d))
@@ -262,11 +263,11 @@ def cross_forward(x0, weight, bias, gather=None):
     return out, states
 
 
-def lookup_cross_forward(table, indices, offsets, weight, bias):
+def lookup_cross_forward(table, indices, offsets, weight, bias, save=True):
     b, n = indices.shape
     _, m, k = table.shape
     x0 = table.new_empty((b, m, n * k))
-    out, states = cross_forward(x0, weight, bias, gather=(table, indices, offsets))
+    out, states = cross_forward(x0, weight, bias, save, gather=(table, indices, offsets))
     return out, x0, states
 
 

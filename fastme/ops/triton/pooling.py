@@ -172,7 +172,7 @@ def _fwfm_bwd_weights_kernel(TABLE, IDX, OFFS, GRAD, DR_PART, num_cols, num_rows
 
 # Tiles of the FwFM kernels: field blocks (the first is used up to 64 fields), columns per
 # program, pipeline stages, warps of the weight-gradient kernel. Chosen from the AOT builds
-# (python -m fastme.ops.triton.aot, Triton 3.6 and 3.9): on sm_90 every FwFM kernel and dtype
+# (tools/triton_aot.py, Triton 3.6 and 3.9): on sm_90 every FwFM kernel and dtype
 # then builds with at most 96 KB of shared memory and without register spills, except 8 B in
 # the fp32 weight gradient under 3.6 (64-column tiles spilled up to 184 B; 3 stages needed up
 # to 193 KB, over sm_80's 163 KB). On sm_80 under 3.9 the fp32 weight-gradient kernel still

@@ -8,7 +8,7 @@ launchers would launch on that GPU at that shape. Each binary is checked against
 shared-memory limit per block; its registers and stack frame (register spills) are read from the
 cubin with Triton's bundled ``cuobjdump``.
 
-    python -m fastme.ops.triton.aot [--arch 90 80] [--dtype float32 bfloat16 float64]
+    python tools/triton_aot.py [--arch 90 80] [--dtype float32 bfloat16 float64]
 
 Must run without TRITON_INTERPRET=1 (the interpreter has no compiler). The batch size enters the
 kernels only as a runtime integer, so a small batch (a multiple of 16, like B = 4096) compiles to
@@ -226,7 +226,7 @@ def report(builds: list[Build]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fastme.ops.triton.aot", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python tools/triton_aot.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(SHARED_LIMIT))
     parser.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=list(DTYPES))
