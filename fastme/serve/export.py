@@ -35,8 +35,8 @@ from torch import nn
 from fastme._atomic import replace_on_success
 from fastme.data.dataset import load_vocab
 from fastme.data.raw import AVAZU_COLUMNS, CRITEO_COLUMNS, CRITEO_INT
-from fastme.models.spec import load_trained
 from fastme.ops._validation import bounds_check
+from fastme.train.checkpoint import load_trained
 from fastme.train.trainer import resolve_device
 
 FORMATS = ("pt2", "onnx")

@@ -42,8 +42,8 @@ from fastme.data.encode import indices
 from fastme.data.raw import (CRITEO_CAT, CRITEO_COLUMNS, CRITEO_INT, FORMATS, _damaged,
                              _first_line, _Malformed, _open, avazu_columns, empty_to_null,
                              make_format)
-from fastme.models.spec import load_trained
 from fastme.ops._validation import bounds_check, get_bounds_check
+from fastme.train.checkpoint import load_trained
 from fastme.train.metrics import log_loss_from_logits, roc_auc
 from fastme.train.trainer import resolve_device
 
