@@ -183,6 +183,16 @@ def test_scale_aggregates_over_seeds(tmp_path):
               model_options={"hidden_dim": 8}, backend="reference", out_dir=tmp_path,
               train_fn=fake_train, log=lambda *_: None)
     assert calls == []
+    # the same run by fastme train's rule: another backend or device is the same run, ...
+    run_scale("dnn", _tiny_data(), scales=(1, 3), seeds=(0, 2),
+              train_options={**TRAIN, "device": "auto"}, model_options={"hidden_dim": 8},
+              backend="auto", out_dir=tmp_path, train_fn=fake_train, log=lambda *_: None)
+    assert calls == []
+    # ... another learning rate is not
+    run_scale("dnn", _tiny_data(), scales=(1,), seeds=(0,), train_options={**TRAIN, "lr": 1e-2},
+              model_options={"hidden_dim": 8}, backend="reference", out_dir=tmp_path,
+              train_fn=fake_train, log=lambda *_: None)
+    assert calls == [("se", 1, 0)]
 
 
 def test_scale_and_analyze_cli_with_the_trainer(tmp_path):

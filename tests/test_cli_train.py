@@ -118,6 +118,20 @@ def test_user_mistakes_are_one_line_errors_before_any_data_is_loaded(tmp_path, c
         assert "Traceback" not in err
 
 
+def test_train_takes_the_run_lock_once(tmp_path, monkeypatch):
+    import fastme.train.trainer as trainer
+
+    taken, real = [], trainer.file_lock
+
+    def counting(path, *args, **kwargs):
+        taken.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "file_lock", counting)
+    assert main(["train", *TINY, "--out", str(tmp_path / "r")]) == 0
+    assert taken == [tmp_path / "r" / ".lock"]
+
+
 def test_ctrl_c_says_how_to_resume(tmp_path, capsys, interrupt_epoch):
     interrupt_epoch(2)
     out = tmp_path / "run"
