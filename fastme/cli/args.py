@@ -1,9 +1,6 @@
-"""The arguments that several commands share, defined once (flag, type, default, help), the help
-formatter of every command, and the helpers that turn parsed arguments into library options.
-
-A command picks what it needs with :func:`add_arguments`; where its meaning of a default differs
-(``fastme analyze``'s "the checkpoint's"), it changes the default with ``set_defaults`` and says
-so in the group's description, so the help of a flag is the same everywhere.
+"""The arguments several commands share, defined once, and the help formatter of every command.
+A command whose default means something else (``fastme analyze``: the checkpoint's) changes it
+with ``set_defaults`` and says so in its group's description: a flag's help is the same everywhere.
 """
 
 from __future__ import annotations

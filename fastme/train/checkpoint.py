@@ -1,9 +1,6 @@
-"""Checkpoints and run identity, written once: saving, reading and finding a checkpoint, rebuilding
-the trained model it holds, and deciding whether a run directory holds the same run.
-
-Training, the scaling sweep, ``fastme analyze``, ``predict`` and ``export`` all go through here, so
-a damaged file gets the same one-line error everywhere and two runs are "the same" by one rule.
-"""
+"""Checkpoints and run identity, written once: save, read and find a checkpoint, rebuild its
+trained model, and tell whether a run directory holds the same run (for training, the scaling
+sweep, ``fastme analyze``, ``predict`` and ``export`` alike)."""
 
 from __future__ import annotations
 
@@ -18,10 +15,8 @@ from fastme.train.config import TRAJECTORY_FIELDS
 
 LAST, BEST, RESULTS = "last.pt", "best.pt", "results.json"
 LOCK = ".lock"  # held by the run training into the directory
-#: What a run directory's model is read from, in order of preference.
-CHECKPOINT_NAMES = (BEST, LAST)
-#: Key of the model spec in a checkpoint dict (and in results.json).
-SPEC_KEY = "spec"
+CHECKPOINT_NAMES = (BEST, LAST)  # what a run directory's model is read from, in this order
+SPEC_KEY = "spec"  # of the model spec in a checkpoint (and in results.json)
 
 
 class CheckpointError(ValueError):
@@ -93,12 +88,9 @@ def load_trained(checkpoint, backend: str = "reference", device="cpu",
                  overrides: dict | None = None,
                  hint: str = "rebuild the model yourself and load ckpt['model']"):
     """Rebuild the trained model of a checkpoint (a file, or a run directory: its best.pt, else
-    last.pt) from the :class:`ModelSpec` it carries.
-
-    ``overrides``: spec fields (name, mode, scale, field_dims; ``options`` are merged) that
-    replace the recorded ones and stand in for a spec the checkpoint lacks; None values are
-    ignored. ``hint``: what to do when no complete spec results.
-    Returns (model in eval mode on ``device``, the checkpoint dict).
+    last.pt) from the :class:`ModelSpec` it carries; returns (model in eval mode on ``device``,
+    the checkpoint dict). ``overrides``: spec fields (name, mode, scale, field_dims; ``options``
+    are merged; None is ignored) that replace the recorded ones or stand in for a missing spec.
     """
     path = find_checkpoint(checkpoint)
     ckpt = read_checkpoint(path, device, hint="point to a run's best.pt or last.pt")
@@ -151,8 +143,7 @@ def default_out_dir(identity: dict) -> str:
 
 
 def saved_identity(out) -> dict | None:
-    """The identity recorded by the run in ``out`` (None: no run there; {}: one that recorded
-    none or cannot be read)."""
+    """The identity recorded by the run in ``out`` (None: no run; {}: none or unreadable)."""
     out = Path(out)
     if (out / RESULTS).is_file():
         try:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastme._atomic import make_dirs, remove_dirs, write_text
+from fastme._atomic import make_dirs, write_text
 from fastme._json import json_default
 from fastme._lock import file_lock
 from fastme.data.dataset import CTRData
@@ -203,17 +203,12 @@ def check_out_dir(out: Path) -> None:
 def prepare_out_dir(out: Path) -> list[Path]:
     """Create the run directory, or say clearly why it cannot be one; returns the directories
     created (removed again by :func:`lock_run_dir` if the run leaves them empty)."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"the output directory {out} is an existing file; choose another --out")
+    check_out_dir(out)
     try:
-        created = make_dirs(out)
+        return make_dirs(out)
     except OSError as exc:
         raise ValueError(f"cannot create the output directory {out}: {exc.strerror or exc}; "
                          f"choose another --out") from exc
-    if not os.access(out, os.W_OK | os.X_OK):
-        remove_dirs(created)
-        raise ValueError(f"cannot write to the output directory {out}; choose another --out")
-    return created
 
 
 def lock_run_dir(out) -> "contextlib.AbstractContextManager":
