@@ -17,7 +17,8 @@ _FMT = HelpFormatter
 
 def add_parser(subparsers) -> None:
     exp = subparsers.add_parser(
-        "experiment", help="run one of the paper's experiments (toy, scale) or write docs/results.md", formatter_class=_FMT,
+        "experiment", formatter_class=_FMT,
+        help="run one of the paper's experiments (toy, scale) or write docs/results.md",
         description="The paper's experiments; each writes JSON results and PNG figures to --out.")
     sub = exp.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     _add_toy(sub)
