@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from fastme.analysis.plots import plot_toy
-from fastme.analysis.report import analyze_model, summary_lines
-from fastme.analysis.toy import run_toy
+from fastme.experiments.report import analyze_model, summary_lines
+from fastme.experiments.toy import run_toy
 from fastme.cli import main
 from fastme.models import build
 
@@ -140,7 +140,7 @@ TRAIN = dict(epochs=1, batch_size=128, device="cpu", progress=False, verbose=Fal
 
 def test_scale_aggregates_over_seeds(tmp_path):
     pytest.importorskip("fastme.train")
-    from fastme.analysis.scale import run_scale
+    from fastme.experiments.scale import run_scale
 
     calls = []
 
@@ -171,7 +171,7 @@ def test_scale_aggregates_over_seeds(tmp_path):
     saved = json.loads((tmp_path / "scale.json").read_text())
     assert saved["me"]["3"]["seeds"] == [0, 2]
     # the results page renders these numbers
-    from fastme.analysis.results import render
+    from fastme.experiments.results import render
 
     page = render(saved, run_toy(iterations=20, seeds=(0,), record_every=10))
     me3 = saved["me"]["3"]
@@ -183,6 +183,16 @@ def test_scale_aggregates_over_seeds(tmp_path):
               model_options={"hidden_dim": 8}, backend="reference", out_dir=tmp_path,
               train_fn=fake_train, log=lambda *_: None)
     assert calls == []
+    # the same run by fastme train's rule: another backend or device is the same run, ...
+    run_scale("dnn", _tiny_data(), scales=(1, 3), seeds=(0, 2),
+              train_options={**TRAIN, "device": "auto"}, model_options={"hidden_dim": 8},
+              backend="auto", out_dir=tmp_path, train_fn=fake_train, log=lambda *_: None)
+    assert calls == []
+    # ... another learning rate is not
+    run_scale("dnn", _tiny_data(), scales=(1,), seeds=(0,), train_options={**TRAIN, "lr": 1e-2},
+              model_options={"hidden_dim": 8}, backend="reference", out_dir=tmp_path,
+              train_fn=fake_train, log=lambda *_: None)
+    assert calls == [("se", 1, 0)]
 
 
 def test_scale_and_analyze_cli_with_the_trainer(tmp_path):

@@ -74,7 +74,7 @@ def test_cli_defaults_are_the_config_defaults():
     from fastme.train import TrainConfig
     from fastme.train.config import config_options
 
-    from fastme.analysis.scale import DEFAULT_TRAIN
+    from fastme.experiments.scale import DEFAULT_TRAIN
 
     # the scaling sweep's documented CPU-sized batch and learning rate replace the paper's
     for argv, defaults in ((["train"], TrainConfig()),
@@ -118,6 +118,20 @@ def test_user_mistakes_are_one_line_errors_before_any_data_is_loaded(tmp_path, c
         assert "Traceback" not in err
 
 
+def test_train_takes_the_run_lock_once(tmp_path, monkeypatch):
+    import fastme.train.trainer as trainer
+
+    taken, real = [], trainer.file_lock
+
+    def counting(path, *args, **kwargs):
+        taken.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "file_lock", counting)
+    assert main(["train", *TINY, "--out", str(tmp_path / "r")]) == 0
+    assert taken == [tmp_path / "r" / ".lock"]
+
+
 def test_ctrl_c_says_how_to_resume(tmp_path, capsys, interrupt_epoch):
     interrupt_epoch(2)
     out = tmp_path / "run"
@@ -139,11 +153,13 @@ def test_a_non_finite_loss_is_an_error_with_a_hint(tmp_path, capsys, monkeypatch
 
 def test_default_out_names_differ_with_the_data_and_settings():
     from fastme.cli import build_parser
-    from fastme.train.cli import _data_options, default_out_dir, run_identity
+    from fastme.cli.args import data_options
+    from fastme.cli.train import identity_of
+    from fastme.train.checkpoint import default_out_dir
 
     def out_of(*argv):
         args = build_parser().parse_args(["train", *argv])
-        return default_out_dir(args, run_identity(args, _data_options(args), {}))
+        return default_out_dir(identity_of(args, data_options(args), {}))
 
     base = out_of("--data", "criteo:/data/a.txt")
     assert base.startswith("runs/dcnv2-sex1-criteo-seed0-")

@@ -236,7 +236,7 @@ def test_a_csv_file_is_encoded_as_its_parquet_twin(tmp_path):
 
 
 def test_a_csv_file_trains_and_predicts_with_the_training_vocabulary(tmp_path, capsys):
-    from fastme.models import load_trained
+    from fastme.train import load_trained
     from fastme.serve.predict import sigmoid
 
     own_csv(tmp_path / "train.csv", 300, seed=6, sep="\t")

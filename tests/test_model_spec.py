@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fastme.data import make_synthetic
-from fastme.models import ModelSpec, build, load_trained
-from fastme.train import TrainConfig, train
+from fastme.models import ModelSpec, build
+from fastme.train import TrainConfig, load_trained, train
 from fastme.train.trainer import ResumeError
 
 DIMS = [3, 7, 12, 5]

@@ -14,9 +14,9 @@ import torch
 
 from fastme.cli import main
 from fastme.data import make_synthetic
-from fastme.models import build, load_trained
+from fastme.models import build
 from fastme.serve.export import export, load_pt2
-from fastme.train import TrainConfig, train
+from fastme.train import TrainConfig, load_trained, train
 
 DIMS = [5, 9, 3, 17, 4]
 

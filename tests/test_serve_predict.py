@@ -41,7 +41,7 @@ def trained_run(tmp_path, kind, text):
 
 
 def eager_probabilities(run, x):
-    from fastme.models import load_trained
+    from fastme.train import load_trained
 
     model, _ = load_trained(run)
     with torch.no_grad():

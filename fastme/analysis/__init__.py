@@ -4,9 +4,10 @@
   singular-value spectra, principal-angle diversity of two embedding sets.
 - Model analysis (:mod:`fastme.analysis.collapse`): per-field IA and spectra, embedding-set
   diversity with its SE and random baselines, DCNv2 sub-embedding IA and interaction patterns.
-- Experiments: the toy experiment (:mod:`fastme.analysis.toy`), the SE-vs-ME scaling sweep
-  (:mod:`fastme.analysis.scale`) and the checkpoint report (:mod:`fastme.analysis.report`), also
-  as ``fastme experiment toy|scale`` and ``fastme analyze``. See docs/analysis.md.
+- Figures (:mod:`fastme.analysis.plots`).
+
+A library with no commands and no training: the experiments that use it are
+:mod:`fastme.experiments`. See docs/analysis.md.
 """
 
 from fastme.analysis.collapse import (FieldFactors, concat_sets, cross_blocks,

@@ -137,7 +137,8 @@ def plot_spectra(spectra, field_names, path, title: str, field_dims=None,
     if n > 1:
         sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, n - 1))
         by = "cardinality" if field_dims is not None else "field order"
-        fig.colorbar(sm, ax=ax, label=f"field rank by {by} (0 = {'fewest values' if field_dims is not None else 'first'})")
+        first = "fewest values" if field_dims is not None else "first"
+        fig.colorbar(sm, ax=ax, label=f"field rank by {by} (0 = {first})")
     ax.grid(alpha=0.3)
     data = {"title": title, "field_names": names,
             "field_dims": list(field_dims) if field_dims is not None else None,

@@ -131,9 +131,9 @@ def scaling_table(field_dims, name: str = "dcnv2", world_size: int = 8, batch_si
     backbone's base size): DDP against column-wise (table-wise where the table cannot be split)
     sharding over ``world_size`` ranks."""
     mb, gb = 1e6, 1e9
-    lines = [f"| M | DDP all-reduce MB | DDP sent/rank MB | DDP memory/rank GB | sharding | "
-             f"sharded all-reduce MB | all-to-all MB | sharded sent/rank MB | "
-             f"sharded memory/rank GB |",
+    lines = ["| M | DDP all-reduce MB | DDP sent/rank MB | DDP memory/rank GB | sharding | "
+             "sharded all-reduce MB | all-to-all MB | sharded sent/rank MB | "
+             "sharded memory/rank GB |",
              "|---|---|---|---|---|---|---|---|---|"]
     for m in scales:
         dense = dense_parameter_count(name, len(field_dims), m, multi=True)

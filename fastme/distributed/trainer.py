@@ -130,7 +130,7 @@ class DataParallelTrainer(Trainer):
         return super().lock() if self.ranks.is_main else contextlib.nullcontext()
 
 
-def train(model, data, config, *, ranks: dp.Ranks, **kwargs) -> dict:
+def train(model, data, config, *, ranks: dp.Ranks, lock: bool = True, **kwargs) -> dict:
     """:func:`fastme.train.train` for one rank of a data-parallel job (every rank calls it; every
     rank gets the results, rank 0 writes them)."""
-    return DataParallelTrainer(model, data, config, ranks=ranks, **kwargs).run()
+    return DataParallelTrainer(model, data, config, ranks=ranks, **kwargs).run(lock)

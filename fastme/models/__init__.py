@@ -11,7 +11,7 @@ from fastme.models.dnn import DNN
 from fastme.models.finalmlp import FinalMLP
 from fastme.models.ipnn import IPNN
 from fastme.models.nfwfm import NFwFM
-from fastme.models.spec import ModelSpec, load_trained
+from fastme.models.spec import ModelSpec
 from fastme.models.xdeepfm import xDeepFM
 
 MODELS = {cls.__name__.lower(): cls for cls in (DNN, IPNN, NFwFM, xDeepFM, DCNv2, FinalMLP, AutoInt)}
@@ -43,4 +43,4 @@ def build(name: str, field_dims, scale: int = 1, multi: bool = False, backend: s
 
 
 __all__ = ["AutoInt", "DCNv2", "DNN", "FinalMLP", "IPNN", "MODELS", "ModelSpec",
-           "MultiEmbeddingModel", "NFwFM", "build", "load_trained", "xDeepFM"]
+           "MultiEmbeddingModel", "NFwFM", "build", "xDeepFM"]

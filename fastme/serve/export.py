@@ -35,8 +35,8 @@ from torch import nn
 from fastme._atomic import replace_on_success
 from fastme.data.dataset import training_vocab
 from fastme.data.formats import FORMATS as DATA_FORMATS
-from fastme.models.spec import load_trained
 from fastme.ops import bounds_check
+from fastme.train.checkpoint import load_trained
 from fastme.train.trainer import resolve_device
 
 FORMATS = ("pt2", "onnx")

@@ -31,8 +31,8 @@ import torch
 from fastme._atomic import replace_on_success
 from fastme.data.dataset import training_vocab
 from fastme.data.formats import FORMATS, TEXT_FORMATS, RowTally
-from fastme.models.spec import load_trained
 from fastme.ops import bounds_check, get_bounds_check
+from fastme.train.checkpoint import load_trained
 from fastme.train.metrics import log_loss_from_logits, roc_auc
 from fastme.train.trainer import resolve_device
 

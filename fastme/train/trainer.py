@@ -30,18 +30,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastme._atomic import make_dirs, remove_dirs, replace_on_success, write_text
+from fastme._atomic import make_dirs, write_text
 from fastme._json import json_default
 from fastme._lock import file_lock
 from fastme.data.dataset import CTRData
-from fastme.models.spec import CheckpointError, read_checkpoint
 from fastme.ops import available_backends
 from fastme.train.batches import iterate_batches
+from fastme.train.checkpoint import (BEST, LAST, LOCK, RESULTS, CheckpointError, load_checkpoint,
+                                     save)
 from fastme.train.config import TRAJECTORY_FIELDS, TrainConfig
 from fastme.train.metrics import log_loss_from_logits, roc_auc
-
-LAST, BEST, RESULTS = "last.pt", "best.pt", "results.json"
-LOCK = ".lock"  # held by the run training into the directory
 
 #: What a run's ``info`` says about the model; resuming with other values is refused.
 _MODEL_INFO = ("model", "mode", "scale", "model_options")
@@ -112,21 +110,6 @@ def scores(data: CTRData, rows: np.ndarray, z: np.ndarray) -> dict:
     except ValueError as exc:
         raise ValueError(f"{data.name}: {exc}") from exc
     return {"auc": auc, "logloss": log_loss_from_logits(labels, z)}
-
-
-# ---- checkpoints --------------------------------------------------------------------------------
-
-def _save(obj, path: Path) -> None:
-    with replace_on_success(path) as tmp:  # a crash mid-write never leaves a truncated checkpoint
-        torch.save(obj, tmp)
-
-
-def load_checkpoint(path, device="cpu") -> dict:
-    """A checkpoint written by :func:`train` (model/optimizer state dicts, epoch, config, ...).
-
-    Raises :class:`CheckpointError` naming the file when it is empty, truncated, or not a
-    checkpoint at all (:func:`fastme.models.spec.read_checkpoint`)."""
-    return read_checkpoint(path, device, hint="delete it to start afresh")
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -220,17 +203,12 @@ def check_out_dir(out: Path) -> None:
 def prepare_out_dir(out: Path) -> list[Path]:
     """Create the run directory, or say clearly why it cannot be one; returns the directories
     created (removed again by :func:`lock_run_dir` if the run leaves them empty)."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"the output directory {out} is an existing file; choose another --out")
+    check_out_dir(out)
     try:
-        created = make_dirs(out)
+        return make_dirs(out)
     except OSError as exc:
         raise ValueError(f"cannot create the output directory {out}: {exc.strerror or exc}; "
                          f"choose another --out") from exc
-    if not os.access(out, os.W_OK | os.X_OK):
-        remove_dirs(created)
-        raise ValueError(f"cannot write to the output directory {out}; choose another --out")
-    return created
 
 
 def lock_run_dir(out) -> "contextlib.AbstractContextManager":
@@ -243,12 +221,12 @@ def lock_run_dir(out) -> "contextlib.AbstractContextManager":
     return file_lock(out / LOCK, f"the run directory {out}", prepare=lambda: prepare_out_dir(out))
 
 
-def _check_backend(model, device: torch.device) -> None:
-    backend = getattr(model, "backend", "auto")
+def check_backend(backend: str, device: torch.device, what: str = "the model's backend") -> None:
+    """Refuse a kernel backend that cannot run on ``device`` here (``what`` names it)."""
     if backend != "auto" and backend not in available_backends(device):
-        raise ValueError(f"the model's backend {backend!r} cannot run on {device} here "
-                         f"(available: {', '.join(available_backends(device))}); use backend "
-                         f"'auto' or another device")
+        raise ValueError(f"{what} {backend} cannot run on {device} here (available: "
+                         f"{', '.join(available_backends(device))}); use auto, one of those or "
+                         f"another device")
 
 
 def _constant_logloss(train_set: CTRData, valid_set: CTRData) -> float:
@@ -299,7 +277,7 @@ class Trainer:
             raise ValueError(f"{self.train_set.name} has {len(self.train_set)} row; training "
                              f"needs at least 2 (BatchNorm cannot learn from one sample)")
         _check_model_fits(model, self.train_set)
-        _check_backend(model, self.device)
+        check_backend(getattr(model, "backend", "auto"), self.device)
         self.eval_batch_size = config.eval_batch_size or config.batch_size
         self.out = Path(config.out_dir) if config.out_dir is not None else None
         if self.out is not None:
@@ -354,7 +332,7 @@ class Trainer:
 
     def save(self, kind: str) -> None:
         """Write :meth:`checkpoint` ``kind`` to out_dir (last.pt or best.pt)."""
-        _save(self.checkpoint(kind), self.out / (LAST if kind == "last" else BEST))
+        save(self.checkpoint(kind), self.out / (LAST if kind == "last" else BEST))
 
     # -- the parts of a run -----------------------------------------------------------------------
     def start_or_resume(self) -> None:
@@ -561,11 +539,12 @@ class Trainer:
             results["checkpoint_path"] = str(self.out / BEST)  # what predict and export take
         return results
 
-    def run(self) -> dict:
+    def run(self, lock: bool = True) -> dict:
         """The whole run; with an out_dir, under its lock (a second run into the same directory
-        is refused while this one is alive)."""
+        is refused while this one is alive). ``lock=False``: the caller holds it already
+        (:func:`lock_run_dir`, as ``fastme train`` does from before it loads the data)."""
         self._session_start = time.perf_counter()
-        with self.lock():
+        with self.lock() if lock else contextlib.nullcontext():
             self.start_or_resume()
             self.fit()
             return self.results(self.test())
@@ -595,7 +574,8 @@ class Trainer:
 
 
 def train(model, data, config: TrainConfig | None = None, *, info: dict | None = None,
-          on_epoch: Callback | None = None, on_result: Callback | None = None) -> dict:
+          on_epoch: Callback | None = None, on_result: Callback | None = None,
+          lock: bool = True) -> dict:
     """Train ``model`` on ``data`` and return the results (also written to out_dir/results.json).
 
     Args:
@@ -609,11 +589,13 @@ def train(model, data, config: TrainConfig | None = None, *, info: dict | None =
             is added to that epoch's history record (e.g. ``{"field_ia": [...]}``).
         on_result: ``on_result(model, results)`` with the best model after the test; the dict it
             returns is added to the results.
+        lock: take the run directory's lock (False: the caller holds it, :func:`lock_run_dir`).
 
     Returns a dict with test_auc, test_logloss, best_val_auc, best_epoch, epochs, samples_per_s,
     the per-epoch history, the config, ``info`` and what ``on_result`` added.
     """
-    return Trainer(model, data, config, info=info, on_epoch=on_epoch, on_result=on_result).run()
+    return Trainer(model, data, config, info=info, on_epoch=on_epoch,
+                   on_result=on_result).run(lock)
 
 
 def _processes(world_size: int) -> str:

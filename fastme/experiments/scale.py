@@ -7,7 +7,6 @@ serves as the first point of both curves ("base", as in Table 1).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -17,6 +16,9 @@ import torch
 from fastme.analysis.collapse import (FieldFactors, field_information_abundance,
                                       random_information_abundance)
 from fastme.analysis.plots import plot_field_ia, plot_scale_auc, plot_scale_ia, save_json
+from fastme.models import build
+from fastme.train import TrainConfig, train
+from fastme.train.checkpoint import run_identity
 
 #: The paper's scales are 1, 2, 3, 4 and 10 (``--scales 1 2 3 4 10``). The default keeps the sweep
 #: within minutes on a CPU: SE x10 DCNv2 (a 1,600-wide cross network on the built-in data) alone
@@ -26,10 +28,16 @@ DEFAULT_SCALES = (1, 2, 4)
 #: built-in 60,000 rows an epoch at batch 2048 is only 23 steps, and the embeddings hardly leave
 #: their initialisation before early stopping ends the run (docs/analysis.md has the numbers).
 DEFAULT_TRAIN = {"batch_size": 512, "lr": 2e-3}
+#: The training settings the sweep takes (``fastme experiment scale`` has an option for each).
+TRAIN_SETTINGS = ("epochs", "batch_size", "lr", "weight_decay", "patience", "device", "progress")
 RECORD = "scale_record.json"
-#: TrainConfig fields that do not change a run's outcome (a finished run with other values of
-#: these is reused).
-_COSMETIC = ("out_dir", "progress", "verbose", "resume")
+
+
+def default_train_options() -> dict:
+    """The sweep's training settings when none are given on ``fastme experiment scale``'s command
+    line: :data:`DEFAULT_TRAIN` over the paper's, on the GPU when there is one, no progress bars."""
+    config = TrainConfig(**DEFAULT_TRAIN).as_dict()
+    return {**{k: config[k] for k in TRAIN_SETTINGS}, "device": "auto", "progress": False}
 
 
 def run_scale(model: str, data, scales=DEFAULT_SCALES, seeds=(0, 1, 2), train_options=None,
@@ -47,17 +55,16 @@ def run_scale(model: str, data, scales=DEFAULT_SCALES, seeds=(0, 1, 2), train_op
         model_options: extra model constructor arguments (e.g. ``hidden_dim``).
         seen_only: compute IA on the embedding rows seen in the training split only.
         keep_checkpoints: give each run a directory ``out_dir/runs/<name>`` with the trainer's
-            checkpoints (``fastme analyze`` reads them); a finished run found there with the same
-            settings is reused, so an interrupted sweep continues where it stopped.
+            checkpoints (``fastme analyze`` reads them); a finished run found there is reused
+            when it is the same run by the rule of ``fastme train``
+            (:func:`fastme.train.checkpoint.run_identity`), with the same epoch budget, patience
+            and ``seen_only``, so an interrupted sweep continues where it stopped.
         data_spec, data_options: how ``data`` was opened (:func:`fastme.data.load_dataset`),
             recorded in each checkpoint so ``fastme analyze --seen-only`` can reopen it.
         train_fn: the training function (default :func:`fastme.train.train`).
     """
-    from fastme.models import build
-    from fastme.train import TrainConfig
-
     if train_fn is None:
-        from fastme.train import train as train_fn
+        train_fn = train
     scales = sorted({int(s) for s in scales})
     seeds = [int(s) for s in seeds]
     if not scales or scales[0] < 1:
@@ -69,7 +76,8 @@ def run_scale(model: str, data, scales=DEFAULT_SCALES, seeds=(0, 1, 2), train_op
     train_options = dict(train_options or {})
     out = Path(out_dir) if out_dir is not None else None
     train_split = data.split(train_options.get("split_seed", 0))[0] if seen_only else None
-    data_name = data_spec or getattr(data, "name", None)
+    data_name = data_spec or getattr(data, "name", None) or "data"
+    data_options = dict(data_options or {})
 
     # scale by scale, SE then ME, so an interrupted sweep already has both curves up to a scale
     plan = [(mode, s) for s in scales for mode in ("se", "me") if mode == "se" or s > 1]
@@ -80,15 +88,18 @@ def run_scale(model: str, data, scales=DEFAULT_SCALES, seeds=(0, 1, 2), train_op
             run_dir = out / "runs" / name if out is not None and keep_checkpoints else None
             config = TrainConfig(**{**train_options, "seed": seed,
                                     "out_dir": str(run_dir) if run_dir else None})
+            identity = run_identity(model, mode, scale, model_options, data_name, data_options,
+                                    config.as_dict())
+            # beyond the run's identity, the record depends on when training stopped and on
+            # which rows IA is measured
             setting = {"model": model, "mode": mode, "scale": scale, "seed": seed,
-                       "backend": backend, "model_options": model_options,
-                       "train_config": {k: v for k, v in dataclasses.asdict(config).items()
-                                        if k not in _COSMETIC},
-                       "seen_only": seen_only, "data": data_name, "num_rows": len(data)}
+                       "identity": identity, "epochs": config.epochs,
+                       "patience": config.patience, "seen_only": seen_only,
+                       "num_rows": len(data)}
             if run_dir is not None and (run_dir / RECORD).is_file():
                 previous = json.loads((run_dir / RECORD).read_text())
                 if (previous.get("setting") == json.loads(json.dumps(setting))
-                        and "field_ia_over_random" in previous):  # older records lack it
+                        and "field_ia_over_random" in previous):
                     log(f"[scale] {name}: reusing the finished run in {run_dir}")
                     runs.append(previous)
                     continue
@@ -98,7 +109,8 @@ def run_scale(model: str, data, scales=DEFAULT_SCALES, seeds=(0, 1, 2), train_op
                         **model_options)
             info = {"title": f"{model} {mode.upper()} x{scale} (seed {seed})", "model": model,
                     "mode": mode, "scale": scale, "backend": backend, "data": data_name,
-                    "data_options": dict(data_options or {}), "model_options": model_options}
+                    "data_options": data_options, "model_options": model_options,
+                    "identity": identity}
             results = train_fn(net, data, config, info=info)
             # the trainer leaves the best epoch's weights in the model
             factors = FieldFactors(net, train_split)
@@ -122,7 +134,8 @@ def run_scale(model: str, data, scales=DEFAULT_SCALES, seeds=(0, 1, 2), train_op
             if run_dir is not None:
                 save_json(run_dir / RECORD, record)
             log(f"[scale] {name}: test AUC {record['test_auc']:.5f}, mean field IA "
-                f"{np.nanmean(field_ia):.2f}, IA / random {np.nanmean(record['field_ia_over_random']):.3f}")
+                f"{np.nanmean(field_ia):.2f}, IA / random "
+                f"{np.nanmean(record['field_ia_over_random']):.3f}")
             runs.append(record)
 
     summary = summarize(runs, scales, list(data.field_names), list(data.field_dims))

@@ -1,19 +1,17 @@
-"""``python -m fastme.analysis.results``: run the toy and the scaling experiment with their
-defaults and write their tables and figures to ``docs/results.md`` (and ``docs/results/``).
+"""``fastme experiment results``: run the toy and the scaling experiment with their defaults and
+write their tables and figures to ``docs/results.md`` (and ``docs/results/``).
 
-Finished scaling runs are reused (see :mod:`fastme.analysis.scale`), so running it again after
+Finished scaling runs are reused (see :mod:`fastme.experiments.scale`), so running it again after
 an interruption only trains what is missing; ``--from-outputs`` only re-renders the page from the
 experiments' JSON outputs.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import resource
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from fastme._atomic import replace_on_success, write_text
 
 TOY_DIR = Path("runs/experiment-toy")
 SCALE_DIR = Path("runs/experiment-scale-dcnv2-synthetic")
-COMMAND = "python -m fastme.analysis.results"
+COMMAND = "fastme experiment results"
 
 
 def _pm(mean, std, digits: int = 4) -> str:
@@ -52,7 +50,8 @@ def scale_tables(summary: dict) -> list[str]:
                  _pm(se["mean_field_ia_over_random_mean"], se["mean_field_ia_over_random_std"], 3),
                  _pm(me["mean_field_ia_over_random_mean"], me["mean_field_ia_over_random_std"], 3)
                  if me else "-",
-                 f"{se['mean_field_ia_mean']:.2f}", f"{me['mean_field_ia_mean']:.2f}" if me else "-"]
+                 f"{se['mean_field_ia_mean']:.2f}",
+                 f"{me['mean_field_ia_mean']:.2f}" if me else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Test AUC per seed:", "", "| run | " + " | ".join(f"seed {s}" for s in seeds)
               + " |", "| --- |" + " --- |" * len(seeds)]
@@ -134,39 +133,46 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime
 
 
-def _timed(argv) -> dict:
-    from fastme.cli import main
-
+def _timed(run) -> dict:
     wall, cpu = time.time(), _cpu_seconds()
-    code = main(argv)
-    if code != 0:
-        raise SystemExit(f"{COMMAND}: error: `fastme {' '.join(argv)}` failed (exit {code})")
+    run()
     return {"wall_s": time.time() - wall, "cpu_s": _cpu_seconds() - cpu}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="docs/results.md", help="the page to write")
-    p.add_argument("--from-outputs", action="store_true",
-                   help="do not run anything; render from the experiments' existing outputs")
-    p.add_argument("--machine", default=None,
-                   help="a description of the machine (and anything measured outside this "
-                        "command, e.g. the CPU time of reused runs), for the page")
-    args = p.parse_args(argv)
+def _toy() -> None:
+    """``fastme experiment toy`` with its defaults."""
+    from fastme.analysis.plots import plot_toy
+    from fastme.experiments.toy import run_toy
+
+    plot_toy(run_toy(), TOY_DIR / "toy")
+
+
+def _scale() -> None:
+    """``fastme experiment scale --no-progress`` with its defaults."""
+    from fastme.data import load_dataset
+    from fastme.experiments.scale import default_train_options, run_scale
+
+    run_scale("dcnv2", load_dataset("synthetic"), train_options=default_train_options(),
+              out_dir=SCALE_DIR, data_spec="synthetic", data_options={})
+
+
+def write_results(out="docs/results.md", from_outputs: bool = False,
+                  machine: str | None = None) -> Path:
+    """Run both experiments (unless ``from_outputs``) and write the page ``out`` with its figures
+    beside it in ``results/``; returns that directory. ``machine``: a description of the machine
+    (and anything measured outside, e.g. the CPU time of reused runs), for the page."""
     timing = {}
-    if not args.from_outputs:
-        timing["toy"] = _timed(["experiment", "toy", "--out", str(TOY_DIR)])
+    if not from_outputs:
+        timing["toy"] = _timed(_toy)
         finished = len(list((SCALE_DIR / "runs").glob("*/scale_record.json")))
-        timing["scale"] = _timed(["experiment", "scale", "--no-progress", "--out", str(SCALE_DIR)])
+        timing["scale"] = _timed(_scale)
         timing["scale"]["reused"] = finished
     try:
         scale = json.loads((SCALE_DIR / "scale.json").read_text())
         toy = json.loads((TOY_DIR / "toy.json").read_text())
     except FileNotFoundError as exc:
-        print(f"{COMMAND}: error: {exc.filename} is missing; run without --from-outputs",
-              file=sys.stderr)
-        return 2
-    out = Path(args.out)
+        raise ValueError(f"{exc.filename} is missing; run without --from-outputs") from None
+    out = Path(out)
     figures = out.parent / "results"
     figures.mkdir(parents=True, exist_ok=True)
     for src in (SCALE_DIR / "scale_auc.png", SCALE_DIR / "scale_ia.png",
@@ -178,12 +184,7 @@ def main(argv=None) -> int:
         write_text(SCALE_DIR / "timing.json", json.dumps(timing, indent=1) + "\n")
     elif (SCALE_DIR / "timing.json").is_file():
         timing = json.loads((SCALE_DIR / "timing.json").read_text())
-    machine = args.machine or f"{platform.machine()}, {platform.python_implementation()} " \
-                              f"{platform.python_version()}"
+    machine = machine or f"{platform.machine()}, {platform.python_implementation()} " \
+                         f"{platform.python_version()}"
     write_text(out, render(scale, toy, timing, machine))
-    print(f"wrote {out} and {figures}/")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return figures

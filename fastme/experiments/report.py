@@ -9,6 +9,7 @@ import numpy as np
 from fastme.analysis import collapse, metrics
 from fastme.analysis.plots import (plot_bars, plot_field_ia, plot_interaction_pattern,
                                    plot_spectra, plot_sub_embedding, save_json)
+from fastme.train.checkpoint import find_checkpoint, load_trained
 
 #: A measure within this relative distance of its random baseline, or within 3 standard
 #: deviations of random draws of the same shapes where those spread wider (fields of a few rows),
@@ -26,33 +27,19 @@ COLLAPSE_RATIO = 0.5
 def load_model(checkpoint, field_dims=None, model: str | None = None, mode: str | None = None,
                scale: int | None = None, model_options: dict | None = None):
     """Rebuild the model of a checkpoint written by ``fastme train`` (a file, or a run directory:
-    its best.pt) from the :class:`~fastme.models.ModelSpec` it carries. Arguments given here
-    override the spec's fields (and stand in for it in a checkpoint that has none).
+    its best.pt) with :func:`fastme.train.checkpoint.load_trained`; arguments given here override
+    the spec's fields (and stand in for it in a checkpoint that has none).
 
     Returns (model in eval mode on the CPU, metadata dict with model/mode/scale/field_dims/
     field_names/checkpoint).
     """
-    from fastme.models.spec import CHECKPOINT_KEY, ModelSpec, find_checkpoint, read_checkpoint
-
     path = find_checkpoint(checkpoint)
-    ckpt = read_checkpoint(path, hint="give a best.pt or last.pt written by fastme train, or "
-                                      "its run directory")
-    saved = dict(ckpt.get(CHECKPOINT_KEY) or {})
-    overrides = {"name": model, "mode": mode, "scale": scale,
+    overrides = {"name": model, "mode": mode, "scale": scale, "options": model_options,
                  "field_dims": list(field_dims) if field_dims is not None else None}
-    saved.update({k: v for k, v in overrides.items() if v is not None})
-    saved["options"] = {**(saved.get("options") or {}), **(model_options or {})}
-    try:
-        spec = ModelSpec.from_dict(saved)
-    except ValueError as exc:
-        raise ValueError(f"{path} carries no complete model spec ({exc}); pass --model, --mode, "
-                         f"--scale and the training --data") from exc
-    net = spec.build(backend="reference")  # analysis never runs a kernel
-    try:
-        net.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise ValueError(f"{path} does not fit {spec}: {exc}") from exc
-    net.eval()
+    # analysis never runs a kernel: the reference ops
+    net, ckpt = load_trained(path, overrides=overrides,
+                             hint="pass --model, --mode, --scale and the training --data")
+    spec = net.spec
     names = (ckpt.get("data") or {}).get("field_names")
     if not names or len(names) != len(spec.field_dims):
         names = [f"f{i}" for i in range(len(spec.field_dims))]

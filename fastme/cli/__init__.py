@@ -1,0 +1,48 @@
+"""The ``fastme`` command line (also ``python -m fastme``).
+
+The only place that parses arguments: the shared ones are defined once in
+:mod:`fastme.cli.args`, and each command is a module here whose ``add_parser(subparsers)``
+registers it with a ``func(args) -> int`` that calls the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+
+from fastme.cli.args import HelpFormatter
+
+#: One module per command, in the order of ``fastme --help``.
+COMMANDS = ("train", "experiment", "analyze", "predict", "export")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fastme import __version__
+
+    parser = argparse.ArgumentParser(prog="fastme", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fastme {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"fastme.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    command = " ".join(filter(None, (args.command, getattr(args, "experiment", None))))
+    with warnings.catch_warnings():
+        # A warning is a message to the user here, not to a programmer: one line, no source.
+        warnings.showwarning = lambda message, *_, **__: print(
+            f"fastme {command}: warning: {message}", file=sys.stderr, flush=True)
+        try:
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            print(f"fastme {command}: interrupted", file=sys.stderr, flush=True)
+            return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The command line as a whole: one definition of the shared arguments, help texts that say each
+default once and only where it means something."""
+
+import argparse
+
+import pytest
+
+from fastme.cli import build_parser, main
+from fastme.ops import BACKENDS
+
+
+def _commands(parser):
+    """(name, parser) of every command, experiments included."""
+    sub = parser._subparsers._group_actions[0]
+    for name, command in sub.choices.items():
+        nested = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            yield from ((f"{name} {n}", p) for n, p in nested[0].choices.items())
+        else:
+            yield name, command
+
+
+def test_help_says_a_default_once_and_only_a_meaningful_one():
+    for name, command in _commands(build_parser()):
+        text = command.format_help()
+        for empty in ("None", "True", "False", "[]"):
+            assert f"(default: {empty})" not in text, (name, empty)
+        formatter = command._get_formatter()
+        for action in command._actions:
+            if action.help:
+                shown = formatter._expand_help(action)
+                assert shown.count("default") <= 1, (name, shown)
+    train = dict(_commands(build_parser()))["train"].format_help()
+    assert "(default: dcnv2)" in train and "--no-progress" in train
+
+
+def test_shared_arguments_have_one_definition():
+    seen = {}
+    for name, command in _commands(build_parser()):
+        for action in command._actions:
+            for flag in action.option_strings:
+                seen.setdefault(flag, []).append((name, action))
+    for flag in ("--model", "--mode", "--scale", "--backend", "--model-option", "--data",
+                 "--cache-dir", "--synthetic-samples", "--data-option", "--device",
+                 "--no-progress"):
+        users = seen[flag]
+        assert len(users) >= 2, flag
+        # predict's --data and --data-option name the file to score, not training data
+        users = [(n, a) for n, a in users
+                 if not (n == "predict" and flag in ("--data", "--data-option"))]
+        helps = {a.help for _, a in users}
+        assert len(helps) == 1, (flag, users)
+        choices = {tuple(a.choices) if a.choices else None for _, a in users}
+        assert len(choices) == 1, (flag, choices)
+    for name, action in seen["--backend"]:
+        assert list(action.choices) == list(BACKENDS), name
+    # the defaults that differ say so by meaning: the checkpoint's (analyze), reference ops for
+    # what is served (predict, export)
+    backend = {name: action.default for name, action in seen["--backend"]}
+    assert backend == {"train": "auto", "experiment scale": "auto", "predict": "reference",
+                       "export": "reference"}
+
+
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_serving_backends_are_checked_by_the_parser(command, tmp_path, capsys):
+    extra = ["--data", "synthetic"] if command == "predict" else ["--out", "m.onnx"]
+    with pytest.raises(SystemExit) as stop:
+        main([command, str(tmp_path), *extra, "--backend", "nope"])
+    assert stop.value.code == 2
+    assert "argument --backend: invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_results_page_without_outputs_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["experiment", "results", "--from-outputs", "--out",
+                 str(tmp_path / "results.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastme experiment results: error: ") and "is missing" in err
+    assert not (tmp_path / "results.md").exists()
