@@ -61,7 +61,8 @@ class CMakeBuild(build_ext):
         ]
         if use_cuda:
             args.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
-            args.append(f"-DCMAKE_CUDA_ARCHITECTURES={os.environ.get('FASTME_CUDA_ARCHS', '80;90')}")
+            archs = os.environ.get("FASTME_CUDA_ARCHS", "80;90")
+            args.append(f"-DCMAKE_CUDA_ARCHITECTURES={archs}")
         if shutil.which("ninja"):
             args.append("-GNinja")
         print(f"fastme: building extension (CUDA {'on' if use_cuda else 'off'})", flush=True)

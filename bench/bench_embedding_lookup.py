@@ -63,7 +63,8 @@ def _from_fastme(t: torch.Tensor) -> torch.Tensor:
 
 
 def _fbgemm_tbe(table: torch.Tensor, requires_grad: bool):
-    training = harness.require("fbgemm_gpu.split_table_batched_embeddings_ops_training", "fbgemm_gpu")
+    training = harness.require("fbgemm_gpu.split_table_batched_embeddings_ops_training",
+                               "fbgemm_gpu")
     sets = table.shape[1]
     tbe = training.DenseTableBatchedEmbeddingBagsCodegen(
         [(d, sets * EMBED_DIM) for d in FIELD_DIMS], pooling_mode=training.PoolingMode.NONE,

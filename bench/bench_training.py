@@ -19,7 +19,7 @@ import costs
 import fastme.models
 import harness
 from bench_cross_network import PaperStyleCross
-from harness import DEVICE, FIELD_DIMS, MODEL_BATCH, NUM_FIELDS
+from harness import DEVICE, FIELD_DIMS, MODEL_BATCH
 
 BENCH_MODELS = {"dcnv2": "DCNv2", "nfwfm": "NFwFM", "dnn": "DNN"}
 SE_SCALES = {"dcnv2": (4,)}  # SE training steps besides the ME ones (SE x1 is ME x1)
@@ -118,7 +118,8 @@ class PaperStyleDCNv2(nn.Module):
             bias = torch.stack([torch.stack(
                 [grads[f"cross.{m}.layers.{l}.bias"] for m in sets]) for l in layers])
         return {
-            "grad_embedding.weight": torch.stack([grads[f"embeddings.{m}.weight"] for m in sets], 1),
+            "grad_embedding.weight": torch.stack(
+                [grads[f"embeddings.{m}.weight"] for m in sets], 1),
             "grad_cross_weight": weight,
             "grad_cross_bias": bias,
         }
@@ -141,7 +142,8 @@ def _without_dropout(model, fn):
 @dataclass(frozen=True)
 class ModelCase(harness.Case):
     """A model at one scale: ME (``multi``, M = scale sets of the base size, ids
-    ``{model}-x{scale}-...``) or SE (one set of size base * scale, ids ``{model}-se-x{scale}-...``)."""
+    ``{model}-x{scale}-...``) or SE (one set of size base * scale, ids
+    ``{model}-se-x{scale}-...``)."""
     model: str
     scale: int
     train: bool

@@ -104,6 +104,18 @@ def seconds(fn: Callable[[], Any], device: torch.device, clock=time.perf_counter
     return clock() - t0
 
 
+def _copy_probe(n_copy: int, device: torch.device, repeats: int,
+                clock) -> tuple[int, Probe]:
+    """Bytes moved by one copy of ``n_copy`` floats, and its GB/s; the buffers are freed on
+    return, before the matmul probe allocates its own."""
+    src = torch.empty(n_copy, device=device).uniform_()
+    dst = torch.empty_like(src)
+    moved = 2 * src.nbytes
+    dst.copy_(src)
+    return moved, _repeat(lambda: moved / seconds(lambda: dst.copy_(src), device, clock) / 1e9,
+                          repeats)
+
+
 def measure_peaks(device: torch.device, repeats: int = PROBE_REPEATS,
                   clock=time.perf_counter) -> dict:
     """Memory bandwidth (a large copy, read + write counted) and float32 matmul throughput, each
@@ -111,12 +123,7 @@ def measure_peaks(device: torch.device, repeats: int = PROBE_REPEATS,
     ``clock`` is the one the cases are timed with (wall or process CPU time)."""
     cuda = device.type == "cuda"
     n_copy = (256 if cuda else 64) * 2**20  # floats: 1 GiB per buffer on a GPU, 256 MiB on a CPU
-    src = torch.empty(n_copy, device=device).uniform_()
-    dst = torch.empty_like(src)
-    moved = 2 * src.nbytes
-    dst.copy_(src)
-    copy = _repeat(lambda: moved / seconds(lambda: dst.copy_(src), device, clock) / 1e9, repeats)
-    del src, dst
+    moved, copy = _copy_probe(n_copy, device, repeats, clock)
     n = 8192 if cuda else 2048
     a, b = (torch.randn(n, n, device=device) for _ in range(2))
     out = torch.empty_like(a)

@@ -26,7 +26,7 @@ def plot(record: dict, path: pathlib.Path) -> None:
     names = list(dict.fromkeys(name for _, name, _ in rows))
     colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(names)}
     fig, ax = plt.subplots(figsize=(10, 1.2 + 0.22 * len(rows)))
-    for y, (case, name, v) in enumerate(rows):
+    for y, (_case, name, v) in enumerate(rows):
         r = v["vs_baseline"]
         ax.errorbar(r["median"], y, xerr=[[r["median"] - r["low"]], [r["high"] - r["median"]]],
                     fmt="o", color=colours[name], capsize=2, markersize=4)

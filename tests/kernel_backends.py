@@ -9,7 +9,8 @@ import fastme.ops as ops
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = [b for b in ops.available_backends(DEVICE) if b != "reference"]
 _requires_kernel_backend = pytest.mark.skipif(
-    not BACKENDS, reason=f"no kernel backend can run on {DEVICE} here (install triton, or run on a GPU)")
+    not BACKENDS,
+    reason=f"no kernel backend can run on {DEVICE} here (install triton, or run on a GPU)")
 # The marks of a module of kernel tests: on a GPU machine its tests run on CUDA tensors, so they
 # carry the `gpu` marker (`pytest -m gpu` selects every test that needs a GPU, `-m "not gpu"`
 # none); without a GPU they run through Triton's CPU interpreter and need none.

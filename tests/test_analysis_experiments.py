@@ -1,4 +1,4 @@
-"""The paper's experiments and reports: toy experiment, scaling sweep, checkpoint analysis, plots."""
+"""The paper's experiments and reports: toy run, scaling sweep, checkpoint analysis, plots."""
 
 import json
 from pathlib import Path

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from fastme.analysis import (FieldFactors, concat_sets, embedding_diversity, field_information_abundance, field_spectra,
-                             information_abundance, interaction_pattern, model_diversity,
-                             random_diversity, seen_masks, set_diversity, split_sets,
-                             sub_embedding_analysis, sub_embedding_correlation,
+from fastme.analysis import (FieldFactors, concat_sets, embedding_diversity,
+                             field_information_abundance, field_spectra, information_abundance,
+                             interaction_pattern, model_diversity, random_diversity, seen_masks,
+                             set_diversity, split_sets, sub_embedding_analysis,
+                             sub_embedding_correlation,
                              sub_embedding_information_abundance)
 from fastme.models import DCNv2, build
 

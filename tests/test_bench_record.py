@@ -28,7 +28,8 @@ def test_ratios_are_per_round_and_a_winner_needs_every_round_on_one_side():
 
 
 def _record(disturbed: bool, eager: list, other: list) -> dict:
-    variants = {name: {"peer": None, **harness.summarize(t), "vs_baseline": harness.ratios(eager, t)}
+    variants = {name: {"peer": None, **harness.summarize(t),
+                       "vs_baseline": harness.ratios(eager, t)}
                 for name, t in (("eager", eager), ("fbgemm", other))}
     return {"schema": 1, "date": "2026-01-01 00:00:00 UTC", "device": "CPU (test)",
             "device_type": "cpu", "full_shapes": False, "versions": {"torch": "x"},

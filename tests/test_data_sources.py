@@ -194,7 +194,7 @@ def test_an_npy_input_edited_in_place_is_converted_again(tmp_path):
     np.testing.assert_array_equal(second.x, 3 - x)
 
 
-# ---- csv:PATH: a delimited file of one's own ------------------------------------------------------
+# ---- csv:PATH: a delimited file of one's own ----------------------------------------------
 
 def own_csv(path, rows, seed, columns=("site", "clicked", "count", "note", "ad"), sep=","):
     """A CSV of one's own (string cells, the count an integer) and the same rows as a table."""

@@ -85,7 +85,7 @@ def test_shell_commands_parse(page, capsys):
     extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
                  ["optional-dependencies"])
     parser = build_parser()
-    for line, lang, mark, body in blocks(page):
+    for line, lang, _mark, body in blocks(page):
         if lang not in SHELL:
             continue
         for words in commands(body):

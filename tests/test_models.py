@@ -69,7 +69,8 @@ def test_dcnv2_cross_parameters_grow_quadratically_for_se_and_linearly_for_me():
         me = fm.build("dcnv2", FIELD_DIMS, scale, multi=True)
         d_se, d_me = n * k * scale, n * k
         assert se.cross_weight.numel() + se.cross_bias.numel() == layers * (d_se ** 2 + d_se)
-        assert me.cross_weight.numel() + me.cross_bias.numel() == scale * layers * (d_me ** 2 + d_me)
+        assert (me.cross_weight.numel() + me.cross_bias.numel()
+                == scale * layers * (d_me ** 2 + d_me))
 
 
 def test_criteo_sanity_parameter_counts_match_reference_code():
@@ -153,7 +154,8 @@ def _se_copy_of_linear_me_dnn(me):
     w = me.projection.block.linear.weight.detach()  # [M, H, N*K]
     w = w.reshape(m, -1, n, k).permute(1, 2, 0, 3).reshape(1, -1, n * m * k) / m
     state["projection.block.linear.weight"] = w
-    state["projection.block.linear.bias"] = me.projection.block.linear.bias.detach().mean(0, keepdim=True)
+    state["projection.block.linear.bias"] = me.projection.block.linear.bias.detach().mean(
+        0, keepdim=True)
     if me.nonlinear_projection:  # per-set BatchNorm: only copyable for M=1, keep SE's own
         for key in list(state):
             if key.startswith("projection.block.norm"):
@@ -221,7 +223,7 @@ def test_build_rejects_bad_arguments():
 @pytest.mark.parametrize("name", sorted(fm.MODELS))
 def test_forward_embeddings_equals_forward_on_the_gathered_embeddings(name):
     # The path a sharded embedding takes; the fused backbones (DCNv2, NFwFM) switch from their
-    # lookup-fused op to the op on gathered embeddings, so this also checks those against each other.
+    # lookup-fused op to the op on gathered embeddings, so this also checks them against each other.
     model = small(name, True).double().eval()
     x = random_x(FIELD_DIMS, 6, seed=3)
     emb = model.lookup(x).detach().requires_grad_()

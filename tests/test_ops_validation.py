@@ -103,7 +103,8 @@ def test_pooling_and_cross_network_check_parameter_shapes():
     with pytest.raises(ValueError, match=r"field_weights must have shape \(2, 2, 2\)"):
         ops.pooled_lookup(table, indices, offsets, torch.randn(2, 3, 3))
     with pytest.raises(ValueError, match=r"weight must have shape"):
-        ops.lookup_cross_network(table, indices, offsets, torch.randn(1, 2, 5, 5), torch.randn(1, 2, 6))
+        ops.lookup_cross_network(table, indices, offsets, torch.randn(1, 2, 5, 5),
+                                 torch.randn(1, 2, 6))
     with pytest.raises(ValueError, match=r"bias must have shape"):
         ops.cross_network(torch.randn(4, 2, 6), torch.randn(3, 2, 6, 6), torch.randn(3, 2, 5))
 
@@ -112,7 +113,8 @@ def test_empty_batch_gives_empty_results():
     table, indices, offsets = inputs(batch=0)
     assert ops.multi_embedding_lookup(table, indices, offsets).shape == (0, 2, 2, 3)
     assert ops.pooled_lookup(table, indices, offsets).shape == (0, 2, 3)
-    out = ops.lookup_cross_network(table, indices, offsets, torch.randn(2, 2, 6, 6), torch.zeros(2, 2, 6))
+    out = ops.lookup_cross_network(table, indices, offsets, torch.randn(2, 2, 6, 6),
+                                   torch.zeros(2, 2, 6))
     assert out.shape == (0, 2, 6)
 
 

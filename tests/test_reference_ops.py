@@ -119,5 +119,6 @@ def test_lookup_cross_network_is_composition():
     weight = torch.randn(2, 2, 6, 6) / 6
     bias = torch.randn(2, 2, 6)
     x0 = reference.multi_embedding_lookup(table, indices, offsets).reshape(4, 2, 6)
-    torch.testing.assert_close(reference.lookup_cross_network(table, indices, offsets, weight, bias),
-                               reference.cross_network(x0, weight, bias))
+    torch.testing.assert_close(
+        reference.lookup_cross_network(table, indices, offsets, weight, bias),
+        reference.cross_network(x0, weight, bias))

@@ -29,5 +29,6 @@ def test_every_kernel_compiles_for_sm90_and_sm80_within_shared_memory():
         if run.returncode != 0:
             bad = [line for line in out.splitlines()
                    if line.startswith("|") and not line.endswith("| ok |") and "sm_" in line]
-            failures.append(f"sm_{arch}: rc={run.returncode}\n" + "\n".join(bad or out.splitlines()[-20:]))
+            failures.append(f"sm_{arch}: rc={run.returncode}\n"
+                            + "\n".join(bad or out.splitlines()[-20:]))
     assert not failures, "\n".join(failures)

@@ -35,7 +35,8 @@ SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 # paper's base size for most models, 50 NFwFM's; "wide" stands for feature sets of 100+ fields.
 # Any N > 64 runs the FwFM kernels in tiles of 64 (or 32) fields, so N = 128 compiles to the
 # binaries of N = 256 too (both multiples of 16).
-SHAPES = [("criteo-K10", 39, 10, 10, 3), ("criteo-K50", 39, 50, 10, 0), ("wide-N128", 128, 10, 10, 2)]
+SHAPES = [("criteo-K10", 39, 10, 10, 3), ("criteo-K50", 39, 50, 10, 0),
+          ("wide-N128", 128, 10, 10, 2)]
 BATCH = 64
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -228,7 +229,8 @@ def report(builds: list[Build]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python tools/triton_aot.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(SHARED_LIMIT))
+    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80],
+                        choices=sorted(SHARED_LIMIT))
     parser.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     args = parser.parse_args(argv)
     builds = compile_all(tuple(args.arch), tuple(args.dtype))

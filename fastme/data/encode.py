@@ -238,7 +238,7 @@ class Encoder:
                                           dtype=np.int32)
                     block = codes.reshape(rows, -1).T.copy()  # field-major: contiguous gathers
 
-                    def rewrite(f: int) -> None:
+                    def rewrite(f: int, block=block, sizes=sizes) -> None:
                         block_ids = np.fromfile(ids[f], dtype=np.int32, count=sizes[f])
                         # the block's code -> final index; code -1 (missing): the last entry
                         table = np.append(index_tables[f][block_ids], index_tables[f][-1])

@@ -16,8 +16,8 @@ b sets the click rate to about ``positive_rate``. Two generators choose the fiel
   by the interaction-collapse theory, the low-information fields restrict the rich fields'
   embeddings. Each rich field also interacts with four other rich fields (its neighbours at
   distance 1 and 2 on a ring) at rank 16 (> 10): the information a larger embedding could hold.
-  A_ij has rank_ij unit singular values and every pair term the same standard deviation. Why these choices, and what each knob does to SE and ME
-  models: docs/analysis.md.
+  A_ij has rank_ij unit singular values and every pair term the same standard deviation. Why
+  these choices, and what each knob does to SE and ME models: docs/analysis.md.
 - ``"v1"``: 39 Criteo-like fields (13 with 8 to 120 values, 26 with 3 to 100,000) and 30 random
   pairs, favouring fields with fewer values, with random orthogonal (full-rank) r x r mixers
   (docs/data.md).
@@ -45,7 +45,8 @@ DEFAULT_NUM_SAMPLES = 60_000
 #: "v2" (default): few fields, the paper's collapse mechanism planted (see the module docstring);
 #: "v1": 39 Criteo-like fields with random high-rank pairs.
 GENERATORS = ("v2", "v1")
-#: v2: a field with fewer values than this (the paper's base embedding size K = 10) is low-cardinality.
+#: v2: a field with fewer values than this (the paper's base embedding size K = 10) is
+#: low-cardinality.
 LOW_CARDINALITY = 10
 LOW_FIELD_DIMS = (2, 3, 4, 5)
 V2_ZIPF_EXPONENTS = (1.05, 1.3)
@@ -97,7 +98,8 @@ class SyntheticTeacher:
         if pairs is not None:
             pairs = _check_pairs(pairs, n_fields, int(rank))
             if num_pairs is not None and int(num_pairs) != len(pairs):
-                raise ValueError(f"num_pairs ({num_pairs}) contradicts the {len(pairs)} pairs given")
+                raise ValueError(
+                    f"num_pairs ({num_pairs}) contradicts the {len(pairs)} pairs given")
             num_pairs = len(pairs)
         num_pairs = min(30, all_pairs) if num_pairs is None else int(num_pairs)
         if not 0 <= num_pairs <= all_pairs:
@@ -134,8 +136,9 @@ class SyntheticTeacher:
             self.pairs = [(i, j) for i, j, _, _ in pairs]
             self.pair_ranks = [r for _, _, r, _ in pairs]
             weights = np.array([w for _, _, _, w in pairs], dtype=np.float64)
-            # A_ij = Q Q'^T with Q, Q' r x rank_ij with orthonormal columns: a rank-limited mixer whose
-            # term z_i^T A z_j has variance ~rank; 1/sqrt(rank) brings it to ~1 before the weight.
+            # A_ij = Q Q'^T with Q, Q' r x rank_ij with orthonormal columns: a rank-limited mixer
+            # whose term z_i^T A z_j has variance ~rank; 1/sqrt(rank) brings it to ~1 before the
+            # weight.
             mixers = []
             for r_ij, w in zip(self.pair_ranks, weights):
                 left = np.linalg.qr(rng.standard_normal((rank, r_ij)))[0]

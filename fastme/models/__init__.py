@@ -14,7 +14,8 @@ from fastme.models.nfwfm import NFwFM
 from fastme.models.spec import ModelSpec
 from fastme.models.xdeepfm import xDeepFM
 
-MODELS = {cls.__name__.lower(): cls for cls in (DNN, IPNN, NFwFM, xDeepFM, DCNv2, FinalMLP, AutoInt)}
+MODELS = {cls.__name__.lower(): cls
+          for cls in (DNN, IPNN, NFwFM, xDeepFM, DCNv2, FinalMLP, AutoInt)}
 
 
 def build(name: str, field_dims, scale: int = 1, multi: bool = False, backend: str = "auto",

@@ -35,7 +35,8 @@ class MultiEmbeddingModel(nn.Module):
         super().__init__()
         field_dims = [int(d) for d in field_dims]
         if not field_dims or min(field_dims) < 1:
-            raise ValueError(f"field_dims must be a non-empty list of positive ints, got {field_dims}")
+            raise ValueError(
+                f"field_dims must be a non-empty list of positive ints, got {field_dims}")
         for name, value in (("embed_dim", embed_dim), ("num_sets", num_sets),
                             ("hidden_dim", hidden_dim)):
             if int(value) != value or value < 1:
@@ -79,7 +80,8 @@ class MultiEmbeddingModel(nn.Module):
             raise TypeError(f"x must be a LongTensor [B, N], got {type(x).__name__}")
         if x.dim() != 2 or x.shape[1] != self.num_fields:
             raise ValueError(
-                f"x must have shape [B, {self.num_fields}] (one index per field), got {tuple(x.shape)}")
+                f"x must have shape [B, {self.num_fields}] (one index per field), "
+                f"got {tuple(x.shape)}")
         if x.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"x must hold int32/int64 per-field indices, got {x.dtype}")
 

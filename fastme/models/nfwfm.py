@@ -32,7 +32,9 @@ class NFwFM(ProjectedModel):
         self._build_projection(self.embed_dim)
 
     def effective_field_weights(self):
-        return self.field_weights if self.field_pairs == "all" else self.field_weights * self.pair_mask
+        if self.field_pairs == "all":
+            return self.field_weights
+        return self.field_weights * self.pair_mask
 
     def set_features(self, x):  # the lookup fused with the pooling
         e = self.embedding

@@ -356,7 +356,8 @@ class Trainer:
             saved_config, saved_info, saved_data = ckpt["config"], ckpt["info"], ckpt["data"]
             state = ckpt["trainer"]
         except KeyError as exc:
-            raise CheckpointError(f"{path} is not a last.pt written by the trainer (no {exc})")
+            raise CheckpointError(
+                f"{path} is not a last.pt written by the trainer (no {exc})") from None
         changed = [f"{k} {saved_config.get(k)!r} (now {getattr(self.config, k)!r})"
                    for k in TRAJECTORY_FIELDS if saved_config.get(k) != getattr(self.config, k)]
         saved_spec = ckpt.get("spec")
