@@ -9,16 +9,11 @@ import argparse
 import ast
 import sys
 
+from fastme.data.formats import help_text
 from fastme.models import MODELS
 from fastme.ops import BACKENDS
 
-DATA_HELP = ("synthetic (built in), criteo:PATH (raw Kaggle train.txt), avazu:PATH (raw Kaggle "
-             "train CSV; --data-option header=none without its header line), csv:PATH (your own "
-             "CSV with a header line; --data-option label=NAME, fields=a,b,c, integer=a), "
-             "parquet:PATH (Parquet file, directory, glob or comma list), npy:DIR "
-             "(encoded x.npy and y.npy) or cache:DIR (a preprocessed cache); raw, CSV and "
-             "Parquet files are preprocessed once into a cache that later runs reuse "
-             "(docs/data.md)")
+DATA_HELP = help_text()  # written by the formats themselves (fastme/data/formats/)
 
 #: Kinds of --data that are preprocessed into a cache (they take --min-count and show progress).
 PREPROCESSED = ("criteo", "avazu", "csv", "parquet")
