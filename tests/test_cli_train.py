@@ -261,8 +261,13 @@ def test_a_busy_or_unwritable_out_is_refused_before_loading(tmp_path, capsys, mo
     assert f"is in use by pid {holder.pid}" in capsys.readouterr().err
     # (root may write anywhere, so an unwritable directory is simulated)
     monkeypatch.setattr(os, "access", lambda path, mode: False)
+    (tmp_path / "ro").mkdir()
     assert main(["train", *TINY, "--out", str(tmp_path / "ro")]) == 2
     assert "cannot write to the output directory" in capsys.readouterr().err
+    assert main(["train", *TINY, "--out", str(tmp_path / "new" / "run")]) == 2
+    assert f"cannot create the output directory {tmp_path / 'new' / 'run'} in {tmp_path}" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 def test_rejected_train_commands_leave_nothing_behind(tmp_path, capsys, monkeypatch):
