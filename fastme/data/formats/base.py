@@ -15,8 +15,8 @@ import pyarrow.compute as pc
 
 from fastme.data.encode import indices
 from fastme.data.sources import is_multi_file, load_raw_files, preprocess
-from fastme.data.text import (EXAMPLES, Malformed, as_strings, count_true, empty_to_null,
-                              first_bad, integer_field, line_blocks)
+from fastme.data.text import (EXAMPLES, Malformed, as_strings, convert_options, count_true,
+                              empty_to_null, first_bad, integer_field, line_blocks)
 
 
 class DataFormat:
@@ -144,6 +144,7 @@ class TextFormat(DataFormat):
     columns: list[str]  # of every line
     header: bool  # whether the first line names the columns
     field_names: list[str]
+    integer: list[str] = ()  # the fields bucketized like Criteo's I1..I13
     READS_ROWS, READ_OPTIONS = True, ()
     MIN_COUNT = 1  # default min_count
     #: Options of the format (``configure``); ``options()`` records those that decide the
@@ -161,12 +162,18 @@ class TextFormat(DataFormat):
         """The reader with its format options (``OPTIONS``); a CSV format reads its columns
         from ``path``'s header. ``labeled=False``: the file to read may lack the label."""
         options = dict(options or {})
-        unknown = sorted(set(options) - set(cls.OPTIONS))
-        if unknown:
-            raise TypeError(f"unknown option(s) for {cls.kind} data: {', '.join(unknown)} "
-                            f"(allowed: "
-                            f"{', '.join(sorted(set(cls.OPTIONS) | set(cls.COMMON_OPTIONS)))})")
+        cls.check_options(options)
         return cls.from_options(path, options, labeled)
+
+    @classmethod
+    def check_options(cls, options, what: str = "data", more: tuple = ()) -> None:
+        """TypeError naming the options the format does not take (``more``: beside its own and
+        COMMON_OPTIONS)."""
+        allowed = set(cls.OPTIONS) | set(cls.COMMON_OPTIONS) | set(more)
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise TypeError(f"unknown option(s) for {cls.kind} {what}: {', '.join(unknown)} "
+                            f"(allowed: {', '.join(sorted(allowed))})")
 
     @classmethod
     def from_options(cls, path, options: dict, labeled: bool) -> TextFormat:
@@ -174,27 +181,20 @@ class TextFormat(DataFormat):
 
     @classmethod
     def load(cls, arg, spec, cache_dir, options):
-        allowed = set(cls.COMMON_OPTIONS) | set(cls.OPTIONS)
-        split = {"valid_files", "test_files"}
-        if arg and (is_multi_file(arg) or split & set(options)):
-            unknown = set(options) - allowed - split
-            if unknown:
-                raise TypeError(f"unknown option(s) for {cls.kind} files: "
-                                f"{', '.join(sorted(unknown))}")
-            return load_raw_files(cls, arg, cache_dir, **options)
         if not arg:
             raise ValueError(f"give the raw file as {cls.kind}:PATH, got {spec!r}")
-        unknown = set(options) - allowed
-        if unknown:
-            raise TypeError(f"unknown option(s) for {cls.kind} data: {', '.join(sorted(unknown))} "
-                            f"(allowed: {', '.join(sorted(allowed))})")
+        split = ("valid_files", "test_files")
+        if is_multi_file(arg) or set(split) & set(options):
+            cls.check_options(options, "files", split)
+            return load_raw_files(cls, arg, cache_dir, **options)
+        cls.check_options(options)
         return preprocess(cls, arg, cache_dir, **options)
 
     def options(self) -> dict:
         return {}
 
     def convert_options(self):
-        raise NotImplementedError
+        return convert_options([self.label] + self.field_names)
 
     def check_header(self, path: Path, first_line: bytes) -> None:
         """Raise ValueError when the file clearly is not of this format (training)."""
@@ -209,8 +209,15 @@ class TextFormat(DataFormat):
         return labels, fields
 
     def parse(self, batch, bad: Malformed):
-        """(kept-row mask, labels, fields) of a batch; see the class docstring."""
-        raise NotImplementedError
+        """(kept-row mask, labels, fields) of a batch; see the class docstring. The label column
+        and the ``integer`` fields are validated, the other fields taken as they are."""
+        ok, ints = self._integers(batch, self.integer, self._label_ok(batch, bad), bad)
+        if count_true(ok) < batch.num_rows:
+            batch = batch.filter(ok)
+            ints = {name: field.filter(ok) for name, field in ints.items()}
+        fields = [ints[name] if name in ints else batch.column(name)
+                  for name in self.field_names]
+        return ok, self._labels(batch), fields
 
     def _label_ok(self, batch, bad: Malformed):
         ok = pc.fill_null(pc.is_in(batch.column(self.label), value_set=self.label_values), False)

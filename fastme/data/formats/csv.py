@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from fastme.data.formats.base import Layout, TextFormat
-from fastme.data.text import check_file, column_list, convert_options, count_true, first_line
+from fastme.data.text import check_file, column_list, first_line
 
 DELIMITERS = {"tab": "\t", "\\t": "\t"}
 
@@ -93,21 +93,6 @@ class CsvFormat(TextFormat):
         number."""
         return Layout(self.delimiter, True, self.columns, None, "row", "probability", self.label,
                       header_names=self.columns)
-
-    def convert_options(self):
-        return convert_options([self.label] + self.field_names)
-
-    def parse(self, batch, bad):
-        ok, ints = self._integers(batch, self.integer, self._label_ok(batch, bad), bad)
-        if count_true(ok) < batch.num_rows:
-            batch = batch.filter(ok)
-            ints = {name: field.filter(ok) for name, field in ints.items()}
-        fields = [ints[name] if name in ints else batch.column(name)
-                  for name in self.field_names]
-        return ok, self._labels(batch), fields
-
-
-#: Every raw text format by its spec prefix (``criteo:PATH``, ``avazu:PATH``, ``csv:PATH``).
 
 
 FORMAT = CsvFormat

@@ -27,12 +27,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fastme.data.cache import build_or_reuse, files_fingerprint
 from fastme.data.dataset import CTRData
 from fastme.data.encode import indices
 from fastme.data.formats.base import DataFormat, RowBlock
-from fastme.data.sources import (build_cache, check_file_split, check_min_count, expand_paths,
-                                 files_cache_path)
+from fastme.data.sources import Source, check_count, check_file_split, expand_paths, open_cache
 from fastme.data.text import integer_field
 
 PARQUET_OPTIONS = {"label", "fields", "integer", "min_count", "valid_files", "test_files",
@@ -40,8 +38,10 @@ PARQUET_OPTIONS = {"label", "fields", "integer", "min_count", "valid_files", "te
 _BATCH_ROWS = 1 << 17
 
 
-class ParquetSource:
+class ParquetSource(Source):
     """Record batches of Parquet files mapped to (labels, per-field value arrays)."""
+
+    kind = "parquet"
 
     def __init__(self, files, label: str = "label", fields=None, integer=(),
                  batch_rows: int = _BATCH_ROWS):
@@ -80,11 +80,6 @@ class ParquetSource:
         import pyarrow.parquet as pq
 
         return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
-
-    kind = "parquet"
-
-    def extra_info(self) -> dict:
-        return {}
 
     def batches(self, file: Path, need_label: bool = True):
         """Yield (labels float32 or None, [one array per field, null = missing])."""
@@ -129,19 +124,13 @@ def load_parquet(spec: str, cache_dir=None, *, label: str = "label", fields=None
                  rebuild: bool = False, progress: bool = True,
                  batch_rows: int = _BATCH_ROWS) -> CTRData:
     """Preprocess Parquet files once into a cache and open it; see the module docstring."""
-    min_count = check_min_count(min_count)
+    min_count = check_count("min_count", min_count)
     files = expand_paths(spec)
-    check_file_split(files, valid_files, test_files)
+    split = check_file_split(files, valid_files, test_files)
     source = ParquetSource(files, label, fields, integer, batch_rows)
     options = {"label": label, "fields": source.field_names, "integer": sorted(source.integer),
-               "min_count": min_count, "valid_files": int(valid_files),
-               "test_files": int(test_files)}
-    fingerprint = files_fingerprint(files)
-    directory = files_cache_path("parquet", files, options, cache_dir, fingerprint)
-    return build_or_reuse(directory, fingerprint,
-                          lambda tmp: build_cache(source, tmp, directory, options, progress,
-                                                  fingerprint),
-                          name="parquet", files=files, rebuild=rebuild)
+               "min_count": min_count, **split}
+    return open_cache(source, options, cache_dir, rebuild, progress)
 
 
 class ParquetFormat(DataFormat):
