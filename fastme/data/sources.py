@@ -104,7 +104,8 @@ def preprocess(fmt, path, cache_dir=None, *, min_count: int | None = None,
             ("none": no header line); CSV's ``label``, ``fields``, ``integer``, ``delimiter``.
     """
     min_count = check_count("min_count", fmt.MIN_COUNT if min_count is None else min_count)
-    source = RawFile(fmt, [check_file(path)], format_options, block_size, progress)
+    source = RawFiles(fmt, [check_file(path)], format_options, block_size, progress,
+                      one_file=True)
     return source.load({"min_count": min_count}, cache_dir, rebuild)
 
 
@@ -123,51 +124,26 @@ def load_raw_files(fmt, spec: str, cache_dir=None, *, min_count: int | None = No
     return source.load({"min_count": min_count, **split}, cache_dir, rebuild)
 
 
-class Source:
-    """Files that :func:`build_cache` reads as one dataset. Each source has its ``kind``,
-    ``files``, ``field_names``, ``estimated_rows()`` and ``batches(file)`` (labels, per-field
-    value arrays); these defaults name the cache and describe the files as several."""
-
-    def cache_name(self) -> str:
-        """Makes the cache's directory recognisable (the key is the content and options)."""
-        return f"{self.files[0].stem}-{len(self.files)}files"
-
-    def describe(self, file_rows: list[int], fingerprint: str) -> dict:
-        """meta.json's ``source``."""
-        return {"files": [str(f.resolve()) for f in self.files], "rows": file_rows,
-                "fingerprint": fingerprint}
-
-    def extra_info(self) -> dict:
-        return {}
-
-    def rows_from(self) -> str:
-        """Where the rows came from, in the summary line."""
-        return f" from {len(self.files)} file(s)"
-
-    def no_rows(self) -> str:
-        return f"{self.files[0]}: the {self.kind} files hold no valid rows"
-
-
-class RawFiles(Source):
-    """Raw text files of one format (e.g. Criteo 1TB's day files) read as one dataset, each with
-    fastme.data.text's reader and the format's row parser; malformed rows are skipped and
-    counted."""
-
-    # The replacing decoder from the start: a file found to hold bytes that are not UTF-8
-    # half-way could not be re-read from its start here (the rows before are counted).
-    encoding = REPLACING
+class RawFiles:
+    """Raw text files of one format read as one dataset, each with fastme.data.text's reader
+    and the format's row parser; malformed rows are skipped and counted. ``one_file``: the
+    cache of one file (:func:`preprocess`), which names and describes it as such."""
 
     def __init__(self, fmt, files, format_options: dict | None = None,
-                 block_size: int = 32 << 20, progress: bool = True):
+                 block_size: int = 32 << 20, progress: bool = True, one_file: bool = False):
         self.kind = fmt.kind
         self.files = [Path(f) for f in files]
         self.fmt = fmt.configure(self.files[0], format_options)
         self.field_names = self.fmt.field_names
-        self.block_size, self.progress = block_size, progress
+        self.block_size, self.progress, self.one_file = block_size, progress, one_file
+        # One file is read as UTF-8 first (:meth:`read_replacing` if it must be read again).
+        # Several get the replacing decoder from the start: a file found to hold bytes that are
+        # not UTF-8 half-way could not be re-read from its start (the rows before are counted).
+        self.encoding = "utf8" if one_file else REPLACING
         self.bad = Malformed()
 
-    def where(self) -> str:
-        return f"{len(self.files)} files"
+    def read_replacing(self) -> None:
+        self.encoding, self.bad = REPLACING, Malformed()
 
     def extra_info(self) -> dict:
         return {"malformed": self.bad.as_dict()}
@@ -179,7 +155,8 @@ class RawFiles(Source):
     def batches(self, file: Path):
         for batch in read_blocks(self.fmt, file, self.block_size, self.bad,
                                  f"{self.kind} {file.name}", self.progress, self.encoding):
-            yield self.fmt.rows(batch, self.bad)
+            _, labels, values = self.fmt.parse(batch, self.bad)
+            yield labels, values
 
     def load(self, options: dict, cache_dir, rebuild: bool) -> CTRData:
         """The cache of these files preprocessed with ``options`` and the format's; a warning
@@ -188,77 +165,62 @@ class RawFiles(Source):
                           self.progress)
         bad = self.bad
         if bad.total:  # counted only when this call built the cache
-            warnings.warn(f"{self.kind}: skipped {bad.total:,} malformed rows of {self.where()} "
+            where = self.files[0] if self.one_file else f"{len(self.files)} files"
+            warnings.warn(f"{self.kind}: skipped {bad.total:,} malformed rows of {where} "
                           f"({bad.summary()}); e.g. " + "; ".join(bad.examples[:3]),
                           MalformedRowsWarning, stacklevel=3)
         return data
 
 
-class RawFile(RawFiles):
-    """One raw text file: read as UTF-8, and once more with the replacing decoder only when it
-    holds bytes that are not (:meth:`read_replacing`)."""
-
-    encoding = "utf8"
-
-    def read_replacing(self) -> None:
-        self.encoding, self.bad = REPLACING, Malformed()
-
-    def cache_name(self) -> str:
-        return self.files[0].name
-
-    def where(self) -> str:
-        return str(self.files[0])
-
-    def describe(self, file_rows, fingerprint):
-        path = self.files[0]
-        return {"path": str(path.resolve()), "size": path.stat().st_size,
-                "fingerprint": fingerprint, "utf8": self.encoding == "utf8"}
-
-    def rows_from(self) -> str:
-        return ""
-
-    def no_rows(self) -> str:
-        return (f"{self.files[0]} holds no valid {self.kind} rows ({self.bad.total:,} malformed; "
-                f"e.g. {'; '.join(self.bad.examples[:2]) or 'no data lines'})")
-
-
 # ---- the cache of a source ----------------------------------------------------------------------
 
-def open_cache(source: Source, options: dict, cache_dir, rebuild: bool,
-               progress: bool) -> CTRData:
-    """The cache of ``source`` preprocessed with ``options``, keyed by the kind, the options and
-    the files' content; built by :func:`build_cache` unless it exists (or ``rebuild``)."""
+def open_cache(source, options: dict, cache_dir, rebuild: bool, progress: bool) -> CTRData:
+    """The cache of ``source`` (:class:`RawFiles` or the like) preprocessed with ``options``,
+    keyed by the kind, the options and the files' content; built by :func:`build_cache` unless
+    it exists (or ``rebuild``)."""
     kind, files = source.kind, source.files
     fingerprint = files_fingerprint(files)
-    directory = cache_path(cache_dir, f"{kind}-{source.cache_name()}", fingerprint,
-                           {"kind": kind, **options})
+    # (the name only makes the directory recognisable; those of caches built before stay)
+    name = files[0].name if source.one_file else f"{files[0].stem}-{len(files)}files"
+    directory = cache_path(cache_dir, f"{kind}-{name}", fingerprint, {"kind": kind, **options})
     return build_or_reuse(directory, fingerprint,
                           lambda tmp: build_cache(source, tmp, directory, options, progress,
                                                   fingerprint),
                           name=kind, files=files, rebuild=rebuild)
 
 
-def build_cache(source: Source, tmp: Path, directory: Path, options: dict, progress: bool,
+def build_cache(source, tmp: Path, directory: Path, options: dict, progress: bool,
                 fingerprint: str) -> None:
-    """One streaming pass over ``source.files`` through the :class:`Encoder` into the empty
-    directory ``tmp`` (published as ``directory``)."""
+    """One streaming pass over ``source.files`` (``source.batches(file)`` yields (labels,
+    per-field values)) through the :class:`Encoder` into the empty directory ``tmp`` (published
+    as ``directory``)."""
+    kind, files = source.kind, source.files
     started = time.perf_counter()
     try:
         encoder, file_rows = _encode(source, tmp)
-    except NotUTF8:  # (only a source read as UTF-8 first raises it: one raw file)
-        say(progress, f"{source.kind}: {source.files[0]} holds bytes that are not UTF-8; reading "
-                      f"it again, skipping the rows that hold them")
+    except NotUTF8:  # (only a file read as UTF-8 first raises it)
+        say(progress, f"{kind}: {files[0]} holds bytes that are not UTF-8; reading it again, "
+                      f"skipping the rows that hold them")
         source.read_replacing()
         encoder, file_rows = _encode(source, tmp)
     num_rows = encoder.num_rows
+    if num_rows == 0 and source.one_file:
+        bad = source.bad
+        raise ValueError(f"{files[0]} holds no valid {kind} rows ({bad.total:,} malformed; "
+                         f"e.g. {'; '.join(bad.examples[:2]) or 'no data lines'})")
     if num_rows == 0:
-        raise ValueError(source.no_rows())
+        raise ValueError(f"{files[0]}: the {kind} files hold no valid rows")
     read_s = time.perf_counter() - started
     vocab, field_dims, stats = encoder.finish(options["min_count"])
     seconds = time.perf_counter() - started
-    info = {"dataset": source.kind, "source": source.describe(file_rows, fingerprint),
-            "options": options, "positive_rate": encoder.positives / num_rows,
-            **source.extra_info(), "fields": stats,
+    if source.one_file:
+        described = {"path": str(files[0].resolve()), "size": files[0].stat().st_size,
+                     "fingerprint": fingerprint, "utf8": source.encoding == "utf8"}
+    else:
+        described = {"files": [str(f.resolve()) for f in files], "rows": file_rows,
+                     "fingerprint": fingerprint}
+    info = {"dataset": kind, "source": described, "options": options,
+            "positive_rate": encoder.positives / num_rows, **source.extra_info(), "fields": stats,
             "build": {"seconds": seconds, "read_pass_seconds": read_s,
                       "rows_per_s": num_rows / seconds}}
     if options.get("test_files"):
@@ -270,12 +232,13 @@ def build_cache(source: Source, tmp: Path, directory: Path, options: dict, progr
                               "test": [bounds[n - k], bounds[n]]}
     write_meta(tmp, source.field_names, field_dims, num_rows, info,
                vocab=[v.to_pylist() for v in vocab])
-    say(progress, f"{source.kind}: {num_rows:,} rows{source.rows_from()}, "
-                  f"{sum(field_dims):,} feature values in {len(field_dims)} fields; "
-                  f"{seconds:.1f} s ({num_rows / seconds:,.0f} rows/s); cache {directory}")
+    origin = "" if source.one_file else f" from {len(files)} file(s)"
+    say(progress, f"{kind}: {num_rows:,} rows{origin}, {sum(field_dims):,} feature values in "
+                  f"{len(field_dims)} fields; {seconds:.1f} s ({num_rows / seconds:,.0f} rows/s); "
+                  f"cache {directory}")
 
 
-def _encode(source: Source, tmp: Path) -> tuple[Encoder, list[int]]:
+def _encode(source, tmp: Path) -> tuple[Encoder, list[int]]:
     """Every file read once into an :class:`Encoder` writing to ``tmp``; with each file's
     rows."""
     file_rows = []

@@ -132,11 +132,10 @@ class TextFormat(DataFormat):
     """A raw delimited text format: how it is read (fastme.data.text) and turned into labels +
     per-field value arrays.
 
-    ``rows(batch, bad)`` drops malformed rows (counting them in ``bad``) and returns (labels,
-    [one pyarrow array per field, null = missing]). Integer-derived fields are int64 arrays,
-    categorical ones strings; the vocabulary keeps each field's type. ``parse`` also returns the
-    boolean mask of the rows kept (prediction keeps every input row's place). Batches hold text
-    cells, empty ones as nulls.
+    ``parse(batch, bad)`` drops malformed rows (counting them in ``bad``) and returns (the
+    boolean mask of the rows kept, labels, [one pyarrow array per field, null = missing]).
+    Integer-derived fields are int64 arrays, categorical ones strings; the vocabulary keeps each
+    field's type. Batches hold text cells, empty ones as nulls.
     """
 
     delimiter: str
@@ -203,10 +202,6 @@ class TextFormat(DataFormat):
         """Prediction: the layout of ``path`` from its first line; ValueError naming the file
         when it is not one of this format's files."""
         raise NotImplementedError
-
-    def rows(self, batch, bad):
-        _, labels, fields = self.parse(batch, bad)
-        return labels, fields
 
     def parse(self, batch, bad: Malformed):
         """(kept-row mask, labels, fields) of a batch; see the class docstring. The label column
