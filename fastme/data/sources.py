@@ -1,12 +1,12 @@
-"""Building a cache from raw files: one text file (:func:`preprocess`), several files of one
+"""Building a cache from raw files: one text file (:func:`preprocess`) or several files of one
 text format read as one dataset (:func:`load_raw_files`, e.g. Criteo 1TB's day files, optionally
-split by file), and the pass shared by every source of record batches (:func:`build_cache`,
-which Parquet files use too); with the helpers for a PATH that names several files.
+split by file), through the cache and the pass every source of record batches shares
+(:func:`open_cache`, :func:`build_cache`; Parquet files use them too); with the helpers for a
+PATH that names several files.
 
-Each pass validates the rows and hands each block to :class:`fastme.data.encode.Encoder`; that
-writes int32 ``x`` and float32 ``y`` into ``.npy`` files and then maps the codes to the final
-indices over the binary file. The index layout (kept values by count, OOV, missing) is described
-there; docs/data.md explains every choice.
+Each pass validates the rows and hands each block to :class:`fastme.data.encode.Encoder`, whose
+docstring gives the index layout (kept values by count, OOV, missing); docs/data.md explains
+every choice.
 """
 
 from __future__ import annotations
@@ -99,9 +99,7 @@ def preprocess(fmt, path, cache_dir=None, *, min_count: int | None = None,
             2 for Avazu, 1 for CSV; the reference code uses 4 for Avazu).
         progress: progress bars and a summary on stderr.
         block_size: bytes of raw text parsed per block (bounds the working memory).
-        format_options: the format's own (``fmt.OPTIONS``): Avazu's ``hour``
-            ("split": hour-of-day + weekday, or "raw": the reference code) and ``header``
-            ("none": no header line); CSV's ``label``, ``fields``, ``integer``, ``delimiter``.
+        format_options: the format's own (``fmt.OPTIONS``, in its docstring).
     """
     min_count = check_count("min_count", fmt.MIN_COUNT if min_count is None else min_count)
     source = RawFiles(fmt, [check_file(path)], format_options, block_size, progress,

@@ -204,9 +204,18 @@ class TextFormat(DataFormat):
         raise NotImplementedError
 
     def parse(self, batch, bad: Malformed):
-        """(kept-row mask, labels, fields) of a batch; see the class docstring. The label column
-        and the ``integer`` fields are validated, the other fields taken as they are."""
-        ok, ints = self._integers(batch, self.integer, self._label_ok(batch, bad), bad)
+        """(kept-row mask, labels, fields) of a batch; see the class docstring. The ``integer``
+        fields are validated and bucketized like Criteo's I1..I13 (a row with a non-integer cell
+        is dropped and counted), the other fields taken as they are."""
+        ok, ints, int_ok = self._label_ok(batch, bad), {}, None
+        for name in self.integer:
+            ints[name], good, example = integer_field(batch.column(name))
+            if good is not None:
+                int_ok = good if int_ok is None else pc.and_(int_ok, good)
+                bad.note(f"{name} {example!r} is not an integer")
+        if int_ok is not None:
+            bad.bad_integer += count_true(pc.and_(ok, pc.invert(int_ok)))
+            ok = pc.and_(ok, int_ok)
         if count_true(ok) < batch.num_rows:
             batch = batch.filter(ok)
             ints = {name: field.filter(ok) for name, field in ints.items()}
@@ -226,21 +235,6 @@ class TextFormat(DataFormat):
     def _labels(self, batch) -> np.ndarray:
         return pc.is_in(batch.column(self.label), value_set=self.positive).to_numpy(
             zero_copy_only=False).astype(np.float32)
-
-    @staticmethod
-    def _integers(batch, names, ok, bad: Malformed):
-        """(the rows kept, {name: integer field}): ``names`` validated and bucketized like
-        Criteo's I1..I13; a row with a non-integer cell is dropped and counted."""
-        ints, int_ok = {}, None
-        for name in names:
-            ints[name], good, example = integer_field(batch.column(name))
-            if good is not None:
-                int_ok = good if int_ok is None else pc.and_(int_ok, good)
-                bad.note(f"{name} {example!r} is not an integer")
-        if int_ok is not None:
-            bad.bad_integer += count_true(pc.and_(ok, pc.invert(int_ok)))
-            ok = pc.and_(ok, int_ok)
-        return ok, ints
 
     @classmethod
     def read_rows(cls, arg, source, vocabulary, tally, *, progress=False, options=None,

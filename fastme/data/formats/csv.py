@@ -16,7 +16,8 @@ class CsvFormat(TextFormat):
     """A user's own delimited text file (``csv:PATH``): a header line naming the columns, one
     0/1 label column (``label``, default "label"), every other column (or only those of
     ``fields``) a categorical field, the columns of ``integer`` (a subset of the fields) counts
-    bucketized like Criteo's I1..I13. Cells are not quoted: a ``"`` is part of its cell.
+    bucketized like Criteo's I1..I13; cells separated by ``delimiter`` (default ",", or "tab"),
+    not quoted: a ``"`` is part of its cell.
 
     The columns come from the file's header line (``path``); ``labeled=False`` (prediction)
     lets the file lack the label column.
