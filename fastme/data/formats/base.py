@@ -166,13 +166,13 @@ class TextFormat(DataFormat):
 
     @classmethod
     def check_options(cls, options, what: str = "data", more: tuple = ()) -> None:
-        """TypeError naming the options the format does not take (``more``: beside its own and
-        COMMON_OPTIONS)."""
-        allowed = set(cls.OPTIONS) | set(cls.COMMON_OPTIONS) | set(more)
-        unknown = sorted(set(options) - allowed)
+        """TypeError naming the options that are neither the format's own nor ``more``; it lists
+        those with COMMON_OPTIONS, which every raw source takes."""
+        unknown = sorted(set(options) - set(cls.OPTIONS) - set(more))
         if unknown:
+            allowed = sorted(set(cls.OPTIONS) | set(cls.COMMON_OPTIONS) | set(more))
             raise TypeError(f"unknown option(s) for {cls.kind} {what}: {', '.join(unknown)} "
-                            f"(allowed: {', '.join(sorted(allowed))})")
+                            f"(allowed: {', '.join(allowed)})")
 
     @classmethod
     def from_options(cls, path, options: dict, labeled: bool) -> TextFormat:
@@ -184,9 +184,9 @@ class TextFormat(DataFormat):
             raise ValueError(f"give the raw file as {cls.kind}:PATH, got {spec!r}")
         split = ("valid_files", "test_files")
         if is_multi_file(arg) or set(split) & set(options):
-            cls.check_options(options, "files", split)
+            cls.check_options(options, "files", cls.COMMON_OPTIONS + split)
             return load_raw_files(cls, arg, cache_dir, **options)
-        cls.check_options(options)
+        cls.check_options(options, more=cls.COMMON_OPTIONS)
         return preprocess(cls, arg, cache_dir, **options)
 
     def options(self) -> dict:
