@@ -253,7 +253,7 @@ def test_cache_is_built_once_and_reused(criteo_file, tmp_path, monkeypatch):
     def no_build(*args, **kwargs):
         raise AssertionError("the cache should have been reused")
 
-    monkeypatch.setattr(raw_module, "_build", no_build)
+    monkeypatch.setattr(raw_module, "build_cache", no_build)
     again = load(f"criteo:{criteo_file}", tmp_path)
     assert isinstance(again.x, np.memmap)
     np.testing.assert_array_equal(again.x, x)

@@ -223,6 +223,15 @@ def read_meta(directory) -> dict | None:
     return meta if meta.get("format") == CACHE_FORMAT else None
 
 
+def open_npy(path: Path, advice: str, what: str = "truncated") -> np.ndarray:
+    """The array of ``path``, memory-mapped; a ValueError naming the file and giving ``advice``
+    when it is ``what`` or not a .npy array."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"{path} is {what} or not a .npy array ({exc}); {advice}") from exc
+
+
 def load_cache(directory, name: str | None = None) -> CTRData:
     """Open a cache directory memory-mapped (read-only).
 
@@ -239,11 +248,7 @@ def load_cache(directory, name: str | None = None) -> CTRData:
     for array, dtype, shape in (("x", np.int32, (meta["num_rows"], len(meta["field_dims"]))),
                                 ("y", np.float32, (meta["num_rows"],))):
         path = directory / f"{array}.npy"
-        try:
-            arrays[array] = np.load(path, mmap_mode="r")
-        except (OSError, ValueError, EOFError) as exc:
-            raise ValueError(f"{path} is missing, truncated or not a .npy array ({exc}); "
-                             f"{rebuild}") from exc
+        arrays[array] = open_npy(path, rebuild, "missing, truncated")
         if arrays[array].dtype != dtype or arrays[array].shape != shape:
             raise ValueError(f"{path} holds {arrays[array].dtype} {arrays[array].shape}, but "
                              f"meta.json describes {np.dtype(dtype)} {shape}; {rebuild}")

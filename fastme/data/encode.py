@@ -18,6 +18,7 @@ value per block in the scratch files until the end of the build.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -69,10 +70,8 @@ class _FieldValues:
     def _merge(self) -> None:
         if not self._pool:
             return
-        if len(self.counts) + self._pool_rows >= _LARGE_MERGE:
-            with _large_merges:
-                self._merge_pool()
-        else:
+        large = len(self.counts) + self._pool_rows >= _LARGE_MERGE
+        with _large_merges if large else contextlib.nullcontext():
             self._merge_pool()
 
     def _merge_pool(self) -> None:

@@ -35,6 +35,7 @@ import numpy as np
 
 from fastme.data.dataset import CTRData
 from fastme.data.formats.criteo import CRITEO_FIELD_NAMES
+from fastme.data.sources import check_count
 
 #: Rows of the default dataset: enough that DCNv2 learns the interactions well past what a
 #: first-order model reaches, few enough that the scaling sweep fits in minutes on a 2-core CPU.
@@ -272,10 +273,8 @@ def make_synthetic(num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0, *,
             default 30), ``pair_weighting``; v2 only: the :func:`collapse_pairs` knobs
             ``rich_rank``, ``rich_offsets``, ``low_weight``, ``rich_weight``, ``low_threshold``.
     """
-    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if isinstance(min_count, bool) or int(min_count) != min_count or min_count < 0:
-        raise ValueError(f"min_count must be a non-negative integer, got {min_count!r}")
+    num_samples = check_count("num_samples", num_samples)
+    min_count = check_count("min_count", min_count, 0)
     teacher = synthetic_teacher(seed, generator, field_dims, **options)
     dims = teacher.field_dims
     if field_names is None:
@@ -294,12 +293,12 @@ def make_synthetic(num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0, *,
     names = list(field_names)
     if len(names) != len(dims):
         raise ValueError(f"field_names has {len(names)} names for {len(dims)} fields")
-    x = teacher.sample_x(int(num_samples))
+    x = teacher.sample_x(num_samples)
     y = teacher.sample_labels(x)  # from the raw values: the OOV bucket mixes distinct truths
     if min_count > 0:
-        dims = [_threshold_column(x[:, i], d, int(min_count)) for i, d in enumerate(dims)]
-    info = {"dataset": "synthetic", "generator": generator, "num_samples": int(num_samples),
-            "seed": int(seed), "min_count": int(min_count), "raw_field_dims": teacher.field_dims,
+        dims = [_threshold_column(x[:, i], d, min_count) for i, d in enumerate(dims)]
+    info = {"dataset": "synthetic", "generator": generator, "num_samples": num_samples,
+            "seed": int(seed), "min_count": min_count, "raw_field_dims": teacher.field_dims,
             "options": options,
             "pair_ranks": teacher.pair_ranks,
             "interacting_pairs": [[names[i], names[j]] for i, j in teacher.pairs]}

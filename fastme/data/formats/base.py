@@ -15,8 +15,8 @@ import pyarrow.compute as pc
 
 from fastme.data.encode import indices
 from fastme.data.sources import is_multi_file, load_raw_files, preprocess
-from fastme.data.text import (EXAMPLES, Malformed, as_strings, count_true, empty_to_null,
-                              first_bad, integer_field, line_blocks)
+from fastme.data.text import (EXAMPLES, Malformed, as_strings, convert_options, count_true,
+                              empty_to_null, first_bad, integer_field, line_blocks)
 
 
 class DataFormat:
@@ -132,11 +132,10 @@ class TextFormat(DataFormat):
     """A raw delimited text format: how it is read (fastme.data.text) and turned into labels +
     per-field value arrays.
 
-    ``rows(batch, bad)`` drops malformed rows (counting them in ``bad``) and returns (labels,
-    [one pyarrow array per field, null = missing]). Integer-derived fields are int64 arrays,
-    categorical ones strings; the vocabulary keeps each field's type. ``parse`` also returns the
-    boolean mask of the rows kept (prediction keeps every input row's place). Batches hold text
-    cells, empty ones as nulls.
+    ``parse(batch, bad)`` drops malformed rows (counting them in ``bad``) and returns (the
+    boolean mask of the rows kept, labels, [one pyarrow array per field, null = missing]).
+    Integer-derived fields are int64 arrays, categorical ones strings; the vocabulary keeps each
+    field's type. Batches hold text cells, empty ones as nulls.
     """
 
     delimiter: str
@@ -144,6 +143,7 @@ class TextFormat(DataFormat):
     columns: list[str]  # of every line
     header: bool  # whether the first line names the columns
     field_names: list[str]
+    integer: list[str] = ()  # the fields bucketized like Criteo's I1..I13
     READS_ROWS, READ_OPTIONS = True, ()
     MIN_COUNT = 1  # default min_count
     #: Options of the format (``configure``); ``options()`` records those that decide the
@@ -161,12 +161,18 @@ class TextFormat(DataFormat):
         """The reader with its format options (``OPTIONS``); a CSV format reads its columns
         from ``path``'s header. ``labeled=False``: the file to read may lack the label."""
         options = dict(options or {})
-        unknown = sorted(set(options) - set(cls.OPTIONS))
-        if unknown:
-            raise TypeError(f"unknown option(s) for {cls.kind} data: {', '.join(unknown)} "
-                            f"(allowed: "
-                            f"{', '.join(sorted(set(cls.OPTIONS) | set(cls.COMMON_OPTIONS)))})")
+        cls.check_options(options)
         return cls.from_options(path, options, labeled)
+
+    @classmethod
+    def check_options(cls, options, what: str = "data", more: tuple = ()) -> None:
+        """TypeError naming the options that are neither the format's own nor ``more``; it lists
+        those with COMMON_OPTIONS, which every raw source takes."""
+        unknown = sorted(set(options) - set(cls.OPTIONS) - set(more))
+        if unknown:
+            allowed = sorted(set(cls.OPTIONS) | set(cls.COMMON_OPTIONS) | set(more))
+            raise TypeError(f"unknown option(s) for {cls.kind} {what}: {', '.join(unknown)} "
+                            f"(allowed: {', '.join(allowed)})")
 
     @classmethod
     def from_options(cls, path, options: dict, labeled: bool) -> TextFormat:
@@ -174,27 +180,20 @@ class TextFormat(DataFormat):
 
     @classmethod
     def load(cls, arg, spec, cache_dir, options):
-        allowed = set(cls.COMMON_OPTIONS) | set(cls.OPTIONS)
-        split = {"valid_files", "test_files"}
-        if arg and (is_multi_file(arg) or split & set(options)):
-            unknown = set(options) - allowed - split
-            if unknown:
-                raise TypeError(f"unknown option(s) for {cls.kind} files: "
-                                f"{', '.join(sorted(unknown))}")
-            return load_raw_files(cls, arg, cache_dir, **options)
         if not arg:
             raise ValueError(f"give the raw file as {cls.kind}:PATH, got {spec!r}")
-        unknown = set(options) - allowed
-        if unknown:
-            raise TypeError(f"unknown option(s) for {cls.kind} data: {', '.join(sorted(unknown))} "
-                            f"(allowed: {', '.join(sorted(allowed))})")
+        split = ("valid_files", "test_files")
+        if is_multi_file(arg) or set(split) & set(options):
+            cls.check_options(options, "files", cls.COMMON_OPTIONS + split)
+            return load_raw_files(cls, arg, cache_dir, **options)
+        cls.check_options(options, more=cls.COMMON_OPTIONS)
         return preprocess(cls, arg, cache_dir, **options)
 
     def options(self) -> dict:
         return {}
 
     def convert_options(self):
-        raise NotImplementedError
+        return convert_options([self.label] + self.field_names)
 
     def check_header(self, path: Path, first_line: bytes) -> None:
         """Raise ValueError when the file clearly is not of this format (training)."""
@@ -204,13 +203,25 @@ class TextFormat(DataFormat):
         when it is not one of this format's files."""
         raise NotImplementedError
 
-    def rows(self, batch, bad):
-        _, labels, fields = self.parse(batch, bad)
-        return labels, fields
-
     def parse(self, batch, bad: Malformed):
-        """(kept-row mask, labels, fields) of a batch; see the class docstring."""
-        raise NotImplementedError
+        """(kept-row mask, labels, fields) of a batch; see the class docstring. The ``integer``
+        fields are validated and bucketized like Criteo's I1..I13 (a row with a non-integer cell
+        is dropped and counted), the other fields taken as they are."""
+        ok, ints, int_ok = self._label_ok(batch, bad), {}, None
+        for name in self.integer:
+            ints[name], good, example = integer_field(batch.column(name))
+            if good is not None:
+                int_ok = good if int_ok is None else pc.and_(int_ok, good)
+                bad.note(f"{name} {example!r} is not an integer")
+        if int_ok is not None:
+            bad.bad_integer += count_true(pc.and_(ok, pc.invert(int_ok)))
+            ok = pc.and_(ok, int_ok)
+        if count_true(ok) < batch.num_rows:
+            batch = batch.filter(ok)
+            ints = {name: field.filter(ok) for name, field in ints.items()}
+        fields = [ints[name] if name in ints else batch.column(name)
+                  for name in self.field_names]
+        return ok, self._labels(batch), fields
 
     def _label_ok(self, batch, bad: Malformed):
         ok = pc.fill_null(pc.is_in(batch.column(self.label), value_set=self.label_values), False)
@@ -224,21 +235,6 @@ class TextFormat(DataFormat):
     def _labels(self, batch) -> np.ndarray:
         return pc.is_in(batch.column(self.label), value_set=self.positive).to_numpy(
             zero_copy_only=False).astype(np.float32)
-
-    @staticmethod
-    def _integers(batch, names, ok, bad: Malformed):
-        """(the rows kept, {name: integer field}): ``names`` validated and bucketized like
-        Criteo's I1..I13; a row with a non-integer cell is dropped and counted."""
-        ints, int_ok = {}, None
-        for name in names:
-            ints[name], good, example = integer_field(batch.column(name))
-            if good is not None:
-                int_ok = good if int_ok is None else pc.and_(int_ok, good)
-                bad.note(f"{name} {example!r} is not an integer")
-        if int_ok is not None:
-            bad.bad_integer += count_true(pc.and_(ok, pc.invert(int_ok)))
-            ok = pc.and_(ok, int_ok)
-        return ok, ints
 
     @classmethod
     def read_rows(cls, arg, source, vocabulary, tally, *, progress=False, options=None,

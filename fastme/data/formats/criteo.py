@@ -4,7 +4,7 @@ its ``test.txt`` or the competition's CSV files)."""
 from __future__ import annotations
 
 from fastme.data.formats.base import Layout, TextFormat
-from fastme.data.text import convert_options, count_true, first_line
+from fastme.data.text import first_line
 
 CRITEO_INT = [f"I{i}" for i in range(1, 14)]
 CRITEO_CAT = [f"C{i}" for i in range(1, 27)]
@@ -17,7 +17,7 @@ class CriteoFormat(TextFormat):
     I1..I13 (integers), C1..C26 (hashed categories); any cell may be empty."""
 
     kind, delimiter, label = "criteo", "\t", "label"
-    columns, header = CRITEO_COLUMNS, False
+    columns, header, integer = CRITEO_COLUMNS, False, CRITEO_INT
     HELP, MIN_COUNT, OOV_LAYOUT = "raw Kaggle train.txt", 10, True
 
     def __init__(self):
@@ -53,17 +53,6 @@ class CriteoFormat(TextFormat):
                           header_names=names)
         raise ValueError(f"{path}: comma-separated, but the header {first[:120]!r} is not the "
                          f"Criteo competition's CSV (Id,Label,I1..I13,C1..C26 or Id,I1..C26)")
-
-    def convert_options(self):
-        return convert_options(CRITEO_COLUMNS)
-
-    def parse(self, batch, bad):
-        ok, ints = self._integers(batch, CRITEO_INT, self._label_ok(batch, bad), bad)
-        if count_true(ok) < batch.num_rows:
-            batch = batch.filter(ok)
-            ints = {name: field.filter(ok) for name, field in ints.items()}
-        fields = [ints[name] for name in CRITEO_INT] + [batch.column(name) for name in CRITEO_CAT]
-        return ok, self._labels(batch), fields
 
     @classmethod
     def sidecar(cls, field_names, options):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from fastme.data.formats.base import Layout, TextFormat
-from fastme.data.text import check_file, column_list, convert_options, count_true, first_line
+from fastme.data.text import check_file, column_list, first_line
 
 DELIMITERS = {"tab": "\t", "\\t": "\t"}
 
@@ -16,7 +16,8 @@ class CsvFormat(TextFormat):
     """A user's own delimited text file (``csv:PATH``): a header line naming the columns, one
     0/1 label column (``label``, default "label"), every other column (or only those of
     ``fields``) a categorical field, the columns of ``integer`` (a subset of the fields) counts
-    bucketized like Criteo's I1..I13. Cells are not quoted: a ``"`` is part of its cell.
+    bucketized like Criteo's I1..I13; cells separated by ``delimiter`` (default ",", or "tab"),
+    not quoted: a ``"`` is part of its cell.
 
     The columns come from the file's header line (``path``); ``labeled=False`` (prediction)
     lets the file lack the label column.
@@ -93,21 +94,6 @@ class CsvFormat(TextFormat):
         number."""
         return Layout(self.delimiter, True, self.columns, None, "row", "probability", self.label,
                       header_names=self.columns)
-
-    def convert_options(self):
-        return convert_options([self.label] + self.field_names)
-
-    def parse(self, batch, bad):
-        ok, ints = self._integers(batch, self.integer, self._label_ok(batch, bad), bad)
-        if count_true(ok) < batch.num_rows:
-            batch = batch.filter(ok)
-            ints = {name: field.filter(ok) for name, field in ints.items()}
-        fields = [ints[name] if name in ints else batch.column(name)
-                  for name in self.field_names]
-        return ok, self._labels(batch), fields
-
-
-#: Every raw text format by its spec prefix (``criteo:PATH``, ``avazu:PATH``, ``csv:PATH``).
 
 
 FORMAT = CsvFormat

@@ -12,17 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from fastme.data.cache import NpyWriter, build_or_reuse, cache_path, check_space, files_fingerprint
-from fastme.data.dataset import CTRData, write_meta
+from fastme.data.dataset import CTRData, open_npy, write_meta
 from fastme.data.formats.base import DataFormat
 from fastme.data.sources import say
-
-
-def _open_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, mmap_mode="r")
-    except (OSError, ValueError, EOFError) as exc:
-        raise ValueError(f"{path} is truncated or not a .npy array ({exc}); write it again "
-                         f"with numpy.save") from exc
 
 
 def load_npy(directory, cache_dir=None, *, progress: bool = True,
@@ -32,7 +24,8 @@ def load_npy(directory, cache_dir=None, *, progress: bool = True,
     for name in ("x.npy", "y.npy"):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"npy:DIR needs {directory / name} (see docs/data.md)")
-    x, y = (_open_npy(directory / name) for name in ("x.npy", "y.npy"))
+    x, y = (open_npy(directory / name, "write it again with numpy.save")
+            for name in ("x.npy", "y.npy"))
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.integer):
         raise ValueError(f"{directory / 'x.npy'} must be an integer array [n, N], got "
                          f"{x.dtype} {x.shape}")

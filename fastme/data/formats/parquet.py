@@ -8,15 +8,9 @@ files are read in sorted order (as given, for a list). Column contract:
 - columns listed in option ``integer=[...]`` are counts bucketized as Criteo's I1..I13
   (``floor(ln(v)^2)`` for v > 2, ``v - 2`` otherwise) before counting.
 
-Preprocessing is the raw files' (fastme.data.encode): one streaming pass over the files in record
-batches (bounded memory: one batch plus the value counts), values seen at least ``min_count``
-times (default 1) numbered by decreasing count, then one OOV and one missing index per field,
-written into a memory-mapped cache with its ``vocab.json`` (so ``fastme predict`` encodes new
-files the same way). Options ``valid_files=J, test_files=K`` split by file instead of at random:
-the last K files are the test set, the J before them the validation set (J = 0: a seeded random
-1/9 of the training files' rows), the rest the training set — e.g. Criteo 1TB's 24 days with
-``test_files=1``. The split is recorded in the cache (``file_split``) and
-:meth:`CTRData.split` returns it.
+Preprocessing is the raw files' (:class:`fastme.data.encode.Encoder`, ``min_count`` default 1),
+and so is the split by file (options ``valid_files=J, test_files=K``: the last K files test, the
+J before them validate; :meth:`CTRData.split` returns it); docs/data.md describes both.
 """
 
 from __future__ import annotations
@@ -27,12 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fastme.data.cache import build_or_reuse, files_fingerprint
 from fastme.data.dataset import CTRData
 from fastme.data.encode import indices
 from fastme.data.formats.base import DataFormat, RowBlock
-from fastme.data.sources import (build_cache, check_file_split, check_min_count, expand_paths,
-                                 files_cache_path)
+from fastme.data.sources import check_count, check_file_split, expand_paths, open_cache
 from fastme.data.text import integer_field
 
 PARQUET_OPTIONS = {"label", "fields", "integer", "min_count", "valid_files", "test_files",
@@ -42,6 +34,8 @@ _BATCH_ROWS = 1 << 17
 
 class ParquetSource:
     """Record batches of Parquet files mapped to (labels, per-field value arrays)."""
+
+    kind, one_file = "parquet", False
 
     def __init__(self, files, label: str = "label", fields=None, integer=(),
                  batch_rows: int = _BATCH_ROWS):
@@ -80,8 +74,6 @@ class ParquetSource:
         import pyarrow.parquet as pq
 
         return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
-
-    kind = "parquet"
 
     def extra_info(self) -> dict:
         return {}
@@ -129,19 +121,13 @@ def load_parquet(spec: str, cache_dir=None, *, label: str = "label", fields=None
                  rebuild: bool = False, progress: bool = True,
                  batch_rows: int = _BATCH_ROWS) -> CTRData:
     """Preprocess Parquet files once into a cache and open it; see the module docstring."""
-    min_count = check_min_count(min_count)
+    min_count = check_count("min_count", min_count)
     files = expand_paths(spec)
-    check_file_split(files, valid_files, test_files)
+    split = check_file_split(files, valid_files, test_files)
     source = ParquetSource(files, label, fields, integer, batch_rows)
     options = {"label": label, "fields": source.field_names, "integer": sorted(source.integer),
-               "min_count": min_count, "valid_files": int(valid_files),
-               "test_files": int(test_files)}
-    fingerprint = files_fingerprint(files)
-    directory = files_cache_path("parquet", files, options, cache_dir, fingerprint)
-    return build_or_reuse(directory, fingerprint,
-                          lambda tmp: build_cache(source, tmp, directory, options, progress,
-                                                  fingerprint),
-                          name="parquet", files=files, rebuild=rebuild)
+               "min_count": min_count, **split}
+    return open_cache(source, options, cache_dir, rebuild, progress)
 
 
 class ParquetFormat(DataFormat):
