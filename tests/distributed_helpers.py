@@ -2,6 +2,7 @@
 
 import os
 import socket
+import sys
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -22,6 +23,11 @@ def _init_and_run(rank, world_size, port, fn, args):
     # leaving while a peer still sends can abort the peer).
     dist.barrier()
     dist.destroy_process_group()
+    # A finished rank leaves at once: at interpreter exit a communication thread that torch or
+    # TorchRec left running can call std::terminate (SIGABRT), failing a run that succeeded.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn(fn, world_size=2, *args):
