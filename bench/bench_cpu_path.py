@@ -54,9 +54,11 @@ def cross_fused_elementwise(x0, weight, bias):
     return x.transpose(0, 1)
 
 
-FORMULATIONS = {"per_layer_indexing": cross_per_layer_indexing,
-                "single_set_batched": cross_single_set_batched,
-                "fused_elementwise": cross_fused_elementwise}
+FORMULATIONS = {
+    "per_layer_indexing": cross_per_layer_indexing,
+    "single_set_batched": cross_single_set_batched,
+    "fused_elementwise": cross_fused_elementwise,
+}
 
 
 @dataclass(frozen=True)
@@ -77,27 +79,41 @@ class CrossFormulationCase(bench_cross_network.CrossCase):
 
     def variants(self) -> list[str]:
         # with several sets the reference is the batched formulation itself
-        return [harness.BASELINE, *(f for f in FORMULATIONS
-                                    if self.sets == 1 or f != "single_set_batched")]
+        return [
+            harness.BASELINE,
+            *(f for f in FORMULATIONS if self.sets == 1 or f != "single_set_batched"),
+        ]
 
     def inputs(self, seed: int) -> dict:
         g = torch.Generator(device=harness.DEVICE).manual_seed(seed)
-        B, M, L, D = harness.OP_BATCH, self.sets, harness.CROSS_LAYERS, \
-            harness.NUM_FIELDS * self.embed_dim
+        B, M, L, D = (
+            harness.OP_BATCH,
+            self.sets,
+            harness.CROSS_LAYERS,
+            harness.NUM_FIELDS * self.embed_dim,
+        )
 
         def randn(*shape, scale=1.0):
-            return (torch.randn(*shape, generator=g, device=harness.DEVICE) * scale) \
-                .requires_grad_()
+            return (
+                torch.randn(*shape, generator=g, device=harness.DEVICE) * scale
+            ).requires_grad_()
 
-        return {"x0": randn(B, M, D, scale=0.1), "weight": randn(L, M, D, D, scale=D ** -0.5),
-                "bias": randn(L, M, D, scale=0.01),
-                "grad_out": torch.randn(B, M, D, generator=g, device=harness.DEVICE)}
+        return {
+            "x0": randn(B, M, D, scale=0.1),
+            "weight": randn(L, M, D, D, scale=D**-0.5),
+            "bias": randn(L, M, D, scale=0.01),
+            "grad_out": torch.randn(B, M, D, generator=g, device=harness.DEVICE),
+        }
 
     def prepare(self) -> harness.CaseData:
         data = super().prepare()
         cost = costs.cross_network(
-            harness.OP_BATCH, self.sets, harness.NUM_FIELDS * self.embed_dim,
-            harness.CROSS_LAYERS, backward=True)
+            harness.OP_BATCH,
+            self.sets,
+            harness.NUM_FIELDS * self.embed_dim,
+            harness.CROSS_LAYERS,
+            backward=True,
+        )
         return harness.CaseData(pool=data.pool, cost=cost, tol=1e-4)
 
     def runner(self, variant: str, data: harness.CaseData) -> harness.Runner:
@@ -108,6 +124,7 @@ class CrossFormulationCase(bench_cross_network.CrossCase):
 @dataclass(frozen=True)
 class DropoutCase(harness.Case):
     """ReLU then dropout (p 0.2) on one hidden activation [B, M*400], forward and backward."""
+
     width: int
     kind = "op"
 
@@ -126,8 +143,10 @@ class DropoutCase(harness.Case):
         def item(seed):
             g = torch.Generator(device=harness.DEVICE).manual_seed(seed)
             shape = (harness.MODEL_BATCH, self.width)
-            return {"x": torch.randn(*shape, generator=g, device=harness.DEVICE).requires_grad_(),
-                    "grad_out": torch.randn(*shape, generator=g, device=harness.DEVICE)}
+            return {
+                "x": torch.randn(*shape, generator=g, device=harness.DEVICE).requires_grad_(),
+                "grad_out": torch.randn(*shape, generator=g, device=harness.DEVICE),
+            }
 
         pool = harness.build_pool(item, harness.tensor_bytes)
         n = harness.MODEL_BATCH * self.width
@@ -137,6 +156,7 @@ class DropoutCase(harness.Case):
     def runner(self, variant: str, data: harness.CaseData) -> harness.Runner:
         drop = Dropout(0.2) if variant == "eager" else nn.Dropout(0.2)
         runner = harness.op_runner(lambda x: drop(torch.relu(x)), ("x",), data.pool, True)
+
         # The masks are random: check that the variant is a dropout of the same input (every
         # output is 0 or x/(1-p), and the gradient is the output's mask), not bitwise equality.
         def check():
@@ -145,7 +165,8 @@ class DropoutCase(harness.Case):
             scaled = torch.relu(x) / 0.8
             keep = out != 0
             ok = torch.equal(out[keep], scaled[keep]) and torch.allclose(
-                got["grad_x"][keep], data.pool[0]["grad_out"][keep] / 0.8)
+                got["grad_x"][keep], data.pool[0]["grad_out"][keep] / 0.8
+            )
             return {"out": torch.tensor(float(ok))}
 
         return harness.Runner(call=runner.call, pool=data.pool, check=check)
@@ -155,6 +176,7 @@ class DropoutCase(harness.Case):
 class AdamStepCase(harness.Case):
     """One Adam step (lr 1e-3, weight decay 1e-6) over the parameters of an ME-DCNv2 x1 at
     Criteo's full cardinalities (11.8M parameters), from fixed gradients."""
+
     kind = "op"
     id = "adam-step-dcnv2-criteo-x1"
     title = "Adam step, ME-DCNv2 x1 parameters at full Criteo size"
@@ -164,12 +186,14 @@ class AdamStepCase(harness.Case):
 
     def prepare(self) -> harness.CaseData:
         torch.manual_seed(0)
-        model = fastme.models.build("dcnv2", harness.CRITEO_FIELD_DIMS, 1, multi=True,
-                                    backend="reference").to(harness.DEVICE)
+        model = fastme.models.build(
+            "dcnv2", harness.CRITEO_FIELD_DIMS, 1, multi=True, backend="reference"
+        ).to(harness.DEVICE)
         n = sum(p.numel() for p in model.parameters())
         # read parameter, gradient and both moments, write parameter and moments
-        return harness.CaseData(pool=[None], tol=1e-5, extra={"model": model},
-                                cost=costs.Cost(7 * 4 * n, 0))
+        return harness.CaseData(
+            pool=[None], tol=1e-5, extra={"model": model}, cost=costs.Cost(7 * 4 * n, 0)
+        )
 
     def runner(self, variant: str, data: harness.CaseData) -> harness.Runner:
         g = torch.Generator(device=harness.DEVICE).manual_seed(1)
@@ -177,15 +201,17 @@ class AdamStepCase(harness.Case):
         for p in params:
             p.grad = torch.randn(p.shape, generator=g, device=harness.DEVICE) * 1e-3
         fused = True if variant == "eager" else None  # None: torch's default implementation
-        optimizer = torch.optim.Adam(params, lr=bench_training.LR,
-                                     weight_decay=bench_training.WEIGHT_DECAY, fused=fused)
+        optimizer = torch.optim.Adam(
+            params, lr=bench_training.LR, weight_decay=bench_training.WEIGHT_DECAY, fused=fused
+        )
 
         def check():
             fresh = [p.detach().clone().requires_grad_() for p in params]
             for f, p in zip(fresh, params):
                 f.grad = p.grad
-            torch.optim.Adam(fresh, lr=bench_training.LR, weight_decay=bench_training.WEIGHT_DECAY,
-                             fused=fused).step()
+            torch.optim.Adam(
+                fresh, lr=bench_training.LR, weight_decay=bench_training.WEIGHT_DECAY, fused=fused
+            ).step()
             return {"out": torch.cat([f.detach().reshape(-1) for f in fresh])}
 
         return harness.Runner(call=lambda _: optimizer.step(), pool=[None], check=check)
@@ -226,13 +252,19 @@ class StepAblationCase(bench_training.ModelCase):
             model = _with_torch_dropout(model)
             optimizer = bench_training.fastme_optimizer(model)
         else:
-            optimizer = torch.optim.Adam(model.parameters(), lr=bench_training.LR,
-                                         weight_decay=bench_training.WEIGHT_DECAY)
+            optimizer = torch.optim.Adam(
+                model.parameters(), lr=bench_training.LR, weight_decay=bench_training.WEIGHT_DECAY
+            )
         return self.fastme_runner(model, optimizer, data)
 
 
-CASES = [CrossFormulationCase(4, True, False), CrossFormulationCase(1, True, False, 40),
-         DropoutCase(4 * 400), AdamStepCase(), StepAblationCase("dcnv2", 4, True)]
+CASES = [
+    CrossFormulationCase(4, True, False),
+    CrossFormulationCase(1, True, False, 40),
+    DropoutCase(4 * 400),
+    AdamStepCase(),
+    StepAblationCase("dcnv2", 4, True),
+]
 
 
 @pytest.mark.parametrize("case", harness.params(CASES))

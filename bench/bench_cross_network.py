@@ -18,7 +18,7 @@ from harness import CROSS_LAYERS, DEVICE, EMBED_DIM, NUM_FIELDS, NUM_ROWS, OP_BA
 CROSS_PEERS = {
     "deepctr": "DeepCTR-Torch CrossNet(parameterization='matrix'), one per set, Python loop",
     "paper_style": "the paper code's cross layers: nn.Linear(D, D) per layer, x0 * lin(x) + x, "
-                   "one stack per set, Python loop",
+    "one stack per set, Python loop",
 }
 
 
@@ -43,8 +43,9 @@ def _peer_nets(variant: str, weight: torch.Tensor, bias: torch.Tensor) -> list[n
     for m in range(M):
         if variant == "deepctr":
             interaction = harness.require("deepctr_torch.layers.interaction", "deepctr_torch")
-            net = interaction.CrossNet(D, layer_num=L, parameterization="matrix",
-                                       device=str(DEVICE))
+            net = interaction.CrossNet(
+                D, layer_num=L, parameterization="matrix", device=str(DEVICE)
+            )
             with torch.no_grad():
                 net.kernels.copy_(weight[:, m])
                 net.bias.copy_(bias[:, m].unsqueeze(-1))
@@ -63,7 +64,7 @@ def _peer_grads(variant: str, nets, grads) -> dict:
     per_set = len(grads) // len(nets)
     w, b = [], []
     for m in range(len(nets)):
-        g = grads[m * per_set:(m + 1) * per_set]
+        g = grads[m * per_set : (m + 1) * per_set]
         if variant == "deepctr":
             w.append(g[0])
             b.append(g[1].squeeze(-1))
@@ -90,13 +91,17 @@ class CrossCase(harness.Case):
 
     @property
     def args(self) -> tuple[str, ...]:
-        return (("table", "indices", "offsets") if self.fused_lookup else ("x0",)) + \
-            ("weight", "bias")
+        return (("table", "indices", "offsets") if self.fused_lookup else ("x0",)) + (
+            "weight",
+            "bias",
+        )
 
     @property
     def id(self) -> str:
-        return f"{'lookup_cross' if self.fused_lookup else 'cross'}-" \
-               f"{'fwdbwd' if self.backward else 'fwd'}-M{self.sets}"
+        return (
+            f"{'lookup_cross' if self.fused_lookup else 'cross'}-"
+            f"{'fwdbwd' if self.backward else 'fwd'}-M{self.sets}"
+        )
 
     @property
     def title(self) -> str:
@@ -120,7 +125,7 @@ class CrossCase(harness.Case):
             item["offsets"] = harness.field_offsets()
         else:
             item["x0"] = randn(B, M, D, scale=0.1)
-        item["weight"] = randn(L, M, D, D, scale=D ** -0.5)  # std of the model's init
+        item["weight"] = randn(L, M, D, D, scale=D**-0.5)  # std of the model's init
         item["bias"] = randn(L, M, D, scale=0.01)
         if self.backward:
             item["grad_out"] = torch.randn(B, M, D, generator=g, device=DEVICE)
@@ -154,14 +159,21 @@ class CrossCase(harness.Case):
             if not self.backward:
                 return {"out": out}
             grads = torch.autograd.grad(out, [x0, *item["params"]], item["grad_out"])
-            return {"out": out, "grad_x0": grads[0],
-                    **_peer_grads(variant, item["nets"], grads[1:])}
+            return {
+                "out": out,
+                "grad_x0": grads[0],
+                **_peer_grads(variant, item["nets"], grads[1:]),
+            }
 
         return harness.Runner(call=call, pool=pool, check=lambda: call(pool[0]))
 
 
-CASES = [CrossCase(m, backward, fused)
-         for fused in (False, True) for m in harness.OP_SETS for backward in (False, True)]
+CASES = [
+    CrossCase(m, backward, fused)
+    for fused in (False, True)
+    for m in harness.OP_SETS
+    for backward in (False, True)
+]
 
 
 @pytest.mark.parametrize("case", harness.params(CASES))

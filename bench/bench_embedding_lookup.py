@@ -25,19 +25,25 @@ PEERS = {
     "torchrec_ec": "TorchRec EmbeddingCollection, one table per field",
     "torchrec_ebc": "TorchRec EmbeddingBagCollection (sum of the one index per field)",
 }
-SGD_PEERS = {"fbgemm": "FBGEMM SplitTableBatchedEmbeddingBagsCodegen, EXACT_SGD fused into "
-                       "the backward (sparse row update)"}
+SGD_PEERS = {
+    "fbgemm": "FBGEMM SplitTableBatchedEmbeddingBagsCodegen, EXACT_SGD fused into "
+    "the backward (sparse row update)"
+}
 LR = 1e-3
 
 
 def lookup_inputs(sets: int, backward: bool, seed: int) -> dict:
     g = torch.Generator(device=DEVICE).manual_seed(seed)
     table = torch.randn(NUM_ROWS, sets, EMBED_DIM, generator=g, device=DEVICE) * 0.1
-    item = {"table": table.requires_grad_(backward),
-            "indices": harness.random_indices(g, OP_BATCH), "offsets": harness.field_offsets()}
+    item = {
+        "table": table.requires_grad_(backward),
+        "indices": harness.random_indices(g, OP_BATCH),
+        "offsets": harness.field_offsets(),
+    }
     if backward:
-        item["grad_out"] = torch.randn(OP_BATCH, sets, NUM_FIELDS, EMBED_DIM, generator=g,
-                                       device=DEVICE)
+        item["grad_out"] = torch.randn(
+            OP_BATCH, sets, NUM_FIELDS, EMBED_DIM, generator=g, device=DEVICE
+        )
     return item
 
 
@@ -63,12 +69,15 @@ def _from_fastme(t: torch.Tensor) -> torch.Tensor:
 
 
 def _fbgemm_tbe(table: torch.Tensor, requires_grad: bool):
-    training = harness.require("fbgemm_gpu.split_table_batched_embeddings_ops_training",
-                               "fbgemm_gpu")
+    training = harness.require(
+        "fbgemm_gpu.split_table_batched_embeddings_ops_training", "fbgemm_gpu"
+    )
     sets = table.shape[1]
     tbe = training.DenseTableBatchedEmbeddingBagsCodegen(
-        [(d, sets * EMBED_DIM) for d in FIELD_DIMS], pooling_mode=training.PoolingMode.NONE,
-        use_cpu=DEVICE.type == "cpu")
+        [(d, sets * EMBED_DIM) for d in FIELD_DIMS],
+        pooling_mode=training.PoolingMode.NONE,
+        use_cpu=DEVICE.type == "cpu",
+    )
     with torch.no_grad():
         tbe.weights.copy_(table.detach().reshape(-1))
     tbe.weights.requires_grad_(requires_grad)
@@ -94,18 +103,25 @@ def _fbgemm_grad_layout(grad_bmnk: torch.Tensor, out_shape) -> torch.Tensor:
 def _kjt(indices: torch.Tensor):
     jagged = harness.require("torchrec.sparse.jagged_tensor", "torchrec")
     return jagged.KeyedJaggedTensor.from_lengths_sync(
-        keys=[f"f{i}" for i in range(NUM_FIELDS)], values=_feature_major(indices),
-        lengths=torch.ones(NUM_FIELDS * OP_BATCH, dtype=torch.long, device=DEVICE))
+        keys=[f"f{i}" for i in range(NUM_FIELDS)],
+        values=_feature_major(indices),
+        lengths=torch.ones(NUM_FIELDS * OP_BATCH, dtype=torch.long, device=DEVICE),
+    )
 
 
 def _torchrec_module(table: torch.Tensor, bags: bool):
     torchrec = harness.require("torchrec", "torchrec")
     sets = table.shape[1]
     config = torchrec.EmbeddingBagConfig if bags else torchrec.EmbeddingConfig
-    tables = [config(name=f"t{i}", embedding_dim=sets * EMBED_DIM, num_embeddings=d,
-                     feature_names=[f"f{i}"]) for i, d in enumerate(FIELD_DIMS)]
+    tables = [
+        config(
+            name=f"t{i}", embedding_dim=sets * EMBED_DIM, num_embeddings=d, feature_names=[f"f{i}"]
+        )
+        for i, d in enumerate(FIELD_DIMS)
+    ]
     module = (torchrec.EmbeddingBagCollection if bags else torchrec.EmbeddingCollection)(
-        tables=tables, device=DEVICE)
+        tables=tables, device=DEVICE
+    )
     named = dict(module.named_parameters())
     prefix = "embedding_bags" if bags else "embeddings"
     params = [named[f"{prefix}.t{i}.weight"] for i in range(NUM_FIELDS)]  # field order
@@ -134,24 +150,39 @@ class LookupCase(harness.Case):
         return [*harness.own_variants(), *PEERS]
 
     def prepare(self) -> harness.CaseData:
-        pool = harness.build_pool(lambda s: lookup_inputs(self.sets, self.backward, s),
-                                  harness.tensor_bytes)
-        return harness.CaseData(pool=pool, tol=1e-4, cost=costs.multi_embedding_lookup(
-            OP_BATCH, NUM_FIELDS, self.sets, EMBED_DIM, NUM_ROWS, backward=self.backward))
+        pool = harness.build_pool(
+            lambda s: lookup_inputs(self.sets, self.backward, s), harness.tensor_bytes
+        )
+        return harness.CaseData(
+            pool=pool,
+            tol=1e-4,
+            cost=costs.multi_embedding_lookup(
+                OP_BATCH, NUM_FIELDS, self.sets, EMBED_DIM, NUM_ROWS, backward=self.backward
+            ),
+        )
 
     def runner(self, variant: str, data: harness.CaseData) -> harness.Runner:
         if variant == "fbgemm":
             return self._fbgemm(data)
         if variant in ("torchrec_ec", "torchrec_ebc"):
             return self._torchrec(data, bags=variant == "torchrec_ebc")
-        return harness.own_op_runner(variant, "multi_embedding_lookup",
-                                     ("table", "indices", "offsets"), data.pool, self.backward)
+        return harness.own_op_runner(
+            variant,
+            "multi_embedding_lookup",
+            ("table", "indices", "offsets"),
+            data.pool,
+            self.backward,
+        )
 
     def _fbgemm(self, data):
-        pool = [{"tbe": _fbgemm_tbe(s["table"], self.backward),
-                 "indices": _feature_major(s["indices"]),
-                 "offsets": torch.arange(NUM_FIELDS * OP_BATCH + 1, device=DEVICE)}
-                for s in data.pool]
+        pool = [
+            {
+                "tbe": _fbgemm_tbe(s["table"], self.backward),
+                "indices": _feature_major(s["indices"]),
+                "offsets": torch.arange(NUM_FIELDS * OP_BATCH + 1, device=DEVICE),
+            }
+            for s in data.pool
+        ]
         with torch.no_grad():
             shape = tuple(pool[0]["tbe"](pool[0]["indices"], pool[0]["offsets"]).shape)
         if self.backward:
@@ -180,14 +211,18 @@ class LookupCase(harness.Case):
             item = {"module": module, "params": params, "kjt": _kjt(s["indices"])}
             if self.backward:
                 grad = _from_fastme(s["grad_out"])  # [B, N, M*K]
-                item["grad_out"] = (grad.reshape(OP_BATCH, -1) if bags
-                                    else [grad[:, i].contiguous() for i in range(NUM_FIELDS)])
+                item["grad_out"] = (
+                    grad.reshape(OP_BATCH, -1)
+                    if bags
+                    else [grad[:, i].contiguous() for i in range(NUM_FIELDS)]
+                )
             pool.append(item)
 
         def call(item):
             result = item["module"](item["kjt"])
-            outs = (result.values() if bags
-                    else [result[f"f{i}"].values() for i in range(NUM_FIELDS)])
+            outs = (
+                result.values() if bags else [result[f"f{i}"].values() for i in range(NUM_FIELDS)]
+            )
             if not self.backward:
                 return outs, None
             return outs, torch.autograd.grad(outs, item["params"], item["grad_out"])
@@ -209,6 +244,7 @@ class LookupSGDCase(harness.Case):
     (lr 1e-3, no weight decay). fastme computes the dense table gradient and updates every row
     (torch.optim.SGD); FBGEMM fuses an exact sparse SGD update into its backward. FBGEMM's CPU
     build has no fused Adam, so SGD is the optimizer both can run."""
+
     sets: int
     kind = "op"
     peers = SGD_PEERS
@@ -226,13 +262,16 @@ class LookupSGDCase(harness.Case):
 
     def prepare(self) -> harness.CaseData:
         pool = harness.build_pool(lambda s: lookup_inputs(self.sets, True, s), harness.tensor_bytes)
-        cost = costs.multi_embedding_lookup(OP_BATCH, NUM_FIELDS, self.sets, EMBED_DIM, NUM_ROWS,
-                                            backward=True)
+        cost = costs.multi_embedding_lookup(
+            OP_BATCH, NUM_FIELDS, self.sets, EMBED_DIM, NUM_ROWS, backward=True
+        )
         table_bytes = NUM_ROWS * self.sets * EMBED_DIM * 4
         # the update: read the table and its gradient, write the table
-        return harness.CaseData(pool=pool, tol=1e-4,
-                                cost=costs.Cost(cost.bytes + 3 * table_bytes,
-                                                cost.flops + 2 * table_bytes / 4))
+        return harness.CaseData(
+            pool=pool,
+            tol=1e-4,
+            cost=costs.Cost(cost.bytes + 3 * table_bytes, cost.flops + 2 * table_bytes / 4),
+        )
 
     def runner(self, variant: str, data: harness.CaseData) -> harness.Runner:
         if variant == "fbgemm":
@@ -246,8 +285,9 @@ class LookupSGDCase(harness.Case):
         pool = [fresh(s) for s in data.pool]
 
         def call(item):
-            out = ops.multi_embedding_lookup(item["table"], item["indices"], item["offsets"],
-                                             backend=backend)
+            out = ops.multi_embedding_lookup(
+                item["table"], item["indices"], item["offsets"], backend=backend
+            )
             item["opt"].zero_grad(set_to_none=True)
             out.backward(item["grad_out"])
             item["opt"].step()
@@ -261,25 +301,35 @@ class LookupSGDCase(harness.Case):
         return harness.Runner(call=call, pool=pool, check=check)
 
     def _fbgemm(self, data):
-        training = harness.require("fbgemm_gpu.split_table_batched_embeddings_ops_training",
-                                   "fbgemm_gpu")
+        training = harness.require(
+            "fbgemm_gpu.split_table_batched_embeddings_ops_training", "fbgemm_gpu"
+        )
         configs = harness.require("fbgemm_gpu.split_embedding_configs", "fbgemm_gpu")
         width = self.sets * EMBED_DIM
-        location = training.EmbeddingLocation.DEVICE if DEVICE.type == "cuda" \
+        location = (
+            training.EmbeddingLocation.DEVICE
+            if DEVICE.type == "cuda"
             else training.EmbeddingLocation.HOST
-        compute = training.ComputeDevice.CUDA if DEVICE.type == "cuda" \
-            else training.ComputeDevice.CPU
+        )
+        compute = (
+            training.ComputeDevice.CUDA if DEVICE.type == "cuda" else training.ComputeDevice.CPU
+        )
 
         def fresh(s):
             tbe = training.SplitTableBatchedEmbeddingBagsCodegen(
                 [(d, width, location, compute) for d in FIELD_DIMS],
-                optimizer=configs.EmbOptimType.EXACT_SGD, learning_rate=LR,
-                pooling_mode=training.PoolingMode.NONE)
+                optimizer=configs.EmbOptimType.EXACT_SGD,
+                learning_rate=LR,
+                pooling_mode=training.PoolingMode.NONE,
+            )
             with torch.no_grad():
                 for w, src in zip(tbe.split_embedding_weights(), _per_field_tables(s["table"])):
                     w.copy_(src)
-            item = {"tbe": tbe, "indices": _feature_major(s["indices"]),
-                    "offsets": torch.arange(NUM_FIELDS * OP_BATCH + 1, device=DEVICE)}
+            item = {
+                "tbe": tbe,
+                "indices": _feature_major(s["indices"]),
+                "offsets": torch.arange(NUM_FIELDS * OP_BATCH + 1, device=DEVICE),
+            }
             with torch.no_grad():
                 shape = tuple(tbe(item["indices"], item["offsets"]).shape)
             item["grad_out"] = _fbgemm_grad_layout(s["grad_out"], shape)
@@ -296,8 +346,10 @@ class LookupSGDCase(harness.Case):
             item = fresh(data.pool[0])
             out = call(item)
             after = torch.cat([w.detach() for w in item["tbe"].split_embedding_weights()])
-            return {"out": _fbgemm_layout(out.detach(), self.sets),
-                    "table_after": after.reshape(NUM_ROWS, self.sets, EMBED_DIM)}
+            return {
+                "out": _fbgemm_layout(out.detach(), self.sets),
+                "table_after": after.reshape(NUM_ROWS, self.sets, EMBED_DIM),
+            }
 
         return harness.Runner(call=call, pool=pool, check=check)
 

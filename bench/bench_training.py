@@ -25,9 +25,9 @@ BENCH_MODELS = {"dcnv2": "DCNv2", "nfwfm": "NFwFM", "dnn": "DNN"}
 SE_SCALES = {"dcnv2": (4,)}  # SE training steps besides the ME ones (SE x1 is ME x1)
 DCN_PEERS = {
     "paper_style": "the paper code's DCNv2: one nn.Embedding per set, Python loop over sets, "
-                   "nn.Linear cross layers, sigmoid + BCELoss, default Adam",
+    "nn.Linear cross layers, sigmoid + BCELoss, default Adam",
     "deepctr": "the paper code's DCNv2 with DeepCTR-Torch's CrossNet(parameterization='matrix') "
-               "as each set's cross network",
+    "as each set's cross network",
 }
 LR, WEIGHT_DECAY = 1e-3, 1e-6  # the paper's Adam
 
@@ -44,14 +44,16 @@ def _loss(model, logits, y):
 
 
 def _block(in_dim, out_dim, dropout):
-    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.BatchNorm1d(out_dim), nn.ReLU(),
-                         nn.Dropout(dropout))
+    return nn.Sequential(
+        nn.Linear(in_dim, out_dim), nn.BatchNorm1d(out_dim), nn.ReLU(), nn.Dropout(dropout)
+    )
 
 
 def _deepctr_cross(dim: int, layers: int) -> nn.Module:
     interaction = harness.require("deepctr_torch.layers.interaction", "deepctr_torch")
-    return interaction.CrossNet(dim, layer_num=layers, parameterization="matrix",
-                                device=str(DEVICE))
+    return interaction.CrossNet(
+        dim, layer_num=layers, parameterization="matrix", device=str(DEVICE)
+    )
 
 
 class PaperStyleDCNv2(nn.Module):
@@ -59,8 +61,16 @@ class PaperStyleDCNv2(nn.Module):
     logits out. ``cross="deepctr"`` uses DeepCTR-Torch's matrix CrossNet for each set's cross
     network instead of the nn.Linear layers."""
 
-    def __init__(self, field_dims, num_sets, embed_dim=10, layers=4, hidden=400, dropout=0.2,
-                 cross="paper_style"):
+    def __init__(
+        self,
+        field_dims,
+        num_sets,
+        embed_dim=10,
+        layers=4,
+        hidden=400,
+        dropout=0.2,
+        cross="paper_style",
+    ):
         super().__init__()
         dims = torch.tensor(field_dims)
         self.register_buffer("offsets", torch.cumsum(dims, 0) - dims)
@@ -87,8 +97,7 @@ class PaperStyleDCNv2(nn.Module):
         """Take a fastme DCNv2's weights (so both compute the same function)."""
         hidden = self.mlp[1].in_features
         block = model.projection.block
-        for m, (emb, cross, proj) in enumerate(zip(self.embeddings, self.cross,
-                                                   self.projections)):
+        for m, (emb, cross, proj) in enumerate(zip(self.embeddings, self.cross, self.projections)):
             emb.weight.copy_(model.embedding.weight[:, m])
             if self.cross_kind == "deepctr":  # kernels [L, D, D], bias [L, D, 1]
                 cross.kernels.copy_(model.cross_weight[:, m])
@@ -113,13 +122,16 @@ class PaperStyleDCNv2(nn.Module):
             bias = torch.stack([grads[f"cross.{m}.bias"].squeeze(-1) for m in sets], 1)
         else:
             layers = range(len(self.cross[0].layers))
-            weight = torch.stack([torch.stack(
-                [grads[f"cross.{m}.layers.{l}.weight"] for m in sets]) for l in layers])
-            bias = torch.stack([torch.stack(
-                [grads[f"cross.{m}.layers.{l}.bias"] for m in sets]) for l in layers])
+            weight = torch.stack(
+                [torch.stack([grads[f"cross.{m}.layers.{l}.weight"] for m in sets]) for l in layers]
+            )
+            bias = torch.stack(
+                [torch.stack([grads[f"cross.{m}.layers.{l}.bias"] for m in sets]) for l in layers]
+            )
         return {
             "grad_embedding.weight": torch.stack(
-                [grads[f"embeddings.{m}.weight"] for m in sets], 1),
+                [grads[f"embeddings.{m}.weight"] for m in sets], 1
+            ),
             "grad_cross_weight": weight,
             "grad_cross_bias": bias,
         }
@@ -144,6 +156,7 @@ class ModelCase(harness.Case):
     """A model at one scale: ME (``multi``, M = scale sets of the base size, ids
     ``{model}-x{scale}-...``) or SE (one set of size base * scale, ids
     ``{model}-se-x{scale}-...``)."""
+
     model: str
     scale: int
     train: bool
@@ -162,16 +175,19 @@ class ModelCase(harness.Case):
     @property
     def title(self) -> str:
         kind = "ME" if self.multi else "SE"
-        return f"{kind}-{BENCH_MODELS[self.model]} x{self.scale} " \
-               f"{'train step' if self.train else 'inference'}"
+        return (
+            f"{kind}-{BENCH_MODELS[self.model]} x{self.scale} "
+            f"{'train step' if self.train else 'inference'}"
+        )
 
     def variants(self) -> list[str]:
         return [*harness.own_variants(), *self.peers]
 
     def prepare(self) -> harness.CaseData:
         torch.manual_seed(0)
-        model = fastme.models.build(self.model, FIELD_DIMS, self.scale, multi=self.multi,
-                                    backend="reference").to(DEVICE)
+        model = fastme.models.build(
+            self.model, FIELD_DIMS, self.scale, multi=self.multi, backend="reference"
+        ).to(DEVICE)
 
         def batch(seed):
             g = torch.Generator(device=DEVICE).manual_seed(seed)
@@ -181,8 +197,12 @@ class ModelCase(harness.Case):
         pool = harness.build_pool(batch, harness.tensor_bytes)
         # 1e-2: besides TF32 kernels on CUDA, torch.compile's float32 code for this BatchNorm
         # network gives gradients a few 1e-3 off the float64 truth on a CPU (eager: 1e-6).
-        return harness.CaseData(pool=pool, tol=1e-2, extra={"model": model},
-                                cost=costs.model_step(model, MODEL_BATCH, train=self.train))
+        return harness.CaseData(
+            pool=pool,
+            tol=1e-2,
+            extra={"model": model},
+            cost=costs.model_step(model, MODEL_BATCH, train=self.train),
+        )
 
     def runner(self, variant: str, data: harness.CaseData) -> harness.Runner:
         if variant in DCN_PEERS:
@@ -192,8 +212,9 @@ class ModelCase(harness.Case):
         optimizer = fastme_optimizer(model) if self.train else None
         return self.fastme_runner(model, optimizer, data, compile=variant == "compile")
 
-    def fastme_runner(self, model, optimizer, data: harness.CaseData,
-                      compile: bool = False) -> harness.Runner:
+    def fastme_runner(
+        self, model, optimizer, data: harness.CaseData, compile: bool = False
+    ) -> harness.Runner:
         """The step (or inference) of a fastme model, optionally through torch.compile."""
         forward = harness.compiled(model) if compile else model
         if not self.train:
@@ -203,31 +224,50 @@ class ModelCase(harness.Case):
                 with torch.no_grad():
                     return forward(s[0])
 
-            return harness.Runner(call=infer, pool=data.pool,
-                                  check=lambda: {"out": infer(data.pool[0])})
+            return harness.Runner(
+                call=infer, pool=data.pool, check=lambda: {"out": infer(data.pool[0])}
+            )
 
-        return _training_runner(model, forward, lambda logits, y: _loss(model, logits, y),
-                                optimizer, data,
-                                lambda grads: {f"grad_{n}": g for n, g in grads.items()})
+        return _training_runner(
+            model,
+            forward,
+            lambda logits, y: _loss(model, logits, y),
+            optimizer,
+            data,
+            lambda grads: {f"grad_{n}": g for n, g in grads.items()},
+        )
 
     def _paper_style(self, data: harness.CaseData, cross: str) -> harness.Runner:
         source = data.extra["model"]
-        model = PaperStyleDCNv2(source.field_dims, source.num_sets, source.embed_dim,
-                                source.cross_weight.shape[0], source.hidden_dim, source.dropout,
-                                cross=cross).to(DEVICE)
+        model = PaperStyleDCNv2(
+            source.field_dims,
+            source.num_sets,
+            source.embed_dim,
+            source.cross_weight.shape[0],
+            source.hidden_dim,
+            source.dropout,
+            cross=cross,
+        ).to(DEVICE)
         model.copy_from(source)
         optimizer = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
 
         return _training_runner(
-            model, model, lambda logits, y: F.binary_cross_entropy(torch.sigmoid(logits), y),
-            optimizer, data, model.grads_as_fastme)
+            model,
+            model,
+            lambda logits, y: F.binary_cross_entropy(torch.sigmoid(logits), y),
+            optimizer,
+            data,
+            model.grads_as_fastme,
+        )
 
 
-def _training_runner(model, forward, loss_fn, optimizer, data: harness.CaseData,
-                     named_grads) -> harness.Runner:
+def _training_runner(
+    model, forward, loss_fn, optimizer, data: harness.CaseData, named_grads
+) -> harness.Runner:
     """A timed optimizer step of `model` through `forward`, and its check: one forward+backward
     without the step, from the shared weights; `named_grads` maps {parameter name: gradient} to
     fastme's names."""
+
     def step(s):
         x, y = s
         optimizer.zero_grad(set_to_none=True)
@@ -242,17 +282,28 @@ def _training_runner(model, forward, loss_fn, optimizer, data: harness.CaseData,
             logits = forward(x)
             loss = loss_fn(logits, y)
             names, params = zip(*model.named_parameters())
-            return {"out": logits, "loss": loss,
-                    **named_grads(dict(zip(names, torch.autograd.grad(loss, params))))}
+            return {
+                "out": logits,
+                "loss": loss,
+                **named_grads(dict(zip(names, torch.autograd.grad(loss, params)))),
+            }
+
         return _without_dropout(model, grads)
 
     return harness.Runner(call=step, pool=data.pool, check=check)
 
 
-CASES = [ModelCase(model, scale, train)
-         for model in BENCH_MODELS for train in (True, False) for scale in harness.MODEL_SCALES]
-CASES += [ModelCase(model, scale, True, multi=False)
-          for model, scales in SE_SCALES.items() for scale in scales]
+CASES = [
+    ModelCase(model, scale, train)
+    for model in BENCH_MODELS
+    for train in (True, False)
+    for scale in harness.MODEL_SCALES
+]
+CASES += [
+    ModelCase(model, scale, True, multi=False)
+    for model, scales in SE_SCALES.items()
+    for scale in scales
+]
 
 
 @pytest.mark.parametrize("case", harness.params(CASES))

@@ -25,22 +25,29 @@ import render_results  # noqa: E402
 def pytest_configure(config):
     # Emitted by torch internals on every compile; not about this suite.
     config.addinivalue_line(
-        "filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+        "filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+    )
 
 
 def pytest_collect_file(file_path, parent):
     # Files named on the command line are collected by pytest itself, whatever their name.
-    if (file_path.suffix == ".py" and file_path.name.startswith("bench_")
-            and file_path.resolve().parent == BENCH_DIR
-            and not parent.session.isinitpath(file_path)):
+    if (
+        file_path.suffix == ".py"
+        and file_path.name.startswith("bench_")
+        and file_path.resolve().parent == BENCH_DIR
+        and not parent.session.isinitpath(file_path)
+    ):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
 
 
 def pytest_addoption(parser):
-    parser.addoption("--fastme-record", default=str(BENCH_DIR / "records" / "latest.json"),
-                     help="where to write this run's record (JSON; default bench/records/"
-                          "latest.json); render_results.py and plot_results.py read it")
+    parser.addoption(
+        "--fastme-record",
+        default=str(BENCH_DIR / "records" / "latest.json"),
+        help="where to write this run's record (JSON; default bench/records/"
+        "latest.json); render_results.py and plot_results.py read it",
+    )
 
 
 def pytest_terminal_summary(terminalreporter, config):

@@ -29,26 +29,34 @@ def _direction(backward: bool) -> str:
 
 def multi_embedding_lookup(B, N, M, K, rows, *, backward=False) -> Cost:
     d = _direction(backward)
-    return Cost(op_cost.lookup_bytes(B, N, M, K, rows, direction=d),
-                op_cost.lookup_flops(B, N, M, K, direction=d))
+    return Cost(
+        op_cost.lookup_bytes(B, N, M, K, rows, direction=d),
+        op_cost.lookup_flops(B, N, M, K, direction=d),
+    )
 
 
 def pooled_lookup(B, N, M, K, rows, *, weighted, backward=False) -> Cost:
     d = _direction(backward)
-    return Cost(op_cost.pooled_lookup_bytes(B, N, M, K, rows, weighted=weighted, direction=d),
-                op_cost.pooled_lookup_flops(B, N, M, K, weighted=weighted, direction=d))
+    return Cost(
+        op_cost.pooled_lookup_bytes(B, N, M, K, rows, weighted=weighted, direction=d),
+        op_cost.pooled_lookup_flops(B, N, M, K, weighted=weighted, direction=d),
+    )
 
 
 def cross_network(B, M, D, L, *, backward=False) -> Cost:
     d = _direction(backward)
-    return Cost(op_cost.cross_network_bytes(B, M, D, L, direction=d),
-                op_cost.cross_network_flops(B, M, D, L, direction=d))
+    return Cost(
+        op_cost.cross_network_bytes(B, M, D, L, direction=d),
+        op_cost.cross_network_flops(B, M, D, L, direction=d),
+    )
 
 
 def lookup_cross_network(B, N, M, K, L, rows, *, backward=False) -> Cost:
     d = _direction(backward)
-    return Cost(op_cost.lookup_cross_network_bytes(B, N, M, K, L, rows, direction=d),
-                op_cost.lookup_cross_network_flops(B, N, M, K, L, direction=d))
+    return Cost(
+        op_cost.lookup_cross_network_bytes(B, N, M, K, L, rows, direction=d),
+        op_cost.lookup_cross_network_flops(B, N, M, K, L, direction=d),
+    )
 
 
 def _linear_weights(model: nn.Module) -> int:

@@ -68,8 +68,9 @@ CPU_CACHE_BYTES = 32 * 2**20  # assumed last-level cache on a CPU
 # Interleaved timing: ROUNDS rounds; in each, every variant runs a batch of calls lasting about
 # ROUND_SECONDS (at least one call). More rounds narrow the ratio intervals, at the cost of time.
 ROUNDS = int(os.environ.get("FASTME_BENCH_ROUNDS", "7"))
-ROUND_SECONDS = float(os.environ.get("FASTME_BENCH_ROUND_SECONDS",
-                                     "0.1" if DEVICE.type == "cuda" else "0.03"))
+ROUND_SECONDS = float(
+    os.environ.get("FASTME_BENCH_ROUND_SECONDS", "0.1" if DEVICE.type == "cuda" else "0.03")
+)
 WARMUP_CALLS = 3 if DEVICE.type == "cpu" else 10
 # On a CPU, "wall" times the elapsed time; "cpu" this process's CPU time (all its threads), which
 # on a machine shared with other work leaves out the time spent waiting for a core. With one
@@ -114,8 +115,11 @@ def tensor_bytes(item) -> int:
 
 def kernel_backends() -> list[str]:
     """Kernel backends to measure here: Triton only on CUDA (never the CPU interpreter)."""
-    return [b for b in ops.available_backends(DEVICE)
-            if b != "reference" and (b != "triton" or DEVICE.type == "cuda")]
+    return [
+        b
+        for b in ops.available_backends(DEVICE)
+        if b != "reference" and (b != "triton" or DEVICE.type == "cuda")
+    ]
 
 
 def random_indices(g: torch.Generator, batch: int) -> torch.Tensor:
@@ -140,15 +144,19 @@ def require(module: str, what: str):
     try:
         return __import__(module, fromlist=["_"])
     except Exception as exc:  # not installed, or built for another torch
-        raise Unavailable(f"{what} not importable ({type(exc).__name__}); "
-                          f"pip install -e '.[bench]' (bench/README.md)") from None
+        raise Unavailable(
+            f"{what} not importable ({type(exc).__name__}); "
+            f"pip install -e '.[bench]' (bench/README.md)"
+        ) from None
 
 
 # ---- cases -----------------------------------------------------------------------------------
 
+
 @dataclass
 class CaseData:
     """What a case's variants share: input pool, the reference result, cost, tolerance."""
+
     pool: list
     cost: costs.Cost
     tol: float
@@ -160,6 +168,7 @@ class CaseData:
 class Runner:
     """One variant of one case: ``call`` is what gets timed (one item of ``pool`` per call);
     ``check`` returns named tensors to compare with the reference's tensors of the same name."""
+
     call: Callable[[Any], Any]
     pool: list
     check: Callable[[], dict]
@@ -212,8 +221,9 @@ def compiled(fn):
     return torch.compile(fn, dynamic=False)
 
 
-def own_op_runner(variant: str, op: str, args: tuple[str, ...], pool: list,
-                  backward: bool) -> Runner:
+def own_op_runner(
+    variant: str, op: str, args: tuple[str, ...], pool: list, backward: bool
+) -> Runner:
     """:func:`op_runner` of fastme's variant ``variant`` of the op named ``op``: "compile" is
     torch.compile of the reference maths, "eager" the public op's reference backend, any other
     a kernel backend."""
@@ -242,8 +252,9 @@ def mismatches(got: dict, expected: dict, tol: float) -> list[str]:
     unknown = sorted(set(got) - set(expected))
     if unknown:
         return [f"the reference has no {', '.join(unknown)}"]
-    floor = NEGLIGIBLE * max((float(e.detach().float().norm()) for e in expected.values()),
-                             default=0.0)
+    floor = NEGLIGIBLE * max(
+        (float(e.detach().float().norm()) for e in expected.values()), default=0.0
+    )
     bad = []
     for name, g in got.items():
         e = expected[name]
@@ -254,14 +265,17 @@ def mismatches(got: dict, expected: dict, tol: float) -> list[str]:
         diff, ref = float((g - e).norm()), float(e.norm())
         if ref <= floor:
             if not diff <= floor:  # `not <=` also catches NaN
-                bad.append(f"{name} {tuple(e.shape)}: |got - ref| = {diff:.2e} where the "
-                           f"reference is ~0 (|ref| = {ref:.1e} <= {floor:.1e})")
+                bad.append(
+                    f"{name} {tuple(e.shape)}: |got - ref| = {diff:.2e} where the "
+                    f"reference is ~0 (|ref| = {ref:.1e} <= {floor:.1e})"
+                )
         elif not diff / ref <= tol:
             bad.append(f"{name} {tuple(e.shape)}: relative error {diff / ref:.2e} > {tol:.0e}")
     return bad
 
 
 # ---- interleaved timing ----------------------------------------------------------------------
+
 
 def _sync() -> None:
     if DEVICE.type == "cuda":
@@ -283,8 +297,9 @@ def _timed_calls(runner: Runner, calls: int, start: int) -> float:
     return machine.seconds(run, DEVICE, _clock()) / calls
 
 
-def interleaved(runners: dict[str, Runner], rounds: int = ROUNDS,
-                round_seconds: float = ROUND_SECONDS) -> dict[str, list[float]]:
+def interleaved(
+    runners: dict[str, Runner], rounds: int = ROUNDS, round_seconds: float = ROUND_SECONDS
+) -> dict[str, list[float]]:
     """Per-call seconds of every variant in each of ``rounds`` rounds, variants interleaved.
 
     Warm-up: every variant runs its whole pool (compiles, autotunes, fills caches), then a few
@@ -302,7 +317,7 @@ def interleaved(runners: dict[str, Runner], rounds: int = ROUNDS,
         calls[name] = max(1, int(round_seconds / max(estimate, 1e-7)))
     times: dict[str, list[float]] = {name: [] for name in names}
     for rnd in range(rounds):
-        order = names[rnd % len(names):] + names[:rnd % len(names)]
+        order = names[rnd % len(names) :] + names[: rnd % len(names)]
         for name in order:
             times[name].append(_timed_calls(runners[name], calls[name], rnd * calls[name]))
     return times
@@ -320,17 +335,25 @@ def quantile(values: list[float], q: float) -> float:
 def summarize(times: list[float]) -> dict:
     """Median per-call time and its spread over rounds: (p90 - p10) / median, and min/max."""
     median = statistics.median(times)
-    return {"median": median, "rounds": times,
-            "spread": (quantile(times, 0.9) - quantile(times, 0.1)) / median,
-            "min": min(times), "max": max(times)}
+    return {
+        "median": median,
+        "rounds": times,
+        "spread": (quantile(times, 0.9) - quantile(times, 0.1)) / median,
+        "min": min(times),
+        "max": max(times),
+    }
 
 
 def ratios(baseline: list[float], variant: list[float]) -> dict:
     """Per-round speed-up of ``variant`` over ``baseline`` (baseline time / variant time; above
     1 = faster), its median and its 10-90% interval over the rounds."""
     per_round = [b / v for b, v in zip(baseline, variant)]
-    return {"median": statistics.median(per_round), "rounds": per_round,
-            "low": quantile(per_round, 0.1), "high": quantile(per_round, 0.9)}
+    return {
+        "median": statistics.median(per_round),
+        "rounds": per_round,
+        "low": quantile(per_round, 0.1),
+        "high": quantile(per_round, 0.9),
+    }
 
 
 # ---- the run's record ------------------------------------------------------------------------
@@ -367,8 +390,10 @@ def disturbance() -> list[str]:
     busy = [r for r in RECORDS if r.get("disturbed")]
     if busy:
         worst = max(r["foreign_cpu"] for r in busy)
-        problems.append(f"{len(busy)} of {len(RECORDS)} cases timed while other processes used "
-                        f"more than {machine.FOREIGN_CPU_LIMIT:.0%} of the CPU (up to {worst:.0%})")
+        problems.append(
+            f"{len(busy)} of {len(RECORDS)} cases timed while other processes used "
+            f"more than {machine.FOREIGN_CPU_LIMIT:.0%} of the CPU (up to {worst:.0%})"
+        )
     return problems
 
 
@@ -384,10 +409,21 @@ def _commit() -> str | None:
     """The checkout's commit (with "+dirty" when files differ from it), None outside git."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+dirty" if dirty else "")
@@ -400,13 +436,27 @@ def record() -> dict:
     else:
         cpu = platform.processor() or platform.machine()
         device = f"CPU ({cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "fastme": fastme.__version__}
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "fastme": fastme.__version__,
+    }
     if torch.version.cuda:
         versions["cuda"] = torch.version.cuda
-    versions.update({name: v for name in ("triton", "fbgemm-gpu-cpu", "fbgemm-gpu", "torchrec",
-                                          "deepctr-torch", "pytest-benchmark")
-                     if (v := _version(name))})
+    versions.update(
+        {
+            name: v
+            for name in (
+                "triton",
+                "fbgemm-gpu-cpu",
+                "fbgemm-gpu",
+                "torchrec",
+                "deepctr-torch",
+                "pytest-benchmark",
+            )
+            if (v := _version(name))
+        }
+    )
     problems = disturbance()
     return {
         "schema": 1,
@@ -417,28 +467,47 @@ def record() -> dict:
         "full_shapes": FULL,
         "versions": versions,
         "config": {
-            "fields": NUM_FIELDS, "rows": NUM_ROWS, "embed_dim": EMBED_DIM,
-            "cross_layers": CROSS_LAYERS, "op_batch": OP_BATCH, "model_batch": MODEL_BATCH,
-            "op_sets": list(OP_SETS), "model_scales": list(MODEL_SCALES),
-            "kernel_backends": kernel_backends(), "bounds_check": "off",
+            "fields": NUM_FIELDS,
+            "rows": NUM_ROWS,
+            "embed_dim": EMBED_DIM,
+            "cross_layers": CROSS_LAYERS,
+            "op_batch": OP_BATCH,
+            "model_batch": MODEL_BATCH,
+            "op_sets": list(OP_SETS),
+            "model_scales": list(MODEL_SCALES),
+            "kernel_backends": kernel_backends(),
+            "bounds_check": "off",
             "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-            "rounds": ROUNDS, "round_seconds": ROUND_SECONDS, "baseline": BASELINE,
+            "rounds": ROUNDS,
+            "round_seconds": ROUND_SECONDS,
+            "baseline": BASELINE,
             "torch_threads": torch.get_num_threads(),
             "clock": "cuda events" if DEVICE.type == "cuda" else CLOCK,
-            "timing": ("CUDA events" if DEVICE.type == "cuda" else
-                       "process CPU time" if CLOCK == "cpu" else "wall clock")
-                      + ", variants interleaved per round, median over rounds",
+            "timing": (
+                "CUDA events"
+                if DEVICE.type == "cuda"
+                else "process CPU time"
+                if CLOCK == "cpu"
+                else "wall clock"
+            )
+            + ", variants interleaved per round, median over rounds",
         },
-        "machine": {"loadavg_start": LOAD["loadavg_start"], "loadavg_end": LOAD["loadavg_end"],
-                    "cores": os.cpu_count(), "probe_start": PROBES["start"],
-                    "probe_end": PROBES["end"], "disturbed": bool(problems),
-                    "problems": problems},
+        "machine": {
+            "loadavg_start": LOAD["loadavg_start"],
+            "loadavg_end": LOAD["loadavg_end"],
+            "cores": os.cpu_count(),
+            "probe_start": PROBES["start"],
+            "probe_end": PROBES["end"],
+            "disturbed": bool(problems),
+            "problems": problems,
+        },
         "cases": list(RECORDS),
         "unavailable": list(UNAVAILABLE),
     }
 
 
 # ---- running one case ------------------------------------------------------------------------
+
 
 def params(cases: list[Case]) -> list:
     """pytest parameters, one per case, with the case id as test id."""
@@ -451,8 +520,16 @@ def _short(exc: BaseException) -> str:
 
 
 def _unavailable(case: Case, variant: str, reason: str) -> None:
-    UNAVAILABLE.append({"case": case.title, "case_id": case.id, "kind": case.kind,
-                        "variant": variant, "peer": case.peers.get(variant), "reason": reason})
+    UNAVAILABLE.append(
+        {
+            "case": case.title,
+            "case_id": case.id,
+            "kind": case.kind,
+            "variant": variant,
+            "peer": case.peers.get(variant),
+            "reason": reason,
+        }
+    )
 
 
 def _checked_runners(case: Case, data: CaseData) -> dict[str, Runner]:
@@ -505,14 +582,24 @@ def run(benchmark, case: Case) -> None:
     times, foreign = benchmark.pedantic(measure, rounds=1, iterations=1)
     base = times[BASELINE]
     disturbed = foreign is not None and foreign > machine.FOREIGN_CPU_LIMIT
-    RECORDS.append({
-        "case": case.title, "case_id": case.id, "kind": case.kind,
-        "bytes": data.cost.bytes, "flops": data.cost.flops, "pool": len(data.pool),
-        "foreign_cpu": foreign, "disturbed": disturbed,
-        "variants": {name: {"peer": case.peers.get(name), **summarize(t),
-                            "vs_baseline": ratios(base, t)}
-                     for name, t in times.items()},
-    })
+    RECORDS.append(
+        {
+            "case": case.title,
+            "case_id": case.id,
+            "kind": case.kind,
+            "bytes": data.cost.bytes,
+            "flops": data.cost.flops,
+            "pool": len(data.pool),
+            "foreign_cpu": foreign,
+            "disturbed": disturbed,
+            "variants": {
+                name: {"peer": case.peers.get(name), **summarize(t), "vs_baseline": ratios(base, t)}
+                for name, t in times.items()
+            },
+        }
+    )
     if disturbed and REQUIRE_QUIET:
-        pytest.fail(f"{case.title}: other processes used {foreign:.0%} of the CPU while it was "
-                    "timed (FASTME_BENCH_REQUIRE_QUIET=1 refuses a disturbed measurement)")
+        pytest.fail(
+            f"{case.title}: other processes used {foreign:.0%} of the CPU while it was "
+            "timed (FASTME_BENCH_REQUIRE_QUIET=1 refuses a disturbed measurement)"
+        )

@@ -78,6 +78,7 @@ class ForeignLoad:
 @dataclass
 class Probe:
     """A repeated measurement: its best (the machine's capability), median and spread."""
+
     best: float
     median: float
     spread: float  # max / min - 1 over the repeats
@@ -86,8 +87,12 @@ class Probe:
 
 def _repeat(rate: Callable[[], float], repeats: int) -> Probe:
     values = [rate() for _ in range(repeats)]
-    return Probe(best=max(values), median=statistics.median(values),
-                 spread=max(values) / min(values) - 1.0, repeats=repeats)
+    return Probe(
+        best=max(values),
+        median=statistics.median(values),
+        spread=max(values) / min(values) - 1.0,
+        repeats=repeats,
+    )
 
 
 def seconds(fn: Callable[[], Any], device: torch.device, clock=time.perf_counter) -> float:
@@ -104,20 +109,21 @@ def seconds(fn: Callable[[], Any], device: torch.device, clock=time.perf_counter
     return clock() - t0
 
 
-def _copy_probe(n_copy: int, device: torch.device, repeats: int,
-                clock) -> tuple[int, Probe]:
+def _copy_probe(n_copy: int, device: torch.device, repeats: int, clock) -> tuple[int, Probe]:
     """Bytes moved by one copy of ``n_copy`` floats, and its GB/s; the buffers are freed on
     return, before the matmul probe allocates its own."""
     src = torch.empty(n_copy, device=device).uniform_()
     dst = torch.empty_like(src)
     moved = 2 * src.nbytes
     dst.copy_(src)
-    return moved, _repeat(lambda: moved / seconds(lambda: dst.copy_(src), device, clock) / 1e9,
-                          repeats)
+    return moved, _repeat(
+        lambda: moved / seconds(lambda: dst.copy_(src), device, clock) / 1e9, repeats
+    )
 
 
-def measure_peaks(device: torch.device, repeats: int = PROBE_REPEATS,
-                  clock=time.perf_counter) -> dict:
+def measure_peaks(
+    device: torch.device, repeats: int = PROBE_REPEATS, clock=time.perf_counter
+) -> dict:
     """Memory bandwidth (a large copy, read + write counted) and float32 matmul throughput, each
     the best of ``repeats`` timed runs after a warm-up; on CUDA also TF32 matmuls. On a CPU
     ``clock`` is the one the cases are timed with (wall or process CPU time)."""
@@ -133,8 +139,13 @@ def measure_peaks(device: torch.device, repeats: int = PROBE_REPEATS,
         return 2 * n**3 / seconds(lambda: torch.mm(a, b, out=out), device, clock) / 1e12
 
     fp32 = _repeat(tflops, repeats)
-    peaks = {"copy_bytes": moved, "copy_gbps": asdict(copy), "matmul_n": n,
-             "matmul_fp32_tflops": asdict(fp32), "matmul_tf32_tflops": None}
+    peaks = {
+        "copy_bytes": moved,
+        "copy_gbps": asdict(copy),
+        "matmul_n": n,
+        "matmul_fp32_tflops": asdict(fp32),
+        "matmul_tf32_tflops": None,
+    }
     if cuda:  # the fastest float32-input matmul the device has: tensor cores in TF32
         saved = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -143,8 +154,9 @@ def measure_peaks(device: torch.device, repeats: int = PROBE_REPEATS,
         finally:
             torch.backends.cuda.matmul.allow_tf32 = saved
     peaks["peak_gbps"] = copy.best
-    peaks["peak_tflops"] = max(p["best"] for p in (peaks["matmul_fp32_tflops"],
-                                                   peaks["matmul_tf32_tflops"]) if p)
+    peaks["peak_tflops"] = max(
+        p["best"] for p in (peaks["matmul_fp32_tflops"], peaks["matmul_tf32_tflops"]) if p
+    )
     return peaks
 
 
@@ -154,13 +166,17 @@ def probe_problems(start: dict | None, end: dict | None) -> list[str]:
     for when, peaks in (("start", start), ("end", end)):
         for key in ("copy_gbps", "matmul_fp32_tflops"):
             if peaks and peaks[key]["spread"] > PROBE_DRIFT_LIMIT:
-                problems.append(f"{key} probe at the {when} spread {peaks[key]['spread']:.0%} "
-                                f"over {peaks[key]['repeats']} repeats")
+                problems.append(
+                    f"{key} probe at the {when} spread {peaks[key]['spread']:.0%} "
+                    f"over {peaks[key]['repeats']} repeats"
+                )
     if start and end:
         for key in ("copy_gbps", "matmul_fp32_tflops"):
             a, b = start[key]["best"], end[key]["best"]
             drift = max(a, b) / min(a, b) - 1.0
             if drift > PROBE_DRIFT_LIMIT:
-                problems.append(f"{key} best-of moved {drift:.0%} between start ({a:.3g}) and "
-                                f"end ({b:.3g}) of the run")
+                problems.append(
+                    f"{key} best-of moved {drift:.0%} between start ({a:.3g}) and "
+                    f"end ({b:.3g}) of the run"
+                )
     return problems

@@ -26,6 +26,7 @@ def _pick(direction: str, forward: float, backward: float) -> float:
 
 # ---- multi_embedding_lookup ---------------------------------------------------------------------
 
+
 def lookup_bytes(B, N, M, K, rows, *, direction="forward", elem=4, index=8) -> float:
     """Forward: read indices and offsets, gather B*N rows of M*K, write [B, M, N, K].
     Backward: read indices and the output gradient, write the dense table gradient."""
@@ -42,8 +43,10 @@ def lookup_flops(B, N, M, K, *, direction="forward") -> float:
 
 # ---- pooled_lookup ------------------------------------------------------------------------------
 
-def pooled_lookup_bytes(B, N, M, K, rows, *, weighted, direction="forward", elem=4,
-                        index=8) -> float:
+
+def pooled_lookup_bytes(
+    B, N, M, K, rows, *, weighted, direction="forward", elem=4, index=8
+) -> float:
     """FM (``weighted=False``) or field-weighted pooling fused with the lookup, -> [B, M, K].
 
     Forward: indices, B*N gathered rows, the [M, N, N] weights, the output. Backward: indices,
@@ -69,6 +72,7 @@ def pooled_lookup_flops(B, N, M, K, *, weighted, direction="forward") -> float:
 
 # ---- cross_network / lookup_cross_network -------------------------------------------------------
 
+
 def cross_network_flops(B, M, D, L, *, direction="forward") -> float:
     """Forward per layer and set: W x (2D^2 per sample), bias, product with x0, residual (3D).
     Backward per layer: u W (2D^2), grad W (2D^2), elementwise chain (6D)."""
@@ -83,8 +87,9 @@ def cross_network_bytes(B, M, D, L, *, direction="forward", elem=4) -> float:
     return _pick(direction, 2 * act + params, 3 * act + 2 * params)
 
 
-def lookup_cross_network_bytes(B, N, M, K, L, rows, *, direction="forward", elem=4,
-                               index=8) -> float:
+def lookup_cross_network_bytes(
+    B, N, M, K, L, rows, *, direction="forward", elem=4, index=8
+) -> float:
     """Lookup fused in front of the cross network: x0 is gathered instead of read, and the
     backward writes the dense table gradient instead of grad x0."""
     D = N * K
@@ -101,6 +106,7 @@ def lookup_cross_network_flops(B, N, M, K, L, *, direction="forward") -> float:
 
 
 # ---- what the Triton kernels actually move on top (docs/ops.md) ---------------------------------
+
 
 def cross_network_saved_bytes(B, M, D, L, *, elem=4, fused_lookup=False) -> float:
     """Activation memory the Triton cross network keeps for its backward: x_1..x_{L-1}, plus the

@@ -34,9 +34,34 @@ from pathlib import Path
 import numpy as np
 
 # Distinct values of C1..C26 in the Kaggle Criteo train.txt.
-CRITEO_CARDINALITIES = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683,
-                        8351593, 3194, 27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15,
-                        286181, 105, 142572]
+CRITEO_CARDINALITIES = [
+    1460,
+    583,
+    10131227,
+    2202608,
+    305,
+    24,
+    12517,
+    633,
+    3,
+    93145,
+    5683,
+    8351593,
+    3194,
+    27,
+    14992,
+    5461306,
+    10,
+    5652,
+    2173,
+    4,
+    7046547,
+    18,
+    15,
+    286181,
+    105,
+    142572,
+]
 _CHUNK_ROWS = 1 << 20
 
 
@@ -48,8 +73,9 @@ def _hex_column(values: np.ndarray, valid: np.ndarray):
     data = digits[(values[:, None] >> shifts) & 15].astype(np.uint8).ravel()
     offsets = np.arange(0, 8 * len(values) + 1, 8, dtype=np.int32)
     bitmap = np.packbits(valid, bitorder="little")
-    return pa.Array.from_buffers(pa.string(), len(values),
-                                 [pa.py_buffer(bitmap), pa.py_buffer(offsets), pa.py_buffer(data)])
+    return pa.Array.from_buffers(
+        pa.string(), len(values), [pa.py_buffer(bitmap), pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
 
 
 def criteo_like_tables(rows: int, seed: int = 0):
@@ -121,29 +147,49 @@ def build(tree: Path, spec: str, cache_dir: Path) -> dict:
     """One cache build of the data ``spec`` by the fastme of source ``tree``, in a fresh
     process."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, "-c", _CHILD, spec, str(cache_dir)], env=env,
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, spec, str(cache_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode:
         raise SystemExit(f"preprocessing with {tree} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _contents(cache: Path) -> tuple:
-    return (np.load(cache / "x.npy", mmap_mode="r"), np.load(cache / "y.npy", mmap_mode="r"),
-            (cache / "vocab.json").read_text())
+    return (
+        np.load(cache / "x.npy", mmap_mode="r"),
+        np.load(cache / "y.npy", mmap_mode="r"),
+        (cache / "vocab.json").read_text(),
+    )
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tree", type=Path, action="append", default=[],
-                        help="another source tree to compare (e.g. a git worktree of an older "
-                             "commit); this checkout is always the first")
-    parser.add_argument("--dir", type=Path, default=None,
-                        help="where the generated file and caches go (default: a temp dir)")
-    parser.add_argument("--parquet", action="store_true",
-                        help="the generated rows as 4 Parquet files (integer columns as ints)")
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        action="append",
+        default=[],
+        help="another source tree to compare (e.g. a git worktree of an older "
+        "commit); this checkout is always the first",
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where the generated file and caches go (default: a temp dir)",
+    )
+    parser.add_argument(
+        "--parquet",
+        action="store_true",
+        help="the generated rows as 4 Parquet files (integer columns as ints)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the generated file")
     args = parser.parse_args(argv)
     trees = [Path(__file__).resolve().parents[1], *[t.resolve() for t in args.tree]]
@@ -157,43 +203,55 @@ def main(argv=None) -> None:
         else:
             write_criteo_like(raw, args.rows)
         size = sum(f.stat().st_size for f in raw.rglob("*")) if raw.is_dir() else raw.stat().st_size
-        print(f"generated {raw} ({size / 1e9:.2f} GB) in {time.perf_counter() - started:.0f} s",
-              flush=True)
+        print(
+            f"generated {raw} ({size / 1e9:.2f} GB) in {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
     spec = f"parquet:{raw}" if args.parquet else f"criteo:{raw}"
     results: dict[int, list[dict]] = {i: [] for i in range(len(trees))}
     reference = None
     try:
         for r in range(args.rounds):
             order = list(range(len(trees)))
-            order = order[r % len(order):] + order[:r % len(order)]
+            order = order[r % len(order) :] + order[: r % len(order)]
             for i in order:
                 cache_dir = work / f"cache-{i}"
                 result = build(trees[i], spec, cache_dir)
                 got = _contents(Path(result["cache"]))
                 if reference is None:
                     reference = got
-                elif not (np.array_equal(got[0], reference[0])
-                          and np.array_equal(got[1], reference[1]) and got[2] == reference[2]):
+                elif not (
+                    np.array_equal(got[0], reference[0])
+                    and np.array_equal(got[1], reference[1])
+                    and got[2] == reference[2]
+                ):
                     raise SystemExit(f"{trees[i]} built a different cache")
                 del got
                 shutil.rmtree(cache_dir)
                 results[i].append(result)
-                print(f"round {r + 1} {trees[i]}: {result['wall']:.1f} s wall, "
-                      f"{result['cpu']:.1f} s CPU, {result['rows'] / result['wall']:,.0f} rows/s, "
-                      f"peak RSS {result['peak_rss'] / 1e9:.2f} GB (anonymous "
-                      f"{result['peak_anon'] / 1e9:.2f} GB)", flush=True)
+                print(
+                    f"round {r + 1} {trees[i]}: {result['wall']:.1f} s wall, "
+                    f"{result['cpu']:.1f} s CPU, {result['rows'] / result['wall']:,.0f} rows/s, "
+                    f"peak RSS {result['peak_rss'] / 1e9:.2f} GB (anonymous "
+                    f"{result['peak_anon'] / 1e9:.2f} GB)",
+                    flush=True,
+                )
     finally:
         if not args.keep:
             shutil.rmtree(raw) if raw.is_dir() else raw.unlink(missing_ok=True)
-    print(f"\n{args.rows:,} rows ({raw.name}), {args.rounds} rounds, load average "
-          f"{os.getloadavg()[0]:.2f} at the end")
+    print(
+        f"\n{args.rows:,} rows ({raw.name}), {args.rounds} rounds, load average "
+        f"{os.getloadavg()[0]:.2f} at the end"
+    )
     for i, tree in enumerate(trees):
         walls = [x["wall"] for x in results[i]]
-        line = (f"{tree}: median {statistics.median(walls):.2f} s "
-                f"({args.rows / statistics.median(walls):,.0f} rows/s), CPU "
-                f"{statistics.median(x['cpu'] for x in results[i]):.2f} s, peak RSS "
-                f"{max(x['peak_rss'] for x in results[i]) / 1e9:.2f} GB (anonymous "
-                f"{max(x['peak_anon'] for x in results[i]) / 1e9:.2f} GB)")
+        line = (
+            f"{tree}: median {statistics.median(walls):.2f} s "
+            f"({args.rows / statistics.median(walls):,.0f} rows/s), CPU "
+            f"{statistics.median(x['cpu'] for x in results[i]):.2f} s, peak RSS "
+            f"{max(x['peak_rss'] for x in results[i]) / 1e9:.2f} GB (anonymous "
+            f"{max(x['peak_anon'] for x in results[i]) / 1e9:.2f} GB)"
+        )
         if i:
             per_round = [b["wall"] / a["wall"] for a, b in zip(results[0], results[i])]
             ratios = ", ".join(f"{q:.2f}" for q in per_round)

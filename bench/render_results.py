@@ -18,8 +18,16 @@ import json
 import pathlib
 import sys
 
-HEADERS = ("case", "variant", "median", "spread", "vs eager (10–90% of rounds)", "verdict",
-           "achieved", "of peak")
+HEADERS = (
+    "case",
+    "variant",
+    "median",
+    "spread",
+    "vs eager (10–90% of rounds)",
+    "verdict",
+    "achieved",
+    "of peak",
+)
 
 
 def _fmt_time(seconds: float) -> str:
@@ -34,8 +42,10 @@ def peaks(record: dict) -> dict | None:
     probes = [p for p in (record["machine"]["probe_start"], record["machine"]["probe_end"]) if p]
     if not probes:
         return None
-    return {"gbps": max(p["peak_gbps"] for p in probes),
-            "tflops": max(p["peak_tflops"] for p in probes)}
+    return {
+        "gbps": max(p["peak_gbps"] for p in probes),
+        "tflops": max(p["peak_tflops"] for p in probes),
+    }
 
 
 def roofline(seconds: float, nbytes: float, flops: float, peak: dict | None):
@@ -81,21 +91,38 @@ def _rows(record: dict, kind: str, rerun: dict | None) -> list[list[str]]:
                 said = verdict(r) + mark
                 other = again.get(case["case_id"], {}).get("variants", {}).get(name)
                 if rerun is not None:
-                    said += (f"; re-run {other['vs_baseline']['median']:.2f}× "
-                             f"{verdict(other['vs_baseline'])}" if other else "; not re-run")
+                    said += (
+                        f"; re-run {other['vs_baseline']['median']:.2f}× "
+                        f"{verdict(other['vs_baseline'])}"
+                        if other
+                        else "; not re-run"
+                    )
             achieved, fraction = roofline(v["median"], case["bytes"], case["flops"], peak)
-            rows.append([case["case"], name, _fmt_time(v["median"]), f"±{v['spread'] / 2:.0%}",
-                         ratio, said, achieved, fraction])
+            rows.append(
+                [
+                    case["case"],
+                    name,
+                    _fmt_time(v["median"]),
+                    f"±{v['spread'] / 2:.0%}",
+                    ratio,
+                    said,
+                    achieved,
+                    fraction,
+                ]
+            )
         for u in record.get("unavailable", []):
             if u["case_id"] == case["case_id"]:
-                rows.append([case["case"], u["variant"], f"unavailable: {u['reason']}",
-                             "", "", "", "", ""])
+                rows.append(
+                    [case["case"], u["variant"], f"unavailable: {u['reason']}", "", "", "", "", ""]
+                )
     return rows
 
 
 def markdown_table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |",
-             "|" + "|".join(["---", "---"] + ["---:"] * 4 + ["---:"] * (len(HEADERS) - 6)) + "|"]
+    lines = [
+        "| " + " | ".join(HEADERS) + " |",
+        "|" + "|".join(["---", "---"] + ["---:"] * 4 + ["---:"] * (len(HEADERS) - 6)) + "|",
+    ]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -104,11 +131,16 @@ def _probe_line(name: str, probe: dict | None) -> str:
     if not probe:
         return f"{name}: not measured"
     c, m = probe["copy_gbps"], probe["matmul_fp32_tflops"]
-    return (f"{name}: copy best {c['best']:.1f} GB/s (median {c['median']:.1f}, spread "
-            f"{c['spread']:.0%}, {c['repeats']} repeats); {probe['matmul_n']}³ fp32 matmul best "
-            f"{m['best']:.3g} TFLOP/s (median {m['median']:.3g}, spread {m['spread']:.0%})"
-            + (f"; TF32 best {probe['matmul_tf32_tflops']['best']:.3g} TFLOP/s"
-               if probe.get("matmul_tf32_tflops") else ""))
+    return (
+        f"{name}: copy best {c['best']:.1f} GB/s (median {c['median']:.1f}, spread "
+        f"{c['spread']:.0%}, {c['repeats']} repeats); {probe['matmul_n']}³ fp32 matmul best "
+        f"{m['best']:.3g} TFLOP/s (median {m['median']:.3g}, spread {m['spread']:.0%})"
+        + (
+            f"; TF32 best {probe['matmul_tf32_tflops']['best']:.3g} TFLOP/s"
+            if probe.get("matmul_tf32_tflops")
+            else ""
+        )
+    )
 
 
 def agreement(record: dict, rerun: dict) -> str:
@@ -128,26 +160,36 @@ def agreement(record: dict, rerun: dict) -> str:
                 softened += 1
             else:
                 flipped += 1
-    return (f"Re-run ({rerun['date']}): of {total} ratios, {same} got the same verdict, "
-            f"{softened} were resolved in one run and unresolved in the other, {flipped} named the "
-            f"opposite winner.")
+    return (
+        f"Re-run ({rerun['date']}): of {total} ratios, {same} got the same verdict, "
+        f"{softened} were resolved in one run and unresolved in the other, {flipped} named the "
+        f"opposite winner."
+    )
 
 
 def summary(record: dict, rerun: dict | None = None) -> str:
     """Header lines and one table per kind of case (ops, then models)."""
     m = record["machine"]
-    load = ", ".join(f"{k.split('_')[1]} {m[k]:.2f}" for k in ("loadavg_start", "loadavg_end")
-                     if m.get(k) is not None)
+    load = ", ".join(
+        f"{k.split('_')[1]} {m[k]:.2f}"
+        for k in ("loadavg_start", "loadavg_end")
+        if m.get(k) is not None
+    )
     commit = f", commit {record['commit'][:10]}" if record.get("commit") else ""
-    out = [f"Device: {record['device']}; measured {record['date']}{commit}",
-           "Versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()),
-           _probe_line("Peak probe at the start", m["probe_start"]),
-           _probe_line("Peak probe at the end", m["probe_end"]),
-           f"1-minute load average ({m['cores']} cores): {load or 'not available'}"]
+    out = [
+        f"Device: {record['device']}; measured {record['date']}{commit}",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()),
+        _probe_line("Peak probe at the start", m["probe_start"]),
+        _probe_line("Peak probe at the end", m["probe_end"]),
+        f"1-minute load average ({m['cores']} cores): {load or 'not available'}",
+    ]
     if m["disturbed"]:
-        out += ["", "**Measured on a loaded machine**: " + "; ".join(m["problems"]) + ". "
-                "Interleaving keeps the ratios comparable within a round, but absolute times "
-                "and the roofline fractions are those of a shared machine."]
+        out += [
+            "",
+            "**Measured on a loaded machine**: " + "; ".join(m["problems"]) + ". "
+            "Interleaving keeps the ratios comparable within a round, but absolute times "
+            "and the roofline fractions are those of a shared machine.",
+        ]
     else:
         out += ["", "Machine checks: no sign of other load during the run."]
     if rerun is not None:
@@ -170,9 +212,12 @@ def render_markdown(record: dict, rerun: dict | None = None, note: str | None = 
     c = record["config"]
     lines = ["# Benchmark results", ""]
     if record["device_type"] != "cuda":
-        lines += ["**CPU run** at reduced sizes (cardinalities / 100, smaller batches): these "
-                  "numbers compare fastme's CPU path with its peers on a CPU; they say nothing "
-                  "about the GPU kernels.", ""]
+        lines += [
+            "**CPU run** at reduced sizes (cardinalities / 100, smaller batches): these "
+            "numbers compare fastme's CPU path with its peers on a CPU; they say nothing "
+            "about the GPU kernels.",
+            "",
+        ]
     if note:
         lines += [note, ""]
     lines += [
@@ -205,26 +250,42 @@ def render_markdown(record: dict, rerun: dict | None = None, note: str | None = 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("record", type=pathlib.Path, help="record of a run (bench/records/*.json)")
-    parser.add_argument("--rerun", type=pathlib.Path,
-                        help="record of a second run: show whether each verdict reproduces")
+    parser.add_argument(
+        "--rerun",
+        type=pathlib.Path,
+        help="record of a second run: show whether each verdict reproduces",
+    )
     default = pathlib.Path(__file__).with_name("RESULTS.md")
-    parser.add_argument("-o", "--output", default=str(default),
-                        help="markdown file to write, '-' for stdout (default: bench/RESULTS.md)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        default=str(default),
+        help="markdown file to write, '-' for stdout (default: bench/RESULTS.md)",
+    )
     parser.add_argument("--note", help="a paragraph to add under the title (e.g. on the machine)")
-    parser.add_argument("--allow-disturbed", action="store_true",
-                        help="render a record whose machine checks found other load (it is "
-                             "marked as measured on a loaded machine)")
+    parser.add_argument(
+        "--allow-disturbed",
+        action="store_true",
+        help="render a record whose machine checks found other load (it is "
+        "marked as measured on a loaded machine)",
+    )
     args = parser.parse_args(argv)
     try:
         record = json.loads(args.record.read_text())
         rerun = json.loads(args.rerun.read_text()) if args.rerun else None
         if record.get("schema") != 1:
-            raise ValueError("not a fastme benchmark record (no schema 1); write one with "
-                             "`pytest bench/ --benchmark-only`")
+            raise ValueError(
+                "not a fastme benchmark record (no schema 1); write one with "
+                "`pytest bench/ --benchmark-only`"
+            )
         if record["machine"]["disturbed"] and not args.allow_disturbed and args.output != "-":
-            print(f"render_results: {args.record} was measured on a disturbed machine ("
-                  + "; ".join(record["machine"]["problems"]) + "); re-run on a quiet machine, "
-                  "or pass --allow-disturbed to render it marked as such", file=sys.stderr)
+            print(
+                f"render_results: {args.record} was measured on a disturbed machine ("
+                + "; ".join(record["machine"]["problems"])
+                + "); re-run on a quiet machine, "
+                "or pass --allow-disturbed to render it marked as such",
+                file=sys.stderr,
+            )
             return 2
         text = render_markdown(record, rerun, note=args.note)
     except (OSError, ValueError, KeyError) as exc:

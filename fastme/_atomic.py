@@ -61,8 +61,9 @@ def replace_on_success(path, *, make_parents: bool = False):
     path = Path(path)
     created = make_dirs(path.parent) if make_parents else []
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}",
-                                   dir=path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent
+        )
     except BaseException:
         remove_dirs(created)
         raise

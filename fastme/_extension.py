@@ -41,13 +41,16 @@ def _cuda_problem_uncached() -> str:
     except ExtensionUnavailable as exc:
         return str(exc)
     if not getattr(ext, "built_with_cuda", False):
-        return ("fastme was built without CUDA kernels (no nvcc at build time, or FASTME_CUDA=0); "
-                "rebuild with nvcc on PATH to use backend='cuda'")
+        return (
+            "fastme was built without CUDA kernels (no nvcc at build time, or FASTME_CUDA=0); "
+            "rebuild with nvcc on PATH to use backend='cuda'"
+        )
     if ext.cuda_device_count() == 0:
         # The extension's own (static) CUDA runtime says why: no device, or a driver older than
         # the toolkit the extension was built with.
-        return ("backend='cuda' needs a CUDA device, and none is visible "
-                f"({ext.cuda_runtime_status()})")
+        return (
+            f"backend='cuda' needs a CUDA device, and none is visible ({ext.cuda_runtime_status()})"
+        )
     return ""
 
 

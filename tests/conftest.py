@@ -43,11 +43,16 @@ def run_lock_holder():
 
     def hold(path):
         holder = subprocess.Popen(
-            [sys.executable, "-c",
-             "import time; from fastme.train.trainer import lock_run_dir\n"
-             f"with lock_run_dir({str(path)!r}):\n"
-             "    print('locked', flush=True); time.sleep(60)"],
-            stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-c",
+                "import time; from fastme.train.trainer import lock_run_dir\n"
+                f"with lock_run_dir({str(path)!r}):\n"
+                "    print('locked', flush=True); time.sleep(60)",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         holders.append(holder)
         assert holder.stdout.readline().strip() == "locked"
         return holder

@@ -10,7 +10,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = [b for b in ops.available_backends(DEVICE) if b != "reference"]
 _requires_kernel_backend = pytest.mark.skipif(
     not BACKENDS,
-    reason=f"no kernel backend can run on {DEVICE} here (install triton, or run on a GPU)")
+    reason=f"no kernel backend can run on {DEVICE} here (install triton, or run on a GPU)",
+)
 # The marks of a module of kernel tests: on a GPU machine its tests run on CUDA tensors, so they
 # carry the `gpu` marker (`pytest -m gpu` selects every test that needs a GPU, `-m "not gpu"`
 # none); without a GPU they run through Triton's CPU interpreter and need none.
@@ -31,9 +32,11 @@ def gpu_test(test):
 
 def criteo_shapes_on_gpu(test):
     """Runs ``test(backend, dtype, num_sets)`` at Criteo size on a GPU, for every kernel backend."""
-    for decorator in (pytest.mark.parametrize("num_sets", [1, 4, 10]),
-                      pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16]),
-                      pytest.mark.parametrize("backend", BACKENDS)):
+    for decorator in (
+        pytest.mark.parametrize("num_sets", [1, 4, 10]),
+        pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16]),
+        pytest.mark.parametrize("backend", BACKENDS),
+    ):
         test = decorator(test)
     return gpu_test(test)
 
@@ -43,8 +46,18 @@ def criteo_like_field_dims(num_fields=39, seed=0):
     return [int(d) for d in torch.randint(2, 5000, (num_fields,), generator=g)]
 
 
-def lookup_inputs(batch, field_dims, num_sets, dim, *, dtype=torch.float64,
-                  index_dtype=torch.int64, offsets_dtype=None, seed=0, device=DEVICE):
+def lookup_inputs(
+    batch,
+    field_dims,
+    num_sets,
+    dim,
+    *,
+    dtype=torch.float64,
+    index_dtype=torch.int64,
+    offsets_dtype=None,
+    seed=0,
+    device=DEVICE,
+):
     """(table, indices, offsets): few values per field (heavy duplication), and row 0 of the
     batch takes every field's largest index (the table's last row among them)."""
     g = torch.Generator().manual_seed(seed)
@@ -54,15 +67,19 @@ def lookup_inputs(batch, field_dims, num_sets, dim, *, dtype=torch.float64,
     if batch:
         indices[0] = dims - 1
     offsets = torch.cumsum(dims, 0) - dims
-    return (table.to(device, dtype), indices.to(device, index_dtype),
-            offsets.to(device, offsets_dtype or index_dtype))
+    return (
+        table.to(device, dtype),
+        indices.to(device, index_dtype),
+        offsets.to(device, offsets_dtype or index_dtype),
+    )
 
 
 def field_weights(num_sets, num_fields, *, dtype=torch.float64, seed=3, device=DEVICE):
     """[M, N, N] field weights ~ N(0, 1) as in NFwFM."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(num_sets, num_fields, num_fields, generator=g,
-                       dtype=torch.float64).to(device, dtype)
+    return torch.randn(num_sets, num_fields, num_fields, generator=g, dtype=torch.float64).to(
+        device, dtype
+    )
 
 
 def cross_params(batch, num_sets, dim, layers, *, dtype=torch.float64, seed=5, device=DEVICE):
@@ -70,8 +87,10 @@ def cross_params(batch, num_sets, dim, layers, *, dtype=torch.float64, seed=5, d
     x_L stays O(1)."""
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn(batch, num_sets, dim, generator=g, dtype=torch.float64)
-    weight = torch.randn(layers, num_sets, dim, dim, generator=g,
-                         dtype=torch.float64) / max(dim, 1) ** 0.5
+    weight = (
+        torch.randn(layers, num_sets, dim, dim, generator=g, dtype=torch.float64)
+        / max(dim, 1) ** 0.5
+    )
     bias = torch.randn(layers, num_sets, dim, generator=g, dtype=torch.float64)
     return tuple(t.to(device, dtype) for t in (x0, weight, bias))
 
@@ -79,8 +98,10 @@ def cross_params(batch, num_sets, dim, layers, *, dtype=torch.float64, seed=5, d
 def outputs_and_grads(fn, *args, grad_seed=1):
     """fn(*args) and the gradients of every floating-point argument for a random grad_out
     (zeros where the output does not depend on one; none when the output is empty)."""
-    args = [a.detach().requires_grad_() if torch.is_tensor(a) and a.is_floating_point() else a
-            for a in args]
+    args = [
+        a.detach().requires_grad_() if torch.is_tensor(a) and a.is_floating_point() else a
+        for a in args
+    ]
     leaves = [a for a in args if torch.is_tensor(a) and a.requires_grad]
     out = fn(*args)
     if not out.numel():
@@ -88,8 +109,9 @@ def outputs_and_grads(fn, *args, grad_seed=1):
     g = torch.Generator().manual_seed(grad_seed)
     grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
     grads = torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
-    return out.detach(), tuple(torch.zeros_like(a) if d is None else d
-                               for a, d in zip(leaves, grads, strict=True))
+    return out.detach(), tuple(
+        torch.zeros_like(a) if d is None else d for a, d in zip(leaves, grads, strict=True)
+    )
 
 
 def with_backend(op, backend):
@@ -122,7 +144,8 @@ def assert_matches_reference(fn, ref, args, tol, floor=0.0):
     values: dtypes kept, relative error below ``tol``. Returns fn's output."""
     out, grads = outputs_and_grads(fn, *args)
     ref_out, ref_grads = outputs_and_grads(
-        ref, *[a.double() if torch.is_tensor(a) and a.is_floating_point() else a for a in args])
+        ref, *[a.double() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+    )
     dtype = next(a.dtype for a in args if torch.is_tensor(a) and a.is_floating_point())
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
     assert relative_error(out, ref_out, floor) <= tol, "forward"
@@ -139,16 +162,23 @@ def check_registration(backend, kind, args, expected):
     tensors."""
     op = getattr(torch.ops.fastme, f"{backend}_{kind}").default
     if backend in BACKENDS:
-        torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration",
-                                                   "test_faketensor"))
+        torch.library.opcheck(
+            op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor")
+        )
         outputs = op(*args)
         device = torch.device(DEVICE)
     else:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         with FakeTensorMode():
-            outputs = op(*[torch.empty_strided(a.shape, a.stride(), dtype=a.dtype, device="cuda")
-                           if torch.is_tensor(a) else a for a in args])
+            outputs = op(
+                *[
+                    torch.empty_strided(a.shape, a.stride(), dtype=a.dtype, device="cuda")
+                    if torch.is_tensor(a)
+                    else a
+                    for a in args
+                ]
+            )
         device = torch.device("cuda", 0)
     outputs = (outputs,) if torch.is_tensor(outputs) else outputs
     for out, want in zip(outputs, expected):

@@ -44,15 +44,32 @@ def test_toy_plot_and_cli(tmp_path):
     assert _is_png(png)
     assert json.loads((tmp_path / "toy.json").read_text())["runs"]["3"]["iterations"] == [0, 10, 20]
     out = tmp_path / "cli"
-    assert main(["experiment", "toy", "--iterations", "10", "--seeds", "0", "--d3", "3", "50",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "experiment",
+                "toy",
+                "--iterations",
+                "10",
+                "--seeds",
+                "0",
+                "--d3",
+                "3",
+                "50",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     saved = json.loads((out / "toy.json").read_text())
     assert set(saved["runs"]) == {"3", "50"} and _is_png(out / "toy.png")
     assert main(["experiment", "toy", "--iterations", "0", "--out", str(out)]) == 2
 
 
-@pytest.mark.parametrize("name,multi,scale", [("dcnv2", True, 2), ("dcnv2", False, 2),
-                                              ("dnn", False, 1)])
+@pytest.mark.parametrize(
+    "name,multi,scale", [("dcnv2", True, 2), ("dcnv2", False, 2), ("dnn", False, 1)]
+)
 def test_analyze_model_writes_report(tmp_path, name, multi, scale):
     torch.manual_seed(0)
     model = build(name, [3, 50, 200], scale, multi, backend="reference", hidden_dim=8)
@@ -78,8 +95,12 @@ def test_analyze_model_writes_report(tmp_path, name, multi, scale):
 
 # -- the built-in data's planted collapse mechanism (generator v2) ------------------------------
 def test_v2_generator_plants_low_cardinality_interactions():
-    from fastme.data.synthetic import (LOW_CARDINALITY, collapse_field_dims, make_synthetic,
-                                       synthetic_teacher)
+    from fastme.data.synthetic import (
+        LOW_CARDINALITY,
+        collapse_field_dims,
+        make_synthetic,
+        synthetic_teacher,
+    )
     from fastme.train.metrics import roc_auc
 
     dims = collapse_field_dims()
@@ -146,15 +167,34 @@ def test_scale_aggregates_over_seeds(tmp_path):
 
     def fake_train(model, data, config, info=None):  # deterministic stand-in for train()
         calls.append((info["mode"], info["scale"], config.seed))
-        return {"test_auc": 0.6 + 0.01 * info["scale"] + (0.02 if info["mode"] == "me" else 0)
-                + 0.001 * config.seed}
+        return {
+            "test_auc": 0.6
+            + 0.01 * info["scale"]
+            + (0.02 if info["mode"] == "me" else 0)
+            + 0.001 * config.seed
+        }
 
-    summary = run_scale("dnn", _tiny_data(), scales=(1, 3), seeds=(0, 2), train_options=TRAIN,
-                        model_options={"hidden_dim": 8}, backend="reference", out_dir=tmp_path,
-                        train_fn=fake_train, log=lambda *_: None)
+    summary = run_scale(
+        "dnn",
+        _tiny_data(),
+        scales=(1, 3),
+        seeds=(0, 2),
+        train_options=TRAIN,
+        model_options={"hidden_dim": 8},
+        backend="reference",
+        out_dir=tmp_path,
+        train_fn=fake_train,
+        log=lambda *_: None,
+    )
     # scale by scale, SE before ME: an interrupted sweep has both curves up to a scale
-    assert calls == [("se", 1, 0), ("se", 1, 2), ("se", 3, 0), ("se", 3, 2), ("me", 3, 0),
-                     ("me", 3, 2)]
+    assert calls == [
+        ("se", 1, 0),
+        ("se", 1, 2),
+        ("se", 3, 0),
+        ("se", 3, 2),
+        ("me", 3, 0),
+        ("me", 3, 2),
+    ]
     assert summary["se"]["1"] == summary["me"]["1"]  # the shared base point
     assert summary["me"]["3"]["test_auc_mean"] == pytest.approx(0.6 + 0.03 + 0.02 + 0.001)
     assert summary["me"]["3"]["test_auc_std"] == pytest.approx(0.001)
@@ -163,8 +203,10 @@ def test_scale_aggregates_over_seeds(tmp_path):
     # abundant as random ones, whatever the scale and mode
     for mode, scale in (("se", 1), ("se", 3), ("me", 3)):
         entry = summary[mode][str(scale)]
-        np.testing.assert_allclose(entry["field_ia_over_random_mean"],
-                                   np.divide(entry["field_ia_mean"], entry["field_ia_random"]))
+        np.testing.assert_allclose(
+            entry["field_ia_over_random_mean"],
+            np.divide(entry["field_ia_mean"], entry["field_ia_random"]),
+        )
         assert 0.85 < entry["mean_field_ia_over_random_mean"] < 1.15
     for key in ("auc", "ia", "field_ia"):
         assert _is_png(summary["figures"][key])
@@ -179,19 +221,46 @@ def test_scale_aggregates_over_seeds(tmp_path):
     assert "| 3x |" in page and "| ME 3x |" in page and "| D3 |" in page
     # a second call reuses the finished runs
     calls.clear()
-    run_scale("dnn", _tiny_data(), scales=(1, 3), seeds=(0, 2), train_options=TRAIN,
-              model_options={"hidden_dim": 8}, backend="reference", out_dir=tmp_path,
-              train_fn=fake_train, log=lambda *_: None)
+    run_scale(
+        "dnn",
+        _tiny_data(),
+        scales=(1, 3),
+        seeds=(0, 2),
+        train_options=TRAIN,
+        model_options={"hidden_dim": 8},
+        backend="reference",
+        out_dir=tmp_path,
+        train_fn=fake_train,
+        log=lambda *_: None,
+    )
     assert calls == []
     # the same run by fastme train's rule: another backend or device is the same run, ...
-    run_scale("dnn", _tiny_data(), scales=(1, 3), seeds=(0, 2),
-              train_options={**TRAIN, "device": "auto"}, model_options={"hidden_dim": 8},
-              backend="auto", out_dir=tmp_path, train_fn=fake_train, log=lambda *_: None)
+    run_scale(
+        "dnn",
+        _tiny_data(),
+        scales=(1, 3),
+        seeds=(0, 2),
+        train_options={**TRAIN, "device": "auto"},
+        model_options={"hidden_dim": 8},
+        backend="auto",
+        out_dir=tmp_path,
+        train_fn=fake_train,
+        log=lambda *_: None,
+    )
     assert calls == []
     # ... another learning rate is not
-    run_scale("dnn", _tiny_data(), scales=(1,), seeds=(0,), train_options={**TRAIN, "lr": 1e-2},
-              model_options={"hidden_dim": 8}, backend="reference", out_dir=tmp_path,
-              train_fn=fake_train, log=lambda *_: None)
+    run_scale(
+        "dnn",
+        _tiny_data(),
+        scales=(1,),
+        seeds=(0,),
+        train_options={**TRAIN, "lr": 1e-2},
+        model_options={"hidden_dim": 8},
+        backend="reference",
+        out_dir=tmp_path,
+        train_fn=fake_train,
+        log=lambda *_: None,
+    )
     assert calls == [("se", 1, 0)]
 
 
@@ -199,10 +268,37 @@ def test_scale_and_analyze_cli_with_the_trainer(tmp_path):
     pytest.importorskip("fastme.train")
     out = tmp_path / "sweep"
     common = ["--synthetic-samples", "400", "--data-option", f"field_dims={FIELD_DIMS}"]
-    assert main(["experiment", "scale", "--model", "dcnv2", "--scales", "1", "2", "--seeds", "0",
-                 "--epochs", "1", "--batch-size", "128", "--device", "cpu", "--backend",
-                 "reference", "--model-option", "hidden_dim=8", "--no-progress", "--seen-only",
-                 "--out", str(out), *common]) == 0
+    assert (
+        main(
+            [
+                "experiment",
+                "scale",
+                "--model",
+                "dcnv2",
+                "--scales",
+                "1",
+                "2",
+                "--seeds",
+                "0",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "128",
+                "--device",
+                "cpu",
+                "--backend",
+                "reference",
+                "--model-option",
+                "hidden_dim=8",
+                "--no-progress",
+                "--seen-only",
+                "--out",
+                str(out),
+                *common,
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "scale.json").read_text())
     assert set(summary["se"]) == {"1", "2"} and set(summary["me"]) == {"1", "2"}
     assert 0.0 <= summary["me"]["2"]["test_auc_mean"] <= 1.0
@@ -222,15 +318,47 @@ def test_scale_and_analyze_cli_with_the_trainer(tmp_path):
 # -- fastme analyze on a trained run, as a user runs it ------------------------------------------
 # fields of 30 to 240 rows, all kept: wide enough that random tables of their shapes spread little
 ANALYZE_DIMS = [30, 60, 120, 240]
-ANALYZE_DATA = ["--data", "synthetic", "--synthetic-samples", "1000", "--data-option",
-                f"field_dims={ANALYZE_DIMS}", "--data-option", "min_count=0"]
+ANALYZE_DATA = [
+    "--data",
+    "synthetic",
+    "--synthetic-samples",
+    "1000",
+    "--data-option",
+    f"field_dims={ANALYZE_DIMS}",
+    "--data-option",
+    "min_count=0",
+]
 
 
 def _train_run(out, mode, scale):
-    assert main(["train", "--model", "dcnv2", "--mode", mode, "--scale", str(scale),
-                 *ANALYZE_DATA, "--epochs", "1", "--batch-size", "128", "--device", "cpu",
-                 "--backend", "reference", "--model-option", "hidden_dim=8", "--no-progress",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "dcnv2",
+                "--mode",
+                mode,
+                "--scale",
+                str(scale),
+                *ANALYZE_DATA,
+                "--epochs",
+                "1",
+                "--batch-size",
+                "128",
+                "--device",
+                "cpu",
+                "--backend",
+                "reference",
+                "--model-option",
+                "hidden_dim=8",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -254,14 +382,17 @@ def test_analyze_says_what_the_numbers_mean(trained_runs, tmp_path, capsys):
     assert report["mean_field_ia_over_random"] == pytest.approx(np.mean(ratio))
     # diversity against its random baseline, and where the SE-split baseline comes from
     d = report["diversity"]
-    assert f"{d['mean']:.3f}; random N(0,1) tables split the same way: {d['random_mean']:.3f}" \
-        in text
+    assert (
+        f"{d['mean']:.3f}; random N(0,1) tables split the same way: {d['random_mean']:.3f}" in text
+    )
     assert "SE-split baseline: analyse an SE x2 checkpoint" in text
     # seven optimiser steps leave the embeddings where they started: said in words
     assert report["verdict"]["kind"] == "random"
     band = report["verdict"]["ia_band"]
-    assert f"verdict: indistinguishable from random: mean IA / random {np.mean(ratio):.2f} " \
+    assert (
+        f"verdict: indistinguishable from random: mean IA / random {np.mean(ratio):.2f} "
         f"(random tables: 1 ± {band:.2f})" in text
+    )
     assert "3 standard deviations of random draws of these shapes, at least 5%" in text
     assert "barely left their random initialisation" in text
 
@@ -293,8 +424,10 @@ def test_analyze_se_base_model_says_why_there_is_no_diversity(trained_runs, tmp_
     capsys.readouterr()
     assert main(["analyze", str(trained_runs["se"]), "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
-    assert "diversity: not measured: an SE model of width K = 10 has a single embedding set" \
-        in text and "--split M" in text
+    assert (
+        "diversity: not measured: an SE model of width K = 10 has a single embedding set" in text
+        and "--split M" in text
+    )
     assert not (tmp_path / "diversity.png").exists()
     report = json.loads((tmp_path / "analysis.json").read_text())
     assert report["diversity"] is None and "single embedding set" in report["diversity_note"]
@@ -311,8 +444,14 @@ def test_sub_embedding_plot_names_fields_and_starts_at_zero(trained_runs, tmp_pa
     finish = plots._finish
 
     def keep_axes(fig, path, data):
-        axes[Path(path).name] = [(ax.get_ylim(), [t.get_text() for t in ax.get_xticklabels()],
-                                  [ln.get_label() for ln in ax.get_lines()]) for ax in fig.axes]
+        axes[Path(path).name] = [
+            (
+                ax.get_ylim(),
+                [t.get_text() for t in ax.get_xticklabels()],
+                [ln.get_label() for ln in ax.get_lines()],
+            )
+            for ax in fig.axes
+        ]
         return finish(fig, path, data)
 
     monkeypatch.setattr(plots, "_finish", keep_axes)
@@ -334,17 +473,32 @@ def test_analyze_seen_only_reopens_the_recorded_data(trained_runs, tmp_path, cap
     from fastme.data import make_synthetic
 
     assert main(["analyze", str(trained_runs["me"]), "--seen-only", "--out", str(tmp_path)]) == 0
-    assert "rows: those seen in synthetic (recorded in the checkpoint), training split" in \
-        capsys.readouterr().out
+    assert (
+        "rows: those seen in synthetic (recorded in the checkpoint), training split"
+        in capsys.readouterr().out
+    )
     train_rows = make_synthetic(1000, field_dims=ANALYZE_DIMS, min_count=0).split(0)[0].x
     report = json.loads((tmp_path / "analysis.json").read_text())
     assert report["rows_analysed"] == [len(np.unique(train_rows[:, i])) for i in range(4)]
     # --data overrides it, and must be the data the model was trained on
-    assert main(["analyze", str(trained_runs["me"]), "--seen-only", "--out", str(tmp_path),
-                 *ANALYZE_DATA]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                str(trained_runs["me"]),
+                "--seen-only",
+                "--out",
+                str(tmp_path),
+                *ANALYZE_DATA,
+            ]
+        )
+        == 0
+    )
     other = [*ANALYZE_DATA, "--data-option", "seed=1"]
-    assert main(["analyze", str(trained_runs["me"]), "--seen-only", "--out", str(tmp_path),
-                 *other]) == 2
+    assert (
+        main(["analyze", str(trained_runs["me"]), "--seen-only", "--out", str(tmp_path), *other])
+        == 2
+    )
     assert "is not the data" in capsys.readouterr().err
 
 

@@ -6,9 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from fastme.analysis import (compact_factor, embedding_diversity, expected_random_ia,
-                             information_abundance, normalized_information_abundance,
-                             principal_angle_cosines, random_factor, singular_values, spectrum)
+from fastme.analysis import (
+    compact_factor,
+    embedding_diversity,
+    expected_random_ia,
+    information_abundance,
+    normalized_information_abundance,
+    principal_angle_cosines,
+    random_factor,
+    singular_values,
+    spectrum,
+)
 from fastme.analysis.metrics import pearson
 
 
@@ -157,7 +165,7 @@ def test_compact_factor_keeps_gram_and_spectrum():
         r = compact_factor(e, method)
         assert r.shape == (12, 12) and r.dtype == torch.float64
         e64 = e.double()
-        assert torch.allclose(r.T @ r, e64.T @ e64, rtol=1e-9, atol=1e-9 * float((e64 ** 2).sum()))
+        assert torch.allclose(r.T @ r, e64.T @ e64, rtol=1e-9, atol=1e-9 * float((e64**2).sum()))
     # the chunked QR (several chunks) agrees with one QR, up to row signs
     r1 = compact_factor(e, "exact", chunk_rows=700)
     assert torch.allclose(torch.linalg.svdvals(r1), singular_values(e, "exact"), rtol=1e-9)
@@ -168,8 +176,9 @@ def test_compact_factor_keeps_gram_and_spectrum():
 
 def test_random_factor_matches_gaussian_matrices():
     g = torch.Generator().manual_seed(6)
-    mc = np.mean([float(information_abundance(torch.randn(400, 20, generator=g)))
-                  for _ in range(30)])
+    mc = np.mean(
+        [float(information_abundance(torch.randn(400, 20, generator=g))) for _ in range(30)]
+    )
     assert expected_random_ia(400, 20, samples=64) == pytest.approx(mc, rel=0.02)
     r = random_factor(400, 20, np.random.default_rng(0))
     assert r.shape == (20, 20) and torch.equal(r, torch.triu(r))

@@ -6,12 +6,23 @@ import numpy as np
 import pytest
 import torch
 
-from fastme.analysis import (FieldFactors, concat_sets, embedding_diversity,
-                             field_information_abundance, field_spectra, information_abundance,
-                             interaction_pattern, model_diversity, random_diversity, seen_masks,
-                             set_diversity, split_sets, sub_embedding_analysis,
-                             sub_embedding_correlation,
-                             sub_embedding_information_abundance)
+from fastme.analysis import (
+    FieldFactors,
+    concat_sets,
+    embedding_diversity,
+    field_information_abundance,
+    field_spectra,
+    information_abundance,
+    interaction_pattern,
+    model_diversity,
+    random_diversity,
+    seen_masks,
+    set_diversity,
+    split_sets,
+    sub_embedding_analysis,
+    sub_embedding_correlation,
+    sub_embedding_information_abundance,
+)
 from fastme.models import DCNv2, build
 
 FIELD_DIMS = [3, 40, 7, 120]
@@ -108,11 +119,16 @@ def test_field_factors_reuse_and_methods():
     fast = FieldFactors(model, method="gram")
     exact = FieldFactors(model, method="exact")
     assert field_information_abundance(fast) == pytest.approx(
-        field_information_abundance(exact), abs=1e-6)
+        field_information_abundance(exact), abs=1e-6
+    )
     assert model_diversity(fast)["per_field"] == pytest.approx(
-        model_diversity(exact)["per_field"], abs=1e-6)
-    assert torch.allclose(sub_embedding_information_abundance(model, factors=fast),
-                          sub_embedding_information_abundance(model, factors=exact), atol=1e-6)
+        model_diversity(exact)["per_field"], abs=1e-6
+    )
+    assert torch.allclose(
+        sub_embedding_information_abundance(model, factors=fast),
+        sub_embedding_information_abundance(model, factors=exact),
+        atol=1e-6,
+    )
     # the diversity on factors equals the diversity on the raw sets
     sets = model.embedding_tables()[1]
     pairs = [embedding_diversity(sets[a], sets[b]) for a, b in ((0, 1), (0, 2), (1, 2))]
@@ -129,10 +145,10 @@ def _hand_model(num_sets=1):
     e1 = torch.tensor([[2.0, 0], [0, 1]])
     w = torch.zeros(4, 4)
     # block W[j*K:(j+1)*K, i*K:(i+1)*K] is W_{i->j}
-    w[0:2, 0:2] = torch.eye(2)                          # W_{0->0}
-    w[2:4, 0:2] = torch.tensor([[1.0, 0], [0, 0]])      # W_{0->1}: rank 1
-    w[0:2, 2:4] = torch.tensor([[1.0, 0], [0, 2]])      # W_{1->0}
-    w[2:4, 2:4] = torch.tensor([[0.0, 1], [1, 0]])      # W_{1->1}
+    w[0:2, 0:2] = torch.eye(2)  # W_{0->0}
+    w[2:4, 0:2] = torch.tensor([[1.0, 0], [0, 0]])  # W_{0->1}: rank 1
+    w[0:2, 2:4] = torch.tensor([[1.0, 0], [0, 2]])  # W_{1->0}
+    w[2:4, 2:4] = torch.tensor([[0.0, 1], [1, 0]])  # W_{1->1}
     with torch.no_grad():
         model.embedding.weight[:, 0] = torch.cat([e0, e1])
         model.cross_weight[0, 0] = w
@@ -145,13 +161,13 @@ def test_sub_embedding_ia_hand_checked():
     assert ia.shape == (1, 2, 2)
     # [i, j] = IA(E_i W_{i->j}^T). E_0 has singular values sqrt(3), 1; E_0 W_{0->1}^T has rank 1;
     # E_1 W_{1->0}^T = 2 I; E_1 W_{1->1}^T = [[0, 2], [1, 0]] has singular values 2, 1.
-    expected = [[1 + 1 / math.sqrt(3), 1.0],
-                [2.0, 1.5]]
+    expected = [[1 + 1 / math.sqrt(3), 1.0], [2.0, 1.5]]
     assert torch.allclose(ia[0], torch.tensor(expected, dtype=torch.float64))
     pattern = interaction_pattern(model)
-    assert torch.allclose(pattern[0], torch.tensor([[math.sqrt(2), 1.0],
-                                                    [math.sqrt(5), math.sqrt(2)]],
-                                                   dtype=torch.float64))
+    assert torch.allclose(
+        pattern[0],
+        torch.tensor([[math.sqrt(2), 1.0], [math.sqrt(5), math.sqrt(2)]], dtype=torch.float64),
+    )
 
 
 def test_sub_embedding_ia_me_shapes_and_routes():
@@ -162,13 +178,13 @@ def test_sub_embedding_ia_me_shapes_and_routes():
     gram = sub_embedding_information_abundance(model, method="gram")
     assert torch.allclose(exact, gram, atol=1e-5)
     # per-set entry by hand: E_i^(m) W_{i->j}^(m)T from the first cross layer
-    w = model.cross_weights()[0][0, 1]              # set 1
-    e3 = model.embedding_tables()[3][1]             # field 3, set 1
-    block = w[2 * 10:3 * 10, 3 * 10:4 * 10]          # W_{3->2}
+    w = model.cross_weights()[0][0, 1]  # set 1
+    e3 = model.embedding_tables()[3][1]  # field 3, set 1
+    block = w[2 * 10 : 3 * 10, 3 * 10 : 4 * 10]  # W_{3->2}
     assert float(per_set[1, 3, 2]) == pytest.approx(float(information_abundance(e3 @ block.T)))
     concat = sub_embedding_information_abundance(model, combine="concat")
     assert concat.shape == (4, 4)
-    w0 = model.cross_weights()[0][0, 0][2 * 10:3 * 10, 3 * 10:4 * 10]
+    w0 = model.cross_weights()[0][0, 0][2 * 10 : 3 * 10, 3 * 10 : 4 * 10]
     manual = torch.cat([model.embedding_tables()[3][0] @ w0.T, e3 @ block.T], 1)
     assert float(concat[3, 2]) == pytest.approx(float(information_abundance(manual)))
     assert interaction_pattern(model, layer=3).shape == (2, 4, 4)

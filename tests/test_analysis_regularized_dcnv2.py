@@ -12,8 +12,16 @@ FIELD_DIMS = [5, 7, 3, 11]
 
 def _pair(multi, scale, **options):
     torch.manual_seed(0)
-    reg = build("dcnv2", FIELD_DIMS, scale, multi, backend="reference", hidden_dim=16,
-                regularization="orthogonal", **options)
+    reg = build(
+        "dcnv2",
+        FIELD_DIMS,
+        scale,
+        multi,
+        backend="reference",
+        hidden_dim=16,
+        regularization="orthogonal",
+        **options,
+    )
     torch.manual_seed(0)
     plain = build("dcnv2", FIELD_DIMS, scale, multi, backend="reference", hidden_dim=16)
     return reg, plain
@@ -39,9 +47,17 @@ def test_training_reduces_penalty(variant, multi, scale):
     # coefficient 1 (not the default 1e-5) so that a few plain SGD steps show the effect; the
     # same model trained with coefficient 0 is the control
     torch.manual_seed(0)
-    model = build("dcnv2", FIELD_DIMS, scale, multi, backend="reference", hidden_dim=16,
-                  regularization="orthogonal", regularization_variant=variant,
-                  regularization_coef=1.0)
+    model = build(
+        "dcnv2",
+        FIELD_DIMS,
+        scale,
+        multi,
+        backend="reference",
+        hidden_dim=16,
+        regularization="orthogonal",
+        regularization_variant=variant,
+        regularization_coef=1.0,
+    )
     control = copy.deepcopy(model)
     control.regularization_coef = 0.0
     start = float(model.orthogonality_penalty().detach())
@@ -51,7 +67,8 @@ def test_training_reduces_penalty(variant, multi, scale):
             loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x), y)
             reg = net.regularization_loss()
             assert float(reg.detach()) == pytest.approx(
-                net.regularization_coef * float(net.orthogonality_penalty().detach()))
+                net.regularization_coef * float(net.orthogonality_penalty().detach())
+            )
             opt.zero_grad()
             (loss + reg).backward()
             opt.step()
@@ -88,10 +105,10 @@ def test_code_variant_scales_blocks_in_forward():
     k = model.embed_dim
     with torch.no_grad():
         model.block_scale[0, 1, 2, 0] = 0.0  # layer 0, set 1, block rows of field 2, cols of 0
-        plain.cross_weight[0, 1, 2 * k:3 * k, 0:k] = 0.0
+        plain.cross_weight[0, 1, 2 * k : 3 * k, 0:k] = 0.0
     assert torch.allclose(model(x), plain(x), atol=1e-6)
     w, _ = model.cross_weights()
-    assert torch.count_nonzero(w[0, 1, 2 * k:3 * k, 0:k]) == 0
+    assert torch.count_nonzero(w[0, 1, 2 * k : 3 * k, 0:k]) == 0
 
 
 def test_invalid_options():

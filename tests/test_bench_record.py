@@ -28,22 +28,57 @@ def test_ratios_are_per_round_and_a_winner_needs_every_round_on_one_side():
 
 
 def _record(disturbed: bool, eager: list, other: list) -> dict:
-    variants = {name: {"peer": None, **harness.summarize(t),
-                       "vs_baseline": harness.ratios(eager, t)}
-                for name, t in (("eager", eager), ("fbgemm", other))}
-    return {"schema": 1, "date": "2026-01-01 00:00:00 UTC", "device": "CPU (test)",
-            "device_type": "cpu", "full_shapes": False, "versions": {"torch": "x"},
-            "config": {"fields": 39, "embed_dim": 10, "rows": 100, "op_batch": 8,
-                       "op_sets": [4], "model_batch": 8, "model_scales": [1], "cross_layers": 4,
-                       "timing": "wall clock", "rounds": 3, "round_seconds": 0.03,
-                       "torch_threads": 1, "kernel_backends": [], "baseline": "eager"},
-            "machine": {"loadavg_start": 0.1, "loadavg_end": 0.2, "cores": 2, "probe_start": None,
-                        "probe_end": None, "disturbed": disturbed,
-                        "problems": ["load"] if disturbed else []},
-            "cases": [{"case": "lookup fwd", "case_id": "lookup-fwd-M4", "kind": "op",
-                       "bytes": 1e6, "flops": 0, "pool": 2, "foreign_cpu": 0.0,
-                       "disturbed": False, "variants": variants}],
-            "unavailable": []}
+    variants = {
+        name: {"peer": None, **harness.summarize(t), "vs_baseline": harness.ratios(eager, t)}
+        for name, t in (("eager", eager), ("fbgemm", other))
+    }
+    return {
+        "schema": 1,
+        "date": "2026-01-01 00:00:00 UTC",
+        "device": "CPU (test)",
+        "device_type": "cpu",
+        "full_shapes": False,
+        "versions": {"torch": "x"},
+        "config": {
+            "fields": 39,
+            "embed_dim": 10,
+            "rows": 100,
+            "op_batch": 8,
+            "op_sets": [4],
+            "model_batch": 8,
+            "model_scales": [1],
+            "cross_layers": 4,
+            "timing": "wall clock",
+            "rounds": 3,
+            "round_seconds": 0.03,
+            "torch_threads": 1,
+            "kernel_backends": [],
+            "baseline": "eager",
+        },
+        "machine": {
+            "loadavg_start": 0.1,
+            "loadavg_end": 0.2,
+            "cores": 2,
+            "probe_start": None,
+            "probe_end": None,
+            "disturbed": disturbed,
+            "problems": ["load"] if disturbed else [],
+        },
+        "cases": [
+            {
+                "case": "lookup fwd",
+                "case_id": "lookup-fwd-M4",
+                "kind": "op",
+                "bytes": 1e6,
+                "flops": 0,
+                "pool": 2,
+                "foreign_cpu": 0.0,
+                "disturbed": False,
+                "variants": variants,
+            }
+        ],
+        "unavailable": [],
+    }
 
 
 def test_render_refuses_a_disturbed_record_unless_asked_and_marks_it(tmp_path):
@@ -59,6 +94,7 @@ def test_render_refuses_a_disturbed_record_unless_asked_and_marks_it(tmp_path):
 def test_rerun_counts_verdicts_that_reproduce(tmp_path):
     first = _record(False, [2.0, 2.0, 2.0], [1.0, 1.0, 1.0])
     again = _record(False, [2.0, 2.0, 2.0], [1.0, 3.0, 1.5])  # unresolved the second time
-    assert "1 were resolved in one run and unresolved in the other" in \
-        render_results.agreement(first, again)
+    assert "1 were resolved in one run and unresolved in the other" in render_results.agreement(
+        first, again
+    )
     assert "1 got the same verdict" in render_results.agreement(first, first)

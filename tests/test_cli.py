@@ -40,14 +40,25 @@ def test_shared_arguments_have_one_definition():
         for action in command._actions:
             for flag in action.option_strings:
                 seen.setdefault(flag, []).append((name, action))
-    for flag in ("--model", "--mode", "--scale", "--backend", "--model-option", "--data",
-                 "--cache-dir", "--synthetic-samples", "--data-option", "--device",
-                 "--no-progress"):
+    for flag in (
+        "--model",
+        "--mode",
+        "--scale",
+        "--backend",
+        "--model-option",
+        "--data",
+        "--cache-dir",
+        "--synthetic-samples",
+        "--data-option",
+        "--device",
+        "--no-progress",
+    ):
         users = seen[flag]
         assert len(users) >= 2, flag
         # predict's --data and --data-option name the file to score, not training data
-        users = [(n, a) for n, a in users
-                 if not (n == "predict" and flag in ("--data", "--data-option"))]
+        users = [
+            (n, a) for n, a in users if not (n == "predict" and flag in ("--data", "--data-option"))
+        ]
         helps = {a.help for _, a in users}
         assert len(helps) == 1, (flag, users)
         choices = {tuple(a.choices) if a.choices else None for _, a in users}
@@ -57,8 +68,12 @@ def test_shared_arguments_have_one_definition():
     # the defaults that differ say so by meaning: the checkpoint's (analyze), reference ops for
     # what is served (predict, export)
     backend = {name: action.default for name, action in seen["--backend"]}
-    assert backend == {"train": "auto", "experiment scale": "auto", "predict": "reference",
-                       "export": "reference"}
+    assert backend == {
+        "train": "auto",
+        "experiment scale": "auto",
+        "predict": "reference",
+        "export": "reference",
+    }
 
 
 @pytest.mark.parametrize("command", ["predict", "export"])
@@ -72,8 +87,10 @@ def test_serving_backends_are_checked_by_the_parser(command, tmp_path, capsys):
 
 def test_results_page_without_outputs_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["experiment", "results", "--from-outputs", "--out",
-                 str(tmp_path / "results.md")]) == 2
+    assert (
+        main(["experiment", "results", "--from-outputs", "--out", str(tmp_path / "results.md")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("fastme experiment results: error: ") and "is missing" in err
     assert not (tmp_path / "results.md").exists()

@@ -8,15 +8,41 @@ import pytest
 
 from fastme.cli import main
 
-SMALL = ["--data", "synthetic", "--synthetic-samples", "20000",
-         "--data-option", "field_dims=[4,8,16,32,64,128,256,512]",
-         "--model-option", "hidden_dim=32", "--batch-size", "512", "--no-progress"]
+SMALL = [
+    "--data",
+    "synthetic",
+    "--synthetic-samples",
+    "20000",
+    "--data-option",
+    "field_dims=[4,8,16,32,64,128,256,512]",
+    "--model-option",
+    "hidden_dim=32",
+    "--batch-size",
+    "512",
+    "--no-progress",
+]
 
 
 def test_train_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--model", "dcnv2", "--mode", "me", "--scale", "2", "--epochs", "2",
-                 "--lr", "3e-3", "--out", str(out), *SMALL])
+    code = main(
+        [
+            "train",
+            "--model",
+            "dcnv2",
+            "--mode",
+            "me",
+            "--scale",
+            "2",
+            "--epochs",
+            "2",
+            "--lr",
+            "3e-3",
+            "--out",
+            str(out),
+            *SMALL,
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
@@ -24,25 +50,67 @@ def test_train_end_to_end(tmp_path, capsys):
     assert results["epochs"] == 2 and results["model"]["num_sets"] == 2
     assert results["info"]["model"] == "dcnv2" and results["info"]["mode"] == "me"
     assert results["config"]["batch_size"] == 512 and results["config"]["lr"] == 3e-3
-    for needle in ("test AUC", "logloss", "field IA", "samples/s", str(out / "results.json"),
-                   str(out / "best.pt")):
+    for needle in (
+        "test AUC",
+        "logloss",
+        "field IA",
+        "samples/s",
+        str(out / "results.json"),
+        str(out / "best.pt"),
+    ):
         assert needle in printed
     assert f"{results['test_auc']:.5f}" in printed
 
     # resume the finished run with a larger epoch budget: it continues from epoch 2
-    code = main(["train", "--model", "dcnv2", "--mode", "me", "--scale", "2", "--epochs", "3",
-                 "--lr", "3e-3", "--out", str(out), "--resume", *SMALL])
+    code = main(
+        [
+            "train",
+            "--model",
+            "dcnv2",
+            "--mode",
+            "me",
+            "--scale",
+            "2",
+            "--epochs",
+            "3",
+            "--lr",
+            "3e-3",
+            "--out",
+            str(out),
+            "--resume",
+            *SMALL,
+        ]
+    )
     assert code == 0
     assert json.loads((out / "results.json").read_text())["epochs"] == 3
     # ... but not with another learning rate
-    code = main(["train", "--model", "dcnv2", "--mode", "me", "--scale", "2", "--epochs", "3",
-                 "--out", str(out), "--resume", *SMALL])
+    code = main(
+        [
+            "train",
+            "--model",
+            "dcnv2",
+            "--mode",
+            "me",
+            "--scale",
+            "2",
+            "--epochs",
+            "3",
+            "--out",
+            str(out),
+            "--resume",
+            *SMALL,
+        ]
+    )
     assert code == 2 and "cannot resume" in capsys.readouterr().err
 
 
 def test_cli_errors(tmp_path, capsys):
-    assert main(["train", "--data", f"criteo:{tmp_path / 'missing.txt'}", "--out",
-                 str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            ["train", "--data", f"criteo:{tmp_path / 'missing.txt'}", "--out", str(tmp_path / "r")]
+        )
+        == 2
+    )
     assert "not found" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:  # refused before any data is loaded
         main(["train", "--model", "nope", "--data", f"criteo:{tmp_path / 'missing.txt'}"])
@@ -59,11 +127,27 @@ def test_cli_errors(tmp_path, capsys):
 
 
 def test_python_dash_m_entry_point():
-    done = subprocess.run([sys.executable, "-m", "fastme", "train", "--help"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "fastme", "train", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0
-    for flag in ("--model", "--mode", "--scale", "--data", "--epochs", "--batch-size", "--device",
-                 "--backend", "--out", "--resume", "--track-ia", "--seed"):
+    for flag in (
+        "--model",
+        "--mode",
+        "--scale",
+        "--data",
+        "--epochs",
+        "--batch-size",
+        "--device",
+        "--backend",
+        "--out",
+        "--resume",
+        "--track-ia",
+        "--seed",
+    ):
         assert flag in done.stdout
 
 
@@ -77,8 +161,10 @@ def test_cli_defaults_are_the_config_defaults():
     from fastme.experiments.scale import DEFAULT_TRAIN
 
     # the scaling sweep's documented CPU-sized batch and learning rate replace the paper's
-    for argv, defaults in ((["train"], TrainConfig()),
-                           (["experiment", "scale"], TrainConfig(**DEFAULT_TRAIN))):
+    for argv, defaults in (
+        (["train"], TrainConfig()),
+        (["experiment", "scale"], TrainConfig(**DEFAULT_TRAIN)),
+    ):
         args = build_parser().parse_args(argv)
         options = config_options(args)
         assert options.pop("device") == "auto"  # the command line picks the GPU when there is one
@@ -88,18 +174,34 @@ def test_cli_defaults_are_the_config_defaults():
                 assert value == getattr(defaults, name), name
     parser = build_parser()
     for flag, choices in (("--model", MODELS), ("--backend", BACKENDS)):
-        action = next(a for a in parser._subparsers._group_actions[0].choices["train"]._actions
-                      if flag in a.option_strings)
+        action = next(
+            a
+            for a in parser._subparsers._group_actions[0].choices["train"]._actions
+            if flag in a.option_strings
+        )
         assert list(action.choices) == list(choices)
 
 
-TINY = ["--data", "synthetic", "--synthetic-samples", "1000", "--data-option",
-        "field_dims=[4,8,16]", "--model", "dnn", "--model-option", "hidden_dim=8",
-        "--batch-size", "256", "--epochs", "1", "--no-progress"]
+TINY = [
+    "--data",
+    "synthetic",
+    "--synthetic-samples",
+    "1000",
+    "--data-option",
+    "field_dims=[4,8,16]",
+    "--model",
+    "dnn",
+    "--model-option",
+    "hidden_dim=8",
+    "--batch-size",
+    "256",
+    "--epochs",
+    "1",
+    "--no-progress",
+]
 
 
-def test_user_mistakes_are_one_line_errors_before_any_data_is_loaded(tmp_path, capsys,
-                                                                     monkeypatch):
+def test_user_mistakes_are_one_line_errors_before_any_data_is_loaded(tmp_path, capsys, monkeypatch):
     import fastme.data
 
     def no_loading(*args, **kwargs):
@@ -108,9 +210,11 @@ def test_user_mistakes_are_one_line_errors_before_any_data_is_loaded(tmp_path, c
     monkeypatch.setattr(fastme.data, "load_dataset", no_loading)
     afile = tmp_path / "file"
     afile.write_text("x")
-    cases = [(["--out", str(afile)], "is an existing file"),
-             (["--model-option", "no_such_option=1"], "no_such_option"),
-             (["--backend", "cuda", "--device", "cpu"], "--backend cuda cannot run on cpu")]
+    cases = [
+        (["--out", str(afile)], "is an existing file"),
+        (["--model-option", "no_such_option=1"], "no_such_option"),
+        (["--backend", "cuda", "--device", "cpu"], "--backend cuda cannot run on cpu"),
+    ]
     for extra, message in cases:
         assert main(["train", *TINY, "--out", str(tmp_path / "r"), *extra]) == 2
         err = capsys.readouterr().err
@@ -144,8 +248,11 @@ def test_ctrl_c_says_how_to_resume(tmp_path, capsys, interrupt_epoch):
 def test_a_non_finite_loss_is_an_error_with_a_hint(tmp_path, capsys, monkeypatch):
     import fastme.train.trainer as trainer
 
-    monkeypatch.setattr(trainer.F, "binary_cross_entropy_with_logits",
-                        lambda logits, y: (logits * float("nan")).mean())
+    monkeypatch.setattr(
+        trainer.F,
+        "binary_cross_entropy_with_logits",
+        lambda logits, y: (logits * float("nan")).mean(),
+    )
     assert main(["train", *TINY, "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fastme train: error: ") and "--lr 0.0001" in err
@@ -164,10 +271,12 @@ def test_default_out_names_differ_with_the_data_and_settings():
     base = out_of("--data", "criteo:/data/a.txt")
     assert base.startswith("runs/dcnv2-sex1-criteo-seed0-")
     assert base == out_of("--data", "criteo:/data/a.txt", "--no-progress", "--device", "cpu")
-    others = {out_of("--data", "criteo:/data/b.txt"),
-              out_of("--data", "criteo:/data/a.txt", "--min-count", "4"),
-              out_of("--data", "criteo:/data/a.txt", "--lr", "0.01"),
-              out_of("--data", "criteo:/data/a.txt", "--batch-size", "512")}
+    others = {
+        out_of("--data", "criteo:/data/b.txt"),
+        out_of("--data", "criteo:/data/a.txt", "--min-count", "4"),
+        out_of("--data", "criteo:/data/a.txt", "--lr", "0.01"),
+        out_of("--data", "criteo:/data/a.txt", "--batch-size", "512"),
+    }
     assert len(others) == 4 and base not in others
     # what a resume may change is not part of the run's identity, so --resume finds the run
     assert base == out_of("--data", "criteo:/data/a.txt", "--epochs", "5", "--patience", "9")
@@ -197,8 +306,10 @@ def test_a_finished_run_is_reported_not_trained_again(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "already holds this run, finished" in printed and "nothing was trained" in printed
     assert "test AUC" in printed and str(out / "results.json") in printed
-    assert ((out / "results.json").stat().st_mtime_ns, (out / "best.pt").stat().st_mtime_ns) \
-        == before
+    assert (
+        (out / "results.json").stat().st_mtime_ns,
+        (out / "best.pt").stat().st_mtime_ns,
+    ) == before
     # asking for more epochs without --resume says how to get them
     assert main(["train", *TINY, "--epochs", "3", "--out", str(out)]) == 0
     assert "add --resume to continue it with --epochs 3" in capsys.readouterr().out
@@ -233,10 +344,28 @@ def test_warnings_are_one_line_messages(tmp_path, capsys):
     raw = tmp_path / "train.txt"
     lines = ["\t".join([str(i % 2)] + [str(i % 7)] * 13 + [f"c{i % 5}"] * 26) for i in range(400)]
     raw.write_text("\n".join(lines + ["1\t2"]) + "\n")
-    code = main(["train", "--data", f"criteo:{raw}", "--cache-dir", str(tmp_path / "c"),
-                 "--min-count", "1", "--model", "dnn", "--model-option", "hidden_dim=8",
-                 "--epochs", "1", "--batch-size", "128", "--no-progress", "--out",
-                 str(tmp_path / "r")])
+    code = main(
+        [
+            "train",
+            "--data",
+            f"criteo:{raw}",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--min-count",
+            "1",
+            "--model",
+            "dnn",
+            "--model-option",
+            "hidden_dim=8",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "128",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     assert code == 0
     err = capsys.readouterr().err
     assert "fastme train: warning: criteo: skipped 1 malformed rows" in err
@@ -251,8 +380,9 @@ def test_analyze_refuses_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
     assert err.startswith("fastme analyze: error: ") and str(bogus) in err
 
 
-def test_a_busy_or_unwritable_out_is_refused_before_loading(tmp_path, capsys, monkeypatch,
-                                                            run_lock_holder):
+def test_a_busy_or_unwritable_out_is_refused_before_loading(
+    tmp_path, capsys, monkeypatch, run_lock_holder
+):
     import os
 
     out = tmp_path / "run"
@@ -265,8 +395,10 @@ def test_a_busy_or_unwritable_out_is_refused_before_loading(tmp_path, capsys, mo
     assert main(["train", *TINY, "--out", str(tmp_path / "ro")]) == 2
     assert "cannot write to the output directory" in capsys.readouterr().err
     assert main(["train", *TINY, "--out", str(tmp_path / "new" / "run")]) == 2
-    assert f"cannot create the output directory {tmp_path / 'new' / 'run'} in {tmp_path}" in \
-        capsys.readouterr().err
+    assert (
+        f"cannot create the output directory {tmp_path / 'new' / 'run'} in {tmp_path}"
+        in capsys.readouterr().err
+    )
     assert not (tmp_path / "new").exists()
 
 
@@ -276,8 +408,23 @@ def test_rejected_train_commands_leave_nothing_behind(tmp_path, capsys, monkeypa
     bad_data = [["--data", "nosuch:thing"], ["--data", f"criteo:{tmp_path / 'nope.txt'}"]]
     for data in bad_data:
         for out in ([], ["--out", f"{tmp_path}/new/run"], ["--out", str(tmp_path / "mine")]):
-            assert main(["train", "--model", "dnn", "--epochs", "1", "--no-progress", *data,
-                         "--cache-dir", str(tmp_path / "cache"), *out]) == 2
+            assert (
+                main(
+                    [
+                        "train",
+                        "--model",
+                        "dnn",
+                        "--epochs",
+                        "1",
+                        "--no-progress",
+                        *data,
+                        "--cache-dir",
+                        str(tmp_path / "cache"),
+                        *out,
+                    ]
+                )
+                == 2
+            )
             err = capsys.readouterr().err
             assert err.startswith("fastme train: error: ") and data[1].split(":")[-1] in err
             assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]

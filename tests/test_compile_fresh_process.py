@@ -48,7 +48,12 @@ def test_compiled_model_in_fresh_process(backend):
     env = dict(os.environ)
     if DEVICE == "cpu":
         env["TRITON_INTERPRET"] = "1"
-    done = subprocess.run([sys.executable, "-c", SCRIPT, backend, DEVICE], env=env,
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, backend, DEVICE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert done.stdout.count(" ok") == 3

@@ -8,41 +8,65 @@ import torch
 import fastme.ops as ops
 from fastme.ops import reference
 
-from kernel_backends import (BACKENDS, DEVICE, DTYPES, KERNEL_TESTS, NONDET_TOL,
-                             assert_close_to_reference, assert_matches_reference,
-                             check_registration, criteo_like_field_dims, criteo_shapes_on_gpu,
-                             cross_params, gpu_test, lookup_inputs)
+from kernel_backends import (
+    BACKENDS,
+    DEVICE,
+    DTYPES,
+    KERNEL_TESTS,
+    NONDET_TOL,
+    assert_close_to_reference,
+    assert_matches_reference,
+    check_registration,
+    criteo_like_field_dims,
+    criteo_shapes_on_gpu,
+    cross_params,
+    gpu_test,
+    lookup_inputs,
+)
 from kernel_backends import with_backend as kernel
 
 pytestmark = KERNEL_TESTS
 
 
-def random_inputs(batch, field_dims, num_sets, dim, layers, *, dtype=torch.float64,
-                  index_dtype=torch.int64, device=DEVICE):
+def random_inputs(
+    batch,
+    field_dims,
+    num_sets,
+    dim,
+    layers,
+    *,
+    dtype=torch.float64,
+    index_dtype=torch.int64,
+    device=DEVICE,
+):
     """(table, indices, offsets, x0, weight, bias) with D = N * K."""
-    table, indices, offsets = lookup_inputs(batch, field_dims, num_sets, dim, dtype=dtype,
-                                            index_dtype=index_dtype, device=device)
-    x0, weight, bias = cross_params(batch, num_sets, len(field_dims) * dim, layers, dtype=dtype,
-                                    device=device)
+    table, indices, offsets = lookup_inputs(
+        batch, field_dims, num_sets, dim, dtype=dtype, index_dtype=index_dtype, device=device
+    )
+    x0, weight, bias = cross_params(
+        batch, num_sets, len(field_dims) * dim, layers, dtype=dtype, device=device
+    )
     return table, indices, offsets, x0, weight, bias
 
 
 SHAPES = [  # batch, field_dims, num_sets, dim, layers
-    (1, [1], 1, 1, 1),           # B = N = M = K = L = 1 (D = 1)
-    (5, [3, 1, 2], 2, 3, 3),     # odd D = 9, three layers
-    (6, [2, 2], 1, 5, 2),        # M = 1, odd K
+    (1, [1], 1, 1, 1),  # B = N = M = K = L = 1 (D = 1)
+    (5, [3, 1, 2], 2, 3, 3),  # odd D = 9, three layers
+    (6, [2, 2], 1, 5, 2),  # M = 1, odd K
     (17, [2, 3, 2, 2, 3], 1, 7, 2),  # D = 35, B = 17: several row and column blocks
 ]
 GPU_CROSS_SHAPES = [  # batch, sets, dim, layers
     (1, 1, 1, 1),
     (7, 2, 6, 2),
-    (70, 3, 65, 3),    # several row and column tiles, ragged edges
+    (70, 3, 65, 3),  # several row and column tiles, ragged edges
     (130, 1, 130, 4),
-    (600, 2, 24, 2),   # the weight gradient is split over the batch
-    (5, 2, 10, 0),     # no layers: identity
+    (600, 2, 24, 2),  # the weight gradient is split over the batch
+    (5, 2, 10, 0),  # no layers: identity
 ]
 GPU_LOOKUP_CROSS_SHAPES = [  # batch, field_dims, sets, dim, layers
-    (1, [1], 1, 1, 1), (9, [4, 1, 6], 2, 5, 3), (90, [3, 8, 2, 5], 3, 10, 4),
+    (1, [1], 1, 1, 1),
+    (9, [4, 1, 6], 2, 5, 3),
+    (90, [3, 8, 2, 5], 3, 10, 4),
     (40, [2, 2], 1, 16, 2),
 ]
 # Relative error against float64 maths on the same values, per layer.
@@ -71,8 +95,9 @@ OPS = {  # name: (public op, reference, argument picker)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_forward_and_gradients_match_reference_float64(backend, op, shape):
     public, ref, pick = OPS[op]
-    _, grads = assert_close_to_reference(kernel(public, backend), ref, pick(random_inputs(*shape)),
-                                         rtol=1e-11, atol=1e-11)
+    _, grads = assert_close_to_reference(
+        kernel(public, backend), ref, pick(random_inputs(*shape)), rtol=1e-11, atol=1e-11
+    )
     assert len(grads) == 3
 
 
@@ -83,10 +108,17 @@ def test_int32_indices_and_gradcheck(backend):
     params = [t.requires_grad_() for t in (table, weight, bias)]
     assert torch.autograd.gradcheck(
         lambda t, w, b: ops.lookup_cross_network(t, indices, offsets, w, b, backend=backend),
-        params, fast_mode=True, nondet_tol=NONDET_TOL)
+        params,
+        fast_mode=True,
+        nondet_tol=NONDET_TOL,
+    )
     x0 = inputs[3].requires_grad_()
-    assert torch.autograd.gradcheck(kernel(ops.cross_network, backend), [x0, weight, bias],
-                                    fast_mode=True, nondet_tol=NONDET_TOL)
+    assert torch.autograd.gradcheck(
+        kernel(ops.cross_network, backend),
+        [x0, weight, bias],
+        fast_mode=True,
+        nondet_tol=NONDET_TOL,
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -97,8 +129,9 @@ def test_low_precision(backend, dtype, matmul_precision):
     matmul_precision("highest")
     inputs = random_inputs(10, [2, 3, 2], 2, 4, 3, dtype=dtype)
     for public, ref, pick in OPS.values():
-        assert_matches_reference(kernel(public, backend), ref, pick(inputs),
-                                 2e-2 if dtype == torch.bfloat16 else 1e-5)
+        assert_matches_reference(
+            kernel(public, backend), ref, pick(inputs), 2e-2 if dtype == torch.bfloat16 else 1e-5
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -107,8 +140,9 @@ def test_tf32_follows_torch_matmul_precision(backend, matmul_precision):
     stays within TF32 accuracy."""
     matmul_precision("high")
     inputs = random_inputs(8, [2, 3], 1, 4, 2, dtype=torch.float32)
-    assert_matches_reference(kernel(ops.cross_network, backend), reference.cross_network,
-                             cross_args(inputs), TF32_TOL)
+    assert_matches_reference(
+        kernel(ops.cross_network, backend), reference.cross_network, cross_args(inputs), TF32_TOL
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -141,12 +175,18 @@ def test_edge_cases(backend):
     x0_nc = x0.transpose(0, 1).contiguous().transpose(0, 1)
     weight_nc = weight.transpose(2, 3).contiguous().transpose(2, 3)
     assert not x0_nc.is_contiguous() and not weight_nc.is_contiguous()
-    assert_close_to_reference(kernel(ops.cross_network, backend), reference.cross_network,
-                              (x0_nc, weight_nc, bias), (x0, weight, bias))
-    out = ops.lookup_cross_network(table, indices.t().contiguous().t(), offsets, weight_nc, bias,
-                                   backend=backend)
-    torch.testing.assert_close(out, reference.lookup_cross_network(table, indices, offsets,
-                                                                   weight, bias))
+    assert_close_to_reference(
+        kernel(ops.cross_network, backend),
+        reference.cross_network,
+        (x0_nc, weight_nc, bias),
+        (x0, weight, bias),
+    )
+    out = ops.lookup_cross_network(
+        table, indices.t().contiguous().t(), offsets, weight_nc, bias, backend=backend
+    )
+    torch.testing.assert_close(
+        out, reference.lookup_cross_network(table, indices, offsets, weight, bias)
+    )
 
 
 def test_mismatched_dtypes_are_rejected():
@@ -165,8 +205,9 @@ def test_op_registration(backend):
     out = reference.cross_network(x0, weight, bias).detach()
     # AOT dispatch is exercised by test_torch_compile_fullgraph
     check_registration(backend, "cross_network", (x0, weight, bias, True), [out])
-    check_registration(backend, "lookup_cross_network",
-                       (table, indices, offsets, weight, bias, True), [out, x0])
+    check_registration(
+        backend, "lookup_cross_network", (table, indices, offsets, weight, bias, True), [out, x0]
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -182,22 +223,28 @@ def test_torch_compile_fullgraph(backend):
         out = ops.lookup_cross_network(t, indices, offsets, w, b, backend=backend)
         return torch.nn.functional.softplus(out).mean()
 
-    assert_close_to_reference(torch.compile(loss, fullgraph=True, backend=compiler), loss,
-                              (table, weight, bias))
+    assert_close_to_reference(
+        torch.compile(loss, fullgraph=True, backend=compiler), loss, (table, weight, bias)
+    )
 
 
 # ---- GPU only -----------------------------------------------------------------------------------
+
 
 @gpu_test
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch,sets,dim,layers", GPU_CROSS_SHAPES)
-def test_cross_network_every_dtype_on_gpu(backend, batch, sets, dim, layers, dtype,
-                                          matmul_precision):
+def test_cross_network_every_dtype_on_gpu(
+    backend, batch, sets, dim, layers, dtype, matmul_precision
+):
     matmul_precision("highest")
-    assert_matches_reference(kernel(ops.cross_network, backend), reference.cross_network,
-                             cross_params(batch, sets, dim, layers, dtype=dtype),
-                             TOL[dtype] * max(layers, 1))
+    assert_matches_reference(
+        kernel(ops.cross_network, backend),
+        reference.cross_network,
+        cross_params(batch, sets, dim, layers, dtype=dtype),
+        TOL[dtype] * max(layers, 1),
+    )
 
 
 @gpu_test
@@ -205,23 +252,29 @@ def test_cross_network_every_dtype_on_gpu(backend, batch, sets, dim, layers, dty
 @pytest.mark.parametrize("batch,sets,dim,layers", GPU_CROSS_SHAPES[:5])
 def test_cross_network_tf32_on_gpu(backend, batch, sets, dim, layers, matmul_precision):
     matmul_precision("high")
-    assert_matches_reference(kernel(ops.cross_network, backend), reference.cross_network,
-                             cross_params(batch, sets, dim, layers, dtype=torch.float32),
-                             TF32_TOL * layers)
+    assert_matches_reference(
+        kernel(ops.cross_network, backend),
+        reference.cross_network,
+        cross_params(batch, sets, dim, layers, dtype=torch.float32),
+        TF32_TOL * layers,
+    )
 
 
 @gpu_test
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch,field_dims,sets,dim,layers", GPU_LOOKUP_CROSS_SHAPES)
-def test_lookup_cross_network_every_gradient_path_on_gpu(backend, batch, field_dims, sets, dim,
-                                                         layers, dtype, grad_mode,
-                                                         matmul_precision):
+def test_lookup_cross_network_every_gradient_path_on_gpu(
+    backend, batch, field_dims, sets, dim, layers, dtype, grad_mode, matmul_precision
+):
     matmul_precision("highest")
     inputs = random_inputs(batch, field_dims, sets, dim, layers, dtype=dtype)
-    assert_matches_reference(kernel(ops.lookup_cross_network, backend),
-                             reference.lookup_cross_network, lookup_cross_args(inputs),
-                             TOL[dtype] * layers)
+    assert_matches_reference(
+        kernel(ops.lookup_cross_network, backend),
+        reference.lookup_cross_network,
+        lookup_cross_args(inputs),
+        TOL[dtype] * layers,
+    )
 
 
 @criteo_shapes_on_gpu
@@ -229,8 +282,9 @@ def test_criteo_shapes_on_gpu(backend, dtype, num_sets):
     """ME-DCNv2 at Criteo size: B=4096, N=39, K=10 (D=390), L=4, realistic cardinalities."""
     inputs = random_inputs(4096, criteo_like_field_dims(), num_sets, 10, 4, dtype=dtype)
     for public, ref, pick in OPS.values():
-        assert_matches_reference(kernel(public, backend), ref, pick(inputs),
-                                 3e-2 if dtype == torch.bfloat16 else 1e-4)
+        assert_matches_reference(
+            kernel(public, backend), ref, pick(inputs), 3e-2 if dtype == torch.bfloat16 else 1e-4
+        )
 
 
 @gpu_test
@@ -240,6 +294,7 @@ def test_second_device(backend):
     """The kernels follow the tensors, not the current device."""
     x0, weight, bias = cross_params(9, 2, 7, 2, device="cuda:1")
     with torch.cuda.device(0):
-        out, grads = assert_close_to_reference(kernel(ops.cross_network, backend),
-                                               reference.cross_network, (x0, weight, bias))
+        out, grads = assert_close_to_reference(
+            kernel(ops.cross_network, backend), reference.cross_network, (x0, weight, bias)
+        )
     assert out.device == grads[0].device == torch.device("cuda:1")

@@ -22,10 +22,23 @@ from fastme.ops import BackendUnavailable
 ROOT = Path(__file__).resolve().parents[1]
 
 ENTRY_POINTS = [
-    "cuda_device_count", "cuda_runtime_status", "cuda_synchronize", "lookup_forward",
-    "scatter_rows_atomic", "scatter_rows_sorted", "fm_forward", "fm_backward", "fwfm_forward",
-    "fwfm_backward", "fwfm_weight_grad_plan", "cross_forward", "cross_backward",
-    "cross_weight_grad_plan", "SEGMENT_CHUNK", "FWFM_FIELD_PAD", "cuda_archs",
+    "cuda_device_count",
+    "cuda_runtime_status",
+    "cuda_synchronize",
+    "lookup_forward",
+    "scatter_rows_atomic",
+    "scatter_rows_sorted",
+    "fm_forward",
+    "fm_backward",
+    "fwfm_forward",
+    "fwfm_backward",
+    "fwfm_weight_grad_plan",
+    "cross_forward",
+    "cross_backward",
+    "cross_weight_grad_plan",
+    "SEGMENT_CHUNK",
+    "FWFM_FIELD_PAD",
+    "cuda_archs",
 ]
 
 
@@ -40,7 +53,11 @@ def _nvcc():
 
 def _cuda_expected() -> bool:
     return _nvcc() is not None and os.environ.get("FASTME_CUDA", "").lower() not in (
-        "0", "off", "false", "no")
+        "0",
+        "off",
+        "false",
+        "no",
+    )
 
 
 def test_extension_imports_and_reports_cuda():
@@ -111,9 +128,11 @@ def test_cuda_package_imports_and_registers_without_a_gpu():
         assert (op, "cuda") in _backend._IMPLEMENTATIONS
     # The custom ops have no CPU kernel: calling one directly on CPU tensors fails loudly.
     with pytest.raises(NotImplementedError, match="cuda_multi_embedding_lookup"):
-        torch.ops.fastme.cuda_multi_embedding_lookup(torch.randn(4, 1, 2),
-                                                     torch.zeros(3, 1, dtype=torch.long),
-                                                     torch.zeros(1, dtype=torch.long))
+        torch.ops.fastme.cuda_multi_embedding_lookup(
+            torch.randn(4, 1, 2),
+            torch.zeros(3, 1, dtype=torch.long),
+            torch.zeros(1, dtype=torch.long),
+        )
 
 
 def test_availability_check_traces_under_torch_compile():
@@ -157,16 +176,27 @@ def test_build_without_cuda(tmp_path):
     if tools is None:
         pytest.skip("cmake and pybind11 are not installed in this environment (build-time only)")
     cmake, ninja, pybind11_dir = tools
-    args = [cmake, str(ROOT), f"-DPython_EXECUTABLE={sys.executable}",
-            f"-Dpybind11_DIR={pybind11_dir}", "-DCMAKE_BUILD_TYPE=Debug", "-DFASTME_CUDA=OFF",
-            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={tmp_path / 'out'}"]
+    args = [
+        cmake,
+        str(ROOT),
+        f"-DPython_EXECUTABLE={sys.executable}",
+        f"-Dpybind11_DIR={pybind11_dir}",
+        "-DCMAKE_BUILD_TYPE=Debug",
+        "-DFASTME_CUDA=OFF",
+        f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={tmp_path / 'out'}",
+    ]
     if ninja:
         args += ["-GNinja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
     # No compiler cache or CUDA on PATH needed: the configure must not even look for nvcc.
     env = dict(os.environ, CUDACXX="/nonexistent/nvcc")
     subprocess.run(args, cwd=tmp_path, check=True, capture_output=True, env=env)
-    subprocess.run([cmake, "--build", ".", "--parallel", "2"], cwd=tmp_path, check=True,
-                   capture_output=True, env=env)
+    subprocess.run(
+        [cmake, "--build", ".", "--parallel", "2"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     code = "import _C; assert _C.built_with_cuda is False; assert not hasattr(_C, 'lookup_forward')"
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "out", check=True)
 
@@ -186,7 +216,7 @@ def _kind(text: str) -> str:
     text = text.strip()
     if text.startswith("tuple["):
         depth, commas = 0, 0
-        for ch in text[len("tuple["):-1]:
+        for ch in text[len("tuple[") : -1]:
             depth += ch == "["
             depth -= ch == "]"
             commas += ch == "," and depth == 0
@@ -221,8 +251,10 @@ def _declared_signatures() -> dict:
     for header in sorted((ROOT / "kernels").glob("*.h")):
         text = re.sub(r"//[^\n]*", "", header.read_text())
         for name, params in re.findall(r"^\w+\s+(\w+)\(([^;{]*)\);", text, re.MULTILINE):
-            found[name] = [(p.split()[-1].lstrip("*&"), _kind(p.rsplit(None, 1)[0]))
-                           for p in params.replace("\n", " ").split(",")]
+            found[name] = [
+                (p.split()[-1].lstrip("*&"), _kind(p.rsplit(None, 1)[0]))
+                for p in params.replace("\n", " ").split(",")
+            ]
     return found
 
 
@@ -247,8 +279,9 @@ def test_the_python_wrappers_call_every_binding_with_its_signature(monkeypatch):
     called = set()
 
     def cpu_ok(value):  # CPU tensors have no device index: any device number converts alike
-        return 0 if value is None else tuple(map(cpu_ok, value)) if isinstance(value, tuple) \
-            else value
+        return (
+            0 if value is None else tuple(map(cpu_ok, value)) if isinstance(value, tuple) else value
+        )
 
     class Checked:
         def __getattr__(self, name):
@@ -262,16 +295,18 @@ def test_the_python_wrappers_call_every_binding_with_its_signature(monkeypatch):
                     fn(**{k: cpu_ok(v) for k, v in kwargs.items()})
                 except RuntimeError as exc:
                     assert "fastme CUDA error" in str(exc), exc
-                    return (1, 32) if fn.__doc__.split("->")[1].strip().startswith("tuple") \
-                        else None
+                    return (
+                        (1, 32) if fn.__doc__.split("->")[1].strip().startswith("tuple") else None
+                    )
                 raise AssertionError(f"{name} ran without a CUDA device")
 
             return call
 
     for module in (_lib, cross, lookup, pooling):
         monkeypatch.setattr(module, "require_cuda_kernels", Checked)
-    monkeypatch.setattr(torch.cuda, "current_stream",
-                        lambda device=None: type("Stream", (), {"cuda_stream": 0}))
+    monkeypatch.setattr(
+        torch.cuda, "current_stream", lambda device=None: type("Stream", (), {"cuda_stream": 0})
+    )
     table = torch.randn(6, 2, 3)
     indices = torch.tensor([[0, 1], [2, 1]])
     offsets = torch.tensor([0, 3])

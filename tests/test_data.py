@@ -18,11 +18,15 @@ def tiny(n=103, dims=(3, 5, 7)):
 
 # ---- split --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("n", [10, 103, 1000])
 def test_split_sizes_follow_the_reference(n):
     train, valid, test = tiny(n).split()
-    assert (len(train), len(valid), len(test)) == (int(0.8 * n), int(0.1 * n),
-                                                   n - int(0.8 * n) - int(0.1 * n))
+    assert (len(train), len(valid), len(test)) == (
+        int(0.8 * n),
+        int(0.1 * n),
+        n - int(0.8 * n) - int(0.1 * n),
+    )
 
 
 def test_split_is_a_deterministic_partition():
@@ -88,6 +92,7 @@ def test_cache_round_trip(tmp_path):
 
 
 # ---- synthetic ----------------------------------------------------------------------------------
+
 
 def test_synthetic_shape_is_criteo_like():
     dims = default_field_dims()

@@ -20,8 +20,14 @@ HEADER = ",".join(AVAZU_COLUMNS) + "\n"
 
 
 def avazu_line(i, hour="14102100", click=None, site="s%d"):
-    cells = [str(i), str(click if click is not None else i % 2), hour, "1005", "0",
-             site % (i % 3)] + [f"v{j}" for j in range(18)]
+    cells = [
+        str(i),
+        str(click if click is not None else i % 2),
+        hour,
+        "1005",
+        "0",
+        site % (i % 3),
+    ] + [f"v{j}" for j in range(18)]
     return ",".join(cells) + "\n"
 
 
@@ -130,13 +136,16 @@ def small_cache(tmp_path):
     return data.info["cache_dir"]
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("truncate_x", "x.npy is missing, truncated"),
-    ("index", "outside"),
-    ("label", "label 7.0, not 0 or 1"),
-    ("field_dims", "outside"),
-    ("rows", "meta.json describes"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncate_x", "x.npy is missing, truncated"),
+        ("index", "outside"),
+        ("label", "label 7.0, not 0 or 1"),
+        ("field_dims", "outside"),
+        ("rows", "meta.json describes"),
+    ],
+)
 def test_a_damaged_cache_is_refused_at_load(tmp_path, damage, message):
     from pathlib import Path
 
@@ -187,8 +196,9 @@ def load_in_two_processes(spec, cache_dir, options):
     their outcomes: ("ok", cache_dir, rows) or ("error", message, 0)."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    children = [ctx.Process(target=_load_in_child, args=(spec, cache_dir, options, queue))
-                for _ in range(2)]
+    children = [
+        ctx.Process(target=_load_in_child, args=(spec, cache_dir, options, queue)) for _ in range(2)
+    ]
     for child in children:
         child.start()
     outcomes = [queue.get(timeout=300) for _ in children]
@@ -212,10 +222,16 @@ def test_two_processes_building_one_multi_file_cache_share_it(kind, tmp_path):
 
     for d in range(2):
         if kind == "parquet":
-            pq.write_table(pa.table({"label": pa.array([i % 2 for i in range(600)], pa.int8()),
-                                     "site": [f"s{i % 3}" for i in range(600)],
-                                     "ad": [i % 7 for i in range(600)]}),
-                           tmp_path / f"day_{d}.parquet")
+            pq.write_table(
+                pa.table(
+                    {
+                        "label": pa.array([i % 2 for i in range(600)], pa.int8()),
+                        "site": [f"s{i % 3}" for i in range(600)],
+                        "ad": [i % 7 for i in range(600)],
+                    }
+                ),
+                tmp_path / f"day_{d}.parquet",
+            )
         else:
             (tmp_path / f"day_{d}").write_text("".join(criteo_line(i) for i in range(600)))
     options = {"batch_rows": 100} if kind == "parquet" else {"min_count": 1}
@@ -228,8 +244,9 @@ def test_two_processes_building_one_multi_file_cache_share_it(kind, tmp_path):
 def test_kaggle_csv_criteo_is_recognised(tmp_path):
     header = "Id,Label," + ",".join(CRITEO_FIELD_NAMES) + "\n"
     path = tmp_path / "train.csv"
-    path.write_text(header + "".join(f"{i}," + criteo_line(i).replace("\t", ",")
-                                     for i in range(10)))
+    path.write_text(
+        header + "".join(f"{i}," + criteo_line(i).replace("\t", ",") for i in range(10))
+    )
     with pytest.raises(ValueError, match="Kaggle competition's comma-separated") as error:
         load("criteo", path, tmp_path)
     assert "cut -d, -f2- | tr , " in str(error.value)
@@ -286,8 +303,9 @@ def test_several_raw_files_skip_only_the_lines_that_are_not_utf8(tmp_path):
             lines[15] = lines[15].replace(b"c3", b"c\xff3")
         (days / f"day_{day}.txt").write_bytes(b"".join(lines))
     with pytest.warns(MalformedRowsWarning, match="not UTF-8 1"):
-        data = load_dataset(f"criteo:{days}", cache_dir=tmp_path / "cache", min_count=1,
-                            progress=False)
+        data = load_dataset(
+            f"criteo:{days}", cache_dir=tmp_path / "cache", min_count=1, progress=False
+        )
     assert len(data) == 39 and data.info["malformed"]["bad_encoding"] == 1
 
 

@@ -31,10 +31,11 @@ def load(spec, tmp_path, **options):
 
 # ---- Criteo -------------------------------------------------------------------------------------
 
+
 def test_criteo_integer_transform_matches_the_winners_formula():
     import pyarrow as pa
 
-    values = [-3, -2, -1, 0, 1, 2, 3, 4, 7, 8, 20, 21, 100, 1000, 400098, 2 ** 31 - 1]
+    values = [-3, -2, -1, 0, 1, 2, 3, 4, 7, 8, 20, 21, 100, 1000, 400098, 2**31 - 1]
     got = criteo_integer_tokens(pa.array([str(v) for v in values] + [""])).to_pylist()
     expected = [math.floor(math.log(v) ** 2) if v > 2 else v - 2 for v in values] + [None]
     assert got == expected
@@ -60,8 +61,9 @@ def criteo_file(tmp_path):
 
 def test_criteo_parsing_indices_and_malformed_rows(criteo_file, tmp_path):
     with pytest.warns(RuntimeWarning, match="skipped 4 malformed rows"):
-        data = load_dataset(f"criteo:{criteo_file}", cache_dir=tmp_path / "c", min_count=1,
-                            progress=False)
+        data = load_dataset(
+            f"criteo:{criteo_file}", cache_dir=tmp_path / "c", min_count=1, progress=False
+        )
     assert len(data) == 7
     assert data.field_names[:2] == ["I1", "I2"] and data.field_names[13] == "C1"
     np.testing.assert_array_equal(data.y, [1, 0, 0, 1, 0, 0, 1])
@@ -126,6 +128,7 @@ def test_criteo_real_sample_by_hand(tmp_path):
 
 # ---- Avazu --------------------------------------------------------------------------------------
 
+
 def avazu_line(row_id, click, hour, c1="1005", site="1fbe01fe", **overrides):
     values = {name: f"{name}_v" for name in AVAZU_COLUMNS}
     values.update(id=str(row_id), click=str(click), hour=hour, C1=c1, site_id=site, **overrides)
@@ -134,21 +137,24 @@ def avazu_line(row_id, click, hour, c1="1005", site="1fbe01fe", **overrides):
 
 @pytest.fixture
 def avazu_file(tmp_path):
-    lines = [",".join(AVAZU_COLUMNS) + "\n",
-             avazu_line(10000169349117863715, 0, "14102100"),  # Tue 2014-10-21 00h
-             avazu_line(1, 1, "14102100"),
-             avazu_line(2, 0, "14102513", c1="1002"),  # Sat 2014-10-25 13h
-             avazu_line(3, 1, "14102623", site=""),  # Sun 23h, site_id empty -> missing
-             avazu_line(4, 0, "14102100").replace(",", ",,", 1),  # 25 columns
-             avazu_line(5, 0, "14103299"),  # no such date/hour
-             avazu_line(6, 2, "14102100")]  # label 2
+    lines = [
+        ",".join(AVAZU_COLUMNS) + "\n",
+        avazu_line(10000169349117863715, 0, "14102100"),  # Tue 2014-10-21 00h
+        avazu_line(1, 1, "14102100"),
+        avazu_line(2, 0, "14102513", c1="1002"),  # Sat 2014-10-25 13h
+        avazu_line(3, 1, "14102623", site=""),  # Sun 23h, site_id empty -> missing
+        avazu_line(4, 0, "14102100").replace(",", ",,", 1),  # 25 columns
+        avazu_line(5, 0, "14103299"),  # no such date/hour
+        avazu_line(6, 2, "14102100"),
+    ]  # label 2
     return write(tmp_path / "train.csv", "".join(lines))
 
 
 def test_avazu_hour_split_and_malformed_rows(avazu_file, tmp_path):
     with pytest.warns(RuntimeWarning, match="skipped 3 malformed rows"):
-        data = load_dataset(f"avazu:{avazu_file}", cache_dir=tmp_path / "c", min_count=1,
-                            progress=False)
+        data = load_dataset(
+            f"avazu:{avazu_file}", cache_dir=tmp_path / "c", min_count=1, progress=False
+        )
     assert data.field_names[:3] == ["hour_of_day", "weekday", "C1"]
     assert "id" not in data.field_names and data.num_fields == 23
     assert len(data) == 4
@@ -192,8 +198,10 @@ def test_a_headerless_avazu_file_gives_its_headed_twins_cache(avazu_file, tmp_pa
     assert headed.info["options"] == headerless.info["options"]  # header changes no index
     # several headerless files are one dataset too, read with the same option
     half = text.split("\n")
-    parts = [write(tmp_path / "p1", "\n".join(half[1:4]) + "\n"),
-             write(tmp_path / "p2", "\n".join(half[4:]))]
+    parts = [
+        write(tmp_path / "p1", "\n".join(half[1:4]) + "\n"),
+        write(tmp_path / "p2", "\n".join(half[4:])),
+    ]
     several = load(f"avazu:{parts[0]},{parts[1]}", tmp_path / "c", min_count=1, header="none")
     np.testing.assert_array_equal(headed.x, several.x)
 
@@ -201,14 +209,22 @@ def test_a_headerless_avazu_file_gives_its_headed_twins_cache(avazu_file, tmp_pa
 def test_a_headerless_avazu_file_without_the_option_is_refused_naming_it(avazu_file, tmp_path):
     lines = avazu_file.read_text().split("\n", 1)
     bare = write(tmp_path / "bare.csv", lines[1])
-    with pytest.raises(ValueError, match=r"bare.csv does not look like the Avazu train file: "
-                                         r".*looks like a row.*header=none"):
+    with pytest.raises(
+        ValueError,
+        match=r"bare.csv does not look like the Avazu train file: "
+        r".*looks like a row.*header=none",
+    ):
         load(f"avazu:{bare}", tmp_path)
     with pytest.raises(ValueError, match=r"train.csv has a header line.*leave out"):
         load(f"avazu:{avazu_file}", tmp_path, header="none")
-    test_file = write(tmp_path / "test", "\n".join(
-        ",".join(c for i, c in enumerate(line.split(",")) if i != 1)
-        for line in lines[1].split("\n")[:2]) + "\n")
+    test_file = write(
+        tmp_path / "test",
+        "\n".join(
+            ",".join(c for i, c in enumerate(line.split(",")) if i != 1)
+            for line in lines[1].split("\n")[:2]
+        )
+        + "\n",
+    )
     with pytest.raises(ValueError, match="test is Avazu's test file .*no labels to train on"):
         load(f"avazu:{test_file}", tmp_path, header="none")
     with pytest.raises(ValueError, match="header must be 'none'"):
@@ -216,6 +232,7 @@ def test_a_headerless_avazu_file_without_the_option_is_refused_naming_it(avazu_f
 
 
 # ---- errors and the cache -----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["criteo", "avazu"])
 def test_missing_and_empty_files(kind, tmp_path):
@@ -277,7 +294,8 @@ def test_small_blocks_give_the_same_result(criteo_file, tmp_path):
 
 @pytest.mark.parametrize("kind", ["criteo", "avazu"])
 def test_merging_the_value_tables_block_by_block_gives_the_same_result(
-        kind, criteo_file, avazu_file, tmp_path, monkeypatch):
+    kind, criteo_file, avazu_file, tmp_path, monkeypatch
+):
     # Small blocks and a tiny merge pool: every block is merged into tables that already hold
     # values, so the ids of known values must stay put and the new ones follow.
     from fastme.data import encode
@@ -307,11 +325,16 @@ def test_gzip_input_gives_the_same_result(criteo_file, avazu_file, tmp_path):
 
 def test_integer_cells_are_validated_cell_by_cell(tmp_path):
     cats = ["c"] * 26
-    lines = [criteo_line(1, [5] * 13, cats), criteo_line(0, ["0x10"] + [5] * 12, cats),
-             criteo_line(0, [5] * 12 + ["1.5"], cats), criteo_line(1, [5, "+3"] + [5] * 11, cats)]
+    lines = [
+        criteo_line(1, [5] * 13, cats),
+        criteo_line(0, ["0x10"] + [5] * 12, cats),
+        criteo_line(0, [5] * 12 + ["1.5"], cats),
+        criteo_line(1, [5, "+3"] + [5] * 11, cats),
+    ]
     path = write(tmp_path / "ints.txt", "".join(lines))
     data = load(f"criteo:{path}", tmp_path, min_count=1)
     # "1.5" and "+3" are not integers; the hexadecimal 0x10 = 16 is (pyarrow parses it)
     assert len(data) == 2 and data.info["malformed"]["bad_integer"] == 2
-    assert load_vocab(data)[0] == sorted([math.floor(math.log(5) ** 2),
-                                          math.floor(math.log(16) ** 2)])
+    assert load_vocab(data)[0] == sorted(
+        [math.floor(math.log(5) ** 2), math.floor(math.log(16) ** 2)]
+    )

@@ -16,12 +16,14 @@ from fastme.serve.predict import predict
 
 def parquet_day(path, rows, seed):
     rng = np.random.default_rng(seed)
-    table = pa.table({
-        "click": pa.array(rng.integers(0, 2, rows), pa.int8()),
-        "site": pa.array([None if v == 0 else f"s{v}" for v in rng.integers(0, 5, rows)]),
-        "count": pa.array(rng.integers(-1, 30, rows), pa.int64()),
-        "ad": pa.array(rng.integers(0, 7, rows), pa.int32()),
-    })
+    table = pa.table(
+        {
+            "click": pa.array(rng.integers(0, 2, rows), pa.int8()),
+            "site": pa.array([None if v == 0 else f"s{v}" for v in rng.integers(0, 5, rows)]),
+            "count": pa.array(rng.integers(-1, 30, rows), pa.int64()),
+            "ad": pa.array(rng.integers(0, 7, rows), pa.int32()),
+        }
+    )
     pq.write_table(table, path, row_group_size=64)
     return table
 
@@ -36,8 +38,13 @@ def load(spec, tmp_path, **options):
 
 
 def test_parquet_columns_are_encoded_as_raw_fields(days, tmp_path):
-    data = load(f"parquet:{tmp_path}/day_*.parquet", tmp_path, label="click", integer=["count"],
-                batch_rows=50)
+    data = load(
+        f"parquet:{tmp_path}/day_*.parquet",
+        tmp_path,
+        label="click",
+        integer=["count"],
+        batch_rows=50,
+    )
     table = pa.concat_tables(days)
     assert len(data) == table.num_rows and data.field_names == ["site", "count", "ad"]
     np.testing.assert_array_equal(data.y, table.column("click").to_numpy())
@@ -60,8 +67,9 @@ def test_split_by_file_holds_out_the_last_days(days, tmp_path):
     np.testing.assert_array_equal(test.row_numbers(), np.arange(n0 + n1, n0 + n1 + n2))
     assert len(valid) == (n0 + n1) // 9 and len(train) + len(valid) == n0 + n1
     assert not set(train.row_numbers()) & set(valid.row_numbers())
-    train, valid, test = load(f"parquet:{files}", tmp_path, label="click", valid_files=1,
-                              test_files=1).split()
+    train, valid, test = load(
+        f"parquet:{files}", tmp_path, label="click", valid_files=1, test_files=1
+    ).split()
     assert (len(train), len(valid), len(test)) == (n0, n1, n2)
 
 
@@ -79,10 +87,33 @@ def test_bad_parquet_input_is_named(days, tmp_path):
 
 def test_a_parquet_file_trains_and_predicts(days, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", f"parquet:{tmp_path}", "--data-option", "label=click",
-                 "--model", "dnn", "--model-option", "hidden_dim=8", "--epochs", "1",
-                 "--batch-size", "64", "--out", str(run), "--cache-dir", str(tmp_path / "c"),
-                 "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                f"parquet:{tmp_path}",
+                "--data-option",
+                "label=click",
+                "--model",
+                "dnn",
+                "--model-option",
+                "hidden_dim=8",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "64",
+                "--out",
+                str(run),
+                "--cache-dir",
+                str(tmp_path / "c"),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     new = tmp_path / "new"
     new.mkdir()
@@ -111,8 +142,14 @@ def test_raw_day_files_are_one_dataset_split_by_file(tmp_path):
     rng = np.random.default_rng(4)
     days = []
     for d in range(3):
-        lines = ["\t".join([str(int(rng.random() < 0.3))] + [str(v) for v in rng.integers(0, 9, 13)]
-                           + ["%04x" % v for v in rng.integers(0, 5, 26)]) for _ in range(60 + d)]
+        lines = [
+            "\t".join(
+                [str(int(rng.random() < 0.3))]
+                + [str(v) for v in rng.integers(0, 9, 13)]
+                + ["%04x" % v for v in rng.integers(0, 5, 26)]
+            )
+            for _ in range(60 + d)
+        ]
         if d == 1:
             lines.insert(5, "1\t2")  # malformed: costs only itself
         (tmp_path / f"day_{d}").write_text("\n".join(lines) + "\n")
@@ -132,10 +169,12 @@ def test_raw_day_files_are_one_dataset_split_by_file(tmp_path):
 
 # ---- the cache of every source: keyed by content, locked, validated ---------------------------
 
+
 def plain_parquet(path, sites):
     """A Parquet file whose size depends only on the number and length of the values."""
-    table = pa.table({"label": pa.array([i % 2 for i in range(len(sites))], pa.int8()),
-                      "site": pa.array(sites)})
+    table = pa.table(
+        {"label": pa.array([i % 2 for i in range(len(sites))], pa.int8()), "site": pa.array(sites)}
+    )
     pq.write_table(table, path, compression="none", use_dictionary=False, write_statistics=False)
 
 
@@ -196,16 +235,21 @@ def test_an_npy_input_edited_in_place_is_converted_again(tmp_path):
 
 # ---- csv:PATH: a delimited file of one's own ----------------------------------------------
 
+
 def own_csv(path, rows, seed, columns=("site", "clicked", "count", "note", "ad"), sep=","):
     """A CSV of one's own (string cells, the count an integer) and the same rows as a table."""
     rng = np.random.default_rng(seed)
-    table = {"site": [None if v == 0 else f"s{v}" for v in rng.integers(0, 5, rows)],
-             "clicked": rng.integers(0, 2, rows).tolist(),
-             "count": rng.integers(-1, 30, rows).tolist(),
-             "note": [f"n{v}" for v in rng.integers(0, 100, rows)],
-             "ad": [f"a{v}" for v in rng.integers(0, 7, rows)]}
-    lines = [sep.join(columns)] + [sep.join("" if table[c][i] is None else str(table[c][i])
-                                            for c in columns) for i in range(rows)]
+    table = {
+        "site": [None if v == 0 else f"s{v}" for v in rng.integers(0, 5, rows)],
+        "clicked": rng.integers(0, 2, rows).tolist(),
+        "count": rng.integers(-1, 30, rows).tolist(),
+        "note": [f"n{v}" for v in rng.integers(0, 100, rows)],
+        "ad": [f"a{v}" for v in rng.integers(0, 7, rows)],
+    }
+    lines = [sep.join(columns)] + [
+        sep.join("" if table[c][i] is None else str(table[c][i]) for c in columns)
+        for i in range(rows)
+    ]
     path.write_text("\n".join(lines) + "\n")
     return pa.table(table)
 
@@ -216,22 +260,34 @@ def test_a_csv_file_is_encoded_as_its_parquet_twin(tmp_path):
     options = {"label": "clicked", "fields": ["site", "count", "ad"], "integer": ["count"]}
     twin = load(f"parquet:{tmp_path / 'mine.parquet'}", tmp_path, **options)
     # fields and integer as --data-option gives them: comma-separated strings
-    data = load(f"csv:{tmp_path / 'mine.csv'}", tmp_path, label="clicked", fields="site,count,ad",
-                integer="count")
+    data = load(
+        f"csv:{tmp_path / 'mine.csv'}",
+        tmp_path,
+        label="clicked",
+        fields="site,count,ad",
+        integer="count",
+    )
     assert data.field_names == ["site", "count", "ad"] and data.info["dataset"] == "csv"
     np.testing.assert_array_equal(data.x, twin.x)
     np.testing.assert_array_equal(data.y, twin.y)
     assert load_vocab(data) == load_vocab(twin)
     # default: every column but the label is a categorical field
-    assert load(f"csv:{tmp_path / 'mine.csv'}", tmp_path, label="clicked").field_names == \
-        ["site", "count", "note", "ad"]
+    assert load(f"csv:{tmp_path / 'mine.csv'}", tmp_path, label="clicked").field_names == [
+        "site",
+        "count",
+        "note",
+        "ad",
+    ]
     # a bad label, a non-integer count and a short line cost only their rows
     with open(tmp_path / "mine.csv", "a") as f:
         f.write("s1,7,3,n1,a1\ns1,1,x3,n1,a1\ns1,1\n")
     with pytest.warns(RuntimeWarning, match="skipped 3 malformed rows"):
         messy = load(f"csv:{tmp_path / 'mine.csv'}", tmp_path, **options)
-    assert (messy.info["malformed"]["bad_label"], messy.info["malformed"]["bad_integer"],
-            messy.info["malformed"]["column_count"]) == (1, 1, 1)
+    assert (
+        messy.info["malformed"]["bad_label"],
+        messy.info["malformed"]["bad_integer"],
+        messy.info["malformed"]["column_count"],
+    ) == (1, 1, 1)
     np.testing.assert_array_equal(messy.x, twin.x)
 
 
@@ -241,30 +297,74 @@ def test_a_csv_file_trains_and_predicts_with_the_training_vocabulary(tmp_path, c
 
     own_csv(tmp_path / "train.csv", 300, seed=6, sep="\t")
     run = tmp_path / "run"
-    assert main(["train", "--data", f"csv:{tmp_path / 'train.csv'}", "--data-option",
-                 "label=clicked", "--data-option", "delimiter=tab", "--data-option",
-                 "fields=site,count,ad", "--data-option", "integer=count", "--model", "dnn",
-                 "--model-option", "hidden_dim=8", "--epochs", "1", "--batch-size", "64",
-                 "--out", str(run), "--cache-dir", str(tmp_path / "c"), "--no-progress",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                f"csv:{tmp_path / 'train.csv'}",
+                "--data-option",
+                "label=clicked",
+                "--data-option",
+                "delimiter=tab",
+                "--data-option",
+                "fields=site,count,ad",
+                "--data-option",
+                "integer=count",
+                "--model",
+                "dnn",
+                "--model-option",
+                "hidden_dim=8",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "64",
+                "--out",
+                str(run),
+                "--cache-dir",
+                str(tmp_path / "c"),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    data = load_dataset(f"csv:{tmp_path / 'train.csv'}", cache_dir=tmp_path / "c",
-                        label="clicked", delimiter="tab", fields="site,count,ad",
-                        integer="count")  # the training cache, reused
+    data = load_dataset(
+        f"csv:{tmp_path / 'train.csv'}",
+        cache_dir=tmp_path / "c",
+        label="clicked",
+        delimiter="tab",
+        fields="site,count,ad",
+        integer="count",
+    )  # the training cache, reused
     model, _ = load_trained(run)
     with torch.no_grad():
         expected = sigmoid(model(torch.from_numpy(np.asarray(data.x, np.int64))).double().numpy())
     # the training file itself, and the same rows without the label, columns reordered
     summary = predict(run, f"csv:{tmp_path / 'train.csv'}", tmp_path / "a.csv")
-    own_csv(tmp_path / "new.csv", 300, seed=6, columns=("ad", "note", "count", "site"),
-            sep="\t")
-    assert main(["predict", str(run), "--data", f"csv:{tmp_path / 'new.csv'}", "--out",
-                 str(tmp_path / "b.csv"), "--no-progress"]) == 0
+    own_csv(tmp_path / "new.csv", 300, seed=6, columns=("ad", "note", "count", "site"), sep="\t")
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                "--data",
+                f"csv:{tmp_path / 'new.csv'}",
+                "--out",
+                str(tmp_path / "b.csv"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     for name in ("a.csv", "b.csv"):
         with open(tmp_path / name, newline="") as f:
             rows = list(csv.reader(f))
-        assert rows[0] == ["row", "probability"] and [r[0] for r in rows[1:]] == \
-            [str(i) for i in range(300)]
+        assert rows[0] == ["row", "probability"] and [r[0] for r in rows[1:]] == [
+            str(i) for i in range(300)
+        ]
         np.testing.assert_allclose([float(r[1]) for r in rows[1:]], expected, rtol=1e-5)
     assert summary.auc is not None and summary.scored == 300
     # a file without one of the training fields is refused, naming the column and the file
@@ -277,15 +377,21 @@ def test_a_csv_file_trains_and_predicts_with_the_training_vocabulary(tmp_path, c
 def test_bad_csv_options_name_the_column_and_the_file(tmp_path, capsys):
     path = tmp_path / "mine.csv"
     own_csv(path, 20, seed=7)
-    cases = [({}, r"the label column 'label' is not in .*mine.csv \(columns: site, clicked"),
-             ({"label": "clicked", "fields": "site,nope"}, r"no column 'nope' in .*mine.csv"),
-             ({"label": "clicked", "integer": "ad2"}, r"no column 'ad2' in .*mine.csv"),
-             ({"label": "clicked", "fields": "site", "integer": "count"},
-              r"integer column\(s\) 'count' of .*mine.csv are not among the fields"),
-             ({"label": "clicked", "fields": "clicked,site"},
-              "label column 'clicked' of .*mine.csv cannot be a field"),
-             ({"label": "clicked", "delimiter": ";;"}, "delimiter must be one character"),
-             ({"label": "clicked", "columns": "a"}, "unknown option.*columns")]
+    cases = [
+        ({}, r"the label column 'label' is not in .*mine.csv \(columns: site, clicked"),
+        ({"label": "clicked", "fields": "site,nope"}, r"no column 'nope' in .*mine.csv"),
+        ({"label": "clicked", "integer": "ad2"}, r"no column 'ad2' in .*mine.csv"),
+        (
+            {"label": "clicked", "fields": "site", "integer": "count"},
+            r"integer column\(s\) 'count' of .*mine.csv are not among the fields",
+        ),
+        (
+            {"label": "clicked", "fields": "clicked,site"},
+            "label column 'clicked' of .*mine.csv cannot be a field",
+        ),
+        ({"label": "clicked", "delimiter": ";;"}, "delimiter must be one character"),
+        ({"label": "clicked", "columns": "a"}, "unknown option.*columns"),
+    ]
     for options, message in cases:
         with pytest.raises((ValueError, TypeError), match=message):
             load(f"csv:{path}", tmp_path, **options)
@@ -301,8 +407,10 @@ def test_bad_csv_options_name_the_column_and_the_file(tmp_path, capsys):
     (tmp_path / "other.csv").write_text("site,clicked,count\ns1,1,3\n")
     with pytest.raises(ValueError, match="other.csv has the columns .* every file needs the"):
         load(f"csv:{path},{tmp_path / 'other.csv'}", tmp_path, label="clicked")
-    assert main(["train", "--data", f"csv:{path}", "--data-option", "label=click",
-                 "--no-progress"]) == 2
+    assert (
+        main(["train", "--data", f"csv:{path}", "--data-option", "label=click", "--no-progress"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("fastme train: error: the label column 'click' is not in")
     assert "mine.csv" in err and len(err.splitlines()) == 1

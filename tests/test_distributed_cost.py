@@ -54,15 +54,20 @@ def _measured_matches_estimate(rank, world, strategies):
         else:
             assert held == estimated["table_bytes_per_rank"]
         # The all-to-alls also carry a few split counts that the estimate leaves out.
-        assert estimated["alltoall_bytes"] <= measured["alltoall_bytes"] \
-            <= 1.05 * estimated["alltoall_bytes"], strategy
+        assert (
+            estimated["alltoall_bytes"]
+            <= measured["alltoall_bytes"]
+            <= 1.05 * estimated["alltoall_bytes"]
+        ), strategy
 
 
 def test_measured_ddp_traffic_matches_the_estimate():
     spawn(_measured_matches_estimate, 2, ["ddp"])
 
 
-@pytest.mark.skipif(not HAS_TORCHREC, reason="TorchRec is not installed (the `distributed` "
-                                             "install in docs/distributed.md)")
+@pytest.mark.skipif(
+    not HAS_TORCHREC,
+    reason="TorchRec is not installed (the `distributed` install in docs/distributed.md)",
+)
 def test_measured_sharded_traffic_matches_the_estimate():
     spawn(_measured_matches_estimate, 2, ["table_wise", "column_wise"])

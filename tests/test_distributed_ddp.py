@@ -44,7 +44,7 @@ def test_ddp_gradients_equal_single_process_gradients_on_the_joined_batch(name):
 
 def _collectives(rank, world):
     part = torch.arange(rank * 10, rank * 10 + 3 - rank, dtype=torch.float32)  # lengths 3 and 2
-    torch.testing.assert_close(dp.gather_concat(part), torch.tensor([0., 1, 2, 10, 11]))
+    torch.testing.assert_close(dp.gather_concat(part), torch.tensor([0.0, 1, 2, 10, 11]))
     torch.testing.assert_close(dp.all_reduce_sum(torch.tensor([rank + 1.0])), torch.tensor([3.0]))
 
 

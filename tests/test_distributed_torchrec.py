@@ -4,8 +4,10 @@ one, forward and backward, and plain checkpoints go in and come back unchanged."
 import pytest
 import torch
 
-pytest.importorskip("torchrec", reason="TorchRec is not installed (the `distributed` install in "
-                                       "docs/distributed.md)")
+pytest.importorskip(
+    "torchrec",
+    reason="TorchRec is not installed (the `distributed` install in docs/distributed.md)",
+)
 
 import fastme.models as fm  # noqa: E402
 from distributed_helpers import spawn  # noqa: E402
@@ -59,8 +61,11 @@ def _sharded_equals_plain(rank, world, sharding):
     x, r = random_batch(6)
     # Fresh tables and a different dense init: everything must come from the checkpoint.
     lr = 0.5
-    sharded = ftr.shard(ftr.TorchRecModel(plain_model(seed=3)), sharding,
-                        fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": lr})
+    sharded = ftr.shard(
+        ftr.TorchRecModel(plain_model(seed=3)),
+        sharding,
+        fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": lr},
+    )
     sharded.eval()
 
     # The planner really split the tables as asked.
@@ -92,19 +97,22 @@ def _sharded_equals_plain(rank, world, sharding):
     # both follow the gradient of the joined batch's loss / world size.
     (out * rs).sum().backward()
     (expected * r).sum().div(world).backward()
-    grads = {k[len(ftr.BACKBONE_PREFIX):]: p.grad for k, p in sharded.named_parameters()
-             if k.startswith(ftr.BACKBONE_PREFIX)}
+    grads = {
+        k[len(ftr.BACKBONE_PREFIX) :]: p.grad
+        for k, p in sharded.named_parameters()
+        if k.startswith(ftr.BACKBONE_PREFIX)
+    }
     for key, p in plain.named_parameters():
         if key != ftr.PLAIN_TABLE_KEY:
             torch.testing.assert_close(grads[key], p.grad, rtol=1e-4, atol=1e-6, msg=key)
     stepped = ftr.gather_plain_state_dict(sharded)
     if rank == 0:
         table = plain.embedding.weight
-        torch.testing.assert_close(stepped[ftr.PLAIN_TABLE_KEY], table - lr * table.grad,
-                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            stepped[ftr.PLAIN_TABLE_KEY], table - lr * table.grad, rtol=1e-5, atol=1e-6
+        )
 
 
 @pytest.mark.parametrize("sharding", ["table_wise", "column_wise"])
 def test_sharded_me_dcnv2_equals_the_plain_model_forward_and_backward(sharding):
     spawn(_sharded_equals_plain, 2, sharding)
-

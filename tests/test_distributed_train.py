@@ -45,16 +45,21 @@ def _train_data_parallel(rank, world, out):
     from fastme.distributed.trainer import train as train_data_parallel
 
     ranks = dp.init("cpu")
-    train_data_parallel(_batchnorm_free_model(), _data(), TrainConfig(out_dir=out, **SETTINGS),
-                        ranks=ranks)
+    train_data_parallel(
+        _batchnorm_free_model(), _data(), TrainConfig(out_dir=out, **SETTINGS), ranks=ranks
+    )
 
 
 def test_two_ranks_train_exactly_like_one_process_on_the_joined_batches(tmp_path):
-    single = train(_batchnorm_free_model(), _data(), TrainConfig(out_dir=str(tmp_path / "one"),
-                                                                  **SETTINGS))
+    single = train(
+        _batchnorm_free_model(), _data(), TrainConfig(out_dir=str(tmp_path / "one"), **SETTINGS)
+    )
     spawn(_train_data_parallel, 2, str(tmp_path / "two"))
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == \
-        ["best.pt", "last.pt", "results.json"]  # rank 0's files only (its lock file is gone)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+        "best.pt",
+        "last.pt",
+        "results.json",
+    ]  # rank 0's files only (its lock file is gone)
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert (single["world_size"], two["world_size"]) == (1, 2)
     for a, b in zip(single["history"], two["history"]):
@@ -94,8 +99,7 @@ def _train_batchnorm_model(rank, world, out):
     from fastme.distributed.trainer import train as train_data_parallel
 
     ranks = dp.init("cpu")
-    train_data_parallel(_batchnorm_model(), _data(), TrainConfig(out_dir=out, **STILL),
-                        ranks=ranks)
+    train_data_parallel(_batchnorm_model(), _data(), TrainConfig(out_dir=out, **STILL), ranks=ranks)
 
 
 def test_batchnorm_running_means_are_those_of_the_whole_batches(tmp_path):
@@ -116,20 +120,57 @@ def test_batchnorm_running_means_are_those_of_the_whole_batches(tmp_path):
 
 # ---- the command line, through torchrun ------------------------------------------------------
 
-CLI = ["--data", "synthetic", "--synthetic-samples", "3000",
-       "--data-option", f"field_dims={DIMS}".replace(" ", ""), "--model", "dcnv2", "--mode",
-       "me", "--scale", "2", "--model-option", "hidden_dim=16", "--model-option", "dropout=0.0",
-       "--batch-size", "256",
-       "--lr", "3e-3", "--device", "cpu", "--no-progress"]
+CLI = [
+    "--data",
+    "synthetic",
+    "--synthetic-samples",
+    "3000",
+    "--data-option",
+    f"field_dims={DIMS}".replace(" ", ""),
+    "--model",
+    "dcnv2",
+    "--mode",
+    "me",
+    "--scale",
+    "2",
+    "--model-option",
+    "hidden_dim=16",
+    "--model-option",
+    "dropout=0.0",
+    "--batch-size",
+    "256",
+    "--lr",
+    "3e-3",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 
 
 def torchrun(nproc, *args, wait=True):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(free_port()), "-m", "fastme", "train", *CLI, *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "fastme",
+        "train",
+        *CLI,
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if not wait:
-        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        return subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
@@ -145,8 +186,9 @@ def test_torchrun_train_writes_one_results_file_matching_a_single_process_run(tm
     assert two["world_size"] == 2 and two["epochs"] == one["epochs"] == 2
     # BatchNorm statistics are per rank on CPU (no SyncBatchNorm): close, not equal
     assert two["test_auc"] == pytest.approx(one["test_auc"], abs=0.03)
-    assert two["history"][-1]["train_loss"] == pytest.approx(one["history"][-1]["train_loss"],
-                                                             rel=0.01)
+    assert two["history"][-1]["train_loss"] == pytest.approx(
+        one["history"][-1]["train_loss"], rel=0.01
+    )
     assert len(two["field_ia"]) == len(DIMS)  # analysis on the unwrapped model
     best = load_checkpoint(tmp_path / "two" / "best.pt")
     plain = build("dcnv2", best["data"]["field_dims"], 2, multi=True, hidden_dim=16, dropout=0.0)
@@ -172,8 +214,22 @@ def test_a_killed_two_rank_run_resumes_with_two_ranks_or_one(tmp_path):
     assert 1 <= done < 50 and killed["world_size"] == 2
 
     torchrun(2, "--epochs", str(done + 1), "--patience", "50", "--out", str(out), "--resume")
-    assert main(["train", *CLI, "--epochs", str(done + 2), "--patience", "50", "--out", str(out),
-                 "--resume"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *CLI,
+                "--epochs",
+                str(done + 2),
+                "--patience",
+                "50",
+                "--out",
+                str(out),
+                "--resume",
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     assert results["epochs"] == done + 2 and results["world_size"] == 1
     assert [h["epoch"] for h in results["history"]] == list(range(1, done + 3))

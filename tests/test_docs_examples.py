@@ -26,8 +26,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-BLOCK = re.compile(r"(?:<!--\s*docs-test:\s*(?P<mark>.*?)\s*-->\s*\n)?"
-                   r"^```(?P<lang>[a-z]*)\n(?P<body>.*?)^```", re.S | re.M)
+BLOCK = re.compile(
+    r"(?:<!--\s*docs-test:\s*(?P<mark>.*?)\s*-->\s*\n)?"
+    r"^```(?P<lang>[a-z]*)\n(?P<body>.*?)^```",
+    re.S | re.M,
+)
 SHELL = ("bash", "sh", "")
 
 
@@ -68,7 +71,7 @@ def fastme_argv(words: list[str]) -> list[str] | None:
         return words[1:]
     for i in range(len(words) - 1):
         if words[i] == "-m" and words[i + 1] == "fastme":
-            return words[i + 2:]
+            return words[i + 2 :]
     return None
 
 
@@ -82,8 +85,9 @@ def test_shell_commands_parse(page, capsys):
     from fastme.cli import build_parser
 
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-                 ["optional-dependencies"])
+    extras = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    )
     parser = build_parser()
     for line, lang, _mark, body in blocks(page):
         if lang not in SHELL:
@@ -94,16 +98,19 @@ def test_shell_commands_parse(page, capsys):
                 try:
                     parser.parse_args(argv)
                 except SystemExit:
-                    pytest.fail(f"{page.name}:{line}: {' '.join(words)!r} does not parse: "
-                                f"{capsys.readouterr().err.strip()}")
+                    pytest.fail(
+                        f"{page.name}:{line}: {' '.join(words)!r} does not parse: "
+                        f"{capsys.readouterr().err.strip()}"
+                    )
             if words[:2] == ["pip", "install"]:
                 for spec in words[2:]:
                     named = re.fullmatch(r"\.\[(.*)\]", spec)
                     if named:
                         unknown = set(named[1].split(",")) - extras
                         assert not unknown, f"{page.name}:{line}: no extra {unknown}"
-                    assert not spec.startswith("fastme["), \
+                    assert not spec.startswith("fastme["), (
                         f"{page.name}:{line}: fastme is not on a package index: {spec}"
+                    )
 
 
 def _criteo_lines(n: int, seed: int, labeled: bool = True) -> str:
@@ -127,14 +134,46 @@ def sandbox(tmp_path_factory):
     x = np.stack([rng.integers(0, d, 2000) for d in (1000, 50, 7)], 1)
     np.save(root / "x.npy", x)
     np.save(root / "y.npy", (rng.random(2000) < 0.3).astype(np.float32))
-    env = {**os.environ, "FASTME_CACHE_DIR": str(root / "cache"), "PYTHONPATH": str(ROOT),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    env = {
+        **os.environ,
+        "FASTME_CACHE_DIR": str(root / "cache"),
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+        "TQDM_DISABLE": "1",
+    }
     done = subprocess.run(
-        [sys.executable, "-m", "fastme", "train", "--data", "criteo:train.txt", "--model", "dnn",
-         "--mode", "me", "--scale", "2", "--model-option", "hidden_dim=16", "--epochs", "2",
-         "--batch-size", "256", "--min-count", "2", "--no-progress", "--out", "runs/RUN"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "fastme",
+            "train",
+            "--data",
+            "criteo:train.txt",
+            "--model",
+            "dnn",
+            "--mode",
+            "me",
+            "--scale",
+            "2",
+            "--model-option",
+            "hidden_dim=16",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "256",
+            "--min-count",
+            "2",
+            "--no-progress",
+            "--out",
+            "runs/RUN",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     return root, env
 
@@ -149,11 +188,23 @@ def test_examples_run(page, sandbox):
             assert re.fullmatch(r"skip \(.+\)", mark), f"{where}: a skip needs its reason: {mark}"
             continue
         if lang == "python":
-            done = subprocess.run([sys.executable, "-c", body], cwd=root, env=env,
-                                  capture_output=True, text=True, timeout=600)
+            done = subprocess.run(
+                [sys.executable, "-c", body],
+                cwd=root,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
         elif lang in SHELL:
-            done = subprocess.run(["bash", "-euo", "pipefail", "-c", body], cwd=root, env=env,
-                                  capture_output=True, text=True, timeout=600)
+            done = subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", body],
+                cwd=root,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
         else:
             continue
         ran += 1

@@ -12,21 +12,33 @@ import torch
 import fastme.ops as ops
 from fastme.ops import _policy, bounds_check, reference
 
-from kernel_backends import (BACKENDS, DEVICE, DTYPES, KERNEL_TESTS, NONDET_TOL,
-                             assert_close_to_reference, assert_matches_reference,
-                             check_registration, criteo_like_field_dims, criteo_shapes_on_gpu,
-                             gpu_test, lookup_inputs, outputs_and_grads, relative_error,
-                             with_backend)
+from kernel_backends import (
+    BACKENDS,
+    DEVICE,
+    DTYPES,
+    KERNEL_TESTS,
+    NONDET_TOL,
+    assert_close_to_reference,
+    assert_matches_reference,
+    check_registration,
+    criteo_like_field_dims,
+    criteo_shapes_on_gpu,
+    gpu_test,
+    lookup_inputs,
+    outputs_and_grads,
+    relative_error,
+    with_backend,
+)
 
 pytestmark = KERNEL_TESTS
 
 SHAPES = [  # batch, field_dims, num_sets, dim
-    (1, [1], 1, 1),            # B = N = M = K = 1
-    (7, [3, 1, 5], 2, 5),      # odd K, a field with one value
-    (12, [2, 2, 2, 2], 3, 10), # heavy duplication, Criteo's K
-    (5, [6, 4], 1, 16),        # M = 1
+    (1, [1], 1, 1),  # B = N = M = K = 1
+    (7, [3, 1, 5], 2, 5),  # odd K, a field with one value
+    (12, [2, 2, 2, 2], 3, 10),  # heavy duplication, Criteo's K
+    (5, [6, 4], 1, 16),  # M = 1
     (80, [2, 2, 2, 2], 1, 3),  # several blocks of (sample, field) pairs
-    (3, [3, 2, 2], 2, 50),     # K = 50 (NFwFM's base size)
+    (3, [3, 2, 2], 2, 50),  # K = 50 (NFwFM's base size)
 ]
 GPU_SHAPES = SHAPES[:2] + [
     (64, [4, 1, 6, 3], 3, 10),
@@ -48,25 +60,32 @@ def test_forward_and_table_gradient_match_reference_float64(backend, shape, inde
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("index_dtype,offsets_dtype", [(torch.int32, torch.int64),
-                                                       (torch.int64, torch.int32)])
+@pytest.mark.parametrize(
+    "index_dtype,offsets_dtype", [(torch.int32, torch.int64), (torch.int64, torch.int32)]
+)
 def test_mixed_index_dtypes(backend, index_dtype, offsets_dtype):
-    _check_float64(backend, lookup_inputs(20, [4, 9, 2], 3, 6, index_dtype=index_dtype,
-                                          offsets_dtype=offsets_dtype))
+    _check_float64(
+        backend,
+        lookup_inputs(20, [4, 9, 2], 3, 6, index_dtype=index_dtype, offsets_dtype=offsets_dtype),
+    )
 
 
 def _check_float64(backend, inputs):
-    out, _ = assert_close_to_reference(lookup(backend), reference.multi_embedding_lookup, inputs,
-                                       rtol=1e-12, atol=1e-12)
+    out, _ = assert_close_to_reference(
+        lookup(backend), reference.multi_embedding_lookup, inputs, rtol=1e-12, atol=1e-12
+    )
     assert torch.equal(out, reference.multi_embedding_lookup(*inputs))  # a gather is exact
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradcheck(backend):
     table, indices, offsets = lookup_inputs(4, [3, 2, 2], 2, 3)
-    assert torch.autograd.gradcheck(lambda t: lookup(backend)(t, indices, offsets),
-                                    (table.requires_grad_(),), fast_mode=True,
-                                    nondet_tol=NONDET_TOL)
+    assert torch.autograd.gradcheck(
+        lambda t: lookup(backend)(t, indices, offsets),
+        (table.requires_grad_(),),
+        fast_mode=True,
+        nondet_tol=NONDET_TOL,
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -74,8 +93,12 @@ def test_gradcheck(backend):
 def test_low_precision_tables(backend, dtype):
     inputs = lookup_inputs(9, [2, 3, 2], 3, 7, dtype=dtype)
     # duplicates are summed in float32 and rounded once: within one 16-bit ulp of the exact sum
-    out = assert_matches_reference(lookup(backend), reference.multi_embedding_lookup, inputs,
-                                   tol=1e-6 if dtype == torch.float32 else 1e-2)
+    out = assert_matches_reference(
+        lookup(backend),
+        reference.multi_embedding_lookup,
+        inputs,
+        tol=1e-6 if dtype == torch.float32 else 1e-2,
+    )
     assert torch.equal(out, reference.multi_embedding_lookup(*inputs))  # a gather is exact
 
 
@@ -126,8 +149,12 @@ def test_non_contiguous_inputs(backend):
     table_nc = table.transpose(1, 2).contiguous().transpose(1, 2)  # same values, other strides
     indices_nc = indices.t().contiguous().t()
     assert not table_nc.is_contiguous() and not indices_nc.is_contiguous()
-    assert_close_to_reference(lookup(backend), reference.multi_embedding_lookup,
-                              (table_nc, indices_nc, offsets), (table, indices, offsets))
+    assert_close_to_reference(
+        lookup(backend),
+        reference.multi_embedding_lookup,
+        (table_nc, indices_nc, offsets),
+        (table, indices, offsets),
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -154,7 +181,7 @@ def test_bounds_check_modes(backend):
     # "off": no check at all, but the kernels clamp the global row, so even wild indices read
     # inside the table (never an illegal access)
     wild = indices.clone()
-    wild[0, 0], wild[2, 1], wild[3, 0] = -10**6, 10**9, 3  # below, far above, next field
+    wild[0, 0], wild[2, 1], wild[3, 0] = -(10**6), 10**9, 3  # below, far above, next field
     with bounds_check("off"):
         out = lookup(backend)(table, wild, offsets)
     rows = (wild + offsets).clamp(0, table.shape[0] - 1)
@@ -169,11 +196,12 @@ def test_a_table_without_rows_is_refused_with_the_bounds_check_off(backend):
     weight, bias = torch.zeros(1, 2, 6, 6, **f64), torch.zeros(1, 2, 6, **f64)
     indices = torch.zeros(4, 2, dtype=torch.int64, device=DEVICE)
     offsets = torch.zeros(2, dtype=torch.int64, device=DEVICE)
-    calls = [lambda: lookup(backend)(table, indices, offsets),
-             lambda: ops.pooled_lookup(table, indices, offsets, backend=backend),
-             lambda: ops.pooled_lookup(table, indices, offsets, weights, backend=backend),
-             lambda: ops.lookup_cross_network(table, indices, offsets, weight, bias,
-                                              backend=backend)]
+    calls = [
+        lambda: lookup(backend)(table, indices, offsets),
+        lambda: ops.pooled_lookup(table, indices, offsets, backend=backend),
+        lambda: ops.pooled_lookup(table, indices, offsets, weights, backend=backend),
+        lambda: ops.lookup_cross_network(table, indices, offsets, weight, bias, backend=backend),
+    ]
     with bounds_check("off"):
         for call in calls:
             with pytest.raises(ValueError, match="table has 0 rows but indices is not empty"):
@@ -184,11 +212,18 @@ def test_a_table_without_rows_is_refused_with_the_bounds_check_off(backend):
 def test_op_registration(backend):
     table, indices, offsets = lookup_inputs(5, [3, 2, 2], 2, 3)
     grad = torch.randn(5, 2, 3, 3, dtype=torch.float64, device=DEVICE)
-    check_registration(backend, "multi_embedding_lookup",
-                       (table.requires_grad_(), indices, offsets),
-                       [reference.multi_embedding_lookup(table, indices, offsets)])
-    check_registration(backend, "multi_embedding_lookup_backward",
-                       (grad, indices, offsets, table.shape[0]), [table])
+    check_registration(
+        backend,
+        "multi_embedding_lookup",
+        (table.requires_grad_(), indices, offsets),
+        [reference.multi_embedding_lookup(table, indices, offsets)],
+    )
+    check_registration(
+        backend,
+        "multi_embedding_lookup_backward",
+        (grad, indices, offsets, table.shape[0]),
+        [table],
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -200,16 +235,18 @@ def test_torch_compile_fullgraph(backend):
     def loss(t):
         return (lookup(backend)(t, indices, offsets) ** 2).sum()
 
-    assert_close_to_reference(torch.compile(loss, fullgraph=True, backend="aot_eager"), loss,
-                              (table,))
+    assert_close_to_reference(
+        torch.compile(loss, fullgraph=True, backend="aot_eager"), loss, (table,)
+    )
     if DEVICE == "cuda":
         return  # a failing device-side assertion would poison the CUDA context of later tests
     # bounds check "error" inside the graph: an asynchronous assertion instead of a graph break
     with pytest.raises(RuntimeError, match="out of range"):
         bad = indices.clone()
         bad[0, 0] = 3
-        torch.compile(lambda t: lookup(backend)(t, bad, offsets), fullgraph=True,
-                      backend="aot_eager")(table)
+        torch.compile(
+            lambda t: lookup(backend)(t, bad, offsets), fullgraph=True, backend="aot_eager"
+        )(table)
 
 
 @criteo_shapes_on_gpu
@@ -217,8 +254,9 @@ def test_criteo_shapes_on_gpu(backend, dtype, num_sets):
     """B=4096, N=39, K=10, realistic cardinalities (hot rows in the small fields)."""
     inputs = lookup_inputs(4096, criteo_like_field_dims(), num_sets, 10, dtype=dtype)
     out, (grad,) = outputs_and_grads(lookup(backend), *inputs)
-    ref_out, (ref_grad,) = outputs_and_grads(reference.multi_embedding_lookup, inputs[0].double(),
-                                             *inputs[1:])
+    ref_out, (ref_grad,) = outputs_and_grads(
+        reference.multi_embedding_lookup, inputs[0].double(), *inputs[1:]
+    )
     torch.testing.assert_close(out.double(), ref_out, rtol=0, atol=0)
     assert relative_error(grad, ref_grad) < (1e-5 if dtype == torch.float32 else 1e-2)
 

@@ -64,6 +64,7 @@ def test_bilinear_fusion():
     o1, o2 = torch.randn(4, 6), torch.randn(4, 6)
     w1, w2, w12 = torch.randn(6), torch.randn(6), torch.randn(6, 6)
     out = interactions.bilinear_fusion(o1, o2, w1, torch.tensor(0.5), w2, torch.tensor(-1.0), w12)
-    expected = torch.stack([o1[b] @ w1 + 0.5 + o2[b] @ w2 - 1.0 + o1[b] @ w12 @ o2[b]
-                            for b in range(4)])
+    expected = torch.stack(
+        [o1[b] @ w1 + 0.5 + o2[b] @ w2 - 1.0 + o1[b] @ w12 @ o2[b] for b in range(4)]
+    )
     torch.testing.assert_close(out, expected)

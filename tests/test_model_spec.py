@@ -22,13 +22,21 @@ def test_build_attaches_a_spec_that_round_trips():
     assert again == spec
     rebuilt = again.build(backend="reference")
     assert (rebuilt.num_sets, rebuilt.embed_dim, rebuilt.hidden_dim) == (3, 10, 16)
-    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == \
-        {k: v.shape for k, v in model.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(name="nope"), "unknown model"), (dict(mode="xx"), "mode"), (dict(scale=0), "scale"),
-    (dict(field_dims=[3, 0]), "field_dims"), (dict(options={"backend": "cuda"}), "backend")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(name="nope"), "unknown model"),
+        (dict(mode="xx"), "mode"),
+        (dict(scale=0), "scale"),
+        (dict(field_dims=[3, 0]), "field_dims"),
+        (dict(options={"backend": "cuda"}), "backend"),
+    ],
+)
 def test_bad_specs_are_refused(bad, message):
     fields = dict(name="dnn", mode="se", scale=1, field_dims=DIMS, options={})
     fields.update(bad)
@@ -40,8 +48,9 @@ def test_checkpoint_and_results_carry_the_spec_and_load_trained_rebuilds(tmp_pat
     data = make_synthetic(1_200, field_dims=DIMS, min_count=0)
     torch.manual_seed(0)
     model = build("dnn", DIMS, 2, multi=True, hidden_dim=8)
-    cfg = TrainConfig(epochs=1, batch_size=256, progress=False, verbose=False,
-                      out_dir=str(tmp_path))
+    cfg = TrainConfig(
+        epochs=1, batch_size=256, progress=False, verbose=False, out_dir=str(tmp_path)
+    )
     results = train(model, data, cfg)
     assert results["spec"] == model.spec.to_dict()
     assert json.loads((tmp_path / "results.json").read_text())["spec"] == model.spec.to_dict()
@@ -54,8 +63,18 @@ def test_checkpoint_and_results_carry_the_spec_and_load_trained_rebuilds(tmp_pat
     # resuming the run with another model is refused before any weights are loaded
     other = build("dnn", DIMS, 2, multi=False, hidden_dim=8)
     with pytest.raises(ResumeError, match="another model"):
-        train(other, data, TrainConfig(epochs=2, batch_size=256, progress=False, verbose=False,
-                                       out_dir=str(tmp_path), resume=True))
+        train(
+            other,
+            data,
+            TrainConfig(
+                epochs=2,
+                batch_size=256,
+                progress=False,
+                verbose=False,
+                out_dir=str(tmp_path),
+                resume=True,
+            ),
+        )
 
 
 def test_load_trained_explains_bad_files(tmp_path):

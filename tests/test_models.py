@@ -68,9 +68,8 @@ def test_dcnv2_cross_parameters_grow_quadratically_for_se_and_linearly_for_me():
         se = fm.build("dcnv2", FIELD_DIMS, scale, multi=False)
         me = fm.build("dcnv2", FIELD_DIMS, scale, multi=True)
         d_se, d_me = n * k * scale, n * k
-        assert se.cross_weight.numel() + se.cross_bias.numel() == layers * (d_se ** 2 + d_se)
-        assert (me.cross_weight.numel() + me.cross_bias.numel()
-                == scale * layers * (d_me ** 2 + d_me))
+        assert se.cross_weight.numel() + se.cross_bias.numel() == layers * (d_se**2 + d_se)
+        assert me.cross_weight.numel() + me.cross_bias.numel() == scale * layers * (d_me**2 + d_me)
 
 
 def test_criteo_sanity_parameter_counts_match_reference_code():
@@ -80,8 +79,9 @@ def test_criteo_sanity_parameter_counts_match_reference_code():
     dims = [4] * n  # only the table depends on cardinalities
     model = fm.DCNv2(dims)
     assert model.cross_weight.numel() + model.cross_bias.numel() == 609_960
-    mlp = sum(p.numel() for name, p in model.named_parameters()
-              if name.startswith(("projection", "head")))
+    mlp = sum(
+        p.numel() for name, p in model.named_parameters() if name.startswith(("projection", "head"))
+    )
     assert mlp == 318_801
 
 
@@ -110,7 +110,9 @@ def test_embedding_tables_and_cross_weights_views():
     tables = model.embedding_tables()
     assert [tuple(t.shape) for t in tables] == [(3, d, 10) for d in FIELD_DIMS]
     offset = sum(FIELD_DIMS[:2])
-    torch.testing.assert_close(tables[2][1], model.embedding.weight[offset:offset + 20, 1].detach())
+    torch.testing.assert_close(
+        tables[2][1], model.embedding.weight[offset : offset + 20, 1].detach()
+    )
     weight, bias = model.cross_weights()
     d = len(FIELD_DIMS) * 10
     assert weight.shape == (4, 3, d, d) and bias.shape == (4, 3, d)
@@ -126,9 +128,15 @@ def test_se_dnn_is_the_plain_torch_dnn():
         model(random_x(FIELD_DIMS, 16, seed))
     model.eval()
     n, k = len(FIELD_DIMS), 4
-    plain = torch.nn.Sequential(torch.nn.Linear(n * k, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
-                                torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
-                                torch.nn.Linear(8, 1)).eval()
+    plain = torch.nn.Sequential(
+        torch.nn.Linear(n * k, 8),
+        torch.nn.BatchNorm1d(8),
+        torch.nn.ReLU(),
+        torch.nn.Linear(8, 8),
+        torch.nn.BatchNorm1d(8),
+        torch.nn.ReLU(),
+        torch.nn.Linear(8, 1),
+    ).eval()
     proj, head = model.projection.block, model.head
     with torch.no_grad():
         plain[0].weight.copy_(proj.linear.weight[0])
@@ -146,8 +154,13 @@ def test_se_dnn_is_the_plain_torch_dnn():
 def _se_copy_of_linear_me_dnn(me):
     """An SE DNN with embedding size M*K whose weights reproduce the given ME DNN (Appendix E)."""
     m, k, n = me.num_sets, me.embed_dim, me.num_fields
-    se = fm.DNN(me.field_dims, embed_dim=m * k, num_sets=1, hidden_dim=me.hidden_dim,
-                nonlinear_projection=me.nonlinear_projection)
+    se = fm.DNN(
+        me.field_dims,
+        embed_dim=m * k,
+        num_sets=1,
+        hidden_dim=me.hidden_dim,
+        nonlinear_projection=me.nonlinear_projection,
+    )
     state = {key: v.clone() for key, v in me.state_dict().items()}
     state["embedding.weight"] = me.embedding.weight.detach().reshape(-1, 1, m * k)
     # ME input of set s is field-major [e_0^s, e_1^s, ...]; the SE input is [e_0^0..e_0^{M-1}, ...].
@@ -155,7 +168,8 @@ def _se_copy_of_linear_me_dnn(me):
     w = w.reshape(m, -1, n, k).permute(1, 2, 0, 3).reshape(1, -1, n * m * k) / m
     state["projection.block.linear.weight"] = w
     state["projection.block.linear.bias"] = me.projection.block.linear.bias.detach().mean(
-        0, keepdim=True)
+        0, keepdim=True
+    )
     if me.nonlinear_projection:  # per-set BatchNorm: only copyable for M=1, keep SE's own
         for key in list(state):
             if key.startswith("projection.block.norm"):
@@ -198,13 +212,16 @@ def test_backend_switch_keeps_state_dict_and_results():
         model.backend = "tpu"
 
 
-@pytest.mark.parametrize("bad,exc,match", [
-    (torch.tensor([[0, 0, 0, 0, 1]]), IndexError, "out of range for field 4"),
-    (torch.tensor([[0, 0, -1, 0, 0]]), IndexError, "out of range"),
-    (torch.zeros(2, 4, dtype=torch.long), ValueError, r"shape \[B, 5\]"),
-    (torch.zeros(2, 5), TypeError, "int32/int64"),
-    (torch.zeros(5, dtype=torch.long), ValueError, "shape"),
-])
+@pytest.mark.parametrize(
+    "bad,exc,match",
+    [
+        (torch.tensor([[0, 0, 0, 0, 1]]), IndexError, "out of range for field 4"),
+        (torch.tensor([[0, 0, -1, 0, 0]]), IndexError, "out of range"),
+        (torch.zeros(2, 4, dtype=torch.long), ValueError, r"shape \[B, 5\]"),
+        (torch.zeros(2, 5), TypeError, "int32/int64"),
+        (torch.zeros(5, dtype=torch.long), ValueError, "shape"),
+    ],
+)
 def test_bad_input_raises_clear_error(bad, exc, match):
     model = fm.build("dnn", FIELD_DIMS, 1, multi=False)
     with pytest.raises(exc, match=match):

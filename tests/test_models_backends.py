@@ -27,18 +27,31 @@ def logits_and_grads(model, x, weights):
     model.zero_grad(set_to_none=True)
     logits = model(x)
     (logits * weights).sum().backward()
-    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
-                             if p.grad is not None}
+    return logits.detach(), {
+        n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+    }
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("num_sets", [1, 2], ids=["SE", "ME"])
-@pytest.mark.parametrize("name,options", VARIANTS, ids=lambda v: v if isinstance(v, str) else
-                         "-".join(f"{k}={w}" for k, w in v.items()) or "default")
+@pytest.mark.parametrize(
+    "name,options",
+    VARIANTS,
+    ids=lambda v: (
+        v if isinstance(v, str) else "-".join(f"{k}={w}" for k, w in v.items()) or "default"
+    ),
+)
 def test_same_logits_and_gradients_as_reference(name, options, num_sets, backend):
     torch.manual_seed(0)
-    model = MODELS[name](FIELD_DIMS, embed_dim=3, num_sets=num_sets, backend="reference",
-                         hidden_dim=8, **OPTIONS.get(name, {}), **options)
+    model = MODELS[name](
+        FIELD_DIMS,
+        embed_dim=3,
+        num_sets=num_sets,
+        backend="reference",
+        hidden_dim=8,
+        **OPTIONS.get(name, {}),
+        **options,
+    )
     model = model.double().to(DEVICE).eval()
     g = torch.Generator().manual_seed(1)
     x = torch.stack([torch.randint(0, d, (6,), generator=g) for d in FIELD_DIMS], 1).to(DEVICE)
@@ -58,8 +71,9 @@ def test_same_logits_and_gradients_as_reference(name, options, num_sets, backend
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_model_trains_in_float32(backend):
     torch.manual_seed(0)
-    model = MODELS["dcnv2"](FIELD_DIMS, embed_dim=3, num_sets=2, backend=backend,
-                            hidden_dim=16).to(DEVICE)
+    model = MODELS["dcnv2"](FIELD_DIMS, embed_dim=3, num_sets=2, backend=backend, hidden_dim=16).to(
+        DEVICE
+    )
     x = torch.stack([torch.randint(0, d, (64,)) for d in FIELD_DIMS], 1).to(DEVICE)
     y = (x[:, 0] % 2).float()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -71,4 +85,3 @@ def test_model_trains_in_float32(backend):
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
-

@@ -24,22 +24,37 @@ def lookup_ops(backend):
     return [
         lambda t, x, o, d: ops.multi_embedding_lookup(t, x, o, field_dims=d, backend=backend),
         lambda t, x, o, d: ops.pooled_lookup(t, x, o, field_dims=d, backend=backend),
-        lambda t, x, o, d: ops.lookup_cross_network(t, x, o, weight, bias, field_dims=d,
-                                                    backend=backend),
+        lambda t, x, o, d: ops.lookup_cross_network(
+            t, x, o, weight, bias, field_dims=d, backend=backend
+        ),
     ]
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("offsets,field_dims,match", [
-    ([-2, 4], None, r"offsets\[0\] = -2 is negative"),
-    ([-2, 4], [4, 6], r"offsets\[0\] = -2 is negative"),
-    ([0, 18], None, r"offsets\[1\] = 18 is past the table's 10 rows"),
-    ([5, 3], None, r"offsets must not decrease"),
-    ([0, 4], [4, 100], r"field_dims\[1\] = 100 with offsets\[1\] = 4 needs table rows up to 104 "
-                       r"but the table has 10 rows"),
-    ([0, 4], [4, -1], r"field_dims\[1\] = -1 is negative"),
-], ids=["negative", "negative-with-field-dims", "past-the-table", "decreasing",
-        "field-dims-past-the-table", "negative-field-dims"])
+@pytest.mark.parametrize(
+    "offsets,field_dims,match",
+    [
+        ([-2, 4], None, r"offsets\[0\] = -2 is negative"),
+        ([-2, 4], [4, 6], r"offsets\[0\] = -2 is negative"),
+        ([0, 18], None, r"offsets\[1\] = 18 is past the table's 10 rows"),
+        ([5, 3], None, r"offsets must not decrease"),
+        (
+            [0, 4],
+            [4, 100],
+            r"field_dims\[1\] = 100 with offsets\[1\] = 4 needs table rows up to 104 "
+            r"but the table has 10 rows",
+        ),
+        ([0, 4], [4, -1], r"field_dims\[1\] = -1 is negative"),
+    ],
+    ids=[
+        "negative",
+        "negative-with-field-dims",
+        "past-the-table",
+        "decreasing",
+        "field-dims-past-the-table",
+        "negative-field-dims",
+    ],
+)
 def test_offsets_and_field_dims_are_checked_against_the_table(backend, offsets, field_dims, match):
     table, indices, _ = inputs()
     indices = indices.clamp(0, 3)  # in range of every field of every case
@@ -53,20 +68,24 @@ def test_offsets_and_field_dims_are_checked_against_the_table(backend, offsets, 
 def test_offsets_check_is_skipped_with_bounds_check_off():
     table, indices, _ = inputs()
     with bounds_check("off"):  # kernels and the reference then read clamped rows
-        out = ops.multi_embedding_lookup(table, indices.clamp(0, 3), torch.tensor([0, 4]),
-                                         field_dims=torch.tensor([4, 100]))
+        out = ops.multi_embedding_lookup(
+            table, indices.clamp(0, 3), torch.tensor([0, 4]), field_dims=torch.tensor([4, 100])
+        )
     assert out.shape == (4, 2, 2, 3)
     assert ops.get_bounds_check() == "error"  # restored after the block
 
 
-@pytest.mark.parametrize("mutate,exc,match", [
-    (lambda t, x, o: (t[0], x, o), ValueError, "table must have 3 dimensions"),
-    (lambda t, x, o: (t.int(), x, o), TypeError, "table must have dtype"),
-    (lambda t, x, o: (t, x.float(), o), TypeError, "indices must have dtype"),
-    (lambda t, x, o: (t, x[0], o), ValueError, "indices must have 2 dimensions"),
-    (lambda t, x, o: (t, x, o[:1]), ValueError, "offsets has 1 entries"),
-    (lambda t, x, o: ("table", x, o), TypeError, "table must be a torch.Tensor"),
-])
+@pytest.mark.parametrize(
+    "mutate,exc,match",
+    [
+        (lambda t, x, o: (t[0], x, o), ValueError, "table must have 3 dimensions"),
+        (lambda t, x, o: (t.int(), x, o), TypeError, "table must have dtype"),
+        (lambda t, x, o: (t, x.float(), o), TypeError, "indices must have dtype"),
+        (lambda t, x, o: (t, x[0], o), ValueError, "indices must have 2 dimensions"),
+        (lambda t, x, o: (t, x, o[:1]), ValueError, "offsets has 1 entries"),
+        (lambda t, x, o: ("table", x, o), TypeError, "table must be a torch.Tensor"),
+    ],
+)
 def test_lookup_rejects_bad_arguments(mutate, exc, match):
     with pytest.raises(exc, match=match):
         ops.multi_embedding_lookup(*mutate(*inputs()))
@@ -103,8 +122,9 @@ def test_pooling_and_cross_network_check_parameter_shapes():
     with pytest.raises(ValueError, match=r"field_weights must have shape \(2, 2, 2\)"):
         ops.pooled_lookup(table, indices, offsets, torch.randn(2, 3, 3))
     with pytest.raises(ValueError, match=r"weight must have shape"):
-        ops.lookup_cross_network(table, indices, offsets, torch.randn(1, 2, 5, 5),
-                                 torch.randn(1, 2, 6))
+        ops.lookup_cross_network(
+            table, indices, offsets, torch.randn(1, 2, 5, 5), torch.randn(1, 2, 6)
+        )
     with pytest.raises(ValueError, match=r"bias must have shape"):
         ops.cross_network(torch.randn(4, 2, 6), torch.randn(3, 2, 6, 6), torch.randn(3, 2, 5))
 
@@ -113,8 +133,9 @@ def test_empty_batch_gives_empty_results():
     table, indices, offsets = inputs(batch=0)
     assert ops.multi_embedding_lookup(table, indices, offsets).shape == (0, 2, 2, 3)
     assert ops.pooled_lookup(table, indices, offsets).shape == (0, 2, 3)
-    out = ops.lookup_cross_network(table, indices, offsets, torch.randn(2, 2, 6, 6),
-                                   torch.zeros(2, 2, 6))
+    out = ops.lookup_cross_network(
+        table, indices, offsets, torch.randn(2, 2, 6, 6), torch.zeros(2, 2, 6)
+    )
     assert out.shape == (0, 2, 6)
 
 
@@ -129,8 +150,10 @@ def test_unknown_and_unavailable_backends_raise_clearly():
 
 def test_auto_backend_on_cpu_is_the_reference():
     table, indices, offsets = inputs()
-    torch.testing.assert_close(ops.multi_embedding_lookup(table, indices, offsets),
-                               ops.reference.multi_embedding_lookup(table, indices, offsets))
+    torch.testing.assert_close(
+        ops.multi_embedding_lookup(table, indices, offsets),
+        ops.reference.multi_embedding_lookup(table, indices, offsets),
+    )
 
 
 def test_a_backend_implements_only_some_ops_and_the_rest_run_the_reference(monkeypatch):
@@ -146,18 +169,30 @@ def test_a_backend_implements_only_some_ops_and_the_rest_run_the_reference(monke
 
     calls = []
     kernels = types.ModuleType("fastme_partial_backend.kernels")
-    kernels.forward = lambda *args: calls.append("forward") or ops.reference.multi_embedding_lookup(
-        *args)
+    kernels.forward = lambda *args: (
+        calls.append("forward") or ops.reference.multi_embedding_lookup(*args)
+    )
     kernels.backward = lambda grad, indices, offsets, num_rows: torch.zeros(
-        num_rows, grad.shape[1], grad.shape[3]).index_add_(
-            0, (indices + offsets).reshape(-1), grad.permute(0, 2, 1, 3).reshape(
-                -1, grad.shape[1], grad.shape[3]))
+        num_rows, grad.shape[1], grad.shape[3]
+    ).index_add_(
+        0,
+        (indices + offsets).reshape(-1),
+        grad.permute(0, 2, 1, 3).reshape(-1, grad.shape[1], grad.shape[3]),
+    )
     package = types.ModuleType("fastme_partial_backend")
     package.BACKEND = _kernel_ops.KernelBackend(
-        name="partial", package="fastme_partial_backend", devices=("cpu",), auto=("cpu",),
-        needs="nothing", why_not_here=lambda device: "", cross_states=lambda layers, save: 0,
-        host_functions={"fastme::partial_multi_embedding_lookup": "kernels.forward",
-                        "fastme::partial_multi_embedding_lookup_backward": "kernels.backward"})
+        name="partial",
+        package="fastme_partial_backend",
+        devices=("cpu",),
+        auto=("cpu",),
+        needs="nothing",
+        why_not_here=lambda device: "",
+        cross_states=lambda layers, save: 0,
+        host_functions={
+            "fastme::partial_multi_embedding_lookup": "kernels.forward",
+            "fastme::partial_multi_embedding_lookup_backward": "kernels.backward",
+        },
+    )
     monkeypatch.setitem(sys.modules, "fastme_partial_backend", package)
     monkeypatch.setitem(sys.modules, "fastme_partial_backend.kernels", kernels)
     monkeypatch.setattr(_backend, "_KERNEL_BACKENDS", dict(_backend._KERNEL_BACKENDS))
@@ -169,15 +204,19 @@ def test_a_backend_implements_only_some_ops_and_the_rest_run_the_reference(monke
     table.requires_grad_()
     for backend in ("partial", "auto"):
         out = ops.multi_embedding_lookup(table, indices, offsets, backend=backend)
-        torch.testing.assert_close(out, ops.reference.multi_embedding_lookup(table, indices,
-                                                                             offsets))
+        torch.testing.assert_close(
+            out, ops.reference.multi_embedding_lookup(table, indices, offsets)
+        )
         (grad,) = torch.autograd.grad(out.sum(), table)
         (ref_grad,) = torch.autograd.grad(
-            ops.reference.multi_embedding_lookup(table, indices, offsets).sum(), table)
+            ops.reference.multi_embedding_lookup(table, indices, offsets).sum(), table
+        )
         torch.testing.assert_close(grad, ref_grad)
     assert calls == ["forward", "forward"]
-    torch.testing.assert_close(ops.pooled_lookup(table, indices, offsets, backend="partial"),
-                               ops.reference.pooled_lookup(table, indices, offsets))
+    torch.testing.assert_close(
+        ops.pooled_lookup(table, indices, offsets, backend="partial"),
+        ops.reference.pooled_lookup(table, indices, offsets),
+    )
     assert calls == ["forward", "forward"]
 
 
@@ -205,7 +244,12 @@ def test_a_backend_that_cannot_load_keeps_its_own_cross_state_layout():
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-c", CUDA_STATES_WITHOUT_ITS_HOST_FUNCTIONS],
-                         capture_output=True, text=True, timeout=300, check=False)
+    run = subprocess.run(
+        [sys.executable, "-c", CUDA_STATES_WITHOUT_ITS_HOST_FUNCTIONS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["3"]

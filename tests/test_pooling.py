@@ -8,29 +8,41 @@ import torch
 import fastme.ops as ops
 from fastme.ops import bounds_check, reference
 
-from kernel_backends import (BACKENDS, DEVICE, DTYPES, KERNEL_TESTS, NONDET_TOL,
-                             assert_close_to_reference, assert_matches_reference,
-                             check_registration, criteo_like_field_dims, criteo_shapes_on_gpu,
-                             field_weights, gpu_test, lookup_inputs, with_backend)
+from kernel_backends import (
+    BACKENDS,
+    DEVICE,
+    DTYPES,
+    KERNEL_TESTS,
+    NONDET_TOL,
+    assert_close_to_reference,
+    assert_matches_reference,
+    check_registration,
+    criteo_like_field_dims,
+    criteo_shapes_on_gpu,
+    field_weights,
+    gpu_test,
+    lookup_inputs,
+    with_backend,
+)
 
 pytestmark = KERNEL_TESTS
 
 SHAPES = [  # batch, field_dims, num_sets, dim
-    (1, [1], 1, 1),              # B = N = M = K = 1
-    (7, [3, 1, 5], 2, 5),        # odd K
+    (1, [1], 1, 1),  # B = N = M = K = 1
+    (7, [3, 1, 5], 2, 5),  # odd K
     (10, [2, 2, 2, 2, 2], 3, 10),
-    (4, [3, 4], 1, 16),          # M = 1
-    (3, [2, 3, 2], 2, 50),       # K = 50 (NFwFM's base size)
-    (100, [3] * 18, 1, 3),       # N > 16; several column blocks per program
-    (5, [2] * 70, 2, 3),         # N = 70: FwFM in three field blocks of 32
-    (6, [3] * 256, 2, 3),        # N = 256: FwFM in 4 x 4 tiles of 64 fields
+    (4, [3, 4], 1, 16),  # M = 1
+    (3, [2, 3, 2], 2, 50),  # K = 50 (NFwFM's base size)
+    (100, [3] * 18, 1, 3),  # N > 16; several column blocks per program
+    (5, [2] * 70, 2, 3),  # N = 70: FwFM in three field blocks of 32
+    (6, [3] * 256, 2, 3),  # N = 256: FwFM in 4 x 4 tiles of 64 fields
 ]
 GPU_SHAPES = SHAPES[:3] + [
     (64, [4, 1, 6, 3], 3, 10),
     (33, [2, 2], 4, 16),
     (40, [3, 9], 2, 7),
-    (6, [2] * 70, 2, 3),         # N = 70: field weights no longer staged in shared memory
-    (5, [3, 4, 2, 6], 1, 200),   # K = 200: split into column chunks
+    (6, [2] * 70, 2, 3),  # N = 70: field weights no longer staged in shared memory
+    (5, [3, 4, 2, 6], 1, 200),  # K = 200: split into column chunks
 ]
 # Relative error allowed against float64 maths on the same values; 16-bit errors count as
 # absolute below 0.5 (inputs are O(1)): a tiny output that is the difference of O(1) terms cannot
@@ -48,8 +60,10 @@ def pooled_inputs(shape, weighted, **kwargs):
     if not weighted:
         return inputs
     n = len(shape[1])
-    return (*inputs, field_weights(shape[2], n, dtype=inputs[0].dtype,
-                                   device=inputs[0].device) / max(n, 1))
+    return (
+        *inputs,
+        field_weights(shape[2], n, dtype=inputs[0].dtype, device=inputs[0].device) / max(n, 1),
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -57,9 +71,13 @@ def pooled_inputs(shape, weighted, **kwargs):
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"B{s[0]}-N{len(s[1])}-M{s[2]}-K{s[3]}")
 def test_forward_and_gradients_match_reference_float64(backend, shape, index_dtype, weighted):
-    out, _ = assert_close_to_reference(pooled(backend), reference.pooled_lookup,
-                                       pooled_inputs(shape, weighted, index_dtype=index_dtype),
-                                       rtol=1e-12, atol=1e-12)
+    out, _ = assert_close_to_reference(
+        pooled(backend),
+        reference.pooled_lookup,
+        pooled_inputs(shape, weighted, index_dtype=index_dtype),
+        rtol=1e-12,
+        atol=1e-12,
+    )
     assert out.shape == (shape[0], shape[2], shape[3])
 
 
@@ -68,8 +86,12 @@ def test_forward_and_gradients_match_reference_float64(backend, shape, index_dty
 def test_gradcheck(backend, weighted):
     table, indices, offsets, *weights = pooled_inputs((4, [3, 2, 2], 2, 3), weighted)
     inputs = (table.requires_grad_(), *(w.requires_grad_() for w in weights))
-    assert torch.autograd.gradcheck(lambda t, *w: pooled(backend)(t, indices, offsets, *w),
-                                    inputs, fast_mode=True, nondet_tol=NONDET_TOL)
+    assert torch.autograd.gradcheck(
+        lambda t, *w: pooled(backend)(t, indices, offsets, *w),
+        inputs,
+        fast_mode=True,
+        nondet_tol=NONDET_TOL,
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -79,8 +101,9 @@ def test_low_precision(backend, weighted, dtype, matmul_precision):
     """16-bit/float32 inputs against float64 maths on the same (rounded) values."""
     matmul_precision("highest")
     inputs = pooled_inputs((12, [3, 2, 4, 2], 3, 6), weighted, dtype=dtype)
-    assert_matches_reference(pooled(backend), reference.pooled_lookup, inputs, TOL[dtype],
-                             FLOOR.get(dtype, 0.0))
+    assert_matches_reference(
+        pooled(backend), reference.pooled_lookup, inputs, TOL[dtype], FLOOR.get(dtype, 0.0)
+    )
 
 
 @gpu_test
@@ -88,12 +111,17 @@ def test_low_precision(backend, weighted, dtype, matmul_precision):
 @pytest.mark.parametrize("weighted", [False, True], ids=["fm", "fwfm"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=str)
-def test_every_dtype_and_gradient_path_on_gpu(backend, shape, dtype, weighted, grad_mode,
-                                              matmul_precision):
+def test_every_dtype_and_gradient_path_on_gpu(
+    backend, shape, dtype, weighted, grad_mode, matmul_precision
+):
     matmul_precision("highest")
-    assert_matches_reference(pooled(backend), reference.pooled_lookup,
-                             pooled_inputs(shape, weighted, dtype=dtype), TOL[dtype],
-                             FLOOR.get(dtype, 0.0))
+    assert_matches_reference(
+        pooled(backend),
+        reference.pooled_lookup,
+        pooled_inputs(shape, weighted, dtype=dtype),
+        TOL[dtype],
+        FLOOR.get(dtype, 0.0),
+    )
 
 
 @gpu_test
@@ -111,9 +139,12 @@ def test_non_contiguous_inputs(backend, weighted):
     table_nc = table.transpose(1, 2).contiguous().transpose(1, 2)
     weights_nc = [w.transpose(1, 2).contiguous().transpose(1, 2) for w in weights]
     assert not table_nc.is_contiguous() and not any(w.is_contiguous() for w in weights_nc)
-    assert_close_to_reference(pooled(backend), reference.pooled_lookup,
-                              (table_nc, indices.t().contiguous().t(), offsets, *weights_nc),
-                              (table, indices, offsets, *weights))
+    assert_close_to_reference(
+        pooled(backend),
+        reference.pooled_lookup,
+        (table_nc, indices.t().contiguous().t(), offsets, *weights_nc),
+        (table, indices, offsets, *weights),
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -133,7 +164,7 @@ def test_empty_batch(backend, dtype):
 def test_out_of_range_indices_read_the_clamped_row_with_bounds_check_off(backend, weighted):
     table, indices, offsets, *weights = pooled_inputs((5, [3, 4], 2, 3), weighted)
     wild = indices.clone()
-    wild[1, 0], wild[3, 1], wild[2, 0] = -10**6, 10**9, 3  # below, far above, into field 1
+    wild[1, 0], wild[3, 1], wild[2, 0] = -(10**6), 10**9, 3  # below, far above, into field 1
     rows = (wild + offsets).clamp(0, table.shape[0] - 1)
     with bounds_check("off"):
         out = pooled(backend)(table, wild, offsets, *weights)
@@ -148,8 +179,7 @@ def test_mismatched_dtypes_are_rejected():
     with pytest.raises(TypeError, match="field_weights must have the dtype of the table"):
         ops.pooled_lookup(table, indices, offsets, weights.float())
     with pytest.raises(TypeError, match="field_weights must have the dtype of the embeddings"):
-        ops.fwfm_pooling(reference.multi_embedding_lookup(table, indices, offsets),
-                         weights.float())
+        ops.fwfm_pooling(reference.multi_embedding_lookup(table, indices, offsets), weights.float())
 
 
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
@@ -159,12 +189,21 @@ def test_op_registration(backend):
     table.requires_grad_()
     expected = reference.pooled_lookup(table, indices, offsets).detach()
     check_registration(backend, "fm_pooled_lookup", (table, indices, offsets), [expected])
-    check_registration(backend, "fwfm_pooled_lookup",
-                       (table, indices, offsets, weights.requires_grad_()), [expected])
-    check_registration(backend, "fm_pooled_lookup_backward", (grad, table, indices, offsets),
-                       [table])
-    check_registration(backend, "fwfm_pooled_lookup_backward",
-                       (grad, table, indices, offsets, weights), [table, weights])
+    check_registration(
+        backend,
+        "fwfm_pooled_lookup",
+        (table, indices, offsets, weights.requires_grad_()),
+        [expected],
+    )
+    check_registration(
+        backend, "fm_pooled_lookup_backward", (grad, table, indices, offsets), [table]
+    )
+    check_registration(
+        backend,
+        "fwfm_pooled_lookup_backward",
+        (grad, table, indices, offsets, weights),
+        [table, weights],
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -175,27 +214,36 @@ def test_torch_compile_fullgraph(backend):
     table, indices, offsets, weights = pooled_inputs((6, [3, 4, 2], 2, 3), True)
 
     def loss(t, w):
-        return (pooled(backend)(t, indices, offsets).square().sum()
-                + pooled(backend)(t, indices, offsets, w).sum())
+        return (
+            pooled(backend)(t, indices, offsets).square().sum()
+            + pooled(backend)(t, indices, offsets, w).sum()
+        )
 
-    assert_close_to_reference(torch.compile(loss, fullgraph=True, backend=compiler), loss,
-                              (table, weights))
+    assert_close_to_reference(
+        torch.compile(loss, fullgraph=True, backend=compiler), loss, (table, weights)
+    )
 
 
 # ---- FM / FwFM pooling of gathered embeddings ---------------------------------------------------
 
+
 @pytest.mark.parametrize("backend", ["reference", *BACKENDS])
 @pytest.mark.parametrize("weighted", [False, True], ids=["fm", "fwfm"])
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (7, 2, 3, 5), (4, 3, 18, 2), (0, 2, 3, 4)],
-                         ids=str)
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 1, 1), (7, 2, 3, 5), (4, 3, 18, 2), (0, 2, 3, 4)], ids=str
+)
 def test_pooling_of_gathered_embeddings_matches_reference_float64(backend, weighted, shape):
     b, m, n, k = shape
     emb = torch.randn(shape, dtype=torch.float64, device=DEVICE)
     weights = (field_weights(m, n),) if weighted else ()
-    public, ref = ((ops.fwfm_pooling, reference.fwfm_pooling) if weighted
-                   else (ops.fm_pooling, reference.fm_pooling))
-    out, _ = assert_close_to_reference(with_backend(public, backend), ref, (emb, *weights),
-                                       rtol=1e-12, atol=1e-12)
+    public, ref = (
+        (ops.fwfm_pooling, reference.fwfm_pooling)
+        if weighted
+        else (ops.fm_pooling, reference.fm_pooling)
+    )
+    out, _ = assert_close_to_reference(
+        with_backend(public, backend), ref, (emb, *weights), rtol=1e-12, atol=1e-12
+    )
     assert out.shape == (b, m, k)
 
 
@@ -203,13 +251,16 @@ def test_pooling_of_gathered_embeddings_matches_reference_float64(backend, weigh
 def test_pooling_of_gathered_embeddings_low_precision(backend):
     emb = torch.randn(9, 2, 5, 4, device=DEVICE).to(torch.bfloat16)
     weights = field_weights(2, 5, dtype=torch.bfloat16) / 5
-    assert_matches_reference(with_backend(ops.fm_pooling, backend), reference.fm_pooling,
-                             (emb,), 2e-2, 0.5)
-    assert_matches_reference(with_backend(ops.fwfm_pooling, backend), reference.fwfm_pooling,
-                             (emb, weights), 2e-2, 0.5)
+    assert_matches_reference(
+        with_backend(ops.fm_pooling, backend), reference.fm_pooling, (emb,), 2e-2, 0.5
+    )
+    assert_matches_reference(
+        with_backend(ops.fwfm_pooling, backend), reference.fwfm_pooling, (emb, weights), 2e-2, 0.5
+    )
 
 
 # ---- GPU only -----------------------------------------------------------------------------------
+
 
 @criteo_shapes_on_gpu
 def test_criteo_shapes_on_gpu(backend, dtype, num_sets):
@@ -219,8 +270,9 @@ def test_criteo_shapes_on_gpu(backend, dtype, num_sets):
     weights = field_weights(num_sets, len(field_dims), dtype=dtype)
     tol = 2e-2 if dtype == torch.bfloat16 else 5e-3  # float32 may use TF32
     for w in ((), (weights,)):
-        assert_matches_reference(pooled(backend), reference.pooled_lookup,
-                                 (table, indices, offsets, *w), tol)
+        assert_matches_reference(
+            pooled(backend), reference.pooled_lookup, (table, indices, offsets, *w), tol
+        )
 
 
 @gpu_test
@@ -230,6 +282,7 @@ def test_second_device(backend):
     """The kernels follow the tensors, not the current device."""
     table, indices, offsets, weights = pooled_inputs((20, [4, 5], 2, 6), True, device="cuda:1")
     with torch.cuda.device(0):
-        out, grads = assert_close_to_reference(pooled(backend), reference.pooled_lookup,
-                                               (table, indices, offsets, weights))
+        out, grads = assert_close_to_reference(
+            pooled(backend), reference.pooled_lookup, (table, indices, offsets, weights)
+        )
     assert out.device == grads[0].device == torch.device("cuda:1")

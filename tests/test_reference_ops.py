@@ -31,10 +31,13 @@ def loop_lookup(table, indices, offsets):
 @pytest.mark.parametrize("batch,field_dims,num_sets,dim", SHAPES)
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 def test_lookup_matches_loop(batch, field_dims, num_sets, dim, index_dtype):
-    table, indices, offsets = lookup_inputs(batch, field_dims, num_sets, dim, seed=0,
-                                            index_dtype=index_dtype, device="cpu")
-    torch.testing.assert_close(reference.multi_embedding_lookup(table, indices, offsets),
-                               loop_lookup(table, indices, offsets))
+    table, indices, offsets = lookup_inputs(
+        batch, field_dims, num_sets, dim, seed=0, index_dtype=index_dtype, device="cpu"
+    )
+    torch.testing.assert_close(
+        reference.multi_embedding_lookup(table, indices, offsets),
+        loop_lookup(table, indices, offsets),
+    )
 
 
 def test_lookup_gradient_sums_duplicates():
@@ -79,15 +82,18 @@ def test_fwfm_with_ones_off_diagonal_upper_is_fm():
     torch.testing.assert_close(reference.fwfm_pooling(emb, r), reference.fm_pooling(emb))
 
 
-@pytest.mark.parametrize("batch,num_sets,dim,layers",
-                         [(1, 1, 1, 1), (3, 2, 6, 4), (5, 3, 11, 2), (4, 1, 9, 3), (2, 1, 7, 0)])
+@pytest.mark.parametrize(
+    "batch,num_sets,dim,layers",
+    [(1, 1, 1, 1), (3, 2, 6, 4), (5, 3, 11, 2), (4, 1, 9, 3), (2, 1, 7, 0)],
+)
 def test_cross_network_matches_per_example_loop(batch, num_sets, dim, layers):
     """Output and gradients (float64) against the formula written per example and set; one set
     (SE) takes its own 2-D matmul path, several sets the batched one."""
     g = torch.Generator().manual_seed(batch + num_sets + dim + layers)
     x0 = torch.randn(batch, num_sets, dim, generator=g, dtype=torch.float64, requires_grad=True)
-    weight = (torch.randn(layers, num_sets, dim, dim, generator=g, dtype=torch.float64) / dim
-              ).requires_grad_()
+    weight = (
+        torch.randn(layers, num_sets, dim, dim, generator=g, dtype=torch.float64) / dim
+    ).requires_grad_()
     bias = torch.randn(layers, num_sets, dim, generator=g, dtype=torch.float64, requires_grad=True)
     grad_out = torch.randn(batch, num_sets, dim, generator=g, dtype=torch.float64)
 
@@ -105,8 +111,9 @@ def test_cross_network_matches_per_example_loop(batch, num_sets, dim, layers):
 
     def with_grads(fn):
         out = fn(x0, weight, bias)
-        return out, *torch.autograd.grad(out, [x0, weight, bias], grad_out, allow_unused=True,
-                                         materialize_grads=True)
+        return out, *torch.autograd.grad(
+            out, [x0, weight, bias], grad_out, allow_unused=True, materialize_grads=True
+        )
 
     got, expected = with_grads(reference.cross_network), with_grads(per_example_loop)
     assert got[0].shape == (batch, num_sets, dim)
@@ -121,4 +128,5 @@ def test_lookup_cross_network_is_composition():
     x0 = reference.multi_embedding_lookup(table, indices, offsets).reshape(4, 2, 6)
     torch.testing.assert_close(
         reference.lookup_cross_network(table, indices, offsets, weight, bias),
-        reference.cross_network(x0, weight, bias))
+        reference.cross_network(x0, weight, bias),
+    )

@@ -27,8 +27,13 @@ def run(tmp_path_factory):
     data = make_synthetic(1_000, field_dims=DIMS, min_count=0)
     torch.manual_seed(0)
     model = build("dcnv2", DIMS, 2, multi=True, hidden_dim=8)
-    train(model, data, TrainConfig(epochs=1, batch_size=128, progress=False, verbose=False,
-                                   out_dir=str(tmp / "run")))
+    train(
+        model,
+        data,
+        TrainConfig(
+            epochs=1, batch_size=128, progress=False, verbose=False, out_dir=str(tmp / "run")
+        ),
+    )
     return tmp / "run"
 
 
@@ -53,8 +58,13 @@ def run_fresh(code, tmp_path, arrays, env=None):
     """Run ``code`` in a new interpreter; it reads in{i}.npy and writes out{i}.npy."""
     for i, a in enumerate(arrays):
         np.save(tmp_path / f"in{i}.npy", a.numpy())
-    subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, check=True,
-                   env={**os.environ, **(env or {})}, timeout=300)
+    subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=tmp_path,
+        check=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
     return [np.load(tmp_path / f"out{i}.npy") for i in range(len(arrays))]
 
 
@@ -91,8 +101,9 @@ def test_pt2_bounds_raise(run, tmp_path):
 def test_onnx_keeps_the_oov_rule_and_dynamic_batch(run, tmp_path):
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")
-    assert main(["export", str(run), "--format", "onnx", "--out",
-                 str(tmp_path / "model.onnx")]) == 0
+    assert (
+        main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "model.onnx")]) == 0
+    )
     code = """
         import numpy as np, onnxruntime as ort
         session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
@@ -107,8 +118,21 @@ def test_onnx_keeps_the_oov_rule_and_dynamic_batch(run, tmp_path):
 
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
     assert json.loads(props["fastme"])["field_dims"] == DIMS
-    assert main(["export", str(run), "--format", "onnx", "--bounds", "raise", "--out",
-                 str(tmp_path / "x.onnx")]) == 2
+    assert (
+        main(
+            [
+                "export",
+                str(run),
+                "--format",
+                "onnx",
+                "--bounds",
+                "raise",
+                "--out",
+                str(tmp_path / "x.onnx"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_pt2_traced_with_triton_loads_after_import_fastme(run, tmp_path):
@@ -126,7 +150,7 @@ def test_pt2_traced_with_triton_loads_after_import_fastme(run, tmp_path):
         np.save("out0.npy", program.module()(x).detach().numpy())
     """
     x = inputs()[1]
-    got, = run_fresh(code, tmp_path, [x], env={"TRITON_INTERPRET": "1"})
+    (got,) = run_fresh(code, tmp_path, [x], env={"TRITON_INTERPRET": "1"})
     np.testing.assert_allclose(got, eager(run, x), rtol=1e-5, atol=1e-6)
     # Without Triton the program still loads; running it says why it cannot
     blocked = """
@@ -158,6 +182,7 @@ def test_cli_errors_are_messages(run, tmp_path, capsys):
 
 # ---- the format from the file name; failures; quiet output -------------------------------------
 
+
 def test_format_follows_the_extension_and_a_mismatch_is_refused(run, tmp_path, capsys):
     pytest.importorskip("onnxscript")
     import onnx
@@ -167,10 +192,11 @@ def test_format_follows_the_extension_and_a_mismatch_is_refused(run, tmp_path, c
     assert main(["export", str(run), "--out", str(tmp_path / "m.pt2")]) == 0
     load_pt2(tmp_path / "m.pt2")
     capsys.readouterr()
-    for argv, message in ((["--out", "x.onnx", "--format", "pt2"],
-                           "format pt2 does not match the output file"),
-                          (["--out", "x.bin"], "must end in .pt2 or .onnx"),
-                          (["--out", "x"], "must end in .pt2 or .onnx")):
+    for argv, message in (
+        (["--out", "x.onnx", "--format", "pt2"], "format pt2 does not match the output file"),
+        (["--out", "x.bin"], "must end in .pt2 or .onnx"),
+        (["--out", "x"], "must end in .pt2 or .onnx"),
+    ):
         argv[1] = str(tmp_path / argv[1])
         assert main(["export", str(run)] + argv) == 2
         err = capsys.readouterr().err
@@ -180,8 +206,9 @@ def test_format_follows_the_extension_and_a_mismatch_is_refused(run, tmp_path, c
 
 
 @pytest.mark.parametrize("fmt", ["pt2", "onnx"])
-def test_a_failed_export_leaves_no_file_and_keeps_the_old_one(run, tmp_path, capsys,
-                                                              monkeypatch, fmt):
+def test_a_failed_export_leaves_no_file_and_keeps_the_old_one(
+    run, tmp_path, capsys, monkeypatch, fmt
+):
     if fmt == "onnx":
         pytest.importorskip("onnxscript")
     export_module = importlib.import_module("fastme.serve.export")  # (not the function)
@@ -220,8 +247,7 @@ def test_onnx_export_says_only_what_it_did(run, tmp_path, capfd, caplog):
     assert out.startswith("exported dcnv2 ME x2") and out.count("\n") == 1
 
 
-def test_missing_onnx_packages_name_the_install_from_a_checkout(run, tmp_path, capsys,
-                                                                monkeypatch):
+def test_missing_onnx_packages_name_the_install_from_a_checkout(run, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxscript", None)
     assert main(["export", str(run), "--out", str(tmp_path / "m.onnx")]) == 2
     assert "pip install -e '.[export]'" in capsys.readouterr().err
@@ -236,6 +262,7 @@ def test_synthetic_data_has_no_encoding(run, tmp_path):
 
 
 # ---- raw rows scored without fastme ------------------------------------------------------------
+
 
 def random_criteo(n, seed):
     rng = np.random.default_rng(seed)
@@ -252,12 +279,18 @@ def train_raw(tmp, kind, text, **options):
 
     raw = tmp / f"train.{kind}"
     raw.write_text(text)
-    data = load_dataset(f"{kind}:{raw}", cache_dir=tmp / "cache", min_count=2, progress=False,
-                        **options)
+    data = load_dataset(
+        f"{kind}:{raw}", cache_dir=tmp / "cache", min_count=2, progress=False, **options
+    )
     torch.manual_seed(0)
     model = build("dnn", data.field_dims, 2, multi=True, hidden_dim=8)
-    train(model, data, TrainConfig(epochs=1, batch_size=64, progress=False, verbose=False,
-                                   out_dir=str(tmp / "run")))
+    train(
+        model,
+        data,
+        TrainConfig(
+            epochs=1, batch_size=64, progress=False, verbose=False, out_dir=str(tmp / "run")
+        ),
+    )
     return tmp / "run"
 
 
@@ -285,10 +318,17 @@ def score_without_fastme(tmp_path, jobs):
     shutil.copy(raw_scoring.__file__, where / "raw_scoring.py")
     (where / "jobs.json").write_text(json.dumps([[str(m), str(d)] for m, d in jobs]))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run([sys.executable, "-c", textwrap.dedent(SCORE_WITHOUT_FASTME)], cwd=where,
-                   check=True, env=env, timeout=300)
-    return [(json.loads((where / f"ids{i}.json").read_text()), np.load(where / f"probs{i}.npy"))
-            for i in range(len(jobs))]
+    subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(SCORE_WITHOUT_FASTME)],
+        cwd=where,
+        check=True,
+        env=env,
+        timeout=300,
+    )
+    return [
+        (json.loads((where / f"ids{i}.json").read_text()), np.load(where / f"probs{i}.npy"))
+        for i in range(len(jobs))
+    ]
 
 
 def predicted(run, kind, path, out):
@@ -311,8 +351,7 @@ def assert_same_scores(ours, theirs, malformed):
     assert np.nanmax(np.abs(probs - want)) <= 1e-6
 
 
-def test_raw_criteo_rows_scored_by_onnxruntime_without_fastme_equal_predict(tmp_path,
-                                                                              monkeypatch):
+def test_raw_criteo_rows_scored_by_onnxruntime_without_fastme_equal_predict(tmp_path, monkeypatch):
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")
     rows = random_criteo(300, seed=4)
@@ -321,25 +360,36 @@ def test_raw_criteo_rows_scored_by_onnxruntime_without_fastme_equal_predict(tmp_
     sidecar = tmp_path / "model.onnx.encoding.json"
     assert meta["encoding"]["file"] == sidecar.name and sidecar.is_file()
     test = [r[1:] for r in rows[:12]]  # the test file's layout: no label
-    test[0][16] = "unseen"                                     # C3: a value never seen
-    test[1][:3], test[1][20:] = ["", "", ""], [""] * 19        # empty cells, trailing tabs
-    test[2][4] = "12x"                                         # I5: not an integer
-    test[3][1], test[3][2], test[3][5] = "0x1F", "007", "-1"   # hex, leading zeros, negative
-    test[4][6] = "123456789"                                   # a large integer: unseen bucket
+    test[0][16] = "unseen"  # C3: a value never seen
+    test[1][:3], test[1][20:] = ["", "", ""], [""] * 19  # empty cells, trailing tabs
+    test[2][4] = "12x"  # I5: not an integer
+    test[3][1], test[3][2], test[3][5] = "0x1F", "007", "-1"  # hex, leading zeros, negative
+    test[4][6] = "123456789"  # a large integer: unseen bucket
     lines = ["\t".join(r).encode() for r in test]
     lines[7] = b"\t".join([b"\xff"] + lines[7].split(b"\t")[1:])  # not UTF-8
-    lines.insert(9, b"1\t2")                                   # wrong column count
+    lines.insert(9, b"1\t2")  # wrong column count
     (tmp_path / "test.txt").write_bytes(b"\n".join(lines) + b"\n")
     labeled = [list(r) for r in rows[:5]]
-    labeled[1][0] = "2"                                        # a bad label
-    labeled[3][25] = ""                                        # C12 empty
+    labeled[1][0] = "2"  # a bad label
+    labeled[3][25] = ""  # C12 empty
     (tmp_path / "train_like.txt").write_text("".join("\t".join(r) + "\n" for r in labeled))
-    ours = score_without_fastme(tmp_path, [(tmp_path / "model.onnx", tmp_path / "test.txt"),
-                                           (tmp_path / "model.onnx", tmp_path / "train_like.txt")])
-    assert_same_scores(ours[0], predicted(run, "criteo", tmp_path / "test.txt",
-                                          tmp_path / "p0.csv"), malformed=[2, 7, 9])
-    assert_same_scores(ours[1], predicted(run, "criteo", tmp_path / "train_like.txt",
-                                          tmp_path / "p1.csv"), malformed=[1])
+    ours = score_without_fastme(
+        tmp_path,
+        [
+            (tmp_path / "model.onnx", tmp_path / "test.txt"),
+            (tmp_path / "model.onnx", tmp_path / "train_like.txt"),
+        ],
+    )
+    assert_same_scores(
+        ours[0],
+        predicted(run, "criteo", tmp_path / "test.txt", tmp_path / "p0.csv"),
+        malformed=[2, 7, 9],
+    )
+    assert_same_scores(
+        ours[1],
+        predicted(run, "criteo", tmp_path / "train_like.txt", tmp_path / "p1.csv"),
+        malformed=[1],
+    )
     from fastme.serve.raw_scoring import Scorer
 
     other = tmp_path / "other.json"  # the sidecar of another export: refused
@@ -353,8 +403,7 @@ def test_raw_criteo_rows_scored_by_onnxruntime_without_fastme_equal_predict(tmp_
     def differs(path, atol=1e-6):
         raise AssertionError("outputs differ")
 
-    monkeypatch.setattr(importlib.import_module("fastme.serve.export"), "check_roundtrip",
-                        differs)
+    monkeypatch.setattr(importlib.import_module("fastme.serve.export"), "check_roundtrip", differs)
     with pytest.raises(AssertionError):
         export(run, tmp_path / "model.onnx")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
@@ -369,23 +418,25 @@ def test_raw_avazu_rows_scored_without_fastme_equal_predict(tmp_path, hour):
     rng = np.random.default_rng(5)
     lines = []
     for i in range(200):
-        cells = [str(10 ** 19 + i), str(int(rng.random() < 0.3)),
-                 f"1410{21 + i % 3:02d}{i % 24:02d}"]
+        cells = [str(10**19 + i), str(int(rng.random() < 0.3)), f"1410{21 + i % 3:02d}{i % 24:02d}"]
         cells += [f"v{v}" if rng.random() > 0.1 else "" for v in rng.integers(0, 4, 21)]
         lines.append(",".join(cells))
     header = ",".join(AVAZU_COLUMNS)
     run = train_raw(tmp_path, "avazu", header + "\n" + "\n".join(lines) + "\n", hour=hour)
     export(run, tmp_path / "model.onnx")
     test = [line.split(",") for line in lines[:8]]
-    test[0][5] = "never-seen"                  # site_id
-    test[1][2] = "14022900"                    # no 29 February in 2014: a bad hour
-    test[2][6:9] = ["", "", ""]                # empty cells
-    test[3][1] = "yes"                         # a bad label
-    test[4][2] = "14102723"                    # a day not in training
+    test[0][5] = "never-seen"  # site_id
+    test[1][2] = "14022900"  # no 29 February in 2014: a bad hour
+    test[2][6:9] = ["", "", ""]  # empty cells
+    test[3][1] = "yes"  # a bad label
+    test[4][2] = "14102723"  # a day not in training
     (tmp_path / "test").write_text(header + "\n" + "\n".join(",".join(r) for r in test) + "\n")
-    ours, = score_without_fastme(tmp_path, [(tmp_path / "model.onnx", tmp_path / "test")])
-    assert_same_scores(ours, predicted(run, "avazu", tmp_path / "test", tmp_path / "p.csv"),
-                       malformed=[1, 3] if hour == "split" else [3])
+    (ours,) = score_without_fastme(tmp_path, [(tmp_path / "model.onnx", tmp_path / "test")])
+    assert_same_scores(
+        ours,
+        predicted(run, "avazu", tmp_path / "test", tmp_path / "p.csv"),
+        malformed=[1, 3] if hour == "split" else [3],
+    )
 
 
 def test_integer_cells_are_validated_and_bucketed_as_the_reader_does():
@@ -395,11 +446,34 @@ def test_integer_cells_are_validated_and_bucketed_as_the_reader_does():
     from fastme.serve.export import INTEGER_PATTERN
     from fastme.serve.raw_scoring import RawEncoder
 
-    encoder = RawEncoder({"format": "fastme-raw-encoding", "version": 1, "dataset": "criteo",
-                          "delimiter": "\t", "label": "label", "columns": [], "fields": [],
-                          "integer": {"pattern": INTEGER_PATTERN}, "hour": {"format": ""}})
-    good = ["0", "1", "2", "3", "-1", "-7", "007", "0x1F", "0X1f", "20", "1000000",
-            "123456789012345678", "0xfffffffffffffff"]
+    encoder = RawEncoder(
+        {
+            "format": "fastme-raw-encoding",
+            "version": 1,
+            "dataset": "criteo",
+            "delimiter": "\t",
+            "label": "label",
+            "columns": [],
+            "fields": [],
+            "integer": {"pattern": INTEGER_PATTERN},
+            "hour": {"format": ""},
+        }
+    )
+    good = [
+        "0",
+        "1",
+        "2",
+        "3",
+        "-1",
+        "-7",
+        "007",
+        "0x1F",
+        "0X1f",
+        "20",
+        "1000000",
+        "123456789012345678",
+        "0xfffffffffffffff",
+    ]
     bad = ["+5", " 5", "5 ", "1e3", "abc", "1.0", "-", "0x", "\u0663", "1_000"]
     for cells in (good, good + bad):  # the reader's two paths: all cells parse, or some do not
         want, rows_ok, _ = integer_field(pa.array(cells + [None]))
@@ -408,4 +482,3 @@ def test_integer_cells_are_validated_and_bucketed_as_the_reader_does():
         assert ok.tolist() == expect_ok
         want = want.cast(pa.int64()).to_pylist()
         assert [t for t, k in zip(tokens, ok) if k] == [w for w, k in zip(want, ok) if k]
-

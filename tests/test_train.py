@@ -26,8 +26,13 @@ def small_model(data, seed=0):
 
 
 def config(tmp_path=None, **overrides):
-    base = dict(epochs=3, batch_size=256, progress=False, verbose=False,
-                out_dir=None if tmp_path is None else str(tmp_path))
+    base = dict(
+        epochs=3,
+        batch_size=256,
+        progress=False,
+        verbose=False,
+        out_dir=None if tmp_path is None else str(tmp_path),
+    )
     base.update(overrides)
     return TrainConfig(**base)
 
@@ -92,8 +97,15 @@ def test_training_learns_and_writes_results(data, tmp_path):
     results = train(model, data, config(tmp_path, epochs=3, lr=1e-2))
     assert results["test_auc"] > 0.6
     on_disk = json.loads((tmp_path / "results.json").read_text())
-    for key in ("test_auc", "test_logloss", "best_val_auc", "epochs", "samples_per_s", "config",
-                "history"):
+    for key in (
+        "test_auc",
+        "test_logloss",
+        "best_val_auc",
+        "epochs",
+        "samples_per_s",
+        "config",
+        "history",
+    ):
         assert key in on_disk
     assert on_disk["config"]["batch_size"] == 256 and on_disk["config"]["lr"] == 1e-2
     assert on_disk["data"]["rows"] == {"train": 2400, "valid": 300, "test": 300}
@@ -101,8 +113,9 @@ def test_training_learns_and_writes_results(data, tmp_path):
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(data, tmp_path, interrupt_epoch,
-                                                              shuffle):
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(
+    data, tmp_path, interrupt_epoch, shuffle
+):
     settings = dict(epochs=4, patience=4, shuffle=shuffle, seed=5)
     full_model = small_model(data)
     full = train(full_model, data, config(tmp_path / "full", **settings))
@@ -151,8 +164,7 @@ def test_callbacks_add_to_the_history_and_results(data, tmp_path):
         return per_field(model, results)
 
     model = small_model(data)
-    results = train(model, data, config(tmp_path, epochs=2), on_epoch=on_epoch,
-                    on_result=on_result)
+    results = train(model, data, config(tmp_path, epochs=2), on_epoch=on_epoch, on_result=on_result)
     assert epochs_seen == [1, 2] and result_models == [model]
     assert results["field_ia"] == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert all(h["field_ia"] == results["field_ia"] for h in results["history"])
@@ -198,7 +210,7 @@ def test_regularization_loss_enters_the_objective(data):
             self.scale = torch.nn.Parameter(torch.ones(()))
 
         def regularization_loss(self):
-            return self.scale ** 2
+            return self.scale**2
 
     torch.manual_seed(0)
     model = Penalised(data.field_dims, embed_dim=10, num_sets=1, hidden_dim=16)

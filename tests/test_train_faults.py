@@ -29,13 +29,30 @@ def model_for(data, seed=0, **options):
 
 
 def config(out=None, **overrides):
-    return TrainConfig(**{"epochs": 1, "batch_size": 128, "progress": False, "verbose": False,
-                          "out_dir": None if out is None else str(out), **overrides})
+    return TrainConfig(
+        **{
+            "epochs": 1,
+            "batch_size": 128,
+            "progress": False,
+            "verbose": False,
+            "out_dir": None if out is None else str(out),
+            **overrides,
+        }
+    )
 
 
 def test_a_last_batch_of_one_sample_joins_the_batch_before(data):
-    assert batch_bounds(801, 100, merge_single_tail=True) == [0, 100, 200, 300, 400, 500, 600,
-                                                              700, 801]
+    assert batch_bounds(801, 100, merge_single_tail=True) == [
+        0,
+        100,
+        200,
+        300,
+        400,
+        500,
+        600,
+        700,
+        801,
+    ]
     assert batch_bounds(801, 100)[-2:] == [800, 801]
     assert batch_bounds(1, 100, merge_single_tail=True) == [0, 1]
     # 800 training rows in batches of 799: the second batch would hold one sample (BatchNorm)
@@ -44,8 +61,11 @@ def test_a_last_batch_of_one_sample_joins_the_batch_before(data):
 
 
 def test_a_non_finite_loss_stops_with_a_hint(data, monkeypatch):
-    monkeypatch.setattr(trainer.F, "binary_cross_entropy_with_logits",
-                        lambda logits, y: (logits * float("nan")).mean())
+    monkeypatch.setattr(
+        trainer.F,
+        "binary_cross_entropy_with_logits",
+        lambda logits, y: (logits * float("nan")).mean(),
+    )
     with pytest.raises(FloatingPointError, match="not finite.*smaller lr"):
         train(model_for(data), data, config())
 
@@ -62,12 +82,18 @@ def test_resume_names_what_differs(data, tmp_path):
     info = {"model": "dnn", "mode": "se", "scale": 1, "model_options": {"hidden_dim": 8}}
     train(model_for(data), data, config(tmp_path), info=info)
     wider = model_for(data, hidden_dim=16)
-    with pytest.raises(ResumeError, match=r"model options \{'hidden_dim': 8\} \(now "
-                                          r"\{'hidden_dim': 16\}\)"):
+    with pytest.raises(
+        ResumeError,
+        match=r"model options \{'hidden_dim': 8\} \(now "
+        r"\{'hidden_dim': 16\}\)",
+    ):
         train(wider, data, config(tmp_path, resume=True, epochs=2))
     del wider.spec  # a model made by hand: its weights' shapes are compared
-    with pytest.raises(ResumeError, match=r"do not fit this model .*is \[1, 8, 40\] in the "
-                                          r"checkpoint, \[1, 16, 40\] here"):
+    with pytest.raises(
+        ResumeError,
+        match=r"do not fit this model .*is \[1, 8, 40\] in the "
+        r"checkpoint, \[1, 16, 40\] here",
+    ):
         train(wider, data, config(tmp_path, resume=True, epochs=2))
     torch.manual_seed(0)
     multi = build("dnn", data.field_dims, 1, multi=True, hidden_dim=8)  # the same shapes
@@ -88,8 +114,11 @@ def test_a_damaged_checkpoint_is_named(data, tmp_path, damage):
     if damage == "not_a_checkpoint":
         torch.save({"weights": torch.zeros(2)}, last)
     else:
-        last.write_bytes({"empty": b"", "truncated": raw[: len(raw) // 2],
-                          "garbage": b"\x80\x02garbage" * 20}[damage])
+        last.write_bytes(
+            {"empty": b"", "truncated": raw[: len(raw) // 2], "garbage": b"\x80\x02garbage" * 20}[
+                damage
+            ]
+        )
     with pytest.raises(CheckpointError, match=str(last)):
         load_checkpoint(last)
     with pytest.raises(CheckpointError, match=str(last)):
@@ -104,8 +133,9 @@ def test_resume_without_a_checkpoint_says_so(data, tmp_path, capsys):
 
 def test_a_second_run_into_a_busy_directory_is_refused(data, tmp_path, run_lock_holder):
     holder = run_lock_holder(tmp_path)
-    with pytest.raises(LockedError, match=f"run directory {tmp_path} is in use by pid "
-                                          f"{holder.pid}"):
+    with pytest.raises(
+        LockedError, match=f"run directory {tmp_path} is in use by pid {holder.pid}"
+    ):
         train(model_for(data), data, config(tmp_path))
     assert not (tmp_path / "results.json").exists()
     holder.kill()
@@ -137,8 +167,9 @@ def test_wall_time_covers_every_session(data, tmp_path, monkeypatch):
     # resuming a finished run trains no more and reports the run's total, not its own seconds
     assert again["train_time_s"] == resumed["train_time_s"]
     assert again["wall_time_s"] >= again["train_time_s"]
-    assert json.loads((tmp_path / "results.json").read_text())["wall_time_s"] == \
-        again["wall_time_s"]
+    assert (
+        json.loads((tmp_path / "results.json").read_text())["wall_time_s"] == again["wall_time_s"]
+    )
 
 
 def test_a_released_lock_leaves_no_file_and_removes_the_directories_it_made(tmp_path):
@@ -176,8 +207,13 @@ def test_a_lock_file_deleted_by_its_holder_is_never_believed_held(tmp_path, monk
             fcntl.flock(third[0], fcntl.LOCK_EX)
         return fcntl.flock(handle, op)
 
-    monkeypatch.setattr(lock, "fcntl", types.SimpleNamespace(
-        flock=flock, LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB, LOCK_UN=fcntl.LOCK_UN))
+    monkeypatch.setattr(
+        lock,
+        "fcntl",
+        types.SimpleNamespace(
+            flock=flock, LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB, LOCK_UN=fcntl.LOCK_UN
+        ),
+    )
     try:
         with pytest.raises(LockedError, match="x is in use"), lock.file_lock(path, "x"):
             pass
@@ -185,8 +221,9 @@ def test_a_lock_file_deleted_by_its_holder_is_never_believed_held(tmp_path, monk
         third[0].close()
 
 
-def test_a_run_that_fails_leaves_no_directory_and_a_finished_one_no_lock(data, tmp_path,
-                                                                         monkeypatch):
+def test_a_run_that_fails_leaves_no_directory_and_a_finished_one_no_lock(
+    data, tmp_path, monkeypatch
+):
     def fails(*args, **kwargs):
         raise RuntimeError("out of memory")
 
@@ -196,13 +233,17 @@ def test_a_run_that_fails_leaves_no_directory_and_a_finished_one_no_lock(data, t
             train(model_for(data), data, config(tmp_path / "runs" / "r"))
     assert list(tmp_path.iterdir()) == []  # neither runs/r nor runs/ stays
     results = train(model_for(data), data, config(tmp_path / "runs" / "r"))
-    assert sorted(p.name for p in (tmp_path / "runs" / "r").iterdir()) == \
-        ["best.pt", "last.pt", "results.json"]
+    assert sorted(p.name for p in (tmp_path / "runs" / "r").iterdir()) == [
+        "best.pt",
+        "last.pt",
+        "results.json",
+    ]
     assert results["checkpoint_path"] == str(tmp_path / "runs" / "r" / "best.pt")
 
 
-def test_a_failed_checkpoint_write_keeps_the_old_file_and_leaves_no_debris(data, tmp_path,
-                                                                           monkeypatch):
+def test_a_failed_checkpoint_write_keeps_the_old_file_and_leaves_no_debris(
+    data, tmp_path, monkeypatch
+):
     train(model_for(data), data, config(tmp_path))
     old = {name: (tmp_path / name).read_bytes() for name in ("best.pt", "last.pt")}
     real_save = torch.save

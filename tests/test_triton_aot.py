@@ -18,17 +18,27 @@ AOT = Path(__file__).resolve().parents[1] / "tools" / "triton_aot.py"
 def test_every_kernel_compiles_for_sm90_and_sm80_within_shared_memory():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     # One process per target, side by side (each compile is single-threaded).
-    runs = {arch: subprocess.Popen([sys.executable, str(AOT), "--arch", arch],
-                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True)
-            for arch in ("90", "80")}
+    runs = {
+        arch: subprocess.Popen(
+            [sys.executable, str(AOT), "--arch", arch],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for arch in ("90", "80")
+    }
     failures = []
     for arch, run in runs.items():
         out, _ = run.communicate(timeout=1500)
         print(out)
         if run.returncode != 0:
-            bad = [line for line in out.splitlines()
-                   if line.startswith("|") and not line.endswith("| ok |") and "sm_" in line]
-            failures.append(f"sm_{arch}: rc={run.returncode}\n"
-                            + "\n".join(bad or out.splitlines()[-20:]))
+            bad = [
+                line
+                for line in out.splitlines()
+                if line.startswith("|") and not line.endswith("| ok |") and "sm_" in line
+            ]
+            failures.append(
+                f"sm_{arch}: rc={run.returncode}\n" + "\n".join(bad or out.splitlines()[-20:])
+            )
     assert not failures, "\n".join(failures)

@@ -35,8 +35,11 @@ SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 # paper's base size for most models, 50 NFwFM's; "wide" stands for feature sets of 100+ fields.
 # Any N > 64 runs the FwFM kernels in tiles of 64 (or 32) fields, so N = 128 compiles to the
 # binaries of N = 256 too (both multiples of 16).
-SHAPES = [("criteo-K10", 39, 10, 10, 3), ("criteo-K50", 39, 50, 10, 0),
-          ("wide-N128", 128, 10, 10, 2)]
+SHAPES = [
+    ("criteo-K10", 39, 10, 10, 3),
+    ("criteo-K50", 39, 50, 10, 0),
+    ("wide-N128", 128, 10, 10, 2),
+]
 BATCH = 64
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -88,8 +91,9 @@ def _resource_usage(cubin: bytes) -> tuple[int, int]:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(
+            [tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
     reg = re.search(r"REG:(\d+)", out)
     stack = re.search(r"STACK:(\d+)", out)
     return int(reg.group(1)) if reg else -1, int(stack.group(1)) if stack else -1
@@ -130,6 +134,7 @@ def _compiling(arch: int, dtype: str, shape: str, builds: list[Build]):
                     compile_one(self.fn, args, kwargs, grid, config.all_kwargs())
             else:
                 compile_one(self, args, kwargs, grid, {})
+
         return launch
 
     saved_getitem, saved_driver = KernelInterface.__getitem__, driver._active
@@ -185,10 +190,13 @@ def all_kernels() -> set[str]:
 
 def missing_kernels(builds: list[Build]) -> list[str]:
     """(kernel, arch, dtype) combinations that no launcher compiled: launchers not exercised."""
-    return [f"{name} sm_{arch} {dtype}" for name in sorted(all_kernels())
-            for arch in sorted({b.arch for b in builds})
-            for dtype in sorted({b.dtype for b in builds})
-            if not any(b.kernel == name and b.arch == arch and b.dtype == dtype for b in builds)]
+    return [
+        f"{name} sm_{arch} {dtype}"
+        for name in sorted(all_kernels())
+        for arch in sorted({b.arch for b in builds})
+        for dtype in sorted({b.dtype for b in builds})
+        if not any(b.kernel == name and b.arch == arch and b.dtype == dtype for b in builds)
+    ]
 
 
 def compile_all(archs=(90, 80), dtypes=tuple(DTYPES), shapes=SHAPES) -> list[Build]:
@@ -204,8 +212,16 @@ def compile_all(archs=(90, 80), dtypes=tuple(DTYPES), shapes=SHAPES) -> list[Bui
                     _launch_all(shape, DTYPES[dtype])
     unique, seen = [], set()
     for build in builds:
-        key = (build.kernel, build.config, build.arch, build.dtype, build.shared, build.registers,
-               build.stack, build.error)
+        key = (
+            build.kernel,
+            build.config,
+            build.arch,
+            build.dtype,
+            build.shared,
+            build.registers,
+            build.stack,
+            build.error,
+        )
         if key not in seen:
             seen.add(key)
             unique.append(build)
@@ -215,22 +231,30 @@ def compile_all(archs=(90, 80), dtypes=tuple(DTYPES), shapes=SHAPES) -> list[Bui
 def report(builds: list[Build]) -> str:
     import triton
 
-    lines = [f"Triton {triton.__version__}: {len(builds)} binaries, "
-             f"{sum(not b.ok for b in builds)} failing",
-             "| arch | dtype | kernel | config | shape | shared KB | regs | spill B | status |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"Triton {triton.__version__}: {len(builds)} binaries, "
+        f"{sum(not b.ok for b in builds)} failing",
+        "| arch | dtype | kernel | config | shape | shared KB | regs | spill B | status |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for b in builds:
         status = "ok" if b.ok else (b.error or f"shared > {SHARED_LIMIT[b.arch] // 1024} KB")
-        lines.append(f"| sm_{b.arch} | {b.dtype} | {b.kernel} | {b.config} | {b.shape} | "
-                     f"{b.shared / 1024:.1f} | {b.registers} | {b.stack} | {status} |")
+        lines.append(
+            f"| sm_{b.arch} | {b.dtype} | {b.kernel} | {b.config} | {b.shape} | "
+            f"{b.shared / 1024:.1f} | {b.registers} | {b.stack} | {status} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python tools/triton_aot.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80],
-                        choices=sorted(SHARED_LIMIT))
+    parser = argparse.ArgumentParser(
+        prog="python tools/triton_aot.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--arch", type=int, nargs="+", default=[90, 80], choices=sorted(SHARED_LIMIT)
+    )
     parser.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     args = parser.parse_args(argv)
     builds = compile_all(tuple(args.arch), tuple(args.dtype))

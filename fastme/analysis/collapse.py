@@ -14,10 +14,21 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from fastme.analysis.metrics import (DIVERSITY_RTOL, METHODS, as_matrix, basis_cosines,
-                                     column_basis, compact_factor, diversity_from_cosines,
-                                     expected_random_ia, information_abundance, pearson,
-                                     random_factor, single_thread, spectrum)
+from fastme.analysis.metrics import (
+    DIVERSITY_RTOL,
+    METHODS,
+    as_matrix,
+    basis_cosines,
+    column_basis,
+    compact_factor,
+    diversity_from_cosines,
+    expected_random_ia,
+    information_abundance,
+    pearson,
+    random_factor,
+    single_thread,
+    spectrum,
+)
 
 #: Rows read at a time when collecting the seen rows of a dataset.
 SEEN_CHUNK_ROWS = 1 << 20
@@ -31,8 +42,10 @@ def field_tables(model_or_tables) -> list[torch.Tensor]:
     elif isinstance(model_or_tables, Sequence) and not isinstance(model_or_tables, (str, bytes)):
         tables = list(model_or_tables)
     else:
-        raise TypeError("expected a model with embedding_tables() or a list of per-field tables "
-                        f"[M, D_i, K], got {type(model_or_tables).__name__}")
+        raise TypeError(
+            "expected a model with embedding_tables() or a list of per-field tables "
+            f"[M, D_i, K], got {type(model_or_tables).__name__}"
+        )
     out = []
     for i, t in enumerate(tables):
         t = as_matrix(t, f"table of field {i}")
@@ -61,7 +74,7 @@ def seen_masks(seen_rows, field_dims) -> list[torch.Tensor] | None:
     if hasattr(seen_rows, "base_arrays") and hasattr(seen_rows, "row_numbers"):
         # A CTRData (subset): read its rows chunk by chunk instead of gathering them all.
         base, rows = seen_rows.base_arrays()[0], np.sort(seen_rows.row_numbers())
-        chunks = (base[rows[s:s + SEEN_CHUNK_ROWS]] for s in range(0, len(rows), SEEN_CHUNK_ROWS))
+        chunks = (base[rows[s : s + SEEN_CHUNK_ROWS]] for s in range(0, len(rows), SEEN_CHUNK_ROWS))
         return _masks_from_indices(chunks, field_dims)
     if hasattr(seen_rows, "x"):
         seen_rows = seen_rows.x
@@ -72,12 +85,16 @@ def seen_masks(seen_rows, field_dims) -> list[torch.Tensor] | None:
         for i, (m, d) in enumerate(zip(seen_rows, field_dims)):
             m = torch.as_tensor(np.asarray(m.cpu() if isinstance(m, torch.Tensor) else m))
             if m.dtype != torch.bool or m.shape != (d,):
-                raise ValueError(f"seen_rows[{i}] must be a boolean mask of shape ({d},), got "
-                                 f"dtype {m.dtype} shape {tuple(m.shape)}")
+                raise ValueError(
+                    f"seen_rows[{i}] must be a boolean mask of shape ({d},), got "
+                    f"dtype {m.dtype} shape {tuple(m.shape)}"
+                )
             masks.append(m)
         return masks
-    raise TypeError("seen_rows must be None, an [n, N] index array (or an object with .x), or a "
-                    f"list of {n_fields} boolean masks")
+    raise TypeError(
+        "seen_rows must be None, an [n, N] index array (or an object with .x), or a "
+        f"list of {n_fields} boolean masks"
+    )
 
 
 def _masks_from_indices(chunks, field_dims) -> list[torch.Tensor]:
@@ -87,8 +104,9 @@ def _masks_from_indices(chunks, field_dims) -> list[torch.Tensor]:
         if x.is_floating_point() or x.dtype == torch.bool:
             raise TypeError(f"seen_rows index array must hold integers, got {x.dtype}")
         if x.dim() != 2 or x.shape[1] != len(field_dims):
-            raise ValueError(f"seen_rows index array must be [n, {len(field_dims)}], got "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"seen_rows index array must be [n, {len(field_dims)}], got {tuple(x.shape)}"
+            )
         for i, d in enumerate(field_dims):
             col = x[:, i].long()
             if col.numel() and (int(col.min()) < 0 or int(col.max()) >= d):
@@ -120,8 +138,10 @@ def split_sets(table, num_sets: int) -> torch.Tensor:
     if table.dim() != 2:
         raise ValueError(f"table must be [D, W], got {tuple(table.shape)}")
     if int(num_sets) != num_sets or num_sets < 2 or table.shape[1] % num_sets:
-        raise ValueError(f"num_sets must be an integer >= 2 dividing the width {table.shape[1]}, "
-                         f"got {num_sets!r}")
+        raise ValueError(
+            f"num_sets must be an integer >= 2 dividing the width {table.shape[1]}, "
+            f"got {num_sets!r}"
+        )
     d, w = table.shape
     return table.reshape(d, num_sets, w // num_sets).permute(1, 0, 2)
 
@@ -147,8 +167,9 @@ class FieldFactors:
             raise ValueError("all fields must have the same number of sets and embedding size")
         self.rows = [t.shape[1] for t in tables]
         self.method = method
-        self.factors = [compact_factor(concat_sets(t), method).cpu() if t.shape[1] else None
-                        for t in tables]
+        self.factors = [
+            compact_factor(concat_sets(t), method).cpu() if t.shape[1] else None for t in tables
+        ]
 
     def __len__(self) -> int:
         return len(self.factors)
@@ -157,21 +178,22 @@ class FieldFactors:
         """Set m's columns of field ``field``'s factor, [r, K] (None for a field with no rows)."""
         f = self.factors[field]
         k = self.embed_dim
-        return None if f is None else f[:, m * k:(m + 1) * k]
+        return None if f is None else f[:, m * k : (m + 1) * k]
 
 
 def _factors(obj, seen_rows=None, method: str = "auto") -> FieldFactors:
     if isinstance(obj, FieldFactors):
         if seen_rows is not None:
-            raise ValueError("seen_rows cannot be applied to precomputed FieldFactors; pass it "
-                             "when building them")
+            raise ValueError(
+                "seen_rows cannot be applied to precomputed FieldFactors; pass it "
+                "when building them"
+            )
         return obj
     return FieldFactors(obj, seen_rows, method)
 
 
 # -- information abundance -------------------------------------------------------------------------
-def field_information_abundance(model, seen_rows=None, method: str = "auto",
-                                per_set: bool = False):
+def field_information_abundance(model, seen_rows=None, method: str = "auto", per_set: bool = False):
     """IA of each field's embedding. ME: the M sets concatenated into one [D_i, M*K] matrix, as in
     Figure 8b (``per_set=True`` gives instead a list over fields of M per-set values).
 
@@ -203,8 +225,14 @@ def _mean_pair_diversity(factor: torch.Tensor, k: int, rtol: float) -> float:
     """Mean diversity over all pairs of sets of a factor whose columns are the sets side by side
     (chunks of ``k`` columns)."""
     bases = [column_basis(s, rtol) for s in factor.split(k, dim=1)]
-    return float(np.mean([diversity_from_cosines(basis_cosines(a, b))
-                          for a, b in itertools.combinations(bases, 2)]))
+    return float(
+        np.mean(
+            [
+                diversity_from_cosines(basis_cosines(a, b))
+                for a, b in itertools.combinations(bases, 2)
+            ]
+        )
+    )
 
 
 def set_diversity(sets, rtol: float = DIVERSITY_RTOL, method: str = "auto") -> float:
@@ -215,8 +243,13 @@ def set_diversity(sets, rtol: float = DIVERSITY_RTOL, method: str = "auto") -> f
     return _mean_pair_diversity(compact_factor(concat_sets(sets), method), sets.shape[2], rtol)
 
 
-def model_diversity(model, seen_rows=None, split: int | None = None,
-                    rtol: float = DIVERSITY_RTOL, method: str = "auto") -> dict:
+def model_diversity(
+    model,
+    seen_rows=None,
+    split: int | None = None,
+    rtol: float = DIVERSITY_RTOL,
+    method: str = "auto",
+) -> dict:
     """Embedding-set diversity of a model: per field (mean over set pairs) and the mean over
     fields (Figure 10a). An SE model has one set; ``split=M`` cuts its K-wide embedding into M
     chunks first (the paper's SE baseline). Fields with fewer than 2 rows get nan.
@@ -225,38 +258,51 @@ def model_diversity(model, seen_rows=None, split: int | None = None,
     width = ff.num_sets * ff.embed_dim
     if split is None:
         if ff.num_sets < 2:
-            raise ValueError("an SE model has a single embedding set: pass split=M to compare M "
-                             "chunks of its embedding (the paper's SE baseline)")
+            raise ValueError(
+                "an SE model has a single embedding set: pass split=M to compare M "
+                "chunks of its embedding (the paper's SE baseline)"
+            )
         k = ff.embed_dim
     else:
         if isinstance(split, bool) or int(split) != split or split < 2 or width % split:
-            raise ValueError(f"split must be an integer >= 2 dividing the width {width}, "
-                             f"got {split!r}")
+            raise ValueError(
+                f"split must be an integer >= 2 dividing the width {width}, got {split!r}"
+            )
         k = width // int(split)
-    per_field = [_mean_pair_diversity(f, k, rtol) if f is not None and d >= 2 else float("nan")
-                 for f, d in zip(ff.factors, ff.rows)]
+    per_field = [
+        _mean_pair_diversity(f, k, rtol) if f is not None and d >= 2 else float("nan")
+        for f, d in zip(ff.factors, ff.rows)
+    ]
     return {"per_field": per_field, "mean": float(np.nanmean(per_field))}
 
 
-def random_diversity(field_dims, num_sets: int, embed_dim: int, seed: int = 0,
-                     rtol: float = DIVERSITY_RTOL) -> dict:
+def random_diversity(
+    field_dims, num_sets: int, embed_dim: int, seed: int = 0, rtol: float = DIVERSITY_RTOL
+) -> dict:
     """The random baseline of Figure 10a: N(0, 1) matrices [D_i, M*K] split into M sets (sampled
     through their compact factors, so any D_i is cheap)."""
     rng = np.random.default_rng(seed)
     k = int(embed_dim)
-    per_field = [_mean_pair_diversity(random_factor(int(d), int(num_sets) * k, rng), k, rtol)
-                 if int(d) >= 2 else float("nan") for d in field_dims]
+    per_field = [
+        _mean_pair_diversity(random_factor(int(d), int(num_sets) * k, rng), k, rtol)
+        if int(d) >= 2
+        else float("nan")
+        for d in field_dims
+    ]
     return {"per_field": per_field, "mean": float(np.nanmean(per_field))}
 
 
 def random_information_abundance(field_dims, width: int, samples: int = 16, seed: int = 0):
     """E[IA(randn(D_i, width))] per field: the 'random' bars of Figure 2."""
-    return [expected_random_ia(int(d), int(width), samples, seed) if int(d) else float("nan")
-            for d in field_dims]
+    return [
+        expected_random_ia(int(d), int(width), samples, seed) if int(d) else float("nan")
+        for d in field_dims
+    ]
 
 
-def random_sub_embedding_information_abundance(field_dims, num_sets: int, embed_dim: int,
-                                               samples: int = 16, seed: int = 0) -> list[float]:
+def random_sub_embedding_information_abundance(
+    field_dims, num_sets: int, embed_dim: int, samples: int = 16, seed: int = 0
+) -> list[float]:
     """E[IA] of each field's sub-embedding in an untrained DCNv2: a N(0, 1) table [D_i, M*K] whose
     M sets are each multiplied by an iid uniform K x K block (how the cross weights start), side
     by side as in ``combine="concat"``. A product of two random matrices has a wider spectrum
@@ -272,7 +318,7 @@ def random_sub_embedding_information_abundance(field_dims, num_sets: int, embed_
         for _ in range(samples):
             r = random_factor(int(d), m * k, rng)  # [r, M*K]: the table, compactly
             w = torch.from_numpy(rng.uniform(-1.0, 1.0, (m, k, k)))
-            draws.append(torch.cat([r[:, s * k:(s + 1) * k] @ w[s].T for s in range(m)], dim=1))
+            draws.append(torch.cat([r[:, s * k : (s + 1) * k] @ w[s].T for s in range(m)], dim=1))
         with single_thread():
             out.append(float(information_abundance(torch.stack(draws), "exact").mean()))
     return out
@@ -283,8 +329,10 @@ def cross_blocks(model, layer: int = 0) -> torch.Tensor:
     """The K x K blocks of one DCNv2 cross layer as [M, N, N, K, K], entry [m, i, j] = W_{i->j}^(m)
     (the block that carries field i's vector into field j's slot), float64 on the CPU."""
     if not hasattr(model, "cross_weights"):
-        raise TypeError(f"{type(model).__name__} has no cross network; sub-embedding analysis "
-                        "needs a DCNv2 model (cross_weights())")
+        raise TypeError(
+            f"{type(model).__name__} has no cross network; sub-embedding analysis "
+            "needs a DCNv2 model (cross_weights())"
+        )
     weight, _ = model.cross_weights()
     n_layers = weight.shape[0]
     if isinstance(layer, bool) or int(layer) != layer or not -n_layers <= layer < n_layers:
@@ -302,9 +350,14 @@ def interaction_pattern(model, layer: int = 0) -> torch.Tensor:
     return torch.linalg.matrix_norm(cross_blocks(model, layer))
 
 
-def sub_embedding_information_abundance(model, layer: int = 0, combine: str = "per_set",
-                                        seen_rows=None, method: str = "auto",
-                                        factors: FieldFactors | None = None) -> torch.Tensor:
+def sub_embedding_information_abundance(
+    model,
+    layer: int = 0,
+    combine: str = "per_set",
+    seen_rows=None,
+    method: str = "auto",
+    factors: FieldFactors | None = None,
+) -> torch.Tensor:
     """IA of DCNv2's implicit sub-embeddings E_i^{->j} = E_i W_{i->j}^T (Evidence I, Figure 3).
 
     ``combine="per_set"``: [M, N, N], entry [m, i, j] = IA(E_i^(m) (W_{i->j}^(m))^T).
@@ -320,8 +373,9 @@ def sub_embedding_information_abundance(model, layer: int = 0, combine: str = "p
     m, n, _, k, _ = blocks.shape
     if len(ff) != n or ff.num_sets != m or ff.embed_dim != k:
         raise ValueError("the model's embeddings do not match its cross network")
-    out = torch.full((m, n, n) if combine == "per_set" else (n, n), float("nan"),
-                     dtype=torch.float64)
+    out = torch.full(
+        (m, n, n) if combine == "per_set" else (n, n), float("nan"), dtype=torch.float64
+    )
     with single_thread():  # N * M small products and SVDs per field
         for i in range(n):
             if ff.factors[i] is None:
@@ -329,7 +383,7 @@ def sub_embedding_information_abundance(model, layer: int = 0, combine: str = "p
             w = blocks[:, i]  # [M, N(j), K, K]
             # E W^T has the singular values of R W^T (R = Q^T E with orthonormal Q)
             sets = torch.stack([ff.set_factor(i, s) for s in range(m)])  # [M, r, K]
-            subs = sets[:, None] @ w.transpose(-1, -2)                  # [M, N, r, K]
+            subs = sets[:, None] @ w.transpose(-1, -2)  # [M, N, r, K]
             if combine == "per_set":
                 out[:, i] = information_abundance(subs, "exact")
             else:  # the sets' sub-embeddings side by side: [N, r, M*K]
@@ -360,14 +414,18 @@ def sub_embedding_correlation(ia_matrix, raw_ia) -> dict:
         raise ValueError(f"ia_matrix must be [N, N] and raw_ia [N], got {a.shape} and {r.shape}")
     col, row = a.sum(0), a.sum(1)
     return {
-        "target_sum": col.tolist(), "source_sum": row.tolist(),
-        "target_pearson": pearson(col, r), "target_spearman": pearson(_rank(col), _rank(r)),
-        "source_pearson": pearson(row, r), "source_spearman": pearson(_rank(row), _rank(r)),
+        "target_sum": col.tolist(),
+        "source_sum": row.tolist(),
+        "target_pearson": pearson(col, r),
+        "target_spearman": pearson(_rank(col), _rank(r)),
+        "source_pearson": pearson(row, r),
+        "source_spearman": pearson(_rank(row), _rank(r)),
     }
 
 
-def sub_embedding_analysis(model, layer: int = 0, seen_rows=None, method: str = "auto",
-                           factors: FieldFactors | None = None) -> dict:
+def sub_embedding_analysis(
+    model, layer: int = 0, seen_rows=None, method: str = "auto", factors: FieldFactors | None = None
+) -> dict:
     """Sub-embedding IA of a DCNv2 model with its correlations, per set and overall.
 
     ``per_set``: for each set m, the [N, N] matrix, IA(E_j^(m)) and the correlations of
@@ -396,9 +454,22 @@ def sub_embedding_analysis(model, layer: int = 0, seen_rows=None, method: str = 
     }
 
 
-__all__ = ["FieldFactors", "concat_sets", "cross_blocks", "field_information_abundance",
-           "field_spectra", "field_tables", "interaction_pattern", "model_diversity",
-           "random_diversity", "random_information_abundance",
-           "random_sub_embedding_information_abundance", "seen_masks", "set_diversity",
-           "split_sets", "sub_embedding_analysis", "sub_embedding_correlation",
-           "sub_embedding_information_abundance"]
+__all__ = [
+    "FieldFactors",
+    "concat_sets",
+    "cross_blocks",
+    "field_information_abundance",
+    "field_spectra",
+    "field_tables",
+    "interaction_pattern",
+    "model_diversity",
+    "random_diversity",
+    "random_information_abundance",
+    "random_sub_embedding_information_abundance",
+    "seen_masks",
+    "set_diversity",
+    "split_sets",
+    "sub_embedding_analysis",
+    "sub_embedding_correlation",
+    "sub_embedding_information_abundance",
+]

@@ -56,16 +56,19 @@ def as_matrix(E, name: str = "E", min_dim: int = 2) -> torch.Tensor:
         try:
             E = torch.as_tensor(np.asarray(E))
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"{name} must be a tensor or array of numbers, "
-                            f"got {type(E).__name__}") from exc
+            raise TypeError(
+                f"{name} must be a tensor or array of numbers, got {type(E).__name__}"
+            ) from exc
     E = E.detach()
-    if E.is_complex() or not (E.is_floating_point() or E.dtype in (torch.int32, torch.int64,
-                                                                     torch.int16, torch.int8,
-                                                                     torch.uint8)):
+    if E.is_complex() or not (
+        E.is_floating_point()
+        or E.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)
+    ):
         raise TypeError(f"{name} must hold real numbers, got dtype {E.dtype}")
     if E.dim() < min_dim:
-        raise ValueError(f"{name} must be a matrix [D, K] or a stack [..., D, K], "
-                         f"got shape {tuple(E.shape)}")
+        raise ValueError(
+            f"{name} must be a matrix [D, K] or a stack [..., D, K], got shape {tuple(E.shape)}"
+        )
     if E.shape[-1] == 0 or E.shape[-2] == 0:
         raise ValueError(f"{name} must have at least one row and one column, got {tuple(E.shape)}")
     return E
@@ -79,12 +82,13 @@ def gram(E, F=None, chunk_rows: int = GRAM_CHUNK_ROWS) -> torch.Tensor:
     E = as_matrix(E)
     F = E if F is None else as_matrix(F, "F")
     if F.shape[-2] != E.shape[-2]:
-        raise ValueError(f"E and F must have the same number of rows, got {E.shape[-2]} and "
-                         f"{F.shape[-2]}")
+        raise ValueError(
+            f"E and F must have the same number of rows, got {E.shape[-2]} and {F.shape[-2]}"
+        )
     out = None
     for start in range(0, E.shape[-2], chunk_rows):
-        a = E[..., start:start + chunk_rows, :].to(torch.float64)
-        b = a if F is E else F[..., start:start + chunk_rows, :].to(torch.float64)
+        a = E[..., start : start + chunk_rows, :].to(torch.float64)
+        b = a if F is E else F[..., start : start + chunk_rows, :].to(torch.float64)
         part = a.transpose(-1, -2) @ b
         out = part if out is None else out + part
     return out
@@ -125,7 +129,7 @@ def compact_factor(E, method: str = "auto", chunk_rows: int = GRAM_CHUNK_ROWS) -
         return lam.clamp_min(0).sqrt().unsqueeze(-1) * v.transpose(-1, -2)
     r = None
     for start in range(0, d, chunk_rows):
-        block = E[..., start:start + chunk_rows, :].to(torch.float64)
+        block = E[..., start : start + chunk_rows, :].to(torch.float64)
         if r is not None:
             block = torch.cat([r, block], dim=-2)
         with _threads_for(block.shape):
@@ -151,7 +155,7 @@ def singular_values(E, method: str = "auto") -> torch.Tensor:
         with single_thread():
             eig = torch.linalg.eigvalsh(g)  # ascending
         sv = eig.clamp_min(0).sqrt().flip(-1)
-        return sv[..., :min(E.shape[-2], E.shape[-1])]
+        return sv[..., : min(E.shape[-2], E.shape[-1])]
     if E.shape[-2] > GRAM_CHUNK_ROWS:
         E = compact_factor(E, "exact")  # stream the rows; R has E's singular values
     with _threads_for(E.shape):
@@ -161,8 +165,9 @@ def singular_values(E, method: str = "auto") -> torch.Tensor:
 def _ia_from_sv(sv: torch.Tensor) -> torch.Tensor:
     top = sv[..., 0]
     # IA of an all-zero matrix: no direction carries information, so 0 (like its rank).
-    return torch.where(top > 0, sv.sum(-1) / torch.where(top > 0, top, torch.ones_like(top)),
-                       torch.zeros_like(top))
+    return torch.where(
+        top > 0, sv.sum(-1) / torch.where(top > 0, top, torch.ones_like(top)), torch.zeros_like(top)
+    )
 
 
 def information_abundance(E, method: str = "auto") -> torch.Tensor:
@@ -201,8 +206,9 @@ def _random_ia_stats(shape: tuple, samples: int, seed: int) -> tuple[float, floa
     return float(ia.mean()), float(ia.std()) if samples > 1 else 0.0
 
 
-def random_ia_stats(num_rows: int, num_cols: int, samples: int = 16,
-                    seed: int = 0) -> tuple[float, float]:
+def random_ia_stats(
+    num_rows: int, num_cols: int, samples: int = 16, seed: int = 0
+) -> tuple[float, float]:
     """Mean and standard deviation of IA(randn(D, K)) over ``samples`` draws (cached per shape;
     cheap for any D, see :func:`random_factor`). For D >> K the spread is tiny, since the singular
     values concentrate near sqrt(D) +- sqrt(K); for a few rows it is several percent."""
@@ -217,8 +223,9 @@ def expected_random_ia(num_rows: int, num_cols: int, samples: int = 16, seed: in
     return random_ia_stats(num_rows, num_cols, samples, seed)[0]
 
 
-def normalized_information_abundance(E, baseline: str = "size", method: str = "auto",
-                                     samples: int = 16, seed: int = 0) -> torch.Tensor:
+def normalized_information_abundance(
+    E, baseline: str = "size", method: str = "auto", samples: int = 16, seed: int = 0
+) -> torch.Tensor:
     """The size-independent IA variants of Appendix I.
 
     ``baseline="size"``: IA(E) / K. ``baseline="random"``: IA(E) / E[IA(randn_like(E))], i.e.
@@ -265,18 +272,22 @@ def basis_cosines(u_a: torch.Tensor, u_b: torch.Tensor) -> torch.Tensor:
         return torch.linalg.svdvals(u_a.T @ u_b).clamp(0.0, 1.0)
 
 
-def principal_angle_cosines(E_a, E_b, rtol: float = DIVERSITY_RTOL,
-                            method: str = "auto") -> torch.Tensor:
+def principal_angle_cosines(
+    E_a, E_b, rtol: float = DIVERSITY_RTOL, method: str = "auto"
+) -> torch.Tensor:
     """Cosines of the principal angles between the column spaces of E_a [D, K_a] and E_b [D, K_b]:
     the singular values of U_a^T U_b with U the left singular vectors (Section 5.3), descending.
     Computed on the :func:`compact_factor` of [E_a, E_b], so tall sets cost one pass."""
     E_a, E_b = as_matrix(E_a, "E_a"), as_matrix(E_b, "E_b")
     if E_a.dim() != 2 or E_b.dim() != 2:
-        raise ValueError(f"E_a and E_b must be matrices [D, K], got {tuple(E_a.shape)} and "
-                         f"{tuple(E_b.shape)}")
+        raise ValueError(
+            f"E_a and E_b must be matrices [D, K], got {tuple(E_a.shape)} and {tuple(E_b.shape)}"
+        )
     if E_a.shape[0] != E_b.shape[0]:
-        raise ValueError(f"E_a and E_b must have the same rows (one field), got {E_a.shape[0]} "
-                         f"and {E_b.shape[0]}")
+        raise ValueError(
+            f"E_a and E_b must have the same rows (one field), got {E_a.shape[0]} "
+            f"and {E_b.shape[0]}"
+        )
     both = torch.cat([E_a.to(torch.float64), E_b.to(torch.float64)], dim=1)
     r = compact_factor(both, method)
     k_a = E_a.shape[1]
@@ -304,8 +315,9 @@ def pearson(a, b) -> float:
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
     if a.shape != b.shape or a.size < 2:
-        raise ValueError(f"pearson needs two sequences of equal length >= 2, got {a.size} and "
-                         f"{b.size}")
+        raise ValueError(
+            f"pearson needs two sequences of equal length >= 2, got {a.size} and {b.size}"
+        )
     a, b = a - a.mean(), b - b.mean()
     denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
     return float((a * b).sum() / denom) if denom > 0 else float("nan")

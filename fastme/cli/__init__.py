@@ -21,8 +21,9 @@ COMMANDS = ("train", "experiment", "analyze", "predict", "export")
 def build_parser() -> argparse.ArgumentParser:
     from fastme import __version__
 
-    parser = argparse.ArgumentParser(prog="fastme", description=__doc__.splitlines()[0],
-                                     formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fastme", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"fastme {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
@@ -36,7 +37,8 @@ def main(argv=None) -> int:
     with warnings.catch_warnings():
         # A warning is a message to the user here, not to a programmer: one line, no source.
         warnings.showwarning = lambda message, *_, **__: print(
-            f"fastme {command}: warning: {message}", file=sys.stderr, flush=True)
+            f"fastme {command}: warning: {message}", file=sys.stderr, flush=True
+        )
         try:
             return int(args.func(args) or 0)
         except KeyboardInterrupt:

@@ -25,8 +25,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         default = action.default
-        if ("default" in (action.help or "") or default is None or isinstance(default, bool)
-                or (isinstance(default, list) and not default)):
+        if (
+            "default" in (action.help or "")
+            or default is None
+            or isinstance(default, bool)
+            or (isinstance(default, list) and not default)
+        ):
             return action.help
         return super()._get_help_string(action)
 
@@ -47,40 +51,93 @@ _KEY_VALUE = dict(action="append", default=[], metavar="KEY=VALUE")
 #: Every shared argument: name -> (flag, add_argument keywords).
 ARGUMENTS = {
     # model
-    "model": ("--model", dict(default="dcnv2", type=str.lower, choices=list(MODELS),
-                              help="backbone: " + ", ".join(MODELS))),
-    "mode": ("--mode", dict(choices=("se", "me"), default="se",
-                            help="se: one embedding of size base*scale; me: scale embeddings of "
-                                 "size base")),
-    "scale": ("--scale", dict(type=positive_int, default=1,
-                              help="model size multiplier (1, 2, 3, 4, 10)")),
-    "backend": ("--backend", dict(default="auto", choices=BACKENDS,
-                                  help="implementation of the fused ops")),
-    "model_option": ("--model-option", dict(
-        **_KEY_VALUE, help="extra model constructor argument, e.g. hidden_dim=64 (repeatable)")),
+    "model": (
+        "--model",
+        dict(
+            default="dcnv2",
+            type=str.lower,
+            choices=list(MODELS),
+            help="backbone: " + ", ".join(MODELS),
+        ),
+    ),
+    "mode": (
+        "--mode",
+        dict(
+            choices=("se", "me"),
+            default="se",
+            help="se: one embedding of size base*scale; me: scale embeddings of size base",
+        ),
+    ),
+    "scale": (
+        "--scale",
+        dict(type=positive_int, default=1, help="model size multiplier (1, 2, 3, 4, 10)"),
+    ),
+    "backend": (
+        "--backend",
+        dict(default="auto", choices=BACKENDS, help="implementation of the fused ops"),
+    ),
+    "model_option": (
+        "--model-option",
+        dict(
+            **_KEY_VALUE, help="extra model constructor argument, e.g. hidden_dim=64 (repeatable)"
+        ),
+    ),
     # data
     "data": ("--data", dict(default="synthetic", help=DATA_HELP)),
-    "cache_dir": ("--cache-dir", dict(default=None, help="where raw-file caches live (default "
-                                                         "$FASTME_CACHE_DIR or ~/.cache/fastme)")),
-    "synthetic_samples": ("--synthetic-samples", dict(
-        type=int, default=None, help="rows of the synthetic data (default: the built-in size)")),
-    "min_count": ("--min-count", dict(
-        type=int, default=None,
-        help="raw data: values seen fewer times become the field's OOV index (default 10 for "
-             "Criteo, 2 for Avazu, 1 for CSV and Parquet; the reference code uses 4 for Avazu)")),
-    "avazu_hour": ("--avazu-hour", dict(
-        choices=("split", "raw"), default=None,
-        help="Avazu hour: split into hour-of-day and weekday (default) or the raw YYMMDDHH value "
-             "as one field (the reference code)")),
-    "rebuild_cache": ("--rebuild-cache", dict(action="store_true",
-                                              help="preprocess raw data again")),
-    "data_option": ("--data-option", dict(
-        **_KEY_VALUE, help="extra load_dataset option, e.g. field_dims=[10,100,1000] or "
-                           "interaction_scale=2.0 for synthetic data (repeatable)")),
+    "cache_dir": (
+        "--cache-dir",
+        dict(
+            default=None,
+            help="where raw-file caches live (default $FASTME_CACHE_DIR or ~/.cache/fastme)",
+        ),
+    ),
+    "synthetic_samples": (
+        "--synthetic-samples",
+        dict(
+            type=int, default=None, help="rows of the synthetic data (default: the built-in size)"
+        ),
+    ),
+    "min_count": (
+        "--min-count",
+        dict(
+            type=int,
+            default=None,
+            help="raw data: values seen fewer times become the field's OOV index (default 10 for "
+            "Criteo, 2 for Avazu, 1 for CSV and Parquet; the reference code uses 4 for Avazu)",
+        ),
+    ),
+    "avazu_hour": (
+        "--avazu-hour",
+        dict(
+            choices=("split", "raw"),
+            default=None,
+            help="Avazu hour: split into hour-of-day and weekday (default) or the raw YYMMDDHH "
+            "value as one field (the reference code)",
+        ),
+    ),
+    "rebuild_cache": (
+        "--rebuild-cache",
+        dict(action="store_true", help="preprocess raw data again"),
+    ),
+    "data_option": (
+        "--data-option",
+        dict(
+            **_KEY_VALUE,
+            help="extra load_dataset option, e.g. field_dims=[10,100,1000] or "
+            "interaction_scale=2.0 for synthetic data (repeatable)",
+        ),
+    ),
 }
 MODEL_ARGUMENTS = ("model", "mode", "scale", "backend", "model_option")
-DATA_ARGUMENTS = ("data", "cache_dir", "synthetic_samples", "min_count", "avazu_hour",
-                  "rebuild_cache", "data_option")
+DATA_ARGUMENTS = (
+    "data",
+    "cache_dir",
+    "synthetic_samples",
+    "min_count",
+    "avazu_hour",
+    "rebuild_cache",
+    "data_option",
+)
 
 
 def add_arguments(parser, names) -> None:

@@ -6,8 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastme._lock import LockedError
-from fastme.cli.args import (DATA_ARGUMENTS, HelpFormatter, add_arguments, data_options, error,
-                             key_values)
+from fastme.cli.args import (
+    DATA_ARGUMENTS,
+    HelpFormatter,
+    add_arguments,
+    data_options,
+    error,
+    key_values,
+)
 from fastme.experiments import toy as toy_module
 from fastme.experiments.scale import DEFAULT_SCALES, DEFAULT_TRAIN, TRAIN_SETTINGS
 from fastme.train.config import add_config_arguments, config_options
@@ -17,9 +23,11 @@ _FMT = HelpFormatter
 
 def add_parser(subparsers) -> None:
     exp = subparsers.add_parser(
-        "experiment", formatter_class=_FMT,
+        "experiment",
+        formatter_class=_FMT,
         help="run one of the paper's experiments (toy, scale) or write docs/results.md",
-        description="The paper's experiments; each writes JSON results and PNG figures to --out.")
+        description="The paper's experiments; each writes JSON results and PNG figures to --out.",
+    )
     sub = exp.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     _add_toy(sub)
     _add_scale(sub)
@@ -30,20 +38,29 @@ def add_parser(subparsers) -> None:
 def _add_toy(sub) -> None:
     d = toy_module.DEFAULTS
     p = sub.add_parser(
-        "toy", help="Evidence II toy experiment (Appendix G, Figure 4)", formatter_class=_FMT,
+        "toy",
+        help="Evidence II toy experiment (Appendix G, Figure 4)",
+        formatter_class=_FMT,
         description="Three fields, D1 = D2 = 100; only E1 is trained (full-batch gradient descent "
-                    "on random labels, FM-style interaction) while E2 and E3 stay fixed. Records "
-                    "IA(E1) for a low-abundance E3 (D3 = 3 < K) and a high-abundance one "
-                    "(D3 = 100 >> K).")
-    p.add_argument("--d3", type=int, nargs="+", default=list(d["d3_values"]),
-                   help="cardinalities of field 3")
-    p.add_argument("--embed-dim", type=int, default=d["embed_dim"],
-                   help="K (not given by the paper)")
+        "on random labels, FM-style interaction) while E2 and E3 stay fixed. Records "
+        "IA(E1) for a low-abundance E3 (D3 = 3 < K) and a high-abundance one "
+        "(D3 = 100 >> K).",
+    )
+    p.add_argument(
+        "--d3", type=int, nargs="+", default=list(d["d3_values"]), help="cardinalities of field 3"
+    )
+    p.add_argument(
+        "--embed-dim", type=int, default=d["embed_dim"], help="K (not given by the paper)"
+    )
     p.add_argument("--iterations", type=int, default=d["iterations"])
     p.add_argument("--lr", type=float, default=d["lr"])
     p.add_argument("--seeds", type=int, nargs="+", default=list(d["seeds"]))
-    p.add_argument("--record-every", type=int, default=d["record_every"],
-                   help="record IA every this many iterations")
+    p.add_argument(
+        "--record-every",
+        type=int,
+        default=d["record_every"],
+        help="record IA every this many iterations",
+    )
     p.add_argument("--out", default="runs/experiment-toy", help="output directory")
     p.set_defaults(func=run_toy_command)
 
@@ -52,16 +69,23 @@ def run_toy_command(args) -> int:
     from fastme.analysis.plots import plot_toy
 
     try:
-        result = toy_module.run_toy(d3_values=args.d3, embed_dim=args.embed_dim,
-                                    iterations=args.iterations, lr=args.lr, seeds=args.seeds,
-                                    record_every=args.record_every)
+        result = toy_module.run_toy(
+            d3_values=args.d3,
+            embed_dim=args.embed_dim,
+            iterations=args.iterations,
+            lr=args.lr,
+            seeds=args.seeds,
+            record_every=args.record_every,
+        )
     except ValueError as exc:
         return error("experiment toy", exc)
     out = Path(args.out)
     png = plot_toy(result, out / "toy")  # writes toy.png and toy.json (all the data)
     for d3, run in result["runs"].items():
-        print(f"D3 = {d3:>4}: IA(E1) {run['mean'][0]:.3f} -> {run['final_ia_mean']:.3f} "
-              f"± {run['final_ia_std']:.3f} after {args.iterations} iterations")
+        print(
+            f"D3 = {d3:>4}: IA(E1) {run['mean'][0]:.3f} -> {run['final_ia_mean']:.3f} "
+            f"± {run['final_ia_std']:.3f} after {args.iterations} iterations"
+        )
     print(f"results: {out / 'toy.json'}  figure: {png}")
     return 0
 
@@ -69,27 +93,41 @@ def run_toy_command(args) -> int:
 # -- scale ----------------------------------------------------------------------------------------
 def _add_scale(sub) -> None:
     p = sub.add_parser(
-        "scale", help="SE vs ME scaling sweep (Section 5.2, Table 1, Figure 8)",
+        "scale",
+        help="SE vs ME scaling sweep (Section 5.2, Table 1, Figure 8)",
         formatter_class=_FMT,
         description="Train one backbone at every scale as SE (K = base * scale) and ME (scale "
-                    "sets of size base) for each seed; report test AUC and per-field "
-                    "information abundance, mean and std over seeds.")
+        "sets of size base) for each seed; report test AUC and per-field "
+        "information abundance, mean and std over seeds.",
+    )
     m = p.add_argument_group("model")
     add_arguments(m, ("model",))
     m.add_argument("--scales", type=int, nargs="+", default=list(DEFAULT_SCALES))
     m.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     add_arguments(m, ("backend", "model_option"))
     add_arguments(p.add_argument_group("data"), DATA_ARGUMENTS)
-    add_config_arguments(p, TRAIN_SETTINGS,
-                         batch_size="the paper uses 2048 (docs/analysis.md: why not here)",
-                         lr="the paper uses 1e-3")
+    add_config_arguments(
+        p,
+        TRAIN_SETTINGS,
+        batch_size="the paper uses 2048 (docs/analysis.md: why not here)",
+        lr="the paper uses 1e-3",
+    )
     p.set_defaults(**DEFAULT_TRAIN)  # the sweep's CPU-sized defaults (see DEFAULT_TRAIN)
-    p.add_argument("--seen-only", action="store_true",
-                   help="compute IA on the embedding rows that occur in the training split only")
-    p.add_argument("--no-checkpoints", action="store_true",
-                   help="do not keep per-run checkpoints (runs are then never reused)")
-    p.add_argument("--out", default=None,
-                   help="output directory (default runs/experiment-scale-<model>-<data>)")
+    p.add_argument(
+        "--seen-only",
+        action="store_true",
+        help="compute IA on the embedding rows that occur in the training split only",
+    )
+    p.add_argument(
+        "--no-checkpoints",
+        action="store_true",
+        help="do not keep per-run checkpoints (runs are then never reused)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default runs/experiment-scale-<model>-<data>)",
+    )
     p.set_defaults(func=run_scale_command)
 
 
@@ -107,19 +145,31 @@ def run_scale_command(args) -> int:
     out = Path(args.out or f"runs/experiment-scale-{args.model.lower()}-{kind}")
     train_options = config_options(args)
     try:
-        summary = run_scale(args.model, data, scales=args.scales, seeds=args.seeds,
-                            train_options=train_options, model_options=model_options,
-                            backend=args.backend, out_dir=out, seen_only=args.seen_only,
-                            keep_checkpoints=not args.no_checkpoints, data_spec=args.data,
-                            data_options=data_opts)
+        summary = run_scale(
+            args.model,
+            data,
+            scales=args.scales,
+            seeds=args.seeds,
+            train_options=train_options,
+            model_options=model_options,
+            backend=args.backend,
+            out_dir=out,
+            seen_only=args.seen_only,
+            keep_checkpoints=not args.no_checkpoints,
+            data_spec=args.data,
+            data_options=data_opts,
+        )
     except (ValueError, TypeError, OSError, LockedError) as exc:  # LockedError: a busy run
         return error("experiment scale", exc)
-    print(f"{'scale':>6} {'SE test AUC':>20} {'ME test AUC':>20} {'SE IA/random':>13} "
-          f"{'ME IA/random':>13}")
+    print(
+        f"{'scale':>6} {'SE test AUC':>20} {'ME test AUC':>20} {'SE IA/random':>13} "
+        f"{'ME IA/random':>13}"
+    )
     for s in summary["scales"]:
         se, me = summary["se"].get(str(s)), summary["me"].get(str(s))
-        cells = [f"{e['test_auc_mean']:.5f} ± {e['test_auc_std']:.5f}" if e else "-"
-                 for e in (se, me)]
+        cells = [
+            f"{e['test_auc_mean']:.5f} ± {e['test_auc_std']:.5f}" if e else "-" for e in (se, me)
+        ]
         # mean over fields of IA / E[IA(random)] (Appendix I)
         cells += [f"{e['mean_field_ia_over_random_mean']:.3f}" if e else "-" for e in (se, me)]
         print(f"{s:>6} {cells[0]:>20} {cells[1]:>20} {cells[2]:>13} {cells[3]:>13}")
@@ -130,17 +180,25 @@ def run_scale_command(args) -> int:
 # -- results --------------------------------------------------------------------------------------
 def _add_results(sub) -> None:
     p = sub.add_parser(
-        "results", help="run toy and scale with their defaults and write docs/results.md",
+        "results",
+        help="run toy and scale with their defaults and write docs/results.md",
         formatter_class=_FMT,
         description="Run `fastme experiment toy` and `fastme experiment scale` with their "
-                    "defaults (finished scaling runs are reused) and render their tables and "
-                    "figures as a Markdown page.")
+        "defaults (finished scaling runs are reused) and render their tables and "
+        "figures as a Markdown page.",
+    )
     p.add_argument("--out", default="docs/results.md", help="the page to write")
-    p.add_argument("--from-outputs", action="store_true",
-                   help="do not run anything; render from the experiments' existing outputs")
-    p.add_argument("--machine", default=None,
-                   help="a description of the machine (and anything measured outside this "
-                        "command, e.g. the CPU time of reused runs), for the page")
+    p.add_argument(
+        "--from-outputs",
+        action="store_true",
+        help="do not run anything; render from the experiments' existing outputs",
+    )
+    p.add_argument(
+        "--machine",
+        default=None,
+        help="a description of the machine (and anything measured outside this "
+        "command, e.g. the CPU time of reused runs), for the page",
+    )
     p.set_defaults(func=run_results_command)
 
 

@@ -10,29 +10,48 @@ _FMT = HelpFormatter
 
 def add_parser(subparsers) -> None:
     e = subparsers.add_parser(
-        "export", help="export a trained model for serving (.pt2 or ONNX)", formatter_class=_FMT,
+        "export",
+        help="export a trained model for serving (.pt2 or ONNX)",
+        formatter_class=_FMT,
         description="Write a self-contained program: int64 per-field indices [B, N] -> click "
-                    "probabilities [B], any batch size, with the model spec, field "
-                    "cardinalities, OOV indices and example inputs/outputs as metadata. The "
-                    "format follows --out (.pt2 or .onnx). A model trained on raw Criteo or "
-                    "Avazu files also gets OUT.encoding.json: the vocabulary and the raw-row "
-                    "encoding, read by fastme/serve/raw_scoring.py (numpy + onnxruntime, no "
-                    "fastme). The export is checked against the eager model before it is put in "
-                    "place; a failed export leaves no file.")
+        "probabilities [B], any batch size, with the model spec, field "
+        "cardinalities, OOV indices and example inputs/outputs as metadata. The "
+        "format follows --out (.pt2 or .onnx). A model trained on raw Criteo or "
+        "Avazu files also gets OUT.encoding.json: the vocabulary and the raw-row "
+        "encoding, read by fastme/serve/raw_scoring.py (numpy + onnxruntime, no "
+        "fastme). The export is checked against the eager model before it is put in "
+        "place; a failed export leaves no file.",
+    )
     e.add_argument("checkpoint", help="best.pt / last.pt, or a run directory")
     e.add_argument("--out", required=True, help="output file: NAME.pt2 or NAME.onnx")
-    e.add_argument("--format", choices=("pt2", "onnx"), default=None,
-                   help="must agree with --out's extension when given")
-    e.add_argument("--bounds", choices=("oov", "raise"), default="oov",
-                   help="an index outside its field: map it to the field's OOV index, or raise "
-                        "(pt2 only)")
-    add_arguments(e.add_argument_group(
-        "ops", "--backend: the ops traced into a pt2 (reference, the default: plain ATen ops, "
-               "which load without fastme)"), ("backend",))
+    e.add_argument(
+        "--format",
+        choices=("pt2", "onnx"),
+        default=None,
+        help="must agree with --out's extension when given",
+    )
+    e.add_argument(
+        "--bounds",
+        choices=("oov", "raise"),
+        default="oov",
+        help="an index outside its field: map it to the field's OOV index, or raise (pt2 only)",
+    )
+    add_arguments(
+        e.add_argument_group(
+            "ops",
+            "--backend: the ops traced into a pt2 (reference, the default: plain ATen ops, "
+            "which load without fastme)",
+        ),
+        ("backend",),
+    )
     add_config_arguments(e, ("device",))
-    e.add_argument("--vocab", default=None, metavar="CACHE_DIR",
-                   help="training cache holding vocab.json, for the encoding sidecar (default: "
-                        "the one the checkpoint records)")
+    e.add_argument(
+        "--vocab",
+        default=None,
+        metavar="CACHE_DIR",
+        help="training cache holding vocab.json, for the encoding sidecar (default: "
+        "the one the checkpoint records)",
+    )
     e.set_defaults(func=run_export, backend="reference", device="cpu")
 
 
@@ -40,18 +59,30 @@ def run_export(args) -> int:
     from fastme.serve.export import export
 
     try:
-        meta = export(args.checkpoint, args.out, args.format, bounds=args.bounds,
-                      backend=args.backend, device=args.device, vocab_dir=args.vocab)
+        meta = export(
+            args.checkpoint,
+            args.out,
+            args.format,
+            bounds=args.bounds,
+            backend=args.backend,
+            device=args.device,
+            vocab_dir=args.vocab,
+        )
     except Exception as exc:  # noqa: BLE001 - any failure of an export is one line, no file
         return error("export", _one_line(exc))
     spec = meta["spec"]
     sidecar = meta["encoding"]["file"]
-    print(f"exported {spec['name']} {spec['mode'].upper()} x{spec['scale']} "
-          f"({len(meta['field_dims'])} fields, bounds {meta['bounds']}) to {args.out}; "
-          f"its example outputs match the eager model's (max difference "
-          f"{meta['checked_max_difference']:.2g}); "
-          + (f"raw {meta['encoding']['dataset']} rows are encoded by {sidecar} beside it"
-             if sidecar else "no raw-row encoding (the model was not trained on raw files)"))
+    print(
+        f"exported {spec['name']} {spec['mode'].upper()} x{spec['scale']} "
+        f"({len(meta['field_dims'])} fields, bounds {meta['bounds']}) to {args.out}; "
+        f"its example outputs match the eager model's (max difference "
+        f"{meta['checked_max_difference']:.2g}); "
+        + (
+            f"raw {meta['encoding']['dataset']} rows are encoded by {sidecar} beside it"
+            if sidecar
+            else "no raw-row encoding (the model was not trained on raw files)"
+        )
+    )
     return 0
 
 
@@ -62,7 +93,8 @@ def _one_line(exc: BaseException) -> str:
 
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[0] if lines else "(no message)"
-    if not isinstance(exc, (ValueError, TypeError, ImportError, OSError, AssertionError,
-                            BackendUnavailable)):
+    if not isinstance(
+        exc, (ValueError, TypeError, ImportError, OSError, AssertionError, BackendUnavailable)
+    ):
         text = f"{type(exc).__name__}: {text}"
     return text + (" [...]" if len(lines) > 1 else "")

@@ -39,6 +39,19 @@ def preprocess(kind: str, path, cache_dir=None, **options) -> CTRData:
     return sources.preprocess(TEXT_FORMATS[kind], path, cache_dir, **options)
 
 
-__all__ = ["CTRData", "DEFAULT_MIN_COUNT", "DEFAULT_NUM_SAMPLES", "FORMATS", "SyntheticTeacher",
-           "default_cache_root", "help_text", "load_cache", "load_dataset", "load_npy",
-           "load_parquet", "load_vocab", "make_synthetic", "preprocess"]
+__all__ = [
+    "CTRData",
+    "DEFAULT_MIN_COUNT",
+    "DEFAULT_NUM_SAMPLES",
+    "FORMATS",
+    "SyntheticTeacher",
+    "default_cache_root",
+    "help_text",
+    "load_cache",
+    "load_dataset",
+    "load_npy",
+    "load_parquet",
+    "load_vocab",
+    "make_synthetic",
+    "preprocess",
+]

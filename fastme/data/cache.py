@@ -78,11 +78,20 @@ NPY_HEADER_BYTES = 128  # a fixed-size .npy header, rewritten with the real shap
 def _npy_header(dtype: np.dtype, shape: tuple) -> bytes:
     """A version 1.0 ``.npy`` header of exactly ``NPY_HEADER_BYTES`` bytes (numpy pads its own
     headers with spaces the same way; a fixed size lets the shape be written last)."""
-    text = repr({"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-                 "fortran_order": False, "shape": tuple(shape)})
+    text = repr(
+        {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+            "fortran_order": False,
+            "shape": tuple(shape),
+        }
+    )
     room = NPY_HEADER_BYTES - 10
-    return (b"\x93NUMPY\x01\x00" + room.to_bytes(2, "little")
-            + text.encode("latin1").ljust(room - 1) + b"\n")
+    return (
+        b"\x93NUMPY\x01\x00"
+        + room.to_bytes(2, "little")
+        + text.encode("latin1").ljust(room - 1)
+        + b"\n"
+    )
 
 
 def check_space(directory: Path, needed: int) -> None:
@@ -90,8 +99,9 @@ def check_space(directory: Path, needed: int) -> None:
     an OSError, but after minutes of work)."""
     free = shutil.disk_usage(directory).free
     if free < needed:
-        raise OSError(f"the cache needs about {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB "
-                      f"are free")
+        raise OSError(
+            f"the cache needs about {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB are free"
+        )
 
 
 class NpyWriter:
@@ -114,8 +124,9 @@ class NpyWriter:
         self.file.close()
 
 
-def build_or_reuse(directory: Path, fingerprint: str, build, *, name: str, files,
-                   rebuild: bool = False) -> CTRData:
+def build_or_reuse(
+    directory: Path, fingerprint: str, build, *, name: str, files, rebuild: bool = False
+) -> CTRData:
     """Open the cache ``directory`` of content ``fingerprint``, building it first with
     ``build(tmp)`` (which writes a complete cache, meta.json with ``source.fingerprint``
     included, into the empty directory ``tmp``) unless it exists already and ``rebuild`` is
@@ -126,11 +137,17 @@ def build_or_reuse(directory: Path, fingerprint: str, build, *, name: str, files
     try:
         # The lock file is deleted on release, and a cache root this call created is removed
         # again when the build fails: a failed command leaves nothing behind.
-        lock = file_lock(directory.with_name(directory.name + ".lock"), f"the cache {directory}",
-                         wait=True, prepare=lambda: make_dirs(directory.parent),
-                         on_wait=lambda who: print(f"{name}: waiting for {who}, which is building "
-                                                   f"the cache {directory}", file=sys.stderr,
-                                                   flush=True))
+        lock = file_lock(
+            directory.with_name(directory.name + ".lock"),
+            f"the cache {directory}",
+            wait=True,
+            prepare=lambda: make_dirs(directory.parent),
+            on_wait=lambda who: print(
+                f"{name}: waiting for {who}, which is building the cache {directory}",
+                file=sys.stderr,
+                flush=True,
+            ),
+        )
         with lock:
             if rebuild or not reusable(directory, fingerprint):
                 tmp = directory.with_name(directory.name + ".partial")
@@ -139,14 +156,18 @@ def build_or_reuse(directory: Path, fingerprint: str, build, *, name: str, files
                 try:
                     build(tmp)
                     if files_fingerprint(files) != fingerprint:
-                        raise RuntimeError(f"{', '.join(map(str, files))} changed while being "
-                                           f"preprocessed; run again")
+                        raise RuntimeError(
+                            f"{', '.join(map(str, files))} changed while being "
+                            f"preprocessed; run again"
+                        )
                     finish_cache(tmp, directory)
                 except BaseException:
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise
             return load_cache(directory, name=name)
     except OSError as exc:
-        raise OSError(f"cannot write the {name} cache {directory}: {exc}. Free some space there "
-                      f"or choose another place (cache_dir / --cache-dir / "
-                      f"$FASTME_CACHE_DIR)") from exc
+        raise OSError(
+            f"cannot write the {name} cache {directory}: {exc}. Free some space there "
+            f"or choose another place (cache_dir / --cache-dir / "
+            f"$FASTME_CACHE_DIR)"
+        ) from exc

@@ -33,26 +33,42 @@ class CTRData:
     :meth:`base_arrays` and :meth:`row_numbers`.
     """
 
-    def __init__(self, x, y, field_dims, field_names=None, *, name: str = "data", rows=None,
-                 info: dict | None = None):
+    def __init__(
+        self,
+        x,
+        y,
+        field_dims,
+        field_names=None,
+        *,
+        name: str = "data",
+        rows=None,
+        info: dict | None = None,
+    ):
         if not isinstance(x, np.ndarray) or x.ndim != 2 or x.dtype != np.int32:
-            raise TypeError(f"x must be an int32 numpy array [n, N], got "
-                            f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+            raise TypeError(
+                f"x must be an int32 numpy array [n, N], got "
+                f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}"
+            )
         if not isinstance(y, np.ndarray) or y.ndim != 1 or y.dtype != np.float32:
-            raise TypeError(f"y must be a float32 numpy array [n], got "
-                            f"{getattr(y, 'dtype', type(y).__name__)} {getattr(y, 'shape', '')}")
+            raise TypeError(
+                f"y must be a float32 numpy array [n], got "
+                f"{getattr(y, 'dtype', type(y).__name__)} {getattr(y, 'shape', '')}"
+            )
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
         field_dims = [int(d) for d in field_dims]
         if len(field_dims) != x.shape[1] or min(field_dims, default=0) < 1:
-            raise ValueError(f"field_dims must hold one positive cardinality per column of x "
-                             f"({x.shape[1]}), got {field_dims}")
+            raise ValueError(
+                f"field_dims must hold one positive cardinality per column of x "
+                f"({x.shape[1]}), got {field_dims}"
+            )
         if field_names is None:
             field_names = [f"f{i}" for i in range(len(field_dims))]
         field_names = [str(f) for f in field_names]
         if len(field_names) != len(field_dims):
-            raise ValueError(f"field_names has {len(field_names)} names for {len(field_dims)} "
-                             f"fields")
+            raise ValueError(
+                f"field_names has {len(field_names)} names for {len(field_dims)} fields"
+            )
         if rows is not None:
             rows = np.asarray(rows, dtype=np.int64)
             if rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() >= len(x))):
@@ -72,8 +88,10 @@ class CTRData:
         return len(self.field_dims)
 
     def __repr__(self) -> str:
-        return (f"CTRData({self.name!r}, rows={len(self):,}, fields={self.num_fields}, "
-                f"sum(field_dims)={sum(self.field_dims):,})")
+        return (
+            f"CTRData({self.name!r}, rows={len(self):,}, fields={self.num_fields}, "
+            f"sum(field_dims)={sum(self.field_dims):,})"
+        )
 
     # -- arrays -------------------------------------------------------------------------------
     @property
@@ -101,8 +119,15 @@ class CTRData:
         if rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() >= len(self))):
             raise ValueError(f"subset rows must be positions in [0, {len(self)})")
         base_rows = rows if self._rows is None else self._rows[rows]
-        return CTRData(self._x, self._y, self.field_dims, self.field_names,
-                       name=name or self.name, rows=base_rows, info=self.info)
+        return CTRData(
+            self._x,
+            self._y,
+            self.field_dims,
+            self.field_names,
+            name=name or self.name,
+            rows=base_rows,
+            info=self.info,
+        )
 
     def split(self, seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> tuple["CTRData", ...]:
         """Random split into ``len(fractions)`` parts (default train/valid/test 8/1/1).
@@ -118,20 +143,27 @@ class CTRData:
         if self.info.get("file_split") and self._rows is None:
             return self._file_split(self.info["file_split"], seed)
         fractions = [float(f) for f in fractions]
-        if len(fractions) < 2 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0,
-                                                                         abs_tol=1e-6):
-            raise ValueError(f"fractions must be >= 2 non-negative numbers summing to 1, "
-                             f"got {fractions}")
+        if (
+            len(fractions) < 2
+            or min(fractions) < 0
+            or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6)
+        ):
+            raise ValueError(
+                f"fractions must be >= 2 non-negative numbers summing to 1, got {fractions}"
+            )
         n = len(self)
         # round() first so that e.g. 0.7 * 10 = 7.000000000000001 and 0.3 * 10 floor as expected
         sizes = [math.floor(round(f * n, 6)) for f in fractions[:-1]]
         sizes.append(n - sum(sizes))
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).numpy()
-        names = ["train", "valid", "test"] if len(sizes) == 3 else [f"part{i}" for i in
-                                                                    range(len(sizes))]
+        names = (
+            ["train", "valid", "test"]
+            if len(sizes) == 3
+            else [f"part{i}" for i in range(len(sizes))]
+        )
         parts, start = [], 0
         for size, part in zip(sizes, names):
-            parts.append(self.subset(perm[start:start + size], name=f"{self.name}/{part}"))
+            parts.append(self.subset(perm[start : start + size], name=f"{self.name}/{part}"))
             start += size
         return tuple(parts)
 
@@ -140,12 +172,19 @@ class CTRData:
         if split.get("valid"):
             valid = np.arange(*split["valid"])
         else:
-            perm = torch.randperm(len(train),
-                                  generator=torch.Generator().manual_seed(int(seed))).numpy()
+            perm = torch.randperm(
+                len(train), generator=torch.Generator().manual_seed(int(seed))
+            ).numpy()
             cut = len(train) // 9
             valid, train = np.sort(train[perm[:cut]]), np.sort(train[perm[cut:]])
-        return tuple(self.subset(rows, name=f"{self.name}/{part}") for part, rows in
-                     (("train", train), ("valid", valid), ("test", np.arange(*split["test"]))))
+        return tuple(
+            self.subset(rows, name=f"{self.name}/{part}")
+            for part, rows in (
+                ("train", train),
+                ("valid", valid),
+                ("test", np.arange(*split["test"])),
+            )
+        )
 
     def positive_rate(self) -> float:
         return float(self.y.mean()) if len(self) else float("nan")
@@ -154,17 +193,19 @@ class CTRData:
         """Raise ValueError unless every index lies in ``[0, field_dims[i])`` (reads all rows)."""
         dims = np.asarray(self.field_dims)
         for start in range(0, len(self._x), chunk_rows):
-            block = np.asarray(self._x[start:start + chunk_rows])
+            block = np.asarray(self._x[start : start + chunk_rows])
             if block.min(axis=0).min() >= 0 and (block.max(axis=0) < dims).all():
                 continue
             r, i = np.argwhere((block < 0) | (block >= dims))[0]
-            raise ValueError(f"{self.name}: row {start + r} field {self.field_names[i]} has "
-                             f"index {block[r, i]} outside [0, {dims[i]})")
+            raise ValueError(
+                f"{self.name}: row {start + r} field {self.field_names[i]} has "
+                f"index {block[r, i]} outside [0, {dims[i]})"
+            )
 
     def check_labels(self, chunk_rows: int = 1 << 22) -> None:
         """Raise ValueError unless every label is 0 or 1 (reads all labels)."""
         for start in range(0, len(self._y), chunk_rows):
-            block = np.asarray(self._y[start:start + chunk_rows])
+            block = np.asarray(self._y[start : start + chunk_rows])
             bad = (block != 0) & (block != 1)
             if bad.any():
                 r = int(np.argmax(bad))
@@ -176,8 +217,9 @@ class CTRData:
         rows, such as synthetic data of another seed, differ in it."""
         n = len(self._x)
         rows = slice(None) if n <= 1 << 16 else np.linspace(0, n - 1, 1 << 16).astype(np.int64)
-        digest = hashlib.blake2b(json.dumps([list(self._x.shape), self.field_dims]).encode(),
-                                 digest_size=8)
+        digest = hashlib.blake2b(
+            json.dumps([list(self._x.shape), self.field_dims]).encode(), digest_size=8
+        )
         digest.update(np.ascontiguousarray(self._x[rows]).tobytes())
         digest.update(np.ascontiguousarray(self._y[rows]).tobytes())
         return digest.hexdigest()
@@ -194,10 +236,16 @@ class CTRData:
         return finish_cache(tmp, directory)
 
 
-def write_meta(directory: Path, field_names, field_dims, num_rows: int, info: dict,
-               vocab=None) -> None:
-    meta = {"format": CACHE_FORMAT, "num_rows": int(num_rows), "field_names": list(field_names),
-            "field_dims": [int(d) for d in field_dims], **info}
+def write_meta(
+    directory: Path, field_names, field_dims, num_rows: int, info: dict, vocab=None
+) -> None:
+    meta = {
+        "format": CACHE_FORMAT,
+        "num_rows": int(num_rows),
+        "field_names": list(field_names),
+        "field_dims": [int(d) for d in field_dims],
+        **info,
+    }
     write_text(directory / "meta.json", json.dumps(meta, indent=1))
     if vocab is not None:
         write_text(directory / "vocab.json", json.dumps(vocab))
@@ -245,22 +293,36 @@ def load_cache(directory, name: str | None = None) -> CTRData:
         raise FileNotFoundError(f"{directory} is not a fastme data cache (no valid meta.json)")
     rebuild = "delete the directory to rebuild it"
     arrays = {}
-    for array, dtype, shape in (("x", np.int32, (meta["num_rows"], len(meta["field_dims"]))),
-                                ("y", np.float32, (meta["num_rows"],))):
+    for array, dtype, shape in (
+        ("x", np.int32, (meta["num_rows"], len(meta["field_dims"]))),
+        ("y", np.float32, (meta["num_rows"],)),
+    ):
         path = directory / f"{array}.npy"
         arrays[array] = open_npy(path, rebuild, "missing, truncated")
         if arrays[array].dtype != dtype or arrays[array].shape != shape:
-            raise ValueError(f"{path} holds {arrays[array].dtype} {arrays[array].shape}, but "
-                             f"meta.json describes {np.dtype(dtype)} {shape}; {rebuild}")
-    info = {k: v for k, v in meta.items()
-            if k not in ("format", "num_rows", "field_names", "field_dims")}
+            raise ValueError(
+                f"{path} holds {arrays[array].dtype} {arrays[array].shape}, but "
+                f"meta.json describes {np.dtype(dtype)} {shape}; {rebuild}"
+            )
+    info = {
+        k: v
+        for k, v in meta.items()
+        if k not in ("format", "num_rows", "field_names", "field_dims")
+    }
     info["cache_dir"] = str(directory)
     try:
-        data = CTRData(arrays["x"], arrays["y"], meta["field_dims"], meta["field_names"],
-                       name=name or meta.get("dataset", directory.name), info=info)
+        data = CTRData(
+            arrays["x"],
+            arrays["y"],
+            meta["field_dims"],
+            meta["field_names"],
+            name=name or meta.get("dataset", directory.name),
+            info=info,
+        )
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{directory}/meta.json does not fit the arrays: {exc}; "
-                         f"{rebuild}") from exc
+        raise ValueError(
+            f"{directory}/meta.json does not fit the arrays: {exc}; {rebuild}"
+        ) from exc
     _validate_once(data, directory, rebuild)
     return data
 
@@ -269,8 +331,10 @@ _STAMP = "validated.json"
 
 
 def _file_versions(directory: Path) -> dict:
-    return {name: [(directory / name).stat().st_size, (directory / name).stat().st_mtime_ns]
-            for name in ("x.npy", "y.npy", "meta.json")}
+    return {
+        name: [(directory / name).stat().st_size, (directory / name).stat().st_mtime_ns]
+        for name in ("x.npy", "y.npy", "meta.json")
+    }
 
 
 def _validate_once(data: CTRData, directory: Path, rebuild: str) -> None:
@@ -293,8 +357,11 @@ def _validate_once(data: CTRData, directory: Path, rebuild: str) -> None:
 
 def load_vocab(data_or_directory) -> list | None:
     """The kept raw values of every field (index order), when the cache has them."""
-    directory = (data_or_directory.info.get("cache_dir") if isinstance(data_or_directory, CTRData)
-                 else data_or_directory)
+    directory = (
+        data_or_directory.info.get("cache_dir")
+        if isinstance(data_or_directory, CTRData)
+        else data_or_directory
+    )
     if directory is None or not (Path(directory) / "vocab.json").is_file():
         return None
     return json.loads((Path(directory) / "vocab.json").read_text())
@@ -306,10 +373,14 @@ def training_vocab(where, field_dims, field_names=None, why: str = "") -> list:
     not fit. ``why`` says what it is needed for."""
     vocab = load_vocab(where) if where else None
     if vocab is None:
-        raise ValueError(f"the training cache's vocabulary (vocab.json){why} is not at "
-                         f"{where!r}; pass the training cache directory (--vocab DIR)")
+        raise ValueError(
+            f"the training cache's vocabulary (vocab.json){why} is not at "
+            f"{where!r}; pass the training cache directory (--vocab DIR)"
+        )
     dims = [len(v) + 2 for v in vocab]
     if dims != list(field_dims) or (field_names is not None and len(field_names) != len(vocab)):
-        raise ValueError(f"the vocabulary in {where} does not fit the model: it gives field_dims "
-                         f"{dims[:6]}..., the model has {list(field_dims)[:6]}...")
+        raise ValueError(
+            f"the vocabulary in {where} does not fit the model: it gives field_dims "
+            f"{dims[:6]}..., the model has {list(field_dims)[:6]}..."
+        )
     return vocab

@@ -81,8 +81,10 @@ class _FieldValues:
         try:
             parts = [p if p.type == kind else p.cast(kind) for p in parts]
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise ValueError(f"field {self.name} holds values of type {kind} and of another "
-                             f"type that does not convert to it ({exc})") from exc
+            raise ValueError(
+                f"field {self.name} holds values of type {kind} and of another "
+                f"type that does not convert to it ({exc})"
+            ) from exc
         # A chunked array is encoded against one dictionary, without first copying the parts
         # into one array.
         merged = pc.dictionary_encode(pa.chunked_array(parts, kind))
@@ -90,14 +92,17 @@ class _FieldValues:
             self.values = merged.chunk(merged.num_chunks - 1).dictionary
         elif self.values is None:
             self.values = pa.array([], kind)
-        ids = np.concatenate([np.zeros(0, np.int32)] + [c.indices.to_numpy() for c in merged.chunks]
-                             )[known:].astype(np.int32, copy=False)
+        ids = np.concatenate(
+            [np.zeros(0, np.int32)] + [c.indices.to_numpy() for c in merged.chunks]
+        )[known:].astype(np.int32, copy=False)
         del merged
         weights = np.concatenate([c for _, c in self._pool]).astype(np.float64)
         self.counts = np.concatenate(
-            [self.counts, np.zeros(len(self.values) - known, dtype=np.int64)])
+            [self.counts, np.zeros(len(self.values) - known, dtype=np.int64)]
+        )
         self.counts += np.bincount(ids, weights=weights, minlength=len(self.values)).astype(
-            np.int64)
+            np.int64
+        )
         self._ids.write(ids.data)
         self._pool, self._pool_rows = [], 0
 
@@ -109,17 +114,22 @@ class _FieldValues:
         if self.values is None:
             self.values = pa.array([], pa.string())
         frequent = np.flatnonzero(self.counts >= min_count)
-        order = pa.table({"c": self.counts[frequent], "v": self.values.take(frequent),
-                          "id": frequent}).sort_by([("c", "descending"), ("v", "ascending")])
+        order = pa.table(
+            {"c": self.counts[frequent], "v": self.values.take(frequent), "id": frequent}
+        ).sort_by([("c", "descending"), ("v", "ascending")])
         kept, kept_ids = order.column("v").combine_chunks(), order.column("id").to_numpy()
         index = np.full(len(self.values), len(kept), dtype=np.int32)  # OOV unless kept
         index[kept_ids] = np.arange(len(kept), dtype=np.int32)
         # (a dictionary may hold a value no kept row uses: the cell of a malformed row)
-        stats = {"field": self.name, "distinct": int(np.count_nonzero(self.counts)),
-                 "kept": len(kept),
-                 "oov_index": len(kept), "missing_index": len(kept) + 1,
-                 "rare_rows": int(self.counts.sum() - self.counts[kept_ids].sum()),
-                 "missing_rows": self.missing}
+        stats = {
+            "field": self.name,
+            "distinct": int(np.count_nonzero(self.counts)),
+            "kept": len(kept),
+            "oov_index": len(kept),
+            "missing_index": len(kept) + 1,
+            "rare_rows": int(self.counts.sum() - self.counts[kept_ids].sum()),
+            "missing_rows": self.missing,
+        }
         return kept, index, stats
 
 
@@ -160,14 +170,17 @@ class Encoder:
         self._scratch.mkdir()
         self.x = NpyWriter(self.tmp / "x.npy", np.int32, (len(self.field_names),))
         self.y = NpyWriter(self.tmp / "y.npy", np.float32, ())
-        self.fields = [_FieldValues(name, self._scratch / f"{i}.ids")
-                       for i, name in enumerate(self.field_names)]
+        self.fields = [
+            _FieldValues(name, self._scratch / f"{i}.ids")
+            for i, name in enumerate(self.field_names)
+        ]
         self.positives = 0
         self._blocks: list[tuple[int, list[int]]] = []  # (rows, each field's distinct values)
         # Fields are independent and Arrow's hashing and numpy's gathers release the GIL, so
         # they are encoded on every core (beside the parser's threads).
-        self._threads = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
-                                           thread_name_prefix="fastme-encode")
+        self._threads = ThreadPoolExecutor(
+            max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="fastme-encode"
+        )
 
     @property
     def num_rows(self) -> int:
@@ -233,8 +246,9 @@ class Encoder:
             with open(self.x.path, "r+b") as x:
                 offset = NPY_HEADER_BYTES
                 for rows, sizes in self._blocks:
-                    codes = np.frombuffer(os.pread(x.fileno(), rows * row_bytes, offset),
-                                          dtype=np.int32)
+                    codes = np.frombuffer(
+                        os.pread(x.fileno(), rows * row_bytes, offset), dtype=np.int32
+                    )
                     block = codes.reshape(rows, -1).T.copy()  # field-major: contiguous gathers
 
                     def rewrite(f: int, block=block, sizes=sizes) -> None:

@@ -73,8 +73,7 @@ class _Zipf:
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         # min() guards the last bin against cdf[-1] rounding below a uniform draw
-        return np.minimum(np.searchsorted(self.cdf, rng.random(n), side="right"),
-                          len(self.cdf) - 1)
+        return np.minimum(np.searchsorted(self.cdf, rng.random(n), side="right"), len(self.cdf) - 1)
 
 
 class SyntheticTeacher:
@@ -85,10 +84,19 @@ class SyntheticTeacher:
     model without interactions could reach at best.
     """
 
-    def __init__(self, seed: int = 0, field_dims=None, rank: int = 8, num_pairs: int | None = None,
-                 first_order_scale: float = 1.0, interaction_scale: float = 3.0,
-                 zipf_exponents: tuple[float, float] = (1.2, 1.6), positive_rate: float = 0.25,
-                 pair_weighting: float = 3.0, pairs=None):
+    def __init__(
+        self,
+        seed: int = 0,
+        field_dims=None,
+        rank: int = 8,
+        num_pairs: int | None = None,
+        first_order_scale: float = 1.0,
+        interaction_scale: float = 3.0,
+        zipf_exponents: tuple[float, float] = (1.2, 1.6),
+        positive_rate: float = 0.25,
+        pair_weighting: float = 3.0,
+        pairs=None,
+    ):
         dims = default_field_dims() if field_dims is None else [int(d) for d in field_dims]
         if len(dims) < 2 or min(dims) < 1:
             raise ValueError(f"field_dims must hold >= 2 positive cardinalities, got {dims}")
@@ -100,7 +108,8 @@ class SyntheticTeacher:
             pairs = _check_pairs(pairs, n_fields, int(rank))
             if num_pairs is not None and int(num_pairs) != len(pairs):
                 raise ValueError(
-                    f"num_pairs ({num_pairs}) contradicts the {len(pairs)} pairs given")
+                    f"num_pairs ({num_pairs}) contradicts the {len(pairs)} pairs given"
+                )
             num_pairs = len(pairs)
         num_pairs = min(30, all_pairs) if num_pairs is None else int(num_pairs)
         if not 0 <= num_pairs <= all_pairs:
@@ -109,19 +118,23 @@ class SyntheticTeacher:
             raise ValueError(f"positive_rate must be in (0, 1), got {positive_rate}")
         lo, hi = zipf_exponents
         if not 0.0 <= lo <= hi:
-            raise ValueError(f"zipf_exponents must be a range (lo, hi) with 0 <= lo <= hi, "
-                             f"got {zipf_exponents}")
+            raise ValueError(
+                f"zipf_exponents must be a range (lo, hi) with 0 <= lo <= hi, got {zipf_exponents}"
+            )
         self.field_dims, self.rank, self.num_pairs = dims, int(rank), num_pairs
 
-        teacher_ss, bias_ss, self._label_ss, *self._field_ss = (
-            np.random.SeedSequence(seed).spawn(3 + n_fields))
+        teacher_ss, bias_ss, self._label_ss, *self._field_ss = np.random.SeedSequence(seed).spawn(
+            3 + n_fields
+        )
         rng = np.random.default_rng(teacher_ss)
         self.values = [_Zipf(d, e) for d, e in zip(dims, rng.uniform(lo, hi, size=n_fields))]
         self._first = [rng.standard_normal(d) for d in dims]
         # Latents centred under the value frequencies: E[z_j[x_j]] = 0, so a pair term averages
         # to zero given either of its fields alone and carries no first-order signal.
-        latent = [z - v.pmf @ z for z, v in
-                  ((rng.standard_normal((d, rank)), v) for d, v in zip(dims, self.values))]
+        latent = [
+            z - v.pmf @ z
+            for z, v in ((rng.standard_normal((d, rank)), v) for d, v in zip(dims, self.values))
+        ]
         if pairs is None:
             iu, ju = np.triu_indices(n_fields, k=1)
             # Pairs of low-cardinality fields (whose values are seen often) are favoured with
@@ -149,8 +162,10 @@ class SyntheticTeacher:
         # term is two gathers and a dot product (float32 tables halve the gather traffic).
         latent = [z.astype(np.float32) for z in latent]
         self._left = [latent[i] for i, _ in self.pairs]
-        self._right = [np.einsum("dr,sr->ds", latent[j], a.astype(np.float32))
-                       for (_, j), a in zip(self.pairs, mixers)]
+        self._right = [
+            np.einsum("dr,sr->ds", latent[j], a.astype(np.float32))
+            for (_, j), a in zip(self.pairs, mixers)
+        ]
         # Unit-variance parts: each a_i[x_i] has variance ~1, each z^T A z' (A orthogonal) ~r.
         self._s1 = first_order_scale / np.sqrt(n_fields)
         if pairs is None:
@@ -183,7 +198,7 @@ class SyntheticTeacher:
     def sample_labels(self, x: np.ndarray) -> np.ndarray:
         logits = np.empty(len(x))
         for s in range(0, len(x), 1 << 18):  # bounded temporaries
-            logits[s:s + (1 << 18)] = self.logits(x[s:s + (1 << 18)])
+            logits[s : s + (1 << 18)] = self.logits(x[s : s + (1 << 18)])
         prob = 1.0 / (1.0 + np.exp(-logits))
         return (np.random.default_rng(self._label_ss).random(len(x)) < prob).astype(np.float32)
 
@@ -194,8 +209,14 @@ def collapse_field_dims() -> list[int]:
     return list(LOW_FIELD_DIMS) + [int(d) for d in np.rint(np.geomspace(20, 2_000, 12))]
 
 
-def collapse_pairs(field_dims, rich_rank: int = 16, rich_offsets=(1, 2), low_weight: float = 1.0,
-                   rich_weight: float = 1.0, low_threshold: int = LOW_CARDINALITY):
+def collapse_pairs(
+    field_dims,
+    rich_rank: int = 16,
+    rich_offsets=(1, 2),
+    low_weight: float = 1.0,
+    rich_weight: float = 1.0,
+    low_threshold: int = LOW_CARDINALITY,
+):
     """v2's planted interactions on ``field_dims``: a field is low-cardinality when it has fewer
     than ``low_threshold`` values (D < K, the paper's low-information case), rich otherwise.
 
@@ -228,8 +249,9 @@ def collapse_pairs(field_dims, rich_rank: int = 16, rich_offsets=(1, 2), low_wei
     return pairs, rank
 
 
-def synthetic_teacher(seed: int = 0, generator: str = "v2", field_dims=None,
-                      **options) -> SyntheticTeacher:
+def synthetic_teacher(
+    seed: int = 0, generator: str = "v2", field_dims=None, **options
+) -> SyntheticTeacher:
     """The planted teacher of :func:`make_synthetic` with the same arguments."""
     if generator not in GENERATORS:
         raise ValueError(f"generator must be one of {GENERATORS}, got {generator!r}")
@@ -239,17 +261,26 @@ def synthetic_teacher(seed: int = 0, generator: str = "v2", field_dims=None,
     design = {k: options.pop(k) for k in _DESIGN_OPTIONS if k in options}
     for k in ("pairs", "num_pairs", "pair_weighting", "rank"):
         if k in options:
-            raise ValueError(f"generator v2 plants its own pairs; {k!r} is a v1 option (use "
-                             f"generator='v1', or v2's {', '.join(_DESIGN_OPTIONS)})")
+            raise ValueError(
+                f"generator v2 plants its own pairs; {k!r} is a v1 option (use "
+                f"generator='v1', or v2's {', '.join(_DESIGN_OPTIONS)})"
+            )
     field_dims = collapse_field_dims() if field_dims is None else [int(d) for d in field_dims]
     pairs, rank = collapse_pairs(field_dims, **design)
     options = {"zipf_exponents": V2_ZIPF_EXPONENTS, **options}
     return SyntheticTeacher(seed, field_dims, rank=rank, pairs=pairs, **options)
 
 
-def make_synthetic(num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0, *,
-                   generator: str = "v2", field_dims=None, field_names=None, min_count: int = 10,
-                   **options) -> CTRData:
+def make_synthetic(
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    seed: int = 0,
+    *,
+    generator: str = "v2",
+    field_dims=None,
+    field_names=None,
+    min_count: int = 10,
+    **options,
+) -> CTRData:
     """Generate the synthetic dataset (see the module docstring).
 
     Args:
@@ -297,11 +328,17 @@ def make_synthetic(num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0, *,
     y = teacher.sample_labels(x)  # from the raw values: the OOV bucket mixes distinct truths
     if min_count > 0:
         dims = [_threshold_column(x[:, i], d, min_count) for i, d in enumerate(dims)]
-    info = {"dataset": "synthetic", "generator": generator, "num_samples": num_samples,
-            "seed": int(seed), "min_count": min_count, "raw_field_dims": teacher.field_dims,
-            "options": options,
-            "pair_ranks": teacher.pair_ranks,
-            "interacting_pairs": [[names[i], names[j]] for i, j in teacher.pairs]}
+    info = {
+        "dataset": "synthetic",
+        "generator": generator,
+        "num_samples": num_samples,
+        "seed": int(seed),
+        "min_count": min_count,
+        "raw_field_dims": teacher.field_dims,
+        "options": options,
+        "pair_ranks": teacher.pair_ranks,
+        "interacting_pairs": [[names[i], names[j]] for i, j in teacher.pairs],
+    }
     return CTRData(x, y, dims, names, name="synthetic", info=info)
 
 
@@ -311,8 +348,9 @@ def _check_pairs(pairs, n_fields: int, rank: int) -> list[tuple[int, int, int, f
     for pair in pairs:
         i, j, r_ij, w = (tuple(pair) + (1.0,))[:4] if len(pair) == 3 else tuple(pair)
         if not (0 <= int(i) < n_fields and 0 <= int(j) < n_fields and i != j):
-            raise ValueError(f"pairs: ({i}, {j}) is not a pair of two distinct fields in "
-                             f"0..{n_fields - 1}")
+            raise ValueError(
+                f"pairs: ({i}, {j}) is not a pair of two distinct fields in 0..{n_fields - 1}"
+            )
         if frozenset((i, j)) in seen:
             raise ValueError(f"pairs: ({i}, {j}) is given twice")
         if not 1 <= int(r_ij) <= rank:

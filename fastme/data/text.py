@@ -34,8 +34,13 @@ class MalformedRowsWarning(RuntimeWarning):
 
 
 #: Why a row is skipped, as counted in meta.json ("malformed") and named in the summary.
-_REASONS = {"column_count": "wrong column count", "bad_label": "bad label",
-            "bad_integer": "non-integer", "bad_hour": "bad hour", "bad_encoding": "not UTF-8"}
+_REASONS = {
+    "column_count": "wrong column count",
+    "bad_label": "bad label",
+    "bad_integer": "non-integer",
+    "bad_hour": "bad hour",
+    "bad_encoding": "not UTF-8",
+}
 
 
 @dataclass
@@ -58,13 +63,17 @@ class Malformed:
             self.examples.append(text)
 
     def as_dict(self) -> dict:
-        return {"total": self.total, **{r: getattr(self, r) for r in _REASONS},
-                "examples": self.examples}
+        return {
+            "total": self.total,
+            **{r: getattr(self, r) for r in _REASONS},
+            "examples": self.examples,
+        }
 
     def summary(self) -> str:
         """The reasons that occurred, e.g. "wrong column count 2, bad label 1"."""
-        return ", ".join(f"{text} {getattr(self, r):,}" for r, text in _REASONS.items()
-                         if getattr(self, r))
+        return ", ".join(
+            f"{text} {getattr(self, r):,}" for r, text in _REASONS.items() if getattr(self, r)
+        )
 
 
 def count_true(mask) -> int:
@@ -80,9 +89,13 @@ def convert_options(columns: list[str]) -> pacsv.ConvertOptions:
     """Every cell read as text, so that a bad cell skips its row instead of failing its block;
     an empty cell is null (missing). (Text, not dictionaries: the reader's dictionaries are per
     parser block, and unifying them costs more than encoding each column once.)"""
-    return pacsv.ConvertOptions(column_types={c: pa.string() for c in columns},
-                                include_columns=columns, strings_can_be_null=True,
-                                null_values=[""], quoted_strings_can_be_null=False)
+    return pacsv.ConvertOptions(
+        column_types={c: pa.string() for c in columns},
+        include_columns=columns,
+        strings_can_be_null=True,
+        null_values=[""],
+        quoted_strings_can_be_null=False,
+    )
 
 
 def first_bad(col: pa.Array, bad) -> str:
@@ -97,8 +110,11 @@ def integer_field(col: pa.Array):
     encoded = pc.dictionary_encode(col)
     cells = encoded.dictionary
     try:
-        return pa.DictionaryArray.from_arrays(encoded.indices,
-                                              criteo_integer_tokens(cells)), None, None
+        return (
+            pa.DictionaryArray.from_arrays(encoded.indices, criteo_integer_tokens(cells)),
+            None,
+            None,
+        )
     except pa.ArrowInvalid:
         pass
     # Only when the parser refuses a cell: a pattern that accepts a subset of what it takes.
@@ -129,8 +145,9 @@ def header_option(value) -> bool:
         return False
     if value in ("present", True):
         return True
-    raise ValueError(f"header must be 'none' (the file has no header line) or 'present', "
-                     f"got {value!r}")
+    raise ValueError(
+        f"header must be 'none' (the file has no header line) or 'present', got {value!r}"
+    )
 
 
 def column_list(value, option: str) -> list[str]:
@@ -163,10 +180,12 @@ class _ReplacingDecoder(codecs.BufferedIncrementalDecoder):
 
 def _find_codec(name):
     if name == REPLACING:
-        return codecs.CodecInfo(codecs.utf_8_encode,
-                                lambda data, errors="replace": codecs.utf_8_decode(data, "replace",
-                                                                                   True),
-                                incrementaldecoder=_ReplacingDecoder, name=REPLACING)
+        return codecs.CodecInfo(
+            codecs.utf_8_encode,
+            lambda data, errors="replace": codecs.utf_8_decode(data, "replace", True),
+            incrementaldecoder=_ReplacingDecoder,
+            name=REPLACING,
+        )
     return None
 
 
@@ -195,22 +214,28 @@ def _compression(path: Path) -> str | None:
         head = f.read(8)
     for magic, what in _ARCHIVES.items():
         if head.startswith(magic):
-            raise ValueError(f"{path} is {what}; unpack it first (fastme reads plain text, or "
-                             f"text compressed with gzip, bz2 or zstd)")
+            raise ValueError(
+                f"{path} is {what}; unpack it first (fastme reads plain text, or "
+                f"text compressed with gzip, bz2 or zstd)"
+            )
     for magic, codec in _CODECS.items():
         if head.startswith(magic):
             if not pa.Codec.is_available(codec):
-                raise ValueError(f"{path} is {codec}-compressed, which this pyarrow build cannot "
-                                 f"read; decompress it first")
+                raise ValueError(
+                    f"{path} is {codec}-compressed, which this pyarrow build cannot "
+                    f"read; decompress it first"
+                )
             return codec
     return None
 
 
 def damaged(path: Path, codec: str | None, exc: Exception) -> ValueError:
     what = f"{codec} stream" if codec else "file"
-    return ValueError(f"{path} is damaged: its {what} cannot be read to the end ({exc}); no cache "
-                      f"was written. Download it again (for gzip, `gzip -t {path.name}` checks a "
-                      f"file)")
+    return ValueError(
+        f"{path} is damaged: its {what} cannot be read to the end ({exc}); no cache "
+        f"was written. Download it again (for gzip, `gzip -t {path.name}` checks a "
+        f"file)"
+    )
 
 
 def open_text(path: Path):
@@ -253,8 +278,10 @@ def _drop_undecodable(batch: pa.RecordBatch, bad: Malformed) -> pa.RecordBatch:
         return batch
     bad.bad_encoding += n
     first = batch.filter(hit).to_pylist()[0]
-    bad.note(f"a row holds bytes that are not UTF-8: "
-             f"{next(v for v in first.values() if v and _REPLACEMENT in v)!r}")
+    bad.note(
+        f"a row holds bytes that are not UTF-8: "
+        f"{next(v for v in first.values() if v and _REPLACEMENT in v)!r}"
+    )
     return batch.filter(pc.invert(hit))
 
 
@@ -282,8 +309,15 @@ def _text_pieces(source, size: int):
         rest = data[cut:]
 
 
-def read_blocks(fmt, path: Path, block_size: int, bad: Malformed, desc: str,
-                 progress: bool, encoding: str = "utf8"):
+def read_blocks(
+    fmt,
+    path: Path,
+    block_size: int,
+    bad: Malformed,
+    desc: str,
+    progress: bool,
+    encoding: str = "utf8",
+):
     """Record batches of the raw file (about ``block_size`` bytes of text each), with a
     byte-based progress bar.
 
@@ -303,8 +337,10 @@ def read_blocks(fmt, path: Path, block_size: int, bad: Malformed, desc: str,
         with lock:
             bad.column_count += 1
             where = f"line {row.number}" if row.number and row.number > 0 else "a line"
-            bad.note(f"{where} has {row.actual_columns} columns, expected "
-                     f"{row.expected_columns}: {row.text[:80]!r}")
+            bad.note(
+                f"{where} has {row.actual_columns} columns, expected "
+                f"{row.expected_columns}: {row.text[:80]!r}"
+            )
         return "skip"
 
     def unraisable(info):
@@ -323,8 +359,7 @@ def read_blocks(fmt, path: Path, block_size: int, bad: Malformed, desc: str,
     fmt.check_header(path, first_line(path))
     # Neither format quotes its cells: a stray '"' is an ordinary character of its cell, not the
     # start of a quoted field that would swallow the following lines.
-    parse = pacsv.ParseOptions(delimiter=fmt.delimiter, quote_char=False,
-                               invalid_row_handler=skip)
+    parse = pacsv.ParseOptions(delimiter=fmt.delimiter, quote_char=False, invalid_row_handler=skip)
     convert = fmt.convert_options()
     raw, source, codec = open_text(path)
     results: queue.Queue = queue.Queue(maxsize=1)
@@ -348,15 +383,20 @@ def read_blocks(fmt, path: Path, block_size: int, bad: Malformed, desc: str,
                 return put(("damaged", exc))
             if piece is None:
                 return put(("done", None))
-            options = pacsv.ReadOptions(column_names=fmt.columns,
-                                        skip_rows=int(first and fmt.header),
-                                        block_size=min(_PARSE_BLOCK, block_size),
-                                        encoding=encoding)
+            options = pacsv.ReadOptions(
+                column_names=fmt.columns,
+                skip_rows=int(first and fmt.header),
+                block_size=min(_PARSE_BLOCK, block_size),
+                encoding=encoding,
+            )
             first = False
             try:
-                table = pacsv.read_csv(pa.BufferReader(pa.py_buffer(piece)),
-                                       read_options=options, parse_options=parse,
-                                       convert_options=convert)
+                table = pacsv.read_csv(
+                    pa.BufferReader(pa.py_buffer(piece)),
+                    read_options=options,
+                    parse_options=parse,
+                    convert_options=convert,
+                )
             except pa.ArrowInvalid as exc:
                 if "Empty CSV file" in str(exc):  # a piece of blank lines, or a lone header
                     continue
@@ -369,8 +409,17 @@ def read_blocks(fmt, path: Path, block_size: int, bad: Malformed, desc: str,
     sys.unraisablehook = unraisable
     worker = threading.Thread(target=parse_pieces, name=f"fastme-parse-{path.name}", daemon=True)
     try:
-        with raw, tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=desc,
-                       disable=not progress, mininterval=1.0) as bar:
+        with (
+            raw,
+            tqdm(
+                total=path.stat().st_size,
+                unit="B",
+                unit_scale=True,
+                desc=desc,
+                disable=not progress,
+                mininterval=1.0,
+            ) as bar,
+        ):
             worker.start()
             done = 0
             while True:

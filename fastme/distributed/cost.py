@@ -30,15 +30,75 @@ STRATEGIES = ("ddp", "table_wise", "column_wise", "row_wise")
 #: Criteo (Kaggle) after the reference pipeline's frequency threshold of 10, 13 bucketised integer
 #: fields then 26 categorical; approximate, sum about 1.09M rows (the paper's Table 4: 1.08M).
 CRITEO_KAGGLE_FIELD_DIMS = (
-    49, 101, 126, 45, 223, 118, 84, 76, 95, 9, 30, 40, 75,
-    1458, 555, 193949, 138801, 306, 19, 11970, 634, 4, 42646, 5178, 192773, 3175, 27, 11422,
-    181075, 11, 4654, 2032, 5, 189657, 18, 16, 59697, 86, 45571,
+    49,
+    101,
+    126,
+    45,
+    223,
+    118,
+    84,
+    76,
+    95,
+    9,
+    30,
+    40,
+    75,
+    1458,
+    555,
+    193949,
+    138801,
+    306,
+    19,
+    11970,
+    634,
+    4,
+    42646,
+    5178,
+    192773,
+    3175,
+    27,
+    11422,
+    181075,
+    11,
+    4654,
+    2032,
+    5,
+    189657,
+    18,
+    16,
+    59697,
+    86,
+    45571,
 )
 #: Criteo 1TB: the 26 categorical vocabularies TorchRec's DLRM example uses (about 178M rows),
 #: after the same 13 bucketised integer fields as above.
 CRITEO_1TB_FIELD_DIMS = CRITEO_KAGGLE_FIELD_DIMS[:13] + (
-    45833188, 36746, 17245, 7413, 20243, 3, 7114, 1441, 62, 29275261, 1572176, 345138, 10, 2209,
-    11267, 128, 4, 974, 14, 48937457, 11316796, 40094537, 452104, 12606, 104, 35,
+    45833188,
+    36746,
+    17245,
+    7413,
+    20243,
+    3,
+    7114,
+    1441,
+    62,
+    29275261,
+    1572176,
+    345138,
+    10,
+    2209,
+    11267,
+    128,
+    4,
+    974,
+    14,
+    48937457,
+    11316796,
+    40094537,
+    452104,
+    12606,
+    104,
+    35,
 )
 
 
@@ -46,18 +106,19 @@ CRITEO_1TB_FIELD_DIMS = CRITEO_KAGGLE_FIELD_DIMS[:13] + (
 class StepCost:
     strategy: str
     world_size: int
-    allreduce_bytes: float      # gradient payload all-reduced per step
-    alltoall_bytes: float       # embedding all-to-all traffic per step, all ranks together
+    allreduce_bytes: float  # gradient payload all-reduced per step
+    alltoall_bytes: float  # embedding all-to-all traffic per step, all ranks together
     sent_bytes_per_rank: float  # what one rank sends per step (ring all-reduce + its a2a share)
     table_bytes_per_rank: float  # embedding weights on the fullest rank
-    memory_per_rank: float      # params + grads + Adam moments on the fullest rank
+    memory_per_rank: float  # params + grads + Adam moments on the fullest rank
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def dense_parameter_count(name: str, num_fields: int, scale: int = 1, multi: bool = False,
-                          **options) -> int:
+def dense_parameter_count(
+    name: str, num_fields: int, scale: int = 1, multi: bool = False, **options
+) -> int:
     """Parameters of a backbone outside its embedding table (they do not depend on the
     vocabulary, so the backbone is built with one row per field)."""
     model = build(name, [1] * num_fields, scale, multi, **options)
@@ -73,9 +134,11 @@ def default_column_shard_dim(num_sets: int, embed_dim: int, world_size: int) -> 
     dim = num_sets * embed_dim
     widths = [w for w in range(4, -(-dim // world_size) + 1, 4) if dim % w == 0]
     if not widths:
-        raise ValueError(f"column_wise sharding cannot split a table of dimension M*K = {dim} over "
-                         f"{world_size} ranks (shards must be multiples of 4 columns that divide "
-                         "it); use table_wise")
+        raise ValueError(
+            f"column_wise sharding cannot split a table of dimension M*K = {dim} over "
+            f"{world_size} ranks (shards must be multiples of 4 columns that divide "
+            "it); use table_wise"
+        )
     return widths[-1]
 
 
@@ -86,15 +149,30 @@ def _table_wise_largest_rank(table_sizes, world_size: int) -> int:
     return max(loads)
 
 
-def step_cost(field_dims, num_sets: int, embed_dim: int, dense_params: int, batch_size: int,
-              world_size: int, strategy: str = "ddp", *, fused_table_update: bool = True,
-              column_shard_dim: int | None = None, elem: int = 4, index: int = 8) -> StepCost:
+def step_cost(
+    field_dims,
+    num_sets: int,
+    embed_dim: int,
+    dense_params: int,
+    batch_size: int,
+    world_size: int,
+    strategy: str = "ddp",
+    *,
+    fused_table_update: bool = True,
+    column_shard_dim: int | None = None,
+    elem: int = 4,
+    index: int = 8,
+) -> StepCost:
     """The estimate for one step of an SE/ME model (M = ``num_sets``, K = ``embed_dim``) with
     ``dense_params`` non-embedding parameters. See the module doc for what each number counts."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    for arg, value in (("num_sets", num_sets), ("embed_dim", embed_dim),
-                       ("batch_size", batch_size), ("world_size", world_size)):
+    for arg, value in (
+        ("num_sets", num_sets),
+        ("embed_dim", embed_dim),
+        ("batch_size", batch_size),
+        ("world_size", world_size),
+    ):
         if int(value) != value or value < 1:
             raise ValueError(f"{arg} must be a positive integer, got {value!r}")
     w, n, mk = int(world_size), len(field_dims), num_sets * embed_dim
@@ -105,8 +183,15 @@ def step_cost(field_dims, num_sets: int, embed_dim: int, dense_params: int, batc
     if strategy == "ddp":
         table_bytes = rows * mk * elem
         payload = table_bytes + dense_bytes
-        return StepCost(strategy, w, float(payload), 0.0, ring * payload, float(table_bytes),
-                        float((1 + 1 + adam) * payload))
+        return StepCost(
+            strategy,
+            w,
+            float(payload),
+            0.0,
+            ring * payload,
+            float(table_bytes),
+            float((1 + 1 + adam) * payload),
+        )
     remote = (w - 1) / w  # share of the samples living on other ranks
     gathered = batch_size * n * mk * elem
     id_copies = remote  # every table's ids go to its owner
@@ -121,20 +206,34 @@ def step_cost(field_dims, num_sets: int, embed_dim: int, dense_params: int, batc
         shard = rows * mk * elem / w
     table_copies = 1 + adam + (0 if fused_table_update else 1)
     memory = table_copies * shard + (1 + 1 + adam) * dense_bytes
-    return StepCost(strategy, w, float(dense_bytes), float(alltoall),
-                    ring * dense_bytes + alltoall / w, float(shard), float(memory))
+    return StepCost(
+        strategy,
+        w,
+        float(dense_bytes),
+        float(alltoall),
+        ring * dense_bytes + alltoall / w,
+        float(shard),
+        float(memory),
+    )
 
 
-def scaling_table(field_dims, name: str = "dcnv2", world_size: int = 8, batch_size: int = 2048,
-                  scales=range(1, 11)) -> str:
+def scaling_table(
+    field_dims,
+    name: str = "dcnv2",
+    world_size: int = 8,
+    batch_size: int = 2048,
+    scales=range(1, 11),
+) -> str:
     """A markdown table of the estimate for the ME model ``name`` at each scale M (K = the
     backbone's base size): DDP against column-wise (table-wise where the table cannot be split)
     sharding over ``world_size`` ranks."""
     mb, gb = 1e6, 1e9
-    lines = ["| M | DDP all-reduce MB | DDP sent/rank MB | DDP memory/rank GB | sharding | "
-             "sharded all-reduce MB | all-to-all MB | sharded sent/rank MB | "
-             "sharded memory/rank GB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| M | DDP all-reduce MB | DDP sent/rank MB | DDP memory/rank GB | sharding | "
+        "sharded all-reduce MB | all-to-all MB | sharded sent/rank MB | "
+        "sharded memory/rank GB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for m in scales:
         dense = dense_parameter_count(name, len(field_dims), m, multi=True)
         k = build(name, [1], 1).base_embed_dim
@@ -147,13 +246,18 @@ def scaling_table(field_dims, name: str = "dcnv2", world_size: int = 8, batch_si
             f"| {m} | {ddp.allreduce_bytes / mb:,.0f} | {ddp.sent_bytes_per_rank / mb:,.0f} | "
             f"{ddp.memory_per_rank / gb:,.1f} | {sharded.strategy} | "
             f"{sharded.allreduce_bytes / mb:,.0f} | {sharded.alltoall_bytes / mb:,.1f} | "
-            f"{sharded.sent_bytes_per_rank / mb:,.0f} | {sharded.memory_per_rank / gb:,.1f} |")
+            f"{sharded.sent_bytes_per_rank / mb:,.0f} | {sharded.memory_per_rank / gb:,.1f} |"
+        )
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    for title, dims in (("Criteo (Kaggle)", CRITEO_KAGGLE_FIELD_DIMS),
-                        ("Criteo 1TB", CRITEO_1TB_FIELD_DIMS)):
-        print(f"{title}: {sum(dims):,} rows, ME DCNv2 (K=10, 4 cross layers, hidden 400), "
-              f"global batch 2048, 8 ranks\n")
+    for title, dims in (
+        ("Criteo (Kaggle)", CRITEO_KAGGLE_FIELD_DIMS),
+        ("Criteo 1TB", CRITEO_1TB_FIELD_DIMS),
+    ):
+        print(
+            f"{title}: {sum(dims):,} rows, ME DCNv2 (K=10, 4 cross layers, hidden 400), "
+            f"global batch 2048, 8 ranks\n"
+        )
         print(scaling_table(dims), "\n")

@@ -35,6 +35,7 @@ ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 @dataclass(frozen=True)
 class Ranks:
     """This process's place in the job."""
+
     rank: int
     world_size: int
     device: torch.device
@@ -57,17 +58,24 @@ def init(device: str | torch.device = "auto") -> Ranks:
     "cuda" (a device index is replaced by the local rank)."""
     missing = [v for v in ENV_VARS if v not in os.environ]
     if missing and not dist.is_initialized():
-        raise ValueError(f"not started by torchrun: {', '.join(missing)} unset; launch with "
-                           "`torchrun --nproc_per_node N -m fastme train ...`")
-    kind = torch.device(device).type if str(device) != "auto" else (
-        "cuda" if torch.cuda.is_available() else "cpu")
+        raise ValueError(
+            f"not started by torchrun: {', '.join(missing)} unset; launch with "
+            "`torchrun --nproc_per_node N -m fastme train ...`"
+        )
+    kind = (
+        torch.device(device).type
+        if str(device) != "auto"
+        else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("device cuda requested but CUDA is not available here")
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if local >= torch.cuda.device_count():
-            raise ValueError(f"local rank {local} but only {torch.cuda.device_count()} CUDA "
-                             "device(s): use --nproc_per_node <= the GPU count")
+            raise ValueError(
+                f"local rank {local} but only {torch.cuda.device_count()} CUDA "
+                "device(s): use --nproc_per_node <= the GPU count"
+            )
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     elif kind == "cpu":
@@ -108,10 +116,11 @@ def wrap(model: nn.Module, device: torch.device) -> DistributedDataParallel:
 # :func:`average_buffers` makes them one model before it is evaluated or saved. DDP's default
 # overwrites them with rank 0's before every step: the statistics of rank 0's parts alone. (torch
 # 2.13 renamed the option; the GPU machine's torch 2.11 knows only the old name.)
-_RANK_LOCAL_BUFFERS = ({"forward_sync_buffers": False}
-                       if "forward_sync_buffers" in
-                       inspect.signature(DistributedDataParallel.__init__).parameters
-                       else {"broadcast_buffers": False})
+_RANK_LOCAL_BUFFERS = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 def rank_seed(single_process_seed: int, seed: int, epoch: int, rank: int) -> int:
@@ -158,10 +167,10 @@ def gather_concat(part: torch.Tensor) -> torch.Tensor:
     dist.all_gather(lengths, length)
     longest = int(max(n.item() for n in lengths))
     padded = part.new_zeros(longest)
-    padded[:len(part)] = part
+    padded[: len(part)] = part
     parts = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
-    return torch.cat([p[:int(n.item())] for p, n in zip(parts, lengths)])
+    return torch.cat([p[: int(n.item())] for p, n in zip(parts, lengths)])
 
 
 class main_rank_first:

@@ -32,8 +32,9 @@ def count_all_to_all(counter: list):
     ``torch.distributed.all_to_all_single`` while the context is open."""
     original = dist.all_to_all_single
 
-    def counting(output, input, output_split_sizes=None, input_split_sizes=None, group=None,
-                 async_op=False):
+    def counting(
+        output, input, output_split_sizes=None, input_split_sizes=None, group=None, async_op=False
+    ):
         world, rank = dist.get_world_size(group), dist.get_rank(group)
         row = input.element_size() * (input[0].numel() if input.dim() > 1 else 1)
         splits = input_split_sizes or [input.shape[0] // world] * world
@@ -53,6 +54,7 @@ def _counting_allreduce_hook(counter: list):
         fut = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
         world = dist.get_world_size()
         return fut.then(lambda f: f.value()[0].div_(world))
+
     return hook
 
 
@@ -62,8 +64,9 @@ def _batch(field_dims, batch_size, seed):
     return x, torch.randint(0, 2, (batch_size,), generator=g).float()
 
 
-def measure_step(name: str, field_dims, scale: int, batch_size: int, strategy: str,
-                 **model_options) -> dict:
+def measure_step(
+    name: str, field_dims, scale: int, batch_size: int, strategy: str, **model_options
+) -> dict:
     """One forward+backward step of the ME model on this group; every rank gets the same dict:
     measured bytes (summed over ranks where it says so) and the estimate at the same sizes."""
     ranks, world = dist.get_rank(), dist.get_world_size()
@@ -83,28 +86,42 @@ def measure_step(name: str, field_dims, scale: int, batch_size: int, strategy: s
 
         wrapped = ftr.shard(ftr.TorchRecModel(model), strategy, device=device)
         wrapped._dmp_wrapped_module.register_comm_hook(None, _counting_allreduce_hook(allreduced))
-        table = sum(s.tensor.numel() * s.tensor.element_size()
-                    for v in wrapped.state_dict().values() if hasattr(v, "local_shards")
-                    for s in v.local_shards())
+        table = sum(
+            s.tensor.numel() * s.tensor.element_size()
+            for v in wrapped.state_dict().values()
+            if hasattr(v, "local_shards")
+            for s in v.local_shards()
+        )
     with count_all_to_all(alltoall):
         F.binary_cross_entropy_with_logits(wrapped(x[part]), y[part]).backward()
     sent = dp.all_reduce_sum(torch.tensor([float(alltoall[0])]))
     tables = [torch.zeros(1) for _ in range(world)]
     dist.all_gather(tables, torch.tensor([float(table)]))
-    estimate = cost.step_cost(field_dims, model.num_sets, model.embed_dim, dense, batch_size,
-                              world, strategy)
-    return {"strategy": strategy, "world_size": world, "model": name, "scale": scale,
-            "batch_size": batch_size,
-            "measured": {"allreduce_bytes": float(allreduced[0]),
-                         "alltoall_bytes": float(sent.item()),
-                         "table_bytes_per_rank": float(max(t.item() for t in tables))},
-            "estimated": {k: getattr(estimate, k) for k in
-                          ("allreduce_bytes", "alltoall_bytes", "table_bytes_per_rank")}}
+    estimate = cost.step_cost(
+        field_dims, model.num_sets, model.embed_dim, dense, batch_size, world, strategy
+    )
+    return {
+        "strategy": strategy,
+        "world_size": world,
+        "model": name,
+        "scale": scale,
+        "batch_size": batch_size,
+        "measured": {
+            "allreduce_bytes": float(allreduced[0]),
+            "alltoall_bytes": float(sent.item()),
+            "table_bytes_per_rank": float(max(t.item() for t in tables)),
+        },
+        "estimated": {
+            k: getattr(estimate, k)
+            for k in ("allreduce_bytes", "alltoall_bytes", "table_bytes_per_rank")
+        },
+    }
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fastme.distributed.measure",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m fastme.distributed.measure", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--model", default="dcnv2")
     p.add_argument("--scale", type=int, default=2)
     p.add_argument("--fields", type=int, default=39)
@@ -116,8 +133,14 @@ def main(argv=None) -> int:
     dp.init("cpu")
     field_dims = [args.rows_per_field] * args.fields
     for strategy in args.strategies.split(","):
-        result = measure_step(args.model, field_dims, args.scale, args.batch_size, strategy,
-                              hidden_dim=args.hidden_dim)
+        result = measure_step(
+            args.model,
+            field_dims,
+            args.scale,
+            args.batch_size,
+            strategy,
+            hidden_dim=args.hidden_dim,
+        )
         if dist.get_rank() == 0:
             print(json.dumps(result), flush=True)
     dist.destroy_process_group()

@@ -70,11 +70,19 @@ class TorchRecModel(nn.Module):
         self.num_sets, self.embed_dim = backbone.num_sets, backbone.embed_dim
         self.feature_names = [table_name(i) for i in range(len(self.field_dims))]
         bound = math.sqrt(6.0 / (sum(self.field_dims) + self.embed_dim))
-        self.embeddings = EmbeddingCollection(tables=[
-            EmbeddingConfig(name=name, feature_names=[name], num_embeddings=dim,
-                            embedding_dim=self.num_sets * self.embed_dim,
-                            init_fn=partial(nn.init.uniform_, a=-bound, b=bound))
-            for name, dim in zip(self.feature_names, self.field_dims)], device=torch.device(device))
+        self.embeddings = EmbeddingCollection(
+            tables=[
+                EmbeddingConfig(
+                    name=name,
+                    feature_names=[name],
+                    num_embeddings=dim,
+                    embedding_dim=self.num_sets * self.embed_dim,
+                    init_fn=partial(nn.init.uniform_, a=-bound, b=bound),
+                )
+                for name, dim in zip(self.feature_names, self.field_dims)
+            ],
+            device=torch.device(device),
+        )
         backbone.embedding = None  # the collection replaces it; keeping it would cost a full table
         self.backbone = backbone
         self.register_buffer("_field_dims", torch.tensor(self.field_dims), persistent=False)
@@ -84,11 +92,16 @@ class TorchRecModel(nn.Module):
         outside = ((x < 0) | (x >= self._field_dims.to(x.device))).any(0)
         if outside.any():  # the plain model's bounds check, with its message
             bad = outside.nonzero()[0, 0].item()
-            raise IndexError(f"x holds an index out of range for field {bad} "
-                             f"(cardinality {self.field_dims[bad]})")
+            raise IndexError(
+                f"x holds an index out of range for field {bad} "
+                f"(cardinality {self.field_dims[bad]})"
+            )
         b, n = x.shape
-        return KeyedJaggedTensor(keys=self.feature_names, values=x.t().reshape(-1).long(),
-                                 lengths=torch.ones(n * b, dtype=torch.int32, device=x.device))
+        return KeyedJaggedTensor(
+            keys=self.feature_names,
+            values=x.t().reshape(-1).long(),
+            lengths=torch.ones(n * b, dtype=torch.int32, device=x.device),
+        )
 
     def lookup(self, x: torch.Tensor) -> torch.Tensor:
         """[B, N] -> [B, M, N, K], the layout of ``MultiEmbeddingModel.lookup``."""
@@ -105,6 +118,7 @@ class TorchRecModel(nn.Module):
 
 # ---- state dicts: plain fastme <-> TorchRecModel ---------------------------------------------
 
+
 def to_torchrec_state_dict(plain: dict, field_dims) -> dict:
     """A plain fastme model's state dict -> the (unsharded) keys and shapes of TorchRecModel."""
     if PLAIN_TABLE_KEY not in plain:
@@ -113,7 +127,7 @@ def to_torchrec_state_dict(plain: dict, field_dims) -> dict:
     out = {BACKBONE_PREFIX + k: v for k, v in plain.items() if k != PLAIN_TABLE_KEY}
     start = 0
     for i, dim in enumerate(field_dims):
-        out[f"{TABLE_PREFIX}{table_name(i)}.weight"] = table[start:start + dim].reshape(dim, -1)
+        out[f"{TABLE_PREFIX}{table_name(i)}.weight"] = table[start : start + dim].reshape(dim, -1)
         start += dim
     if start != table.shape[0]:
         raise ValueError(f"the table has {table.shape[0]} rows but field_dims sum to {start}")
@@ -122,10 +136,14 @@ def to_torchrec_state_dict(plain: dict, field_dims) -> dict:
 
 def to_plain_state_dict(torchrec_state: dict, field_dims, num_sets: int, embed_dim: int) -> dict:
     """The inverse of :func:`to_torchrec_state_dict` (full tensors, not sharded ones)."""
-    out = {k[len(BACKBONE_PREFIX):]: v for k, v in torchrec_state.items()
-           if k.startswith(BACKBONE_PREFIX)}
-    tables = [torchrec_state[f"{TABLE_PREFIX}{table_name(i)}.weight"]
-              for i in range(len(field_dims))]
+    out = {
+        k[len(BACKBONE_PREFIX) :]: v
+        for k, v in torchrec_state.items()
+        if k.startswith(BACKBONE_PREFIX)
+    }
+    tables = [
+        torchrec_state[f"{TABLE_PREFIX}{table_name(i)}.weight"] for i in range(len(field_dims))
+    ]
     out[PLAIN_TABLE_KEY] = torch.cat(tables).reshape(-1, num_sets, embed_dim)
     return out
 
@@ -150,19 +168,22 @@ def load_plain_state_dict(sharded: nn.Module, plain: dict) -> None:
     missing = sorted(set(target) - set(source))
     unexpected = sorted(set(source) - set(target))
     if missing or unexpected:
-        raise KeyError(f"state dict does not fit the model: missing {missing}, "
-                       f"unexpected {unexpected}")
+        raise KeyError(
+            f"state dict does not fit the model: missing {missing}, unexpected {unexpected}"
+        )
     with torch.no_grad():
         for key, dst in target.items():
             src = source[key]
             if tuple(src.shape) != tuple(dst.shape):
-                raise ValueError(f"{key}: shape {tuple(src.shape)} in the state dict, "
-                                 f"{tuple(dst.shape)} in the model")
+                raise ValueError(
+                    f"{key}: shape {tuple(src.shape)} in the state dict, "
+                    f"{tuple(dst.shape)} in the model"
+                )
             if hasattr(dst, "local_shards"):  # ShardedTensor: this rank's pieces only
                 for piece in dst.local_shards():
                     rows, cols = piece.metadata.shard_offsets
                     h, w = piece.tensor.shape
-                    piece.tensor.copy_(src[rows:rows + h, cols:cols + w])
+                    piece.tensor.copy_(src[rows : rows + h, cols : cols + w])
             else:
                 dst.copy_(src)
 
@@ -187,9 +208,16 @@ def gather_plain_state_dict(sharded: nn.Module, dst: int = 0) -> dict | None:
 
 # ---- sharding ---------------------------------------------------------------------------------
 
-def shard(model: TorchRecModel, sharding: str = "table_wise", *, device: torch.device | None = None,
-          process_group=None, fused_params: dict | None = None,
-          column_shard_dim: int | None = None) -> DistributedModelParallel:
+
+def shard(
+    model: TorchRecModel,
+    sharding: str = "table_wise",
+    *,
+    device: torch.device | None = None,
+    process_group=None,
+    fused_params: dict | None = None,
+    column_shard_dim: int | None = None,
+) -> DistributedModelParallel:
     """Shard every table of ``model`` with ``sharding`` over the ranks of ``process_group``
     (default: the world) by TorchRec's planner and ``DistributedModelParallel``; the dense part is
     replicated and its gradients all-reduced (DDP).
@@ -206,25 +234,39 @@ def shard(model: TorchRecModel, sharding: str = "table_wise", *, device: torch.d
     if sharding not in SHARDINGS:
         raise ValueError(f"sharding must be one of {SHARDINGS}, got {sharding!r}")
     if device is None:
-        device = (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
-                  else torch.device("cpu"))
+        device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
     device = torch.device(device)
     if sharding == "row_wise" and device.type != "cuda":
-        raise ValueError("row_wise sharding needs CUDA devices (FBGEMM has no CPU kernel for it); "
-                         "use table_wise or column_wise on CPU")
+        raise ValueError(
+            "row_wise sharding needs CUDA devices (FBGEMM has no CPU kernel for it); "
+            "use table_wise or column_wise on CPU"
+        )
     if not dist.is_initialized():
-        raise RuntimeError("shard needs torch.distributed initialised (run under torchrun and "
-                           "call torch.distributed.init_process_group first)")
+        raise RuntimeError(
+            "shard needs torch.distributed initialised (run under torchrun and "
+            "call torch.distributed.init_process_group first)"
+        )
     group = process_group or dist.GroupMember.WORLD
     world_size = dist.get_world_size(group)
     if column_shard_dim is None:
         column_shard_dim = default_column_shard_dim(model.num_sets, model.embed_dim, world_size)
-    constraints = {name: ParameterConstraints(sharding_types=[sharding],
-                                              min_partition=column_shard_dim)
-                   for name in model.feature_names}
+    constraints = {
+        name: ParameterConstraints(sharding_types=[sharding], min_partition=column_shard_dim)
+        for name in model.feature_names
+    }
     topology = Topology(world_size=world_size, compute_device=device.type)
     sharders = [EmbeddingCollectionSharder(fused_params=fused_params)]
     plan = EmbeddingShardingPlanner(topology=topology, constraints=constraints).collective_plan(
-        model, sharders, group)
-    return DistributedModelParallel(model, env=ShardingEnv.from_process_group(group),
-                                    device=device, plan=plan, sharders=sharders)
+        model, sharders, group
+    )
+    return DistributedModelParallel(
+        model,
+        env=ShardingEnv.from_process_group(group),
+        device=device,
+        plan=plan,
+        sharders=sharders,
+    )

@@ -35,12 +35,17 @@ class DataParallelTrainer(Trainer):
 
     def __init__(self, model, data, config, *, ranks: dp.Ranks, **kwargs):
         if config.batch_size % ranks.world_size:
-            raise ValueError(f"batch_size {config.batch_size} must be a multiple of the world size "
-                             f"{ranks.world_size} (each rank trains on an equal part of a batch)")
+            raise ValueError(
+                f"batch_size {config.batch_size} must be a multiple of the world size "
+                f"{ranks.world_size} (each rank trains on an equal part of a batch)"
+            )
         self.ranks = ranks
-        config = dataclasses.replace(config, device=str(ranks.device),
-                                     verbose=config.verbose and ranks.is_main,
-                                     progress=config.progress and ranks.is_main)
+        config = dataclasses.replace(
+            config,
+            device=str(ranks.device),
+            verbose=config.verbose and ranks.is_main,
+            progress=config.progress and ranks.is_main,
+        )
         super().__init__(model, data, config, **kwargs)
         self.train_module = dp.wrap(self.model, self.device)
 
@@ -69,8 +74,13 @@ class DataParallelTrainer(Trainer):
         # train on one sample).
         local = np.concatenate(parts)
         local_bounds = batch_bounds(len(local), self.config.batch_size // world, True)
-        batches = iterate_batches(self.train_set, local, self.config.batch_size // world,
-                                  self.device, merge_single_tail=True)
+        batches = iterate_batches(
+            self.train_set,
+            local,
+            self.config.batch_size // world,
+            self.device,
+            merge_single_tail=True,
+        )
         for step, (xb, yb) in enumerate(batches):
             rows_in_step = local_bounds[step + 1] - local_bounds[step]
             yield xb, yb, dp.loss_weight(rows_in_step, sizes[step], world)
@@ -97,8 +107,9 @@ class DataParallelTrainer(Trainer):
             raise ValueError(f"cannot evaluate on {data.name}: it has no rows")
         rows = np.sort(data.row_numbers())
         mine = rows[dp.batch_part(len(rows), self.ranks.rank, self.ranks.world_size)]
-        logits = predict_logits(self.model, data, mine, self.device, self.eval_batch_size,
-                                self.config.progress)
+        logits = predict_logits(
+            self.model, data, mine, self.device, self.eval_batch_size, self.config.progress
+        )
         gathered = dp.gather_concat(torch.from_numpy(logits).to(self.device))
         return scores(data, rows, gathered.cpu().numpy())
 

@@ -36,25 +36,38 @@ def scale_tables(summary: dict) -> list[str]:
     """Markdown tables of a ``scale.json``: per scale, and per field (IA / random)."""
     scales = [s for s in summary["scales"] if str(s) in summary["se"]]
     seeds = summary["config"]["seeds"]
-    lines = [f"Mean ± std over seeds {seeds}. IA / random: each field's IA divided by the "
-             "expected IA of a Gaussian matrix of the same shape (Appendix I), averaged over "
-             "fields; 1 = as abundant as random.", "",
-             "| scale | SE test AUC | ME test AUC | ME − SE | SE IA / random | ME IA / random "
-             "| SE mean IA | ME mean IA |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"Mean ± std over seeds {seeds}. IA / random: each field's IA divided by the "
+        "expected IA of a Gaussian matrix of the same shape (Appendix I), averaged over "
+        "fields; 1 = as abundant as random.",
+        "",
+        "| scale | SE test AUC | ME test AUC | ME − SE | SE IA / random | ME IA / random "
+        "| SE mean IA | ME mean IA |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for s in scales:
         se, me = summary["se"][str(s)], summary["me"].get(str(s))
-        gap = (f"{me['test_auc_mean'] - se['test_auc_mean']:+.4f}" if me and s != 1 else "")
-        cells = [_label(s), _pm(se["test_auc_mean"], se["test_auc_std"]),
-                 _pm(me["test_auc_mean"], me["test_auc_std"]) if me else "-", gap,
-                 _pm(se["mean_field_ia_over_random_mean"], se["mean_field_ia_over_random_std"], 3),
-                 _pm(me["mean_field_ia_over_random_mean"], me["mean_field_ia_over_random_std"], 3)
-                 if me else "-",
-                 f"{se['mean_field_ia_mean']:.2f}",
-                 f"{me['mean_field_ia_mean']:.2f}" if me else "-"]
+        gap = f"{me['test_auc_mean'] - se['test_auc_mean']:+.4f}" if me and s != 1 else ""
+        cells = [
+            _label(s),
+            _pm(se["test_auc_mean"], se["test_auc_std"]),
+            _pm(me["test_auc_mean"], me["test_auc_std"]) if me else "-",
+            gap,
+            _pm(se["mean_field_ia_over_random_mean"], se["mean_field_ia_over_random_std"], 3),
+            _pm(me["mean_field_ia_over_random_mean"], me["mean_field_ia_over_random_std"], 3)
+            if me
+            else "-",
+            f"{se['mean_field_ia_mean']:.2f}",
+            f"{me['mean_field_ia_mean']:.2f}" if me else "-",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Test AUC per seed:", "", "| run | " + " | ".join(f"seed {s}" for s in seeds)
-              + " |", "| --- |" + " --- |" * len(seeds)]
+    lines += [
+        "",
+        "Test AUC per seed:",
+        "",
+        "| run | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "| --- |" + " --- |" * len(seeds),
+    ]
     for mode in ("se", "me"):
         for s in scales:
             if s == 1 and mode == "me":
@@ -62,17 +75,23 @@ def scale_tables(summary: dict) -> list[str]:
             entry = summary[mode].get(str(s))
             if entry:
                 by_seed = dict(zip(entry["seeds"], entry["test_auc"]))
-                lines.append(f"| {mode.upper()} {_label(s)} | "
-                             + " | ".join(f"{by_seed[x]:.4f}" if x in by_seed else "-"
-                                          for x in seeds) + " |")
+                lines.append(
+                    f"| {mode.upper()} {_label(s)} | "
+                    + " | ".join(f"{by_seed[x]:.4f}" if x in by_seed else "-" for x in seeds)
+                    + " |"
+                )
     # per field, sorted by cardinality as in the paper's figures
     names, dims = summary["field_names"], summary["field_dims"]
     order = np.argsort(dims, kind="stable")
     cols = [("se", s) for s in scales] + [("me", s) for s in scales if s != 1]
-    lines += ["", "IA / random per field (mean over seeds), fields sorted by cardinality "
-              "(the dataset's, OOV row included):", "",
-              "| field | D | " + " | ".join(f"{m.upper()} {_label(s)}" for m, s in cols) + " |",
-              "| --- | --- |" + " --- |" * len(cols)]
+    lines += [
+        "",
+        "IA / random per field (mean over seeds), fields sorted by cardinality "
+        "(the dataset's, OOV row included):",
+        "",
+        "| field | D | " + " | ".join(f"{m.upper()} {_label(s)}" for m, s in cols) + " |",
+        "| --- | --- |" + " --- |" * len(cols),
+    ]
     for i in order:
         row = [summary[m][str(s)]["field_ia_over_random_mean"][i] for m, s in cols]
         lines.append(f"| {names[i]} | {dims[i]} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
@@ -81,49 +100,79 @@ def scale_tables(summary: dict) -> list[str]:
 
 def toy_table(toy: dict) -> list[str]:
     cfg = toy["config"]
-    lines = [f"K = {cfg['embed_dim']}, {cfg['iterations']} full-batch iterations, lr "
-             f"{cfg['lr']}, seeds {cfg['seeds']}:", "",
-             "| D3 | IA(E1) at start | IA(E1) at the end (mean ± std) | per seed |",
-             "| --- | --- | --- | --- |"]
+    lines = [
+        f"K = {cfg['embed_dim']}, {cfg['iterations']} full-batch iterations, lr "
+        f"{cfg['lr']}, seeds {cfg['seeds']}:",
+        "",
+        "| D3 | IA(E1) at start | IA(E1) at the end (mean ± std) | per seed |",
+        "| --- | --- | --- | --- |",
+    ]
     for d3, run in toy["runs"].items():
         per_seed = ", ".join(f"{r[-1]:.2f}" for r in run["ia"])
-        lines.append(f"| {d3} | {run['mean'][0]:.2f} | "
-                     f"{_pm(run['final_ia_mean'], run['final_ia_std'], 2)} | {per_seed} |")
+        lines.append(
+            f"| {d3} | {run['mean'][0]:.2f} | "
+            f"{_pm(run['final_ia_mean'], run['final_ia_std'], 2)} | {per_seed} |"
+        )
     return lines
 
 
 def render(scale: dict, toy: dict, timing: dict | None = None, machine: str | None = None) -> str:
     cfg = scale["config"]
     train = cfg["train_options"]
-    lines = ["# Measured results", "",
-             f"Written by `{COMMAND}` (which runs `fastme experiment toy` and "
-             "`fastme experiment scale` with their defaults, then renders this page); do not "
-             "edit by hand. How the data and the defaults were chosen, and the ablations behind "
-             "them: [analysis.md](analysis.md#the-built-in-data-and-the-scaling-defaults).", ""]
+    lines = [
+        "# Measured results",
+        "",
+        f"Written by `{COMMAND}` (which runs `fastme experiment toy` and "
+        "`fastme experiment scale` with their defaults, then renders this page); do not "
+        "edit by hand. How the data and the defaults were chosen, and the ablations behind "
+        "them: [analysis.md](analysis.md#the-built-in-data-and-the-scaling-defaults).",
+        "",
+    ]
     if machine:
         lines += [f"Machine: {machine}.", ""]
-    lines += ["## Scaling: SE vs ME (Figure 8)", "",
-              f"`fastme experiment scale`: {cfg['model']}, scales {cfg['scales']}, seeds "
-              f"{cfg['seeds']}, data `{cfg['data']}` ({cfg['num_rows']:,} rows, split 8/1/1), "
-              f"batch {train.get('batch_size')}, lr {train.get('lr')}, weight decay "
-              f"{train.get('weight_decay')}, at most {train.get('epochs')} epochs with early "
-              f"stopping (patience {train.get('patience')}), backend {cfg['backend']}"
-              + (f", model options {cfg['model_options']}" if cfg["model_options"] else "") + ".",
-              ""]
+    lines += [
+        "## Scaling: SE vs ME (Figure 8)",
+        "",
+        f"`fastme experiment scale`: {cfg['model']}, scales {cfg['scales']}, seeds "
+        f"{cfg['seeds']}, data `{cfg['data']}` ({cfg['num_rows']:,} rows, split 8/1/1), "
+        f"batch {train.get('batch_size')}, lr {train.get('lr')}, weight decay "
+        f"{train.get('weight_decay')}, at most {train.get('epochs')} epochs with early "
+        f"stopping (patience {train.get('patience')}), backend {cfg['backend']}"
+        + (f", model options {cfg['model_options']}" if cfg["model_options"] else "")
+        + ".",
+        "",
+    ]
     if timing and timing.get("scale"):
         t = timing["scale"]
-        reused = (f"; {t['reused']} of the {len(scale['runs'])} runs were reused from an earlier "
-                  "invocation and are not in this time" if t.get("reused") else "")
-        lines += [f"Time of the `fastme experiment scale` invocation: {t['wall_s'] / 60:.1f} min "
-                  f"wall, {t['cpu_s'] / 60:.1f} min CPU (user + sys){reused}.", ""]
+        reused = (
+            f"; {t['reused']} of the {len(scale['runs'])} runs were reused from an earlier "
+            "invocation and are not in this time"
+            if t.get("reused")
+            else ""
+        )
+        lines += [
+            f"Time of the `fastme experiment scale` invocation: {t['wall_s'] / 60:.1f} min "
+            f"wall, {t['cpu_s'] / 60:.1f} min CPU (user + sys){reused}.",
+            "",
+        ]
     lines += scale_tables(scale)
-    lines += ["", "![test AUC](results/scale_auc.png) ![IA / random](results/scale_ia.png)", "",
-              "![IA per field](results/scale_field_ia.png)", "",
-              "## Toy experiment (Evidence II, Figure 4)", "", "`fastme experiment toy`:", ""]
+    lines += [
+        "",
+        "![test AUC](results/scale_auc.png) ![IA / random](results/scale_ia.png)",
+        "",
+        "![IA per field](results/scale_field_ia.png)",
+        "",
+        "## Toy experiment (Evidence II, Figure 4)",
+        "",
+        "`fastme experiment toy`:",
+        "",
+    ]
     lines += toy_table(toy)
     if timing and timing.get("toy"):
-        lines += ["", f"Time: {timing['toy']['wall_s']:.0f} s wall, "
-                      f"{timing['toy']['cpu_s']:.0f} s CPU."]
+        lines += [
+            "",
+            f"Time: {timing['toy']['wall_s']:.0f} s wall, {timing['toy']['cpu_s']:.0f} s CPU.",
+        ]
     lines += ["", "![toy](results/toy.png)", ""]
     return "\n".join(lines)
 
@@ -152,12 +201,19 @@ def _scale() -> None:
     from fastme.data import load_dataset
     from fastme.experiments.scale import default_train_options, run_scale
 
-    run_scale("dcnv2", load_dataset("synthetic"), train_options=default_train_options(),
-              out_dir=SCALE_DIR, data_spec="synthetic", data_options={})
+    run_scale(
+        "dcnv2",
+        load_dataset("synthetic"),
+        train_options=default_train_options(),
+        out_dir=SCALE_DIR,
+        data_spec="synthetic",
+        data_options={},
+    )
 
 
-def write_results(out="docs/results.md", from_outputs: bool = False,
-                  machine: str | None = None) -> Path:
+def write_results(
+    out="docs/results.md", from_outputs: bool = False, machine: str | None = None
+) -> Path:
     """Run both experiments (unless ``from_outputs``) and write the page ``out`` with its figures
     beside it in ``results/``; returns that directory. ``machine``: a description of the machine
     (and anything measured outside, e.g. the CPU time of reused runs), for the page."""
@@ -175,8 +231,12 @@ def write_results(out="docs/results.md", from_outputs: bool = False,
     out = Path(out)
     figures = out.parent / "results"
     figures.mkdir(parents=True, exist_ok=True)
-    for src in (SCALE_DIR / "scale_auc.png", SCALE_DIR / "scale_ia.png",
-                SCALE_DIR / "scale_field_ia.png", TOY_DIR / "toy.png"):
+    for src in (
+        SCALE_DIR / "scale_auc.png",
+        SCALE_DIR / "scale_ia.png",
+        SCALE_DIR / "scale_field_ia.png",
+        TOY_DIR / "toy.png",
+    ):
         if src.is_file():
             with replace_on_success(figures / src.name) as tmp:
                 shutil.copyfile(src, tmp)
@@ -184,7 +244,9 @@ def write_results(out="docs/results.md", from_outputs: bool = False,
         write_text(SCALE_DIR / "timing.json", json.dumps(timing, indent=1) + "\n")
     elif (SCALE_DIR / "timing.json").is_file():
         timing = json.loads((SCALE_DIR / "timing.json").read_text())
-    machine = machine or f"{platform.machine()}, {platform.python_implementation()} " \
-                         f"{platform.python_version()}"
+    machine = (
+        machine
+        or f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}"
+    )
     write_text(out, render(scale, toy, timing, machine))
     return figures

@@ -13,8 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastme.analysis.collapse import (FieldFactors, field_information_abundance,
-                                      random_information_abundance)
+from fastme.analysis.collapse import (
+    FieldFactors,
+    field_information_abundance,
+    random_information_abundance,
+)
 from fastme.analysis.plots import plot_field_ia, plot_scale_auc, plot_scale_ia, save_json
 from fastme.models import build
 from fastme.train import TrainConfig, train
@@ -40,10 +43,22 @@ def default_train_options() -> dict:
     return {**{k: config[k] for k in TRAIN_SETTINGS}, "device": "auto", "progress": False}
 
 
-def run_scale(model: str, data, scales=DEFAULT_SCALES, seeds=(0, 1, 2), train_options=None,
-              model_options=None, backend: str = "auto", out_dir=None, seen_only: bool = False,
-              keep_checkpoints: bool = True, data_spec: str | None = None,
-              data_options: dict | None = None, train_fn=None, log=print) -> dict:
+def run_scale(
+    model: str,
+    data,
+    scales=DEFAULT_SCALES,
+    seeds=(0, 1, 2),
+    train_options=None,
+    model_options=None,
+    backend: str = "auto",
+    out_dir=None,
+    seen_only: bool = False,
+    keep_checkpoints: bool = True,
+    data_spec: str | None = None,
+    data_options: dict | None = None,
+    train_fn=None,
+    log=print,
+) -> dict:
     """Run the sweep and write ``scale.json`` and the figures to ``out_dir`` (if given).
 
     Args:
@@ -86,31 +101,50 @@ def run_scale(model: str, data, scales=DEFAULT_SCALES, seeds=(0, 1, 2), train_op
         for seed in seeds:
             name = f"{model}-{mode}x{scale}-seed{seed}"
             run_dir = out / "runs" / name if out is not None and keep_checkpoints else None
-            config = TrainConfig(**{**train_options, "seed": seed,
-                                    "out_dir": str(run_dir) if run_dir else None})
-            identity = run_identity(model, mode, scale, model_options, data_name, data_options,
-                                    config.as_dict())
+            config = TrainConfig(
+                **{**train_options, "seed": seed, "out_dir": str(run_dir) if run_dir else None}
+            )
+            identity = run_identity(
+                model, mode, scale, model_options, data_name, data_options, config.as_dict()
+            )
             # beyond the run's identity, the record depends on when training stopped and on
             # which rows IA is measured
-            setting = {"model": model, "mode": mode, "scale": scale, "seed": seed,
-                       "identity": identity, "epochs": config.epochs,
-                       "patience": config.patience, "seen_only": seen_only,
-                       "num_rows": len(data)}
+            setting = {
+                "model": model,
+                "mode": mode,
+                "scale": scale,
+                "seed": seed,
+                "identity": identity,
+                "epochs": config.epochs,
+                "patience": config.patience,
+                "seen_only": seen_only,
+                "num_rows": len(data),
+            }
             if run_dir is not None and (run_dir / RECORD).is_file():
                 previous = json.loads((run_dir / RECORD).read_text())
-                if (previous.get("setting") == json.loads(json.dumps(setting))
-                        and "field_ia_over_random" in previous):
+                if (
+                    previous.get("setting") == json.loads(json.dumps(setting))
+                    and "field_ia_over_random" in previous
+                ):
                     log(f"[scale] {name}: reusing the finished run in {run_dir}")
                     runs.append(previous)
                     continue
             log(f"[scale] {name}: training")
             torch.manual_seed(seed)  # the model's initialisation
-            net = build(model, data.field_dims, scale, multi=mode == "me", backend=backend,
-                        **model_options)
-            info = {"title": f"{model} {mode.upper()} x{scale} (seed {seed})", "model": model,
-                    "mode": mode, "scale": scale, "backend": backend, "data": data_name,
-                    "data_options": data_options, "model_options": model_options,
-                    "identity": identity}
+            net = build(
+                model, data.field_dims, scale, multi=mode == "me", backend=backend, **model_options
+            )
+            info = {
+                "title": f"{model} {mode.upper()} x{scale} (seed {seed})",
+                "model": model,
+                "mode": mode,
+                "scale": scale,
+                "backend": backend,
+                "data": data_name,
+                "data_options": data_options,
+                "model_options": model_options,
+                "identity": identity,
+            }
             results = train_fn(net, data, config, info=info)
             # the trainer leaves the best epoch's weights in the model
             factors = FieldFactors(net, train_split)
@@ -118,13 +152,15 @@ def run_scale(model: str, data, scales=DEFAULT_SCALES, seeds=(0, 1, 2), train_op
             # Appendix I: IA / E[IA(randn_like(E))] compares embeddings of different widths
             random_ia = random_information_abundance(factors.rows, net.num_sets * net.embed_dim)
             record = {
-                "name": name, "setting": setting,
+                "name": name,
+                "setting": setting,
                 "test_auc": float(results["test_auc"]),
                 "test_logloss": float(results.get("test_logloss", float("nan"))),
                 "best_val_auc": float(results.get("best_val_auc", float("nan"))),
                 "epochs": results.get("epochs"),
                 "samples_per_s": results.get("samples_per_s"),
-                "num_sets": net.num_sets, "embed_dim": net.embed_dim,
+                "num_sets": net.num_sets,
+                "embed_dim": net.embed_dim,
                 "parameters": sum(p.numel() for p in net.parameters()),
                 "field_ia": field_ia,
                 "field_ia_random": random_ia,
@@ -133,15 +169,25 @@ def run_scale(model: str, data, scales=DEFAULT_SCALES, seeds=(0, 1, 2), train_op
             }
             if run_dir is not None:
                 save_json(run_dir / RECORD, record)
-            log(f"[scale] {name}: test AUC {record['test_auc']:.5f}, mean field IA "
+            log(
+                f"[scale] {name}: test AUC {record['test_auc']:.5f}, mean field IA "
                 f"{np.nanmean(field_ia):.2f}, IA / random "
-                f"{np.nanmean(record['field_ia_over_random']):.3f}")
+                f"{np.nanmean(record['field_ia_over_random']):.3f}"
+            )
             runs.append(record)
 
     summary = summarize(runs, scales, list(data.field_names), list(data.field_dims))
-    summary["config"] = {"model": model, "scales": scales, "seeds": seeds, "backend": backend,
-                         "model_options": model_options, "train_options": train_options,
-                         "seen_only": seen_only, "data": data_name, "num_rows": len(data)}
+    summary["config"] = {
+        "model": model,
+        "scales": scales,
+        "seeds": seeds,
+        "backend": backend,
+        "model_options": model_options,
+        "train_options": train_options,
+        "seen_only": seen_only,
+        "data": data_name,
+        "num_rows": len(data),
+    }
     if out is not None:
         write_outputs(summary, out)
     return summary
@@ -149,8 +195,14 @@ def run_scale(model: str, data, scales=DEFAULT_SCALES, seeds=(0, 1, 2), train_op
 
 def summarize(runs, scales, field_names, field_dims) -> dict:
     """Mean and std over seeds per (mode, scale); scale 1 (SE) is the base of both modes."""
-    summary = {"scales": list(scales), "field_names": field_names, "field_dims": field_dims,
-               "runs": runs, "se": {}, "me": {}}
+    summary = {
+        "scales": list(scales),
+        "field_names": field_names,
+        "field_dims": field_dims,
+        "runs": runs,
+        "se": {},
+        "me": {},
+    }
     for mode in ("se", "me"):
         for s in scales:
             src = "se" if s == 1 else mode
@@ -158,15 +210,23 @@ def summarize(runs, scales, field_names, field_dims) -> dict:
             if not group:
                 continue
             auc = np.asarray([r["test_auc"] for r in group], dtype=float)
-            entry = {"seeds": [r["setting"]["seed"] for r in group], "test_auc": auc.tolist(),
-                     "test_auc_mean": float(np.nanmean(auc)), "test_auc_std": float(np.nanstd(auc))}
+            entry = {
+                "seeds": [r["setting"]["seed"] for r in group],
+                "test_auc": auc.tolist(),
+                "test_auc_mean": float(np.nanmean(auc)),
+                "test_auc_std": float(np.nanstd(auc)),
+            }
             for key in ("field_ia", "field_ia_over_random"):
                 ia = np.asarray([r[key] for r in group], dtype=float)
                 mean_ia = np.nanmean(ia, axis=1)  # per run, over fields
-                entry.update({f"{key}_mean": np.nanmean(ia, axis=0).tolist(),
-                              f"{key}_std": np.nanstd(ia, axis=0).tolist(),
-                              f"mean_{key}_mean": float(mean_ia.mean()),
-                              f"mean_{key}_std": float(mean_ia.std())})
+                entry.update(
+                    {
+                        f"{key}_mean": np.nanmean(ia, axis=0).tolist(),
+                        f"{key}_std": np.nanstd(ia, axis=0).tolist(),
+                        f"mean_{key}_mean": float(mean_ia.mean()),
+                        f"mean_{key}_std": float(mean_ia.std()),
+                    }
+                )
             entry["field_ia_random"] = group[0]["field_ia_random"]
             summary[mode][str(s)] = entry
     return summary
@@ -180,21 +240,28 @@ def write_outputs(summary: dict, out) -> dict:
     full = [s for s in summary["scales"] if str(s) in summary["se"] and str(s) in summary["me"]]
     if full:
         part = dict(summary, scales=full)
-        figures["auc"] = str(plot_scale_auc(part, out / "scale_auc",
-                                            f"{model}: test AUC vs model size"))
-        figures["ia"] = str(plot_scale_ia(part, out / "scale_ia",
-                                          f"{model}: information abundance vs model size"))
+        figures["auc"] = str(
+            plot_scale_auc(part, out / "scale_auc", f"{model}: test AUC vs model size")
+        )
+        figures["ia"] = str(
+            plot_scale_ia(part, out / "scale_ia", f"{model}: information abundance vs model size")
+        )
         top = str(full[-1])
         label = "base" if top == "1" else f"{top}x"
         se, me = summary["se"][top], summary["me"][top]
         key = "field_ia_over_random"
-        figures["field_ia"] = str(plot_field_ia(
-            {f"SE {label}": se[f"{key}_mean"], f"ME {label}": me[f"{key}_mean"]},
-            summary["field_names"], out / "scale_field_ia",
-            f"{model} {label}: IA per field / random baseline (mean over seeds)",
-            field_dims=summary["field_dims"],
-            errors={f"SE {label}": se[f"{key}_std"], f"ME {label}": me[f"{key}_std"]},
-            ylabel="IA / IA(random)", baseline=1.0))
+        figures["field_ia"] = str(
+            plot_field_ia(
+                {f"SE {label}": se[f"{key}_mean"], f"ME {label}": me[f"{key}_mean"]},
+                summary["field_names"],
+                out / "scale_field_ia",
+                f"{model} {label}: IA per field / random baseline (mean over seeds)",
+                field_dims=summary["field_dims"],
+                errors={f"SE {label}": se[f"{key}_std"], f"ME {label}": me[f"{key}_std"]},
+                ylabel="IA / IA(random)",
+                baseline=1.0,
+            )
+        )
     summary["figures"] = figures
     save_json(out / "scale.json", summary)
     return summary

@@ -18,12 +18,20 @@ import torch
 
 from fastme.analysis.metrics import information_abundance, single_thread
 
-DEFAULTS = dict(d3_values=(3, 100), embed_dim=10, iterations=5000, lr=1.0, seeds=(0, 1, 2),
-                num_rows=100, record_every=10)
+DEFAULTS = dict(
+    d3_values=(3, 100),
+    embed_dim=10,
+    iterations=5000,
+    lr=1.0,
+    seeds=(0, 1, 2),
+    num_rows=100,
+    record_every=10,
+)
 
 
-def _run_one(d3: int, embed_dim: int, iterations: int, lr: float, seed: int, num_rows: int,
-             record_every: int) -> dict:
+def _run_one(
+    d3: int, embed_dim: int, iterations: int, lr: float, seed: int, num_rows: int, record_every: int
+) -> dict:
     # E1, E2 and the labels depend on the seed only, so the two D3 settings of one seed differ
     # only in E3 and x3 (a paired comparison).
     g = torch.Generator().manual_seed(seed)
@@ -37,8 +45,8 @@ def _run_one(d3: int, embed_dim: int, iterations: int, lr: float, seed: int, num
     # Sample (a, b) is x1 = a, x2 = b. h[a, b] = e1[a].(e2[b] + e3[x3[a, b]]) + e2[b].e3[x3[a, b]];
     # the last term does not depend on E1. The gradient is written out: it is two small einsums,
     # much faster than autograd over 5000 steps.
-    other = e2[None, :, :] + e3[x3]                       # [D1, D2, K]
-    const = (e2[None, :, :] * e3[x3]).sum(-1)             # [D1, D2]
+    other = e2[None, :, :] + e3[x3]  # [D1, D2, K]
+    const = (e2[None, :, :] * e3[x3]).sum(-1)  # [D1, D2]
     n = y.numel()
     iters, ia, loss = [], [], []
     for t in range(iterations + 1):
@@ -49,22 +57,31 @@ def _run_one(d3: int, embed_dim: int, iterations: int, lr: float, seed: int, num
             loss.append(float(torch.nn.functional.binary_cross_entropy_with_logits(h, y)))
         if t == iterations:
             break
-        dh = (torch.sigmoid(h) - y) / n                   # d mean-BCE / dh
+        dh = (torch.sigmoid(h) - y) / n  # d mean-BCE / dh
         e1 = e1 - lr * torch.einsum("ab,abk->ak", dh, other)
     return {"iterations": iters, "ia": ia, "loss": loss}
 
 
-def run_toy(d3_values=DEFAULTS["d3_values"], embed_dim: int = DEFAULTS["embed_dim"],
-            iterations: int = DEFAULTS["iterations"], lr: float = DEFAULTS["lr"],
-            seeds=DEFAULTS["seeds"], num_rows: int = DEFAULTS["num_rows"],
-            record_every: int = DEFAULTS["record_every"]) -> dict:
+def run_toy(
+    d3_values=DEFAULTS["d3_values"],
+    embed_dim: int = DEFAULTS["embed_dim"],
+    iterations: int = DEFAULTS["iterations"],
+    lr: float = DEFAULTS["lr"],
+    seeds=DEFAULTS["seeds"],
+    num_rows: int = DEFAULTS["num_rows"],
+    record_every: int = DEFAULTS["record_every"],
+) -> dict:
     """Run the toy experiment for each D3 and seed. Returns a JSON-ready dict: ``config`` and, per
     D3 (key ``str(D3)``), the recorded ``iterations``, ``ia`` [seeds][points], ``loss``, and the
     ``mean``/``std`` over seeds of IA, plus ``final_ia_mean``/``final_ia_std``."""
     d3_values = [int(d) for d in d3_values]
     seeds = [int(s) for s in seeds]
-    for name, v in (("embed_dim", embed_dim), ("iterations", iterations), ("num_rows", num_rows),
-                    ("record_every", record_every)):
+    for name, v in (
+        ("embed_dim", embed_dim),
+        ("iterations", iterations),
+        ("num_rows", num_rows),
+        ("record_every", record_every),
+    ):
         if int(v) != v or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     if not d3_values or min(d3_values) < 1:
@@ -73,15 +90,35 @@ def run_toy(d3_values=DEFAULTS["d3_values"], embed_dim: int = DEFAULTS["embed_di
         raise ValueError("seeds must not be empty")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
-    result = {"config": {"d3_values": d3_values, "embed_dim": int(embed_dim),
-                         "iterations": int(iterations), "lr": float(lr), "seeds": seeds,
-                         "num_rows": int(num_rows), "record_every": int(record_every),
-                         "loss": "mean binary cross-entropy on h = sum_{i<j} e_i.e_j"},
-              "runs": {}}
+    result = {
+        "config": {
+            "d3_values": d3_values,
+            "embed_dim": int(embed_dim),
+            "iterations": int(iterations),
+            "lr": float(lr),
+            "seeds": seeds,
+            "num_rows": int(num_rows),
+            "record_every": int(record_every),
+            "loss": "mean binary cross-entropy on h = sum_{i<j} e_i.e_j",
+        },
+        "runs": {},
+    }
     with single_thread():  # every op here is tiny
-        all_runs = {d3: [_run_one(d3, int(embed_dim), int(iterations), float(lr), s,
-                                  int(num_rows), int(record_every)) for s in seeds]
-                    for d3 in d3_values}
+        all_runs = {
+            d3: [
+                _run_one(
+                    d3,
+                    int(embed_dim),
+                    int(iterations),
+                    float(lr),
+                    s,
+                    int(num_rows),
+                    int(record_every),
+                )
+                for s in seeds
+            ]
+            for d3 in d3_values
+        }
     for d3, runs in all_runs.items():
         ia = np.array([r["ia"] for r in runs])
         result["runs"][str(d3)] = {

@@ -14,12 +14,14 @@ from fastme.models.nfwfm import NFwFM
 from fastme.models.spec import ModelSpec
 from fastme.models.xdeepfm import xDeepFM
 
-MODELS = {cls.__name__.lower(): cls
-          for cls in (DNN, IPNN, NFwFM, xDeepFM, DCNv2, FinalMLP, AutoInt)}
+MODELS = {
+    cls.__name__.lower(): cls for cls in (DNN, IPNN, NFwFM, xDeepFM, DCNv2, FinalMLP, AutoInt)
+}
 
 
-def build(name: str, field_dims, scale: int = 1, multi: bool = False, backend: str = "auto",
-          **options) -> MultiEmbeddingModel:
+def build(
+    name: str, field_dims, scale: int = 1, multi: bool = False, backend: str = "auto", **options
+) -> MultiEmbeddingModel:
     """The paper's scaled variant of a backbone.
 
     SE (``multi=False``) at scale s: one set of size ``base * s``. ME (``multi=True``) at scale s:
@@ -43,5 +45,16 @@ def build(name: str, field_dims, scale: int = 1, multi: bool = False, backend: s
     return model
 
 
-__all__ = ["AutoInt", "DCNv2", "DNN", "FinalMLP", "IPNN", "MODELS", "ModelSpec",
-           "MultiEmbeddingModel", "NFwFM", "build", "xDeepFM"]
+__all__ = [
+    "AutoInt",
+    "DCNv2",
+    "DNN",
+    "FinalMLP",
+    "IPNN",
+    "MODELS",
+    "ModelSpec",
+    "MultiEmbeddingModel",
+    "NFwFM",
+    "build",
+    "xDeepFM",
+]

@@ -15,18 +15,31 @@ class AutoInt(MultiEmbeddingModel):
     (attention size 32, 2 heads, 3 layers). See docs/design.md.
     """
 
-    def __init__(self, field_dims, embed_dim=10, num_sets=1, backend="auto", hidden_dim=400,
-                 dropout=0.2, attention_dim=32, num_heads=2, num_attention_layers=3, use_mlp=True):
+    def __init__(
+        self,
+        field_dims,
+        embed_dim=10,
+        num_sets=1,
+        backend="auto",
+        hidden_dim=400,
+        dropout=0.2,
+        attention_dim=32,
+        num_heads=2,
+        num_attention_layers=3,
+        use_mlp=True,
+    ):
         super().__init__(field_dims, embed_dim, num_sets, backend, hidden_dim, dropout)
         self.field_projection = SetLinear(self.num_sets, self.embed_dim, attention_dim)
         self.attention = nn.ModuleList(
             SetSelfAttentionLayer(self.num_sets, attention_dim, num_heads)
-            for _ in range(num_attention_layers))
+            for _ in range(num_attention_layers)
+        )
         self.attention_out = nn.Linear(self.num_fields * attention_dim, 1)
         self.use_mlp = use_mlp
         if use_mlp:
-            self.mlp_projection = SetProjection(self.num_sets, self.num_fields * self.embed_dim,
-                                                hidden_dim, dropout)
+            self.mlp_projection = SetProjection(
+                self.num_sets, self.num_fields * self.embed_dim, hidden_dim, dropout
+            )
             self.mlp_head = OutputHead(hidden_dim, dropout)
 
     def interact_embeddings(self, emb):  # emb [B, M, N, K]

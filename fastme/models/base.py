@@ -30,15 +30,26 @@ class MultiEmbeddingModel(nn.Module):
     #: Base embedding size of the paper's scaled variants (see :func:`fastme.models.build`).
     base_embed_dim = 10
 
-    def __init__(self, field_dims, embed_dim: int = 10, num_sets: int = 1, backend: str = "auto",
-                 hidden_dim: int = 400, dropout: float = 0.2):
+    def __init__(
+        self,
+        field_dims,
+        embed_dim: int = 10,
+        num_sets: int = 1,
+        backend: str = "auto",
+        hidden_dim: int = 400,
+        dropout: float = 0.2,
+    ):
         super().__init__()
         field_dims = [int(d) for d in field_dims]
         if not field_dims or min(field_dims) < 1:
             raise ValueError(
-                f"field_dims must be a non-empty list of positive ints, got {field_dims}")
-        for name, value in (("embed_dim", embed_dim), ("num_sets", num_sets),
-                            ("hidden_dim", hidden_dim)):
+                f"field_dims must be a non-empty list of positive ints, got {field_dims}"
+            )
+        for name, value in (
+            ("embed_dim", embed_dim),
+            ("num_sets", num_sets),
+            ("hidden_dim", hidden_dim),
+        ):
             if int(value) != value or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not 0.0 <= dropout < 1.0:
@@ -81,15 +92,17 @@ class MultiEmbeddingModel(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.num_fields:
             raise ValueError(
                 f"x must have shape [B, {self.num_fields}] (one index per field), "
-                f"got {tuple(x.shape)}")
+                f"got {tuple(x.shape)}"
+            )
         if x.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"x must hold int32/int64 per-field indices, got {x.dtype}")
 
     def lookup(self, x: torch.Tensor) -> torch.Tensor:
         """[B, N] indices -> [B, M, N, K] embeddings through the fused lookup op."""
         e = self.embedding
-        return ops.multi_embedding_lookup(e.weight, x, e.offsets, field_dims=e.field_dims,
-                                          backend=self.backend)
+        return ops.multi_embedding_lookup(
+            e.weight, x, e.offsets, field_dims=e.field_dims, backend=self.backend
+        )
 
     def flat_sets(self, emb: torch.Tensor) -> torch.Tensor:
         """[B, M, N, K] -> [B, M, N*K]: each set's field-major concatenation."""
@@ -107,8 +120,10 @@ class MultiEmbeddingModel(nn.Module):
         expected = (self.num_sets, self.num_fields, self.embed_dim)
         if not isinstance(emb, torch.Tensor) or emb.dim() != 4 or tuple(emb.shape[1:]) != expected:
             got = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
-            raise ValueError(f"emb must have shape [B, {', '.join(map(str, expected))}] "
-                             f"([B, M, N, K]), got {got}")
+            raise ValueError(
+                f"emb must have shape [B, {', '.join(map(str, expected))}] "
+                f"([B, M, N, K]), got {got}"
+            )
         return self.interact_embeddings(emb)
 
     def interact(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,14 +139,27 @@ class ProjectedModel(MultiEmbeddingModel):
     IPNN, NFwFM, DCNv2): per-set interaction features [B, M, F] -> per-set projection -> mean ->
     Block -> Linear. With M=1 the projection is simply the SE model's first hidden block."""
 
-    def __init__(self, field_dims, embed_dim=10, num_sets=1, backend="auto", hidden_dim=400,
-                 dropout=0.2, nonlinear_projection: bool = True):
+    def __init__(
+        self,
+        field_dims,
+        embed_dim=10,
+        num_sets=1,
+        backend="auto",
+        hidden_dim=400,
+        dropout=0.2,
+        nonlinear_projection: bool = True,
+    ):
         super().__init__(field_dims, embed_dim, num_sets, backend, hidden_dim, dropout)
         self.nonlinear_projection = nonlinear_projection
 
     def _build_projection(self, in_dim: int) -> None:
-        self.projection = SetProjection(self.num_sets, in_dim, self.hidden_dim, self.dropout,
-                                        nonlinear=self.nonlinear_projection)
+        self.projection = SetProjection(
+            self.num_sets,
+            in_dim,
+            self.hidden_dim,
+            self.dropout,
+            nonlinear=self.nonlinear_projection,
+        )
         self.head = OutputHead(self.hidden_dim, self.dropout)
 
     def interact(self, x):

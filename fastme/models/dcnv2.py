@@ -22,11 +22,23 @@ class DCNv2(ProjectedModel):
     learnable and the penalty is sum ||I - W W^T||_F^2 on the unscaled blocks (lambda ~ s^2).
     """
 
-    def __init__(self, field_dims, embed_dim=10, num_sets=1, backend="auto", hidden_dim=400,
-                 dropout=0.2, nonlinear_projection=True, num_cross_layers=4,
-                 regularization=None, regularization_coef=1e-5, regularization_variant="paper"):
-        super().__init__(field_dims, embed_dim, num_sets, backend, hidden_dim, dropout,
-                         nonlinear_projection)
+    def __init__(
+        self,
+        field_dims,
+        embed_dim=10,
+        num_sets=1,
+        backend="auto",
+        hidden_dim=400,
+        dropout=0.2,
+        nonlinear_projection=True,
+        num_cross_layers=4,
+        regularization=None,
+        regularization_coef=1e-5,
+        regularization_variant="paper",
+    ):
+        super().__init__(
+            field_dims, embed_dim, num_sets, backend, hidden_dim, dropout, nonlinear_projection
+        )
         if num_cross_layers < 1:
             raise ValueError(f"num_cross_layers must be >= 1, got {num_cross_layers}")
         d = self.num_fields * self.embed_dim
@@ -38,8 +50,9 @@ class DCNv2(ProjectedModel):
         if regularization not in (None, "orthogonal"):
             raise ValueError(f"regularization must be None or 'orthogonal', got {regularization!r}")
         if regularization_variant not in ("paper", "code"):
-            raise ValueError("regularization_variant must be 'paper' or 'code', got "
-                             f"{regularization_variant!r}")
+            raise ValueError(
+                f"regularization_variant must be 'paper' or 'code', got {regularization_variant!r}"
+            )
         if not regularization_coef >= 0:
             raise ValueError(f"regularization_coef must be >= 0, got {regularization_coef!r}")
         self.regularization = regularization
@@ -86,11 +99,18 @@ class DCNv2(ProjectedModel):
         return self._effective_weight().detach(), self.cross_bias.detach()
 
     def set_features_from_embeddings(self, emb):
-        return ops.cross_network(self.flat_sets(emb), self._effective_weight(), self.cross_bias,
-                                 backend=self.backend)
+        return ops.cross_network(
+            self.flat_sets(emb), self._effective_weight(), self.cross_bias, backend=self.backend
+        )
 
     def set_features(self, x):  # the lookup fused in front of the cross network
         e = self.embedding
-        return ops.lookup_cross_network(e.weight, x, e.offsets, self._effective_weight(),
-                                        self.cross_bias, field_dims=e.field_dims,
-                                        backend=self.backend)
+        return ops.lookup_cross_network(
+            e.weight,
+            x,
+            e.offsets,
+            self._effective_weight(),
+            self.cross_bias,
+            field_dims=e.field_dims,
+            backend=self.backend,
+        )

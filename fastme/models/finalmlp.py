@@ -11,14 +11,17 @@ class FinalMLP(MultiEmbeddingModel):
     flattened embeddings, fused by a single-head bilinear head. ME: every set has both complete
     streams; each stream's output is averaged over sets separately before the shared fusion."""
 
-    def __init__(self, field_dims, embed_dim=10, num_sets=1, backend="auto", hidden_dim=400,
-                 dropout=0.2):
+    def __init__(
+        self, field_dims, embed_dim=10, num_sets=1, backend="auto", hidden_dim=400, dropout=0.2
+    ):
         super().__init__(field_dims, embed_dim, num_sets, backend, hidden_dim, dropout)
         d = self.num_fields * self.embed_dim
 
         def stream():
-            return nn.Sequential(SetBlock(self.num_sets, d, hidden_dim, dropout),
-                                 SetBlock(self.num_sets, hidden_dim, hidden_dim, dropout))
+            return nn.Sequential(
+                SetBlock(self.num_sets, d, hidden_dim, dropout),
+                SetBlock(self.num_sets, hidden_dim, hidden_dim, dropout),
+            )
 
         self.stream1, self.stream2 = stream(), stream()
         self.fusion1 = nn.Linear(hidden_dim, 1)
@@ -29,6 +32,12 @@ class FinalMLP(MultiEmbeddingModel):
         flat = self.flat_sets(emb)
         o1 = self.stream1(flat).mean(dim=1)
         o2 = self.stream2(flat).mean(dim=1)
-        return interactions.bilinear_fusion(o1, o2, self.fusion1.weight[0], self.fusion1.bias[0],
-                                         self.fusion2.weight[0], self.fusion2.bias[0],
-                                         self.fusion_bilinear)
+        return interactions.bilinear_fusion(
+            o1,
+            o2,
+            self.fusion1.weight[0],
+            self.fusion1.bias[0],
+            self.fusion2.weight[0],
+            self.fusion2.bias[0],
+            self.fusion_bilinear,
+        )

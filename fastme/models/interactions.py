@@ -36,8 +36,9 @@ def cin(emb: torch.Tensor, weights, biases) -> torch.Tensor:
     return torch.cat(pooled, dim=-1)
 
 
-def set_self_attention(x: torch.Tensor, in_weight, in_bias, out_weight, out_bias,
-                       num_heads: int) -> torch.Tensor:
+def set_self_attention(
+    x: torch.Tensor, in_weight, in_bias, out_weight, out_bias, num_heads: int
+) -> torch.Tensor:
     """Multi-head self-attention over the field axis, one independent attention per set.
 
     x [B, M, N, H]; in_weight [M, 3H, H], in_bias [M, 3H]; out_weight [M, H, H], out_bias [M, H].

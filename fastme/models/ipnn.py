@@ -12,10 +12,20 @@ class IPNN(ProjectedModel):
     products to each set's projection). See docs/design.md.
     """
 
-    def __init__(self, field_dims, embed_dim=10, num_sets=1, backend="auto", hidden_dim=400,
-                 dropout=0.2, nonlinear_projection=True, concat_embeddings=None):
-        super().__init__(field_dims, embed_dim, num_sets, backend, hidden_dim, dropout,
-                         nonlinear_projection)
+    def __init__(
+        self,
+        field_dims,
+        embed_dim=10,
+        num_sets=1,
+        backend="auto",
+        hidden_dim=400,
+        dropout=0.2,
+        nonlinear_projection=True,
+        concat_embeddings=None,
+    ):
+        super().__init__(
+            field_dims, embed_dim, num_sets, backend, hidden_dim, dropout, nonlinear_projection
+        )
         if concat_embeddings is None:
             concat_embeddings = self.num_sets == 1
         self.concat_embeddings = bool(concat_embeddings)

@@ -51,8 +51,10 @@ class MultiSetEmbedding(nn.Module):
     def field_tables(self) -> list[torch.Tensor]:
         """Per-field views [M, D_i, K] of the table (detached)."""
         w = self.weight.detach()
-        return [w[o:o + d].permute(1, 0, 2)
-                for o, d in zip(self.offsets.tolist(), self.field_dims.tolist())]
+        return [
+            w[o : o + d].permute(1, 0, 2)
+            for o, d in zip(self.offsets.tolist(), self.field_dims.tolist())
+        ]
 
 
 class Dropout(nn.Dropout):
@@ -91,8 +93,9 @@ class SetBlock(nn.Module):
     build the linear-projection variant of Appendix E).
     """
 
-    def __init__(self, num_sets: int, in_dim: int, out_dim: int, dropout: float,
-                 activation: bool = True):
+    def __init__(
+        self, num_sets: int, in_dim: int, out_dim: int, dropout: float, activation: bool = True
+    ):
         super().__init__()
         self.linear = SetLinear(num_sets, in_dim, out_dim)
         self.activation = activation
@@ -111,8 +114,9 @@ class SetBlock(nn.Module):
 
 def hidden_block(in_dim: int, out_dim: int, dropout: float) -> nn.Sequential:
     """Shared (not per-set) block: Linear -> BatchNorm -> ReLU -> Dropout."""
-    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.BatchNorm1d(out_dim), nn.ReLU(),
-                         Dropout(dropout))
+    return nn.Sequential(
+        nn.Linear(in_dim, out_dim), nn.BatchNorm1d(out_dim), nn.ReLU(), Dropout(dropout)
+    )
 
 
 class SetProjection(nn.Module):
@@ -125,8 +129,9 @@ class SetProjection(nn.Module):
     non-linearity matters.
     """
 
-    def __init__(self, num_sets: int, in_dim: int, out_dim: int, dropout: float,
-                 nonlinear: bool = True):
+    def __init__(
+        self, num_sets: int, in_dim: int, out_dim: int, dropout: float, nonlinear: bool = True
+    ):
         super().__init__()
         self.block = SetBlock(num_sets, in_dim, out_dim, dropout, activation=nonlinear)
         if nonlinear:
@@ -193,7 +198,8 @@ class SetSelfAttentionLayer(nn.Module):
         self.norm_bias = nn.Parameter(torch.zeros(num_sets, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x + interactions.set_self_attention(x, self.in_weight, self.in_bias, self.out_weight,
-                                             self.out_bias, self.num_heads)
+        y = x + interactions.set_self_attention(
+            x, self.in_weight, self.in_bias, self.out_weight, self.out_bias, self.num_heads
+        )
         y = nn.functional.layer_norm(y, y.shape[-1:])
         return y * self.norm_weight.unsqueeze(1) + self.norm_bias.unsqueeze(1)

@@ -16,10 +16,20 @@ class NFwFM(ProjectedModel):
 
     base_embed_dim = 50
 
-    def __init__(self, field_dims, embed_dim=50, num_sets=1, backend="auto", hidden_dim=400,
-                 dropout=0.2, nonlinear_projection=True, field_pairs="all"):
-        super().__init__(field_dims, embed_dim, num_sets, backend, hidden_dim, dropout,
-                         nonlinear_projection)
+    def __init__(
+        self,
+        field_dims,
+        embed_dim=50,
+        num_sets=1,
+        backend="auto",
+        hidden_dim=400,
+        dropout=0.2,
+        nonlinear_projection=True,
+        field_pairs="all",
+    ):
+        super().__init__(
+            field_dims, embed_dim, num_sets, backend, hidden_dim, dropout, nonlinear_projection
+        )
         if field_pairs not in ("all", "upper"):
             raise ValueError(f"field_pairs must be 'all' or 'upper', got {field_pairs!r}")
         n = self.num_fields
@@ -38,13 +48,21 @@ class NFwFM(ProjectedModel):
 
     def set_features(self, x):  # the lookup fused with the pooling
         e = self.embedding
-        return self._normalise_pooled(ops.pooled_lookup(
-            e.weight, x, e.offsets, self.effective_field_weights(), field_dims=e.field_dims,
-            backend=self.backend))
+        return self._normalise_pooled(
+            ops.pooled_lookup(
+                e.weight,
+                x,
+                e.offsets,
+                self.effective_field_weights(),
+                field_dims=e.field_dims,
+                backend=self.backend,
+            )
+        )
 
     def set_features_from_embeddings(self, emb):
-        return self._normalise_pooled(ops.fwfm_pooling(emb, self.effective_field_weights(),
-                                                       backend=self.backend))
+        return self._normalise_pooled(
+            ops.fwfm_pooling(emb, self.effective_field_weights(), backend=self.backend)
+        )
 
     def _normalise_pooled(self, pooled):
         b = pooled.shape[0]

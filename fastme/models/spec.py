@@ -64,12 +64,23 @@ class ModelSpec:
         """A freshly initialised model of this spec (load a state dict into it to restore one)."""
         from fastme.models import build
 
-        return build(self.name, self.field_dims, self.scale, multi=self.multi, backend=backend,
-                     **self.options)
+        return build(
+            self.name,
+            self.field_dims,
+            self.scale,
+            multi=self.multi,
+            backend=backend,
+            **self.options,
+        )
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "mode": self.mode, "scale": self.scale,
-                "field_dims": list(self.field_dims), "options": dict(self.options)}
+        return {
+            "name": self.name,
+            "mode": self.mode,
+            "scale": self.scale,
+            "field_dims": list(self.field_dims),
+            "options": dict(self.options),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
@@ -82,5 +93,7 @@ class ModelSpec:
 
     def __str__(self) -> str:
         extra = "".join(f" {k}={v}" for k, v in sorted(self.options.items()))
-        return (f"{self.name} {self.mode.upper()} x{self.scale} ({len(self.field_dims)} fields, "
-                f"{sum(self.field_dims):,} rows{extra})")
+        return (
+            f"{self.name} {self.mode.upper()} x{self.scale} ({len(self.field_dims)} fields, "
+            f"{sum(self.field_dims):,} rows{extra})"
+        )

@@ -21,11 +21,22 @@ _backend.load(
     packages=(
         "fastme.ops.triton",
         "fastme.ops.cuda",
-    ))
+    ),
+)
 BACKENDS = _backend.backends()
 
 __all__ = [
-    "BACKENDS", "BackendUnavailable", "available_backends", "bounds_check", "cross_network",
-    "fm_pooling", "fwfm_pooling", "get_bounds_check", "lookup_cross_network",
-    "multi_embedding_lookup", "pooled_lookup", "reference", "set_bounds_check",
+    "BACKENDS",
+    "BackendUnavailable",
+    "available_backends",
+    "bounds_check",
+    "cross_network",
+    "fm_pooling",
+    "fwfm_pooling",
+    "get_bounds_check",
+    "lookup_cross_network",
+    "multi_embedding_lookup",
+    "pooled_lookup",
+    "reference",
+    "set_bounds_check",
 ]

@@ -39,6 +39,7 @@ def backends() -> tuple[str, ...]:
 
 def register(op: str, backend: str):
     """Decorator: register ``fn`` as the ``backend`` implementation of ``op``."""
+
     def decorator(fn):
         _IMPLEMENTATIONS[(op, backend)] = fn
         return fn
@@ -65,8 +66,10 @@ def load(packages: Iterable[str], op_modules: Iterable[Callable]) -> None:
             implemented.update(kernel_ops(kernels))
         unknown = set(backend.ops()) - kernels.used
         if unknown:
-            raise ValueError(f"backend {backend.name!r} declares host functions of unknown ops: "
-                             f"{sorted(unknown)}")
+            raise ValueError(
+                f"backend {backend.name!r} declares host functions of unknown ops: "
+                f"{sorted(unknown)}"
+            )
         if backend.name not in _LOAD_ERRORS:
             for op, fn in implemented.items():
                 register(op, backend.name)(fn)
@@ -74,8 +77,10 @@ def load(packages: Iterable[str], op_modules: Iterable[Callable]) -> None:
 
 def _unavailable(name: str) -> Callable:
     def unavailable(*args):
-        raise BackendUnavailable(f"this program calls fastme's {name} kernels, which cannot run "
-                                 f"here ({_LOAD_ERRORS[name]})")
+        raise BackendUnavailable(
+            f"this program calls fastme's {name} kernels, which cannot run "
+            f"here ({_LOAD_ERRORS[name]})"
+        )
 
     return unavailable
 
@@ -88,8 +93,9 @@ def _why_not(backend: KernelBackend, device: torch.device) -> str:
 def available_backends(device: torch.device | str) -> list[str]:
     """Backends that can run on ``device`` here (reference always can)."""
     device = torch.device(device)
-    return ["reference"] + [name for name, backend in _KERNEL_BACKENDS.items()
-                            if not _why_not(backend, device)]
+    return ["reference"] + [
+        name for name, backend in _KERNEL_BACKENDS.items() if not _why_not(backend, device)
+    ]
 
 
 def resolve(op: str, backend: str, device: torch.device) -> Callable:

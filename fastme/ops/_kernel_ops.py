@@ -58,9 +58,10 @@ class KernelBackend:
         prefix = f"fastme::{self.name}_"
         bad = [name for name in self.host_functions if not name.startswith(prefix)]
         if bad:
-            raise ValueError(f"backend {self.name!r}: custom-op names must start with "
-                             f"{prefix!r}, got {bad}")
-        return {name[len(prefix):]: name for name in self.host_functions}
+            raise ValueError(
+                f"backend {self.name!r}: custom-op names must start with {prefix!r}, got {bad}"
+            )
+        return {name[len(prefix) :]: name for name in self.host_functions}
 
     def load(self) -> dict[str, Callable]:
         """Import the host functions (ImportError when the backend's dependency is missing)."""
@@ -109,8 +110,13 @@ class BackendOps:
                 check_nonempty_table(args[0], args[1])
             return fn(*contiguous(*args))
 
-        op = torch.library.custom_op(self._names[kind], run, mutates_args=(), schema=schema,
-                                     device_types=self.backend.devices)
+        op = torch.library.custom_op(
+            self._names[kind],
+            run,
+            mutates_args=(),
+            schema=schema,
+            device_types=self.backend.devices,
+        )
         op.register_fake(fake)
         self.defined[kind] = op
         return op

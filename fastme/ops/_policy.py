@@ -26,8 +26,9 @@ def deterministic() -> bool:
     """Whether kernels must give bit-identical table gradients run to run (no float atomics whose
     order varies): on with ``torch.use_deterministic_algorithms(True)`` or
     FASTME_DETERMINISTIC=1."""
-    return torch.are_deterministic_algorithms_enabled() or \
-        os.environ.get("FASTME_DETERMINISTIC", "0") not in ("", "0")
+    return torch.are_deterministic_algorithms_enabled() or os.environ.get(
+        "FASTME_DETERMINISTIC", "0"
+    ) not in ("", "0")
 
 
 def sums_in_table_dtype(dtype: torch.dtype) -> bool:
@@ -52,5 +53,6 @@ def global_rows(indices: torch.Tensor, offsets: torch.Tensor, num_rows: int) -> 
 def check_nonempty_table(table: torch.Tensor, indices: torch.Tensor) -> None:
     """The in-kernel clamp needs at least one row to clamp into."""
     if table.shape[0] == 0 and indices.numel() > 0:
-        raise ValueError("table has 0 rows but indices is not empty: give the table at least one "
-                         "row per field")
+        raise ValueError(
+            "table has 0 rows but indices is not empty: give the table at least one row per field"
+        )

@@ -55,8 +55,9 @@ def check_tensor(t, name: str, *, ndim: int | None = None, dtypes=None, device=N
 
 def check_same_dtype(t: torch.Tensor, name: str, like: torch.Tensor, like_name: str) -> None:
     if t.dtype != like.dtype:
-        raise TypeError(f"{name} must have the dtype of the {like_name} ({like.dtype}), "
-                        f"got {t.dtype}")
+        raise TypeError(
+            f"{name} must have the dtype of the {like_name} ({like.dtype}), got {t.dtype}"
+        )
 
 
 def check_shape(t: torch.Tensor, name: str, expected: Sequence[int]) -> None:
@@ -64,8 +65,12 @@ def check_shape(t: torch.Tensor, name: str, expected: Sequence[int]) -> None:
         raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(t.shape)}")
 
 
-def check_lookup_inputs(table: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
-                        field_dims: torch.Tensor | None = None) -> None:
+def check_lookup_inputs(
+    table: torch.Tensor,
+    indices: torch.Tensor,
+    offsets: torch.Tensor,
+    field_dims: torch.Tensor | None = None,
+) -> None:
     """Validate the (table, indices, offsets) triple of every lookup-based op.
 
     table [rows, M, K] float; indices [B, N] int32/int64; offsets [N] (exclusive cumsum of the
@@ -76,7 +81,8 @@ def check_lookup_inputs(table: torch.Tensor, indices: torch.Tensor, offsets: tor
     check_tensor(offsets, "offsets", ndim=1, dtypes=INDEX_DTYPES, device=table.device)
     if offsets.shape[0] != indices.shape[1]:
         raise ValueError(
-            f"offsets has {offsets.shape[0]} entries but indices has {indices.shape[1]} fields")
+            f"offsets has {offsets.shape[0]} entries but indices has {indices.shape[1]} fields"
+        )
     if field_dims is not None:
         check_tensor(field_dims, "field_dims", ndim=1, dtypes=INDEX_DTYPES, device=table.device)
         check_shape(field_dims, "field_dims", offsets.shape)
@@ -91,8 +97,9 @@ def field_dims_from_offsets(offsets: torch.Tensor, num_rows: int) -> torch.Tenso
     return ends - offsets
 
 
-def apply_bounds_check(indices: torch.Tensor, field_dims: torch.Tensor, name: str = "indices",
-                       mode: str | None = None) -> torch.Tensor:
+def apply_bounds_check(
+    indices: torch.Tensor, field_dims: torch.Tensor, name: str = "indices", mode: str | None = None
+) -> torch.Tensor:
     """Enforce 0 <= indices[:, i] < field_dims[i] according to the bounds-check mode.
 
     Returns the (possibly clamped) indices. 'error' costs one device->host sync per call; use
@@ -107,8 +114,9 @@ def apply_bounds_check(indices: torch.Tensor, field_dims: torch.Tensor, name: st
         # Inside torch.compile a Python branch on tensor data would break the graph: 'error'
         # becomes an asynchronous assertion, 'clamp' clamps without counting (no warning).
         if mode == "error":
-            torch._assert_async(~bad.any(), f"{name} has an index out of range for its field "
-                                "(0 <= x < field_dims)")
+            torch._assert_async(
+                ~bad.any(), f"{name} has an index out of range for its field (0 <= x < field_dims)"
+            )
             return indices
         if mode == "clamp":
             return torch.minimum(indices.clamp_min(0), limits - 1)
@@ -117,20 +125,26 @@ def apply_bounds_check(indices: torch.Tensor, field_dims: torch.Tensor, name: st
             b, i = (int(v) for v in bad.nonzero()[0])
             raise IndexError(
                 f"{name}[{b}, {i}] = {int(indices[b, i])} is out of range for field {i} "
-                f"(cardinality {int(field_dims[i])}); indices must satisfy 0 <= x < field_dims")
+                f"(cardinality {int(field_dims[i])}); indices must satisfy 0 <= x < field_dims"
+            )
         return indices
     if mode == "clamp":
         if bool(bad.any()):
             import warnings
-            warnings.warn(f"{int(bad.sum())} out-of-range entries in {name} were clamped",
-                          RuntimeWarning, stacklevel=3)
+
+            warnings.warn(
+                f"{int(bad.sum())} out-of-range entries in {name} were clamped",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             return torch.minimum(indices.clamp_min(0), limits - 1)
         return indices
     raise ValueError(f"bounds check mode must be one of {BOUNDS_CHECK_MODES}, got {mode!r}")
 
 
-def check_offsets(offsets: torch.Tensor, field_dims: torch.Tensor, num_rows: int,
-                  implied: bool) -> None:
+def check_offsets(
+    offsets: torch.Tensor, field_dims: torch.Tensor, num_rows: int, implied: bool
+) -> None:
     """Every field's rows lie in the table: 0 <= offsets[i] and offsets[i] + field_dims[i] <=
     rows. ``implied``: field_dims came from the offsets, which must then neither decrease nor
     pass the table's end (a negative implied cardinality). One device->host sync."""
@@ -146,21 +160,29 @@ def check_offsets(offsets: torch.Tensor, field_dims: torch.Tensor, num_rows: int
     i = int(bad.nonzero()[0])
     start = int(starts[i])
     if start < 0:
-        raise ValueError(f"offsets[{i}] = {start} is negative; offsets[i] is the table row of "
-                         "field i's value 0 (the exclusive cumsum of field_dims)")
+        raise ValueError(
+            f"offsets[{i}] = {start} is negative; offsets[i] is the table row of "
+            "field i's value 0 (the exclusive cumsum of field_dims)"
+        )
     if implied:
         if start > num_rows:
-            raise ValueError(f"offsets[{i}] = {start} is past the table's {num_rows} rows; "
-                             "offsets[i] is the table row of field i's value 0")
-        raise ValueError(f"offsets must not decrease when field_dims is not given (offsets[{i}] "
-                         f"= {start} > offsets[{i + 1}] = {int(starts[i + 1])}); pass field_dims "
-                         "for fields stored out of order")
+            raise ValueError(
+                f"offsets[{i}] = {start} is past the table's {num_rows} rows; "
+                "offsets[i] is the table row of field i's value 0"
+            )
+        raise ValueError(
+            f"offsets must not decrease when field_dims is not given (offsets[{i}] "
+            f"= {start} > offsets[{i + 1}] = {int(starts[i + 1])}); pass field_dims "
+            "for fields stored out of order"
+        )
     dim = int(field_dims[i])
     if dim < 0:
         raise ValueError(f"field_dims[{i}] = {dim} is negative")
-    raise ValueError(f"field_dims[{i}] = {dim} with offsets[{i}] = {start} needs table rows up to "
-                     f"{start + dim} but the table has {num_rows} rows; field_dims must match "
-                     "the table the offsets index")
+    raise ValueError(
+        f"field_dims[{i}] = {dim} with offsets[{i}] = {start} needs table rows up to "
+        f"{start + dim} but the table has {num_rows} rows; field_dims must match "
+        "the table the offsets index"
+    )
 
 
 def prepare_lookup(table, indices, offsets, field_dims):

@@ -6,8 +6,13 @@ import torch
 
 from fastme.ops import _backend, reference
 from fastme.ops._kernel_ops import BackendOps, needs_grad
-from fastme.ops._validation import (FLOAT_DTYPES, check_same_dtype, check_shape, check_tensor,
-                                    prepare_lookup)
+from fastme.ops._validation import (
+    FLOAT_DTYPES,
+    check_same_dtype,
+    check_shape,
+    check_tensor,
+    prepare_lookup,
+)
 
 
 def _check_cross_params(weight, bias, num_sets, dim, like, like_name):
@@ -20,8 +25,9 @@ def _check_cross_params(weight, bias, num_sets, dim, like, like_name):
     check_same_dtype(bias, "bias", like, like_name)
 
 
-def cross_network(x0: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
-                  backend: str = "auto") -> torch.Tensor:
+def cross_network(
+    x0: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, backend: str = "auto"
+) -> torch.Tensor:
     """x_{l+1} = x_0 ⊙ (W_l^(m) x_l + b_l^(m)) + x_l for all L layers and M sets.
 
     x0 [B, M, D], weight [L, M, D, D], bias [L, M, D] -> [B, M, D].
@@ -32,17 +38,24 @@ def cross_network(x0: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
     return fn(x0, weight, bias)
 
 
-def lookup_cross_network(table: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
-                         weight: torch.Tensor, bias: torch.Tensor, *,
-                         field_dims: torch.Tensor | None = None,
-                         backend: str = "auto") -> torch.Tensor:
+def lookup_cross_network(
+    table: torch.Tensor,
+    indices: torch.Tensor,
+    offsets: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    field_dims: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
     """Lookup fused at the front of the cross network: x_0 gathered from the table per set.
 
     table [rows, M, K], indices [B, N], weight [L, M, N*K, N*K], bias [L, M, N*K] -> [B, M, N*K].
     """
     indices, _ = prepare_lookup(table, indices, offsets, field_dims)
-    _check_cross_params(weight, bias, table.shape[1], indices.shape[1] * table.shape[2], table,
-                        "table")
+    _check_cross_params(
+        weight, bias, table.shape[1], indices.shape[1] * table.shape[2], table, "table"
+    )
     fn = _backend.resolve("lookup_cross_network", backend, table.device)
     return fn(table, indices, offsets, weight, bias)
 
@@ -64,17 +77,30 @@ def kernel_ops(kernels: BackendOps) -> dict:
         return torch.empty_like(x0), torch.empty_like(x0), states_fake(x0, weight.shape[0], save)
 
     cross = kernels.define(  # returns (x_L, states); the states only feed the backward
-        "cross_network", "(Tensor x0, Tensor weight, Tensor bias, bool save) -> (Tensor, Tensor)",
-        lambda x0, weight, bias, save: (torch.empty_like(x0),
-                                        states_fake(x0, weight.shape[0], save)))
+        "cross_network",
+        "(Tensor x0, Tensor weight, Tensor bias, bool save) -> (Tensor, Tensor)",
+        lambda x0, weight, bias, save: (
+            torch.empty_like(x0),
+            states_fake(x0, weight.shape[0], save),
+        ),
+    )
     cross_backward = kernels.define(
-        "cross_network_backward", "(Tensor grad, Tensor x0, Tensor weight, Tensor bias, "
+        "cross_network_backward",
+        "(Tensor grad, Tensor x0, Tensor weight, Tensor bias, "
         "Tensor states) -> (Tensor, Tensor, Tensor)",
-        lambda grad, x0, weight, bias, states: (torch.empty_like(x0), torch.empty_like(weight),
-                                                torch.empty_like(bias)))
+        lambda grad, x0, weight, bias, states: (
+            torch.empty_like(x0),
+            torch.empty_like(weight),
+            torch.empty_like(bias),
+        ),
+    )
     lookup_cross = kernels.define(  # returns (x_L, the gathered x_0, states)
-        "lookup_cross_network", "(Tensor table, Tensor indices, Tensor offsets, Tensor weight, "
-        "Tensor bias, bool save) -> (Tensor, Tensor, Tensor)", lookup_cross_fake, gathers=True)
+        "lookup_cross_network",
+        "(Tensor table, Tensor indices, Tensor offsets, Tensor weight, "
+        "Tensor bias, bool save) -> (Tensor, Tensor, Tensor)",
+        lookup_cross_fake,
+        gathers=True,
+    )
     lookup_backward = kernels.defined.get("multi_embedding_lookup_backward")
     if cross is None or cross_backward is None:
         return {}
@@ -82,8 +108,10 @@ def kernel_ops(kernels: BackendOps) -> dict:
 
     def saved_or_raise(ctx):
         if not ctx.saved:
-            raise RuntimeError(f"fastme {name} cross network: the forward ran without saving "
-                               "activations (save=False) but a gradient was requested")
+            raise RuntimeError(
+                f"fastme {name} cross network: the forward ran without saving "
+                "activations (save=False) but a gradient was requested"
+            )
         return ctx.saved_tensors
 
     def cross_setup(ctx, inputs, output):
@@ -98,13 +126,20 @@ def kernel_ops(kernels: BackendOps) -> dict:
         return (*cross_backward(grad, x0, weight, bias, states), None)
 
     cross.register_autograd(cross_grad, setup_context=cross_setup)
-    implemented = {"cross_network": lambda x0, weight, bias: cross(
-        x0, weight, bias, needs_grad(x0, weight, bias))[0]}
+    implemented = {
+        "cross_network": lambda x0, weight, bias: cross(
+            x0, weight, bias, needs_grad(x0, weight, bias)
+        )[0]
+    }
     lookup = kernels.defined.get("multi_embedding_lookup")
     if lookup_cross is None and lookup is not None:  # the backend's lookup, then its cross
-        implemented["lookup_cross_network"] = lambda table, indices, offsets, weight, bias: \
-            implemented["cross_network"](lookup(table, indices, offsets).reshape(
-                indices.shape[0], table.shape[1], -1), weight, bias)
+        implemented["lookup_cross_network"] = lambda table, indices, offsets, weight, bias: (
+            implemented["cross_network"](
+                lookup(table, indices, offsets).reshape(indices.shape[0], table.shape[1], -1),
+                weight,
+                bias,
+            )
+        )
     if lookup_cross is None or lookup_backward is None:
         return implemented
 

@@ -9,9 +9,14 @@ from fastme.ops._kernel_ops import BackendOps
 from fastme.ops._validation import prepare_lookup
 
 
-def multi_embedding_lookup(table: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, *,
-                           field_dims: torch.Tensor | None = None,
-                           backend: str = "auto") -> torch.Tensor:
+def multi_embedding_lookup(
+    table: torch.Tensor,
+    indices: torch.Tensor,
+    offsets: torch.Tensor,
+    *,
+    field_dims: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
     """Gather every field's row of every embedding set.
 
     Args:
@@ -37,14 +42,20 @@ _backend.register("multi_embedding_lookup", "reference")(reference.multi_embeddi
 def kernel_ops(kernels: BackendOps) -> dict:
     """One backend's lookup custom ops (forward and backward) and the public op they implement."""
     lookup = kernels.define(
-        "multi_embedding_lookup", "(Tensor table, Tensor indices, Tensor offsets) -> Tensor",
+        "multi_embedding_lookup",
+        "(Tensor table, Tensor indices, Tensor offsets) -> Tensor",
         lambda table, indices, offsets: table.new_empty(
-            (indices.shape[0], table.shape[1], indices.shape[1], table.shape[2])), gathers=True)
+            (indices.shape[0], table.shape[1], indices.shape[1], table.shape[2])
+        ),
+        gathers=True,
+    )
     backward = kernels.define(
         "multi_embedding_lookup_backward",
         "(Tensor grad, Tensor indices, Tensor offsets, SymInt num_rows) -> Tensor",
         lambda grad, indices, offsets, num_rows: grad.new_empty(
-            (num_rows, grad.shape[1], grad.shape[3])))
+            (num_rows, grad.shape[1], grad.shape[3])
+        ),
+    )
     if lookup is None or backward is None:
         return {}
 

@@ -6,8 +6,13 @@ import torch
 
 from fastme.ops import _backend, reference
 from fastme.ops._kernel_ops import BackendOps
-from fastme.ops._validation import (FLOAT_DTYPES, check_same_dtype, check_shape, check_tensor,
-                                    prepare_lookup)
+from fastme.ops._validation import (
+    FLOAT_DTYPES,
+    check_same_dtype,
+    check_shape,
+    check_tensor,
+    prepare_lookup,
+)
 
 
 def _check_field_weights(field_weights, num_sets, num_fields, like, like_name):
@@ -26,8 +31,9 @@ def fm_pooling(emb: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     return _backend.resolve("fm_pooling", backend, emb.device)(emb)
 
 
-def fwfm_pooling(emb: torch.Tensor, field_weights: torch.Tensor, *,
-                 backend: str = "auto") -> torch.Tensor:
+def fwfm_pooling(
+    emb: torch.Tensor, field_weights: torch.Tensor, *, backend: str = "auto"
+) -> torch.Tensor:
     """sum_{i,j} r_ij e_i ⊙ e_j per set (diagonal included): [B, M, N, K] -> [B, M, K], with the
     [M, N, N] matrix; differentiable in both. Backends as for :func:`fm_pooling`."""
     check_tensor(emb, "emb", ndim=4, dtypes=FLOAT_DTYPES)
@@ -35,9 +41,15 @@ def fwfm_pooling(emb: torch.Tensor, field_weights: torch.Tensor, *,
     return _backend.resolve("fwfm_pooling", backend, emb.device)(emb, field_weights)
 
 
-def pooled_lookup(table: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
-                  field_weights: torch.Tensor | None = None, *,
-                  field_dims: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+def pooled_lookup(
+    table: torch.Tensor,
+    indices: torch.Tensor,
+    offsets: torch.Tensor,
+    field_weights: torch.Tensor | None = None,
+    *,
+    field_dims: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
     """Fused lookup + pooling: [rows, M, K] table, [B, N] indices -> [B, M, K].
 
     FM pooling when ``field_weights`` is None, else field-weighted pooling with the [M, N, N]
@@ -71,37 +83,48 @@ def _pooled_fake(table, indices, offsets, *rest):
 
 def kernel_ops(kernels: BackendOps) -> dict:
     """One backend's FM and FwFM custom ops and the public ops they implement."""
-    fm = kernels.define("fm_pooled_lookup",
-                        "(Tensor table, Tensor indices, Tensor offsets) -> Tensor",
-                        _pooled_fake, gathers=True)
+    fm = kernels.define(
+        "fm_pooled_lookup",
+        "(Tensor table, Tensor indices, Tensor offsets) -> Tensor",
+        _pooled_fake,
+        gathers=True,
+    )
     fm_backward = kernels.define(
         "fm_pooled_lookup_backward",
         "(Tensor grad, Tensor table, Tensor indices, Tensor offsets) -> Tensor",
-        lambda grad, table, indices, offsets: torch.empty_like(table))
+        lambda grad, table, indices, offsets: torch.empty_like(table),
+    )
     fwfm = kernels.define(
         "fwfm_pooled_lookup",
         "(Tensor table, Tensor indices, Tensor offsets, Tensor field_weights) -> Tensor",
-        _pooled_fake, gathers=True)
+        _pooled_fake,
+        gathers=True,
+    )
     fwfm_backward = kernels.define(
-        "fwfm_pooled_lookup_backward", "(Tensor grad, Tensor table, Tensor indices, "
+        "fwfm_pooled_lookup_backward",
+        "(Tensor grad, Tensor table, Tensor indices, "
         "Tensor offsets, Tensor field_weights) -> (Tensor, Tensor)",
-        lambda grad, table, indices, offsets, weights: (torch.empty_like(table),
-                                                        torch.empty_like(weights)))
+        lambda grad, table, indices, offsets, weights: (
+            torch.empty_like(table),
+            torch.empty_like(weights),
+        ),
+    )
     implemented = {}
 
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
 
     if fm is not None and fm_backward is not None:
+
         def fm_grad(ctx, grad):
             table, indices, offsets = ctx.saved_tensors
-            dtable = fm_backward(grad, table, indices, offsets) if ctx.needs_input_grad[0] \
-                else None
+            dtable = fm_backward(grad, table, indices, offsets) if ctx.needs_input_grad[0] else None
             return dtable, None, None
 
         fm.register_autograd(fm_grad, setup_context=setup_context)
         implemented["fm_pooling"] = lambda emb: fm(*_as_lookup(emb))
     if fwfm is not None and fwfm_backward is not None:
+
         def fwfm_grad(ctx, grad):
             table, indices, offsets, field_weights = ctx.saved_tensors
             if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[3]):
@@ -110,9 +133,11 @@ def kernel_ops(kernels: BackendOps) -> dict:
             return dtable, None, None, dweights
 
         fwfm.register_autograd(fwfm_grad, setup_context=setup_context)
-        implemented["fwfm_pooling"] = lambda emb, field_weights: fwfm(*_as_lookup(emb),
-                                                                      field_weights)
+        implemented["fwfm_pooling"] = lambda emb, field_weights: fwfm(
+            *_as_lookup(emb), field_weights
+        )
     if len(implemented) == 2:
+
         def pooled(table, indices, offsets, field_weights=None):
             if field_weights is None:
                 return fm(table, indices, offsets)

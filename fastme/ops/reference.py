@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 
 
-def multi_embedding_lookup(table: torch.Tensor, indices: torch.Tensor,
-                           offsets: torch.Tensor) -> torch.Tensor:
+def multi_embedding_lookup(
+    table: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor
+) -> torch.Tensor:
     """Grouped multi-set lookup: [rows, M, K] x [B, N] -> [B, M, N, K]."""
     rows = indices.long() + offsets.long().unsqueeze(0)  # [B, N]
     b, n = rows.shape
@@ -70,6 +71,7 @@ def cross_network(x0: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) ->
 
 
 # ---- fused-op references: the composition the fused kernels must equal ---------------------------
+
 
 def pooled_lookup(table, indices, offsets, field_weights=None):
     """Lookup then FM pooling (field_weights None) or field-weighted pooling: -> [B, M, K]."""

@@ -62,8 +62,9 @@ class ServingModel(nn.Module):
         self.bounds = bounds
         dims = torch.as_tensor(list(model.spec.field_dims), dtype=torch.int64)
         self.register_buffer("field_dims", dims.unsqueeze(0))
-        self.register_buffer("oov_index", torch.as_tensor(oov_index, dtype=torch.int64)
-                             .unsqueeze(0))
+        self.register_buffer(
+            "oov_index", torch.as_tensor(oov_index, dtype=torch.int64).unsqueeze(0)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bounds == "oov":
@@ -93,18 +94,30 @@ def export_format(out, fmt: str | None = None) -> str:
     must agree (a .pt2 archive named .onnx is of no use to anyone)."""
     suffix = Path(out).suffix
     if suffix[1:] not in FORMATS:
-        raise ValueError(f"the output file {str(out)!r} must end in .pt2 or .onnx (the format "
-                         f"follows it), not {suffix or 'no extension'}")
+        raise ValueError(
+            f"the output file {str(out)!r} must end in .pt2 or .onnx (the format "
+            f"follows it), not {suffix or 'no extension'}"
+        )
     if fmt is not None and fmt != suffix[1:]:
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-        raise ValueError(f"format {fmt} does not match the output file {str(out)!r}: name it "
-                         f"*.{fmt}, or leave the format out")
+        raise ValueError(
+            f"format {fmt} does not match the output file {str(out)!r}: name it "
+            f"*.{fmt}, or leave the format out"
+        )
     return suffix[1:]
 
 
-def export(checkpoint, out, fmt: str | None = None, *, bounds: str = "oov",
-           backend: str = "reference", device: str = "cpu", vocab_dir=None) -> dict:
+def export(
+    checkpoint,
+    out,
+    fmt: str | None = None,
+    *,
+    bounds: str = "oov",
+    backend: str = "reference",
+    device: str = "cpu",
+    vocab_dir=None,
+) -> dict:
     """Export the model of ``checkpoint`` to ``out`` (.pt2 or .onnx, which gives the format;
     ``fmt`` may name it too) and check it; returns the metadata it carries, plus
     ``checked_max_difference`` (its outputs against the eager model's on the example inputs).
@@ -121,8 +134,9 @@ def export(checkpoint, out, fmt: str | None = None, *, bounds: str = "oov",
         raise ValueError(f"bounds must be one of {BOUNDS}, got {bounds!r}")
     if fmt == "onnx":
         if bounds == "raise":
-            raise ValueError("ONNX has no assertion to raise with: export with bounds='oov' or "
-                             "as pt2")
+            raise ValueError(
+                "ONNX has no assertion to raise with: export with bounds='oov' or as pt2"
+            )
         if backend != "reference":
             raise ValueError("ONNX export traces the reference ops only (backend='reference')")
         _onnx_modules()  # before any work
@@ -134,27 +148,40 @@ def export(checkpoint, out, fmt: str | None = None, *, bounds: str = "oov",
     oov, oov_rule = oov_indices(spec.field_dims, source)
     out = Path(out)
     sidecar_name = out.name + ENCODING_SUFFIX
-    encoding, note = raw_encoding(source, list(data.get("field_names") or []),
-                                  list(spec.field_dims), vocab_dir)
+    encoding, note = raw_encoding(
+        source, list(data.get("field_names") or []), list(spec.field_dims), vocab_dir
+    )
     sidecar_text = None
     if encoding is not None:
         sidecar_text = json.dumps(encoding, separators=(",", ":"))
-        encoding_meta = {"file": sidecar_name, "dataset": encoding["dataset"],
-                         "sha256": hashlib.sha256(sidecar_text.encode()).hexdigest(),
-                         "reader": "fastme/serve/raw_scoring.py (numpy + onnxruntime only)"}
+        encoding_meta = {
+            "file": sidecar_name,
+            "dataset": encoding["dataset"],
+            "sha256": hashlib.sha256(sidecar_text.encode()).hexdigest(),
+            "reader": "fastme/serve/raw_scoring.py (numpy + onnxruntime only)",
+        }
     else:
         encoding_meta = {"file": None, "note": note}
     serving = ServingModel(model, oov, bounds).to(device).eval()
     x = example_inputs(spec.field_dims).to(device)
     with torch.no_grad():
         expected = serving(x)
-    meta = {"format": fmt, "spec": spec.to_dict(), "field_dims": list(spec.field_dims),
-            "field_names": list(data.get("field_names") or []),
-            "oov_index": oov, "oov_rule": oov_rule, "bounds": bounds, "backend": backend,
-            "input": "x: int64 [B, N] per-field indices", "output": "click probability [B]",
-            "encoding": encoding_meta,
-            "example_input": x.cpu().tolist(), "example_output": expected.cpu().tolist(),
-            "torch": torch.__version__}
+    meta = {
+        "format": fmt,
+        "spec": spec.to_dict(),
+        "field_dims": list(spec.field_dims),
+        "field_names": list(data.get("field_names") or []),
+        "oov_index": oov,
+        "oov_rule": oov_rule,
+        "bounds": bounds,
+        "backend": backend,
+        "input": "x: int64 [B, N] per-field indices",
+        "output": "click probability [B]",
+        "encoding": encoding_meta,
+        "example_input": x.cpu().tolist(),
+        "example_output": expected.cpu().tolist(),
+        "torch": torch.__version__,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=1 << 24)
     # The sidecar's context is the inner one: it is renamed into place just before the program,
@@ -186,8 +213,9 @@ def _quiet_exporter():
     registry.addFilter(not_torchvision)
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                                    FutureWarning)
+            warnings.filterwarnings(
+                "ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning
+            )
             yield
     finally:
         registry.removeFilter(not_torchvision)
@@ -202,24 +230,51 @@ def raw_encoding(source: dict, field_names: list, field_dims: list, vocab_dir=No
     options = source.get("options") or {}
     rows = fmt.sidecar(field_names, options) if fmt is not None else None
     if rows is None:
-        what = ((fmt is not None and fmt.TRAINED_ON)
-                or ("already encoded data" if kind is None else f"{kind} data"))
-        return None, (f"the model was trained on {what}: there is no raw-row vocabulary to ship; "
-                      f"serve it the encoded indices")
-    vocab = training_vocab(vocab_dir or source.get("cache_dir"), field_dims, field_names,
-                           f", which the export ships for raw {kind} rows,")
+        what = (fmt is not None and fmt.TRAINED_ON) or (
+            "already encoded data" if kind is None else f"{kind} data"
+        )
+        return None, (
+            f"the model was trained on {what}: there is no raw-row vocabulary to ship; "
+            f"serve it the encoded indices"
+        )
+    vocab = training_vocab(
+        vocab_dir or source.get("cache_dir"),
+        field_dims,
+        field_names,
+        f", which the export ships for raw {kind} rows,",
+    )
     layout, kinds, columns = rows
-    fields = [{"name": name, "column": column, "kind": k, "oov_index": len(values),
-               "missing_index": len(values) + 1, "vocab": values}
-              for name, column, k, values in zip(field_names, columns, kinds, vocab)]
-    encoding = {"format": "fastme-raw-encoding", "version": 1, "dataset": kind,
-                "options": options, **layout,
-                "empty": "an empty cell is missing: the field's missing_index",
-                "integer": {"pattern": INTEGER_PATTERN,
-                            "transform": "v > 2: floor(ln(v)^2) in float64; v <= 2: v - 2"},
-                "hour": {"pattern": "^[0-9]{8}$", "format": "%y%m%d%H",
-                         "hour_of_day": "0-23", "weekday": "0 = Monday"},
-                "field_dims": list(field_dims), "fields": fields}
+    fields = [
+        {
+            "name": name,
+            "column": column,
+            "kind": k,
+            "oov_index": len(values),
+            "missing_index": len(values) + 1,
+            "vocab": values,
+        }
+        for name, column, k, values in zip(field_names, columns, kinds, vocab)
+    ]
+    encoding = {
+        "format": "fastme-raw-encoding",
+        "version": 1,
+        "dataset": kind,
+        "options": options,
+        **layout,
+        "empty": "an empty cell is missing: the field's missing_index",
+        "integer": {
+            "pattern": INTEGER_PATTERN,
+            "transform": "v > 2: floor(ln(v)^2) in float64; v <= 2: v - 2",
+        },
+        "hour": {
+            "pattern": "^[0-9]{8}$",
+            "format": "%y%m%d%H",
+            "hour_of_day": "0-23",
+            "weekday": "0 = Monday",
+        },
+        "field_dims": list(field_dims),
+        "fields": fields,
+    }
     return encoding, None
 
 
@@ -229,16 +284,24 @@ def _onnx_modules():
         import onnxruntime  # noqa: F401  (the check against the eager model runs it)
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError as exc:
-        raise ImportError(f"ONNX export needs the onnx, onnxscript and onnxruntime packages "
-                          f"({exc}): {INSTALL_HINT}") from exc
+        raise ImportError(
+            f"ONNX export needs the onnx, onnxscript and onnxruntime packages "
+            f"({exc}): {INSTALL_HINT}"
+        ) from exc
     return onnx
 
 
 def _export_onnx(serving, x, batch, out: Path, meta: dict) -> None:
     onnx = _onnx_modules()
-    program = torch.onnx.export(serving, (x,), dynamo=True, input_names=["x"],
-                                output_names=["probability"], dynamic_shapes=({0: batch},),
-                                verbose=False)
+    program = torch.onnx.export(
+        serving,
+        (x,),
+        dynamo=True,
+        input_names=["x"],
+        output_names=["probability"],
+        dynamic_shapes=({0: batch},),
+        verbose=False,
+    )
     program.save(str(out))
     graph = onnx.load(str(out))
     entry = graph.metadata_props.add()

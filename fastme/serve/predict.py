@@ -60,8 +60,15 @@ class Predictor:
     ``vocab_dir`` overrides where the training cache (its ``vocab.json``) is looked up.
     """
 
-    def __init__(self, checkpoint, *, vocab_dir=None, backend: str = "reference",
-                 device: str = "cpu", batch_size: int = 8192):
+    def __init__(
+        self,
+        checkpoint,
+        *,
+        vocab_dir=None,
+        backend: str = "reference",
+        device: str = "cpu",
+        batch_size: int = 8192,
+    ):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.device = resolve_device(device)
@@ -83,23 +90,33 @@ class Predictor:
         out = np.empty(len(x), dtype=np.float64)
         with bounds_check("off" if in_range else get_bounds_check()):
             for start in range(0, len(x), self.batch_size):
-                xb = torch.from_numpy(np.ascontiguousarray(x[start:start + self.batch_size],
-                                                           dtype=np.int64)).to(self.device)
-                out[start:start + len(xb)] = self.model(xb).double().cpu().numpy()
+                xb = torch.from_numpy(
+                    np.ascontiguousarray(x[start : start + self.batch_size], dtype=np.int64)
+                ).to(self.device)
+                out[start : start + len(xb)] = self.model(xb).double().cpu().numpy()
         return out
 
     def vocabulary(self) -> list[pa.Array]:
         if self._vocab is None:
-            vocab = training_vocab(self._vocab_dir or self.source.get("cache_dir"),
-                                   self.spec.field_dims)
+            vocab = training_vocab(
+                self._vocab_dir or self.source.get("cache_dir"), self.spec.field_dims
+            )
             self._vocab = [pa.array(v) for v in vocab]
         return self._vocab
 
     # -- files -----------------------------------------------------------------------------
-    def iter_raw(self, kind: str, path, *, block_bytes: int = BLOCK_BYTES,
-                 summary: Summary | None = None, progress: bool = False,
-                 options: dict | None = None, id_start: int | None = None,
-                 id_column: str | None = None):
+    def iter_raw(
+        self,
+        kind: str,
+        path,
+        *,
+        block_bytes: int = BLOCK_BYTES,
+        summary: Summary | None = None,
+        progress: bool = False,
+        options: dict | None = None,
+        id_start: int | None = None,
+        id_column: str | None = None,
+    ):
         """Score the rows of a file of a format that READS_ROWS (criteo, avazu, csv, parquet)
         block by block: yields ((id, probability) column names or None, ids, logits, labels),
         one entry per input row in input order; a malformed row has logit NaN (label NaN too;
@@ -109,46 +126,75 @@ class Predictor:
         (default 0)."""
         fmt, trained = FORMATS[kind], self.source.get("dataset")
         if trained != kind:
-            raise ValueError(f"the model was trained on {trained or 'already encoded'} data, not "
-                             f"on {'raw ' * (kind in TEXT_FORMATS)}{kind} files, so it has no "
-                             f"{kind} vocabulary; score "
-                             + (f"{trained}:PATH files" if trained in FORMATS
-                                and FORMATS[trained].READS_ROWS
-                                else "encoded data (cache:DIR, npy:DIR)")
-                             + " with it")
+            raise ValueError(
+                f"the model was trained on {trained or 'already encoded'} data, not "
+                f"on {'raw ' * (kind in TEXT_FORMATS)}{kind} files, so it has no "
+                f"{kind} vocabulary; score "
+                + (
+                    f"{trained}:PATH files"
+                    if trained in FORMATS and FORMATS[trained].READS_ROWS
+                    else "encoded data (cache:DIR, npy:DIR)"
+                )
+                + " with it"
+            )
         allowed = fmt.READ_OPTIONS or ()
         unknown = sorted(set(options or {}) - set(allowed))
         if unknown:
-            raise ValueError(f"predicting {kind} files takes no option {', '.join(unknown)} "
-                             f"(the training run's options apply; "
-                             + (f"allowed: {', '.join(allowed)})" if allowed else "none allowed)"))
+            raise ValueError(
+                f"predicting {kind} files takes no option {', '.join(unknown)} "
+                f"(the training run's options apply; "
+                + (f"allowed: {', '.join(allowed)})" if allowed else "none allowed)")
+            )
         summary = summary if summary is not None else Summary()
         for names, ids, n, where, x, labels in fmt.read_rows(
-                path, self.source, self.vocabulary, summary, progress=progress, options=options,
-                id_start=id_start, id_column=id_column, block_bytes=block_bytes):
+            path,
+            self.source,
+            self.vocabulary,
+            summary,
+            progress=progress,
+            options=options,
+            id_start=id_start,
+            id_column=id_column,
+            block_bytes=block_bytes,
+        ):
             logits = np.full(n, np.nan)
             logits[slice(None) if where is None else where] = self.logits(x, in_range=True)
             summary.scored += int(np.isfinite(logits).sum())
             yield names, ids, logits, labels
 
     # -- datasets ----------------------------------------------------------------------------
-    def iter_dataset(self, data, *, summary: Summary | None = None, block_rows: int = 1 << 18,
-                     progress: bool = False, id_start: int | None = None):
+    def iter_dataset(
+        self,
+        data,
+        *,
+        summary: Summary | None = None,
+        block_rows: int = 1 << 18,
+        progress: bool = False,
+        id_start: int | None = None,
+    ):
         """Score a :class:`~fastme.data.CTRData` in its row order: yields (None, row numbers
         counted from ``id_start`` (default 0), logits, labels)."""
         from tqdm.auto import tqdm
 
         if list(data.field_dims) != list(self.spec.field_dims):
-            raise ValueError(f"{data.name} has field_dims {list(data.field_dims)[:6]}..., the "
-                             f"model {list(self.spec.field_dims)[:6]}...; score data encoded "
-                             f"with the training vocabulary")
+            raise ValueError(
+                f"{data.name} has field_dims {list(data.field_dims)[:6]}..., the "
+                f"model {list(self.spec.field_dims)[:6]}...; score data encoded "
+                f"with the training vocabulary"
+            )
         summary = summary if summary is not None else Summary()
         x, y = data.base_arrays()
         rows = data.row_numbers()
-        with tqdm(total=len(rows), unit="row", unit_scale=True, disable=not progress,
-                  desc=f"predict {data.name}", mininterval=1.0) as bar:
+        with tqdm(
+            total=len(rows),
+            unit="row",
+            unit_scale=True,
+            disable=not progress,
+            desc=f"predict {data.name}",
+            mininterval=1.0,
+        ) as bar:
             for start in range(0, len(rows), block_rows):
-                r = rows[start:start + block_rows]
+                r = rows[start : start + block_rows]
                 logits = self.logits(np.asarray(x[r]))
                 summary.rows += len(r)
                 summary.scored += len(r)
@@ -163,10 +209,21 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-z))
 
 
-def predict(checkpoint, data: str, out=None, *, vocab_dir=None, cache_dir=None,
-            backend: str = "reference", device: str = "cpu", batch_size: int = 8192,
-            progress: bool = False, data_options: dict | None = None,
-            id_start: int | None = None, id_column: str | None = None) -> Summary:
+def predict(
+    checkpoint,
+    data: str,
+    out=None,
+    *,
+    vocab_dir=None,
+    cache_dir=None,
+    backend: str = "reference",
+    device: str = "cpu",
+    batch_size: int = 8192,
+    progress: bool = False,
+    data_options: dict | None = None,
+    id_start: int | None = None,
+    id_column: str | None = None,
+) -> Summary:
     """Score ``data`` with the model of ``checkpoint`` and write ``out`` (CSV: an id column and
     the probability, one line per input row in input order; empty for a malformed row).
 
@@ -181,33 +238,51 @@ def predict(checkpoint, data: str, out=None, *, vocab_dir=None, cache_dir=None,
     loss over the well-formed rows.
     """
     if id_start is not None and id_column is not None:
-        raise ValueError("--id-start and --id-column exclude each other: rows are identified "
-                         "either by their number or by a column")
-    if id_start is not None and (isinstance(id_start, bool) or int(id_start) != id_start
-                                 or id_start < 0):
+        raise ValueError(
+            "--id-start and --id-column exclude each other: rows are identified "
+            "either by their number or by a column"
+        )
+    if id_start is not None and (
+        isinstance(id_start, bool) or int(id_start) != id_start or id_start < 0
+    ):
         raise ValueError(f"--id-start must be a non-negative integer, got {id_start!r}")
     kind, _, arg = str(data).partition(":")
     reads_rows = kind in FORMATS and FORMATS[kind].READS_ROWS
     if id_column is not None and not reads_rows:
-        raise ValueError(f"--id-column: {data} is encoded data without named columns; its rows "
-                         f"are numbered, --id-start N sets the first row's id")
+        raise ValueError(
+            f"--id-column: {data} is encoded data without named columns; its rows "
+            f"are numbered, --id-start N sets the first row's id"
+        )
     if kind in TEXT_FORMATS and not arg:
         raise ValueError(f"give the file as {kind}:PATH, got {data!r}")
-    predictor = Predictor(checkpoint, vocab_dir=vocab_dir, backend=backend, device=device,
-                          batch_size=batch_size)
+    predictor = Predictor(
+        checkpoint, vocab_dir=vocab_dir, backend=backend, device=device, batch_size=batch_size
+    )
     summary = Summary()
     if data_options and (not reads_rows or FORMATS[kind].READ_OPTIONS is None):
-        raise ValueError(f"data options ({', '.join(sorted(data_options))}) apply to raw files "
-                         f"({', '.join(f'{k}:PATH' for k in TEXT_FORMATS)}), not to {data!r}")
+        raise ValueError(
+            f"data options ({', '.join(sorted(data_options))}) apply to raw files "
+            f"({', '.join(f'{k}:PATH' for k in TEXT_FORMATS)}), not to {data!r}"
+        )
     if reads_rows:
-        blocks = predictor.iter_raw(kind, arg, summary=summary, progress=progress,
-                                    options=data_options, id_start=id_start,
-                                    id_column=id_column)
+        blocks = predictor.iter_raw(
+            kind,
+            arg,
+            summary=summary,
+            progress=progress,
+            options=data_options,
+            id_start=id_start,
+            id_column=id_column,
+        )
     else:
         from fastme.data import load_dataset
 
-        blocks = predictor.iter_dataset(load_dataset(data, cache_dir=cache_dir),
-                                        summary=summary, progress=progress, id_start=id_start)
+        blocks = predictor.iter_dataset(
+            load_dataset(data, cache_dir=cache_dir),
+            summary=summary,
+            progress=progress,
+            id_start=id_start,
+        )
     header = [id_column or ("row" if id_start is None else "id"), "probability"]
     started = time.perf_counter()
     labels_all, logits_all = [], []
@@ -244,16 +319,25 @@ def predict(checkpoint, data: str, out=None, *, vocab_dir=None, cache_dir=None,
 def print_summary(summary: Summary, file=None) -> None:
     file = file or sys.stderr
     bad = sum(summary.malformed.values())
-    lines = [f"predict: {summary.rows:,} rows ({summary.scored:,} scored, {bad:,} malformed) "
-             f"in {summary.seconds:.1f} s, {summary.rows_per_s:,.0f} rows/s"]
+    lines = [
+        f"predict: {summary.rows:,} rows ({summary.scored:,} scored, {bad:,} malformed) "
+        f"in {summary.seconds:.1f} s, {summary.rows_per_s:,.0f} rows/s"
+    ]
     if bad:
-        lines.append("  malformed rows have an empty probability: "
-                     + ", ".join(f"{k} {v:,}" for k, v in summary.malformed.items())
-                     + ("; e.g. " + "; ".join(summary.malformed_examples[:3])
-                        if summary.malformed_examples else ""))
+        lines.append(
+            "  malformed rows have an empty probability: "
+            + ", ".join(f"{k} {v:,}" for k, v in summary.malformed.items())
+            + (
+                "; e.g. " + "; ".join(summary.malformed_examples[:3])
+                if summary.malformed_examples
+                else ""
+            )
+        )
     if summary.auc is not None:
-        lines.append(f"  AUC {summary.auc:.5f}  logloss {summary.logloss:.5f} "
-                     f"(over the well-formed labeled rows)")
+        lines.append(
+            f"  AUC {summary.auc:.5f}  logloss {summary.logloss:.5f} "
+            f"(over the well-formed labeled rows)"
+        )
     if summary.out:
         lines.append(f"  wrote {summary.out}")
     print("\n".join(lines), file=file, flush=True)

@@ -68,8 +68,10 @@ class RawEncoder:
         """Read a sidecar; with ``sha256`` (from the model's metadata), refuse any other file."""
         data = Path(path).read_bytes()
         if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-            raise ValueError(f"{path} is not the encoding this model was exported with (its "
-                             f"SHA-256 differs from the model's metadata)")
+            raise ValueError(
+                f"{path} is not the encoding this model was exported with (its "
+                f"SHA-256 differs from the model's metadata)"
+            )
         return cls(json.loads(data))
 
     def unlabeled_columns(self) -> list:
@@ -86,8 +88,7 @@ class RawEncoder:
             raise ValueError(f"columns {sorted(needed)} are missing from {columns}")
         n = len(rows)
         ok = np.array([r is not None and len(r) == len(columns) for r in rows], dtype=bool)
-        cells = {c: [(r[j] or "") if k else "" for r, k in zip(rows, ok)]
-                 for c, j in where.items()}
+        cells = {c: [(r[j] or "") if k else "" for r, k in zip(rows, ok)] for c, j in where.items()}
         if self.label in where:
             ok &= np.array([v in ("0", "1") for v in cells[self.label]], dtype=bool)
         values = []
@@ -165,10 +166,18 @@ def detect_layout(encoder: RawEncoder, first_line: str, path="the file") -> Layo
         if "\t" in first_line or "," not in first_line:
             n = first_line.count("\t") + 1
             if n in (len(columns), len(unlabeled)):
-                return Layout("\t", False, columns if n == len(columns) else unlabeled, None,
-                              "row", "probability")
-            raise ValueError(f"{path}: the first line has {n} tab-separated columns; a Criteo "
-                             f"file has {len(columns)} or {len(unlabeled)} (no label)")
+                return Layout(
+                    "\t",
+                    False,
+                    columns if n == len(columns) else unlabeled,
+                    None,
+                    "row",
+                    "probability",
+                )
+            raise ValueError(
+                f"{path}: the first line has {n} tab-separated columns; a Criteo "
+                f"file has {len(columns)} or {len(unlabeled)} (no label)"
+            )
         names = first_line.split(",")
         if names in (["Id", "Label"] + unlabeled, ["Id"] + unlabeled):
             cols = ["Id"] + ([encoder.label] if names[1] == "Label" else []) + unlabeled
@@ -176,10 +185,12 @@ def detect_layout(encoder: RawEncoder, first_line: str, path="the file") -> Layo
         raise ValueError(f"{path}: not a Criteo file (header {first_line[:80]!r})")
     names = first_line.split(encoder.delimiter)
     if names in (columns, unlabeled):
-        return Layout(encoder.delimiter, True, names, encoder.spec["id"], encoder.spec["id"],
-                      encoder.label)
-    raise ValueError(f"{path}: the header {first_line[:200]!r} is not Avazu's (with or without "
-                     f"{encoder.label})")
+        return Layout(
+            encoder.delimiter, True, names, encoder.spec["id"], encoder.spec["id"], encoder.label
+        )
+    raise ValueError(
+        f"{path}: the header {first_line[:200]!r} is not Avazu's (with or without {encoder.label})"
+    )
 
 
 def read_lines(path) -> list:
@@ -210,8 +221,10 @@ class Scorer:
         self.meta = json.loads(meta)
         encoding = self.meta.get("encoding") or {}
         if not encoding.get("file"):
-            raise ValueError(f"{model_path} has no raw-row encoding: "
-                             f"{encoding.get('note', 'exported by an older fastme')}")
+            raise ValueError(
+                f"{model_path} has no raw-row encoding: "
+                f"{encoding.get('note', 'exported by an older fastme')}"
+            )
         path = encoding_path or Path(model_path).parent / encoding["file"]
         self.encoder = RawEncoder.from_file(path, encoding["sha256"])
         self.batch_size = int(batch_size)
@@ -219,8 +232,8 @@ class Scorer:
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         out = np.empty(len(x), dtype=np.float32)
         for start in range(0, len(x), self.batch_size):
-            xb = np.ascontiguousarray(x[start:start + self.batch_size], dtype=np.int64)
-            out[start:start + len(xb)] = self.session.run(None, {"x": xb})[0]
+            xb = np.ascontiguousarray(x[start : start + self.batch_size], dtype=np.int64)
+            out[start : start + len(xb)] = self.session.run(None, {"x": xb})[0]
         return out
 
     def score_rows(self, rows, columns=None) -> np.ndarray:
@@ -249,25 +262,30 @@ class Scorer:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Score a raw Criteo / Avazu file with an ONNX "
-                                                 "model exported by fastme (no fastme needed).")
+    parser = argparse.ArgumentParser(
+        description="Score a raw Criteo / Avazu file with an ONNX "
+        "model exported by fastme (no fastme needed)."
+    )
     parser.add_argument("model", help="model.onnx written by fastme export")
     parser.add_argument("data", help="raw file, laid out as fastme predict takes it")
     parser.add_argument("--out", default=None, help="output CSV (default: standard output)")
-    parser.add_argument("--encoding", default=None,
-                        help="the encoding sidecar (default: the one the model names, beside it)")
+    parser.add_argument(
+        "--encoding",
+        default=None,
+        help="the encoding sidecar (default: the one the model names, beside it)",
+    )
     args = parser.parse_args(argv)
     try:
         layout, ids, probs = Scorer(args.model, args.encoding).score_file(args.data)
     except (ValueError, OSError) as exc:
         print(f"raw_scoring: error: {exc}", file=sys.stderr)
         return 2
-    with (open(args.out, "w", newline="") if args.out
-          else contextlib.nullcontext(sys.stdout)) as handle:
+    with (
+        open(args.out, "w", newline="") if args.out else contextlib.nullcontext(sys.stdout)
+    ) as handle:
         writer = csv.writer(handle)
         writer.writerow([layout.id_name, layout.probability_name])
-        writer.writerows(zip(ids, ("" if math.isnan(p) else f"{p:.10g}"
-                                   for p in probs.tolist())))
+        writer.writerows(zip(ids, ("" if math.isnan(p) else f"{p:.10g}" for p in probs.tolist())))
     return 0
 
 

@@ -9,5 +9,15 @@ from fastme.train.config import TrainConfig
 from fastme.train.metrics import log_loss, roc_auc
 from fastme.train.trainer import Trainer, evaluate, print_summary, train
 
-__all__ = ["CheckpointError", "TrainConfig", "Trainer", "evaluate", "load_checkpoint",
-           "load_trained", "log_loss", "print_summary", "roc_auc", "train"]
+__all__ = [
+    "CheckpointError",
+    "TrainConfig",
+    "Trainer",
+    "evaluate",
+    "load_checkpoint",
+    "load_trained",
+    "log_loss",
+    "print_summary",
+    "roc_auc",
+    "train",
+]

@@ -24,8 +24,14 @@ def batch_bounds(n: int, batch_size: int, merge_single_tail: bool = False) -> li
     return bounds
 
 
-def iterate_batches(data, rows: np.ndarray, batch_size: int, device: torch.device,
-                    sort_rows: bool = True, merge_single_tail: bool = False):
+def iterate_batches(
+    data,
+    rows: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    sort_rows: bool = True,
+    merge_single_tail: bool = False,
+):
     """Yield (x int32 [b, N], y float32 [b]) on ``device`` for ``rows`` (row numbers into
     ``data.base_arrays()``), ``batch_size`` at a time in the given order (see
     :func:`batch_bounds` for ``merge_single_tail``).
@@ -41,9 +47,14 @@ def iterate_batches(data, rows: np.ndarray, batch_size: int, device: torch.devic
     capacity = max((b - a for a, b in zip(bounds, bounds[1:])), default=0)
     ring = []
     if cuda:
-        ring = [(torch.empty((capacity, n_fields), dtype=torch.int32).pin_memory(),
-                 torch.empty(capacity, dtype=torch.float32).pin_memory(),
-                 torch.cuda.Event()) for _ in range(_RING)]
+        ring = [
+            (
+                torch.empty((capacity, n_fields), dtype=torch.int32).pin_memory(),
+                torch.empty(capacity, dtype=torch.float32).pin_memory(),
+                torch.cuda.Event(),
+            )
+            for _ in range(_RING)
+        ]
     for step, (start, stop) in enumerate(zip(bounds, bounds[1:])):
         idx = rows[start:stop]
         if sort_rows:

@@ -59,8 +59,7 @@ def read_checkpoint(path, device="cpu", hint: str | None = None) -> dict:
             what = "it holds Python objects that a fastme checkpoint never contains"
         else:
             what = f"truncated, damaged or another kind of file: {type(exc).__name__}"
-        raise CheckpointError(f"{path} is not a readable fastme checkpoint ({what}){end}") \
-            from None
+        raise CheckpointError(f"{path} is not a readable fastme checkpoint ({what}){end}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"{path} is not a fastme checkpoint (no 'model' state dict){end}")
     return ckpt
@@ -84,9 +83,13 @@ def find_checkpoint(path) -> Path:
     return path
 
 
-def load_trained(checkpoint, backend: str = "reference", device="cpu",
-                 overrides: dict | None = None,
-                 hint: str = "rebuild the model yourself and load ckpt['model']"):
+def load_trained(
+    checkpoint,
+    backend: str = "reference",
+    device="cpu",
+    overrides: dict | None = None,
+    hint: str = "rebuild the model yourself and load ckpt['model']",
+):
     """Rebuild the trained model of a checkpoint (a file, or a run directory: its best.pt, else
     last.pt) from the :class:`ModelSpec` it carries; returns (model in eval mode on ``device``,
     the checkpoint dict). ``overrides``: spec fields (name, mode, scale, field_dims; ``options``
@@ -102,8 +105,10 @@ def load_trained(checkpoint, backend: str = "reference", device="cpu",
     try:
         spec = ModelSpec.from_dict(saved)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path} carries no model spec or an incomplete one ({exc}); it was "
-                         f"written by an older fastme: retrain, or {hint}") from exc
+        raise ValueError(
+            f"{path} carries no model spec or an incomplete one ({exc}); it was "
+            f"written by an older fastme: retrain, or {hint}"
+        ) from exc
     model = spec.build(backend)
     try:
         model.load_state_dict(ckpt["model"])
@@ -114,19 +119,35 @@ def load_trained(checkpoint, backend: str = "reference", device="cpu",
 
 # ---- run identity -------------------------------------------------------------------------------
 
-def run_identity(model: str, mode: str, scale: int, model_options: dict, data: str,
-                 data_options: dict, config: dict) -> dict:
+
+def run_identity(
+    model: str,
+    mode: str,
+    scale: int,
+    model_options: dict,
+    data: str,
+    data_options: dict,
+    config: dict,
+) -> dict:
     """What makes two runs the same run: exactly what a resume may not change. The model, the
     data (a file by its absolute path) and the settings of the optimisation trajectory
     (``TRAJECTORY_FIELDS`` of ``config``); the epoch budget, the patience, the device and the
     backend are not part of it, so that ``--resume`` with a larger ``--epochs`` finds the run."""
     kind, _, where = data.partition(":")
     data = f"{kind}:{Path(where).expanduser().resolve()}" if where else kind
-    return _as_json({
-        "model": model, "mode": mode, "scale": scale, "model_options": model_options,
-        "data": data,
-        "data_options": {k: v for k, v in data_options.items() if k not in ("progress", "rebuild")},
-        "config": {k: v for k, v in config.items() if k in TRAJECTORY_FIELDS}})
+    return _as_json(
+        {
+            "model": model,
+            "mode": mode,
+            "scale": scale,
+            "model_options": model_options,
+            "data": data,
+            "data_options": {
+                k: v for k, v in data_options.items() if k not in ("progress", "rebuild")
+            },
+            "config": {k: v for k, v in config.items() if k in TRAJECTORY_FIELDS},
+        }
+    )
 
 
 def default_out_dir(identity: dict) -> str:
@@ -137,8 +158,10 @@ def default_out_dir(identity: dict) -> str:
     if kind == "synthetic" and identity["data_options"].get("num_samples"):
         kind += str(identity["data_options"]["num_samples"])
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode())
-    name = (f"{identity['model']}-{identity['mode']}x{identity['scale']}-{kind}-"
-            f"seed{identity['config'].get('seed', 0)}-{digest.hexdigest()[:8]}")
+    name = (
+        f"{identity['model']}-{identity['mode']}x{identity['scale']}-{kind}-"
+        f"seed{identity['config'].get('seed', 0)}-{digest.hexdigest()[:8]}"
+    )
     return "runs/" + re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
@@ -170,19 +193,23 @@ def finished_run(out, identity: dict) -> dict | None:
     if saved is None:
         return None
     if saved != _as_json(identity):
-        differs = sorted(k for k in set(saved) | set(identity)
-                         if saved.get(k) != identity.get(k))
-        raise ValueError(f"{out} holds another run (it differs in "
-                         f"{', '.join(differs) or 'settings'}); choose another --out, add --resume "
-                         f"to continue that run or --overwrite to replace it")
+        differs = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+        raise ValueError(
+            f"{out} holds another run (it differs in "
+            f"{', '.join(differs) or 'settings'}); choose another --out, add --resume "
+            f"to continue that run or --overwrite to replace it"
+        )
     if not (out / RESULTS).is_file():
-        raise ValueError(f"{out} holds an interrupted try of this run ({LAST}); add --resume to "
-                         f"continue it or --overwrite to start it again")
+        raise ValueError(
+            f"{out} holds an interrupted try of this run ({LAST}); add --resume to "
+            f"continue it or --overwrite to start it again"
+        )
     try:
         results = json.loads((out / RESULTS).read_text())
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{out / RESULTS} cannot be read ({exc}); add --overwrite to train "
-                         f"this run again") from exc
+        raise ValueError(
+            f"{out / RESULTS} cannot be read ({exc}); add --overwrite to train this run again"
+        ) from exc
     results["results_path"] = str(out / RESULTS)
     return results
 

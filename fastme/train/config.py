@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 def _setting(default, help: str, *, flag: str | None = None, cli_default=dataclasses.MISSING):
     """A config field; ``help`` is its command-line help, ``flag`` its option name when it is not
     the field's name, ``cli_default`` a default of the command line only."""
-    return field(default=default, metadata={"help": help, "flag": flag,
-                                            "cli_default": cli_default})
+    return field(default=default, metadata={"help": help, "flag": flag, "cli_default": cli_default})
 
 
 @dataclass
@@ -39,16 +38,18 @@ class TrainConfig:
 
     epochs: int = _setting(100, "maximum epochs")
     batch_size: int = _setting(2048, "training batch size")
-    eval_batch_size: int | None = _setting(None, "validation/test batch size (default: "
-                                                 "--batch-size)")
+    eval_batch_size: int | None = _setting(
+        None, "validation/test batch size (default: --batch-size)"
+    )
     lr: float = _setting(1e-3, "Adam learning rate")
     weight_decay: float = _setting(1e-6, "Adam's coupled L2 weight decay (on every parameter)")
     patience: int = _setting(3, "early-stopping patience (epochs without a better val AUC)")
     device: str = _setting("cpu", "cpu, cuda, cuda:N or auto", cli_default="auto")
     seed: int = _setting(0, "seeds initialisation and dropout (the split uses --split-seed)")
     split_seed: int = _setting(0, "seed of the 8/1/1 split")
-    shuffle: bool = _setting(False, "reshuffle the training rows every epoch (the paper's code "
-                                    "does not)")
+    shuffle: bool = _setting(
+        False, "reshuffle the training rows every epoch (the paper's code does not)"
+    )
     out_dir: str | None = _setting(None, "output directory", flag="--out")
     resume: bool = _setting(False, "continue the run in --out from its last completed epoch")
     progress: bool = _setting(True, "no progress bars", flag="--no-progress")

@@ -35,8 +35,10 @@ def roc_auc(labels, scores) -> float:
     n_pos = int(y.sum())
     n_neg = len(y) - n_pos
     if n_pos == 0 or n_neg == 0:
-        raise ValueError("ROC AUC is undefined when the labels hold only one class "
-                         f"({n_pos} positives, {n_neg} negatives)")
+        raise ValueError(
+            "ROC AUC is undefined when the labels hold only one class "
+            f"({n_pos} positives, {n_neg} negatives)"
+        )
     order = np.argsort(s, kind="stable")
     sorted_s = s[order]
     # Tie groups: [starts[g], ends[g]) in sorted order share one score.

@@ -36,8 +36,15 @@ from fastme._lock import file_lock
 from fastme.data.dataset import CTRData
 from fastme.ops import available_backends
 from fastme.train.batches import iterate_batches
-from fastme.train.checkpoint import (BEST, LAST, LOCK, RESULTS, CheckpointError, load_checkpoint,
-                                     save)
+from fastme.train.checkpoint import (
+    BEST,
+    LAST,
+    LOCK,
+    RESULTS,
+    CheckpointError,
+    load_checkpoint,
+    save,
+)
 from fastme.train.config import TRAJECTORY_FIELDS, TrainConfig
 from fastme.train.metrics import log_loss_from_logits, roc_auc
 
@@ -48,13 +55,14 @@ _MODEL_INFO = ("model", "mode", "scale", "model_options")
 class TrainingWarning(RuntimeWarning):
     """The run finished but its numbers are suspect (e.g. it diverged)."""
 
+
 #: ``callback(model, entry) -> dict | None``: extra entries for an epoch's history record
 #: (``on_epoch``) or for the results (``on_result``, called with the tested best model).
 Callback = Callable[[torch.nn.Module, dict], "dict | None"]
 
 
 def resolve_device(spec: str) -> torch.device:
-    """"auto" -> CUDA when available else CPU; anything else is checked to exist."""
+    """ "auto" -> CUDA when available else CPU; anything else is checked to exist."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -73,8 +81,10 @@ def resolve_device(spec: str) -> torch.device:
 
 # ---- evaluation ---------------------------------------------------------------------------------
 
-def evaluate(model, data: CTRData, device: torch.device, batch_size: int = 2048,
-             progress: bool = False) -> dict:
+
+def evaluate(
+    model, data: CTRData, device: torch.device, batch_size: int = 2048, progress: bool = False
+) -> dict:
     """AUC and log loss of ``model`` (eval mode) on ``data``."""
     if len(data) == 0:
         raise ValueError(f"cannot evaluate on {data.name}: it has no rows")
@@ -83,18 +93,31 @@ def evaluate(model, data: CTRData, device: torch.device, batch_size: int = 2048,
 
 
 @torch.no_grad()
-def predict_logits(model, data: CTRData, rows: np.ndarray, device: torch.device,
-                   batch_size: int = 2048, progress: bool = False) -> np.ndarray:
+def predict_logits(
+    model,
+    data: CTRData,
+    rows: np.ndarray,
+    device: torch.device,
+    batch_size: int = 2048,
+    progress: bool = False,
+) -> np.ndarray:
     """The logits of ``model`` (eval mode) for ``rows`` of ``data``, in that order (float32)."""
     from tqdm.auto import tqdm
 
     model.eval()
     logits = torch.empty(len(rows), dtype=torch.float32, device=device)
     pos = 0
-    with tqdm(total=len(rows), unit="sample", unit_scale=True, desc=f"eval {data.name}",
-              disable=not progress, leave=False, mininterval=0.5) as bar:
+    with tqdm(
+        total=len(rows),
+        unit="sample",
+        unit_scale=True,
+        desc=f"eval {data.name}",
+        disable=not progress,
+        leave=False,
+        mininterval=0.5,
+    ) as bar:
         for xb, _ in iterate_batches(data, rows, batch_size, device, sort_rows=False):
-            logits[pos:pos + len(xb)] = model(xb).float()
+            logits[pos : pos + len(xb)] = model(xb).float()
             pos += len(xb)
             bar.update(len(xb))
     return logits.cpu().numpy()
@@ -121,8 +144,12 @@ def _make_optimizer(model, config: TrainConfig, device: torch.device) -> torch.o
     # Adam's weight_decay is the coupled L2 of the paper's code (not AdamW), on every parameter.
     # The fused kernel avoids one launch per parameter tensor on CUDA and on a CPU does the whole
     # update in one pass (11.8M parameters: 8.4 ms a step instead of 96 ms, bench/README.md).
-    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                            fused=_fused_adam(device))
+    return torch.optim.Adam(
+        model.parameters(),
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        fused=_fused_adam(device),
+    )
 
 
 def _fused_adam(device: torch.device) -> bool:
@@ -132,25 +159,39 @@ def _fused_adam(device: torch.device) -> bool:
 def _check_model_fits(model, data: CTRData) -> None:
     dims = getattr(model, "field_dims", None)
     if dims is not None and list(dims) != list(data.field_dims):
-        raise ValueError(f"the model was built for field_dims {list(dims)[:6]}... but the data has "
-                         f"{data.field_dims[:6]}... ({len(data.field_dims)} fields); build it with "
-                         f"data.field_dims")
+        raise ValueError(
+            f"the model was built for field_dims {list(dims)[:6]}... but the data has "
+            f"{data.field_dims[:6]}... ({len(data.field_dims)} fields); build it with "
+            f"data.field_dims"
+        )
 
 
 def _model_summary(model) -> dict:
-    return {"class": type(model).__name__,
-            "num_sets": getattr(model, "num_sets", None),
-            "embed_dim": getattr(model, "embed_dim", None),
-            "backend": getattr(model, "backend", None),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "embedding_parameters": (model.embedding.weight.numel()
-                                     if hasattr(model, "embedding") else None)}
+    return {
+        "class": type(model).__name__,
+        "num_sets": getattr(model, "num_sets", None),
+        "embed_dim": getattr(model, "embed_dim", None),
+        "backend": getattr(model, "backend", None),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "embedding_parameters": (
+            model.embedding.weight.numel() if hasattr(model, "embedding") else None
+        ),
+    }
 
 
 # ---- training -----------------------------------------------------------------------------------
 
-def _train_one_epoch(model, optimizer, batches, num_rows: int, config: TrainConfig,
-                     device: torch.device, desc: str, forward=None) -> torch.Tensor:
+
+def _train_one_epoch(
+    model,
+    optimizer,
+    batches,
+    num_rows: int,
+    config: TrainConfig,
+    device: torch.device,
+    desc: str,
+    forward=None,
+) -> torch.Tensor:
     """One pass over ``batches`` of (x, y, loss weight); returns the summed training loss (a
     float64 tensor on ``device``). ``forward`` is the module called on x (default ``model``; a
     DDP wrapper of it in data-parallel runs); the regulariser comes from ``model``. Syncs with the
@@ -160,8 +201,15 @@ def _train_one_epoch(model, optimizer, batches, num_rows: int, config: TrainConf
     forward = forward or model
     forward.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    with tqdm(total=num_rows, unit="sample", unit_scale=True, desc=desc,
-              disable=not config.progress, leave=False, mininterval=0.5) as bar:
+    with tqdm(
+        total=num_rows,
+        unit="sample",
+        unit_scale=True,
+        desc=desc,
+        disable=not config.progress,
+        leave=False,
+        mininterval=0.5,
+    ) as bar:
         for step, (xb, yb, weight) in enumerate(batches):
             logits = forward(xb)
             loss = F.binary_cross_entropy_with_logits(logits.float(), yb)
@@ -192,11 +240,15 @@ def check_out_dir(out: Path) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise ValueError(f"cannot create the output directory {out}: {existing} is a file; "
-                         f"choose another --out")
+        raise ValueError(
+            f"cannot create the output directory {out}: {existing} is a file; choose another --out"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
-        what = "write to the output directory" if existing == out else \
-            f"create the output directory {out} in"
+        what = (
+            "write to the output directory"
+            if existing == out
+            else f"create the output directory {out} in"
+        )
         raise ValueError(f"cannot {what} {existing}; choose another --out")
 
 
@@ -207,8 +259,9 @@ def prepare_out_dir(out: Path) -> list[Path]:
     try:
         return make_dirs(out)
     except OSError as exc:
-        raise ValueError(f"cannot create the output directory {out}: {exc.strerror or exc}; "
-                         f"choose another --out") from exc
+        raise ValueError(
+            f"cannot create the output directory {out}: {exc.strerror or exc}; choose another --out"
+        ) from exc
 
 
 def lock_run_dir(out) -> "contextlib.AbstractContextManager":
@@ -224,9 +277,11 @@ def lock_run_dir(out) -> "contextlib.AbstractContextManager":
 def check_backend(backend: str, device: torch.device, what: str = "the model's backend") -> None:
     """Refuse a kernel backend that cannot run on ``device`` here (``what`` names it)."""
     if backend != "auto" and backend not in available_backends(device):
-        raise ValueError(f"{what} {backend} cannot run on {device} here (available: "
-                         f"{', '.join(available_backends(device))}); use auto, one of those or "
-                         f"another device")
+        raise ValueError(
+            f"{what} {backend} cannot run on {device} here (available: "
+            f"{', '.join(available_backends(device))}); use auto, one of those or "
+            f"another device"
+        )
 
 
 def _constant_logloss(train_set: CTRData, valid_set: CTRData) -> float:
@@ -238,8 +293,11 @@ def _constant_logloss(train_set: CTRData, valid_set: CTRData) -> float:
 
 def _state_dict_mismatch(saved: dict, ours: dict) -> str:
     """What differs between two state dicts' keys and shapes ("" when they fit)."""
-    problems = [f"{k} is {list(saved[k].shape)} in the checkpoint, {list(ours[k].shape)} here"
-                for k in saved if k in ours and saved[k].shape != ours[k].shape]
+    problems = [
+        f"{k} is {list(saved[k].shape)} in the checkpoint, {list(ours[k].shape)} here"
+        for k in saved
+        if k in ours and saved[k].shape != ours[k].shape
+    ]
     missing = [k for k in ours if k not in saved]
     extra = [k for k in saved if k not in ours]
     if missing:
@@ -251,8 +309,16 @@ def _state_dict_mismatch(saved: dict, ours: dict) -> str:
 
 def _fresh_state() -> dict:
     """The trainer's bookkeeping, saved in last.pt so that a resumed run continues it."""
-    return {"epoch": 0, "best_val_auc": -math.inf, "best_epoch": None, "bad_epochs": 0,
-            "history": [], "train_time_s": 0.0, "wall_time_s": 0.0, "train_samples": 0}
+    return {
+        "epoch": 0,
+        "best_val_auc": -math.inf,
+        "best_epoch": None,
+        "bad_epochs": 0,
+        "history": [],
+        "train_time_s": 0.0,
+        "wall_time_s": 0.0,
+        "train_samples": 0,
+    }
 
 
 class Trainer:
@@ -261,9 +327,16 @@ class Trainer:
     weights, :meth:`results`. :func:`train` is the usual entry point; the parts are separate so
     that a variant (another device layout, another stopping rule) replaces one of them."""
 
-    def __init__(self, model, data, config: TrainConfig | None = None, *,
-                 info: dict | None = None, on_epoch: Callback | None = None,
-                 on_result: Callback | None = None):
+    def __init__(
+        self,
+        model,
+        data,
+        config: TrainConfig | None = None,
+        *,
+        info: dict | None = None,
+        on_epoch: Callback | None = None,
+        on_result: Callback | None = None,
+    ):
         self.config = config = config or TrainConfig()
         self.device = resolve_device(config.device)
         if isinstance(data, CTRData):
@@ -274,8 +347,10 @@ class Trainer:
             if len(part) == 0:
                 raise ValueError(f"{part.name} is empty: the dataset is too small to split 8/1/1")
         if len(self.train_set) < 2:
-            raise ValueError(f"{self.train_set.name} has {len(self.train_set)} row; training "
-                             f"needs at least 2 (BatchNorm cannot learn from one sample)")
+            raise ValueError(
+                f"{self.train_set.name} has {len(self.train_set)} row; training "
+                f"needs at least 2 (BatchNorm cannot learn from one sample)"
+            )
         _check_model_fits(model, self.train_set)
         check_backend(getattr(model, "backend", "auto"), self.device)
         self.eval_batch_size = config.eval_batch_size or config.batch_size
@@ -288,12 +363,19 @@ class Trainer:
             "name": self.train_set.name.split("/")[0],
             "field_dims": list(self.train_set.field_dims),
             "field_names": list(self.train_set.field_names),
-            "rows": {"train": len(self.train_set), "valid": len(self.valid_set),
-                     "test": len(self.test_set)},
+            "rows": {
+                "train": len(self.train_set),
+                "valid": len(self.valid_set),
+                "test": len(self.test_set),
+            },
             # what prediction needs to encode new raw rows exactly as these were
-            "source": {k: self.train_set.info[k] for k in ("dataset", "options", "cache_dir")
-                       if k in self.train_set.info},
-            "fingerprint": self.train_set.fingerprint()}
+            "source": {
+                k: self.train_set.info[k]
+                for k in ("dataset", "options", "cache_dir")
+                if k in self.train_set.info
+            },
+            "fingerprint": self.train_set.fingerprint(),
+        }
         spec = getattr(model, "spec", None)  # the ModelSpec of a model made by models.build
         self.spec = spec.to_dict() if spec is not None else None
         self.model = model.to(self.device)
@@ -314,14 +396,23 @@ class Trainer:
         """What every checkpoint and results.json record about the run: its config, the caller's
         ``info``, the data's shape and source, the model spec that rebuilds the model and the
         number of processes that trained it."""
-        return {"config": self.config.as_dict(), "info": self.info, "data": self.data_desc,
-                "spec": self.spec, "world_size": 1}
+        return {
+            "config": self.config.as_dict(),
+            "info": self.info,
+            "data": self.data_desc,
+            "spec": self.spec,
+            "world_size": 1,
+        }
 
     def checkpoint(self, kind: str) -> dict:
         """The one checkpoint layout: ``kind`` "last" (enough to resume: the trainer's state) or
         "best" (the best epoch's weights and its validation AUC)."""
-        ckpt = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "epoch": self.state["epoch"], **self.describe()}
+        ckpt = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.state["epoch"],
+            **self.describe(),
+        }
         if kind == "last":
             ckpt["trainer"] = self.state
         elif kind == "best":
@@ -357,38 +448,54 @@ class Trainer:
             state = ckpt["trainer"]
         except KeyError as exc:
             raise CheckpointError(
-                f"{path} is not a last.pt written by the trainer (no {exc})") from None
-        changed = [f"{k} {saved_config.get(k)!r} (now {getattr(self.config, k)!r})"
-                   for k in TRAJECTORY_FIELDS if saved_config.get(k) != getattr(self.config, k)]
+                f"{path} is not a last.pt written by the trainer (no {exc})"
+            ) from None
+        changed = [
+            f"{k} {saved_config.get(k)!r} (now {getattr(self.config, k)!r})"
+            for k in TRAJECTORY_FIELDS
+            if saved_config.get(k) != getattr(self.config, k)
+        ]
         saved_spec = ckpt.get("spec")
         n_settings = len(changed)
         if self.spec is not None and saved_spec is not None:
             # field_dims are compared with the data below
-            changed += [f"model {k} {saved_spec.get(k)!r} (now {v!r})"
-                        for k, v in self.spec.items()
-                        if k != "field_dims" and saved_spec.get(k) != v]
+            changed += [
+                f"model {k} {saved_spec.get(k)!r} (now {v!r})"
+                for k, v in self.spec.items()
+                if k != "field_dims" and saved_spec.get(k) != v
+            ]
         else:  # a model not made by models.build: what the caller's info says about it
-            changed += [f"{k} {saved_info.get(k)!r} (now {self.info.get(k)!r})"
-                        for k in _MODEL_INFO
-                        if k in saved_info and k in self.info and saved_info[k] != self.info[k]]
+            changed += [
+                f"{k} {saved_info.get(k)!r} (now {self.info.get(k)!r})"
+                for k in _MODEL_INFO
+                if k in saved_info and k in self.info and saved_info[k] != self.info[k]
+            ]
         if changed:
             what = "it holds another model; " if len(changed) > n_settings else ""
-            raise ResumeError(f"cannot resume {path}: {what}the saved run differs in "
-                              f"{', '.join(changed)}; resume with the saved settings or train "
-                              f"into another --out")
+            raise ResumeError(
+                f"cannot resume {path}: {what}the saved run differs in "
+                f"{', '.join(changed)}; resume with the saved settings or train "
+                f"into another --out"
+            )
         ours = self.data_desc
-        if saved_data.get("field_dims") != ours["field_dims"] or \
-                saved_data.get("rows") != ours["rows"] or \
-                saved_data.get("fingerprint", ours["fingerprint"]) != ours["fingerprint"]:
-            raise ResumeError(f"cannot resume {path}: it was trained on different data "
-                              f"({saved_data.get('name')}, {saved_data.get('rows')} rows, "
-                              f"fingerprint {saved_data.get('fingerprint')}; this data: "
-                              f"{ours['name']}, {ours['rows']} rows, fingerprint "
-                              f"{ours['fingerprint']})")
+        if (
+            saved_data.get("field_dims") != ours["field_dims"]
+            or saved_data.get("rows") != ours["rows"]
+            or saved_data.get("fingerprint", ours["fingerprint"]) != ours["fingerprint"]
+        ):
+            raise ResumeError(
+                f"cannot resume {path}: it was trained on different data "
+                f"({saved_data.get('name')}, {saved_data.get('rows')} rows, "
+                f"fingerprint {saved_data.get('fingerprint')}; this data: "
+                f"{ours['name']}, {ours['rows']} rows, fingerprint "
+                f"{ours['fingerprint']})"
+            )
         mismatch = _state_dict_mismatch(ckpt["model"], self.model.state_dict())
         if mismatch:
-            raise ResumeError(f"cannot resume {path}: its weights do not fit this model "
-                              f"({mismatch}); build the model the saved run used")
+            raise ResumeError(
+                f"cannot resume {path}: its weights do not fit this model "
+                f"({mismatch}); build the model the saved run used"
+            )
         self.model.load_state_dict(ckpt["model"])
         # The saved run may have used another device: load with this run's kernel choice, so that
         # torch places Adam's step counters where the fused kernel expects them.
@@ -403,8 +510,10 @@ class Trainer:
     def should_stop(self) -> bool:
         """Early stopping: the epoch budget is spent or ``patience`` epochs in a row brought no
         strictly better validation AUC."""
-        return (self.state["epoch"] >= self.config.epochs
-                or self.state["bad_epochs"] >= self.config.patience)
+        return (
+            self.state["epoch"] >= self.config.epochs
+            or self.state["bad_epochs"] >= self.config.patience
+        )
 
     def fit(self) -> None:
         """Train epoch after epoch until :meth:`should_stop`."""
@@ -427,19 +536,29 @@ class Trainer:
 
     def train_batches(self, rows: np.ndarray):
         """The training batches of an epoch visiting ``rows``: (x, y, loss weight) on the device."""
-        for xb, yb in iterate_batches(self.train_set, rows, self.config.batch_size, self.device,
-                                      merge_single_tail=True):
+        for xb, yb in iterate_batches(
+            self.train_set, rows, self.config.batch_size, self.device, merge_single_tail=True
+        ):
             yield xb, yb, 1.0
 
     def train_pass(self, rows: np.ndarray, desc: str) -> float:
         """Train on :meth:`train_batches` once; returns the mean training loss over ``rows``."""
-        loss_sum = _train_one_epoch(self.model, self.optimizer, self.train_batches(rows),
-                                    len(rows), self.config, self.device, desc,
-                                    forward=self.train_module)
+        loss_sum = _train_one_epoch(
+            self.model,
+            self.optimizer,
+            self.train_batches(rows),
+            len(rows),
+            self.config,
+            self.device,
+            desc,
+            forward=self.train_module,
+        )
         mean_loss = self.sum_over_ranks(loss_sum).item() / max(len(rows), 1)
         if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"{desc}: the training loss is not finite ({mean_loss}): the "
-                                     f"training diverged; try a smaller lr")
+            raise FloatingPointError(
+                f"{desc}: the training loss is not finite ({mean_loss}): the "
+                f"training diverged; try a smaller lr"
+            )
         return mean_loss
 
     def sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
@@ -461,14 +580,20 @@ class Trainer:
         train_loss = self.train_pass(rows, desc=f"epoch {epoch + 1}")
         train_s = time.perf_counter() - t0
         val = self.evaluate(self.valid_set)
-        record = {"epoch": epoch + 1, "train_loss": train_loss, "val_auc": val["auc"],
-                  "val_logloss": val["logloss"], "train_time_s": train_s,
-                  "samples_per_s": len(rows) / train_s}
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_auc": val["auc"],
+            "val_logloss": val["logloss"],
+            "train_time_s": train_s,
+            "samples_per_s": len(rows) / train_s,
+        }
         if val["logloss"] > 2 * self.constant_logloss:
             record["warning"] = (
                 f"epoch {epoch + 1}: validation log loss {val['logloss']:.4g} is more than twice "
                 f"that of always predicting the training click rate "
-                f"({self.constant_logloss:.4f}): the training is diverging; try a smaller lr")
+                f"({self.constant_logloss:.4f}): the training is diverging; try a smaller lr"
+            )
             warnings.warn(record["warning"], TrainingWarning, stacklevel=2)
         record.update(self._call(self.on_epoch, record))
         improved = val["auc"] > state["best_val_auc"]
@@ -481,16 +606,19 @@ class Trainer:
             if self.out is not None:
                 self.save("best")
             else:
-                self._best_in_memory = {k: v.detach().to("cpu", copy=True)
-                                        for k, v in self.model.state_dict().items()}
+                self._best_in_memory = {
+                    k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+                }
         else:
             state["bad_epochs"] += 1
         state["wall_time_s"] = self.wall_time()
         if self.out is not None:
             self.save("last")
-        self._log(f"epoch {epoch + 1:3d}  train loss {train_loss:.5f}  val AUC {val['auc']:.5f}"
-                  f"  logloss {val['logloss']:.5f}  {train_s:6.1f} s  "
-                  f"{record['samples_per_s']:,.0f} samples/s" + ("  *" if improved else ""))
+        self._log(
+            f"epoch {epoch + 1:3d}  train loss {train_loss:.5f}  val AUC {val['auc']:.5f}"
+            f"  logloss {val['logloss']:.5f}  {train_s:6.1f} s  "
+            f"{record['samples_per_s']:,.0f} samples/s" + ("  *" if improved else "")
+        )
         return record
 
     def test(self) -> dict:
@@ -512,26 +640,36 @@ class Trainer:
         best = state["best_epoch"]
         best_val_logloss = state["history"][best - 1]["val_logloss"] if best else None
         results = {
-            "test_auc": test["auc"], "test_logloss": test["logloss"],
-            "best_val_auc": state["best_val_auc"], "best_epoch": best,
+            "test_auc": test["auc"],
+            "test_logloss": test["logloss"],
+            "best_val_auc": state["best_val_auc"],
+            "best_epoch": best,
             "best_val_logloss": best_val_logloss,
             "epochs": state["epoch"],
             "stopped_early": state["bad_epochs"] >= self.config.patience,
             "samples_per_s": state["train_samples"] / max(state["train_time_s"], 1e-9),
-            "train_time_s": state["train_time_s"], "wall_time_s": self.wall_time(),
+            "train_time_s": state["train_time_s"],
+            "wall_time_s": self.wall_time(),
             "field_names": list(self.train_set.field_names),
-            "history": state["history"], "model": _model_summary(self.model),
-            "device": str(self.device), "torch": torch.__version__, **self.describe(),
+            "history": state["history"],
+            "model": _model_summary(self.model),
+            "device": str(self.device),
+            "torch": torch.__version__,
+            **self.describe(),
         }
-        diverged = (test["logloss"] > 2 * self.constant_logloss
-                    or best_val_logloss is None or best_val_logloss > 2 * self.constant_logloss)
+        diverged = (
+            test["logloss"] > 2 * self.constant_logloss
+            or best_val_logloss is None
+            or best_val_logloss > 2 * self.constant_logloss
+        )
         results["diverged"] = diverged
         results["warnings"] = [h["warning"] for h in state["history"] if "warning" in h]
         if diverged:
             results["warnings"].append(
                 f"test log loss {test['logloss']:.4g} against {self.constant_logloss:.4f} for "
                 f"always predicting the training click rate: this run diverged and its scores "
-                f"mean nothing; train again with a smaller lr")
+                f"mean nothing; train again with a smaller lr"
+            )
             warnings.warn(results["warnings"][-1], TrainingWarning, stacklevel=2)
         results.update(self._call(self.on_result, results))
         if self.out is not None:
@@ -574,9 +712,16 @@ class Trainer:
             print(message, flush=True)
 
 
-def train(model, data, config: TrainConfig | None = None, *, info: dict | None = None,
-          on_epoch: Callback | None = None, on_result: Callback | None = None,
-          lock: bool = True) -> dict:
+def train(
+    model,
+    data,
+    config: TrainConfig | None = None,
+    *,
+    info: dict | None = None,
+    on_epoch: Callback | None = None,
+    on_result: Callback | None = None,
+    lock: bool = True,
+) -> dict:
     """Train ``model`` on ``data`` and return the results (also written to out_dir/results.json).
 
     Args:
@@ -595,8 +740,7 @@ def train(model, data, config: TrainConfig | None = None, *, info: dict | None =
     Returns a dict with test_auc, test_logloss, best_val_auc, best_epoch, epochs, samples_per_s,
     the per-epoch history, the config, ``info`` and what ``on_result`` added.
     """
-    return Trainer(model, data, config, info=info, on_epoch=on_epoch,
-                   on_result=on_result).run(lock)
+    return Trainer(model, data, config, info=info, on_epoch=on_epoch, on_result=on_result).run(lock)
 
 
 def _processes(world_size: int) -> str:
@@ -609,26 +753,31 @@ def print_summary(results: dict, file=None) -> None:
     info = results.get("info") or {}
     rows = results["data"]["rows"]
     title = info.get("title") or f"{results['model']['class']} on {results['data']['name']}"
-    lines = [f"== {title} ==",
-             f"data          {results['data']['name']}: {sum(rows.values()):,} rows "
-             f"(train {rows['train']:,} / valid {rows['valid']:,} / test {rows['test']:,}), "
-             f"{len(results['data']['field_dims'])} fields",
-             f"test AUC      {results['test_auc']:.5f}   "
-             f"test logloss {results['test_logloss']:.5f}",
-             f"best val AUC  {results['best_val_auc']:.5f} at epoch {results['best_epoch']} of "
-             f"{results['epochs']}" + ("  (stopped early)" if results["stopped_early"] else "")]
+    lines = [
+        f"== {title} ==",
+        f"data          {results['data']['name']}: {sum(rows.values()):,} rows "
+        f"(train {rows['train']:,} / valid {rows['valid']:,} / test {rows['test']:,}), "
+        f"{len(results['data']['field_dims'])} fields",
+        f"test AUC      {results['test_auc']:.5f}   test logloss {results['test_logloss']:.5f}",
+        f"best val AUC  {results['best_val_auc']:.5f} at epoch {results['best_epoch']} of "
+        f"{results['epochs']}" + ("  (stopped early)" if results["stopped_early"] else ""),
+    ]
     ia = results.get("field_ia")
     if ia and not np.isnan(np.asarray(ia, dtype=float)).all():
         names = results["field_names"]
         lo, hi = int(np.nanargmin(ia)), int(np.nanargmax(ia))
-        lines.append(f"field IA      mean {np.nanmean(ia):.2f}  min {ia[lo]:.2f} ({names[lo]})  "
-                     f"max {ia[hi]:.2f} ({names[hi]})")
+        lines.append(
+            f"field IA      mean {np.nanmean(ia):.2f}  min {ia[lo]:.2f} ({names[lo]})  "
+            f"max {ia[hi]:.2f} ({names[hi]})"
+        )
     elif "field_ia" in results or "callback_error" in results:
         lines.append(f"field IA      unavailable ({results.get('callback_error', 'not computed')})")
-    lines.append(f"time          {results['wall_time_s']:.1f} s "
-                 f"(training {results['train_time_s']:.1f} s)   "
-                 f"{results['samples_per_s']:,.0f} samples/s on {results['device']}, "
-                 f"{_processes(results.get('world_size', 1))}")
+    lines.append(
+        f"time          {results['wall_time_s']:.1f} s "
+        f"(training {results['train_time_s']:.1f} s)   "
+        f"{results['samples_per_s']:,.0f} samples/s on {results['device']}, "
+        f"{_processes(results.get('world_size', 1))}"
+    )
     if results.get("checkpoint_path"):
         lines.append(f"best model    {results['checkpoint_path']} (for fastme predict / export)")
     if results.get("results_path"):

@@ -24,8 +24,10 @@ def pytest_report_header(config):
     if DEVICE != "cuda":
         return "GPU checks: no CUDA device, every check skips"
     p = torch.cuda.get_device_properties(0)
-    return (f"GPU checks on {p.name} (cc {p.major}.{p.minor}, {p.multi_processor_count} SMs), "
-            f"kernel backends {BACKENDS}")
+    return (
+        f"GPU checks on {p.name} (cc {p.major}.{p.minor}, {p.multi_processor_count} SMs), "
+        f"kernel backends {BACKENDS}"
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +59,16 @@ def gpu_check(request):
 def criteo():
     """criteo(batch, num_sets, dim, dtype, seed=0): (table, indices, offsets) on the GPU for 39
     fields of Criteo-like sizes."""
+
     def make(batch, num_sets, dim, dtype, seed=0):
-        return lookup_inputs(batch, criteo_like_field_dims(seed=seed), num_sets, dim,
-                             dtype=dtype, seed=seed, device="cuda")
+        return lookup_inputs(
+            batch,
+            criteo_like_field_dims(seed=seed),
+            num_sets,
+            dim,
+            dtype=dtype,
+            seed=seed,
+            device="cuda",
+        )
+
     return make

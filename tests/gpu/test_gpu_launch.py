@@ -34,18 +34,30 @@ def test_offset_views(backend, dtype):
     d = 3 * k
     xflat = torch.randn(33 * m * d + 1, device=DEV).to(dtype)
     x0 = xflat[1:].view(33, m, d)
-    w = (torch.randn(2, m, d, d, device=DEV) / d ** 0.5).to(dtype)
+    w = (torch.randn(2, m, d, d, device=DEV) / d**0.5).to(dtype)
     b = torch.randn(2, m, d, device=DEV).to(dtype)
     tol = 3e-2 if dtype == torch.bfloat16 else 1e-5
     cases = [
-        ("lookup", lambda t: ops.multi_embedding_lookup(t, idx, offs, backend=backend),
-         lambda t: reference.multi_embedding_lookup(t, idx, offs)),
-        ("fm", lambda t: ops.pooled_lookup(t, idx, offs, backend=backend),
-         lambda t: reference.pooled_lookup(t, idx, offs)),
-        ("fwfm", lambda t: ops.pooled_lookup(t, idx, offs, fw, backend=backend),
-         lambda t: reference.pooled_lookup(t, idx, offs, fw.double())),
-        ("lookup_cross", lambda t: ops.lookup_cross_network(t, idx, offs, w, b, backend=backend),
-         lambda t: reference.lookup_cross_network(t, idx, offs, w.double(), b.double())),
+        (
+            "lookup",
+            lambda t: ops.multi_embedding_lookup(t, idx, offs, backend=backend),
+            lambda t: reference.multi_embedding_lookup(t, idx, offs),
+        ),
+        (
+            "fm",
+            lambda t: ops.pooled_lookup(t, idx, offs, backend=backend),
+            lambda t: reference.pooled_lookup(t, idx, offs),
+        ),
+        (
+            "fwfm",
+            lambda t: ops.pooled_lookup(t, idx, offs, fw, backend=backend),
+            lambda t: reference.pooled_lookup(t, idx, offs, fw.double()),
+        ),
+        (
+            "lookup_cross",
+            lambda t: ops.lookup_cross_network(t, idx, offs, w, b, backend=backend),
+            lambda t: reference.lookup_cross_network(t, idx, offs, w.double(), b.double()),
+        ),
     ]
     t = table.detach().requires_grad_()
     for name, f, ref in cases:
@@ -70,13 +82,15 @@ def test_ops_run_on_the_current_stream(backend, criteo):
     fd = torch.cat([offs[1:], offs.new_tensor([table.shape[0]])]) - offs
     src = table.clone()
     d = 390
-    w = torch.randn(2, 4, d, d, device=DEV) / d ** 0.5
+    w = torch.randn(2, 4, d, d, device=DEV) / d**0.5
     b = torch.zeros(2, 4, d, device=DEV)
     fw = torch.randn(4, 39, 39, device=DEV) / 39
-    exp = {"lookup": reference.multi_embedding_lookup(src, idx, offs),
-           "fm": reference.pooled_lookup(src, idx, offs),
-           "fwfm": reference.pooled_lookup(src, idx, offs, fw),
-           "cross": reference.lookup_cross_network(src, idx, offs, w, b)}
+    exp = {
+        "lookup": reference.multi_embedding_lookup(src, idx, offs),
+        "fm": reference.pooled_lookup(src, idx, offs),
+        "fwfm": reference.pooled_lookup(src, idx, offs, fw),
+        "cross": reference.lookup_cross_network(src, idx, offs, w, b),
+    }
     s = torch.cuda.Stream()
     for _ in range(2):  # the first round compiles/autotunes (host time), the second is the test
         torch.cuda.synchronize()
@@ -86,13 +100,16 @@ def test_ops_run_on_the_current_stream(backend, criteo):
             torch.cuda._sleep(SLEEP_CYCLES)  # the device spins before the table is filled
             table.copy_(src)
             t = time.perf_counter()
-            got = {"lookup": ops.multi_embedding_lookup(table, idx, offs, field_dims=fd,
-                                                        backend=backend),
-                   "fm": ops.pooled_lookup(table, idx, offs, field_dims=fd, backend=backend),
-                   "fwfm": ops.pooled_lookup(table, idx, offs, fw, field_dims=fd,
-                                             backend=backend),
-                   "cross": ops.lookup_cross_network(table, idx, offs, w, b, field_dims=fd,
-                                                     backend=backend)}
+            got = {
+                "lookup": ops.multi_embedding_lookup(
+                    table, idx, offs, field_dims=fd, backend=backend
+                ),
+                "fm": ops.pooled_lookup(table, idx, offs, field_dims=fd, backend=backend),
+                "fwfm": ops.pooled_lookup(table, idx, offs, fw, field_dims=fd, backend=backend),
+                "cross": ops.lookup_cross_network(
+                    table, idx, offs, w, b, field_dims=fd, backend=backend
+                ),
+            }
             host = time.perf_counter() - t
         s.synchronize()
     print(f"host time of the 4 launches {host * 1e3:.1f} ms (device spinning ~500 ms)")

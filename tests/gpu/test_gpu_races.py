@@ -24,7 +24,7 @@ def test_cross_network_bitwise_repeatable_and_matches_float64(backend, dtype, cr
     """20 forward + backward passes: bitwise equal; the first matches float64."""
     table, idx, offs = criteo(4096, 10, 10, dtype)
     d = 390
-    w = (torch.randn(4, 10, d, d, device=DEV) / d ** 0.5).to(dtype).requires_grad_()
+    w = (torch.randn(4, 10, d, d, device=DEV) / d**0.5).to(dtype).requires_grad_()
     b = (torch.randn(4, 10, d, device=DEV) * 0.1).to(dtype).requires_grad_()
     x0 = ops.multi_embedding_lookup(table, idx, offs, backend="reference").reshape(4096, 10, d)
     x0 = x0.detach().requires_grad_()
@@ -50,7 +50,7 @@ def test_lookup_cross_network_bitwise_repeatable(backend, dtype, criteo):
     """10 fused lookup + cross forwards: bitwise equal; the first matches float64."""
     table, idx, offs = criteo(4096, 4, 10, dtype, seed=1)
     d = 390
-    w = (torch.randn(3, 4, d, d, device=DEV) / d ** 0.5).to(dtype)
+    w = (torch.randn(3, 4, d, d, device=DEV) / d**0.5).to(dtype)
     b = torch.zeros(3, 4, d, device=DEV, dtype=dtype)
     outs = [ops.lookup_cross_network(table, idx, offs, w, b, backend=backend) for _ in range(10)]
     assert all(torch.equal(o, outs[0]) for o in outs[1:]), "forward differs between runs"

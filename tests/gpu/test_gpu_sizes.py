@@ -28,9 +28,14 @@ def test_table_past_2_31_elements(backend, dtype):
     dims = torch.tensor([4, BIG_ROWS - 4 - 1000, 1000])
     offs = (torch.cumsum(dims, 0) - dims).to(DEV)
     g = torch.Generator().manual_seed(0)
-    idx = torch.stack([torch.randint(0, 4, (64,), generator=g),
-                       torch.randint(int(dims[1]) - 3000, int(dims[1]), (64,), generator=g),
-                       torch.randint(0, 1000, (64,), generator=g)], 1).to(DEV)
+    idx = torch.stack(
+        [
+            torch.randint(0, 4, (64,), generator=g),
+            torch.randint(int(dims[1]) - 3000, int(dims[1]), (64,), generator=g),
+            torch.randint(0, 1000, (64,), generator=g),
+        ],
+        1,
+    ).to(DEV)
     rows = (idx + offs).reshape(-1)
     assert int(rows.max()) * BIG_M * BIG_K > (1 << 31)
     fw = torch.randn(BIG_M, 3, 3, device=DEV, dtype=dtype)
@@ -43,8 +48,7 @@ def test_table_past_2_31_elements(backend, dtype):
     assert rel(fwfm, reference.fwfm_pooling(exp.double(), fw.double())) < 3e-2, "FwFM wrong"
     t = table.detach().requires_grad_()
     gout = torch.randn(64, BIG_M, 3, BIG_K, device=DEV, dtype=dtype)
-    (gt,) = torch.autograd.grad(ops.multi_embedding_lookup(t, idx, offs, backend=backend),
-                                t, gout)
+    (gt,) = torch.autograd.grad(ops.multi_embedding_lookup(t, idx, offs, backend=backend), t, gout)
     exp_g = torch.zeros(BIG_ROWS, BIG_M, BIG_K, device=DEV)
     exp_g.index_add_(0, rows, gout.permute(0, 2, 1, 3).reshape(-1, BIG_M, BIG_K).float())
     ur = rows.unique()
@@ -63,8 +67,9 @@ def test_large_batch(backend, criteo):
     table, idx, offs = criteo(1 << 20, 1, 64, torch.bfloat16, seed=3)
     out = ops.multi_embedding_lookup(table, idx, offs, backend=backend)
     assert out.numel() > (1 << 31)
-    pick = torch.cat([torch.arange(64), torch.randint(0, 1 << 20, (256,)),
-                      torch.arange((1 << 20) - 64, 1 << 20)]).to(DEV)
+    pick = torch.cat(
+        [torch.arange(64), torch.randint(0, 1 << 20, (256,)), torch.arange((1 << 20) - 64, 1 << 20)]
+    ).to(DEV)
     rows = (idx[pick] + offs).reshape(-1)
     exp = table[rows].reshape(pick.numel(), 39, 1, 64).permute(0, 2, 1, 3)
     assert torch.equal(out[pick], exp), "lookup wrong for a > 2^31-element output"
@@ -76,13 +81,16 @@ def test_large_batch(backend, criteo):
     x0 = torch.randn(1 << 18, 2, 64, device=DEV)
     w = torch.randn(2, 2, 64, 64, device=DEV) / 8
     b = torch.zeros(2, 2, 64, device=DEV)
-    assert rel(ops.cross_network(x0, w, b, backend=backend),
-               reference.cross_network(x0, w, b)) < 1e-4, "cross"
+    assert (
+        rel(ops.cross_network(x0, w, b, backend=backend), reference.cross_network(x0, w, b)) < 1e-4
+    ), "cross"
 
 
-@pytest.mark.parametrize("n_fields, dtype", [(70, torch.float32), (70, torch.bfloat16),
-                                             (256, torch.float32)],
-                         ids=["N70-float32", "N70-bfloat16", "N256-float32"])
+@pytest.mark.parametrize(
+    "n_fields, dtype",
+    [(70, torch.float32), (70, torch.bfloat16), (256, torch.float32)],
+    ids=["N70-float32", "N70-bfloat16", "N256-float32"],
+)
 @backends
 def test_fwfm_more_fields_than_a_tile(backend, n_fields, dtype):
     """FwFM pooling forward and backward with N = 70 and 256 fields: the Triton kernels tile the
@@ -105,4 +113,3 @@ def test_fwfm_more_fields_than_a_tile(backend, n_fields, dtype):
     e = [rel(out, ref), rel(gt, et), rel(gr, er)]
     print("rel errors out/dtable/dR", ["%.1e" % x for x in e])
     assert max(e) <= (3e-2 if dtype == torch.bfloat16 else 1e-4), e
-

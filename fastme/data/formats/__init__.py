@@ -14,7 +14,8 @@ from fastme.data.formats.base import DataFormat, RowTally, TextFormat
 
 #: Every format by its spec's name, in the order help and errors list them.
 FORMATS: dict[str, type[DataFormat]] = {
-    m.FORMAT.kind: m.FORMAT for m in (synthetic, criteo, avazu, csv, parquet, npy, cache)}
+    m.FORMAT.kind: m.FORMAT for m in (synthetic, criteo, avazu, csv, parquet, npy, cache)
+}
 #: The raw delimited text formats (``criteo:PATH``, ``avazu:PATH``, ``csv:PATH``).
 TEXT_FORMATS = {kind: fmt for kind, fmt in FORMATS.items() if issubclass(fmt, TextFormat)}
 
@@ -25,21 +26,31 @@ def get_format(spec: str) -> tuple[type[DataFormat], str]:
         raise ValueError(f"dataset spec must be a non-empty string, got {spec!r}")
     kind, _, arg = spec.partition(":")
     if kind.lower() not in FORMATS:
-        raise ValueError(f"unknown dataset {spec!r}: use " + _either(
-            [fmt.spec() for fmt in FORMATS.values()]))
+        raise ValueError(
+            f"unknown dataset {spec!r}: use " + _either([fmt.spec() for fmt in FORMATS.values()])
+        )
     return FORMATS[kind.lower()], arg
 
 
 def help_text() -> str:
     """The ``--data`` help of the commands, from the formats' own."""
-    return (_either([f"{fmt.spec()} ({fmt.HELP})" for fmt in FORMATS.values()])
-            + "; raw, CSV and Parquet files are preprocessed once into a cache that later runs "
-              "reuse (docs/data.md)")
+    return (
+        _either([f"{fmt.spec()} ({fmt.HELP})" for fmt in FORMATS.values()])
+        + "; raw, CSV and Parquet files are preprocessed once into a cache that later runs "
+        "reuse (docs/data.md)"
+    )
 
 
 def _either(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " or " + items[-1]
 
 
-__all__ = ["FORMATS", "TEXT_FORMATS", "DataFormat", "RowTally", "TextFormat", "get_format",
-           "help_text"]
+__all__ = [
+    "FORMATS",
+    "TEXT_FORMATS",
+    "DataFormat",
+    "RowTally",
+    "TextFormat",
+    "get_format",
+    "help_text",
+]

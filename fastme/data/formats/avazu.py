@@ -13,10 +13,32 @@ import pyarrow.compute as pc
 from fastme.data.formats.base import Layout, TextFormat
 from fastme.data.text import convert_options, count_true, first_bad, first_line, header_option
 
-AVAZU_COLUMNS = ["id", "click", "hour", "C1", "banner_pos", "site_id", "site_domain",
-                 "site_category", "app_id", "app_domain", "app_category", "device_id", "device_ip",
-                 "device_model", "device_type", "device_conn_type", "C14", "C15", "C16", "C17",
-                 "C18", "C19", "C20", "C21"]
+AVAZU_COLUMNS = [
+    "id",
+    "click",
+    "hour",
+    "C1",
+    "banner_pos",
+    "site_id",
+    "site_domain",
+    "site_category",
+    "app_id",
+    "app_domain",
+    "app_category",
+    "device_id",
+    "device_ip",
+    "device_model",
+    "device_type",
+    "device_conn_type",
+    "C14",
+    "C15",
+    "C16",
+    "C17",
+    "C18",
+    "C19",
+    "C20",
+    "C21",
+]
 AVAZU_TEST_COLUMNS = [c for c in AVAZU_COLUMNS if c != "click"]
 AVAZU_CAT = AVAZU_COLUMNS[3:]
 
@@ -31,34 +53,45 @@ def avazu_columns(path, first_line: str, header: bool = True, labeled: bool = Tr
     cells = first_line.split(",")
     layouts = [AVAZU_COLUMNS] if labeled else [AVAZU_COLUMNS, AVAZU_TEST_COLUMNS]
     expected = repr(",".join(AVAZU_COLUMNS)) + ("" if labeled else " or the same without click")
-    test_file = (f"{path} is Avazu's test file (no click column): it has no labels to train on; "
-                 f"score it with fastme predict")
+    test_file = (
+        f"{path} is Avazu's test file (no click column): it has no labels to train on; "
+        f"score it with fastme predict"
+    )
     if header:
         if cells in layouts:
             return cells
         if cells == AVAZU_TEST_COLUMNS:
             raise ValueError(test_file)
         row = cells[0].isdigit() and len(cells) in (len(AVAZU_COLUMNS), len(AVAZU_TEST_COLUMNS))
-        what = (f"{path} does not look like {'the' if labeled else 'an'} Avazu "
-                f"{'train' if labeled else 'train or test'} file")
+        what = (
+            f"{path} does not look like {'the' if labeled else 'an'} Avazu "
+            f"{'train' if labeled else 'train or test'} file"
+        )
         if row:
-            raise ValueError(f"{what}: its first line looks like a row, not a header "
-                             f"({first_line[:100]!r}); for a file without a header line, pass "
-                             f"the option {_HEADER_NONE}. The header expected is {expected}")
-        raise ValueError(f"{what}: its header is {first_line[:200]!r}, expected {expected}. For "
-                         f"a file without a header line, pass the option {_HEADER_NONE}")
+            raise ValueError(
+                f"{what}: its first line looks like a row, not a header "
+                f"({first_line[:100]!r}); for a file without a header line, pass "
+                f"the option {_HEADER_NONE}. The header expected is {expected}"
+            )
+        raise ValueError(
+            f"{what}: its header is {first_line[:200]!r}, expected {expected}. For "
+            f"a file without a header line, pass the option {_HEADER_NONE}"
+        )
     if cells in layouts or cells == AVAZU_TEST_COLUMNS:
-        raise ValueError(f"{path} has a header line ({first_line[:80]!r}...): leave out the "
-                         f"option header=none")
+        raise ValueError(
+            f"{path} has a header line ({first_line[:80]!r}...): leave out the option header=none"
+        )
     for names in layouts:
         if len(cells) == len(names):
             return list(names)
     if len(cells) == len(AVAZU_TEST_COLUMNS):
         raise ValueError(test_file)
-    raise ValueError(f"{path} does not look like an Avazu file without a header line: its first "
-                     f"line has {len(cells)} comma-separated columns, expected "
-                     f"{len(AVAZU_COLUMNS)} (id, click, hour, C1..C21)"
-                     + ("" if labeled else f" or {len(AVAZU_TEST_COLUMNS)} (without click)"))
+    raise ValueError(
+        f"{path} does not look like an Avazu file without a header line: its first "
+        f"line has {len(cells)} comma-separated columns, expected "
+        f"{len(AVAZU_COLUMNS)} (id, click, hour, C1..C21)"
+        + ("" if labeled else f" or {len(AVAZU_TEST_COLUMNS)} (without click)")
+    )
 
 
 class AvazuFormat(TextFormat):
@@ -99,8 +132,16 @@ class AvazuFormat(TextFormat):
         ``id``; with the option ``header=none``, the same files without their header line."""
         first = first_line(path).rstrip(b"\r").decode("utf-8", errors="replace")
         columns = avazu_columns(path, first, self.header, labeled=False)
-        return Layout(",", self.header, columns, "id", "id", "click", "click",
-                      header_names=columns if self.header else None)
+        return Layout(
+            ",",
+            self.header,
+            columns,
+            "id",
+            "id",
+            "click",
+            "click",
+            header_names=columns if self.header else None,
+        )
 
     def parse(self, batch, bad):
         ok = self._label_ok(batch, bad)
@@ -118,7 +159,8 @@ class AvazuFormat(TextFormat):
             batch = batch.filter(ok)
         if self.hour == "split":
             where = pc.index_in(batch.column("hour"), value_set=known).to_numpy(
-                zero_copy_only=False)
+                zero_copy_only=False
+            )
             fields = [pa.array(hour_of_day[where]), pa.array(weekday[where])]
         else:
             fields = [batch.column("hour")]
@@ -127,12 +169,20 @@ class AvazuFormat(TextFormat):
 
     @classmethod
     def sidecar(cls, field_names, options):
-        layout = {"delimiter": ",", "header": True, "columns": AVAZU_COLUMNS, "label": "click",
-                  "id": "id"}
+        layout = {
+            "delimiter": ",",
+            "header": True,
+            "columns": AVAZU_COLUMNS,
+            "label": "click",
+            "id": "id",
+        }
         hour = 2 if options.get("hour", "split") == "split" else 1
         kinds = ["hour_of_day", "weekday"] if hour == 2 else ["string"]
-        return (layout, kinds + ["string"] * (len(field_names) - hour),
-                ["hour"] * hour + list(field_names[hour:]))
+        return (
+            layout,
+            kinds + ["string"] * (len(field_names) - hour),
+            ["hour"] * hour + list(field_names[hour:]),
+        )
 
 
 def _valid_hours(hour: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
@@ -150,8 +200,11 @@ def _valid_hours(hour: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
         known.append(value)
         hour_of_day.append(stamp.hour)
         weekday.append(stamp.weekday())
-    return (pa.array(known, pa.string()), np.array(hour_of_day, dtype=np.int64),
-            np.array(weekday, dtype=np.int64))
+    return (
+        pa.array(known, pa.string()),
+        np.array(hour_of_day, dtype=np.int64),
+        np.array(weekday, dtype=np.int64),
+    )
 
 
 FORMAT = AvazuFormat

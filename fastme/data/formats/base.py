@@ -15,8 +15,17 @@ import pyarrow.compute as pc
 
 from fastme.data.encode import indices
 from fastme.data.sources import is_multi_file, load_raw_files, preprocess
-from fastme.data.text import (EXAMPLES, Malformed, as_strings, convert_options, count_true,
-                              empty_to_null, first_bad, integer_field, line_blocks)
+from fastme.data.text import (
+    EXAMPLES,
+    Malformed,
+    as_strings,
+    convert_options,
+    count_true,
+    empty_to_null,
+    first_bad,
+    integer_field,
+    line_blocks,
+)
 
 
 class DataFormat:
@@ -46,10 +55,19 @@ class DataFormat:
         raise NotImplementedError
 
     @classmethod
-    def read_rows(cls, arg: str, source: dict, vocabulary, tally: RowTally, *,
-                  progress: bool = False, options: dict | None = None,
-                  id_start: int | None = None, id_column: str | None = None,
-                  block_bytes: int = 16 << 20):
+    def read_rows(
+        cls,
+        arg: str,
+        source: dict,
+        vocabulary,
+        tally: RowTally,
+        *,
+        progress: bool = False,
+        options: dict | None = None,
+        id_start: int | None = None,
+        id_column: str | None = None,
+        block_bytes: int = 16 << 20,
+    ):
         """Prediction (formats that READS_ROWS): :class:`RowBlock` s of the rows of ``arg`` in
         input order, encoded with ``vocabulary()`` the way the training ``source`` (the
         checkpoint's record of its data) was; counts go to ``tally``."""
@@ -90,14 +108,14 @@ class Layout:
     """How an input file's lines map onto the training format's columns."""
 
     delimiter: str
-    header: bool              # first line is a header (not a row)
-    columns: list[str]        # the file's columns, named as the training format names them
-    id_column: str | None     # column that identifies a row (None: the row number)
-    id_name: str              # output column names
+    header: bool  # first line is a header (not a row)
+    columns: list[str]  # the file's columns, named as the training format names them
+    id_column: str | None  # column that identifies a row (None: the row number)
+    id_name: str  # output column names
     probability_name: str
-    label: str                # the label column's name
+    label: str  # the label column's name
     header_names: list[str] | None = None  # the file's own column names (a header line)
-    id_start: int = 0         # id of the first row, when rows are identified by their number
+    id_start: int = 0  # id of the first row, when rows are identified by their number
 
     @property
     def labeled(self) -> bool:
@@ -112,17 +130,23 @@ class Layout:
         ValueError naming the option where the file cannot have them."""
         if id_column is not None:
             if not self.header:
-                raise ValueError(f"--id-column: {path} has no header line, so no column is "
-                                 f"named {id_column!r}; its rows are numbered, --id-start N "
-                                 f"sets the first row's id")
+                raise ValueError(
+                    f"--id-column: {path} has no header line, so no column is "
+                    f"named {id_column!r}; its rows are numbered, --id-start N "
+                    f"sets the first row's id"
+                )
             if id_column not in self.header_names:
-                raise ValueError(f"--id-column: {path} has no column {id_column!r} (its "
-                                 f"columns: {', '.join(self.header_names)})")
+                raise ValueError(
+                    f"--id-column: {path} has no column {id_column!r} (its "
+                    f"columns: {', '.join(self.header_names)})"
+                )
             return replace(self, id_column=id_column, id_name=id_column)
         if id_start is not None:
             if self.id_column is not None:
-                raise ValueError(f"--id-start: {path} has its own id column {self.id_column!r}, "
-                                 f"whose values are written as they are")
+                raise ValueError(
+                    f"--id-start: {path} has its own id column {self.id_column!r}, "
+                    f"whose values are written as they are"
+                )
             # ids of the competition's submission file: Id,Predicted
             return replace(self, id_name="Id", probability_name="Predicted", id_start=id_start)
         return self
@@ -156,8 +180,9 @@ class TextFormat(DataFormat):
     positive = pa.array(["1"])  # those meaning a click
 
     @classmethod
-    def configure(cls, path=None, options: dict | None = None, *,
-                  labeled: bool = True) -> TextFormat:
+    def configure(
+        cls, path=None, options: dict | None = None, *, labeled: bool = True
+    ) -> TextFormat:
         """The reader with its format options (``OPTIONS``); a CSV format reads its columns
         from ``path``'s header. ``labeled=False``: the file to read may lack the label."""
         options = dict(options or {})
@@ -171,8 +196,10 @@ class TextFormat(DataFormat):
         unknown = sorted(set(options) - set(cls.OPTIONS) - set(more))
         if unknown:
             allowed = sorted(set(cls.OPTIONS) | set(cls.COMMON_OPTIONS) | set(more))
-            raise TypeError(f"unknown option(s) for {cls.kind} {what}: {', '.join(unknown)} "
-                            f"(allowed: {', '.join(allowed)})")
+            raise TypeError(
+                f"unknown option(s) for {cls.kind} {what}: {', '.join(unknown)} "
+                f"(allowed: {', '.join(allowed)})"
+            )
 
     @classmethod
     def from_options(cls, path, options: dict, labeled: bool) -> TextFormat:
@@ -219,8 +246,7 @@ class TextFormat(DataFormat):
         if count_true(ok) < batch.num_rows:
             batch = batch.filter(ok)
             ints = {name: field.filter(ok) for name, field in ints.items()}
-        fields = [ints[name] if name in ints else batch.column(name)
-                  for name in self.field_names]
+        fields = [ints[name] if name in ints else batch.column(name) for name in self.field_names]
         return ok, self._labels(batch), fields
 
     def _label_ok(self, batch, bad: Malformed):
@@ -228,17 +254,30 @@ class TextFormat(DataFormat):
         n_bad = len(ok) - count_true(ok)
         if n_bad:
             bad.bad_label += n_bad
-            bad.note(f"label {first_bad(batch.column(self.label), pc.invert(ok))!r} "
-                     f"is not 0 or 1")
+            bad.note(f"label {first_bad(batch.column(self.label), pc.invert(ok))!r} is not 0 or 1")
         return ok
 
     def _labels(self, batch) -> np.ndarray:
-        return pc.is_in(batch.column(self.label), value_set=self.positive).to_numpy(
-            zero_copy_only=False).astype(np.float32)
+        return (
+            pc.is_in(batch.column(self.label), value_set=self.positive)
+            .to_numpy(zero_copy_only=False)
+            .astype(np.float32)
+        )
 
     @classmethod
-    def read_rows(cls, arg, source, vocabulary, tally, *, progress=False, options=None,
-                  id_start=None, id_column=None, block_bytes=16 << 20):
+    def read_rows(
+        cls,
+        arg,
+        source,
+        vocabulary,
+        tally,
+        *,
+        progress=False,
+        options=None,
+        id_start=None,
+        id_column=None,
+        block_bytes=16 << 20,
+    ):
         """The raw file read line by line in blocks, so that every input line keeps its place:
         a malformed line is a row without indices. Cells are validated, transformed and mapped
         to indices by the training pipeline's own parser, with the training run's options."""
@@ -256,8 +295,14 @@ class TextFormat(DataFormat):
         n_cols = len(layout.columns)
         row, first = 0, True
         started = time.perf_counter()
-        with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, disable=not progress,
-                  desc=f"predict {path.name}", mininterval=1.0) as bar:
+        with tqdm(
+            total=path.stat().st_size,
+            unit="B",
+            unit_scale=True,
+            disable=not progress,
+            desc=f"predict {path.name}",
+            mininterval=1.0,
+        ) as bar:
             done = 0
             for lines, position in line_blocks(path, block_bytes):
                 bar.update(position - done)
@@ -276,20 +321,23 @@ class TextFormat(DataFormat):
                 if layout.id_column is None:
                     ids = np.arange(row, row + n, dtype=np.int64) + layout.id_start
                 else:  # a line too short to have the id cell gets an empty id
-                    ids = pc.list_slice(cells, layout.id_index, layout.id_index + 1,
-                                        return_fixed_size_list=True).flatten()
+                    ids = pc.list_slice(
+                        cells, layout.id_index, layout.id_index + 1, return_fixed_size_list=True
+                    ).flatten()
                 labels = np.full(n, np.nan) if layout.labeled else None
                 where, x = np.zeros(0, np.int64), np.zeros((0, len(vocab)), np.int64)
                 if whole.any():
                     flat = cells.filter(pa.array(whole)).flatten()
-                    columns = [flat.take(pa.array(np.arange(j, len(flat), n_cols)))
-                               for j in range(n_cols)]
+                    columns = [
+                        flat.take(pa.array(np.arange(j, len(flat), n_cols))) for j in range(n_cols)
+                    ]
                     columns = [empty_to_null(c) for c in columns]  # as the reader gives them
                     batch = pa.RecordBatch.from_arrays(columns, names=layout.columns)
                     if not layout.labeled:  # the parser wants a label; it is never used
                         zeros = pa.array(np.zeros(batch.num_rows, dtype=np.int8)).cast(pa.string())
                         batch = pa.RecordBatch.from_arrays(
-                            batch.columns + [zeros], names=layout.columns + [fmt.label])
+                            batch.columns + [zeros], names=layout.columns + [fmt.label]
+                        )
                     kept, y, values = fmt.parse(batch, bad)
                     kept = np.asarray(kept.to_numpy(zero_copy_only=False), dtype=bool)
                     x = np.stack([indices(v, k) for v, k in zip(values, vocab)], axis=1)
@@ -299,8 +347,9 @@ class TextFormat(DataFormat):
                 row += n
                 tally.rows += n
                 elapsed = max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(rows=f"{tally.rows:,}",
-                                rows_per_s=f"{tally.rows / elapsed:,.0f}", refresh=False)
+                bar.set_postfix(
+                    rows=f"{tally.rows:,}", rows_per_s=f"{tally.rows / elapsed:,.0f}", refresh=False
+                )
                 yield RowBlock(names, ids, n, where, x, labels)
         for reason in ("bad_label", "bad_integer", "bad_hour"):
             if getattr(bad, reason):
@@ -315,7 +364,10 @@ def _note_bad_lines(lines, counts, bad_encoding, n_cols, row, tally: RowTally) -
         if not k:
             continue
         tally.malformed[reason] = tally.malformed.get(reason, 0) + k
-        for i in np.flatnonzero(mask)[:EXAMPLES - len(tally.malformed_examples)]:
-            what = (f"{counts[i]} columns, expected {n_cols}" if reason == "column_count"
-                    else "not UTF-8")
+        for i in np.flatnonzero(mask)[: EXAMPLES - len(tally.malformed_examples)]:
+            what = (
+                f"{counts[i]} columns, expected {n_cols}"
+                if reason == "column_count"
+                else "not UTF-8"
+            )
             tally.malformed_examples.append(f"row {row + i}: {what}: {lines[i][:60]!r}")

@@ -26,13 +26,16 @@ class CriteoFormat(TextFormat):
     def check_header(self, path, first_line):
         if b"\t" in first_line or first_line.count(b",") < len(CRITEO_COLUMNS) - 1:
             return
-        what = ("the Kaggle competition's comma-separated train.csv (Id,Label,I1..I13,C1..C26)"
-                if first_line.lower().startswith(b"id,label,i1,") else
-                f"comma-separated with {first_line.count(b',') + 1} columns")
+        what = (
+            "the Kaggle competition's comma-separated train.csv (Id,Label,I1..I13,C1..C26)"
+            if first_line.lower().startswith(b"id,label,i1,")
+            else f"comma-separated with {first_line.count(b',') + 1} columns"
+        )
         raise ValueError(
             f"{path} is {what}, but criteo: reads the tab-separated train.txt of the Display "
             f"Advertising Challenge (label, I1..I13, C1..C26, no header). Convert it with: "
-            f"tail -n +2 {path.name} | cut -d, -f2- | tr , '\\t' > train.txt")
+            f"tail -n +2 {path.name} | cut -d, -f2- | tr , '\\t' > train.txt"
+        )
 
     def layout(self, path):
         """train.txt (40 tab-separated columns, label first) or test.txt (39, no label), rows
@@ -42,24 +45,42 @@ class CriteoFormat(TextFormat):
         if "\t" in first or "," not in first:
             n = first.count("\t") + 1
             if n in (len(CRITEO_COLUMNS), len(CRITEO_COLUMNS) - 1):
-                return Layout("\t", False, CRITEO_COLUMNS[len(CRITEO_COLUMNS) - n:], None, "row",
-                              "probability", "label")
-            raise ValueError(f"{path}: the first line has {n} tab-separated columns; a Criteo "
-                             f"file has 40 (label, I1..I13, C1..C26) or 39 (the test file)")
+                return Layout(
+                    "\t",
+                    False,
+                    CRITEO_COLUMNS[len(CRITEO_COLUMNS) - n :],
+                    None,
+                    "row",
+                    "probability",
+                    "label",
+                )
+            raise ValueError(
+                f"{path}: the first line has {n} tab-separated columns; a Criteo "
+                f"file has 40 (label, I1..I13, C1..C26) or 39 (the test file)"
+            )
         names = first.split(",")
         if names in (["Id", "Label"] + CRITEO_FIELD_NAMES, ["Id"] + CRITEO_FIELD_NAMES):
             columns = ["Id"] + (["label"] if names[1] == "Label" else []) + CRITEO_FIELD_NAMES
-            return Layout(",", True, columns, "Id", "Id", "Predicted", "label",
-                          header_names=names)
-        raise ValueError(f"{path}: comma-separated, but the header {first[:120]!r} is not the "
-                         f"Criteo competition's CSV (Id,Label,I1..I13,C1..C26 or Id,I1..C26)")
+            return Layout(",", True, columns, "Id", "Id", "Predicted", "label", header_names=names)
+        raise ValueError(
+            f"{path}: comma-separated, but the header {first[:120]!r} is not the "
+            f"Criteo competition's CSV (Id,Label,I1..I13,C1..C26 or Id,I1..C26)"
+        )
 
     @classmethod
     def sidecar(cls, field_names, options):
-        layout = {"delimiter": "\t", "header": False, "columns": CRITEO_COLUMNS,
-                  "label": "label", "id": None}
-        return (layout, ["integer" if name in CRITEO_INT else "string" for name in field_names],
-                list(field_names))
+        layout = {
+            "delimiter": "\t",
+            "header": False,
+            "columns": CRITEO_COLUMNS,
+            "label": "label",
+            "id": None,
+        }
+        return (
+            layout,
+            ["integer" if name in CRITEO_INT else "string" for name in field_names],
+            list(field_names),
+        )
 
 
 FORMAT = CriteoFormat

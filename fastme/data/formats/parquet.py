@@ -27,8 +27,17 @@ from fastme.data.formats.base import DataFormat, RowBlock
 from fastme.data.sources import check_count, check_file_split, expand_paths, open_cache
 from fastme.data.text import integer_field
 
-PARQUET_OPTIONS = {"label", "fields", "integer", "min_count", "valid_files", "test_files",
-                   "rebuild", "progress", "batch_rows"}
+PARQUET_OPTIONS = {
+    "label",
+    "fields",
+    "integer",
+    "min_count",
+    "valid_files",
+    "test_files",
+    "rebuild",
+    "progress",
+    "batch_rows",
+}
 _BATCH_ROWS = 1 << 17
 
 
@@ -37,8 +46,9 @@ class ParquetSource:
 
     kind, one_file = "parquet", False
 
-    def __init__(self, files, label: str = "label", fields=None, integer=(),
-                 batch_rows: int = _BATCH_ROWS):
+    def __init__(
+        self, files, label: str = "label", fields=None, integer=(), batch_rows: int = _BATCH_ROWS
+    ):
         import pyarrow.parquet as pq
 
         self.files = [Path(f) for f in files]
@@ -54,21 +64,24 @@ class ParquetSource:
             if schema is None:
                 schema = names
             elif set(names) != set(schema):
-                raise ValueError(f"{f} has columns {names}, but {self.files[0]} has {schema}: "
-                                 f"every file needs the same columns")
+                raise ValueError(
+                    f"{f} has columns {names}, but {self.files[0]} has {schema}: "
+                    f"every file needs the same columns"
+                )
         self.has_label = label in schema
-        self.field_names = list(fields) if fields is not None else [c for c in schema
-                                                                    if c != label]
+        self.field_names = list(fields) if fields is not None else [c for c in schema if c != label]
         self.integer = set(integer)
         missing = [c for c in self.field_names + sorted(self.integer) if c not in schema]
         if missing:
-            raise ValueError(f"{self.files[0]} has no column {', '.join(missing)} "
-                             f"(columns: {', '.join(schema)})")
+            raise ValueError(
+                f"{self.files[0]} has no column {', '.join(missing)} (columns: {', '.join(schema)})"
+            )
         if not self.field_names:
             raise ValueError(f"{self.files[0]} has no feature column besides {label!r}")
         if self.integer - set(self.field_names):
-            raise ValueError(f"integer columns {sorted(self.integer - set(self.field_names))} "
-                             f"are not fields")
+            raise ValueError(
+                f"integer columns {sorted(self.integer - set(self.field_names))} are not fields"
+            )
 
     def estimated_rows(self) -> int:
         import pyarrow.parquet as pq
@@ -83,15 +96,13 @@ class ParquetSource:
         import pyarrow.parquet as pq
 
         columns = self.field_names + ([self.label] if self.has_label else [])
-        for batch in pq.ParquetFile(file).iter_batches(batch_size=self.batch_rows,
-                                                       columns=columns):
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=self.batch_rows, columns=columns):
             labels = None
             if self.has_label:
                 labels = self._labels(batch.column(self.label), file)
             elif need_label:
                 raise ValueError(f"{file} has no label column {self.label!r} (option label=NAME)")
-            yield labels, [self._field(batch.column(name), name, file)
-                           for name in self.field_names]
+            yield labels, [self._field(batch.column(name), name, file) for name in self.field_names]
 
     @staticmethod
     def _labels(col: pa.Array, file: Path) -> np.ndarray:
@@ -116,17 +127,32 @@ class ParquetSource:
         return col
 
 
-def load_parquet(spec: str, cache_dir=None, *, label: str = "label", fields=None, integer=(),
-                 min_count: int = 1, valid_files: int = 0, test_files: int = 0,
-                 rebuild: bool = False, progress: bool = True,
-                 batch_rows: int = _BATCH_ROWS) -> CTRData:
+def load_parquet(
+    spec: str,
+    cache_dir=None,
+    *,
+    label: str = "label",
+    fields=None,
+    integer=(),
+    min_count: int = 1,
+    valid_files: int = 0,
+    test_files: int = 0,
+    rebuild: bool = False,
+    progress: bool = True,
+    batch_rows: int = _BATCH_ROWS,
+) -> CTRData:
     """Preprocess Parquet files once into a cache and open it; see the module docstring."""
     min_count = check_count("min_count", min_count)
     files = expand_paths(spec)
     split = check_file_split(files, valid_files, test_files)
     source = ParquetSource(files, label, fields, integer, batch_rows)
-    options = {"label": label, "fields": source.field_names, "integer": sorted(source.integer),
-               "min_count": min_count, **split}
+    options = {
+        "label": label,
+        "fields": source.field_names,
+        "integer": sorted(source.integer),
+        "min_count": min_count,
+        **split,
+    }
     return open_cache(source, options, cache_dir, rebuild, progress)
 
 
@@ -139,14 +165,27 @@ class ParquetFormat(DataFormat):
     def load(cls, arg, spec, cache_dir, options):
         unknown = set(options) - PARQUET_OPTIONS
         if unknown or not arg:
-            raise TypeError(f"give parquet:PATH (file, directory, glob or list); options: "
-                            f"{', '.join(sorted(PARQUET_OPTIONS))}; got {spec!r} "
-                            f"{sorted(unknown) or ''}")
+            raise TypeError(
+                f"give parquet:PATH (file, directory, glob or list); options: "
+                f"{', '.join(sorted(PARQUET_OPTIONS))}; got {spec!r} "
+                f"{sorted(unknown) or ''}"
+            )
         return load_parquet(arg, cache_dir, **options)
 
     @classmethod
-    def read_rows(cls, arg, source, vocabulary, tally, *, progress=False, options=None,
-                  id_start=None, id_column=None, block_bytes=None):
+    def read_rows(
+        cls,
+        arg,
+        source,
+        vocabulary,
+        tally,
+        *,
+        progress=False,
+        options=None,
+        id_start=None,
+        id_column=None,
+        block_bytes=None,
+    ):
         """Parquet file(s) encoded with the training cache's vocabulary and column options; the
         ids are the rows' numbers over all files counted from ``id_start`` (default 0), or the
         values of the column ``id_column``."""
@@ -154,20 +193,35 @@ class ParquetFormat(DataFormat):
         from tqdm.auto import tqdm
 
         options = source.get("options") or {}
-        files = ParquetSource(expand_paths(arg), options.get("label", "label"),
-                              options.get("fields"), options.get("integer", ()))
+        files = ParquetSource(
+            expand_paths(arg),
+            options.get("label", "label"),
+            options.get("fields"),
+            options.get("integer", ()),
+        )
         if id_column is not None and id_column not in pq.read_schema(files.files[0]).names:
-            raise ValueError(f"--id-column: {files.files[0]} has no column {id_column!r} (its "
-                             f"columns: {', '.join(pq.read_schema(files.files[0]).names)})")
+            raise ValueError(
+                f"--id-column: {files.files[0]} has no column {id_column!r} (its "
+                f"columns: {', '.join(pq.read_schema(files.files[0]).names)})"
+            )
         vocab = vocabulary()
         first = id_start or 0
-        with tqdm(total=files.estimated_rows(), unit="row",
-                  unit_scale=True, disable=not progress, desc="predict parquet") as bar:
+        with tqdm(
+            total=files.estimated_rows(),
+            unit="row",
+            unit_scale=True,
+            disable=not progress,
+            desc="predict parquet",
+        ) as bar:
             for file in files.files:
                 # the id column read alongside, in batches of the same rows
-                id_batches = (pq.ParquetFile(file).iter_batches(batch_size=files.batch_rows,
-                                                               columns=[id_column])
-                              if id_column is not None else None)
+                id_batches = (
+                    pq.ParquetFile(file).iter_batches(
+                        batch_size=files.batch_rows, columns=[id_column]
+                    )
+                    if id_column is not None
+                    else None
+                )
                 for labels, values in files.batches(file, need_label=False):
                     x = np.stack([indices(v, k) for v, k in zip(values, vocab)], axis=1)
                     n = len(x)

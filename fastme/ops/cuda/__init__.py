@@ -44,4 +44,5 @@ BACKEND = KernelBackend(
         "fastme::cuda_cross_network": "cross.cross_forward",
         "fastme::cuda_cross_network_backward": "cross.cross_backward",
         "fastme::cuda_lookup_cross_network": "cross.lookup_cross_forward",
-    })
+    },
+)

@@ -33,12 +33,22 @@ def launch(t: torch.Tensor) -> dict:
 
 def index_args(indices: torch.Tensor, offsets: torch.Tensor, num_rows: int) -> dict:
     """``ix``, the (indices, offsets) argument every lookup kernel takes (IndexArgs, in order)."""
-    return {"ix": (indices.data_ptr(), indices.dtype == torch.int64, offsets.data_ptr(),
-                   offsets.dtype == torch.int64, num_rows, indices.shape[0], indices.shape[1])}
+    return {
+        "ix": (
+            indices.data_ptr(),
+            indices.dtype == torch.int64,
+            offsets.data_ptr(),
+            offsets.dtype == torch.int64,
+            num_rows,
+            indices.shape[0],
+            indices.shape[1],
+        )
+    }
 
 
-def scatter_rows(src: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
-                 num_rows: int) -> torch.Tensor:
+def scatter_rows(
+    src: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, num_rows: int
+) -> torch.Tensor:
     """Dense table gradient [num_rows, M, K] from per-pair gradients ``src`` [B, M, N, K]:
     row offsets[i] + indices[b, i] receives src[b, :, i, :], duplicates summed."""
     b, m, n, k = src.shape
@@ -47,16 +57,30 @@ def scatter_rows(src: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor
         return grad
     lib = require_cuda_kernels()
     if use_atomics(src.dtype):
-        lib.scatter_rows_atomic(src=src.data_ptr(), **index_args(indices, offsets, num_rows),
-                                num_sets=m, dim=k, grad_table=grad.data_ptr(), **launch(src))
+        lib.scatter_rows_atomic(
+            src=src.data_ptr(),
+            **index_args(indices, offsets, num_rows),
+            num_sets=m,
+            dim=k,
+            grad_table=grad.data_ptr(),
+            **launch(src),
+        )
         return grad
-    sorted_rows, perm = torch.sort(global_rows(indices, offsets, num_rows).reshape(-1),
-                                   stable=True)
+    sorted_rows, perm = torch.sort(global_rows(indices, offsets, num_rows).reshape(-1), stable=True)
     chunks = math.ceil(b * n / lib.SEGMENT_CHUNK)
     head = torch.empty((chunks, m, k), dtype=acc_dtype(src.dtype), device=src.device)
     tail = torch.empty_like(head)
-    lib.scatter_rows_sorted(src=src.data_ptr(), sorted_rows=sorted_rows.data_ptr(),
-                            perm=perm.data_ptr(), num_pairs=b * n, num_fields=n, num_sets=m,
-                            dim=k, head=head.data_ptr(), tail=tail.data_ptr(),
-                            grad_table=grad.data_ptr(), **launch(src))
+    lib.scatter_rows_sorted(
+        src=src.data_ptr(),
+        sorted_rows=sorted_rows.data_ptr(),
+        perm=perm.data_ptr(),
+        num_pairs=b * n,
+        num_fields=n,
+        num_sets=m,
+        dim=k,
+        head=head.data_ptr(),
+        tail=tail.data_ptr(),
+        grad_table=grad.data_ptr(),
+        **launch(src),
+    )
     return grad

@@ -31,9 +31,20 @@ def cross_forward(x0, weight, bias, save):
     xs, zs = _split_states(states, layers, save)
     out = torch.empty_like(x0)
     require_cuda_kernels().cross_forward(
-        x0=x0.data_ptr(), weight=weight.data_ptr(), bias=bias.data_ptr(), batch=batch,
-        num_sets=sets, dim=dim, layers=layers, out=out.data_ptr(), xs=xs.data_ptr(),
-        zs=zs.data_ptr(), save=save, allow_tf32=tf32_allowed(), **_lib.launch(x0))
+        x0=x0.data_ptr(),
+        weight=weight.data_ptr(),
+        bias=bias.data_ptr(),
+        batch=batch,
+        num_sets=sets,
+        dim=dim,
+        layers=layers,
+        out=out.data_ptr(),
+        xs=xs.data_ptr(),
+        zs=zs.data_ptr(),
+        save=save,
+        allow_tf32=tf32_allowed(),
+        **_lib.launch(x0),
+    )
     return out, states
 
 
@@ -55,8 +66,7 @@ def cross_backward(grad, x0, weight, bias, states):
     xs, zs = _split_states(states, layers, save=True)
     lib = require_cuda_kernels()
     acc = acc_dtype(x0.dtype)
-    plan = lib.cross_weight_grad_plan(batch=batch, num_sets=sets, dim=dim,
-                                      device=x0.device.index)
+    plan = lib.cross_weight_grad_plan(batch=batch, num_sets=sets, dim=dim, device=x0.device.index)
     splits = plan[0]  # batch slices of the weight gradient
     grad_x0 = torch.empty_like(x0)
     grad_weight = torch.empty_like(weight)
@@ -66,12 +76,26 @@ def cross_backward(grad, x0, weight, bias, states):
     dx0 = torch.empty(x0.shape, dtype=acc, device=x0.device)
     w_partial = torch.empty((sets * splits, dim, dim), dtype=acc, device=x0.device)
     b_partial = torch.empty((sets * splits, dim), dtype=acc, device=x0.device)
-    lib.cross_backward(grad_out=grad.data_ptr(), x0=x0.data_ptr(), weight=weight.data_ptr(),
-                       xs=xs.data_ptr(), zs=zs.data_ptr(), batch=batch, num_sets=sets, dim=dim,
-                       layers=layers, grad_x0=grad_x0.data_ptr(),
-                       grad_weight=grad_weight.data_ptr(), grad_bias=grad_bias.data_ptr(),
-                       h=h.data_ptr(), g=g.data_ptr(), dx0=dx0.data_ptr(),
-                       w_partial=w_partial.data_ptr(), b_partial=b_partial.data_ptr(),
-                       plan=plan, allow_tf32=tf32_allowed(),
-                       **_lib.launch(x0))
+    lib.cross_backward(
+        grad_out=grad.data_ptr(),
+        x0=x0.data_ptr(),
+        weight=weight.data_ptr(),
+        xs=xs.data_ptr(),
+        zs=zs.data_ptr(),
+        batch=batch,
+        num_sets=sets,
+        dim=dim,
+        layers=layers,
+        grad_x0=grad_x0.data_ptr(),
+        grad_weight=grad_weight.data_ptr(),
+        grad_bias=grad_bias.data_ptr(),
+        h=h.data_ptr(),
+        g=g.data_ptr(),
+        dx0=dx0.data_ptr(),
+        w_partial=w_partial.data_ptr(),
+        b_partial=b_partial.data_ptr(),
+        plan=plan,
+        allow_tf32=tf32_allowed(),
+        **_lib.launch(x0),
+    )
     return grad_x0, grad_weight, grad_bias

@@ -27,17 +27,25 @@ def _upper_weights(field_weights: torch.Tensor, dtype: torch.dtype) -> torch.Ten
     half of the pairs."""
     r = field_weights.to(dtype)
     return torch.triu(r + r.transpose(1, 2), diagonal=1) + torch.diag_embed(
-        torch.diagonal(r, dim1=1, dim2=2))
+        torch.diagonal(r, dim1=1, dim2=2)
+    )
 
 
 def _forward(kernel, table, indices, offsets, **kwargs):
-    out = torch.zeros((indices.shape[0], table.shape[1], table.shape[2]), dtype=table.dtype,
-                      device=table.device)
+    out = torch.zeros(
+        (indices.shape[0], table.shape[1], table.shape[2]), dtype=table.dtype, device=table.device
+    )
     if out.numel() == 0 or indices.shape[1] == 0:  # no fields: an empty sum, zero
         return out
-    kernel(table=table.data_ptr(), **_lib.index_args(indices, offsets, table.shape[0]),
-           num_sets=table.shape[1], dim=table.shape[2], out=out.data_ptr(), **_lib.launch(table),
-           **kwargs)
+    kernel(
+        table=table.data_ptr(),
+        **_lib.index_args(indices, offsets, table.shape[0]),
+        num_sets=table.shape[1],
+        dim=table.shape[2],
+        out=out.data_ptr(),
+        **_lib.launch(table),
+        **kwargs,
+    )
     return out
 
 
@@ -46,9 +54,15 @@ def _table_grad(kernel, grad, table, indices, offsets, **kwargs):
     per-pair gradients that the sorted scatter reduces."""
     rows, m, k = table.shape
     b, n = indices.shape
-    common = dict(grad=grad.data_ptr(), table=table.data_ptr(),
-                  **_lib.index_args(indices, offsets, rows), num_sets=m, dim=k,
-                  **_lib.launch(table), **kwargs)
+    common = dict(
+        grad=grad.data_ptr(),
+        table=table.data_ptr(),
+        **_lib.index_args(indices, offsets, rows),
+        num_sets=m,
+        dim=k,
+        **_lib.launch(table),
+        **kwargs,
+    )
     if use_atomics(table.dtype):
         grad_table = torch.zeros_like(table)
         kernel(dest=grad_table.data_ptr(), atomic=True, **common)
@@ -70,8 +84,9 @@ def fm_backward(grad, table, indices, offsets):
 
 def fwfm_forward(table, indices, offsets, field_weights):
     lib = require_cuda_kernels()
-    qt = _transposed_padded(_upper_weights(field_weights, acc_dtype(table.dtype)),
-                            lib.FWFM_FIELD_PAD)
+    qt = _transposed_padded(
+        _upper_weights(field_weights, acc_dtype(table.dtype)), lib.FWFM_FIELD_PAD
+    )
     return _forward(lib.fwfm_forward, table, indices, offsets, q_upper=qt.data_ptr())
 
 
@@ -87,7 +102,15 @@ def fwfm_backward(grad, table, indices, offsets, field_weights):
     plan = lib.fwfm_weight_grad_plan(batch=b, num_sets=m, device=table.device.index)
     partial = torch.zeros((plan[0], m, n, n), dtype=acc, device=table.device)  # chunks x ...
     grad_weights = torch.empty((m, n, n), dtype=table.dtype, device=table.device)
-    grad_table = _table_grad(lib.fwfm_backward, grad, table, indices, offsets,
-                             q_full=qt.data_ptr(), weight_partial=partial.data_ptr(),
-                             plan=plan, grad_weight=grad_weights.data_ptr())
+    grad_table = _table_grad(
+        lib.fwfm_backward,
+        grad,
+        table,
+        indices,
+        offsets,
+        q_full=qt.data_ptr(),
+        weight_partial=partial.data_ptr(),
+        plan=plan,
+        grad_weight=grad_weights.data_ptr(),
+    )
     return grad_table, grad_weights.to(field_weights.dtype)

@@ -25,7 +25,7 @@ BACKEND = KernelBackend(
     devices=("cuda", "cpu"),  # the CPU through the interpreter, for tests
     auto=("cuda",),  # first: it runs wherever Triton does; not yet timed against CUDA on a GPU
     needs="CUDA tensors and the triton package (or TRITON_INTERPRET=1 for the CPU interpreter; "
-          "in a fastme checkout: pip install -e '.[triton]')",
+    "in a fastme checkout: pip install -e '.[triton]')",
     why_not_here=_why_not_here,
     # the forward keeps x_1..x_{L-1} whether or not a gradient follows: the kernel works in them
     cross_states=lambda layers, save: max(layers - 1, 0),
@@ -39,4 +39,5 @@ BACKEND = KernelBackend(
         "fastme::triton_cross_network": "cross.cross_forward",
         "fastme::triton_cross_network_backward": "cross.cross_backward",
         "fastme::triton_lookup_cross_network": "cross.lookup_cross_forward",
-    })
+    },
+)

@@ -39,15 +39,20 @@ def autotune(gpu_configs, interpreter_config, key, block_args=("BLOCK_D",), size
     def decorator(fn):
         if interpreted():
             return triton.autotune([interpreter_config], key=key)(fn)
-        return triton.autotune(gpu_configs, key=key,
-                               prune_configs_by={"early_config_prune": prune})(fn)
+        return triton.autotune(
+            gpu_configs, key=key, prune_configs_by={"early_config_prune": prune}
+        )(fn)
 
     return decorator
 
 
 def tl_dtype(dtype: torch.dtype):
-    return {torch.float64: tl.float64, torch.float32: tl.float32,
-            torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
+    return {
+        torch.float64: tl.float64,
+        torch.float32: tl.float32,
+        torch.bfloat16: tl.bfloat16,
+        torch.float16: tl.float16,
+    }[dtype]
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -103,8 +108,15 @@ class RowGradTarget:
       ``index_put_(accumulate=True)``, deterministic under torch.use_deterministic_algorithms.
     """
 
-    def __init__(self, indices: torch.Tensor, offsets: torch.Tensor, num_rows: int,
-                 row_shape, dtype: torch.dtype, deterministic: bool | None = None):
+    def __init__(
+        self,
+        indices: torch.Tensor,
+        offsets: torch.Tensor,
+        num_rows: int,
+        row_shape,
+        dtype: torch.dtype,
+        deterministic: bool | None = None,
+    ):
         device = indices.device
         self.num_rows, self.row_shape, self.dtype = num_rows, tuple(row_shape), dtype
         self.deterministic = _policy.deterministic() if deterministic is None else deterministic
@@ -124,8 +136,9 @@ class RowGradTarget:
         else:
             self._slot = rows
             space_rows = num_rows
-        self._space = torch.zeros((space_rows, *self.row_shape), dtype=acc_dtype(dtype),
-                                  device=device)
+        self._space = torch.zeros(
+            (space_rows, *self.row_shape), dtype=acc_dtype(dtype), device=device
+        )
         if self.deterministic:
             self.dest = torch.arange(pairs, device=device)
             self.acc = torch.zeros((pairs, *self.row_shape), dtype=acc_dtype(dtype), device=device)
@@ -139,8 +152,9 @@ class RowGradTarget:
             self._space.index_put_((self._slot,), self.acc, accumulate=True)
         if not self._compact:
             return self._space
-        grad = torch.zeros((self.num_rows, *self.row_shape), dtype=self.dtype,
-                           device=self._space.device)
+        grad = torch.zeros(
+            (self.num_rows, *self.row_shape), dtype=self.dtype, device=self._space.device
+        )
         # Every position of a row carries the same slot, so duplicates write identical values.
         grad[self._sorted_rows] = self._space[self._slot_sorted].to(self.dtype)
         return grad

@@ -23,8 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastme.ops.triton._common import (acc_dtype, autotune, dot_meta, load_rows, mma,
-                                       on_input_device)
+from fastme.ops.triton._common import acc_dtype, autotune, dot_meta, load_rows, mma, on_input_device
 from fastme.ops.triton.lookup import lookup_forward
 
 # Launch configurations; the autotuner picks among them per (M, D, L) at the first call, the
@@ -36,15 +35,21 @@ from fastme.ops.triton.lookup import lookup_forward
 # sm_90 and 136 B on sm_80. Whether a spilling configuration still wins is for the autotuner to
 # measure on the GPU.
 _C = triton.Config
-_FWD_CONFIGS = [_C({"BLOCK_B": 64, "BLOCK_D": 64}, num_warps=8, num_stages=3),
-                _C({"BLOCK_B": 64, "BLOCK_D": 32}, num_warps=8, num_stages=2),
-                _C({"BLOCK_B": 32, "BLOCK_D": 32}, num_warps=4, num_stages=2)]
-_BWD_CONFIGS = [_C({"BLOCK_B": 64, "BLOCK_D": 32}, num_warps=8, num_stages=2),
-                _C({"BLOCK_B": 32, "BLOCK_D": 32}, num_warps=4, num_stages=2)]
-_WGRAD_CONFIGS = [_C({"BLOCK_O": 64, "BLOCK_I": 64, "BLOCK_B": 32}, num_warps=4, num_stages=3),
-                  _C({"BLOCK_O": 128, "BLOCK_I": 64, "BLOCK_B": 32}, num_warps=8, num_stages=3),
-                  _C({"BLOCK_O": 64, "BLOCK_I": 64, "BLOCK_B": 64}, num_warps=4, num_stages=3),
-                  _C({"BLOCK_O": 32, "BLOCK_I": 32, "BLOCK_B": 32}, num_warps=4, num_stages=2)]
+_FWD_CONFIGS = [
+    _C({"BLOCK_B": 64, "BLOCK_D": 64}, num_warps=8, num_stages=3),
+    _C({"BLOCK_B": 64, "BLOCK_D": 32}, num_warps=8, num_stages=2),
+    _C({"BLOCK_B": 32, "BLOCK_D": 32}, num_warps=4, num_stages=2),
+]
+_BWD_CONFIGS = [
+    _C({"BLOCK_B": 64, "BLOCK_D": 32}, num_warps=8, num_stages=2),
+    _C({"BLOCK_B": 32, "BLOCK_D": 32}, num_warps=4, num_stages=2),
+]
+_WGRAD_CONFIGS = [
+    _C({"BLOCK_O": 64, "BLOCK_I": 64, "BLOCK_B": 32}, num_warps=4, num_stages=3),
+    _C({"BLOCK_O": 128, "BLOCK_I": 64, "BLOCK_B": 32}, num_warps=8, num_stages=3),
+    _C({"BLOCK_O": 64, "BLOCK_I": 64, "BLOCK_B": 64}, num_warps=4, num_stages=3),
+    _C({"BLOCK_O": 32, "BLOCK_I": 32, "BLOCK_B": 32}, num_warps=4, num_stages=2),
+]
 _INTERP_CHAIN = _C({"BLOCK_B": 16, "BLOCK_D": 32})
 _INTERP_WGRAD = _C({"BLOCK_O": 32, "BLOCK_I": 32, "BLOCK_B": 16})
 
@@ -52,6 +57,7 @@ _INTERP_WGRAD = _C({"BLOCK_O": 32, "BLOCK_I": 32, "BLOCK_B": 16})
 # Every [B, M, D] buffer is addressed per program as ``P + prog`` (an int64 scalar: the program's
 # first sample, its set m) plus int32 tile offsets ``rows[:, None] + cols[None, :]`` with
 # rows = local sample * M*D: 32-bit offset tiles halve the registers that 64-bit ones would take.
+
 
 @triton.jit
 def _tile(P, rows, cols, bmask, D):
@@ -68,8 +74,20 @@ def _store_tile(P, rows, cols, bmask, D, value):
 
 
 @triton.jit
-def _times_w(A, W_l, rows, bmask, n, D, TRANSPOSED: tl.constexpr, BLOCK_B: tl.constexpr,
-             BLOCK_D: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _times_w(
+    A,
+    W_l,
+    rows,
+    bmask,
+    n,
+    D,
+    TRANSPOSED: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """(a W_l^T)[:, n] when TRANSPOSED (n indexes outputs of W_l, which is [D_out, D_in]), else
     (a W_l)[:, n] (n indexes inputs), for the program's samples."""
     acc = tl.zeros([BLOCK_B, BLOCK_D], ACC)
@@ -96,9 +114,29 @@ def _program_rows(B, M, D, BLOCK_B: tl.constexpr):
 
 @autotune(_FWD_CONFIGS, _INTERP_CHAIN, key=["M", "D", "L"])
 @triton.jit
-def _cross_fwd_kernel(X0, W, BIAS, STATES, OUT, TABLE, IDX, OFFS, B, M, D, L, N, K, num_rows,
-                      GATHER: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
-                      ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _cross_fwd_kernel(
+    X0,
+    W,
+    BIAS,
+    STATES,
+    OUT,
+    TABLE,
+    IDX,
+    OFFS,
+    B,
+    M,
+    D,
+    L,
+    N,
+    K,
+    num_rows,
+    GATHER: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     m = tl.program_id(1)
     prog, rows, bmask, bmd = _program_rows(B, M, D, BLOCK_B)
     x0 = X0 + prog
@@ -109,10 +147,12 @@ def _cross_fwd_kernel(X0, W, BIAS, STATES, OUT, TABLE, IDX, OFFS, B, M, D, L, N,
             d = d0 + tl.arange(0, BLOCK_D)
             f = d // K
             mask = bmask[:, None] & (d < D)[None, :]
-            table_rows = load_rows(IDX, OFFS, b[:, None].to(tl.int64) * N + f[None, :],
-                                   f[None, :], num_rows, mask)
-            v = tl.load(TABLE + table_rows * (M * K) + m * K + (d - f * K)[None, :],
-                        mask=mask, other=0)
+            table_rows = load_rows(
+                IDX, OFFS, b[:, None].to(tl.int64) * N + f[None, :], f[None, :], num_rows, mask
+            )
+            v = tl.load(
+                TABLE + table_rows * (M * K) + m * K + (d - f * K)[None, :], mask=mask, other=0
+            )
             _store_tile(x0, rows, d, bmask, D, v)
         tl.debug_barrier()
     for l in range(L):
@@ -135,10 +175,26 @@ def _cross_fwd_kernel(X0, W, BIAS, STATES, OUT, TABLE, IDX, OFFS, B, M, D, L, N,
 
 
 @triton.jit
-def _cross_bwd_layer(x0, x_l, g_in, g_out, u_l, dx0, w_l, bias_l, rows, bmask, D,
-                     TOP: tl.constexpr, BOTTOM: tl.constexpr,
-                     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
-                     ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _cross_bwd_layer(
+    x0,
+    x_l,
+    g_in,
+    g_out,
+    u_l,
+    dx0,
+    w_l,
+    bias_l,
+    rows,
+    bmask,
+    D,
+    TOP: tl.constexpr,
+    BOTTOM: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """One layer of the backward chain. g_in = grad x_{l+1}; writes u_l, adds g_in * z_l into
     dx0 (TOP: the first layer visited writes it), then writes g_out = grad x_l, or adds it
     into dx0 at the BOTTOM layer (l = 0)."""
@@ -168,9 +224,25 @@ def _cross_bwd_layer(x0, x_l, g_in, g_out, u_l, dx0, w_l, bias_l, rows, bmask, D
 
 @autotune(_BWD_CONFIGS, _INTERP_CHAIN, key=["M", "D", "L"])
 @triton.jit
-def _cross_bwd_kernel(X0, W, BIAS, STATES, GOUT, U, GBUF, DX0, B, M, D, L,
-                      BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
-                      ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _cross_bwd_kernel(
+    X0,
+    W,
+    BIAS,
+    STATES,
+    GOUT,
+    U,
+    GBUF,
+    DX0,
+    B,
+    M,
+    D,
+    L,
+    BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """Layers in reverse. grad x_{l+1} lives in GOUT for the top layer, then alternates between
     the two halves of GBUF (fp32 even for 16-bit inputs). The top and bottom layers are peeled
     so that every layer body sees pointers of one type."""
@@ -180,30 +252,109 @@ def _cross_bwd_kernel(X0, W, BIAS, STATES, GOUT, U, GBUF, DX0, B, M, D, L,
     dx0 = DX0 + prog
     top = L - 1
     if top == 0:
-        _cross_bwd_layer(x0, x0, GOUT + prog, dx0, U + prog, dx0, W + m * D * D, BIAS + m * D,
-                         rows, bmask, D, True, True, BLOCK_B, BLOCK_D, ACC, PREC, UPCAST)
+        _cross_bwd_layer(
+            x0,
+            x0,
+            GOUT + prog,
+            dx0,
+            U + prog,
+            dx0,
+            W + m * D * D,
+            BIAS + m * D,
+            rows,
+            bmask,
+            D,
+            True,
+            True,
+            BLOCK_B,
+            BLOCK_D,
+            ACC,
+            PREC,
+            UPCAST,
+        )
     else:
-        _cross_bwd_layer(x0, STATES + (top - 1) * bmd + prog, GOUT + prog,
-                         GBUF + (top % 2) * bmd + prog, U + top * bmd + prog, dx0,
-                         W + (top * M + m).to(tl.int64) * D * D, BIAS + (top * M + m) * D,
-                         rows, bmask, D, True, False, BLOCK_B, BLOCK_D, ACC, PREC, UPCAST)
+        _cross_bwd_layer(
+            x0,
+            STATES + (top - 1) * bmd + prog,
+            GOUT + prog,
+            GBUF + (top % 2) * bmd + prog,
+            U + top * bmd + prog,
+            dx0,
+            W + (top * M + m).to(tl.int64) * D * D,
+            BIAS + (top * M + m) * D,
+            rows,
+            bmask,
+            D,
+            True,
+            False,
+            BLOCK_B,
+            BLOCK_D,
+            ACC,
+            PREC,
+            UPCAST,
+        )
         for i in range(1, top):
             l = top - i
-            _cross_bwd_layer(x0, STATES + (l - 1) * bmd + prog,
-                             GBUF + ((l + 1) % 2) * bmd + prog, GBUF + (l % 2) * bmd + prog,
-                             U + l * bmd + prog, dx0,
-                             W + (l * M + m).to(tl.int64) * D * D, BIAS + (l * M + m) * D,
-                             rows, bmask, D, False, False, BLOCK_B, BLOCK_D, ACC, PREC, UPCAST)
-        _cross_bwd_layer(x0, x0, GBUF + bmd + prog, dx0, U + prog, dx0,
-                         W + m * D * D, BIAS + m * D,
-                         rows, bmask, D, False, True, BLOCK_B, BLOCK_D, ACC, PREC, UPCAST)
+            _cross_bwd_layer(
+                x0,
+                STATES + (l - 1) * bmd + prog,
+                GBUF + ((l + 1) % 2) * bmd + prog,
+                GBUF + (l % 2) * bmd + prog,
+                U + l * bmd + prog,
+                dx0,
+                W + (l * M + m).to(tl.int64) * D * D,
+                BIAS + (l * M + m) * D,
+                rows,
+                bmask,
+                D,
+                False,
+                False,
+                BLOCK_B,
+                BLOCK_D,
+                ACC,
+                PREC,
+                UPCAST,
+            )
+        _cross_bwd_layer(
+            x0,
+            x0,
+            GBUF + bmd + prog,
+            dx0,
+            U + prog,
+            dx0,
+            W + m * D * D,
+            BIAS + m * D,
+            rows,
+            bmask,
+            D,
+            False,
+            True,
+            BLOCK_B,
+            BLOCK_D,
+            ACC,
+            PREC,
+            UPCAST,
+        )
 
 
 @autotune(_WGRAD_CONFIGS, _INTERP_WGRAD, key=["M", "D"], block_args=("BLOCK_O", "BLOCK_I"))
 @triton.jit
-def _cross_wgrad_kernel(U, X0, STATES, DW, DB, B, M, D,
-                        BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_B: tl.constexpr,
-                        ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _cross_wgrad_kernel(
+    U,
+    X0,
+    STATES,
+    DW,
+    DB,
+    B,
+    M,
+    D,
+    BLOCK_O: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """dW[l, m] = sum_b u_l[b, m]^T x_l[b, m] ([D_out, D_in]); db[l, m] = sum_b u_l[b, m]."""
     lm = tl.program_id(1)
     l = lm // M
@@ -225,10 +376,16 @@ def _cross_wgrad_kernel(U, X0, STATES, DW, DB, B, M, D,
     for b0 in range(0, B, BLOCK_B):
         bmask = b0 + lb < B
         off = tl.cast(b0, tl.int64) * M * D
-        u_t = tl.load(u_l + off + lb[None, :] * (M * D) + ro[:, None],
-                      mask=bmask[None, :] & (ro < D)[:, None], other=0)  # [o, b]
-        x = tl.load(x_l + off + lb[:, None] * (M * D) + ri[None, :],
-                    mask=bmask[:, None] & (ri < D)[None, :], other=0)  # [b, i]
+        u_t = tl.load(
+            u_l + off + lb[None, :] * (M * D) + ro[:, None],
+            mask=bmask[None, :] & (ro < D)[:, None],
+            other=0,
+        )  # [o, b]
+        x = tl.load(
+            x_l + off + lb[:, None] * (M * D) + ri[None, :],
+            mask=bmask[:, None] & (ri < D)[None, :],
+            other=0,
+        )  # [b, i]
         acc = mma(u_t, x, acc, PREC, UPCAST)
         db += tl.sum(u_t.to(ACC), axis=1)
     out = lm.to(tl.int64) * D * D + ro[:, None] * D + ri[None, :]
@@ -238,6 +395,7 @@ def _cross_wgrad_kernel(U, X0, STATES, DW, DB, B, M, D,
 
 
 # ---- host side ----------------------------------------------------------------------------------
+
 
 @on_input_device
 def cross_forward(x0, weight, bias, save=True, gather=None):
@@ -258,8 +416,24 @@ def cross_forward(x0, weight, bias, save=True, gather=None):
         table, indices, offsets = gather
         n, k, rows = indices.shape[1], table.shape[2], table.shape[0]
     _cross_fwd_kernel[lambda cfg: (triton.cdiv(b, cfg["BLOCK_B"]), m)](
-        x0, weight, bias, states if layers > 1 else x0, out, table, indices, offsets,
-        b, m, d, layers, n, k, rows, GATHER=gather is not None, **dot_meta(x0.dtype))
+        x0,
+        weight,
+        bias,
+        states if layers > 1 else x0,
+        out,
+        table,
+        indices,
+        offsets,
+        b,
+        m,
+        d,
+        layers,
+        n,
+        k,
+        rows,
+        GATHER=gather is not None,
+        **dot_meta(x0.dtype),
+    )
     return out, states
 
 
@@ -287,8 +461,21 @@ def cross_backward(grad, x0, weight, bias, states):
     meta = dot_meta(x0.dtype)
     states_arg = states if layers > 1 else x0
     _cross_bwd_kernel[lambda cfg: (triton.cdiv(b, cfg["BLOCK_B"]), m)](
-        x0, weight, bias, states_arg, grad, u, gbuf if layers > 1 else dx0, dx0, b, m, d, layers,
-        **meta)
+        x0,
+        weight,
+        bias,
+        states_arg,
+        grad,
+        u,
+        gbuf if layers > 1 else dx0,
+        dx0,
+        b,
+        m,
+        d,
+        layers,
+        **meta,
+    )
+
     def wgrad_grid(cfg):
         return triton.cdiv(d, cfg["BLOCK_O"]) * triton.cdiv(d, cfg["BLOCK_I"]), layers * m
 

@@ -37,8 +37,19 @@ def _pair_tile(num_pairs, N, K, MK, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr
 
 
 @triton.jit
-def _lookup_fwd_kernel(TABLE, IDX, OFFS, OUT, num_pairs, num_rows, N, K, MK,
-                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _lookup_fwd_kernel(
+    TABLE,
+    IDX,
+    OFFS,
+    OUT,
+    num_pairs,
+    num_rows,
+    N,
+    K,
+    MK,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     p, c, pmask, field, mask, dst = _pair_tile(num_pairs, N, K, MK, BLOCK_P, BLOCK_C)
     rows = load_rows(IDX, OFFS, p, field, num_rows, pmask)
     vals = tl.load(TABLE + rows[:, None] * MK + c[None, :], mask=mask)
@@ -46,8 +57,9 @@ def _lookup_fwd_kernel(TABLE, IDX, OFFS, OUT, num_pairs, num_rows, N, K, MK,
 
 
 @triton.jit
-def _lookup_bwd_kernel(GRAD, DEST, ACC, num_pairs, N, K, MK,
-                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _lookup_bwd_kernel(
+    GRAD, DEST, ACC, num_pairs, N, K, MK, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr
+):
     p, c, pmask, field, mask, src = _pair_tile(num_pairs, N, K, MK, BLOCK_P, BLOCK_C)
     g = tl.load(GRAD + src, mask=mask, other=0).to(ACC.dtype.element_ty)
     dest = tl.load(DEST + p, mask=pmask, other=0)
@@ -61,15 +73,28 @@ def _grid(num_pairs: int, mk: int):
 
 
 @on_input_device
-def lookup_forward(table: torch.Tensor, indices: torch.Tensor,
-                   offsets: torch.Tensor) -> torch.Tensor:
+def lookup_forward(
+    table: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor
+) -> torch.Tensor:
     (b, n), (rows, m, k) = indices.shape, table.shape
     out = torch.empty((b, m, n, k), dtype=table.dtype, device=table.device)
     if out.numel() == 0:
         return out
     grid, block_p, block_c = _grid(b * n, m * k)
-    _lookup_fwd_kernel[grid](table, indices, offsets, out, b * n, rows, n, k, m * k,
-                             BLOCK_P=block_p, BLOCK_C=block_c, num_warps=NUM_WARPS)
+    _lookup_fwd_kernel[grid](
+        table,
+        indices,
+        offsets,
+        out,
+        b * n,
+        rows,
+        n,
+        k,
+        m * k,
+        BLOCK_P=block_p,
+        BLOCK_C=block_c,
+        num_warps=NUM_WARPS,
+    )
     return out
 
 
@@ -80,12 +105,23 @@ def scatter_add_rows(target: RowGradTarget, grad: torch.Tensor) -> None:
     if grad.numel() == 0:
         return
     grid, block_p, block_c = _grid(b * n, m * k)
-    _lookup_bwd_kernel[grid](grad, target.dest, target.acc, b * n, n, k, m * k,
-                             BLOCK_P=block_p, BLOCK_C=block_c, num_warps=NUM_WARPS)
+    _lookup_bwd_kernel[grid](
+        grad,
+        target.dest,
+        target.acc,
+        b * n,
+        n,
+        k,
+        m * k,
+        BLOCK_P=block_p,
+        BLOCK_C=block_c,
+        num_warps=NUM_WARPS,
+    )
 
 
-def lookup_backward(grad: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
-                    num_rows: int) -> torch.Tensor:
+def lookup_backward(
+    grad: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, num_rows: int
+) -> torch.Tensor:
     """Dense table gradient [num_rows, M, K] of the lookup, duplicates summed."""
     _, m, _, k = grad.shape
     target = RowGradTarget(indices, offsets, num_rows, (m, k), grad.dtype)

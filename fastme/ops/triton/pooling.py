@@ -20,17 +20,28 @@ import torch
 import triton
 import triton.language as tl
 
-from fastme.ops.triton._common import (NUM_WARPS, RowGradTarget, acc_dtype, dot_meta,
-                                       load_rows, mma, on_input_device, pow2, tl_dtype)
+from fastme.ops.triton._common import (
+    NUM_WARPS,
+    RowGradTarget,
+    acc_dtype,
+    dot_meta,
+    load_rows,
+    mma,
+    on_input_device,
+    pow2,
+    tl_dtype,
+)
 
 _FM_BLOCK = 1024
 
 
 # ---- FM -----------------------------------------------------------------------------------------
 
+
 @triton.jit
-def _fm_fwd_kernel(TABLE, IDX, OFFS, OUT, num_cols, num_rows, N, MK,
-                   BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _fm_fwd_kernel(
+    TABLE, IDX, OFFS, OUT, num_cols, num_rows, N, MK, BLOCK: tl.constexpr, ACC: tl.constexpr
+):
     c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # over B * M*K
     mask = c < num_cols
     c = c.to(tl.int64)
@@ -47,8 +58,20 @@ def _fm_fwd_kernel(TABLE, IDX, OFFS, OUT, num_cols, num_rows, N, MK,
 
 
 @triton.jit
-def _fm_bwd_kernel(TABLE, IDX, OFFS, GRAD, DEST, DTABLE, num_cols, num_rows, N, MK,
-                   BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _fm_bwd_kernel(
+    TABLE,
+    IDX,
+    OFFS,
+    GRAD,
+    DEST,
+    DTABLE,
+    num_cols,
+    num_rows,
+    N,
+    MK,
+    BLOCK: tl.constexpr,
+    ACC: tl.constexpr,
+):
     c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = c < num_cols
     c = c.to(tl.int64)
@@ -63,14 +86,19 @@ def _fm_bwd_kernel(TABLE, IDX, OFFS, GRAD, DEST, DTABLE, num_cols, num_rows, N, 
         rows = load_rows(IDX, OFFS, b * N + i, i, num_rows, mask)
         e = tl.load(TABLE + rows * MK + j, mask=mask, other=0).to(ACC)
         dest = tl.load(DEST + b * N + i, mask=mask, other=0)
-        tl.atomic_add(DTABLE + dest * MK + j, (g * (s - e)).to(DTABLE.dtype.element_ty),
-                      mask=mask, sem="relaxed")
+        tl.atomic_add(
+            DTABLE + dest * MK + j,
+            (g * (s - e)).to(DTABLE.dtype.element_ty),
+            mask=mask,
+            sem="relaxed",
+        )
 
 
 # ---- FwFM ---------------------------------------------------------------------------------------
 # The N fields are tiled into blocks of BLOCK_N, so any N runs in bounded registers and shared
 # memory: a program holds [BLOCK_N, BLOCK_C] tiles of E and [BLOCK_N, BLOCK_N] tiles of R, never
 # all N fields at once. Column c = b * K + k of set m is one (sample, embedding value) pair.
+
 
 @triton.jit
 def _columns(col, num_cols, K):
@@ -80,8 +108,7 @@ def _columns(col, num_cols, K):
 
 
 @triton.jit
-def _gather_fields(TABLE, IDX, OFFS, m, f0, b, k, cmask, num_rows, N, M, K,
-                   BLOCK_N: tl.constexpr):
+def _gather_fields(TABLE, IDX, OFFS, m, f0, b, k, cmask, num_rows, N, M, K, BLOCK_N: tl.constexpr):
     """E[f0 + i, c] = table[row(b_c, f0 + i), m, k_c]: [BLOCK_N, BLOCK_C], zero-padded."""
     field = f0 + tl.arange(0, BLOCK_N)
     mask = (field < N)[:, None] & cmask[None, :]
@@ -99,9 +126,23 @@ def _weights_tile(R, m, i0, j0, N, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _fwfm_fwd_kernel(TABLE, IDX, OFFS, R, OUT, num_cols, num_rows, N, M, K,
-                     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                     ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _fwfm_fwd_kernel(
+    TABLE,
+    IDX,
+    OFFS,
+    R,
+    OUT,
+    num_cols,
+    num_rows,
+    N,
+    M,
+    K,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """out[:, c] = sum_i E[i, c] (R E)[i, c], by field blocks I (rows of R) and J (columns)."""
     m = tl.program_id(1)
     col = (tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
@@ -110,8 +151,7 @@ def _fwfm_fwd_kernel(TABLE, IDX, OFFS, R, OUT, num_cols, num_rows, N, M, K,
     for i0 in range(0, N, BLOCK_N):
         t = tl.zeros([BLOCK_N, BLOCK_C], ACC)
         for j0 in range(0, N, BLOCK_N):
-            e_j = _gather_fields(TABLE, IDX, OFFS, m, j0, b, k, cmask, num_rows, N, M, K,
-                                 BLOCK_N)
+            e_j = _gather_fields(TABLE, IDX, OFFS, m, j0, b, k, cmask, num_rows, N, M, K, BLOCK_N)
             t = mma(_weights_tile(R, m, i0, j0, N, BLOCK_N), e_j, t, PREC, UPCAST)
         # E_I is gathered again rather than kept live over the J loop (registers; L1 hits).
         e_i = _gather_fields(TABLE, IDX, OFFS, m, i0, b, k, cmask, num_rows, N, M, K, BLOCK_N)
@@ -120,9 +160,25 @@ def _fwfm_fwd_kernel(TABLE, IDX, OFFS, R, OUT, num_cols, num_rows, N, M, K,
 
 
 @triton.jit
-def _fwfm_bwd_table_kernel(TABLE, IDX, OFFS, R, GRAD, DEST, DTABLE, num_cols, num_rows, N, M, K,
-                           BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                           ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _fwfm_bwd_table_kernel(
+    TABLE,
+    IDX,
+    OFFS,
+    R,
+    GRAD,
+    DEST,
+    DTABLE,
+    num_cols,
+    num_rows,
+    N,
+    M,
+    K,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """grad E_I = g * sum_J (R + R^T)[I, J] E_J for field block I = program_id(2), added into
     the table gradient."""
     m = tl.program_id(1)
@@ -132,22 +188,42 @@ def _fwfm_bwd_table_kernel(TABLE, IDX, OFFS, R, GRAD, DEST, DTABLE, num_cols, nu
     de = tl.zeros([BLOCK_N, BLOCK_C], ACC)
     for j0 in range(0, N, BLOCK_N):
         e_j = _gather_fields(TABLE, IDX, OFFS, m, j0, b, k, cmask, num_rows, N, M, K, BLOCK_N)
-        sym = (_weights_tile(R, m, i0, j0, N, BLOCK_N).to(ACC)
-               + tl.trans(_weights_tile(R, m, j0, i0, N, BLOCK_N)).to(ACC))
+        sym = _weights_tile(R, m, i0, j0, N, BLOCK_N).to(ACC) + tl.trans(
+            _weights_tile(R, m, j0, i0, N, BLOCK_N)
+        ).to(ACC)
         de = mma(sym.to(R.dtype.element_ty), e_j, de, PREC, UPCAST)
     g = tl.load(GRAD + b * (M * K) + m * K + k, mask=cmask, other=0).to(ACC)
     field = i0 + tl.arange(0, BLOCK_N)
     mask = (field < N)[:, None] & cmask[None, :]
     dest = tl.load(DEST + b[None, :] * N + field[:, None], mask=mask, other=0)
-    tl.atomic_add(DTABLE + dest * (M * K) + m * K + k[None, :],
-                  (de * g[None, :]).to(DTABLE.dtype.element_ty), mask=mask, sem="relaxed")
+    tl.atomic_add(
+        DTABLE + dest * (M * K) + m * K + k[None, :],
+        (de * g[None, :]).to(DTABLE.dtype.element_ty),
+        mask=mask,
+        sem="relaxed",
+    )
 
 
 @triton.jit
-def _fwfm_bwd_weights_kernel(TABLE, IDX, OFFS, GRAD, DR_PART, num_cols, num_rows, N, M, K,
-                             num_blocks, num_programs,
-                             BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                             ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _fwfm_bwd_weights_kernel(
+    TABLE,
+    IDX,
+    OFFS,
+    GRAD,
+    DR_PART,
+    num_cols,
+    num_rows,
+    N,
+    M,
+    K,
+    num_blocks,
+    num_programs,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """Partial grad R^(m)[I, J] = sum_c g_c E_I[:, c] E_J[:, c]^T over the column blocks
     pid, pid + num_programs, ...; tile (I, J) = program_id(2), written without atomics."""
     pid = tl.program_id(0)
@@ -166,8 +242,11 @@ def _fwfm_bwd_weights_kernel(TABLE, IDX, OFFS, GRAD, DR_PART, num_cols, num_rows
         dr = mma(eg, tl.trans(e_j), dr, PREC, UPCAST)
     i = i0 + tl.arange(0, BLOCK_N)
     j = j0 + tl.arange(0, BLOCK_N)
-    tl.store(DR_PART + (pid * M + m) * N * N + i[:, None] * N + j[None, :], dr,
-             mask=(i < N)[:, None] & (j < N)[None, :])
+    tl.store(
+        DR_PART + (pid * M + m) * N * N + i[:, None] * N + j[None, :],
+        dr,
+        mask=(i < N)[:, None] & (j < N)[None, :],
+    )
 
 
 # Tiles of the FwFM kernels: field blocks (the first is used up to 64 fields), columns per
@@ -196,6 +275,7 @@ def _fwfm_blocks(n: int, num_cols: int):
 
 # ---- host side ----------------------------------------------------------------------------------
 
+
 def _pooled_output(table, indices):
     """The [B, M, K] output of a pooled lookup, and whether it is already final: nothing to
     compute, or no fields to pool (a sum over none is zero)."""
@@ -217,8 +297,18 @@ def fm_forward(table, indices, offsets):
     b, n = indices.shape
     block = pow2(out.numel(), hi=_FM_BLOCK)
     _fm_fwd_kernel[(triton.cdiv(out.numel(), block),)](
-        table, indices, offsets, out, out.numel(), rows, n, m * k,
-        BLOCK=block, ACC=tl_dtype(acc_dtype(table.dtype)), num_warps=NUM_WARPS)
+        table,
+        indices,
+        offsets,
+        out,
+        out.numel(),
+        rows,
+        n,
+        m * k,
+        BLOCK=block,
+        ACC=tl_dtype(acc_dtype(table.dtype)),
+        num_warps=NUM_WARPS,
+    )
     return out
 
 
@@ -230,8 +320,20 @@ def fm_backward(grad, table, indices, offsets):
     if b * n * m * k:
         block = pow2(b * m * k, hi=_FM_BLOCK)
         _fm_bwd_kernel[(triton.cdiv(b * m * k, block),)](
-            table, indices, offsets, grad, target.dest, target.acc, b * m * k, rows,
-            n, m * k, BLOCK=block, ACC=tl_dtype(acc_dtype(table.dtype)), num_warps=NUM_WARPS)
+            table,
+            indices,
+            offsets,
+            grad,
+            target.dest,
+            target.acc,
+            b * m * k,
+            rows,
+            n,
+            m * k,
+            BLOCK=block,
+            ACC=tl_dtype(acc_dtype(table.dtype)),
+            num_warps=NUM_WARPS,
+        )
     return target.finish()
 
 
@@ -244,9 +346,22 @@ def fwfm_forward(table, indices, offsets, field_weights):
     b, n = indices.shape
     block_n, block_c, num_blocks, warps = _fwfm_blocks(n, b * k)
     _fwfm_fwd_kernel[(num_blocks, m)](
-        table, indices, offsets, field_weights, out, b * k, rows, n, m, k,
-        BLOCK_N=block_n, BLOCK_C=block_c, **dot_meta(table.dtype), num_warps=warps,
-        num_stages=_FWFM_STAGES)
+        table,
+        indices,
+        offsets,
+        field_weights,
+        out,
+        b * k,
+        rows,
+        n,
+        m,
+        k,
+        BLOCK_N=block_n,
+        BLOCK_C=block_c,
+        **dot_meta(table.dtype),
+        num_warps=warps,
+        num_stages=_FWFM_STAGES,
+    )
     return out
 
 
@@ -273,14 +388,43 @@ def fwfm_backward(grad, table, indices, offsets, field_weights):
         return target.finish(), torch.zeros_like(field_weights)
     block_n, block_c, num_blocks, warps = _fwfm_blocks(n, b * k)
     field_blocks = triton.cdiv(n, block_n)
-    meta = dict(BLOCK_N=block_n, BLOCK_C=block_c, **dot_meta(table.dtype), num_warps=warps,
-                num_stages=_FWFM_STAGES)
+    meta = dict(
+        BLOCK_N=block_n,
+        BLOCK_C=block_c,
+        **dot_meta(table.dtype),
+        num_warps=warps,
+        num_stages=_FWFM_STAGES,
+    )
     _fwfm_bwd_table_kernel[(num_blocks, m, field_blocks)](
-        table, indices, offsets, field_weights, grad, target.dest, target.acc, b * k, rows,
-        n, m, k, **meta)
-    programs = _fwfm_num_programs(num_blocks, m * field_blocks ** 2, table.device)
+        table,
+        indices,
+        offsets,
+        field_weights,
+        grad,
+        target.dest,
+        target.acc,
+        b * k,
+        rows,
+        n,
+        m,
+        k,
+        **meta,
+    )
+    programs = _fwfm_num_programs(num_blocks, m * field_blocks**2, table.device)
     dr_part = torch.empty((programs, m, n, n), dtype=acc_dtype(table.dtype), device=table.device)
-    _fwfm_bwd_weights_kernel[(programs, m, field_blocks ** 2)](
-        table, indices, offsets, grad, dr_part, b * k, rows, n, m, k, num_blocks, programs,
-        **{**meta, "num_warps": _FWFM_WEIGHT_WARPS})
+    _fwfm_bwd_weights_kernel[(programs, m, field_blocks**2)](
+        table,
+        indices,
+        offsets,
+        grad,
+        dr_part,
+        b * k,
+        rows,
+        n,
+        m,
+        k,
+        num_blocks,
+        programs,
+        **{**meta, "num_warps": _FWFM_WEIGHT_WARPS},
+    )
     return target.finish(), dr_part.sum(0).to(field_weights.dtype)
