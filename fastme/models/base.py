@@ -29,6 +29,8 @@ class MultiEmbeddingModel(nn.Module):
 
     #: Base embedding size of the paper's scaled variants (see :func:`fastme.models.build`).
     base_embed_dim = 10
+    #: The mode of :func:`fastme.models.build` when it is given no ``multi``.
+    default_multi = False
 
     def __init__(
         self,
