@@ -24,6 +24,9 @@ from fastme.models.nfwfm import NFwFM
 #: The kinds of expert: the backbones whose interaction ends in per-set features and the ME
 #: projection (``ProjectedModel``). xDeepFM, AutoInt and FinalMLP end in their own logit heads.
 EXPERT_KINDS = {"dnn": DNN, "ipnn": IPNN, "nfwfm": NFwFM, "dcnv2": DCNv2}
+#: The default experts, in this order: ME with M sets takes the first min(M, 4) of them (one set
+#: each up to 4 sets, equal groups beyond); SE gives all four the one set.
+DEFAULT_EXPERTS = ("dcnv2", "nfwfm", "ipnn", "dnn")
 GATES = ("softmax", "mean")
 #: How fast the running average of the gate's weights follows training batches (as BatchNorm's).
 GATE_MOMENTUM = 0.01
@@ -67,7 +70,8 @@ class Hetero(MultiEmbeddingModel):
     mixes the E expert outputs per sample; the shared Block -> Linear head follows.
 
     Args:
-        experts: the expert kinds, each once (keys of :data:`EXPERT_KINDS`).
+        experts: the expert kinds, each once (keys of :data:`EXPERT_KINDS`); default
+            :data:`DEFAULT_EXPERTS` (ME: the first min(M, 4)).
         gate: "softmax": weights softmax(Linear(all sets' embeddings flattened)) per sample,
             initialised to the uniform mean (zero weight); "mean": the plain mean of the experts.
         sets_per_expert: sets of each expert, summing to M (ME only).
@@ -89,13 +93,15 @@ class Hetero(MultiEmbeddingModel):
         backend="auto",
         hidden_dim=400,
         dropout=0.2,
-        experts=("dcnv2", "nfwfm", "ipnn", "dnn"),
+        experts=None,
         gate="softmax",
         sets_per_expert=None,
         expert_options=None,
         nonlinear_projection=True,
     ):
         super().__init__(field_dims, embed_dim, num_sets, backend, hidden_dim, dropout)
+        if experts is None:
+            experts = DEFAULT_EXPERTS if num_sets == 1 else DEFAULT_EXPERTS[:num_sets]
         self.expert_kinds = parse_experts(experts)
         if gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
@@ -173,7 +179,8 @@ class Hetero(MultiEmbeddingModel):
         b, e = emb.shape[0], len(self.experts)
         if self.gate_layer is None:
             return emb.new_full((b, e), 1.0 / e)
-        return torch.softmax(self.gate_layer(emb.reshape(b, -1)), dim=-1)
+        flat = emb.reshape(b, self.gate_layer.in_features)
+        return torch.softmax(self.gate_layer(flat), dim=-1)
 
     def expert_outputs(self, emb: torch.Tensor) -> torch.Tensor:
         """[B, M, N, K] -> each expert's projected output [B, E, H]."""
@@ -186,7 +193,7 @@ class Hetero(MultiEmbeddingModel):
 
     def interact_embeddings(self, emb):
         weights = self.gate_weights(emb)
-        if self.training:
+        if self.training and weights.shape[0]:
             with torch.no_grad():
                 self.gate_average.lerp_(weights.mean(0).to(self.gate_average), GATE_MOMENTUM)
         mixed = (weights.unsqueeze(-1) * self.expert_outputs(emb)).sum(dim=1)
