@@ -3,7 +3,8 @@
 - Matrix metrics (:mod:`fastme.analysis.metrics`): information abundance, normalised variants,
   singular-value spectra, principal-angle diversity of two embedding sets.
 - Model analysis (:mod:`fastme.analysis.collapse`): per-field IA and spectra, embedding-set
-  diversity with its SE and random baselines, DCNv2 sub-embedding IA and interaction patterns.
+  diversity with its SE and random baselines, DCNv2 sub-embedding IA and interaction patterns,
+  IA and diversity of sets grouped by expert kind (the heterogeneous model).
 - Figures (:mod:`fastme.analysis.plots`).
 
 A library with no commands and no training: the experiments that use it are
@@ -17,6 +18,8 @@ from fastme.analysis.collapse import (
     field_information_abundance,
     field_spectra,
     field_tables,
+    group_information_abundance,
+    grouped_diversity,
     interaction_pattern,
     model_diversity,
     random_diversity,
@@ -52,6 +55,8 @@ __all__ = [
     "field_spectra",
     "field_tables",
     "gram",
+    "group_information_abundance",
+    "grouped_diversity",
     "information_abundance",
     "interaction_pattern",
     "model_diversity",

@@ -292,6 +292,76 @@ def random_diversity(
     return {"per_field": per_field, "mean": float(np.nanmean(per_field))}
 
 
+# -- sets grouped by kind (the heterogeneous model's experts) -------------------------------------
+def _check_groups(ff: FieldFactors, groups) -> dict[str, list[int]]:
+    groups = {str(k): [int(m) for m in v] for k, v in dict(groups).items()}
+    flat = [m for v in groups.values() for m in v]
+    if not groups or min(map(len, groups.values())) < 1:
+        raise ValueError(f"groups must map each name to a non-empty list of sets, got {groups}")
+    if len(set(flat)) != len(flat) or not all(0 <= m < ff.num_sets for m in flat):
+        raise ValueError(
+            f"groups must name each of the {ff.num_sets} sets at most once, got {groups}"
+        )
+    return groups
+
+
+def group_information_abundance(
+    model, groups, seen_rows=None, method: str = "auto"
+) -> dict[str, list[float]]:
+    """IA of each field's embedding restricted to a group's sets, side by side ([D_i, |g| K]):
+    ``groups`` maps a name (an expert kind) to its sets, e.g. ``model.expert_sets()``."""
+    ff = _factors(model, seen_rows, method)
+    groups = _check_groups(ff, groups)
+    out = {}
+    for name, sets in groups.items():
+        out[name] = [
+            float(information_abundance(torch.cat([ff.set_factor(i, m) for m in sets], 1), "exact"))
+            if f is not None
+            else float("nan")
+            for i, f in enumerate(ff.factors)
+        ]
+    return out
+
+
+def grouped_diversity(
+    model, groups, seen_rows=None, rtol: float = DIVERSITY_RTOL, method: str = "auto"
+) -> dict:
+    """Diversity between pairs of sets of the same group and of different groups (a group: the
+    sets of one expert kind), per field and the mean over fields, and the mean over fields of
+    every pair of groups (``"a|b"``, ``"a|a"`` for a group's own pairs). A field with fewer than
+    2 rows, or a kind of pair that does not occur (every group of one set), gives nan."""
+    ff = _factors(model, seen_rows, method)
+    groups = _check_groups(ff, groups)
+    kind_of = {m: name for name, sets in groups.items() for m in sets}
+    sets = sorted(kind_of)
+    within, between, pairs = [], [], {}
+    for f, d in zip(ff.factors, ff.rows):
+        if f is None or d < 2:
+            within.append(float("nan"))
+            between.append(float("nan"))
+            continue
+        k = ff.embed_dim
+        bases = {m: column_basis(f[:, m * k : (m + 1) * k], rtol) for m in sets}
+        same, other = [], []
+        for a, b in itertools.combinations(sets, 2):
+            div = diversity_from_cosines(basis_cosines(bases[a], bases[b]))
+            (same if kind_of[a] == kind_of[b] else other).append(div)
+            key = "|".join(sorted((kind_of[a], kind_of[b])))
+            pairs.setdefault(key, []).append(div)
+        within.append(float(np.mean(same)) if same else float("nan"))
+        between.append(float(np.mean(other)) if other else float("nan"))
+
+    def summary(values):
+        ok = [v for v in values if np.isfinite(v)]
+        return {"per_field": values, "mean": float(np.mean(ok)) if ok else float("nan")}
+
+    return {
+        "within_kind": summary(within),
+        "between_kinds": summary(between),
+        "kind_pairs": {key: float(np.mean(v)) for key, v in sorted(pairs.items())},
+    }
+
+
 def random_information_abundance(field_dims, width: int, samples: int = 16, seed: int = 0):
     """E[IA(randn(D_i, width))] per field: the 'random' bars of Figure 2."""
     return [

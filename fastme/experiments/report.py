@@ -155,8 +155,9 @@ def analyze_model(
 
     Per-field IA (sets concatenated, and per set), normalised IA (Appendix I), spectra, embedding
     diversity (ME: between its sets; SE: between ``split`` chunks of the embedding, default
-    chunks of the base size), the random diversity baseline and, for DCNv2, the sub-embedding IA
-    with its correlations and the interaction pattern.
+    chunks of the base size), the random diversity baseline, for DCNv2 the sub-embedding IA
+    with its correlations and the interaction pattern, and for the heterogeneous model the sets
+    by expert kind (:func:`expert_analysis`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -256,6 +257,19 @@ def analyze_model(
             + "; diversity compares sets (pass --split M to cut it into M chunks of K / M)"
         )
 
+    if hasattr(model, "expert_sets"):
+        result["experts"] = expert_analysis(model, ff, names)
+        gate = result["experts"]["gate_average"]
+        result["figures"]["gate"] = str(
+            plot_bars(
+                dict(zip(result["experts"]["kinds"], gate)),
+                out / "gate",
+                f"{prefix}gate weights, running mean over training batches",
+                "weight",
+                ylim=(0.0, 1.0),
+            )
+        )
+
     if hasattr(model, "cross_weights"):
         sub = collapse.sub_embedding_analysis(model, layer=layer, factors=ff)
         sub_random = collapse.random_sub_embedding_information_abundance(
@@ -289,6 +303,28 @@ def analyze_model(
     result["verdict"] = verdict(result)
     save_json(out / "analysis.json", result)
     return result
+
+
+def expert_analysis(model, factors, names) -> dict:
+    """The heterogeneous model's sets by expert kind: IA per set and per kind (the kind's sets side
+    by side), diversity within a kind vs between kinds, and the gate's average weights."""
+    groups = model.expert_sets()
+    per_set = np.asarray(collapse.field_information_abundance(factors, per_set=True), dtype=float)
+    out = {
+        "kinds": list(groups),
+        "sets": groups,
+        "gate": model.gate,
+        "gate_average": [float(v) for v in model.gate_average],
+        "mean_ia_per_set": np.nanmean(per_set, axis=0).tolist(),
+    }
+    if factors.num_sets == 1:  # SE: every expert reads the one set
+        out["note"] = "one embedding set shared by every expert: no per-kind IA or diversity"
+        return out
+    per_kind = collapse.group_information_abundance(factors, groups)
+    out["field_ia_per_kind"] = dict(zip(per_kind, map(list, per_kind.values())))
+    out["mean_ia_per_kind"] = {k: float(np.nanmean(v)) for k, v in per_kind.items()}
+    out["diversity"] = collapse.grouped_diversity(factors, groups)
+    return out
 
 
 def _fmt_fields(pairs, limit: int = 8) -> str:
@@ -406,6 +442,8 @@ def summary_lines(result: dict) -> list[str]:
             )
     else:
         lines.append(f"diversity: {result.get('diversity_note', 'not measured')}")
+    if "experts" in result:
+        lines.extend(_expert_lines(result["experts"]))
     lines.append(f"verdict: {result['verdict']['text']}")
     if "sub_embedding" in result:
         s = result["sub_embedding"]
@@ -416,4 +454,26 @@ def summary_lines(result: dict) -> list[str]:
             f"overall, {s['mean_target_pearson']:.3f} mean over sets (the paper: 0.68 "
             f"SE, 0.52 ME on Criteo; high = a field's interactions inherit its collapse)"
         )
+    return lines
+
+
+def _expert_lines(ex: dict) -> list[str]:
+    gate = ", ".join(f"{k} {w:.3f}" for k, w in zip(ex["kinds"], ex["gate_average"]))
+    sets = ", ".join(f"{k} {v}" for k, v in ex["sets"].items())
+    per_set = ", ".join(f"{v:.2f}" for v in ex["mean_ia_per_set"])
+    lines = [
+        f"experts (sets): {sets}; gate {ex['gate']}, average weights: {gate}",
+        f"  mean IA per set: {per_set}",
+    ]
+    if "note" in ex:
+        return lines + [f"  {ex['note']}"]
+    kinds = ", ".join(f"{k} {v:.2f}" for k, v in ex["mean_ia_per_kind"].items())
+    div = ex["diversity"]
+    lines.append(f"  mean IA per expert kind (its sets side by side): {kinds}")
+    within = div["within_kind"]["mean"]
+    lines.append(
+        "  diversity between sets of the same kind "
+        + (f"{within:.3f}" if np.isfinite(within) else "n/a (each kind has one set)")
+        + f", of different kinds {div['between_kinds']['mean']:.3f}"
+    )
     return lines
