@@ -15,7 +15,10 @@
 #include <utility>
 #include <vector>
 
+#include "types.h"
+#ifdef FASTME_WITH_CUDA
 #include "api.h"
+#endif
 
 namespace fastme {
 
@@ -34,7 +37,7 @@ struct From<T*> {  // device pointers, from tensor.data_ptr()
 };
 
 template <>
-struct From<kernels::DType> {  // codes of fastme/ops/cuda/_lib.py
+struct From<kernels::DType> {  // codes of kernels/types.h
   using type = int;
   static kernels::DType get(int code) {
     if (code < 0 || code > 3) throw std::invalid_argument("fastme: unknown dtype code");
@@ -42,6 +45,7 @@ struct From<kernels::DType> {  // codes of fastme/ops/cuda/_lib.py
   }
 };
 
+#ifdef FASTME_WITH_CUDA
 template <>
 struct From<const kernels::Launch&> {  // (device, torch.cuda.Stream.cuda_stream)
   using type = std::pair<int, std::uintptr_t>;
@@ -49,6 +53,7 @@ struct From<const kernels::Launch&> {  // (device, torch.cuda.Stream.cuda_stream
     return kernels::Launch{v.first, reinterpret_cast<cudaStream_t>(v.second)};
   }
 };
+#endif
 
 template <>
 struct From<const kernels::IndexArgs&> {  // the fields of IndexArgs, in order

@@ -1,5 +1,5 @@
 // Python bindings of the CUDA runtime queries; every kernel file binds its own entry points
-// (kernels/<op>_bind.cpp, registered through csrc/bind.h).
+// (kernels/<op>_bind.cpp, registered through csrc/bind.h and added in csrc/bindings.cpp).
 #ifdef FASTME_WITH_CUDA
 #include <cuda_runtime.h>
 
@@ -53,7 +53,6 @@ void register_cuda_ops(py::module_& m) {
   m.def("cuda_synchronize", &synchronize, "device"_a,
         "Block until all work on `device` is done; raises with the CUDA error string if any.");
   m.attr("cuda_archs") = FASTME_CUDA_ARCHS;
-  for (Binder binder : binders()) binder(m);
 }
 
 }  // namespace fastme

@@ -13,7 +13,7 @@ import torch
 
 
 class ExtensionUnavailable(RuntimeError):
-    """The compiled CUDA extension cannot serve this call."""
+    """The compiled extension cannot serve this call."""
 
 
 _module = None
@@ -68,6 +68,31 @@ def cuda_kernels_available() -> bool:
 def require_cuda_kernels():
     """Return the extension, or raise a clear error when the CUDA kernels cannot run here."""
     problem = cuda_problem()
+    if problem:
+        raise ExtensionUnavailable(problem)
+    return load()
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_problem_uncached() -> str:
+    try:
+        ext = load()
+    except ExtensionUnavailable as exc:
+        return str(exc)
+    if not hasattr(ext, "cpu_lookup_forward"):
+        return "fastme's compiled extension predates the CPU kernels; rebuild it (pip install -e .)"
+    return ""
+
+
+@torch.compiler.assume_constant_result
+def cpu_problem() -> str:
+    """Why the CPU kernels cannot run in this process ("" when they can); evaluated once."""
+    return _cpu_problem_uncached()
+
+
+def require_cpu_kernels():
+    """Return the extension, or raise a clear error when the CPU kernels cannot run here."""
+    problem = cpu_problem()
     if problem:
         raise ExtensionUnavailable(problem)
     return load()

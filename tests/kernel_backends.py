@@ -1,5 +1,12 @@
 """What the kernel tests share: the device and the kernel backends available there, the markers,
-random inputs, "forward then gradients" and the relative error."""
+random inputs, "forward then gradients" and the relative error.
+
+Without a GPU the kernel backends are "triton" (Triton's CPU interpreter) and "cpu" (the C++ CPU
+kernels, every ISA this processor runs: ``cpu_isas`` / ``use_cpu_isa``); on a GPU machine
+"triton" and "cuda". Ops a backend has no kernels for run the reference, so every backend runs
+every test."""
+
+import contextlib
 
 import pytest
 import torch
@@ -8,6 +15,31 @@ import fastme.ops as ops
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = [b for b in ops.available_backends(DEVICE) if b != "reference"]
+
+
+def cpu_isas() -> list[str]:
+    """The ISAs the CPU kernels can run with here (none without the compiled extension)."""
+    if "cpu" not in ops.available_backends("cpu"):
+        return []
+    from fastme import _extension
+
+    return list(_extension.load().cpu_supported_isas())
+
+
+@contextlib.contextmanager
+def use_cpu_isa(name):
+    """Run the CPU kernels with ISA ``name`` inside the block."""
+    from fastme import _extension
+
+    ext = _extension.load()
+    previous = ext.cpu_isa()
+    ext.cpu_set_isa(name)
+    try:
+        yield
+    finally:
+        ext.cpu_set_isa(previous)
+
+
 _requires_kernel_backend = pytest.mark.skipif(
     not BACKENDS,
     reason=f"no kernel backend can run on {DEVICE} here (install triton, or run on a GPU)",
@@ -161,12 +193,18 @@ def check_registration(backend, kind, args, expected):
     under FakeTensorMode. Its leading outputs must have the shapes and dtypes of the ``expected``
     tensors."""
     op = getattr(torch.ops.fastme, f"{backend}_{kind}").default
-    if backend in BACKENDS:
+    if backend == "cpu" and DEVICE != "cpu":  # the CPU kernels run on CPU tensors anywhere
+        args = tuple(
+            a.detach().cpu().requires_grad_(a.requires_grad) if torch.is_tensor(a) else a
+            for a in args
+        )
+        expected = [e.cpu() for e in expected]
+    if backend in BACKENDS or (backend == "cpu" and cpu_isas()):
         torch.library.opcheck(
             op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor")
         )
         outputs = op(*args)
-        device = torch.device(DEVICE)
+        device = args[0].device
     else:
         from torch._subclasses.fake_tensor import FakeTensorMode
 

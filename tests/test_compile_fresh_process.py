@@ -42,8 +42,13 @@ for name, options in [("dnn", {}), ("nfwfm", {}), ("dcnv2", dict(num_cross_layer
 """
 
 
-# "auto" picks a kernel backend only on CUDA tensors (else the reference, already covered).
-@pytest.mark.parametrize("backend", ops.available_backends(DEVICE) + ["auto"] * (DEVICE == "cuda"))
+# "auto" picks a kernel backend on CUDA tensors, and on CPU tensors when the CPU kernels are built
+# (else the reference, already covered).
+@pytest.mark.parametrize(
+    "backend",
+    ops.available_backends(DEVICE)
+    + ["auto"] * ("cpu" in ops.available_backends("cpu") or DEVICE == "cuda"),
+)
 def test_compiled_model_in_fresh_process(backend):
     env = dict(os.environ)
     if DEVICE == "cpu":

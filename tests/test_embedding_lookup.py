@@ -1,7 +1,8 @@
 """The kernel backends of multi_embedding_lookup against the eager reference.
 
-Runs every kernel backend available here: "triton" through Triton's CPU interpreter without a GPU
-(TRITON_INTERPRET=1, set in conftest.py), "triton" and "cuda" on a GPU machine. float64 forward
+Runs every kernel backend available here: "triton" through Triton's CPU interpreter and "cpu" (the
+C++ CPU kernels, every ISA the processor runs) without a GPU (TRITON_INTERPRET=1, set in
+conftest.py), "triton" and "cuda" on a GPU machine. float64 forward
 and table gradient match the reference to rounding; 16-bit tables are checked against float64
 maths on the same values; both table-gradient paths (atomic, deterministic).
 """
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 import fastme.ops as ops
-from fastme.ops import _policy, bounds_check, reference
+from fastme.ops import _backend, _policy, bounds_check, reference
 
 from kernel_backends import (
     BACKENDS,
@@ -22,11 +23,13 @@ from kernel_backends import (
     assert_matches_reference,
     check_registration,
     criteo_like_field_dims,
+    cpu_isas,
     criteo_shapes_on_gpu,
     gpu_test,
     lookup_inputs,
     outputs_and_grads,
     relative_error,
+    use_cpu_isa,
     with_backend,
 )
 
@@ -196,19 +199,28 @@ def test_a_table_without_rows_is_refused_with_the_bounds_check_off(backend):
     weight, bias = torch.zeros(1, 2, 6, 6, **f64), torch.zeros(1, 2, 6, **f64)
     indices = torch.zeros(4, 2, dtype=torch.int64, device=DEVICE)
     offsets = torch.zeros(2, dtype=torch.int64, device=DEVICE)
-    calls = [
-        lambda: lookup(backend)(table, indices, offsets),
-        lambda: ops.pooled_lookup(table, indices, offsets, backend=backend),
-        lambda: ops.pooled_lookup(table, indices, offsets, weights, backend=backend),
-        lambda: ops.lookup_cross_network(table, indices, offsets, weight, bias, backend=backend),
-    ]
+    calls = {
+        "multi_embedding_lookup": lambda: lookup(backend)(table, indices, offsets),
+        "pooled_lookup": lambda: ops.pooled_lookup(table, indices, offsets, backend=backend),
+        "pooled_lookup ": lambda: ops.pooled_lookup(
+            table, indices, offsets, weights, backend=backend
+        ),
+        "lookup_cross_network": lambda: ops.lookup_cross_network(
+            table, indices, offsets, weight, bias, backend=backend
+        ),
+    }
     with bounds_check("off"):
-        for call in calls:
-            with pytest.raises(ValueError, match="table has 0 rows but indices is not empty"):
+        for op, call in calls.items():
+            # an op the backend has no kernels for runs the reference, which raises its own error
+            runs_reference = (op.strip(), backend) not in _backend._IMPLEMENTATIONS
+            with pytest.raises(
+                RuntimeError if runs_reference else ValueError,
+                match="index_select" if runs_reference else "table has 0 rows but indices is not",
+            ):
                 call()
 
 
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("backend", ["triton", "cuda", "cpu"])
 def test_op_registration(backend):
     table, indices, offsets = lookup_inputs(5, [3, 2, 2], 2, 3)
     grad = torch.randn(5, 2, 3, 3, dtype=torch.float64, device=DEVICE)
@@ -268,3 +280,88 @@ def test_cuda_extension_reports_no_sticky_error():
     from fastme import _extension
 
     _extension.load().cuda_synchronize(torch.cuda.current_device())
+
+
+_needs_cpu_kernels = pytest.mark.skipif(not cpu_isas(), reason="no compiled CPU kernels here")
+
+
+@_needs_cpu_kernels
+@pytest.mark.parametrize("isa", cpu_isas())
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", SHAPES + [(600, [2, 3, 2000], 2, 33)], ids=str)
+def test_cpu_kernels_equal_the_reference_bitwise_on_every_isa(isa, shape, dtype):
+    """The forward is a copy and the CPU backward sums each row's duplicates in ascending pair
+    order, the order of the reference's index_add_: both bit-identical, whatever the ISA
+    (masked tails of odd K included)."""
+    table, indices, offsets = lookup_inputs(*shape, dtype=dtype, device="cpu")
+    with use_cpu_isa(isa):
+        out, grads = outputs_and_grads(lookup("cpu"), table, indices, offsets)
+    ref_out, ref_grads = outputs_and_grads(
+        reference.multi_embedding_lookup, table, indices, offsets
+    )
+    assert torch.equal(out, ref_out)
+    assert torch.equal(grads[0], ref_grads[0])
+
+
+@_needs_cpu_kernels
+@pytest.mark.parametrize("threads", [1, 3, 8])
+def test_cpu_table_gradient_is_the_same_for_every_thread_count(threads):
+    """Rows are split into per-thread ranges (more than one range from 2048 pairs per thread):
+    hot rows, rows on range boundaries and a cold large field give the reference's bits with any
+    team size."""
+    inputs = lookup_inputs(6000, [2, 7, 5000], 3, 10, dtype=torch.float32, device="cpu")
+    ref = outputs_and_grads(reference.multi_embedding_lookup, *inputs)[1][0]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        grad = outputs_and_grads(lookup("cpu"), *inputs)[1][0]
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(grad, ref)
+
+
+@_needs_cpu_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_16bit_table_gradient_is_summed_in_float32(dtype):
+    """The hot rows of 16-bit tables (fields 0 and 1: thousands of duplicates each) are summed in
+    float32 and rounded once: the exact sum of the same 16-bit terms, rounded to the table dtype
+    (a sum in 16 bits would be off by many units in the last place)."""
+    table, indices, offsets = lookup_inputs(5000, [2, 3, 9000], 2, 7, dtype=dtype, device="cpu")
+    g = torch.Generator().manual_seed(1)
+    grad_out = torch.randn((5000, 2, 3, 7), generator=g).to(dtype)
+    grad = ops.multi_embedding_lookup(table.requires_grad_(), indices, offsets, backend="cpu")
+    (grad,) = torch.autograd.grad(grad, table, grad_out)
+    t64 = table.detach().double().requires_grad_()
+    (exact,) = torch.autograd.grad(
+        reference.multi_embedding_lookup(t64, indices, offsets), t64, grad_out.double()
+    )
+    hot = slice(0, 5)
+    # float32 sums of ~2000 terms round to the exact sum's 16-bit value but for rare ties
+    assert (grad[hot] != exact[hot].to(dtype)).sum() <= 2
+    assert torch.equal(grad[5:], exact[5:].to(dtype))  # rows with few duplicates: exact
+
+
+@_needs_cpu_kernels
+def test_auto_picks_the_cpu_kernels_for_cpu_tensors():
+    from fastme.ops import _backend
+
+    assert (
+        _backend.resolve("multi_embedding_lookup", "auto", torch.device("cpu"))
+        is (_backend._IMPLEMENTATIONS[("multi_embedding_lookup", "cpu")])
+    )
+    # ops without CPU kernels yet run the reference
+    assert (
+        _backend.resolve("pooled_lookup", "cpu", torch.device("cpu"))
+        is (_backend._IMPLEMENTATIONS[("pooled_lookup", "reference")])
+    )
+
+
+@_needs_cpu_kernels
+def test_cpu_isa_choice_is_checked():
+    from fastme import _extension
+
+    ext = _extension.load()
+    assert ext.cpu_isa() in ext.cpu_supported_isas()
+    assert ext.cpu_supported_isas()[0] == "generic"
+    with pytest.raises(ValueError, match="unknown CPU ISA 'sse9'"):
+        ext.cpu_set_isa("sse9")

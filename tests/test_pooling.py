@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastme.ops as ops
-from fastme.ops import bounds_check, reference
+from fastme.ops import _backend, bounds_check, reference
 
 from kernel_backends import (
     BACKENDS,
@@ -162,6 +162,8 @@ def test_empty_batch(backend, dtype):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("weighted", [False, True], ids=["fm", "fwfm"])
 def test_out_of_range_indices_read_the_clamped_row_with_bounds_check_off(backend, weighted):
+    if ("pooled_lookup", backend) not in _backend._IMPLEMENTATIONS:
+        pytest.skip(f"{backend} runs the reference for this op, which clamps nothing")
     table, indices, offsets, *weights = pooled_inputs((5, [3, 4], 2, 3), weighted)
     wild = indices.clone()
     wild[1, 0], wild[3, 1], wild[2, 0] = -(10**6), 10**9, 3  # below, far above, into field 1

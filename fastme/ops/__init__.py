@@ -1,4 +1,4 @@
-"""Public fused ops. Each takes ``backend="auto" | "reference" | "triton" | "cuda"``.
+"""Public fused ops. Each takes ``backend="auto" | "reference" | "triton" | "cuda" | "cpu"``.
 
 Shapes and layouts are documented in docs/ops.md; the eager truth is fastme.ops.reference.
 """
@@ -21,6 +21,7 @@ _backend.load(
     packages=(
         "fastme.ops.triton",
         "fastme.ops.cuda",
+        "fastme.ops.cpu",
     ),
 )
 BACKENDS = _backend.backends()

@@ -1,0 +1,34 @@
+"""C++ CPU implementations of the fused ops (kernels/cpu/, bound in fastme._C).
+
+The record below is all fastme.ops reads; the custom ops (CPU dispatch key) run the host functions
+of lookup.py with the schemas, fakes and autograd of every backend (fastme/ops/_kernel_ops.py).
+Ops without a host function here run the reference. It imports without the compiled extension,
+which is loaded on the first call. ``backend="auto"`` picks it for CPU tensors whenever the
+extension loads. See docs/cpu.md.
+"""
+
+import torch
+
+from fastme import _extension
+from fastme.ops._kernel_ops import KernelBackend
+
+
+def _why_not_here(device: torch.device) -> str:
+    if device.type != "cpu":
+        return f"got tensors on {device}"
+    return _extension.cpu_problem()
+
+
+BACKEND = KernelBackend(
+    name="cpu",
+    package=__name__,
+    devices=("cpu",),
+    auto=("cpu",),
+    needs="CPU tensors and fastme's compiled extension",
+    why_not_here=_why_not_here,
+    cross_states=lambda layers, save: 0,  # no cross-network kernels yet: the reference runs
+    host_functions={
+        "fastme::cpu_multi_embedding_lookup": "lookup.lookup_forward",
+        "fastme::cpu_multi_embedding_lookup_backward": "lookup.lookup_backward",
+    },
+)

@@ -1,0 +1,178 @@
+// The CPU lookup's entry points (kernels/cpu/lookup.h): the ISA dispatch, the row partition of
+// the backward, and the 16-bit backward (summed in float32: no ISA-specific loops).
+#include "lookup.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <utility>
+#include <vector>
+
+#include "index.h"
+#include "isa.h"
+#include "lookup_isa.h"
+
+namespace fastme {
+namespace kernels {
+namespace {
+
+using cpu::Isa;
+
+int element_size(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat64:
+      return 8;
+    case DType::kFloat32:
+      return 4;
+    default:
+      return 2;
+  }
+}
+
+// Row of every pair p = b * N + i.
+std::vector<long long> pair_rows(int threads, const IndexArgs& ix) {
+  std::vector<long long> rows(static_cast<size_t>(ix.batch * ix.num_fields));
+  const long long N = ix.num_fields;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long long b = 0; b < ix.batch; ++b)
+    for (long long i = 0; i < N; ++i) rows[b * N + i] = cpu::global_row(ix, b, i);
+  return rows;
+}
+
+// Split the rows into `buckets` ranges holding about as many pairs each (quantiles of a sorted
+// sample of the pairs' rows): one thread sums each range, so that no row is shared.
+std::vector<long long> row_bounds(const std::vector<long long>& rows, long long num_rows,
+                                  int buckets) {
+  std::vector<long long> bounds(buckets + 1, 0);
+  bounds[buckets] = num_rows;
+  if (buckets > 1) {
+    const long long pairs = static_cast<long long>(rows.size());
+    const long long size = std::min<long long>(pairs, 256LL * buckets);
+    std::vector<long long> sample(size);
+    for (long long s = 0; s < size; ++s) sample[s] = rows[s * pairs / size];
+    std::sort(sample.begin(), sample.end());
+    for (int q = 1; q < buckets; ++q) bounds[q] = sample[q * size / buckets];
+  }
+  return bounds;
+}
+
+float to_float(std::uint16_t bits, DType dtype) {
+  if (dtype == DType::kBFloat16) {
+    const std::uint32_t wide = static_cast<std::uint32_t>(bits) << 16;
+    float f;
+    std::memcpy(&f, &wide, 4);
+    return f;
+  }
+  _Float16 h;
+  std::memcpy(&h, &bits, 2);
+  return static_cast<float>(h);
+}
+
+std::uint16_t from_float(float f, DType dtype) {
+  std::uint16_t bits;
+  if (dtype == DType::kBFloat16) {
+    std::uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even, as torch does
+    return static_cast<std::uint16_t>(u >> 16);
+  }
+  const _Float16 h = static_cast<_Float16>(f);
+  std::memcpy(&bits, &h, 2);
+  return bits;
+}
+
+// 16-bit gradients: each thread collects the pairs of its row range, sorts them by (row, pair)
+// and sums each row in float32, rounding once.
+void scatter_16bit(int threads, DType dtype, const std::uint16_t* src,
+                   const std::vector<long long>& rows, const std::vector<long long>& bounds,
+                   const IndexArgs& ix, int num_sets, int dim, std::uint16_t* grad) {
+  const long long N = ix.num_fields, M = num_sets, K = dim, row_elems = M * K;
+  const int buckets = static_cast<int>(bounds.size()) - 1;
+  const long long pairs = static_cast<long long>(rows.size());
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (long long r = 0; r < ix.num_rows; ++r)
+      std::memset(grad + r * row_elems, 0, sizeof(std::uint16_t) * row_elems);
+    std::vector<std::pair<long long, long long>> mine;
+    std::vector<float> acc(row_elems);
+#pragma omp for schedule(static, 1)
+    for (int q = 0; q < buckets; ++q) {
+      mine.clear();
+      for (long long p = 0; p < pairs; ++p)
+        if (rows[p] >= bounds[q] && rows[p] < bounds[q + 1]) mine.emplace_back(rows[p], p);
+      std::sort(mine.begin(), mine.end());
+      for (size_t s = 0; s < mine.size();) {
+        const long long r = mine[s].first;
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (; s < mine.size() && mine[s].first == r; ++s) {
+          const long long b = mine[s].second / N, i = mine[s].second % N;
+          for (long long m = 0; m < M; ++m) {
+            const std::uint16_t* run = src + ((b * M + m) * N + i) * K;
+            for (long long k = 0; k < K; ++k) acc[m * K + k] += to_float(run[k], dtype);
+          }
+        }
+        for (long long e = 0; e < row_elems; ++e) grad[r * row_elems + e] = from_float(acc[e], dtype);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void cpu_lookup_forward(int threads, DType dtype, const void* table, const IndexArgs& ix,
+                        int num_sets, int dim, void* out) {
+  const int size = element_size(dtype);
+  threads = std::max(threads, 1);
+  switch (cpu::active_isa()) {
+#ifdef FASTME_CPU_X86
+    case Isa::kAvx512:
+      return cpu::avx512::gather(threads, size, table, ix, num_sets, dim, out);
+    case Isa::kAvx2:
+      return cpu::avx2::gather(threads, size, table, ix, num_sets, dim, out);
+#endif
+    default:
+      return cpu::generic::gather(threads, size, table, ix, num_sets, dim, out);
+  }
+}
+
+void cpu_lookup_backward(int threads, DType dtype, const void* grad, const IndexArgs& ix,
+                         int num_sets, int dim, void* grad_table) {
+  threads = std::max(threads, 1);
+  const std::vector<long long> rows = pair_rows(threads, ix);
+  // About 2048 pairs per bucket at least: below that a second thread costs more than it saves.
+  const long long pairs = ix.batch * ix.num_fields;
+  const int buckets = static_cast<int>(std::max<long long>(1, std::min<long long>(threads, pairs / 2048)));
+  const std::vector<long long> bounds = row_bounds(rows, ix.num_rows, buckets);
+  if (dtype == DType::kBFloat16 || dtype == DType::kFloat16) {
+    return scatter_16bit(threads, dtype, static_cast<const std::uint16_t*>(grad), rows, bounds, ix,
+                         num_sets, dim, static_cast<std::uint16_t*>(grad_table));
+  }
+#define FASTME_SCATTER(isa, T)                                                                  \
+  cpu::isa::scatter(threads, static_cast<const T*>(grad), rows.data(), bounds.data(), buckets, \
+                    ix, num_sets, dim, static_cast<T*>(grad_table))
+#define FASTME_SCATTER_ISA(T)                                                                   \
+  switch (cpu::active_isa()) {                                                                  \
+    FASTME_SCATTER_X86(T)                                                                       \
+    default:                                                                                    \
+      return FASTME_SCATTER(generic, T);                                                        \
+  }
+#ifdef FASTME_CPU_X86
+#define FASTME_SCATTER_X86(T)             \
+  case Isa::kAvx512:                      \
+    return FASTME_SCATTER(avx512, T);     \
+  case Isa::kAvx2:                        \
+    return FASTME_SCATTER(avx2, T);
+#else
+#define FASTME_SCATTER_X86(T)
+#endif
+  if (dtype == DType::kFloat64) {
+    FASTME_SCATTER_ISA(double)
+  }
+  FASTME_SCATTER_ISA(float)
+}
+
+}  // namespace kernels
+}  // namespace fastme

@@ -1,0 +1,22 @@
+#pragma once
+// Host entry points of the grouped multi-set lookup on the CPU (kernels/cpu/lookup.cpp), bound to
+// Python in kernels/cpu/lookup_bind.cpp. Pointers are host pointers to contiguous tensors torch
+// allocated; `threads` is the OpenMP team size (torch.get_num_threads()).
+#include "types.h"
+
+namespace fastme {
+namespace kernels {
+
+// emb[b, m, i, :] = table[row(b, i), m, :], any dtype.
+void cpu_lookup_forward(int threads, DType dtype, const void* table, const IndexArgs& ix,
+                        int num_sets, int dim, void* out);
+
+// The dense table gradient: grad_table[r] = sum of grad[b, :, i, :] over the pairs (b, i) of row
+// r, in ascending pair order (deterministic, the order of torch's index_add_), zero for rows no
+// pair touches; every row of grad_table is written. 16-bit gradients are summed in float32 and
+// rounded once.
+void cpu_lookup_backward(int threads, DType dtype, const void* grad, const IndexArgs& ix,
+                         int num_sets, int dim, void* grad_table);
+
+}  // namespace kernels
+}  // namespace fastme

@@ -1,0 +1,3 @@
+// The CPU lookup's inner loops for the baseline ISA (no extra compiler flags): any processor.
+#define FASTME_CPU_ISA_NS generic
+#include "lookup_kernels.h"

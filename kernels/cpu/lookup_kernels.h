@@ -1,0 +1,88 @@
+// The CPU lookup's inner loops for the ISA of the including translation unit
+// (kernels/cpu/lookup_<isa>.cpp defines FASTME_CPU_ISA_NS and is compiled with that ISA's flags).
+#include <cstring>
+
+#include "index.h"
+#include "lookup_isa.h"
+#include "vec.h"
+
+namespace fastme {
+namespace cpu {
+namespace FASTME_CPU_ISA_NS {
+namespace {
+
+// Zero-fill grad [R, M*K], rows split evenly over the threads (call inside a parallel region).
+template <typename T>
+void zero_rows(T* grad, long long num_rows, long long row_elems) {
+  constexpr long long kChunk = 1024;
+  const long long chunks = (num_rows + kChunk - 1) / kChunk;
+#pragma omp for schedule(static)
+  for (long long c = 0; c < chunks; ++c) {
+    const long long first = c * kChunk;
+    const long long count = num_rows - first < kChunk ? num_rows - first : kChunk;
+    std::memset(grad + first * row_elems, 0, sizeof(T) * count * row_elems);
+  }
+}
+
+template <typename T>
+void scatter_impl(int threads, const T* src, const long long* rows, const long long* bounds,
+                  int buckets, const kernels::IndexArgs& ix, int num_sets, int dim, T* grad) {
+  const long long B = ix.batch, N = ix.num_fields, K = dim, M = num_sets;
+  const long long row_elems = M * K;
+#pragma omp parallel num_threads(threads)
+  {
+    zero_rows(grad, ix.num_rows, row_elems);  // ends with a barrier
+    // Each bucket (a range of rows) belongs to one thread, which scans every pair in order: the
+    // sum of each row runs in ascending pair order, whatever the number of threads.
+#pragma omp for schedule(static, 1)
+    for (int q = 0; q < buckets; ++q) {
+      const long long lo = bounds[q], hi = bounds[q + 1];
+      if (lo >= hi) continue;
+      for (long long b = 0; b < B; ++b) {
+        const long long* pair_rows = rows + b * N;
+        for (long long i = 0; i < N; ++i) {
+          const long long r = pair_rows[i];
+          if (r < lo || r >= hi) continue;
+          T* g = grad + r * row_elems;
+          const T* s = src + (b * M * N + i) * K;
+          for (long long m = 0; m < M; ++m) add_run(g + m * K, s + m * N * K, K);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void gather(int threads, int elem_size, const void* table, const kernels::IndexArgs& ix,
+            int num_sets, int dim, void* out) {
+  const long long B = ix.batch, N = ix.num_fields, M = num_sets;
+  const long long run = static_cast<long long>(dim) * elem_size;  // bytes of one set's row
+  const char* t = static_cast<const char*>(table);
+  char* o = static_cast<char*>(out);
+  // A sample's row of every field is read once, as one contiguous run of M*K elements, and
+  // written as M runs of K into the M planes [b, m, :, :].
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long long b = 0; b < B; ++b) {
+    char* sample = o + b * M * N * run;
+    for (long long i = 0; i < N; ++i) {
+      const char* row = t + global_row(ix, b, i) * M * run;
+      char* dst = sample + i * run;
+      for (long long m = 0; m < M; ++m) copy_bytes(dst + m * N * run, row + m * run, run);
+    }
+  }
+}
+
+void scatter(int threads, const float* src, const long long* rows, const long long* bounds,
+             int buckets, const kernels::IndexArgs& ix, int num_sets, int dim, float* grad) {
+  scatter_impl(threads, src, rows, bounds, buckets, ix, num_sets, dim, grad);
+}
+
+void scatter(int threads, const double* src, const long long* rows, const long long* bounds,
+             int buckets, const kernels::IndexArgs& ix, int num_sets, int dim, double* grad) {
+  scatter_impl(threads, src, rows, bounds, buckets, ix, num_sets, dim, grad);
+}
+
+}  // namespace FASTME_CPU_ISA_NS
+}  // namespace cpu
+}  // namespace fastme

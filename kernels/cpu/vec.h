@@ -1,0 +1,84 @@
+// Vector primitives of one ISA: which one is decided by the compiler flags of the translation unit
+// that includes this file (kernels/cpu/<op>_<isa>.cpp), whose FASTME_CPU_ISA_NS names the
+// namespace they live in (kernels/cpu/isa.h says why each ISA has its own). Every primitive adds
+// or copies element by element, so every ISA gives the same bits.
+#include <cstdint>
+#include <cstring>
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#ifndef FASTME_CPU_ISA_NS
+#error "define FASTME_CPU_ISA_NS before including vec.h"
+#endif
+
+namespace fastme {
+namespace cpu {
+namespace FASTME_CPU_ISA_NS {
+namespace {
+
+// dst[0:n) = src[0:n) for a short run of n bytes (one row of one set: K elements).
+inline void copy_bytes(char* dst, const char* src, long long n) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  for (; n >= 64; n -= 64, dst += 64, src += 64)
+    _mm512_storeu_si512(dst, _mm512_loadu_si512(src));
+  if (n > 0) {  // one masked move: masked-off bytes are neither read nor written
+    const __mmask64 mask = (__mmask64{1} << n) - 1;
+    _mm512_mask_storeu_epi8(dst, mask, _mm512_maskz_loadu_epi8(mask, src));
+  }
+#else
+#if defined(__AVX2__)
+  for (; n >= 32; n -= 32, dst += 32, src += 32)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst),
+                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+#endif
+  // Fixed-size memcpy compiles to single moves (no libc call).
+  for (; n >= 16; n -= 16, dst += 16, src += 16) std::memcpy(dst, src, 16);
+  if (n >= 8) std::memcpy(dst, src, 8), n -= 8, dst += 8, src += 8;
+  if (n >= 4) std::memcpy(dst, src, 4), n -= 4, dst += 4, src += 4;
+  if (n >= 2) std::memcpy(dst, src, 2), n -= 2, dst += 2, src += 2;
+  if (n >= 1) *dst = *src;
+#endif
+}
+
+// dst[0:n) += src[0:n).
+inline void add_run(float* dst, const float* src, long long n) {
+#if defined(__AVX512F__)
+  for (; n >= 16; n -= 16, dst += 16, src += 16)
+    _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), _mm512_loadu_ps(src)));
+  if (n > 0) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
+    const __m512 sum = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dst), _mm512_maskz_loadu_ps(mask, src));
+    _mm512_mask_storeu_ps(dst, mask, sum);
+  }
+#else
+#if defined(__AVX2__)
+  for (; n >= 8; n -= 8, dst += 8, src += 8)
+    _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), _mm256_loadu_ps(src)));
+#endif
+  for (long long j = 0; j < n; ++j) dst[j] += src[j];
+#endif
+}
+
+inline void add_run(double* dst, const double* src, long long n) {
+#if defined(__AVX512F__)
+  for (; n >= 8; n -= 8, dst += 8, src += 8)
+    _mm512_storeu_pd(dst, _mm512_add_pd(_mm512_loadu_pd(dst), _mm512_loadu_pd(src)));
+  if (n > 0) {
+    const __mmask8 mask = static_cast<__mmask8>((1u << n) - 1);
+    const __m512d sum = _mm512_add_pd(_mm512_maskz_loadu_pd(mask, dst), _mm512_maskz_loadu_pd(mask, src));
+    _mm512_mask_storeu_pd(dst, mask, sum);
+  }
+#else
+#if defined(__AVX2__)
+  for (; n >= 4; n -= 4, dst += 4, src += 4)
+    _mm256_storeu_pd(dst, _mm256_add_pd(_mm256_loadu_pd(dst), _mm256_loadu_pd(src)));
+#endif
+  for (long long j = 0; j < n; ++j) dst[j] += src[j];
+#endif
+}
+
+}  // namespace
+}  // namespace FASTME_CPU_ISA_NS
+}  // namespace cpu
+}  // namespace fastme
