@@ -230,11 +230,15 @@ def restore_threads():
 def test_threads_flag_sets_torch_threads_and_says_so(runs, tmp_path, capsys, restore_threads):
     torch.set_num_threads(2)
     out = runs["fp32"][0]
-    code = main(["export", str(out), "--out", str(tmp_path / "m.pt2"), "--threads", "1"])
-    assert code == 0 and torch.get_num_threads() == 1
-    err = capsys.readouterr().err
-    said = [line for line in err.splitlines() if line.startswith("threads:")]
+    assert main(["analyze", str(out), "--out", str(tmp_path / "a"), "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("threads:")]
     assert len(said) == 1 and said[0].startswith("threads: 1 (--threads)")
+    # export sets them too, and prints only what it exported
+    torch.set_num_threads(2)
+    assert main(["export", str(out), "--out", str(tmp_path / "m.pt2"), "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
+    assert "threads:" not in capsys.readouterr().out
 
 
 def test_default_threads(monkeypatch, capsys, restore_threads):

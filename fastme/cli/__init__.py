@@ -41,10 +41,13 @@ def main(argv=None) -> int:
             f"fastme {command}: warning: {message}", file=sys.stderr, flush=True
         )
         try:
-            # torch's CPU threads, chosen once for the whole command (a torchrun rank other
-            # than 0 sets them silently: one line per machine is enough)
+            # torch's CPU threads, chosen once for the whole command and said on stdout, where
+            # the commands that compute for long log; export says only what it exported, and a
+            # torchrun rank other than 0 says nothing (one line per run is enough)
             if hasattr(args, "threads"):
-                set_threads(args.threads, say=os.environ.get("RANK", "0") == "0")
+                line = set_threads(args.threads)
+                if args.command != "export" and os.environ.get("RANK", "0") == "0":
+                    print(line, flush=True)
             return int(args.func(args) or 0)
         except KeyboardInterrupt:
             print(f"fastme {command}: interrupted", file=sys.stderr, flush=True)

@@ -254,10 +254,10 @@ def default_threads() -> tuple[int, str]:
     return max(1, threads), why
 
 
-def set_threads(threads: int | None, say: bool = True) -> int:
-    """Set torch's intra-op threads to ``threads`` (None: :func:`default_threads`) and, with
-    ``say``, print how many and why on stderr (stdout may be a command's output); on a machine
-    whose load average exceeds its CPUs, say what to try."""
+def set_threads(threads: int | None) -> str:
+    """Set torch's intra-op threads to ``threads`` (None: :func:`default_threads`); returns the
+    line that says how many and why (and, on a machine whose load average exceeds its CPUs, what
+    to try)."""
     import torch
 
     if threads is None:
@@ -275,6 +275,4 @@ def set_threads(threads: int | None, say: bool = True) -> int:
             f"; the machine is busy (load average {load:.1f} on {os.cpu_count()} CPUs): "
             f"--threads 1 may be faster"
         )
-    if say:
-        print(line, file=sys.stderr, flush=True)
-    return threads
+    return line
