@@ -52,6 +52,8 @@ def test_shared_arguments_have_one_definition():
         "--data-option",
         "--device",
         "--no-progress",
+        "--precision",
+        "--threads",
     ):
         users = seen[flag]
         assert len(users) >= 2, flag
@@ -65,6 +67,17 @@ def test_shared_arguments_have_one_definition():
         assert len(choices) == 1, (flag, choices)
     for name, action in seen["--backend"]:
         assert list(action.choices) == list(BACKENDS), name
+    # every command that computes takes --threads; train, predict and export take --precision
+    threads = {name for name, _ in seen["--threads"]}
+    assert threads == {
+        "train",
+        "predict",
+        "export",
+        "analyze",
+        "experiment toy",
+        "experiment scale",
+    }
+    assert {name for name, _ in seen["--precision"]} == {"train", "predict", "export"}
     # the defaults that differ say so by meaning: the checkpoint's (analyze), reference ops for
     # what is served (predict, export)
     backend = {name: action.default for name, action in seen["--backend"]}

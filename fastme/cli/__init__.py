@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
-from fastme.cli.args import HelpFormatter
+from fastme.cli.args import HelpFormatter, set_threads
 
 #: One module per command, in the order of ``fastme --help``.
 COMMANDS = ("train", "experiment", "analyze", "predict", "export")
@@ -40,6 +41,13 @@ def main(argv=None) -> int:
             f"fastme {command}: warning: {message}", file=sys.stderr, flush=True
         )
         try:
+            # torch's CPU threads, chosen once for the whole command and said on stdout, where
+            # the commands that compute for long log; export says only what it exported, and a
+            # torchrun rank other than 0 says nothing (one line per run is enough)
+            if hasattr(args, "threads"):
+                line = set_threads(args.threads)
+                if args.command != "export" and os.environ.get("RANK", "0") == "0":
+                    print(line, flush=True)
             return int(args.func(args) or 0)
         except KeyboardInterrupt:
             print(f"fastme {command}: interrupted", file=sys.stderr, flush=True)

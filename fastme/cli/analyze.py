@@ -54,6 +54,7 @@ def add_parser(subparsers) -> None:
         "baseline (default: chunks of the base embedding size)",
     )
     p.add_argument("--layer", type=int, default=0, help="DCNv2 cross layer for sub-embeddings")
+    add_arguments(p, ("threads",))
     add_arguments(
         p.add_argument_group("model", "override the checkpoint's model spec"),
         ("model", "mode", "scale", "model_option"),

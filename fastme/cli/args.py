@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
+from pathlib import Path
 
 from fastme.data.formats import help_text
 from fastme.models import MODELS
@@ -48,6 +50,12 @@ def positive_int(text: str) -> int:
 
 _KEY_VALUE = dict(action="append", default=[], metavar="KEY=VALUE")
 
+THREADS_HELP = (
+    "CPU threads of torch's operators (torch.set_num_threads; default $OMP_NUM_THREADS when "
+    "set, else the physical cores this process may use); on a machine busy with other work "
+    "fewer run faster, often 1 (docs/training.md)"
+)
+
 #: Every shared argument: name -> (flag, add_argument keywords).
 ARGUMENTS = {
     # model
@@ -82,6 +90,8 @@ ARGUMENTS = {
             **_KEY_VALUE, help="extra model constructor argument, e.g. hidden_dim=64 (repeatable)"
         ),
     ),
+    # machine
+    "threads": ("--threads", dict(type=positive_int, default=None, help=THREADS_HELP)),
     # data
     "data": ("--data", dict(default="synthetic", help=DATA_HELP)),
     "cache_dir": (
@@ -190,3 +200,79 @@ def error(command: str, message) -> int:
     """Report a user mistake the way every command does; returns the exit status 2."""
     print(f"fastme {command}: error: {message}", file=sys.stderr, flush=True)
     return 2
+
+
+# ---- threads -------------------------------------------------------------------------------------
+
+
+def _physical_cores(cpus) -> int | None:
+    """Distinct (package, core) pairs among the logical CPUs ``cpus`` (Linux sysfs); None where
+    the topology cannot be read."""
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            package = (topology / "physical_package_id").read_text().strip()
+            core = (topology / "core_id").read_text().strip()
+        except OSError:
+            return None
+        cores.add((package, core))
+    return len(cores) or None
+
+
+def _cgroup_cpus() -> int | None:
+    """The CPUs a cgroup v2 quota allows (``cpu.max``: quota and period), rounded up; None
+    without a quota."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return max(1, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        return None
+
+
+def default_threads() -> tuple[int, str]:
+    """(threads, why): $OMP_NUM_THREADS when set to a positive integer, else the physical cores
+    among the CPUs this process may run on (its affinity), within its cgroup's CPU quota.
+    Hyper-threads share a core's vector and matrix units: a second thread per core does not
+    speed up torch's GEMMs and makes the threads wait for each other."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env), "OMP_NUM_THREADS"
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity on this platform
+        cpus = list(range(os.cpu_count() or 1))
+    cores = _physical_cores(cpus)
+    threads, why = (
+        (cores, f"the physical cores of the {len(cpus)} CPUs this process may run on")
+        if cores
+        else (len(cpus), "the CPUs this process may run on")
+    )
+    quota = _cgroup_cpus()
+    if quota is not None and quota < threads:
+        threads, why = quota, "the CPU quota of this process's cgroup"
+    return max(1, threads), why
+
+
+def set_threads(threads: int | None) -> str:
+    """Set torch's intra-op threads to ``threads`` (None: :func:`default_threads`); returns the
+    line that says how many and why (and, on a machine whose load average exceeds its CPUs, what
+    to try)."""
+    import torch
+
+    if threads is None:
+        threads, why = default_threads()
+    else:
+        why = "--threads"
+    torch.set_num_threads(threads)
+    line = f"threads: {threads} ({why})"
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    if threads > 1 and load > (os.cpu_count() or 1):
+        line += (
+            f"; the machine is busy (load average {load:.1f} on {os.cpu_count()} CPUs): "
+            f"--threads 1 may be faster"
+        )
+    return line

@@ -62,6 +62,7 @@ def _add_toy(sub) -> None:
         help="record IA every this many iterations",
     )
     p.add_argument("--out", default="runs/experiment-toy", help="output directory")
+    add_arguments(p, ("threads",))
     p.set_defaults(func=run_toy_command)
 
 
@@ -112,6 +113,7 @@ def _add_scale(sub) -> None:
         batch_size="the paper uses 2048 (docs/analysis.md: why not here)",
         lr="the paper uses 1e-3",
     )
+    add_arguments(p, ("threads",))
     p.set_defaults(**DEFAULT_TRAIN)  # the sweep's CPU-sized defaults (see DEFAULT_TRAIN)
     p.add_argument(
         "--seen-only",

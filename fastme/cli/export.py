@@ -44,7 +44,8 @@ def add_parser(subparsers) -> None:
         ),
         ("backend",),
     )
-    add_config_arguments(e, ("device",))
+    add_config_arguments(e, ("device", "precision"))
+    add_arguments(e, ("threads",))
     e.add_argument(
         "--vocab",
         default=None,
@@ -67,6 +68,7 @@ def run_export(args) -> int:
             backend=args.backend,
             device=args.device,
             vocab_dir=args.vocab,
+            precision=args.precision,
         )
     except Exception as exc:  # noqa: BLE001 - any failure of an export is one line, no file
         return error("export", _one_line(exc))
@@ -74,7 +76,8 @@ def run_export(args) -> int:
     sidecar = meta["encoding"]["file"]
     print(
         f"exported {spec['name']} {spec['mode'].upper()} x{spec['scale']} "
-        f"({len(meta['field_dims'])} fields, bounds {meta['bounds']}) to {args.out}; "
+        f"({len(meta['field_dims'])} fields, bounds {meta['bounds']}, {meta['precision']}) "
+        f"to {args.out}; "
         f"its example outputs match the eager model's (max difference "
         f"{meta['checked_max_difference']:.2g}); "
         + (

@@ -70,7 +70,8 @@ def add_parser(subparsers) -> None:
     add_arguments(p, ("cache_dir",))
     p.add_argument("--batch-size", type=int, default=8192)
     add_arguments(p, ("backend",))
-    add_config_arguments(p, ("device", "progress"))
+    add_config_arguments(p, ("device", "precision", "progress"))
+    add_arguments(p, ("threads",))
     p.set_defaults(func=run_predict, backend="reference", device="cpu")
 
 
@@ -88,6 +89,7 @@ def run_predict(args) -> int:
             backend=args.backend,
             device=args.device,
             batch_size=args.batch_size,
+            precision=args.precision,
             progress=args.progress,
             data_options=key_values(args.data_option, "--data-option"),
             id_start=args.id_start,

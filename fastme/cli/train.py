@@ -41,6 +41,7 @@ def add_parser(subparsers) -> None:
             "weight_decay",
             "patience",
             "shuffle",
+            "precision",
             "device",
             "seed",
             "split_seed",
@@ -51,6 +52,7 @@ def add_parser(subparsers) -> None:
         out_dir="output directory (default runs/<model>-<mode>x<scale>-<data>-"
         "seed<seed>-<hash of the data and settings>)",
     )
+    add_arguments(t, ("threads",))
     t.add_argument(
         "--overwrite",
         action="store_true",
@@ -163,7 +165,9 @@ def run(args) -> int:
             )
             title = (
                 f"{args.model} {args.mode.upper()} x{args.scale} on {args.data} "
-                f"(backend {args.backend}, seed {args.seed})"
+                f"(backend {args.backend}, seed {args.seed}"
+                + ("" if args.precision == "fp32" else f", {args.precision}")
+                + ")"
             )
             say(
                 f"model: {title}: {sum(p.numel() for p in model.parameters()):,} parameters",

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from fastme.data.dataset import CTRData
 from fastme.distributed import data_parallel as dp
 from fastme.train.batches import batch_bounds, iterate_batches
+from fastme.train.precision import autocast
 from fastme.train.trainer import Trainer, predict_logits, scores
 
 
@@ -107,9 +108,10 @@ class DataParallelTrainer(Trainer):
             raise ValueError(f"cannot evaluate on {data.name}: it has no rows")
         rows = np.sort(data.row_numbers())
         mine = rows[dp.batch_part(len(rows), self.ranks.rank, self.ranks.world_size)]
-        logits = predict_logits(
-            self.model, data, mine, self.device, self.eval_batch_size, self.config.progress
-        )
+        with autocast(self.config.precision, self.device):  # as the model is trained
+            logits = predict_logits(
+                self.model, data, mine, self.device, self.eval_batch_size, self.config.progress
+            )
         gathered = dp.gather_concat(torch.from_numpy(logits).to(self.device))
         return scores(data, rows, gathered.cpu().numpy())
 

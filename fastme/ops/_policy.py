@@ -5,6 +5,7 @@ the kernels refuse."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -56,3 +57,42 @@ def check_nonempty_table(table: torch.Tensor, indices: torch.Tensor) -> None:
         raise ValueError(
             "table has 0 rows but indices is not empty: give the table at least one row per field"
         )
+
+
+# ---- autocast ------------------------------------------------------------------------------------
+# Under ``torch.autocast`` every backend follows torch's own rule for what it fuses: matrix
+# products in the autocast dtype, gathers and sums in the dtype of their inputs. So the cross
+# network (GEMMs) takes x0, weight and bias in the autocast dtype and accumulates in float32
+# (acc_dtype); lookups and FM/FwFM pooled lookups read the float32 tables and compute in float32;
+# the fused lookup + cross network gathers in float32 and casts x0 for the GEMMs (never the
+# table: casting a whole table every step would cost more than it saves). The reference runs
+# torch's ops, which autocast itself casts by the same rule.
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` computes matrix products in on ``device_type``; None when
+    autocast is off there."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def autocast_matmul_inputs(*tensors):
+    """The inputs of a fused op built on matrix products, cast to the autocast dtype of their
+    device when autocast is on there (differentiable casts: float32 master weights get float32
+    gradients), unchanged otherwise."""
+    dtype = autocast_dtype(tensors[0].device.type)
+    if dtype is None:
+        return tensors
+    return tuple(t.to(dtype) if t.is_floating_point() else t for t in tensors)
+
+
+def autocast_widest_inputs(*tensors):
+    """The float inputs of a gather / sum op cast to the widest float dtype among them when
+    autocast is on (a bfloat16 activation with float32 weights), as autocast's "promote" rule
+    does; unchanged otherwise."""
+    floats = [t for t in tensors if t is not None and t.is_floating_point()]
+    if not floats or autocast_dtype(floats[0].device.type) is None:
+        return tensors
+    widest = functools.reduce(torch.promote_types, (t.dtype for t in floats))
+    return tuple(t.to(widest) if t is not None and t.is_floating_point() else t for t in tensors)

@@ -8,6 +8,8 @@ from typing import Sequence
 
 import torch
 
+from fastme.ops._policy import autocast_dtype
+
 INDEX_DTYPES = (torch.int32, torch.int64)
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -54,7 +56,9 @@ def check_tensor(t, name: str, *, ndim: int | None = None, dtypes=None, device=N
 
 
 def check_same_dtype(t: torch.Tensor, name: str, like: torch.Tensor, like_name: str) -> None:
-    if t.dtype != like.dtype:
+    """Equal dtypes, except under torch.autocast, where a bfloat16 activation meets float32
+    weights by design and the op casts them (fastme/ops/_policy.py, autocast)."""
+    if t.dtype != like.dtype and autocast_dtype(like.device.type) is None:
         raise TypeError(
             f"{name} must have the dtype of the {like_name} ({like.dtype}), got {t.dtype}"
         )

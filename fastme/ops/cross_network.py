@@ -6,6 +6,7 @@ import torch
 
 from fastme.ops import _backend, reference
 from fastme.ops._kernel_ops import BackendOps, needs_grad
+from fastme.ops._policy import autocast_dtype, autocast_matmul_inputs
 from fastme.ops._validation import (
     FLOAT_DTYPES,
     check_same_dtype,
@@ -126,11 +127,12 @@ def kernel_ops(kernels: BackendOps) -> dict:
         return (*cross_backward(grad, x0, weight, bias, states), None)
 
     cross.register_autograd(cross_grad, setup_context=cross_setup)
-    implemented = {
-        "cross_network": lambda x0, weight, bias: cross(
-            x0, weight, bias, needs_grad(x0, weight, bias)
-        )[0]
-    }
+
+    def cross_network(x0, weight, bias):
+        x0, weight, bias = autocast_matmul_inputs(x0, weight, bias)
+        return cross(x0, weight, bias, needs_grad(x0, weight, bias))[0]
+
+    implemented = {"cross_network": cross_network}
     lookup = kernels.defined.get("multi_embedding_lookup")
     if lookup_cross is None and lookup is not None:  # the backend's lookup, then its cross
         implemented["lookup_cross_network"] = lambda table, indices, offsets, weight, bias: (
@@ -164,6 +166,11 @@ def kernel_ops(kernels: BackendOps) -> dict:
     lookup_cross.register_autograd(lookup_cross_grad, setup_context=lookup_cross_setup)
 
     def lookup_cross_network(table, indices, offsets, weight, bias):
+        if autocast_dtype(table.device.type) is not None:
+            # the table stays as it is (float32): gather, then the GEMMs in the autocast dtype
+            gather = lookup or reference.multi_embedding_lookup
+            x0 = gather(table, indices, offsets).reshape(indices.shape[0], table.shape[1], -1)
+            return cross_network(x0, weight, bias)
         save = needs_grad(table, weight, bias)
         return lookup_cross(table, indices, offsets, weight, bias, save)[0]
 

@@ -6,6 +6,7 @@ import torch
 
 from fastme.ops import _backend, reference
 from fastme.ops._kernel_ops import BackendOps
+from fastme.ops._policy import autocast_widest_inputs
 from fastme.ops._validation import (
     FLOAT_DTYPES,
     check_same_dtype,
@@ -133,14 +134,18 @@ def kernel_ops(kernels: BackendOps) -> dict:
             return dtable, None, None, dweights
 
         fwfm.register_autograd(fwfm_grad, setup_context=setup_context)
-        implemented["fwfm_pooling"] = lambda emb, field_weights: fwfm(
-            *_as_lookup(emb), field_weights
-        )
+
+        def fwfm_pooling(emb, field_weights):
+            emb, field_weights = autocast_widest_inputs(emb, field_weights)
+            return fwfm(*_as_lookup(emb), field_weights)
+
+        implemented["fwfm_pooling"] = fwfm_pooling
     if len(implemented) == 2:
 
         def pooled(table, indices, offsets, field_weights=None):
             if field_weights is None:
                 return fm(table, indices, offsets)
+            table, field_weights = autocast_widest_inputs(table, field_weights)
             return fwfm(table, indices, offsets, field_weights)
 
         implemented["pooled_lookup"] = pooled

@@ -37,6 +37,7 @@ from fastme.data.dataset import training_vocab
 from fastme.data.formats import FORMATS as DATA_FORMATS
 from fastme.ops import bounds_check
 from fastme.train.checkpoint import load_trained
+from fastme.train.precision import autocast, check_precision
 from fastme.train.trainer import resolve_device
 
 FORMATS = ("pt2", "onnx")
@@ -52,14 +53,18 @@ INSTALL_HINT = "pip install -e '.[export]' in a fastme checkout"
 
 
 class ServingModel(nn.Module):
-    """int64 [B, N] per-field indices -> probabilities [B], with the bounds rule in the graph."""
+    """int64 [B, N] per-field indices -> probabilities [B], with the bounds rule in the graph.
+    With ``precision="bf16"`` the model runs under bfloat16 autocast inside the forward, so that
+    ``torch.export`` records the autocast region (an autocast around the export call would not
+    be traced: the program would compute in float32)."""
 
-    def __init__(self, model: nn.Module, oov_index, bounds: str = "oov"):
+    def __init__(self, model: nn.Module, oov_index, bounds: str = "oov", precision: str = "fp32"):
         super().__init__()
         if bounds not in BOUNDS:
             raise ValueError(f"bounds must be one of {BOUNDS}, got {bounds!r}")
         self.model = model
         self.bounds = bounds
+        self.precision = check_precision(precision)
         dims = torch.as_tensor(list(model.spec.field_dims), dtype=torch.int64)
         self.register_buffer("field_dims", dims.unsqueeze(0))
         self.register_buffer(
@@ -69,7 +74,9 @@ class ServingModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bounds == "oov":
             x = torch.where((x < 0) | (x >= self.field_dims), self.oov_index, x)
-        return torch.sigmoid(self.model(x))
+        with autocast(self.precision, x.device):
+            z = self.model(x)
+        return torch.sigmoid(z.float())
 
 
 def oov_indices(field_dims, source: dict) -> tuple[list[int], str]:
@@ -117,6 +124,7 @@ def export(
     backend: str = "reference",
     device: str = "cpu",
     vocab_dir=None,
+    precision: str = "fp32",
 ) -> dict:
     """Export the model of ``checkpoint`` to ``out`` (.pt2 or .onnx, which gives the format;
     ``fmt`` may name it too) and check it; returns the metadata it carries, plus
@@ -127,9 +135,11 @@ def export(
     default ``reference`` gives plain ATen ops that load without fastme. ONNX always traces the
     reference ops. A model trained on raw Criteo/Avazu files also gets the encoding sidecar
     ``<out>.encoding.json``, built from the training cache's vocab.json (``vocab_dir`` overrides
-    where the checkpoint says that cache is).
+    where the checkpoint says that cache is). ``precision`` "bf16" exports the model computing
+    under bfloat16 autocast (.pt2 only: ONNX Runtime's CPU provider has no bfloat16 Gemm).
     """
     fmt = export_format(out, fmt)
+    check_precision(precision)
     if bounds not in BOUNDS:
         raise ValueError(f"bounds must be one of {BOUNDS}, got {bounds!r}")
     if fmt == "onnx":
@@ -139,6 +149,11 @@ def export(
             )
         if backend != "reference":
             raise ValueError("ONNX export traces the reference ops only (backend='reference')")
+        if precision != "fp32":
+            raise ValueError(
+                f"ONNX export computes in fp32 only (ONNX Runtime's CPU provider has no "
+                f"bfloat16 Gemm): export --precision {precision} as .pt2, or use fp32"
+            )
         _onnx_modules()  # before any work
     device = resolve_device(device)
     model, ckpt = load_trained(checkpoint, backend=backend, device=device)
@@ -162,7 +177,7 @@ def export(
         }
     else:
         encoding_meta = {"file": None, "note": note}
-    serving = ServingModel(model, oov, bounds).to(device).eval()
+    serving = ServingModel(model, oov, bounds, precision).to(device).eval()
     x = example_inputs(spec.field_dims).to(device)
     with torch.no_grad():
         expected = serving(x)
@@ -175,6 +190,7 @@ def export(
         "oov_rule": oov_rule,
         "bounds": bounds,
         "backend": backend,
+        "precision": precision,
         "input": "x: int64 [B, N] per-field indices",
         "output": "click probability [B]",
         "encoding": encoding_meta,

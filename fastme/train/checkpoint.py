@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fastme._atomic import replace_on_success
 from fastme.models.spec import ModelSpec
-from fastme.train.config import TRAJECTORY_FIELDS
+from fastme.train.config import LATER_TRAJECTORY_FIELDS, TRAJECTORY_FIELDS
 
 LAST, BEST, RESULTS = "last.pt", "best.pt", "results.json"
 LOCK = ".lock"  # held by the run training into the directory
@@ -145,7 +145,12 @@ def run_identity(
             "data_options": {
                 k: v for k, v in data_options.items() if k not in ("progress", "rebuild")
             },
-            "config": {k: v for k, v in config.items() if k in TRAJECTORY_FIELDS},
+            "config": {
+                k: v
+                for k, v in config.items()
+                if k in TRAJECTORY_FIELDS
+                and not (k in LATER_TRAJECTORY_FIELDS and v == LATER_TRAJECTORY_FIELDS[k])
+            },
         }
     )
 

@@ -8,10 +8,25 @@ import dataclasses
 from dataclasses import dataclass, field
 
 
-def _setting(default, help: str, *, flag: str | None = None, cli_default=dataclasses.MISSING):
+#: What ``precision`` may be: fp32, or bf16 autocast for the dense part (fastme/train/precision.py).
+PRECISIONS = ("fp32", "bf16")
+
+
+def _setting(
+    default,
+    help: str,
+    *,
+    flag: str | None = None,
+    cli_default=dataclasses.MISSING,
+    choices: tuple | None = None,
+):
     """A config field; ``help`` is its command-line help, ``flag`` its option name when it is not
-    the field's name, ``cli_default`` a default of the command line only."""
-    return field(default=default, metadata={"help": help, "flag": flag, "cli_default": cli_default})
+    the field's name, ``cli_default`` a default of the command line only, ``choices`` the values
+    the command line accepts."""
+    return field(
+        default=default,
+        metadata={"help": help, "flag": flag, "cli_default": cli_default, "choices": choices},
+    )
 
 
 @dataclass
@@ -31,6 +46,10 @@ class TrainConfig:
         split_seed: seed of the 8/1/1 split (the paper fixes it to 0 for every repeat).
         shuffle: reshuffle the training rows every epoch. Off by default, as in the paper's code,
             which trains every epoch in the single random order of the split.
+        precision: "fp32", or "bf16": the forward pass and the loss under
+            ``torch.autocast(device, torch.bfloat16)`` (matrix products in bfloat16 with float32
+            accumulation); the weights, the tables, their gradients and the optimizer's state stay
+            float32. It changes the trajectory, so a resumed run must keep it.
         out_dir: where checkpoints and results.json go (None: keep the best model in memory).
         resume: continue from ``out_dir/last.pt`` if it exists.
         progress: show progress bars; verbose: print one line per epoch.
@@ -50,6 +69,12 @@ class TrainConfig:
     shuffle: bool = _setting(
         False, "reshuffle the training rows every epoch (the paper's code does not)"
     )
+    precision: str = _setting(
+        "fp32",
+        "fp32, or bf16: torch.autocast to bfloat16 for the dense layers (tables, weights and "
+        "optimizer state stay fp32)",
+        choices=PRECISIONS,
+    )
     out_dir: str | None = _setting(None, "output directory", flag="--out")
     resume: bool = _setting(False, "continue the run in --out from its last completed epoch")
     progress: bool = _setting(True, "no progress bars", flag="--no-progress")
@@ -66,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.out_dir is not None:
             self.out_dir = str(self.out_dir)
         if self.resume and self.out_dir is None:
@@ -76,7 +103,19 @@ class TrainConfig:
 
 
 #: Fields that define the optimisation trajectory; a resumed run must keep them.
-TRAJECTORY_FIELDS = ("batch_size", "lr", "weight_decay", "seed", "split_seed", "shuffle")
+TRAJECTORY_FIELDS = (
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "seed",
+    "split_seed",
+    "shuffle",
+    "precision",
+)
+#: Trajectory fields added after runs were first recorded, with the value every run recorded
+#: without them had: a resume compares against it, and a run identity leaves the field out at
+#: that value, so that those runs keep their identity (and default directory).
+LATER_TRAJECTORY_FIELDS = {"precision": "fp32"}
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
@@ -98,7 +137,14 @@ def add_config_arguments(parser, names, **help_overrides) -> None:
             kind = int if name == "eval_batch_size" else str
             parser.add_argument(flag, dest=name, type=kind, default=None, help=text)
         else:
-            parser.add_argument(flag, dest=name, type=type(default), default=default, help=text)
+            parser.add_argument(
+                flag,
+                dest=name,
+                type=type(default),
+                default=default,
+                choices=meta["choices"],
+                help=text,
+            )
 
 
 def config_options(args: argparse.Namespace) -> dict:

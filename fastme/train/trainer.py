@@ -45,8 +45,9 @@ from fastme.train.checkpoint import (
     load_checkpoint,
     save,
 )
-from fastme.train.config import TRAJECTORY_FIELDS, TrainConfig
+from fastme.train.config import LATER_TRAJECTORY_FIELDS, TRAJECTORY_FIELDS, TrainConfig
 from fastme.train.metrics import log_loss_from_logits, roc_auc
+from fastme.train.precision import autocast
 
 #: What a run's ``info`` says about the model; resuming with other values is refused.
 _MODEL_INFO = ("model", "mode", "scale", "model_options")
@@ -211,9 +212,10 @@ def _train_one_epoch(
         mininterval=0.5,
     ) as bar:
         for step, (xb, yb, weight) in enumerate(batches):
-            logits = forward(xb)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), yb)
-            reg = model.regularization_loss() if hasattr(model, "regularization_loss") else None
+            with autocast(config.precision, device):  # the forward and the loss only
+                logits = forward(xb)
+                loss = F.binary_cross_entropy_with_logits(logits.float(), yb)
+                reg = model.regularization_loss() if hasattr(model, "regularization_loss") else None
             total = loss if reg is None else loss + reg
             if weight != 1.0:
                 total = total * weight
@@ -451,9 +453,10 @@ class Trainer:
                 f"{path} is not a last.pt written by the trainer (no {exc})"
             ) from None
         changed = [
-            f"{k} {saved_config.get(k)!r} (now {getattr(self.config, k)!r})"
+            f"{k} {saved.get(k)!r} (now {getattr(self.config, k)!r})"
+            for saved in [{**LATER_TRAJECTORY_FIELDS, **saved_config}]
             for k in TRAJECTORY_FIELDS
-            if saved_config.get(k) != getattr(self.config, k)
+            if saved.get(k) != getattr(self.config, k)
         ]
         saved_spec = ckpt.get("spec")
         n_settings = len(changed)
@@ -567,7 +570,10 @@ class Trainer:
 
     def evaluate(self, data: CTRData) -> dict:
         """AUC and log loss of the model on ``data`` (validation or test)."""
-        return evaluate(self.model, data, self.device, self.eval_batch_size, self.config.progress)
+        with autocast(self.config.precision, self.device):  # as the model is trained
+            return evaluate(
+                self.model, data, self.device, self.eval_batch_size, self.config.progress
+            )
 
     def train_epoch(self) -> dict:
         """One epoch: train, validate, update the early-stopping state, save checkpoints; returns

@@ -1,0 +1,249 @@
+"""bf16 mixed precision (autocast) in the ops, the trainer, predict and export; --threads.
+
+Tolerances: bfloat16 keeps 8 significant bits, so each rounding is within 2^-9 (0.2%) of the
+value; a forward pass of a few layers rounds its inputs and weights once per matrix product, and
+the float32 accumulation adds no error of its own. Ops are compared with 3% of the output's scale
+(several roundings of terms that partly cancel); probabilities with 0.02 absolute (a logit error
+of 0.08, which is 1% of a logit of 8, moves a probability by at most 0.02: sigmoid' <= 1/4).
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import fastme.ops as ops
+from fastme.cli import main
+from fastme.cli.args import default_threads
+from fastme.data import make_synthetic
+from fastme.models import build
+from fastme.serve.export import export, load_pt2
+from fastme.serve.predict import Predictor
+from fastme.train import TrainConfig, load_checkpoint, train
+from fastme.train.checkpoint import run_identity
+from fastme.train.trainer import ResumeError
+
+DIMS = [5, 9, 3, 17, 4]
+KERNELS = [b for b in ops.available_backends("cpu") if b != "reference"]
+BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
+
+
+# ---- ops ----------------------------------------------------------------------------------------
+
+
+def _op_inputs(seed=0, batch=8, sets=2, dim=3, layers=2):
+    g = torch.Generator().manual_seed(seed)
+    fields = len(DIMS)
+    table = torch.randn(sum(DIMS), sets, dim, generator=g).requires_grad_()
+    offsets = torch.tensor([0, *torch.tensor(DIMS).cumsum(0)[:-1].tolist()])
+    indices = torch.stack([torch.randint(0, d, (batch,), generator=g) for d in DIMS], 1)
+    d = fields * dim
+    weight = (0.1 * torch.randn(layers, sets, d, d, generator=g)).requires_grad_()
+    bias = (0.1 * torch.randn(layers, sets, d, generator=g)).requires_grad_()
+    field_weights = torch.randn(sets, fields, fields, generator=g).requires_grad_()
+    x0 = torch.randn(batch, sets, d, generator=g).bfloat16().requires_grad_()  # an activation
+    return table, indices, offsets, weight, bias, field_weights, x0
+
+
+CASES = {
+    "lookup_cross_network": lambda t, i, o, w, b, f, x, be: ops.lookup_cross_network(
+        t, i, o, w, b, backend=be
+    ),
+    "cross_network, bf16 x0": lambda t, i, o, w, b, f, x, be: ops.cross_network(
+        x, w, b, backend=be
+    ),
+    "pooled_lookup (FwFM)": lambda t, i, o, w, b, f, x, be: ops.pooled_lookup(
+        t, i, o, f, backend=be
+    ),
+    "fwfm_pooling, bf16 emb": lambda t, i, o, w, b, f, x, be: ops.fwfm_pooling(
+        x.reshape(x.shape[0], x.shape[1], len(DIMS), -1), f, backend=be
+    ),
+    "multi_embedding_lookup": lambda t, i, o, w, b, f, x, be: ops.multi_embedding_lookup(
+        t, i, o, backend=be
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("backend", ["reference", *KERNELS])
+def test_ops_run_under_autocast_close_to_float32(case, backend):
+    """Under bf16 autocast every op runs on every backend, a bf16 activation meets float32
+    weights (refused before: "must have the dtype of"), the result is within bf16 rounding of the
+    float32 result, and the float32 parameters get float32 gradients."""
+    inputs = _op_inputs()
+    params = [inputs[k] for k in (0, 3, 4, 5)]
+    with torch.no_grad():
+        exact = CASES[case](
+            *[t.double() if t.is_floating_point() else t for t in inputs], "reference"
+        )
+    with torch.autocast(**BF16):
+        out = CASES[case](*inputs, backend)
+    grads = torch.autograd.grad(out.float().sum(), params, allow_unused=True)
+    scale = exact.abs().max().item()
+    assert (out.double() - exact).abs().max().item() <= 3e-2 * scale
+    assert all(g is None or g.dtype == torch.float32 for g in grads)
+
+
+@pytest.mark.skipif(not KERNELS, reason="no kernel backend on the CPU here (needs triton)")
+@pytest.mark.parametrize("backend", KERNELS)
+def test_kernel_cross_network_computes_in_bf16_under_autocast(backend):
+    """The kernels honour autocast: the cross network's GEMMs take bf16 operands (its output is
+    then bf16), while the table stays float32 and lookups stay exact."""
+    table, indices, offsets, weight, bias, _, _ = _op_inputs()
+    with torch.no_grad(), torch.autocast(**BF16):
+        crossed = ops.lookup_cross_network(table, indices, offsets, weight, bias, backend=backend)
+        looked_up = ops.multi_embedding_lookup(table, indices, offsets, backend=backend)
+    assert crossed.dtype == torch.bfloat16 and table.dtype == torch.float32
+    assert torch.equal(looked_up, ops.reference.multi_embedding_lookup(table, indices, offsets))
+
+
+def test_mixed_dtypes_are_still_refused_outside_autocast():
+    _, _, _, weight, bias, _, x0 = _op_inputs()
+    with pytest.raises(TypeError, match="must have the dtype of the x0"):
+        ops.cross_network(x0, weight, bias)
+
+
+# ---- training -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_synthetic(1_000, field_dims=DIMS, min_count=0)
+
+
+def _train(data, out, **settings):
+    torch.manual_seed(0)
+    model = build("dcnv2", DIMS, 2, multi=True, hidden_dim=8)
+    settings = {**dict(epochs=1, batch_size=128, progress=False, verbose=False), **settings}
+    config = TrainConfig(out_dir=str(out), **settings)
+    return model, train(model, data, config)
+
+
+@pytest.fixture(scope="module")
+def runs(data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("precision")
+    return {p: (tmp / p, *_train(data, tmp / p, precision=p)) for p in ("fp32", "bf16")}
+
+
+def test_bf16_training_records_precision_and_keeps_float32_state(runs):
+    out, model, results = runs["bf16"]
+    assert results["config"]["precision"] == "bf16"
+    assert json.loads((out / "results.json").read_text())["config"]["precision"] == "bf16"
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["config"]["precision"] == "bf16"
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    moments = [
+        v for state in ckpt["optimizer"]["state"].values() for k, v in state.items() if k != "step"
+    ]
+    assert moments and all(v.dtype == torch.float32 for v in moments)
+    # autocast changed the arithmetic: the same seed trains to other numbers
+    fp32 = runs["fp32"][2]
+    assert results["history"][0]["train_loss"] != fp32["history"][0]["train_loss"]
+    assert abs(results["test_auc"] - fp32["test_auc"]) < 0.05
+
+
+def test_resume_refuses_a_precision_change(runs, data):
+    out = runs["fp32"][0]
+    with pytest.raises(ResumeError, match="precision 'fp32' \\(now 'bf16'\\)"):
+        _train(data, out, precision="bf16", resume=True, epochs=2)
+
+
+def test_runs_recorded_before_precision_resume_as_fp32(data, tmp_path):
+    """A last.pt written before the setting existed records no precision: it was fp32."""
+    _train(data, tmp_path, epochs=1)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    del ckpt["config"]["precision"]
+    torch.save(ckpt, tmp_path / "last.pt")
+    _, results = _train(data, tmp_path, resume=True, epochs=2)
+    assert results["epochs"] == 2
+    with pytest.raises(ResumeError, match="precision"):
+        _train(data, tmp_path, resume=True, epochs=3, precision="bf16")
+
+
+def test_run_identity_names_precision_only_when_not_fp32():
+    """fp32 runs keep the identity (and default --out) they had before the setting existed."""
+    config = dict(TrainConfig().as_dict())
+    identity = run_identity("dcnv2", "me", 2, {}, "synthetic", {}, config)
+    assert "precision" not in identity["config"]
+    bf16 = run_identity("dcnv2", "me", 2, {}, "synthetic", {}, {**config, "precision": "bf16"})
+    assert bf16["config"]["precision"] == "bf16"
+
+
+def test_precision_is_checked():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(precision="fp16")
+
+
+# ---- predict and export -------------------------------------------------------------------------
+
+
+def _x(rows=64):
+    g = torch.Generator().manual_seed(1)
+    return torch.stack([torch.randint(0, d, (rows,), generator=g) for d in DIMS], 1).numpy()
+
+
+def test_predict_bf16_close_to_fp32(runs):
+    out = runs["bf16"][0]
+    fp32 = Predictor(out, precision="fp32").logits(_x())
+    bf16 = Predictor(out, precision="bf16").logits(_x())
+    p32, p16 = (1 / (1 + np.exp(-z)) for z in (fp32, bf16))
+    assert abs(p32 - p16).max() <= 0.02
+    assert (fp32 != bf16).any()  # it did compute in bf16
+
+
+def test_export_bf16_pt2_round_trip_and_onnx_refused(runs, tmp_path, capsys):
+    out = runs["bf16"][0]
+    meta = export(out, tmp_path / "bf16.pt2", precision="bf16")
+    export(out, tmp_path / "fp32.pt2")
+    assert meta["precision"] == "bf16" and meta["checked_max_difference"] <= 1e-6
+    x = torch.from_numpy(_x())
+    program16, saved = load_pt2(tmp_path / "bf16.pt2")
+    program32, _ = load_pt2(tmp_path / "fp32.pt2")
+    with torch.no_grad():
+        p16, p32 = program16(x), program32(x)
+    assert saved["precision"] == "bf16" and p16.dtype == torch.float32
+    assert (p16 - p32).abs().max().item() <= 0.02 and not torch.equal(p16, p32)
+    # the graph computes in bf16 like the eager model under autocast
+    model = Predictor(out).model
+    with torch.no_grad(), torch.autocast(**BF16):
+        eager = torch.sigmoid(model(x).float())
+    assert (p16 - eager).abs().max().item() <= 1e-6
+    code = main(["export", str(out), "--out", str(tmp_path / "m.onnx"), "--precision", "bf16"])
+    err = capsys.readouterr().err
+    assert code == 2 and "ONNX export computes in fp32 only" in err
+    assert len([line for line in err.splitlines() if line.startswith("fastme export")]) == 1
+    assert not (tmp_path / "m.onnx").exists()
+
+
+# ---- threads ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_threads_flag_sets_torch_threads_and_says_so(runs, tmp_path, capsys, restore_threads):
+    torch.set_num_threads(2)
+    out = runs["fp32"][0]
+    assert main(["analyze", str(out), "--out", str(tmp_path / "a"), "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("threads:")]
+    assert len(said) == 1 and said[0].startswith("threads: 1 (--threads)")
+    # export sets them too, and prints only what it exported
+    torch.set_num_threads(2)
+    assert main(["export", str(out), "--out", str(tmp_path / "m.pt2"), "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
+    assert "threads:" not in capsys.readouterr().out
+
+
+def test_default_threads(monkeypatch, capsys, restore_threads):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == (3, "OMP_NUM_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    threads, why = default_threads()
+    assert 1 <= threads <= len(os.sched_getaffinity(0)) and why
