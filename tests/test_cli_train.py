@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from fastme.cli import main
+from fastme.train import load_checkpoint
 
 SMALL = [
     "--data",
@@ -429,3 +430,18 @@ def test_rejected_train_commands_leave_nothing_behind(tmp_path, capsys, monkeypa
             assert err.startswith("fastme train: error: ") and data[1].split(":")[-1] in err
             assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
             assert list((tmp_path / "mine").iterdir()) == []  # the user's directory stays
+
+
+def test_table_optimizer_options(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", *TINY, "--table-optimizer", "adamw"])
+    assert stop.value.code == 2
+    assert "argument --table-optimizer: invalid choice: 'adamw'" in capsys.readouterr().err
+    out = tmp_path / "r"
+    argv = ["train", *TINY, "--table-optimizer", "rowwise_adagrad", "--table-lr", "0.02"]
+    assert main([*argv, "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["table_optimizer"] == "rowwise_adagrad"
+    assert results["config"]["table_lr"] == 0.02
+    saved = load_checkpoint(out / "last.pt")["optimizer"]
+    assert saved["table_optimizer"] == "rowwise_adagrad" and saved["table"]["step"] > 0

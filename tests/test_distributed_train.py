@@ -234,3 +234,14 @@ def test_a_killed_two_rank_run_resumes_with_two_ranks_or_one(tmp_path):
     assert results["epochs"] == done + 2 and results["world_size"] == 1
     assert [h["epoch"] for h in results["history"]] == list(range(1, done + 3))
     assert results["history"][:done] == killed["trainer"]["history"]
+
+
+def test_data_parallel_training_refuses_a_sparse_table_optimizer():
+    from types import SimpleNamespace
+
+    from fastme.distributed.trainer import DataParallelTrainer
+
+    ranks = SimpleNamespace(world_size=2)  # refused before any process group is used
+    config = TrainConfig(batch_size=250, table_optimizer="rowwise_adagrad")
+    with pytest.raises(ValueError, match="rowwise_adagrad is not supported in data-parallel"):
+        DataParallelTrainer(_batchnorm_free_model(), _data(), config, ranks=ranks)

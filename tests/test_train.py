@@ -112,11 +112,14 @@ def test_training_learns_and_writes_results(data, tmp_path):
     assert on_disk["samples_per_s"] > 0 and on_disk["epochs"] == 3
 
 
-@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize(
+    "shuffle, table_optimizer",
+    [(False, "adam"), (True, "adam"), (True, "rowwise_adagrad"), (False, "lazy_adam")],
+)
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(
-    data, tmp_path, interrupt_epoch, shuffle
+    data, tmp_path, interrupt_epoch, shuffle, table_optimizer
 ):
-    settings = dict(epochs=4, patience=4, shuffle=shuffle, seed=5)
+    settings = dict(epochs=4, patience=4, shuffle=shuffle, seed=5, table_optimizer=table_optimizer)
     full_model = small_model(data)
     full = train(full_model, data, config(tmp_path / "full", **settings))
 
@@ -141,6 +144,10 @@ def test_resume_refuses_other_settings_and_starts_fresh_without_checkpoint(data,
     train(small_model(data), data, config(tmp_path, epochs=1))
     with pytest.raises(ResumeError, match="lr"):
         train(small_model(data), data, config(tmp_path, epochs=2, lr=0.5, resume=True))
+    with pytest.raises(ResumeError, match="table_optimizer 'adam' \\(now 'sgd'\\)"):
+        train(
+            small_model(data), data, config(tmp_path, epochs=2, table_optimizer="sgd", resume=True)
+        )
     other = make_synthetic(2_000, field_dims=DIMS, min_count=0)
     with pytest.raises(ResumeError, match="different data"):
         train(small_model(other), other, config(tmp_path, epochs=2, resume=True))
@@ -245,3 +252,20 @@ def test_cuda_training_matches_the_cpu_protocol(data, tmp_path):
     results = train(small_model(data), data, config(tmp_path, device="cuda", epochs=2, lr=1e-2))
     assert results["device"].startswith("cuda") and results["test_auc"] > 0.6
     assert np.isfinite(results["test_logloss"])
+
+
+def test_a_run_recorded_before_table_optimizers_keeps_its_identity_and_resumes(data, tmp_path):
+    from fastme.train.checkpoint import run_identity, save
+
+    def identity(**overrides):
+        return run_identity("dnn", "se", 1, {}, "synthetic", {}, config(**overrides).as_dict())
+
+    assert "table_optimizer" not in identity()["config"]  # the default: as before
+    assert identity(table_optimizer="sgd")["config"]["table_optimizer"] == "sgd"
+    train(small_model(data), data, config(tmp_path, epochs=1))
+    last = load_checkpoint(tmp_path / "last.pt")
+    for name in ("table_optimizer", "table_lr"):
+        del last["config"][name]  # a last.pt of an earlier version
+    save(last, tmp_path / "last.pt")
+    resumed = train(small_model(data), data, config(tmp_path, epochs=2, resume=True))
+    assert resumed["epochs"] == 2

@@ -39,6 +39,8 @@ def add_parser(subparsers) -> None:
             "batch_size",
             "lr",
             "weight_decay",
+            "table_optimizer",
+            "table_lr",
             "patience",
             "shuffle",
             "precision",

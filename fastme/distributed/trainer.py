@@ -32,9 +32,22 @@ from fastme.train.trainer import Trainer, predict_logits, scores
 class DataParallelTrainer(Trainer):
     """:class:`Trainer` for one rank of a data-parallel job; ``ranks`` from
     :func:`fastme.distributed.data_parallel.init`. ``config.device`` is replaced by the rank's
-    device. Same arguments and results otherwise."""
+    device. Same arguments and results otherwise.
+
+    The embedding table's gradient stays dense: DDP all-reduces a sparse gradient only through
+    gloo (NCCL has no sparse all-reduce, pytorch#22400) and only for ``nn.Embedding(sparse=True)``
+    modules, so the sparse table optimizers are refused and ``adam`` runs on the dense gradient
+    (the same update)."""
+
+    sparse_table_gradients = False
 
     def __init__(self, model, data, config, *, ranks: dp.Ranks, **kwargs):
+        if config.table_optimizer != "adam":
+            raise ValueError(
+                f"table_optimizer {config.table_optimizer} is not supported in data-parallel "
+                f"training (DDP cannot all-reduce the table's sparse gradient over NCCL); use "
+                f"adam, or train in one process"
+            )
         if config.batch_size % ranks.world_size:
             raise ValueError(
                 f"batch_size {config.batch_size} must be a multiple of the world size "

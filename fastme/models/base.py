@@ -32,6 +32,12 @@ class MultiEmbeddingModel(nn.Module):
     #: The mode of :func:`fastme.models.build` when it is given no ``multi``.
     default_multi = False
 
+    #: Give the table a sparse gradient (the touched rows only, see
+    #: ``ops.multi_embedding_lookup(sparse_grad=True)``) for a sparse table optimizer. The
+    #: lookups fused with an interaction then run unfused (same function). Not part of the spec
+    #: or the weights: the trainer sets it while it trains.
+    sparse_table: bool = False
+
     def __init__(
         self,
         field_dims,
@@ -103,7 +109,12 @@ class MultiEmbeddingModel(nn.Module):
         """[B, N] indices -> [B, M, N, K] embeddings through the fused lookup op."""
         e = self.embedding
         return ops.multi_embedding_lookup(
-            e.weight, x, e.offsets, field_dims=e.field_dims, backend=self.backend
+            e.weight,
+            x,
+            e.offsets,
+            field_dims=e.field_dims,
+            backend=self.backend,
+            sparse_grad=self.sparse_table,
         )
 
     def flat_sets(self, emb: torch.Tensor) -> torch.Tensor:
@@ -165,6 +176,8 @@ class ProjectedModel(MultiEmbeddingModel):
         self.head = OutputHead(self.hidden_dim, self.dropout)
 
     def interact(self, x):
+        if self.sparse_table:  # the fused lookups' gradient is dense: gather, then interact
+            return self.interact_embeddings(self.lookup(x))
         return self.head(self.projection(self.set_features(x)))
 
     def interact_embeddings(self, emb):

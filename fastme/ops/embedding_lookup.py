@@ -16,6 +16,7 @@ def multi_embedding_lookup(
     *,
     field_dims: torch.Tensor | None = None,
     backend: str = "auto",
+    sparse_grad: bool = False,
 ) -> torch.Tensor:
     """Gather every field's row of every embedding set.
 
@@ -27,11 +28,18 @@ def multi_embedding_lookup(
         field_dims: [N] cardinalities used for the bounds check (default: implied by offsets and
             the table's row count).
         backend: "auto", "reference", "triton" or "cuda".
+        sparse_grad: give ``table`` a sparse gradient: a coalesced COO tensor [rows, M, K] of
+            the touched rows only (unique, sorted, duplicates summed; deterministic), for the
+            sparse table optimizers of ``fastme.train.table_optim``. The kernels' backward
+            writes a dense gradient, so this gathers through the reference on every backend and
+            device (same values as the dense path).
 
     Returns:
         [B, M, N, K] embeddings, differentiable with respect to ``table``.
     """
     indices, field_dims = prepare_lookup(table, indices, offsets, field_dims)
+    if sparse_grad:
+        return reference.multi_embedding_lookup_sparse_grad(table, indices, offsets)
     fn = _backend.resolve("multi_embedding_lookup", backend, table.device)
     return fn(table, indices, offsets)
 

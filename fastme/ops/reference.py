@@ -28,6 +28,44 @@ def multi_embedding_lookup(
     return gathered.view(b, n, m, k).permute(0, 2, 1, 3).contiguous()  # -> [B, M, N, K]
 
 
+class _SparseGradGather(torch.autograd.Function):
+    """``table.reshape(rows, M*K).index_select(0, rows)`` whose backward hands the table a
+    sparse gradient: a coalesced COO tensor [rows, M, K] holding only the touched rows (unique,
+    sorted, duplicates summed) instead of a dense table-sized gradient. ``F.embedding(sparse=True)``
+    cannot serve: it needs a 2-D weight, and the [rows, M*K] view's backward cannot reshape a
+    sparse gradient."""
+
+    @staticmethod
+    def forward(ctx, table, rows):
+        ctx.save_for_backward(rows)
+        ctx.table_shape = table.shape
+        num_rows, m, k = table.shape
+        return table.reshape(num_rows, m * k).index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (rows,) = ctx.saved_tensors
+        num_rows, m, k = ctx.table_shape
+        # torch's coalesce sorts the rows and sums duplicates in a fixed order: deterministic on
+        # CPU and CUDA (index_add_ would use atomics on CUDA).
+        sparse = torch.sparse_coo_tensor(
+            rows.unsqueeze(0), grad.reshape(-1, m, k), ctx.table_shape, check_invariants=False
+        ).coalesce()
+        return sparse, None
+
+
+def multi_embedding_lookup_sparse_grad(
+    table: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor
+) -> torch.Tensor:
+    """:func:`multi_embedding_lookup` (same values) whose gradient with respect to ``table`` is a
+    sparse COO tensor of the touched rows (see :class:`_SparseGradGather`)."""
+    rows = indices.long() + offsets.long().unsqueeze(0)  # [B, N]
+    b, n = rows.shape
+    _, m, k = table.shape
+    gathered = _SparseGradGather.apply(table, rows.reshape(-1))
+    return gathered.view(b, n, m, k).permute(0, 2, 1, 3).contiguous()  # -> [B, M, N, K]
+
+
 def fm_pooling(emb: torch.Tensor) -> torch.Tensor:
     """FM pooling per set: 0.5 * ((sum_i e_i)^2 - sum_i e_i^2), [B, M, N, K] -> [B, M, K]."""
     total = emb.sum(dim=2)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fastme._atomic import replace_on_success
 from fastme.models.spec import ModelSpec
-from fastme.train.config import LATER_TRAJECTORY_FIELDS, TRAJECTORY_FIELDS
+from fastme.train.config import trajectory
 
 LAST, BEST, RESULTS = "last.pt", "best.pt", "results.json"
 LOCK = ".lock"  # held by the run training into the directory
@@ -131,8 +131,9 @@ def run_identity(
 ) -> dict:
     """What makes two runs the same run: exactly what a resume may not change. The model, the
     data (a file by its absolute path) and the settings of the optimisation trajectory
-    (``TRAJECTORY_FIELDS`` of ``config``); the epoch budget, the patience, the device and the
-    backend are not part of it, so that ``--resume`` with a larger ``--epochs`` finds the run."""
+    (:func:`fastme.train.config.trajectory` of ``config``); the epoch budget, the patience, the
+    device and the backend are not part of it, so that ``--resume`` with a larger ``--epochs``
+    finds the run."""
     kind, _, where = data.partition(":")
     data = f"{kind}:{Path(where).expanduser().resolve()}" if where else kind
     return _as_json(
@@ -145,12 +146,7 @@ def run_identity(
             "data_options": {
                 k: v for k, v in data_options.items() if k not in ("progress", "rebuild")
             },
-            "config": {
-                k: v
-                for k, v in config.items()
-                if k in TRAJECTORY_FIELDS
-                and not (k in LATER_TRAJECTORY_FIELDS and v == LATER_TRAJECTORY_FIELDS[k])
-            },
+            "config": trajectory(config),
         }
     )
 

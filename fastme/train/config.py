@@ -19,14 +19,13 @@ def _setting(
     flag: str | None = None,
     cli_default=dataclasses.MISSING,
     choices: tuple | None = None,
+    kind: type | None = None,
 ):
     """A config field; ``help`` is its command-line help, ``flag`` its option name when it is not
     the field's name, ``cli_default`` a default of the command line only, ``choices`` the values
-    the command line accepts."""
-    return field(
-        default=default,
-        metadata={"help": help, "flag": flag, "cli_default": cli_default, "choices": choices},
-    )
+    it takes, ``kind`` its type when the default is None."""
+    meta = {"help": help, "flag": flag, "cli_default": cli_default, "choices": choices}
+    return field(default=default, metadata={**meta, "kind": kind})
 
 
 @dataclass
@@ -38,6 +37,11 @@ class TrainConfig:
         batch_size: training batch size (2048).
         eval_batch_size: batch size for validation/test (None: ``batch_size``, as in the paper).
         lr, weight_decay: Adam's learning rate and coupled L2 weight decay.
+        table_optimizer: how the embedding table is updated (fastme/train/table_optim.py):
+            "adam" (the paper's: Adam over every parameter, exact), or a sparse optimizer that
+            updates only the rows a batch touches: "lazy_adam", "rowwise_adagrad", "adagrad",
+            "sgd" (the rest of the model keeps Adam).
+        table_lr: the table optimizer's learning rate (None: ``lr``; a sparse optimizer only).
         patience: stop after this many consecutive epochs without a strictly better
             validation AUC.
         device: "cpu", "cuda", "cuda:N" or "auto" (CUDA when available).
@@ -62,6 +66,15 @@ class TrainConfig:
     )
     lr: float = _setting(1e-3, "Adam learning rate")
     weight_decay: float = _setting(1e-6, "Adam's coupled L2 weight decay (on every parameter)")
+    table_optimizer: str = _setting(
+        "adam",
+        "the embedding table's optimizer: adam (the paper's, exact) or a sparse one that "
+        "updates only the rows a batch touches (docs/training.md)",
+        choices=("adam", "lazy_adam", "rowwise_adagrad", "adagrad", "sgd"),
+    )
+    table_lr: float | None = _setting(
+        None, "learning rate of a sparse table optimizer (default: --lr)", kind=float
+    )
     patience: int = _setting(3, "early-stopping patience (epochs without a better val AUC)")
     device: str = _setting("cpu", "cpu, cuda, cuda:N or auto", cli_default="auto")
     seed: int = _setting(0, "seeds initialisation and dropout (the split uses --split-seed)")
@@ -93,6 +106,13 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        choices = _FIELDS["table_optimizer"].metadata["choices"]
+        if self.table_optimizer not in choices:
+            raise ValueError(
+                f"table_optimizer must be one of {', '.join(choices)}, got {self.table_optimizer!r}"
+            )
+        if self.table_lr is not None and not self.table_lr > 0:
+            raise ValueError(f"table_lr must be positive, got {self.table_lr!r}")
         if self.out_dir is not None:
             self.out_dir = str(self.out_dir)
         if self.resume and self.out_dir is None:
@@ -111,13 +131,25 @@ TRAJECTORY_FIELDS = (
     "split_seed",
     "shuffle",
     "precision",
+    "table_optimizer",
+    "table_lr",
 )
-#: Trajectory fields added after runs were first recorded, with the value every run recorded
-#: without them had: a resume compares against it, and a run identity leaves the field out at
-#: that value, so that those runs keep their identity (and default directory).
-LATER_TRAJECTORY_FIELDS = {"precision": "fp32"}
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+#: Trajectory fields added after runs were recorded without them: missing means the default.
+_LATER_FIELDS = ("precision", "table_optimizer", "table_lr")
+
+
+def trajectory(config: dict) -> dict:
+    """The trajectory settings of a config dict (:data:`TRAJECTORY_FIELDS`), leaving out the
+    fields added later while they hold their defaults, so that a run recorded before they
+    existed keeps its identity (and its default directory)."""
+    return {
+        k: v
+        for k, v in config.items()
+        if k in TRAJECTORY_FIELDS and not (k in _LATER_FIELDS and v == _FIELDS[k].default)
+    }
 
 
 def add_config_arguments(parser, names, **help_overrides) -> None:
@@ -134,7 +166,7 @@ def add_config_arguments(parser, names, **help_overrides) -> None:
             action = "store_false" if f.default else "store_true"
             parser.add_argument(flag, dest=name, action=action, help=text)
         elif default is None:
-            kind = int if name == "eval_batch_size" else str
+            kind = meta["kind"] or (int if name == "eval_batch_size" else str)
             parser.add_argument(flag, dest=name, type=kind, default=None, help=text)
         else:
             parser.add_argument(

@@ -1,9 +1,11 @@
 """The training loop of the paper (Appendix C.2) for any ``fastme.models`` model.
 
 8/1/1 random split with seed 0, Adam (lr 1e-3, coupled L2 weight decay 1e-6 on every parameter,
-as the reference code's ``torch.optim.Adam``), batch 2048, BCE-with-logits plus the model's
-regularisation loss, validation AUC and log loss after every epoch, early stopping on validation
-AUC (strict improvement, patience 3), and the test score of the best checkpoint.
+as the reference code's ``torch.optim.Adam``; the embedding table's gradient is sparse and
+``table_optimizer`` may replace Adam for the table, see table_optim.py), batch 2048,
+BCE-with-logits plus the model's regularisation loss, validation AUC and log loss after every
+epoch, early stopping on validation AUC (strict improvement, patience 3), and the test score of
+the best checkpoint.
 
 Files in ``out_dir``: ``last.pt`` (after every epoch: model, optimizer, epoch, config and the
 trainer's state, enough to resume), ``best.pt`` (the best epoch's model and optimizer) and
@@ -45,9 +47,10 @@ from fastme.train.checkpoint import (
     load_checkpoint,
     save,
 )
-from fastme.train.config import LATER_TRAJECTORY_FIELDS, TRAJECTORY_FIELDS, TrainConfig
+from fastme.train.config import TRAJECTORY_FIELDS, TrainConfig, trajectory
 from fastme.train.metrics import log_loss_from_logits, roc_auc
 from fastme.train.precision import autocast
+from fastme.train.table_optim import ModelOptimizer
 
 #: What a run's ``info`` says about the model; resuming with other values is refused.
 _MODEL_INFO = ("model", "mode", "scale", "model_options")
@@ -141,15 +144,21 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
 
 
-def _make_optimizer(model, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+def _make_optimizer(
+    model, config: TrainConfig, device: torch.device, sparse: bool = True
+) -> ModelOptimizer:
     # Adam's weight_decay is the coupled L2 of the paper's code (not AdamW), on every parameter.
     # The fused kernel avoids one launch per parameter tensor on CUDA and on a CPU does the whole
     # update in one pass (11.8M parameters: 8.4 ms a step instead of 96 ms, bench/README.md).
-    return torch.optim.Adam(
-        model.parameters(),
+    # The table's gradient is sparse when ``sparse`` (table_optim.py); "adam" stays exact.
+    return ModelOptimizer(
+        model,
+        config.table_optimizer,
         lr=config.lr,
         weight_decay=config.weight_decay,
         fused=_fused_adam(device),
+        table_lr=config.table_lr,
+        sparse=sparse,
     )
 
 
@@ -329,6 +338,9 @@ class Trainer:
     weights, :meth:`results`. :func:`train` is the usual entry point; the parts are separate so
     that a variant (another device layout, another stopping rule) replaces one of them."""
 
+    #: Train with sparse gradients of the embedding table (fastme/train/table_optim.py).
+    sparse_table_gradients = True
+
     def __init__(
         self,
         model,
@@ -384,7 +396,7 @@ class Trainer:
         #: The module the training forward calls (a data-parallel trainer's DDP wrapper); the
         #: checkpoints, evaluation and callbacks always use the plain ``model``.
         self.train_module = self.model
-        self.optimizer = _make_optimizer(model, config, self.device)
+        self.optimizer = _make_optimizer(model, config, self.device, self.sparse_table_gradients)
         self.state = _fresh_state()
         self._best_in_memory = None
         self._wall_base = 0.0  # wall time of the sessions before this one (resumed runs)
@@ -452,11 +464,13 @@ class Trainer:
             raise CheckpointError(
                 f"{path} is not a last.pt written by the trainer (no {exc})"
             ) from None
+        # a setting added after the run was saved had its default then
+        saved = {**TrainConfig().as_dict(), **saved_config}
+        saved_trajectory, ours = trajectory(saved), trajectory(self.config.as_dict())
         changed = [
             f"{k} {saved.get(k)!r} (now {getattr(self.config, k)!r})"
-            for saved in [{**LATER_TRAJECTORY_FIELDS, **saved_config}]
             for k in TRAJECTORY_FIELDS
-            if saved.get(k) != getattr(self.config, k)
+            if saved_trajectory.get(k) != ours.get(k)
         ]
         saved_spec = ckpt.get("spec")
         n_settings = len(changed)
@@ -500,13 +514,7 @@ class Trainer:
                 f"({mismatch}); build the model the saved run used"
             )
         self.model.load_state_dict(ckpt["model"])
-        # The saved run may have used another device: load with this run's kernel choice, so that
-        # torch places Adam's step counters where the fused kernel expects them.
-        opt_state = ckpt["optimizer"]
-        for group in opt_state["param_groups"]:
-            group["fused"] = _fused_adam(self.device)
-            group["foreach"] = None
-        self.optimizer.load_state_dict(opt_state)
+        self.optimizer.load_state_dict(ckpt["optimizer"])  # on this run's device and kernels
         self.state = state
         self._wall_base = float(state.get("wall_time_s", state.get("train_time_s", 0.0)))
 
@@ -546,16 +554,17 @@ class Trainer:
 
     def train_pass(self, rows: np.ndarray, desc: str) -> float:
         """Train on :meth:`train_batches` once; returns the mean training loss over ``rows``."""
-        loss_sum = _train_one_epoch(
-            self.model,
-            self.optimizer,
-            self.train_batches(rows),
-            len(rows),
-            self.config,
-            self.device,
-            desc,
-            forward=self.train_module,
-        )
+        with self.optimizer.sparse_gradients():
+            loss_sum = _train_one_epoch(
+                self.model,
+                self.optimizer,
+                self.train_batches(rows),
+                len(rows),
+                self.config,
+                self.device,
+                desc,
+                forward=self.train_module,
+            )
         mean_loss = self.sum_over_ranks(loss_sum).item() / max(len(rows), 1)
         if not math.isfinite(mean_loss):
             raise FloatingPointError(
