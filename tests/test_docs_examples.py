@@ -10,10 +10,14 @@
   ``pip install -e '.[extra]'`` names extras that pyproject.toml defines.
 - A block marked ``<!-- docs-test: skip (why) -->`` is not run (but still parsed); the reason is
   required (a GPU, the user's own files, an install, minutes of CPU).
+- A block marked ``<!-- docs-test: needs MODULE ... -->`` (an optional extra's packages, e.g.
+  ``onnx onnxruntime`` of ``.[export]``) runs where they are installed, as in CI, and is skipped,
+  with the reason, where they are not (the README's test command installs no extras).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -181,12 +185,17 @@ def sandbox(tmp_path_factory):
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_examples_run(page, sandbox):
     root, env = sandbox
-    ran = 0
+    ran, skipped = 0, []
     for line, lang, mark, body in blocks(page):
         where = f"{page.name}:{line}"
         if mark.startswith("skip"):
             assert re.fullmatch(r"skip \(.+\)", mark), f"{where}: a skip needs its reason: {mark}"
             continue
+        if mark.startswith("needs"):
+            missing = [m for m in mark.split()[1:] if importlib.util.find_spec(m) is None]
+            if missing:
+                skipped.append(f"{where} needs {', '.join(missing)}")
+                continue
         if lang == "python":
             done = subprocess.run(
                 [sys.executable, "-c", body],
@@ -209,5 +218,7 @@ def test_examples_run(page, sandbox):
             continue
         ran += 1
         assert done.returncode == 0, f"{where} failed:\n{body}\n{done.stdout}\n{done.stderr}"
+    if skipped:
+        pytest.skip(f"ran {ran} blocks; not installed here: {'; '.join(skipped)}")
     if ran == 0:
         pytest.skip(f"{page.name} has no block to run")
