@@ -12,38 +12,14 @@ import math
 import torch
 
 from fastme._extension import require_cuda_kernels
+from fastme.ops._kernel_args import dtype_code, index_args
 from fastme.ops._policy import acc_dtype, global_rows, use_atomics
-
-# Element type codes, shared with kernels/api.h (DType).
-_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
-
-
-def dtype_code(dtype: torch.dtype) -> int:
-    try:
-        return _DTYPE_CODES[dtype]
-    except KeyError:
-        raise TypeError(f"the CUDA kernels do not support dtype {dtype}") from None
 
 
 def launch(t: torch.Tensor) -> dict:
     """``launch`` = (device, current stream) of ``t``'s device and ``dtype`` = the code of ``t``."""
     stream = torch.cuda.current_stream(t.device).cuda_stream
-    return {"launch": (t.device.index, stream), "dtype": dtype_code(t.dtype)}
-
-
-def index_args(indices: torch.Tensor, offsets: torch.Tensor, num_rows: int) -> dict:
-    """``ix``, the (indices, offsets) argument every lookup kernel takes (IndexArgs, in order)."""
-    return {
-        "ix": (
-            indices.data_ptr(),
-            indices.dtype == torch.int64,
-            offsets.data_ptr(),
-            offsets.dtype == torch.int64,
-            num_rows,
-            indices.shape[0],
-            indices.shape[1],
-        )
-    }
+    return {"launch": (t.device.index, stream), "dtype": dtype_code(t.dtype, "CUDA")}
 
 
 def scatter_rows(
