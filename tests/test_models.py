@@ -72,6 +72,39 @@ def test_dcnv2_cross_parameters_grow_quadratically_for_se_and_linearly_for_me():
         assert me.cross_weight.numel() + me.cross_bias.numel() == scale * layers * (d_me**2 + d_me)
 
 
+def test_dcnv2_shared_interaction_runs_every_set_through_one_cross_network_and_projection():
+    """Figure 10c's variant: M tables, one cross network and one projection block for all sets;
+    in eval mode the output is the head of the mean over sets of that one path per set."""
+    torch.manual_seed(0)
+    model = fm.build(
+        "dcnv2", FIELD_DIMS, 3, multi=True, shared_interaction=True, hidden_dim=16
+    ).double()
+    separate = fm.build("dcnv2", FIELD_DIMS, 3, multi=True, hidden_dim=16)
+    assert model.cross_weight.shape[1] == 1 and model.projection.block.linear.weight.shape[0] == 1
+    shared = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("embedding"))
+    own = sum(p.numel() for n, p in separate.named_parameters() if not n.startswith("embedding"))
+    assert shared < own
+    with torch.no_grad():  # random BatchNorm statistics and biases make every term visible
+        for name, buf in model.named_buffers():
+            if "running" in name:
+                buf.uniform_(0.5, 1.5)
+        model.cross_bias.normal_()
+    model.eval()
+    x = random_x(FIELD_DIMS, 9)
+    emb = model.lookup(x)
+    w, b = model.cross_weight[:, 0], model.cross_bias[:, 0]
+    per_set = []
+    for m in range(model.num_sets):
+        x0 = xl = emb[:, m].reshape(9, -1)
+        for layer in range(w.shape[0]):
+            xl = x0 * (xl @ w[layer].T + b[layer]) + xl
+        per_set.append(model.projection(xl[:, None]))
+    expected = model.head(torch.stack(per_set, 1).mean(1))
+    torch.testing.assert_close(model(x), expected)
+    with pytest.raises(TypeError, match="shared_interaction"):
+        fm.build("dcnv2", FIELD_DIMS, 2, multi=True, shared_interaction="yes")
+
+
 def test_criteo_sanity_parameter_counts_match_reference_code():
     """reference-facts §10: SE DCNv2 base on Criteo has a 609,960-parameter cross network and a
     318,801-parameter MLP (projection 156,400 + 160,400 + 401 + 2 x 800 BatchNorm)."""

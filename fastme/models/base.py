@@ -165,9 +165,10 @@ class ProjectedModel(MultiEmbeddingModel):
         super().__init__(field_dims, embed_dim, num_sets, backend, hidden_dim, dropout)
         self.nonlinear_projection = nonlinear_projection
 
-    def _build_projection(self, in_dim: int) -> None:
+    def _build_projection(self, in_dim: int, num_sets: int | None = None) -> None:
+        """The per-set projection (of ``num_sets`` sets, default M) and the shared head."""
         self.projection = SetProjection(
-            self.num_sets,
+            self.num_sets if num_sets is None else num_sets,
             in_dim,
             self.hidden_dim,
             self.dropout,

@@ -20,6 +20,11 @@ class DCNv2(ProjectedModel):
     ``regularization_variant="paper"``: sum ||W^T W - lambda_ij I||_F^2, lambda learnable, forward
     unchanged. ``"code"`` (the authors' released code): the forward uses s_ij * W_{i->j} with s
     learnable and the penalty is sum ||I - W W^T||_F^2 on the unscaled blocks (lambda ~ s^2).
+
+    ``shared_interaction=True`` (ME only) is the paper's ablation of Figure 10c/d (the authors'
+    ``me-si-dcn``): the M sets keep their own embeddings, but ONE cross network and ONE projection
+    block serve them all, so the sets are no longer separated by their interaction. The shared
+    projection's BatchNorm sees the B*M set rows of a batch together.
     """
 
     def __init__(
@@ -35,18 +40,24 @@ class DCNv2(ProjectedModel):
         regularization=None,
         regularization_coef=1e-5,
         regularization_variant="paper",
+        shared_interaction=False,
     ):
         super().__init__(
             field_dims, embed_dim, num_sets, backend, hidden_dim, dropout, nonlinear_projection
         )
         if num_cross_layers < 1:
             raise ValueError(f"num_cross_layers must be >= 1, got {num_cross_layers}")
+        if not isinstance(shared_interaction, bool):
+            raise TypeError(f"shared_interaction must be a bool, got {shared_interaction!r}")
+        self.shared_interaction = shared_interaction
+        # the sets that own a cross network and a projection: all M, or the one shared by all
+        modules = 1 if shared_interaction else self.num_sets
         d = self.num_fields * self.embed_dim
-        self.cross_weight = nn.Parameter(torch.empty(num_cross_layers, self.num_sets, d, d))
-        self.cross_bias = nn.Parameter(torch.zeros(num_cross_layers, self.num_sets, d))
+        self.cross_weight = nn.Parameter(torch.empty(num_cross_layers, modules, d, d))
+        self.cross_bias = nn.Parameter(torch.zeros(num_cross_layers, modules, d))
         bound = math.sqrt(6.0 / (2 * d))
         nn.init.uniform_(self.cross_weight, -bound, bound)
-        self._build_projection(d)
+        self._build_projection(d, modules)
         if regularization not in (None, "orthogonal"):
             raise ValueError(f"regularization must be None or 'orthogonal', got {regularization!r}")
         if regularization_variant not in ("paper", "code"):
@@ -62,7 +73,7 @@ class DCNv2(ProjectedModel):
         if regularization:
             # lambda_ij ("paper") or s_ij ("code") of each layer, set and block
             n = self.num_fields
-            self.block_scale = nn.Parameter(torch.ones(num_cross_layers, self.num_sets, n, n))
+            self.block_scale = nn.Parameter(torch.ones(num_cross_layers, modules, n, n))
 
     def _blocks(self, weight):
         """[L, M, NK, NK] -> [L, M, N, N, K, K]; block [a, b] is rows of field a, columns of b."""
@@ -99,9 +110,26 @@ class DCNv2(ProjectedModel):
         return self._effective_weight().detach(), self.cross_bias.detach()
 
     def set_features_from_embeddings(self, emb):
-        return ops.cross_network(
-            self.flat_sets(emb), self._effective_weight(), self.cross_bias, backend=self.backend
+        flat = self.flat_sets(emb)
+        if self.shared_interaction:  # every set through the one cross network: sets become rows
+            flat = flat.reshape(-1, 1, flat.shape[-1])
+        out = ops.cross_network(
+            flat, self._effective_weight(), self.cross_bias, backend=self.backend
         )
+        return out.reshape(emb.shape[0], self.num_sets, out.shape[-1])
+
+    def interact(self, x):
+        if self.shared_interaction:
+            return self.interact_embeddings(self.lookup(x))
+        return super().interact(x)
+
+    def interact_embeddings(self, emb):
+        features = self.set_features_from_embeddings(emb)
+        if self.shared_interaction:  # the one projection block on every set, then their mean
+            batch, sets, width = features.shape
+            projected = self.projection(features.reshape(batch * sets, 1, width))
+            return self.head(projected.reshape(batch, sets, projected.shape[-1]).mean(dim=1))
+        return self.head(self.projection(features))
 
     def set_features(self, x):  # the lookup fused in front of the cross network
         e = self.embedding
