@@ -264,6 +264,62 @@ def test_scale_aggregates_over_seeds(tmp_path):
     assert calls == [("se", 1, 0)]
 
 
+def _sweep(se_auc: dict, me_auc: dict, se_ia=0.6, me_ia=0.7) -> dict:
+    """A scale summary from per-seed test AUCs {scale: [auc per seed]} (IA / random fixed)."""
+
+    def entry(aucs, ia):
+        return {
+            "test_auc": aucs,
+            "test_auc_mean": float(np.mean(aucs)),
+            "test_auc_std": float(np.std(aucs)),
+            "mean_field_ia_over_random_mean": ia,
+        }
+
+    return {
+        "scales": sorted(se_auc),
+        "se": {str(s): entry(a, se_ia) for s, a in se_auc.items()},
+        "me": {
+            str(s): entry(a, me_ia if s > 1 else se_ia) for s, a in {**se_auc, **me_auc}.items()
+        },
+    }
+
+
+def test_scale_conclusion_states_what_the_numbers_support():
+    from fastme.experiments.scale import conclusion
+
+    base = [0.700, 0.702, 0.698]
+    # both halves: ME above SE at 10x by more than the spread, SE flat from 4x, ME rising
+    both = conclusion(
+        _sweep(
+            {1: base, 4: [0.710, 0.712, 0.708], 10: [0.709, 0.711, 0.710]},
+            {4: [0.711, 0.713, 0.709], 10: [0.720, 0.722, 0.718]},
+        )
+    )
+    assert both["ia_half"] and both["auc_half"]
+    assert both["top"] == 10 and both["margin"] == pytest.approx(0.0100)
+    assert both["se_trend"] == "is flat" and both["me_trend"] == "rises"
+    assert "both halves" in both["lines"][-1]
+    assert "more than the larger seed std 0.0016" in both["lines"][1]
+    # a gap within the seed spread is said to be one the data cannot separate
+    tie = conclusion(_sweep({1: base, 4: [0.710, 0.720, 0.700]}, {4: [0.712, 0.722, 0.702]}))
+    assert tie["auc_half"] is False and "cannot separate" in tie["lines"][1]
+    assert tie["lines"][-1].startswith("Conclusion: only the IA half")
+    # SE still rising between the two largest scales: no saturation, whatever the margin
+    rising = conclusion(
+        _sweep(
+            {1: base, 2: [0.700, 0.701, 0.702], 4: [0.720, 0.721, 0.722]},
+            {2: [0.701, 0.702, 0.703], 4: [0.740, 0.741, 0.742]},
+        )
+    )
+    assert rising["se_trend"] == "rises" and rising["auc_half"] is False
+    # ME less collapsed nowhere: the IA half fails and the conclusion says so
+    flat_ia = conclusion(_sweep({1: base, 2: base}, {2: base}, se_ia=0.7, me_ia=0.6))
+    assert flat_ia["ia_half"] is False and "does not reproduce" in flat_ia["lines"][-1]
+    # one seed: no spread to judge a margin against
+    single = conclusion(_sweep({1: [0.7], 2: [0.71]}, {2: [0.72]}))
+    assert single["auc_half"] is None and "one seed" in single["lines"][1]
+
+
 def test_scale_and_analyze_cli_with_the_trainer(tmp_path):
     pytest.importorskip("fastme.train")
     out = tmp_path / "sweep"

@@ -135,7 +135,7 @@ def _add_scale(sub) -> None:
 
 def run_scale_command(args) -> int:
     from fastme.data import load_dataset
-    from fastme.experiments.scale import run_scale
+    from fastme.experiments.scale import conclusion, run_scale
 
     kind = args.data.split(":", 1)[0]
     try:
@@ -175,6 +175,8 @@ def run_scale_command(args) -> int:
         # mean over fields of IA / E[IA(random)] (Appendix I)
         cells += [f"{e['mean_field_ia_over_random_mean']:.3f}" if e else "-" for e in (se, me)]
         print(f"{s:>6} {cells[0]:>20} {cells[1]:>20} {cells[2]:>13} {cells[3]:>13}")
+    for line in conclusion(summary)["lines"]:
+        print(line)
     print(f"results: {out / 'scale.json'}  figures: {', '.join(summary['figures'].values())}")
     return 0
 

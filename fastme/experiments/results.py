@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fastme._atomic import replace_on_success, write_text
+from fastme.experiments.scale import conclusion
 
 TOY_DIR = Path("runs/experiment-toy")
 SCALE_DIR = Path("runs/experiment-scale-dcnv2-synthetic")
@@ -155,6 +156,9 @@ def render(scale: dict, toy: dict, timing: dict | None = None, machine: str | No
             f"wall, {t['cpu_s'] / 60:.1f} min CPU (user + sys){reused}.",
             "",
         ]
+    lines += ["**What these numbers support**:", ""]
+    lines += [f"- {line}" for line in conclusion(scale)["lines"]]
+    lines += [""]
     lines += scale_tables(scale)
     lines += [
         "",
