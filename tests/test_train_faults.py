@@ -4,6 +4,8 @@ checkpoints, two runs in one directory, time across resumes."""
 import json
 import time
 
+import warnings
+
 import pytest
 import torch
 
@@ -76,6 +78,27 @@ def test_a_diverged_run_is_marked_and_warned_about(data):
     assert results["diverged"] and results["warnings"]
     fine = train(model_for(data), data, config(lr=1e-2))
     assert not fine["diverged"] and fine["warnings"] == []
+
+
+def test_an_overfitting_epoch_is_not_called_divergence(data, monkeypatch):
+    """Validation log loss far above the constant's while the training loss is below it is
+    overfitting after the best epoch, which early stopping handles: no "try a smaller lr"."""
+    evaluate = trainer.Trainer.evaluate
+    calls = []
+
+    def overfit_after_first(self, rows):
+        result = evaluate(self, rows)
+        calls.append(1)
+        if len(calls) > 1 and rows is self.valid_set:  # epochs after the first look overfit
+            result = {**result, "logloss": 10 * self.constant_logloss}
+        return result
+
+    monkeypatch.setattr(trainer.Trainer, "evaluate", overfit_after_first)
+    monkeypatch.setattr(trainer.Trainer, "train_pass", lambda self, rows, desc: 0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingWarning)
+        results = train(model_for(data), data, config(epochs=3, patience=5))
+    assert results["epochs"] == 3 and results["warnings"] == [] and not results["diverged"]
 
 
 def test_resume_names_what_differs(data, tmp_path):

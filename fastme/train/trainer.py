@@ -603,7 +603,10 @@ class Trainer:
             "train_time_s": train_s,
             "samples_per_s": len(rows) / train_s,
         }
-        if val["logloss"] > 2 * self.constant_logloss:
+        # Far worse than the constant on the validation rows while fitting the training rows
+        # better than it is overfitting (early stopping keeps the best epoch), not divergence.
+        fitting = train_loss < self.constant_logloss
+        if val["logloss"] > 2 * self.constant_logloss and not fitting:
             record["warning"] = (
                 f"epoch {epoch + 1}: validation log loss {val['logloss']:.4g} is more than twice "
                 f"that of always predicting the training click rate "
