@@ -355,10 +355,24 @@ def test_compiled_fullgraph_in_fresh_process(backend, experts):
     assert "compiled ok" in done.stdout
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+#: (scale, experts, more --model-option values) of the runs trained through the command line:
+#: projected kinds one set each, and the other kinds with two sets of xdeepfm (a finite
+#: diversity within a kind).
+CLI_RUNS = {
+    "projected": ("3", "dcnv2,nfwfm,dnn", []),
+    "other": (
+        "4",
+        "xdeepfm,autoint,finalmlp",
+        ["expert_options={'autoint': {'attention_dim': 8, 'num_attention_layers': 2}}"],
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CLI_RUNS))
+def trained(request, tmp_path_factory):
     """A small hetero run trained through the command line (the built-in data at its default
     size: ``fastme predict`` scores it with the training vocabulary)."""
+    scale, experts, more = CLI_RUNS[request.param]
     tmp = tmp_path_factory.mktemp("hetero")
     argv = [
         "train",
@@ -367,9 +381,10 @@ def trained(tmp_path_factory):
         "--mode",
         "me",
         "--scale",
-        "3",
+        scale,
         "--model-option",
-        "experts=dcnv2,nfwfm,dnn",
+        f"experts={experts}",
+        *(arg for option in more for arg in ("--model-option", option)),
         "--model-option",
         "hidden_dim=8",
         "--data",
@@ -383,13 +398,15 @@ def trained(tmp_path_factory):
         str(tmp / "run"),
     ]
     assert main(argv) == 0
-    return tmp
+    return tmp, experts
 
 
 def test_cli_train_predict_analyze(trained, tmp_path, capsys):
+    trained, experts = trained
+    kinds = experts.split(",")
     run = trained / "run"
     spec = torch.load(run / "best.pt", weights_only=False)["spec"]
-    assert spec["name"] == "hetero" and spec["options"]["experts"] == "dcnv2,nfwfm,dnn"
+    assert spec["name"] == "hetero" and spec["options"]["experts"] == experts
     out = tmp_path / "p.csv"
     assert (
         main(["predict", str(run), "--data", "synthetic", "--out", str(out), "--no-progress"]) == 0
@@ -398,13 +415,25 @@ def test_cli_train_predict_analyze(trained, tmp_path, capsys):
     capsys.readouterr()
     assert main(["analyze", str(run), "--out", str(tmp_path / "an")]) == 0
     printed = capsys.readouterr().out
-    assert "experts (sets): dcnv2 [0], nfwfm [1], dnn [2]" in printed
     result = json.loads((tmp_path / "an" / "analysis.json").read_text())
     ex = result["experts"]
-    assert ex["kinds"] == ["dcnv2", "nfwfm", "dnn"] and len(ex["mean_ia_per_set"]) == 3
+    sets = {"dcnv2": [0], "nfwfm": [1], "dnn": [2]}
+    if kinds[0] == "xdeepfm":
+        sets = {"xdeepfm": [0, 1], "autoint": [2], "finalmlp": [3]}
+    assert ex["kinds"] == kinds and ex["sets"] == sets
+    assert "experts (sets): " + ", ".join(f"{k} {v}" for k, v in sets.items()) in printed
+    assert len(ex["mean_ia_per_set"]) == sum(map(len, sets.values()))
     assert sum(ex["gate_average"]) == pytest.approx(1.0)
-    assert set(ex["mean_ia_per_kind"]) == {"dcnv2", "nfwfm", "dnn"}
-    assert ex["diversity"]["between_kinds"]["mean"] > 0
+    assert set(ex["mean_ia_per_kind"]) == set(kinds)
+    div = ex["diversity"]
+    assert div["between_kinds"]["mean"] > 0
+    if kinds[0] == "xdeepfm":  # two sets of one kind: diversity within that kind, and its pair
+        assert 0 < div["within_kind"]["mean"] <= 1
+        assert div["kind_pairs"]["xdeepfm|xdeepfm"] == pytest.approx(div["within_kind"]["mean"])
+        assert "diversity between sets of the same kind 0." in printed
+    else:
+        assert div["within_kind"]["mean"] is None  # NaN, written as null: no pair of one kind
+        assert "same kind n/a (each kind has one set)" in printed
 
 
 def test_export_pt2_and_onnx_round_trip_in_fresh_process(trained, tmp_path):
@@ -412,7 +441,7 @@ def test_export_pt2_and_onnx_round_trip_in_fresh_process(trained, tmp_path):
 
     from fastme.train import load_trained
 
-    run = trained / "run"
+    run = trained[0] / "run"
     model, _ = load_trained(run)
     model.eval()
     dims = list(model.field_dims)
