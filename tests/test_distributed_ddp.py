@@ -11,10 +11,26 @@ from fastme.distributed import data_parallel as dp
 FIELD_DIMS = [4, 9, 3, 6]
 
 
+#: Every expert kind, one set each, small.
+HETERO = dict(
+    experts=("dnn", "ipnn", "nfwfm", "dcnv2", "xdeepfm", "autoint", "finalmlp"),
+    expert_options={
+        "dcnv2": {"num_cross_layers": 2},
+        "xdeepfm": {"cin_layer_sizes": (3, 2)},
+        "autoint": {"attention_dim": 4, "num_attention_layers": 2},
+    },
+)
+
+
 def _model(name):
     torch.manual_seed(0)
     if name == "nfwfm":
         return fm.NFwFM(FIELD_DIMS, embed_dim=4, num_sets=2, hidden_dim=8).double()
+    if name == "hetero":
+        model = fm.build(name, FIELD_DIMS, 7, hidden_dim=8, **HETERO).double()
+        with torch.no_grad():  # off its uniform start, so that the gate's weights differ per row
+            model.gate_layer.weight.normal_(0, 0.1)
+        return model
     return fm.build(name, FIELD_DIMS, 2, multi=True, hidden_dim=8).double()
 
 
@@ -37,7 +53,8 @@ def _ddp_grads_equal_joined_batch(rank, world, name):
     assert list(dp.unwrap(ddp).state_dict()) == list(single.state_dict())  # no "module." prefix
 
 
-@pytest.mark.parametrize("name", ["dcnv2", "nfwfm"])  # fused lookup+cross / lookup+pooling ops
+# fused lookup+cross / lookup+pooling ops; every expert kind behind a gate
+@pytest.mark.parametrize("name", ["dcnv2", "nfwfm", "hetero"])
 def test_ddp_gradients_equal_single_process_gradients_on_the_joined_batch(name):
     spawn(_ddp_grads_equal_joined_batch, 2, name)
 

@@ -24,11 +24,25 @@ def _data():
     return make_synthetic(3_000, field_dims=DIMS, min_count=0, interaction_scale=2.5)
 
 
-def _batchnorm_free_model():
+#: The heterogeneous model with every expert kind, one set each, small.
+HETERO = dict(
+    experts=("dnn", "ipnn", "nfwfm", "dcnv2", "xdeepfm", "autoint", "finalmlp"),
+    expert_options={
+        "dcnv2": {"num_cross_layers": 2},
+        "xdeepfm": {"cin_layer_sizes": (3, 2)},
+        "autoint": {"attention_dim": 4, "num_attention_layers": 2},
+    },
+)
+
+
+def _batchnorm_free_model(name="dcnv2"):
     """BatchNorm in train mode sees each rank's part of a batch only (SyncBatchNorm is CUDA-only)
     and dropout draws differ per rank; without both, data parallel must equal one process."""
     torch.manual_seed(0)
-    model = build("dcnv2", DIMS, 2, multi=True, hidden_dim=16, dropout=0.0).double()
+    if name == "hetero":  # its gate's running average is a buffer that the ranks average too
+        model = build("hetero", DIMS, 7, hidden_dim=16, dropout=0.0, **HETERO).double()
+    else:
+        model = build(name, DIMS, 2, multi=True, hidden_dim=16, dropout=0.0).double()
     for module in list(model.modules()):
         for name, child in module.named_children():
             if isinstance(child, nn.BatchNorm1d):
@@ -40,21 +54,24 @@ def _batchnorm_free_model():
 SETTINGS = dict(epochs=2, batch_size=250, lr=3e-3, shuffle=True, progress=False, verbose=False)
 
 
-def _train_data_parallel(rank, world, out):
+def _train_data_parallel(rank, world, out, name):
     from fastme.distributed import data_parallel as dp
     from fastme.distributed.trainer import train as train_data_parallel
 
     ranks = dp.init("cpu")
     train_data_parallel(
-        _batchnorm_free_model(), _data(), TrainConfig(out_dir=out, **SETTINGS), ranks=ranks
+        _batchnorm_free_model(name), _data(), TrainConfig(out_dir=out, **SETTINGS), ranks=ranks
     )
 
 
-def test_two_ranks_train_exactly_like_one_process_on_the_joined_batches(tmp_path):
+@pytest.mark.parametrize("name", ["dcnv2", "hetero"])
+def test_two_ranks_train_exactly_like_one_process_on_the_joined_batches(tmp_path, name):
     single = train(
-        _batchnorm_free_model(), _data(), TrainConfig(out_dir=str(tmp_path / "one"), **SETTINGS)
+        _batchnorm_free_model(name),
+        _data(),
+        TrainConfig(out_dir=str(tmp_path / "one"), **SETTINGS),
     )
-    spawn(_train_data_parallel, 2, str(tmp_path / "two"))
+    spawn(_train_data_parallel, 2, str(tmp_path / "two"), name)
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
         "best.pt",
         "last.pt",

@@ -19,14 +19,24 @@ from kernel_backends import BACKENDS, DEVICE
 
 FIELD_DIMS = [3, 5, 2, 4]
 KINDS = ("dcnv2", "nfwfm", "ipnn", "dnn")
+#: The kinds without a projection of their own (the model gives them one).
+OTHER_KINDS = ("xdeepfm", "autoint", "finalmlp")
+ALL_KINDS = KINDS + OTHER_KINDS
+#: Small experts, for whichever kinds a test uses.
+SMALL_EXPERTS = {
+    "dcnv2": {"num_cross_layers": 2},
+    "xdeepfm": {"cin_layer_sizes": (3, 2)},
+    "autoint": {"attention_dim": 4, "num_heads": 2, "num_attention_layers": 2},
+}
 
 
 def small(scale=6, multi=True, **options):
     torch.manual_seed(0)
+    experts = options.get("experts", KINDS)
     options = {
         "experts": KINDS,
         "hidden_dim": 8,
-        "expert_options": {"dcnv2": {"num_cross_layers": 2}},
+        "expert_options": {k: v for k, v in SMALL_EXPERTS.items() if k in experts},
         **options,
     }
     return fm.build("hetero", FIELD_DIMS, scale, multi, **options)
@@ -38,9 +48,12 @@ def random_x(batch=6, seed=1):
 
 
 def randomize(model):
-    """Non-trivial gate and BatchNorm statistics, so that eval mode tests every term."""
+    """Non-trivial gate, biases, norms and BatchNorm statistics, so that eval mode tests every
+    term."""
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
+        for p in model.parameters():  # the zero-initialised biases and unit norm weights too
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.1)
         for name, b in model.named_buffers():
             if name.endswith("running_mean"):
                 b.copy_(torch.randn(b.shape, generator=g) * 0.1)
@@ -69,11 +82,68 @@ def plain_features(kind, expert, e):
     raise AssertionError(kind)
 
 
+def set_block_eval(x, block, s):
+    """Set s's slice of a per-set hidden block (Linear, BatchNorm, ReLU) in eval mode."""
+    y = x @ block.linear.weight[s].T + block.linear.bias[s]
+    d, bn = y.shape[1], block.norm
+    cut = slice(s * d, (s + 1) * d)
+    y = (y - bn.running_mean[cut]) / torch.sqrt(bn.running_var[cut] + bn.eps)
+    return torch.relu(y * bn.weight[cut] + bn.bias[cut])
+
+
+def plain_cin(expert, s, e):
+    """Set s's CIN: H_l[c] = ReLU(sum_ij W[c, i, j] e_i * H_{l-1, j} + b[c]), each map summed."""
+    b, n, k = e.shape
+    h, pooled = e, []
+    for w, bias in zip(expert.cin.weights, expert.cin.biases):
+        z = torch.stack([e[:, i] * h[:, j] for i in range(n) for j in range(h.shape[1])], 1)
+        h = torch.relu(w[s] @ z + bias[s][:, None])  # [C, N*C'] @ [B, N*C', K] -> [B, C, K]
+        pooled.append(h.sum(-1))
+    return torch.cat(pooled, 1)
+
+
+def plain_attention(expert, s, e):
+    """Set s's AutoInt stack, one head at a time -> ReLU(maps) flattened [B, N*A]."""
+    proj = expert.field_projection
+    h = e @ proj.weight[s].T + proj.bias[s]  # [B, N, A]
+    for layer in expert.attention:
+        a = h.shape[-1]
+        qkv = h @ layer.in_weight[s].T + layer.in_bias[s]
+        q, k, v = qkv[..., :a], qkv[..., a : 2 * a], qkv[..., 2 * a :]
+        dh = a // layer.num_heads
+        heads = []
+        for i in range(layer.num_heads):
+            cut = slice(i * dh, (i + 1) * dh)
+            scores = q[..., cut] @ k[..., cut].transpose(1, 2) / dh**0.5
+            heads.append(torch.softmax(scores, -1) @ v[..., cut])
+        y = h + torch.cat(heads, -1) @ layer.out_weight[s].T + layer.out_bias[s]
+        mu, var = y.mean(-1, keepdim=True), y.var(-1, unbiased=False, keepdim=True)
+        h = (y - mu) / torch.sqrt(var + 1e-5) * layer.norm_weight[s] + layer.norm_bias[s]
+    return torch.relu(h).reshape(h.shape[0], -1)
+
+
+def plain_streams(expert, s, e):
+    """Set s's two FinalMLP streams -> [o1, o2, o1 * o2]."""
+    outs = []
+    for stream in (expert.stream1, expert.stream2):
+        o = e.reshape(e.shape[0], -1)
+        for block in stream:
+            o = set_block_eval(o, block, s)
+        outs.append(o)
+    return torch.cat([outs[0], outs[1], outs[0] * outs[1]], 1)
+
+
 def plain_expert(kind, expert, sets):
     """sets: the group's [B, N, K] embeddings -> the expert's projected output [B, H]."""
     feats = []
     for s, e in enumerate(sets):
-        if kind == "dcnv2":
+        if kind == "xdeepfm":
+            feats.append(plain_cin(expert, s, e))
+        elif kind == "autoint":
+            feats.append(plain_attention(expert, s, e))
+        elif kind == "finalmlp":
+            feats.append(plain_streams(expert, s, e))
+        elif kind == "dcnv2":
             x0 = e.reshape(e.shape[0], -1)
             x = x0
             for layer in range(expert.cross_weight.shape[0]):
@@ -120,8 +190,18 @@ def plain_hetero(model, x):
         (6, True, {}),  # groups of 2, 2, 1, 1
         (5, True, {"sets_per_expert": (1, 2, 1, 1), "gate": "mean"}),
         (2, False, {}),  # SE: all experts on one set of 20
+        (6, True, {"experts": OTHER_KINDS}),  # groups of 2, 2, 2
+        (2, False, {"experts": OTHER_KINDS}),
+        (8, True, {"experts": ALL_KINDS, "gate": "mean"}),  # groups of 2, 1, ..., 1
     ],
-    ids=["ME-equal-groups", "ME-given-groups-mean-gate", "SE"],
+    ids=[
+        "ME-equal-groups",
+        "ME-given-groups-mean-gate",
+        "SE",
+        "ME-xdeepfm-autoint-finalmlp",
+        "SE-xdeepfm-autoint-finalmlp",
+        "ME-every-kind-mean-gate",
+    ],
 )
 def test_equals_a_plain_per_expert_implementation(backend, scale, multi, options):
     model = small(scale, multi, **options).double().to(DEVICE).eval()
@@ -135,8 +215,9 @@ def test_equals_a_plain_per_expert_implementation(backend, scale, multi, options
     torch.testing.assert_close(model.forward_embeddings(model.lookup(x)), expected)
 
 
-def test_gradients_reach_every_parameter_and_the_gate_learns():
-    model = small()
+@pytest.mark.parametrize("experts", [KINDS, OTHER_KINDS], ids=["projected", "other"])
+def test_gradients_reach_every_parameter_and_the_gate_learns(experts):
+    model = small(experts=experts)
     x = random_x(16)
     with torch.no_grad():
         model.gate_layer.weight.normal_(0, 0.1)  # off its zero init, so every path is live
@@ -185,13 +266,17 @@ def test_spec_rebuilds_the_same_model():
 @pytest.mark.parametrize(
     "options,match",
     [
-        ({"experts": ("dcnv2", "autoint")}, "unknown expert kind"),
+        ({"experts": ("dcnv2", "lr")}, "unknown expert kind"),
         ({"experts": ("dnn", "dnn")}, "each kind once"),
         ({"experts": ()}, "non-empty"),
         ({"gate": "max"}, "gate must be"),
         ({"sets_per_expert": (3, 1, 1, 1)}, "sum to the 4 sets"),
         ({"sets_per_expert": (4, 0, 0, 0)}, "at least one set"),
         ({"expert_options": {"autoint": {}}}, "not experts"),
+        (
+            {"experts": ("dnn", "autoint"), "expert_options": {"autoint": {"use_mlp": True}}},
+            "add dnn to experts",
+        ),
     ],
 )
 def test_bad_arguments_name_the_argument(options, match):
@@ -227,12 +312,14 @@ import sys
 import torch
 import fastme.models as fm
 
-backend, device = sys.argv[1], sys.argv[2]
+backend, device, experts = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
 compiler = "inductor" if device == "cuda" else "aot_eager"
+small = {"dcnv2": {"num_cross_layers": 2}, "xdeepfm": {"cin_layer_sizes": (3, 2)},
+         "autoint": {"attention_dim": 4, "num_attention_layers": 2}}
 torch.manual_seed(0)
-model = fm.build("hetero", [3, 5, 2, 4], 5, backend=backend, hidden_dim=8,
-                 experts=("dcnv2", "nfwfm", "ipnn", "dnn"),
-                 expert_options={"dcnv2": {"num_cross_layers": 2}}).double().to(device).eval()
+model = fm.build("hetero", [3, 5, 2, 4], 5, backend=backend, hidden_dim=8, experts=experts,
+                 expert_options={k: v for k, v in small.items() if k in experts})
+model = model.double().to(device).eval()
 with torch.no_grad():
     model.gate_layer.weight.normal_()
 g = torch.Generator().manual_seed(1)
@@ -251,13 +338,14 @@ print("compiled ok")
 """
 
 
+@pytest.mark.parametrize("experts", [KINDS, OTHER_KINDS], ids=["projected", "other"])
 @pytest.mark.parametrize("backend", ops.available_backends(DEVICE))
-def test_compiled_fullgraph_in_fresh_process(backend):
+def test_compiled_fullgraph_in_fresh_process(backend, experts):
     env = dict(os.environ)
     if DEVICE == "cpu":
         env["TRITON_INTERPRET"] = "1"
     done = subprocess.run(
-        [sys.executable, "-c", COMPILE_SCRIPT, backend, DEVICE],
+        [sys.executable, "-c", COMPILE_SCRIPT, backend, DEVICE, ",".join(experts)],
         env=env,
         capture_output=True,
         text=True,
@@ -267,10 +355,24 @@ def test_compiled_fullgraph_in_fresh_process(backend):
     assert "compiled ok" in done.stdout
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+#: (scale, experts, more --model-option values) of the runs trained through the command line:
+#: projected kinds one set each, and the other kinds with two sets of xdeepfm (a finite
+#: diversity within a kind).
+CLI_RUNS = {
+    "projected": ("3", "dcnv2,nfwfm,dnn", []),
+    "other": (
+        "4",
+        "xdeepfm,autoint,finalmlp",
+        ["expert_options={'autoint': {'attention_dim': 8, 'num_attention_layers': 2}}"],
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CLI_RUNS))
+def trained(request, tmp_path_factory):
     """A small hetero run trained through the command line (the built-in data at its default
     size: ``fastme predict`` scores it with the training vocabulary)."""
+    scale, experts, more = CLI_RUNS[request.param]
     tmp = tmp_path_factory.mktemp("hetero")
     argv = [
         "train",
@@ -279,9 +381,10 @@ def trained(tmp_path_factory):
         "--mode",
         "me",
         "--scale",
-        "3",
+        scale,
         "--model-option",
-        "experts=dcnv2,nfwfm,dnn",
+        f"experts={experts}",
+        *(arg for option in more for arg in ("--model-option", option)),
         "--model-option",
         "hidden_dim=8",
         "--data",
@@ -295,13 +398,15 @@ def trained(tmp_path_factory):
         str(tmp / "run"),
     ]
     assert main(argv) == 0
-    return tmp
+    return tmp, experts
 
 
 def test_cli_train_predict_analyze(trained, tmp_path, capsys):
+    trained, experts = trained
+    kinds = experts.split(",")
     run = trained / "run"
     spec = torch.load(run / "best.pt", weights_only=False)["spec"]
-    assert spec["name"] == "hetero" and spec["options"]["experts"] == "dcnv2,nfwfm,dnn"
+    assert spec["name"] == "hetero" and spec["options"]["experts"] == experts
     out = tmp_path / "p.csv"
     assert (
         main(["predict", str(run), "--data", "synthetic", "--out", str(out), "--no-progress"]) == 0
@@ -310,13 +415,25 @@ def test_cli_train_predict_analyze(trained, tmp_path, capsys):
     capsys.readouterr()
     assert main(["analyze", str(run), "--out", str(tmp_path / "an")]) == 0
     printed = capsys.readouterr().out
-    assert "experts (sets): dcnv2 [0], nfwfm [1], dnn [2]" in printed
     result = json.loads((tmp_path / "an" / "analysis.json").read_text())
     ex = result["experts"]
-    assert ex["kinds"] == ["dcnv2", "nfwfm", "dnn"] and len(ex["mean_ia_per_set"]) == 3
+    sets = {"dcnv2": [0], "nfwfm": [1], "dnn": [2]}
+    if kinds[0] == "xdeepfm":
+        sets = {"xdeepfm": [0, 1], "autoint": [2], "finalmlp": [3]}
+    assert ex["kinds"] == kinds and ex["sets"] == sets
+    assert "experts (sets): " + ", ".join(f"{k} {v}" for k, v in sets.items()) in printed
+    assert len(ex["mean_ia_per_set"]) == sum(map(len, sets.values()))
     assert sum(ex["gate_average"]) == pytest.approx(1.0)
-    assert set(ex["mean_ia_per_kind"]) == {"dcnv2", "nfwfm", "dnn"}
-    assert ex["diversity"]["between_kinds"]["mean"] > 0
+    assert set(ex["mean_ia_per_kind"]) == set(kinds)
+    div = ex["diversity"]
+    assert div["between_kinds"]["mean"] > 0
+    if kinds[0] == "xdeepfm":  # two sets of one kind: diversity within that kind, and its pair
+        assert 0 < div["within_kind"]["mean"] <= 1
+        assert div["kind_pairs"]["xdeepfm|xdeepfm"] == pytest.approx(div["within_kind"]["mean"])
+        assert "diversity between sets of the same kind 0." in printed
+    else:
+        assert div["within_kind"]["mean"] is None  # NaN, written as null: no pair of one kind
+        assert "same kind n/a (each kind has one set)" in printed
 
 
 def test_export_pt2_and_onnx_round_trip_in_fresh_process(trained, tmp_path):
@@ -324,7 +441,7 @@ def test_export_pt2_and_onnx_round_trip_in_fresh_process(trained, tmp_path):
 
     from fastme.train import load_trained
 
-    run = trained / "run"
+    run = trained[0] / "run"
     model, _ = load_trained(run)
     model.eval()
     dims = list(model.field_dims)

@@ -29,6 +29,7 @@ class AutoInt(MultiEmbeddingModel):
         use_mlp=True,
     ):
         super().__init__(field_dims, embed_dim, num_sets, backend, hidden_dim, dropout)
+        self.attention_dim = int(attention_dim)
         self.field_projection = SetLinear(self.num_sets, self.embed_dim, attention_dim)
         self.attention = nn.ModuleList(
             SetSelfAttentionLayer(self.num_sets, attention_dim, num_heads)
@@ -42,12 +43,26 @@ class AutoInt(MultiEmbeddingModel):
             )
             self.mlp_head = OutputHead(hidden_dim, dropout)
 
-    def interact_embeddings(self, emb):  # emb [B, M, N, K]
+    @property
+    def set_feature_dim(self) -> int:
+        return self.num_fields * self.attention_dim
+
+    def attention_maps(self, emb: torch.Tensor) -> torch.Tensor:
+        """[B, M, N, K] -> each set's attention stack output after the ReLU [B, M, N, H]."""
         # SetLinear maps the last axis per set; it expects [..., M, K], so put fields before sets.
         h = self.field_projection(emb.transpose(1, 2)).transpose(1, 2)  # [B, M, N, H]
         for layer in self.attention:
             h = layer(h)
-        h = torch.relu(h).mean(dim=1)  # [B, N, H]
+        return torch.relu(h)
+
+    def set_features_from_embeddings(self, emb):
+        """[B, M, N, K] -> each set's attention maps flattened [B, M, N*H], what an autoint
+        expert of the heterogeneous model projects (the MLP part is the DNN backbone's own)."""
+        h = self.attention_maps(emb)
+        return h.reshape(*h.shape[:2], self.set_feature_dim)
+
+    def interact_embeddings(self, emb):  # emb [B, M, N, K]
+        h = self.attention_maps(emb).mean(dim=1)  # [B, N, H]
         logit = self.attention_out(h.reshape(h.shape[0], h.shape[1] * h.shape[2])).squeeze(-1)
         if self.use_mlp:
             logit = logit + self.mlp_head(self.mlp_projection(self.flat_sets(emb)))

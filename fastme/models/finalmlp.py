@@ -28,10 +28,25 @@ class FinalMLP(MultiEmbeddingModel):
         self.fusion2 = nn.Linear(hidden_dim, 1)
         self.fusion_bilinear = nn.Parameter(torch.zeros(hidden_dim, hidden_dim))
 
-    def interact_embeddings(self, emb):  # emb [B, M, N, K]
+    @property
+    def set_feature_dim(self) -> int:
+        return 3 * self.hidden_dim
+
+    def streams(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, M, N, K] -> both streams' outputs of each set, [B, M, H] each."""
         flat = self.flat_sets(emb)
-        o1 = self.stream1(flat).mean(dim=1)
-        o2 = self.stream2(flat).mean(dim=1)
+        return self.stream1(flat), self.stream2(flat)
+
+    def set_features_from_embeddings(self, emb):
+        """[B, M, N, K] -> each set's [o1, o2, o1 * o2] [B, M, 3H]: what a finalmlp expert of the
+        heterogeneous model projects. The fusion head ends in one logit; the element-wise
+        product keeps its multiplicative term, so that the projection's Linear holds H
+        diagonal bilinear fusions (without it the expert would be a plain MLP)."""
+        o1, o2 = self.streams(emb)
+        return torch.cat([o1, o2, o1 * o2], dim=-1)
+
+    def interact_embeddings(self, emb):  # emb [B, M, N, K]
+        o1, o2 = (o.mean(dim=1) for o in self.streams(emb))
         return interactions.bilinear_fusion(
             o1,
             o2,

@@ -2,11 +2,12 @@
 whose outputs a gate combines before the shared MLP (Pan et al., KDD 2024, "Ads Recommendation in
 a Collapsed and Entangled World": a heterogeneous mixture of experts with multi-embedding).
 
-Every expert is an existing projected backbone (DNN, IPNN, NFwFM, DCNv2) run on its own group of
-sets: its per-set interaction (the fused cross network or FwFM pooling, batched over the group's
-sets) and its per-set non-linear projection (Appendix E) followed by the mean over the group's
-sets. The backbone's own table and head are not used: one table holds every set, and one head
-follows the gate. See docs/design.md, "Heterogeneous multi-embedding".
+Every expert is an existing backbone run on its own group of sets: its per-set interaction (the
+fused cross network or FwFM pooling, the CIN, the attention stack, FinalMLP's two streams;
+batched over the group's sets) and a per-set non-linear projection to the hidden size (Appendix
+E) followed by the mean over the group's sets. The backbone's own table, logit layers and head
+are not used: one table holds every set, and one head follows the gate. See docs/design.md,
+"Heterogeneous multi-embedding".
 """
 
 from __future__ import annotations
@@ -14,16 +15,35 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastme.models.base import MultiEmbeddingModel
+from fastme.models.autoint import AutoInt
+from fastme.models.base import MultiEmbeddingModel, ProjectedModel
 from fastme.models.dcnv2 import DCNv2
 from fastme.models.dnn import DNN
+from fastme.models.finalmlp import FinalMLP
 from fastme.models.ipnn import IPNN
-from fastme.models.layers import OutputHead
+from fastme.models.layers import OutputHead, SetProjection
 from fastme.models.nfwfm import NFwFM
+from fastme.models.xdeepfm import xDeepFM
 
-#: The kinds of expert: the backbones whose interaction ends in per-set features and the ME
-#: projection (``ProjectedModel``). xDeepFM, AutoInt and FinalMLP end in their own logit heads.
-EXPERT_KINDS = {"dnn": DNN, "ipnn": IPNN, "nfwfm": NFwFM, "dcnv2": DCNv2}
+#: The kinds of expert: every backbone. The projected ones (``ProjectedModel``) bring their own
+#: per-set projection; the others' per-set features get one here.
+EXPERT_KINDS = {
+    "dnn": DNN,
+    "ipnn": IPNN,
+    "nfwfm": NFwFM,
+    "dcnv2": DCNv2,
+    "xdeepfm": xDeepFM,
+    "autoint": AutoInt,
+    "finalmlp": FinalMLP,
+}
+#: What an expert drops of its backbone besides the table: the layers that lead to the backbone's
+#: own logit (one head follows the gate). xDeepFM's DNN part and AutoInt's MLP are the dnn
+#: expert's interaction, so they are not part of those experts.
+DROPPED = {
+    "xdeepfm": ("cin_out", "dnn_projection", "dnn_head"),
+    "autoint": ("attention_out",),
+    "finalmlp": ("fusion1", "fusion2", "fusion_bilinear"),
+}
 #: The default experts, in this order: ME with M sets takes the first min(M, 4) of them (one set
 #: each up to 4 sets, equal groups beyond); SE gives all four the one set.
 DEFAULT_EXPERTS = ("dcnv2", "nfwfm", "ipnn", "dnn")
@@ -41,10 +61,7 @@ def parse_experts(experts) -> tuple[str, ...]:
     names = tuple(str(e).lower() for e in experts)
     unknown = [e for e in names if e not in EXPERT_KINDS]
     if unknown:
-        raise ValueError(
-            f"unknown expert kind(s) {unknown}; choose from {sorted(EXPERT_KINDS)} "
-            f"(xdeepfm, autoint and finalmlp end in their own logit, not in per-set features)"
-        )
+        raise ValueError(f"unknown expert kind(s) {unknown}; choose from {sorted(EXPERT_KINDS)}")
     if len(set(names)) != len(names):
         raise ValueError(
             f"experts names each kind once, got {list(names)}; give a kind more sets with "
@@ -65,7 +82,7 @@ class Hetero(MultiEmbeddingModel):
 
     ME (``num_sets = M > 1``): the M sets are cut into contiguous groups, one per expert kind
     (``sets_per_expert``, default :func:`equal_groups`); expert e runs its backbone's per-set
-    interaction and projection on its group and averages over the group -> [B, H]. SE
+    interaction and a per-set projection to H on its group and averages over the group -> [B, H]. SE
     (``num_sets = 1``): every expert reads the one set (experts on a shared embedding). A gate
     mixes the E expert outputs per sample; the shared Block -> Linear head follows.
 
@@ -78,6 +95,10 @@ class Hetero(MultiEmbeddingModel):
         expert_options: ``{kind: {option: value}}`` for an expert's constructor (e.g.
             ``{"dcnv2": {"num_cross_layers": 2}}``).
         nonlinear_projection: every expert's projection (Appendix E); True is the paper's rule.
+
+    The experts ``xdeepfm``, ``autoint`` and ``finalmlp`` project the CIN's pooled maps, the
+    flattened attention maps and ``[o1, o2, o1 * o2]`` of FinalMLP's streams (each backbone's
+    ``set_features_from_embeddings``); AutoInt's ``use_mlp`` is off (the dnn expert is that MLP).
 
     ``gate_average`` (a buffer, saved with the weights) is the running mean over training batches
     of the gate's weights, what ``fastme analyze`` reports.
@@ -134,21 +155,41 @@ class Hetero(MultiEmbeddingModel):
         self.experts = nn.ModuleList()
         for kind, (a, b) in zip(self.expert_kinds, self.set_ranges):
             options = dict(expert_options.get(kind) or {})
+            cls = EXPERT_KINDS[kind]
+            projected = issubclass(cls, ProjectedModel)
             if kind == "ipnn":  # the ME rule follows the model's mode, not the group's size
                 options.setdefault("concat_embeddings", m == 1)
+            if kind == "autoint":
+                if options.setdefault("use_mlp", False):
+                    raise ValueError(
+                        "expert_options: autoint's use_mlp is the dnn expert's interaction; "
+                        "add dnn to experts instead"
+                    )
+            if projected:
+                options["nonlinear_projection"] = nonlinear_projection
             # The expert is built on one row per field: it needs only N, K and its sets; its
-            # table and head are dropped (this model's one table and head serve every expert).
-            expert = EXPERT_KINDS[kind](
+            # table, head and logit layers are dropped (this model's one table and head serve
+            # every expert).
+            expert = cls(
                 [1] * self.num_fields,
                 embed_dim=self.embed_dim,
                 num_sets=b - a,
                 backend=backend,
                 hidden_dim=self.hidden_dim,
                 dropout=self.dropout,
-                nonlinear_projection=nonlinear_projection,
                 **options,
             )
-            del expert.embedding, expert.head
+            for name in ("embedding", "head", *DROPPED.get(kind, ())):
+                if hasattr(expert, name):
+                    delattr(expert, name)
+            if not projected:  # the App. E projection that the projected backbones build in
+                expert.projection = SetProjection(
+                    b - a,
+                    expert.set_feature_dim,
+                    self.hidden_dim,
+                    self.dropout,
+                    nonlinear=nonlinear_projection,
+                )
             self.experts.append(expert)
         self.gate_layer = None
         if gate == "softmax":

@@ -26,7 +26,17 @@ class xDeepFM(MultiEmbeddingModel):  # noqa: N801 - the model's published name
         )
         self.dnn_head = OutputHead(hidden_dim, dropout)
 
+    @property
+    def set_feature_dim(self) -> int:
+        return self.cin.output_dim
+
+    def set_features_from_embeddings(self, emb):
+        """[B, M, N, K] -> the CIN's pooled maps of each set [B, M, sum(C_l)]: what the CIN's
+        logit layer reads (after the mean over sets), and what an xdeepfm expert of the
+        heterogeneous model projects. The DNN part is the DNN backbone's own."""
+        return self.cin(emb)
+
     def interact_embeddings(self, emb):  # emb [B, M, N, K]
-        cin_logit = self.cin_out(self.cin(emb).mean(dim=1)).squeeze(-1)
+        cin_logit = self.cin_out(self.set_features_from_embeddings(emb).mean(dim=1)).squeeze(-1)
         dnn_logit = self.dnn_head(self.dnn_projection(self.flat_sets(emb)))
         return cin_logit + dnn_logit
