@@ -208,6 +208,9 @@ def test_scale_aggregates_over_seeds(tmp_path):
             np.divide(entry["field_ia_mean"], entry["field_ia_random"]),
         )
         assert 0.85 < entry["mean_field_ia_over_random_mean"] < 1.15
+        if scale > 1:  # untrained sets (or SE chunks) are as diverse as random tables
+            assert entry["diversity_mean"] == pytest.approx(entry["diversity_random"], rel=0.15)
+    assert "diversity_mean" not in summary["se"]["1"]
     for key in ("auc", "ia", "field_ia"):
         assert _is_png(summary["figures"][key])
     saved = json.loads((tmp_path / "scale.json").read_text())
@@ -219,6 +222,8 @@ def test_scale_aggregates_over_seeds(tmp_path):
     me3 = saved["me"]["3"]
     assert f"{me3['test_auc_mean']:.4f} ± {me3['test_auc_std']:.4f}" in page
     assert "| 3x |" in page and "| ME 3x |" in page and "| D3 |" in page
+    assert f"{me3['diversity_mean']:.3f} ± {me3['diversity_std']:.3f}" in page
+    assert "**What these numbers support**" in page and "Diversity between sets at 3x" in page
     # a second call reuses the finished runs
     calls.clear()
     run_scale(

@@ -128,7 +128,8 @@ def _add_scale(sub) -> None:
     p.add_argument(
         "--out",
         default=None,
-        help="output directory (default runs/experiment-scale-<model>-<data>)",
+        help="output directory (default runs/experiment-scale-<model>-<data>, followed by "
+        "-KEY=VALUE for each --model-option)",
     )
     p.set_defaults(func=run_scale_command)
 
@@ -144,7 +145,10 @@ def run_scale_command(args) -> int:
         data = load_dataset(args.data, cache_dir=args.cache_dir, **data_opts)
     except (ValueError, TypeError, OSError) as exc:
         return error("experiment scale", exc)
-    out = Path(args.out or f"runs/experiment-scale-{args.model.lower()}-{kind}")
+    # model options name their own directory: an ablation (e.g. shared_interaction=true) must
+    # not reuse or overwrite the default sweep's runs
+    variant = "".join(f"-{k}={v}" for k, v in sorted(model_options.items())).replace("/", "_")
+    out = Path(args.out or f"runs/experiment-scale-{args.model.lower()}-{kind}{variant}")
     train_options = config_options(args)
     try:
         summary = run_scale(

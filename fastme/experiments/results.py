@@ -40,11 +40,14 @@ def scale_tables(summary: dict) -> list[str]:
     lines = [
         f"Mean ± std over seeds {seeds}. IA / random: each field's IA divided by the "
         "expected IA of a Gaussian matrix of the same shape (Appendix I), averaged over "
-        "fields; 1 = as abundant as random.",
+        "fields; 1 = as abundant as random. Diversity (Figure 10a): mean over fields and set "
+        "pairs of 1 − the mean cosine of the principal angles between two sets' column spaces "
+        "(ME: its sets; SE: its embedding cut into chunks of the base size), beside random "
+        "tables split the same way.",
         "",
         "| scale | SE test AUC | ME test AUC | ME − SE | SE IA / random | ME IA / random "
-        "| SE mean IA | ME mean IA |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| SE mean IA | ME mean IA | SE diversity | ME diversity | random diversity |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in scales:
         se, me = summary["se"][str(s)], summary["me"].get(str(s))
@@ -60,6 +63,11 @@ def scale_tables(summary: dict) -> list[str]:
             else "-",
             f"{se['mean_field_ia_mean']:.2f}",
             f"{me['mean_field_ia_mean']:.2f}" if me else "-",
+            _pm(se["diversity_mean"], se["diversity_std"], 3) if "diversity_mean" in se else "",
+            _pm(me["diversity_mean"], me["diversity_std"], 3)
+            if me and s != 1 and "diversity_mean" in me
+            else "",
+            f"{se['diversity_random']:.3f}" if "diversity_random" in se else "",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
