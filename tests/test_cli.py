@@ -107,3 +107,28 @@ def test_results_page_without_outputs_is_a_one_line_error(tmp_path, capsys, monk
     err = capsys.readouterr().err
     assert err.startswith("fastme experiment results: error: ") and "is missing" in err
     assert not (tmp_path / "results.md").exists()
+
+
+def test_scale_presets_fill_what_the_command_line_leaves_open(tmp_path, monkeypatch, capsys):
+    import fastme.experiments.scale as scale
+
+    seen = []
+
+    def fake_run_scale(model, data, scales, train_options, **kwargs):
+        seen.append([list(scales), train_options["batch_size"], train_options["lr"]])
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(scale, "run_scale", fake_run_scale)
+    common = ["experiment", "scale", "--synthetic-samples", "300", "--out", str(tmp_path)]
+    for extra in (
+        [],
+        ["--preset", "paper"],
+        ["--preset", "paper", "--lr", "0.01", "--scales", "2"],
+    ):
+        assert main(common + extra) == 2
+    assert seen == [
+        [list(scale.DEFAULT_SCALES), 512, 2e-3],
+        [[1, 2, 3, 4, 10], 2048, 1e-3],
+        [[2], 2048, 0.01],
+    ]
+    assert "fastme experiment scale: error: stop here" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from fastme.cli.args import (
     key_values,
 )
 from fastme.experiments import toy as toy_module
-from fastme.experiments.scale import DEFAULT_SCALES, DEFAULT_TRAIN, TRAIN_SETTINGS
+from fastme.experiments.scale import DEFAULT_TRAIN, PRESETS, TRAIN_SETTINGS
 from fastme.train.config import add_config_arguments, config_options
 
 _FMT = HelpFormatter
@@ -92,6 +92,12 @@ def run_toy_command(args) -> int:
 
 
 # -- scale ----------------------------------------------------------------------------------------
+def _preset_text(name: str) -> str:
+    preset = PRESETS[name]
+    train = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in preset["train"].items())
+    return f"scales {' '.join(map(str, preset['scales']))}, {train}"
+
+
 def _add_scale(sub) -> None:
     p = sub.add_parser(
         "scale",
@@ -103,18 +109,27 @@ def _add_scale(sub) -> None:
     )
     m = p.add_argument_group("model")
     add_arguments(m, ("model",))
-    m.add_argument("--scales", type=int, nargs="+", default=list(DEFAULT_SCALES))
+    m.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="cpu",
+        help=f"named settings: cpu ({_preset_text('cpu')}: the built-in data on a CPU) or "
+        f"paper ({_preset_text('paper')}: the paper's, for Criteo or Avazu on a GPU); --scales, "
+        "--batch-size and --lr override it",
+    )
+    m.add_argument("--scales", type=int, nargs="+", default=None, help="default: the preset's")
     m.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     add_arguments(m, ("backend", "model_option"))
     add_arguments(p.add_argument_group("data"), DATA_ARGUMENTS)
     add_config_arguments(
         p,
         TRAIN_SETTINGS,
-        batch_size="the paper uses 2048 (docs/analysis.md: why not here)",
-        lr="the paper uses 1e-3",
+        batch_size="default: the preset's (the paper uses 2048; docs/analysis.md: why the cpu "
+        "preset does not)",
+        lr="default: the preset's (the paper uses 1e-3)",
     )
     add_arguments(p, ("threads",))
-    p.set_defaults(**DEFAULT_TRAIN)  # the sweep's CPU-sized defaults (see DEFAULT_TRAIN)
+    p.set_defaults(**{k: None for k in DEFAULT_TRAIN})  # filled from --preset
     p.add_argument(
         "--seen-only",
         action="store_true",
@@ -149,12 +164,16 @@ def run_scale_command(args) -> int:
     # not reuse or overwrite the default sweep's runs
     variant = "".join(f"-{k}={v}" for k, v in sorted(model_options.items())).replace("/", "_")
     out = Path(args.out or f"runs/experiment-scale-{args.model.lower()}-{kind}{variant}")
+    preset = PRESETS[args.preset]
+    for name, value in preset["train"].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     train_options = config_options(args)
     try:
         summary = run_scale(
             args.model,
             data,
-            scales=args.scales,
+            scales=args.scales or preset["scales"],
             seeds=args.seeds,
             train_options=train_options,
             model_options=model_options,
