@@ -132,3 +132,14 @@ def test_scale_presets_fill_what_the_command_line_leaves_open(tmp_path, monkeypa
         [[2], 2048, 0.01],
     ]
     assert "fastme experiment scale: error: stop here" in capsys.readouterr().err
+
+
+def test_model_and_data_options_read_literals_and_command_line_booleans():
+    from fastme.cli.args import key_values
+
+    options = key_values(
+        ["a=true", "b=False", "c=3", "d=[1, 2]", "e=upper", "f=TRUE"], "--model-option"
+    )
+    assert options == {"a": True, "b": False, "c": 3, "d": [1, 2], "e": "upper", "f": True}
+    with pytest.raises(ValueError, match="--model-option expects KEY=VALUE"):
+        key_values(["novalue"], "--model-option")

@@ -159,12 +159,16 @@ def add_arguments(parser, names) -> None:
 
 def key_values(pairs, flag: str) -> dict:
     """``KEY=VALUE`` strings (a repeatable option such as --model-option) -> dict; values are
-    Python literals where they parse as one, plain strings otherwise."""
+    Python literals where they parse as one (``true``/``false`` in any case are booleans, as a
+    command line writes them), plain strings otherwise."""
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.isidentifier():
             raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        if value.lower() in ("true", "false"):
+            options[key] = value.lower() == "true"
+            continue
         try:
             options[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
