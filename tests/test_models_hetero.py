@@ -277,6 +277,10 @@ def test_spec_rebuilds_the_same_model():
             {"experts": ("dnn", "autoint"), "expert_options": {"autoint": {"use_mlp": True}}},
             "add dnn to experts",
         ),
+        (
+            {"expert_options": {"dcnv2": {"nonlinear_projection": False}}},
+            "nonlinear_projection is the model's option",
+        ),
     ],
 )
 def test_bad_arguments_name_the_argument(options, match):

@@ -157,6 +157,11 @@ class Hetero(MultiEmbeddingModel):
             options = dict(expert_options.get(kind) or {})
             cls = EXPERT_KINDS[kind]
             projected = issubclass(cls, ProjectedModel)
+            if "nonlinear_projection" in options:  # one rule for every expert, set below
+                raise ValueError(
+                    f"expert_options: nonlinear_projection is the model's option (every "
+                    f"expert's projection), not {kind}'s"
+                )
             if kind == "ipnn":  # the ME rule follows the model's mode, not the group's size
                 options.setdefault("concat_embeddings", m == 1)
             if kind == "autoint":
