@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "half.h"
 #include "index.h"
 #include "isa.h"
 #include "lookup_isa.h"
@@ -18,6 +19,8 @@ namespace kernels {
 namespace {
 
 using cpu::Isa;
+using cpu::from_float;
+using cpu::to_float;
 
 int element_size(DType dtype) {
   switch (dtype) {
@@ -55,32 +58,6 @@ std::vector<long long> row_bounds(const std::vector<long long>& rows, long long 
     for (int q = 1; q < buckets; ++q) bounds[q] = sample[q * size / buckets];
   }
   return bounds;
-}
-
-float to_float(std::uint16_t bits, DType dtype) {
-  if (dtype == DType::kBFloat16) {
-    const std::uint32_t wide = static_cast<std::uint32_t>(bits) << 16;
-    float f;
-    std::memcpy(&f, &wide, 4);
-    return f;
-  }
-  _Float16 h;
-  std::memcpy(&h, &bits, 2);
-  return static_cast<float>(h);
-}
-
-std::uint16_t from_float(float f, DType dtype) {
-  std::uint16_t bits;
-  if (dtype == DType::kBFloat16) {
-    std::uint32_t u;
-    std::memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even, as torch does
-    return static_cast<std::uint16_t>(u >> 16);
-  }
-  const _Float16 h = static_cast<_Float16>(f);
-  std::memcpy(&bits, &h, 2);
-  return bits;
 }
 
 // 16-bit gradients: each thread collects the pairs of its row range, sorts them by (row, pair)
