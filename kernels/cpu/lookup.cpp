@@ -13,6 +13,7 @@
 #include "index.h"
 #include "isa.h"
 #include "lookup_isa.h"
+#include "row_split.h"
 
 namespace fastme {
 namespace kernels {
@@ -20,6 +21,8 @@ namespace {
 
 using cpu::Isa;
 using cpu::from_float;
+using cpu::pair_rows;
+using cpu::row_bounds;
 using cpu::to_float;
 
 int element_size(DType dtype) {
@@ -31,33 +34,6 @@ int element_size(DType dtype) {
     default:
       return 2;
   }
-}
-
-// Row of every pair p = b * N + i.
-std::vector<long long> pair_rows(int threads, const IndexArgs& ix) {
-  std::vector<long long> rows(static_cast<size_t>(ix.batch * ix.num_fields));
-  const long long N = ix.num_fields;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (long long b = 0; b < ix.batch; ++b)
-    for (long long i = 0; i < N; ++i) rows[b * N + i] = cpu::global_row(ix, b, i);
-  return rows;
-}
-
-// Split the rows into `buckets` ranges holding about as many pairs each (quantiles of a sorted
-// sample of the pairs' rows): one thread sums each range, so that no row is shared.
-std::vector<long long> row_bounds(const std::vector<long long>& rows, long long num_rows,
-                                  int buckets) {
-  std::vector<long long> bounds(buckets + 1, 0);
-  bounds[buckets] = num_rows;
-  if (buckets > 1) {
-    const long long pairs = static_cast<long long>(rows.size());
-    const long long size = std::min<long long>(pairs, 256LL * buckets);
-    std::vector<long long> sample(size);
-    for (long long s = 0; s < size; ++s) sample[s] = rows[s * pairs / size];
-    std::sort(sample.begin(), sample.end());
-    for (int q = 1; q < buckets; ++q) bounds[q] = sample[q * size / buckets];
-  }
-  return bounds;
 }
 
 // 16-bit gradients: each thread collects the pairs of its row range, sorts them by (row, pair)

@@ -12,11 +12,12 @@ namespace kernels {
 void cpu_fm_forward(int threads, DType dtype, const void* table, const IndexArgs& ix,
                     int num_sets, int dim, void* out);
 
-// The gradient of every gathered e_i, grad_emb[b, m, i, :] = g * (sum_j e_j - e_i), given
-// grad [B, M, K]; grad_emb [B, M, N, K] in the table's dtype (the lookup's backward then sums
-// it into the table gradient).
+// The table gradient grad_table [R, M, K] (accumulation type, every row written) given grad
+// [B, M, K]: each gathered e_i's gradient g * (sum_j e_j - e_i) added into its row, the pairs of a
+// row in ascending pair order (deterministic, as the lookup's backward), never written out as
+// [B, M, N, K].
 void cpu_fm_backward(int threads, DType dtype, const void* grad, const void* table,
-                     const IndexArgs& ix, int num_sets, int dim, void* grad_emb);
+                     const IndexArgs& ix, int num_sets, int dim, void* grad_table);
 
 // out[b, m, :] = sum_i e_i * sum_{j>=i} q_upper[m, i, j] e_j, with q_upper [M, N, N] (in the
 // accumulation type) the field weights folded onto the upper triangle (q_ii = r_ii,
@@ -25,12 +26,12 @@ void cpu_fwfm_forward(int threads, DType dtype, const void* table, const IndexAr
                       int num_sets, int dim, const void* q_upper, void* out);
 
 // Both gradients of the field-weighted pooling, with q_full = r + r^T [M, N, N] (accumulation
-// type): grad_emb[b, m, i, :] = g * sum_j q_full[m, i, j] e_j ([B, M, N, K], table dtype) and
-// grad_weight[m, i, j] = sum_{b, k} g e_i e_j ([M, N, N], accumulation type), summed per fixed
+// type): the table gradient as in cpu_fm_backward with grad e_i = g * sum_j q_full[m, i, j] e_j,
+// and grad_weight[m, i, j] = sum_{b, k} g e_i e_j ([M, N, N], accumulation type), summed per fixed
 // range of samples, then over the ranges in order: the same bits for every thread count.
 void cpu_fwfm_backward(int threads, DType dtype, const void* grad, const void* table,
                        const IndexArgs& ix, int num_sets, int dim, const void* q_full,
-                       void* grad_emb, void* grad_weight);
+                       void* grad_table, void* grad_weight);
 
 }  // namespace kernels
 }  // namespace fastme

@@ -10,15 +10,20 @@
   namespace isa {                                                                               \
   void fm_forward(int threads, kernels::DType dtype, const void* table,                         \
                   const kernels::IndexArgs& ix, int num_sets, int dim, void* out);              \
+  /* The backwards add the gradient of every gathered row into grad_table [R, M, K] (in the */ \
+  /* accumulation type; they zero-fill it first): pair rows `rows`, threads owning the row */   \
+  /* ranges [bounds[q], bounds[q + 1]) of kernels/cpu/row_split.h. Samples are taken in */      \
+  /* `chunks` fixed ranges; FwFM's grad_weight is reduced over them in order. */                \
   void fm_backward(int threads, kernels::DType dtype, const void* grad, const void* table,      \
-                   const kernels::IndexArgs& ix, int num_sets, int dim, void* grad_emb);        \
+                   const kernels::IndexArgs& ix, int num_sets, int dim, const long long* rows,  \
+                   const long long* bounds, int buckets, long long chunks, void* grad_table);   \
   void fwfm_forward(int threads, kernels::DType dtype, const void* table,                       \
                     const kernels::IndexArgs& ix, int num_sets, int dim, const void* q_upper,   \
                     void* out);                                                                 \
-  /* grad_weight is reduced over `chunks` fixed ranges of samples, in order. */                 \
   void fwfm_backward(int threads, kernels::DType dtype, const void* grad, const void* table,    \
                      const kernels::IndexArgs& ix, int num_sets, int dim, const void* q_full,   \
-                     void* grad_emb, long long chunks, void* grad_weight);                      \
+                     const long long* rows, const long long* bounds, int buckets,               \
+                     long long chunks, void* grad_table, void* grad_weight);                    \
   }                                                                                             \
   }                                                                                             \
   }

@@ -10,11 +10,13 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 
 #include "half.h"
 #include "index.h"
 #include "pooling_isa.h"
+#include "row_split.h"
 #include "vec.h"
 
 namespace fastme {
@@ -70,10 +72,10 @@ void with_codec(DType dtype, F&& f) {
 template <typename A>
 class Scratch {
  public:
-  explicit Scratch(long long n) {
+  explicit Scratch(long long n, bool zero = true) {
     const size_t bytes = ((std::max<long long>(n, 1) * sizeof(A) + 63) / 64) * 64;
     data_ = static_cast<A*>(std::aligned_alloc(64, bytes));
-    if (data_ != nullptr) std::memset(data_, 0, bytes);
+    if (data_ != nullptr && zero) std::memset(data_, 0, bytes);
   }
   ~Scratch() { std::free(data_); }
   Scratch(const Scratch&) = delete;
@@ -196,42 +198,79 @@ void fm_forward_impl(int threads, const void* table_, const IndexArgs& ix, long 
   }
 }
 
+// The backwards' frame. grad_table is zero-filled; the samples, in `chunks` fixed ranges, are
+// taken `threads` ranges at a time (one per thread), and work(b, chunk, de) writes the gradient
+// of sample b's gathered rows into de [N, M * K] (pair-major, as table rows); then each thread
+// adds the pairs of that block whose rows are in its range, in ascending pair order. The block
+// stays in cache: no [B, M, N, K] gradient is ever written.
+template <typename A, typename MakeWork>
+void backward_blocks(int threads, const IndexArgs& ix, long long row_elems, const long long* rows,
+                     const long long* bounds, int buckets, long long chunks, A* grad_table,
+                     MakeWork&& make_work) {
+  const long long B = ix.batch, N = ix.num_fields;
+  const long long chunk_size = (B + chunks - 1) / chunks;
+  Scratch<A> block(threads * chunk_size * N * row_elems, /*zero=*/false);
+#pragma omp parallel num_threads(threads)
+  {
+    zero_rows(grad_table, ix.num_rows, row_elems);
+    auto work = make_work();
+    for (long long first = 0; first < chunks; first += threads) {
+      const long long b0 = std::min(B, first * chunk_size);
+      const long long b1 = std::min(B, (first + threads) * chunk_size);
+      const long long last = std::min(chunks, first + threads);
+#pragma omp for schedule(static, 1)
+      for (long long chunk = first; chunk < last; ++chunk) {
+        const long long end = std::min(B, (chunk + 1) * chunk_size);
+        for (long long b = chunk * chunk_size; b < end; ++b)
+          work(b, chunk, block.get() + (b - b0) * N * row_elems);
+      }
+#pragma omp for schedule(static, 1)
+      for (int q = 0; q < buckets; ++q) {
+        const long long lo = bounds[q], hi = bounds[q + 1];
+        for (long long p = b0 * N; p < b1 * N; ++p) {
+          const long long r = rows[p];
+          if (r < lo || r >= hi) continue;
+          add_run(grad_table + r * row_elems, block.get() + (p - b0 * N) * row_elems, row_elems);
+        }
+      }
+    }
+  }
+}
+
 template <typename C>
 void fm_backward_impl(int threads, const void* grad_, const void* table_, const IndexArgs& ix,
-                      long long M, long long K, void* grad_emb_) {
+                      long long M, long long K, const long long* rows, const long long* bounds,
+                      int buckets, long long chunks, void* grad_table) {
   using A = typename C::acc;
   using V = typename Vec<A>::type;
   constexpr long long L = lanes<A>();
   const auto* grad = static_cast<const typename C::store*>(grad_);
   const auto* table = static_cast<const typename C::store*>(table_);
-  auto* grad_emb = static_cast<typename C::store*>(grad_emb_);
-  const long long B = ix.batch, N = ix.num_fields, Kp = round_up(K, L);
-#pragma omp parallel num_threads(threads)
-  {
-    Scratch<A> E(M * N * Kp), g(Kp), sum(Kp), de(Kp);
-#pragma omp for schedule(static)
-    for (long long b = 0; b < B; ++b) {
-      gather_sample<C>(table, ix, b, M, K, Kp, E.get());
-      for (long long m = 0; m < M; ++m) {
-        const A* e = E.get() + m * N * Kp;
-        for (long long k = 0; k < K; ++k) g.get()[k] = C::in(grad[(b * M + m) * K + k]);
-        for (long long k = 0; k < Kp; k += L) {
-          V s = {};
-          for (long long i = 0; i < N; ++i) s += load_vec<V>(e + i * Kp + k);
-          store_vec(sum.get() + k, s);
-        }
-        auto* dst = grad_emb + (b * M + m) * N * K;
-        for (long long i = 0; i < N; ++i) {
-          for (long long k = 0; k < Kp; k += L) {
-            const V v = load_vec<V>(g.get() + k) *
-                        (load_vec<V>(sum.get() + k) - load_vec<V>(e + i * Kp + k));
-            store_vec(de.get() + k, v);
+  const long long N = ix.num_fields, Kp = round_up(K, L);
+  backward_blocks(
+      threads, ix, M * K, rows, bounds, buckets, chunks, static_cast<A*>(grad_table), [&] {
+        return [&, E = std::make_shared<Scratch<A>>(M * N * Kp),
+                g = std::make_shared<Scratch<A>>(Kp), sum = std::make_shared<Scratch<A>>(Kp),
+                de = std::make_shared<Scratch<A>>(Kp)](long long b, long long, A* out) {
+          gather_sample<C>(table, ix, b, M, K, Kp, E->get());
+          for (long long m = 0; m < M; ++m) {
+            const A* e = E->get() + m * N * Kp;
+            for (long long k = 0; k < K; ++k) g->get()[k] = C::in(grad[(b * M + m) * K + k]);
+            for (long long k = 0; k < Kp; k += L) {
+              V s = {};
+              for (long long i = 0; i < N; ++i) s += load_vec<V>(e + i * Kp + k);
+              store_vec(sum->get() + k, s);
+            }
+            for (long long i = 0; i < N; ++i) {
+              for (long long k = 0; k < Kp; k += L)
+                store_vec(de->get() + k, load_vec<V>(g->get() + k) *
+                                             (load_vec<V>(sum->get() + k) -
+                                              load_vec<V>(e + i * Kp + k)));
+              std::memcpy(out + (i * M + m) * K, de->get(), sizeof(A) * K);
+            }
           }
-          for (long long k = 0; k < K; ++k) dst[i * K + k] = C::out(de.get()[k]);
-        }
-      }
-    }
-  }
+        };
+      });
 }
 
 template <typename C>
@@ -280,91 +319,92 @@ void fwfm_forward_impl(int threads, const void* table_, const IndexArgs& ix, lon
 
 template <typename C>
 void fwfm_backward_impl(int threads, const void* grad_, const void* table_, const IndexArgs& ix,
-                        long long M, long long K, const void* q_full_, void* grad_emb_,
-                        long long chunks, void* grad_weight_) {
+                        long long M, long long K, const void* q_full_, const long long* rows,
+                        const long long* bounds, int buckets, long long chunks, void* grad_table,
+                        void* grad_weight_) {
   using A = typename C::acc;
   using V = typename Vec<A>::type;
   constexpr long long L = lanes<A>();
   const auto* grad = static_cast<const typename C::store*>(grad_);
   const auto* table = static_cast<const typename C::store*>(table_);
   const auto* q_full = static_cast<const A*>(q_full_);
-  auto* grad_emb = static_cast<typename C::store*>(grad_emb_);
   auto* grad_weight = static_cast<A*>(grad_weight_);
-  const long long B = ix.batch, N = ix.num_fields, Kp = round_up(K, L), Np = round_up(N, L);
-  const long long chunk_size = (B + chunks - 1) / chunks;
+  const long long N = ix.num_fields, Kp = round_up(K, L), Np = round_up(N, L);
   // Per chunk of samples, the weight gradient's upper triangle (row i, columns from the vector
   // holding i on), rows padded to Np.
   const long long plane = M * N * Np;
   Scratch<A> partial(chunks * plane);
-#pragma omp parallel num_threads(threads)
-  {
-    Scratch<A> E(M * N * Kp), ET(M * K * Np), g(Kp), ge(N * Kp), de(N * Kp);
-#pragma omp for schedule(static)
-    for (long long chunk = 0; chunk < chunks; ++chunk) {
-      A* weight_sum = partial.get() + chunk * plane;
-      const long long end = std::min(B, (chunk + 1) * chunk_size);
-      for (long long b = chunk * chunk_size; b < end; ++b) {
-        gather_sample<C>(table, ix, b, M, K, Kp, E.get(), ET.get(), Np);
-        for (long long m = 0; m < M; ++m) {
-          const A* e = E.get() + m * N * Kp;
-          for (long long k = 0; k < K; ++k) g.get()[k] = C::in(grad[(b * M + m) * K + k]);
-          // grad e_i = g * (Q_full e)_i
-          tiled_product(
-              N, Kp / L, q_full + m * N * N, N, e, Kp, [](long long) { return 0LL; }, N,
-              [](long long) { return 0LL; },
-              [](auto& acc, long long, long long) {
-                for (auto& row : acc)
-                  for (auto& v : row) v = V{};
-              },
-              [&](auto& acc, long long i0, long long c0) {
-                constexpr int R = std::extent_v<std::remove_reference_t<decltype(acc)>, 0>;
-                constexpr int CV = std::extent_v<std::remove_reference_t<decltype(acc)>, 1>;
-                for (int c = 0; c < CV; ++c) {
-                  const V gv = load_vec<V>(g.get() + (c0 + c) * L);
+  // One thread's buffers: E [M, N, Kp], ET [M, K, Np], g, g * e_i [N, Kp], grad e_i [N, Kp].
+  struct Buffers {
+    Scratch<A> E, ET, g, ge, de;
+    Buffers(long long M, long long N, long long K, long long Kp, long long Np)
+        : E(M * N * Kp), ET(M * K * Np), g(Kp), ge(N * Kp), de(N * Kp) {}
+  };
+  backward_blocks(
+      threads, ix, M * K, rows, bounds, buckets, chunks, static_cast<A*>(grad_table), [&] {
+        return [&, buf = std::make_shared<Buffers>(M, N, K, Kp, Np)](long long b, long long chunk,
+                                                                      A* out) {
+          A* weight_sum = partial.get() + chunk * plane;
+          A *E = buf->E.get(), *ET = buf->ET.get(), *g = buf->g.get(), *ge = buf->ge.get(),
+            *de = buf->de.get();
+          gather_sample<C>(table, ix, b, M, K, Kp, E, ET, Np);
+          for (long long m = 0; m < M; ++m) {
+            const A* e = E + m * N * Kp;
+            for (long long k = 0; k < K; ++k) g[k] = C::in(grad[(b * M + m) * K + k]);
+            // grad e_i = g * (Q_full e)_i
+            tiled_product(
+                N, Kp / L, q_full + m * N * N, N, e, Kp, [](long long) { return 0LL; }, N,
+                [](long long) { return 0LL; },
+                [](auto& acc, long long, long long) {
+                  for (auto& row : acc)
+                    for (auto& v : row) v = V{};
+                },
+                [&](auto& acc, long long i0, long long c0) {
+                  constexpr int R = std::extent_v<std::remove_reference_t<decltype(acc)>, 0>;
+                  constexpr int CV = std::extent_v<std::remove_reference_t<decltype(acc)>, 1>;
+                  for (int c = 0; c < CV; ++c) {
+                    const V gv = load_vec<V>(g + (c0 + c) * L);
+                    for (int r = 0; r < R; ++r)
+                      store_vec(de + (i0 + r) * Kp + (c0 + c) * L, gv * acc[r][c]);
+                  }
+                });
+            for (long long i = 0; i < N; ++i)
+              std::memcpy(out + (i * M + m) * K, de + i * Kp, sizeof(A) * K);
+            // weight gradient += (g e_i) . e_j over k, for j >= i (it is symmetric)
+            for (long long i = 0; i < N; ++i)
+              for (long long k = 0; k < Kp; k += L)
+                store_vec(ge + i * Kp + k, load_vec<V>(g + k) * load_vec<V>(e + i * Kp + k));
+            A* w = weight_sum + m * N * Np;
+            tiled_product(
+                N, Np / L, ge, Kp, ET + m * K * Np, Np, [](long long) { return 0LL; }, K,
+                [](long long i0) { return i0 / lanes<A>(); },
+                [&](auto& acc, long long i0, long long c0) {
+                  constexpr int R = std::extent_v<std::remove_reference_t<decltype(acc)>, 0>;
+                  constexpr int CV = std::extent_v<std::remove_reference_t<decltype(acc)>, 1>;
                   for (int r = 0; r < R; ++r)
-                    store_vec(de.get() + (i0 + r) * Kp + (c0 + c) * L, gv * acc[r][c]);
-                }
-              });
-          auto* dst = grad_emb + (b * M + m) * N * K;
-          for (long long i = 0; i < N; ++i)
-            for (long long k = 0; k < K; ++k) dst[i * K + k] = C::out(de.get()[i * Kp + k]);
-          // weight gradient += (g e_i) . e_j over k, for j >= i (it is symmetric)
-          for (long long i = 0; i < N; ++i)
-            for (long long k = 0; k < Kp; k += L)
-              store_vec(ge.get() + i * Kp + k,
-                        load_vec<V>(g.get() + k) * load_vec<V>(e + i * Kp + k));
-          A* w = weight_sum + m * N * Np;
-          tiled_product(
-              N, Np / L, ge.get(), Kp, ET.get() + m * K * Np, Np, [](long long) { return 0LL; },
-              K, [](long long i0) { return i0 / L; },
-              [&](auto& acc, long long i0, long long c0) {
-                constexpr int R = std::extent_v<std::remove_reference_t<decltype(acc)>, 0>;
-                constexpr int CV = std::extent_v<std::remove_reference_t<decltype(acc)>, 1>;
-                for (int r = 0; r < R; ++r)
-                  for (int c = 0; c < CV; ++c)
-                    acc[r][c] = load_vec<V>(w + (i0 + r) * Np + (c0 + c) * L);
-              },
-              [&](auto& acc, long long i0, long long c0) {
-                constexpr int R = std::extent_v<std::remove_reference_t<decltype(acc)>, 0>;
-                constexpr int CV = std::extent_v<std::remove_reference_t<decltype(acc)>, 1>;
-                for (int r = 0; r < R; ++r)
-                  for (int c = 0; c < CV; ++c)
-                    store_vec(w + (i0 + r) * Np + (c0 + c) * L, acc[r][c]);
-              });
-        }
-      }
-    }
-    // The chunks' sums in chunk order, mirrored below the diagonal.
-#pragma omp for schedule(static)
-    for (long long mi = 0; mi < M * N; ++mi) {
-      const long long m = mi / N, i = mi % N;
-      for (long long j = 0; j < N; ++j) {
-        const long long lo = std::min(i, j), hi = std::max(i, j);
-        A s = 0;
-        for (long long chunk = 0; chunk < chunks; ++chunk)
-          s += partial.get()[chunk * plane + (m * N + lo) * Np + hi];
-        grad_weight[(m * N + i) * N + j] = s;
-      }
+                    for (int c = 0; c < CV; ++c)
+                      acc[r][c] = load_vec<V>(w + (i0 + r) * Np + (c0 + c) * L);
+                },
+                [&](auto& acc, long long i0, long long c0) {
+                  constexpr int R = std::extent_v<std::remove_reference_t<decltype(acc)>, 0>;
+                  constexpr int CV = std::extent_v<std::remove_reference_t<decltype(acc)>, 1>;
+                  for (int r = 0; r < R; ++r)
+                    for (int c = 0; c < CV; ++c)
+                      store_vec(w + (i0 + r) * Np + (c0 + c) * L, acc[r][c]);
+                });
+          }
+        };
+      });
+  // The chunks' sums in chunk order, mirrored below the diagonal.
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long long mi = 0; mi < M * N; ++mi) {
+    const long long m = mi / N, i = mi % N;
+    for (long long j = 0; j < N; ++j) {
+      const long long lo = std::min(i, j), hi = std::max(i, j);
+      A s = 0;
+      for (long long chunk = 0; chunk < chunks; ++chunk)
+        s += partial.get()[chunk * plane + (m * N + lo) * Np + hi];
+      grad_weight[(m * N + i) * N + j] = s;
     }
   }
 }
@@ -379,9 +419,11 @@ void fm_forward(int threads, DType dtype, const void* table, const IndexArgs& ix
 }
 
 void fm_backward(int threads, DType dtype, const void* grad, const void* table,
-                 const IndexArgs& ix, int num_sets, int dim, void* grad_emb) {
+                 const IndexArgs& ix, int num_sets, int dim, const long long* rows,
+                 const long long* bounds, int buckets, long long chunks, void* grad_table) {
   with_codec(dtype, [&](auto codec) {
-    fm_backward_impl<decltype(codec)>(threads, grad, table, ix, num_sets, dim, grad_emb);
+    fm_backward_impl<decltype(codec)>(threads, grad, table, ix, num_sets, dim, rows, bounds,
+                                      buckets, chunks, grad_table);
   });
 }
 
@@ -394,10 +436,11 @@ void fwfm_forward(int threads, DType dtype, const void* table, const IndexArgs& 
 
 void fwfm_backward(int threads, DType dtype, const void* grad, const void* table,
                    const IndexArgs& ix, int num_sets, int dim, const void* q_full,
-                   void* grad_emb, long long chunks, void* grad_weight) {
+                   const long long* rows, const long long* bounds, int buckets, long long chunks,
+                   void* grad_table, void* grad_weight) {
   with_codec(dtype, [&](auto codec) {
-    fwfm_backward_impl<decltype(codec)>(threads, grad, table, ix, num_sets, dim, q_full, grad_emb,
-                                        chunks, grad_weight);
+    fwfm_backward_impl<decltype(codec)>(threads, grad, table, ix, num_sets, dim, q_full, rows,
+                                        bounds, buckets, chunks, grad_table, grad_weight);
   });
 }
 

@@ -1,12 +1,13 @@
 """Lookup fused with FM or field-weighted (FwFM) pooling on the CPU kernels
 (kernels/cpu/pooling.cpp).
 
-The forward pools each sample's gathered rows in a per-thread buffer: nothing of [B, M, N, K] is
-written. FwFM sums only the upper triangle of the pairs (weights folded as r_ij + r_ji). The
-backward writes the gradient of every gathered row ([B, M, N, K]) and sums it into the table
-gradient with the lookup's backward (deterministic, lookup.py); the field-weight gradient is
-summed per fixed range of samples, then over the ranges in order (the same bits for every
-thread count).
+Neither pass writes anything of [B, M, N, K]: the forward pools each sample's gathered rows in a
+per-thread buffer (FwFM over the upper triangle of the pairs, weights folded as r_ij + r_ji); the
+backward computes the gradients of a block of samples' rows in cache and adds them into the
+table gradient with the lookup backward's row split (each row's pairs in ascending order:
+deterministic). The field-weight gradient is summed per fixed range of samples, then over the
+ranges in order: the same bits for every thread count. 16-bit tables: gradients summed in
+float32, rounded once.
 """
 
 import torch
@@ -14,7 +15,6 @@ import torch
 from fastme._extension import require_cpu_kernels
 from fastme.ops._policy import acc_dtype
 from fastme.ops.cpu import _lib
-from fastme.ops.cpu.lookup import lookup_backward
 
 
 def _upper_weights(field_weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -45,22 +45,21 @@ def _forward(kernel, table, indices, offsets, **kwargs):
     return out
 
 
-def _pair_grads(kernel, grad, table, indices, offsets, **kwargs):
-    """The gradient of every gathered row, [B, M, N, K]."""
+def _table_grad(kernel, grad, table, indices, offsets, **kwargs):
+    """The dense table gradient, summed in the accumulation dtype."""
     rows, m, k = table.shape
-    b, n = indices.shape
-    grad_emb = torch.empty((b, m, n, k), dtype=table.dtype)
+    grad_table = torch.empty((rows, m, k), dtype=acc_dtype(table.dtype))
     kernel(
         grad=grad.data_ptr(),
         table=table.data_ptr(),
         **_lib.index_args(indices, offsets, rows),
         num_sets=m,
         dim=k,
-        grad_emb=grad_emb.data_ptr(),
+        grad_table=grad_table.data_ptr(),
         **_lib.run_args(table),
         **kwargs,
     )
-    return grad_emb
+    return grad_table.to(table.dtype)
 
 
 def fm_forward(table, indices, offsets):
@@ -70,8 +69,7 @@ def fm_forward(table, indices, offsets):
 def fm_backward(grad, table, indices, offsets):
     if indices.numel() == 0 or table.shape[1] * table.shape[2] == 0:
         return torch.zeros_like(table)
-    grad_emb = _pair_grads(require_cpu_kernels().cpu_fm_backward, grad, table, indices, offsets)
-    return lookup_backward(grad_emb, indices, offsets, table.shape[0])
+    return _table_grad(require_cpu_kernels().cpu_fm_backward, grad, table, indices, offsets)
 
 
 def fwfm_forward(table, indices, offsets, field_weights):
@@ -90,7 +88,7 @@ def fwfm_backward(grad, table, indices, offsets, field_weights):
     r = field_weights.to(acc)
     q_full = (r + r.transpose(1, 2)).contiguous()
     grad_weights = torch.empty((m, n, n), dtype=acc)
-    grad_emb = _pair_grads(
+    grad_table = _table_grad(
         require_cpu_kernels().cpu_fwfm_backward,
         grad,
         table,
@@ -99,5 +97,4 @@ def fwfm_backward(grad, table, indices, offsets, field_weights):
         q_full=q_full.data_ptr(),
         grad_weight=grad_weights.data_ptr(),
     )
-    grad_table = lookup_backward(grad_emb, indices, offsets, table.shape[0])
     return grad_table, grad_weights.to(field_weights.dtype)
