@@ -94,7 +94,7 @@ def main():
             runs = {name: variant(fn, inputs, grad_out, backward) for name, fn in fns.items()}
             with torch.no_grad() if not backward else torch.enable_grad():
                 expected = runs["reference"]()
-                for name, run in runs.items():  # warm up (compiles) and check
+                for run in runs.values():  # warm up (compiles) and check
                     torch.testing.assert_close(run(), expected, rtol=1e-3, atol=1e-3)
                 times = {name: [] for name in runs}
                 for r in range(args.repeats):

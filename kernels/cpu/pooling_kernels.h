@@ -199,26 +199,30 @@ void fm_forward_impl(int threads, const void* table_, const IndexArgs& ix, long 
 }
 
 // The backwards' frame. grad_table is zero-filled; the samples, in `chunks` fixed ranges, are
-// taken `threads` ranges at a time (one per thread), and work(b, chunk, de) writes the gradient
-// of sample b's gathered rows into de [N, M * K] (pair-major, as table rows); then each thread
-// adds the pairs of that block whose rows are in its range, in ascending pair order. The block
-// stays in cache: no [B, M, N, K] gradient is ever written.
+// taken a block of ranges at a time (the threads share a block's ranges) and work(b, chunk, de)
+// writes the gradient of sample b's gathered rows into de [N, M * K] (pair-major, as table rows);
+// then each thread adds the pairs of the block whose rows are in its range, in ascending pair
+// order. A block is about 2 MiB of row gradients (in cache): no [B, M, N, K] gradient is written, and few
+// blocks mean few barriers (on a loaded machine a barrier waits for a thread that lost its core).
 template <typename A, typename MakeWork>
 void backward_blocks(int threads, const IndexArgs& ix, long long row_elems, const long long* rows,
                      const long long* bounds, int buckets, long long chunks, A* grad_table,
                      MakeWork&& make_work) {
   const long long B = ix.batch, N = ix.num_fields;
   const long long chunk_size = (B + chunks - 1) / chunks;
-  Scratch<A> block(threads * chunk_size * N * row_elems, /*zero=*/false);
+  const long long sample_bytes = std::max<long long>(1, N * row_elems * sizeof(A));
+  const long long per_block = std::max<long long>(threads, (2LL << 20) / (sample_bytes * chunk_size));
+  const long long block_samples = std::min(B, per_block * chunk_size);
+  Scratch<A> block(block_samples * N * row_elems, /*zero=*/false);
 #pragma omp parallel num_threads(threads)
   {
     zero_rows(grad_table, ix.num_rows, row_elems);
     auto work = make_work();
-    for (long long first = 0; first < chunks; first += threads) {
+    for (long long first = 0; first < chunks; first += per_block) {
       const long long b0 = std::min(B, first * chunk_size);
-      const long long b1 = std::min(B, (first + threads) * chunk_size);
-      const long long last = std::min(chunks, first + threads);
-#pragma omp for schedule(static, 1)
+      const long long b1 = std::min(B, (first + per_block) * chunk_size);
+      const long long last = std::min(chunks, first + per_block);
+#pragma omp for schedule(static)
       for (long long chunk = first; chunk < last; ++chunk) {
         const long long end = std::min(B, (chunk + 1) * chunk_size);
         for (long long b = chunk * chunk_size; b < end; ++b)
