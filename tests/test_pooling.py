@@ -258,8 +258,8 @@ def test_cpu_kernels_match_reference_on_every_isa(isa, shape, weighted):
 @pytest.mark.parametrize("threads", [3, 8])
 def test_cpu_gradients_are_the_same_for_every_thread_count(threads):
     """The table gradient (rows owned by one thread; several ranges at B=5000) and the
-    field-weight gradient (fixed ranges
-    of samples, summed in order) do not depend on the team size: the bits of one thread."""
+    field-weight gradient (fixed ranges of samples, summed in order) do not depend on the team
+    size: the bits of one thread."""
     inputs = pooled_inputs((5000, [2, 7, 300, 5], 2, 10), True, dtype=torch.float32, device="cpu")
     previous = torch.get_num_threads()
     try:
