@@ -351,8 +351,8 @@ def test_auto_picks_the_cpu_kernels_for_cpu_tensors():
     )
     # ops without CPU kernels yet run the reference
     assert (
-        _backend.resolve("pooled_lookup", "cpu", torch.device("cpu"))
-        is (_backend._IMPLEMENTATIONS[("pooled_lookup", "reference")])
+        _backend.resolve("cross_network", "cpu", torch.device("cpu"))
+        is (_backend._IMPLEMENTATIONS[("cross_network", "reference")])
     )
 
 

@@ -18,10 +18,13 @@ from kernel_backends import (
     assert_matches_reference,
     check_registration,
     criteo_like_field_dims,
+    cpu_isas,
     criteo_shapes_on_gpu,
     field_weights,
     gpu_test,
     lookup_inputs,
+    outputs_and_grads,
+    use_cpu_isa,
     with_backend,
 )
 
@@ -184,7 +187,7 @@ def test_mismatched_dtypes_are_rejected():
         ops.fwfm_pooling(reference.multi_embedding_lookup(table, indices, offsets), weights.float())
 
 
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("backend", ["triton", "cuda", "cpu"])
 def test_op_registration(backend):
     table, indices, offsets, weights = pooled_inputs((5, [3, 2, 2], 2, 3), True)
     grad = torch.randn(5, 2, 3, dtype=torch.float64, device=DEVICE)
@@ -224,6 +227,50 @@ def test_torch_compile_fullgraph(backend):
     assert_close_to_reference(
         torch.compile(loss, fullgraph=True, backend=compiler), loss, (table, weights)
     )
+
+
+# ---- the CPU kernels --------------------------------------------------------------------------
+
+_needs_cpu_kernels = pytest.mark.skipif(not cpu_isas(), reason="no compiled CPU kernels here")
+
+
+@_needs_cpu_kernels
+@pytest.mark.parametrize("isa", cpu_isas())
+@pytest.mark.parametrize("weighted", [False, True], ids=["fm", "fwfm"])
+@pytest.mark.parametrize(
+    "shape",
+    SHAPES + [(300, [2, 5, 3, 400] + [3] * 35, 4, 50)],  # N = 39, K = 50: Criteo's NFwFM shape
+    ids=lambda s: f"B{s[0]}-N{len(s[1])}-M{s[2]}-K{s[3]}",
+)
+def test_cpu_kernels_match_reference_on_every_isa(isa, shape, weighted):
+    """Each ISA's loops (register tiles, their row and vector remainders, padded K) against the
+    reference in float64: output, table gradient, field-weight gradient (over several ranges of
+    samples at B=300)."""
+    assert ("pooled_lookup", "cpu") in _backend._IMPLEMENTATIONS
+    inputs = pooled_inputs(shape, weighted, device="cpu")
+    with use_cpu_isa(isa):
+        assert_close_to_reference(
+            pooled("cpu"), reference.pooled_lookup, inputs, rtol=1e-12, atol=1e-12
+        )
+
+
+@_needs_cpu_kernels
+@pytest.mark.parametrize("threads", [3, 8])
+def test_cpu_gradients_are_the_same_for_every_thread_count(threads):
+    """The table gradient (rows owned by one thread; several ranges at B=5000) and the
+    field-weight gradient (fixed ranges of samples, summed in order) do not depend on the team
+    size: the bits of one thread."""
+    inputs = pooled_inputs((5000, [2, 7, 300, 5], 2, 10), True, dtype=torch.float32, device="cpu")
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = outputs_and_grads(pooled("cpu"), *inputs)
+        torch.set_num_threads(threads)
+        many = outputs_and_grads(pooled("cpu"), *inputs)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(one[0], many[0])
+    assert all(torch.equal(a, b) for a, b in zip(one[1], many[1], strict=True))
 
 
 # ---- FM / FwFM pooling of gathered embeddings ---------------------------------------------------

@@ -9,15 +9,21 @@
 #include <utility>
 #include <vector>
 
+#include "half.h"
 #include "index.h"
 #include "isa.h"
 #include "lookup_isa.h"
+#include "row_split.h"
 
 namespace fastme {
 namespace kernels {
 namespace {
 
 using cpu::Isa;
+using cpu::from_float;
+using cpu::pair_rows;
+using cpu::row_bounds;
+using cpu::to_float;
 
 int element_size(DType dtype) {
   switch (dtype) {
@@ -28,59 +34,6 @@ int element_size(DType dtype) {
     default:
       return 2;
   }
-}
-
-// Row of every pair p = b * N + i.
-std::vector<long long> pair_rows(int threads, const IndexArgs& ix) {
-  std::vector<long long> rows(static_cast<size_t>(ix.batch * ix.num_fields));
-  const long long N = ix.num_fields;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (long long b = 0; b < ix.batch; ++b)
-    for (long long i = 0; i < N; ++i) rows[b * N + i] = cpu::global_row(ix, b, i);
-  return rows;
-}
-
-// Split the rows into `buckets` ranges holding about as many pairs each (quantiles of a sorted
-// sample of the pairs' rows): one thread sums each range, so that no row is shared.
-std::vector<long long> row_bounds(const std::vector<long long>& rows, long long num_rows,
-                                  int buckets) {
-  std::vector<long long> bounds(buckets + 1, 0);
-  bounds[buckets] = num_rows;
-  if (buckets > 1) {
-    const long long pairs = static_cast<long long>(rows.size());
-    const long long size = std::min<long long>(pairs, 256LL * buckets);
-    std::vector<long long> sample(size);
-    for (long long s = 0; s < size; ++s) sample[s] = rows[s * pairs / size];
-    std::sort(sample.begin(), sample.end());
-    for (int q = 1; q < buckets; ++q) bounds[q] = sample[q * size / buckets];
-  }
-  return bounds;
-}
-
-float to_float(std::uint16_t bits, DType dtype) {
-  if (dtype == DType::kBFloat16) {
-    const std::uint32_t wide = static_cast<std::uint32_t>(bits) << 16;
-    float f;
-    std::memcpy(&f, &wide, 4);
-    return f;
-  }
-  _Float16 h;
-  std::memcpy(&h, &bits, 2);
-  return static_cast<float>(h);
-}
-
-std::uint16_t from_float(float f, DType dtype) {
-  std::uint16_t bits;
-  if (dtype == DType::kBFloat16) {
-    std::uint32_t u;
-    std::memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even, as torch does
-    return static_cast<std::uint16_t>(u >> 16);
-  }
-  const _Float16 h = static_cast<_Float16>(f);
-  std::memcpy(&bits, &h, 2);
-  return bits;
 }
 
 // 16-bit gradients: each thread collects the pairs of its row range, sorts them by (row, pair)

@@ -4,25 +4,13 @@
 
 #include "index.h"
 #include "lookup_isa.h"
+#include "row_split.h"
 #include "vec.h"
 
 namespace fastme {
 namespace cpu {
 namespace FASTME_CPU_ISA_NS {
 namespace {
-
-// Zero-fill grad [R, M*K], rows split evenly over the threads (call inside a parallel region).
-template <typename T>
-void zero_rows(T* grad, long long num_rows, long long row_elems) {
-  constexpr long long kChunk = 1024;
-  const long long chunks = (num_rows + kChunk - 1) / kChunk;
-#pragma omp for schedule(static)
-  for (long long c = 0; c < chunks; ++c) {
-    const long long first = c * kChunk;
-    const long long count = num_rows - first < kChunk ? num_rows - first : kChunk;
-    std::memset(grad + first * row_elems, 0, sizeof(T) * count * row_elems);
-  }
-}
 
 template <typename T>
 void scatter_impl(int threads, const T* src, const long long* rows, const long long* bounds,

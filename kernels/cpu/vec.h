@@ -78,6 +78,46 @@ inline void add_run(double* dst, const double* src, long long n) {
 #endif
 }
 
+// Arithmetic vectors of one register's width (GCC/Clang vector extensions: one instruction per
+// operation where the ISA has the width, several otherwise), and the register tile of the small
+// matrix products (kernels/cpu/pooling_kernels.h): kTileRows x kTileVecs accumulators, plus
+// kTileVecs operands and a broadcast, fit in the ISA's vector registers.
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+constexpr int kTileRows = 6, kTileVecs = 4;  // 24 + 4 + 1 of 32 registers
+#elif defined(__AVX2__)
+constexpr int kVecBytes = 32;
+constexpr int kTileRows = 5, kTileVecs = 2;  // 10 + 2 + 1 of 16 registers
+#else
+constexpr int kVecBytes = 16;
+constexpr int kTileRows = 5, kTileVecs = 2;
+#endif
+typedef float VecF __attribute__((vector_size(kVecBytes)));
+typedef double VecD __attribute__((vector_size(kVecBytes)));
+
+template <typename A>
+struct Vec;
+template <>
+struct Vec<float> {
+  using type = VecF;
+};
+template <>
+struct Vec<double> {
+  using type = VecD;
+};
+
+template <typename V, typename A>
+inline V load_vec(const A* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <typename V, typename A>
+inline void store_vec(A* p, V v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
 }  // namespace
 }  // namespace FASTME_CPU_ISA_NS
 }  // namespace cpu

@@ -1,7 +1,8 @@
 """C++ CPU implementations of the fused ops (kernels/cpu/, bound in fastme._C).
 
 The record below is all fastme.ops reads; the custom ops (CPU dispatch key) run the host functions
-of lookup.py with the schemas, fakes and autograd of every backend (fastme/ops/_kernel_ops.py).
+of lookup.py and pooling.py with the schemas, fakes and autograd of every backend
+(fastme/ops/_kernel_ops.py).
 Ops without a host function here run the reference. It imports without the compiled extension,
 which is loaded on the first call. ``backend="auto"`` picks it for CPU tensors whenever the
 extension loads. See docs/cpu.md.
@@ -30,5 +31,9 @@ BACKEND = KernelBackend(
     host_functions={
         "fastme::cpu_multi_embedding_lookup": "lookup.lookup_forward",
         "fastme::cpu_multi_embedding_lookup_backward": "lookup.lookup_backward",
+        "fastme::cpu_fm_pooled_lookup": "pooling.fm_forward",
+        "fastme::cpu_fm_pooled_lookup_backward": "pooling.fm_backward",
+        "fastme::cpu_fwfm_pooled_lookup": "pooling.fwfm_forward",
+        "fastme::cpu_fwfm_pooled_lookup_backward": "pooling.fwfm_backward",
     },
 )
