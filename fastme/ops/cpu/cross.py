@@ -52,7 +52,11 @@ def cross_forward(x0, weight, bias, save):
         scratch_x = torch.empty_like(scratch_z) if layers > 1 else None
     for layer in range(layers):
         z = planes[layers - 1 + layer] if save else scratch_z
-        torch.bmm(x, wt[layer], out=z)
+        if layer == 0:  # x0 strided: per-set mm packs it faster than bmm (bf16: 4.9 vs 6.3 ms)
+            for m in range(sets):
+                torch.mm(x0[:, m], wt[0, m], out=z[m])
+        else:
+            torch.bmm(x, wt[layer], out=z)
         if layer == layers - 1:
             dst, dst_strides = out, _bmd(out)
         else:
