@@ -18,10 +18,13 @@ from kernel_backends import (
     assert_matches_reference,
     check_registration,
     criteo_like_field_dims,
+    cpu_isas,
     criteo_shapes_on_gpu,
     cross_params,
     gpu_test,
     lookup_inputs,
+    outputs_and_grads,
+    use_cpu_isa,
 )
 from kernel_backends import with_backend as kernel
 
@@ -197,7 +200,7 @@ def test_mismatched_dtypes_are_rejected():
         ops.lookup_cross_network(table, indices, offsets, weight, bias.float())
 
 
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("backend", ["triton", "cuda", "cpu"])
 def test_op_registration(backend):
     table, indices, offsets, x0, weight, bias = random_inputs(4, [2, 3], 2, 2, 2)
     for t in (table, x0, weight, bias):
@@ -226,6 +229,77 @@ def test_torch_compile_fullgraph(backend):
     assert_close_to_reference(
         torch.compile(loss, fullgraph=True, backend=compiler), loss, (table, weight, bias)
     )
+
+
+# ---- the CPU kernels --------------------------------------------------------------------------
+
+_needs_cpu_kernels = pytest.mark.skipif(not cpu_isas(), reason="no compiled CPU kernels here")
+CPU_CROSS_SHAPES = [  # batch, sets, dim, layers
+    (1, 1, 1, 1),
+    (7, 2, 9, 3),  # D shorter than a vector
+    (130, 3, 37, 2),  # a vector and a tail (every ISA), several ranges of the bias gradient
+    (66, 1, 64, 4),  # whole vectors only, one set (SE)
+]
+
+
+@_needs_cpu_kernels
+@pytest.mark.parametrize("isa", cpu_isas())
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("batch,sets,dim,layers", CPU_CROSS_SHAPES)
+def test_cpu_kernels_match_reference_on_every_isa(isa, dtype, batch, sets, dim, layers):
+    """Each ISA's passes (full vectors, tails, 16-bit conversions) against float64 maths on the
+    same values: output and the gradients of x0, weight and bias."""
+    with use_cpu_isa(isa):
+        assert_matches_reference(
+            kernel(ops.cross_network, "cpu"),
+            reference.cross_network,
+            cross_params(batch, sets, dim, layers, dtype=dtype, device="cpu"),
+            TOL[dtype] * max(layers, 1),
+        )
+
+
+@_needs_cpu_kernels
+@pytest.mark.parametrize("threads", [3, 8])
+def test_cpu_bias_gradient_is_the_same_for_every_thread_count(threads):
+    """The bias gradient is summed per fixed range of samples, then over the ranges in order: the
+    bits of one thread for any team size (one layer: nothing of torch's GEMMs feeds it)."""
+    x0, weight, bias = cross_params(5000, 2, 21, 1, dtype=torch.float32, device="cpu")
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = outputs_and_grads(kernel(ops.cross_network, "cpu"), x0, weight, bias)[1][2]
+        torch.set_num_threads(threads)
+        many = outputs_and_grads(kernel(ops.cross_network, "cpu"), x0, weight, bias)[1][2]
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(one, many)
+
+
+@_needs_cpu_kernels
+def test_cpu_states_get_no_zero_filled_gradient():
+    """Only x_L's gradient reaches the backward: no zero-filled gradient of the states (a
+    (2L-1) x [B, M, D] tensor per step) is made."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Shapes(TorchDispatchMode):
+        made = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if torch.is_tensor(t):
+                    self.made.append(tuple(t.shape))
+            return out
+
+    x0, weight, bias = cross_params(4, 2, 3, 2, device="cpu")
+    weight.requires_grad_()
+    out, states = torch.ops.fastme.cpu_cross_network(x0, weight, bias, True)
+    assert states.shape == (3, 4, 2, 3)
+    with Shapes():
+        (grad,) = torch.autograd.grad(out.sum(), weight)
+    assert tuple(states.shape) not in Shapes.made
+    ref = torch.autograd.grad(reference.cross_network(x0, weight, bias).sum(), weight)[0]
+    torch.testing.assert_close(grad, ref)
 
 
 # ---- GPU only -----------------------------------------------------------------------------------

@@ -20,6 +20,11 @@ def _why_not_here(device: torch.device) -> str:
     return _extension.cpu_problem()
 
 
+def _state_planes(layers: int, save: bool) -> int:
+    """x_1..x_{L-1} and z_0..z_{L-1} for the backward (fastme/ops/cpu/cross.py); none without."""
+    return max(2 * layers - 1, 0) if save else 0
+
+
 BACKEND = KernelBackend(
     name="cpu",
     package=__name__,
@@ -27,7 +32,7 @@ BACKEND = KernelBackend(
     auto=("cpu",),
     needs="CPU tensors and fastme's compiled extension",
     why_not_here=_why_not_here,
-    cross_states=lambda layers, save: 0,  # no cross-network kernels yet: the reference runs
+    cross_states=_state_planes,
     host_functions={
         "fastme::cpu_multi_embedding_lookup": "lookup.lookup_forward",
         "fastme::cpu_multi_embedding_lookup_backward": "lookup.lookup_backward",
@@ -35,5 +40,8 @@ BACKEND = KernelBackend(
         "fastme::cpu_fm_pooled_lookup_backward": "pooling.fm_backward",
         "fastme::cpu_fwfm_pooled_lookup": "pooling.fwfm_forward",
         "fastme::cpu_fwfm_pooled_lookup_backward": "pooling.fwfm_backward",
+        "fastme::cpu_cross_network": "cross.cross_forward",
+        "fastme::cpu_cross_network_backward": "cross.cross_backward",
+        "fastme::cpu_lookup_cross_network": "cross.lookup_cross_forward",
     },
 )
