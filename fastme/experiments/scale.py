@@ -295,6 +295,11 @@ def write_outputs(summary: dict, out) -> dict:
     return summary
 
 
+def _span(values) -> str:
+    low, high = min(values), max(values)
+    return f"{low:+.3f}" if f"{low:+.3f}" == f"{high:+.3f}" else f"{low:+.3f} to {high:+.3f}"
+
+
 def _trend(before: dict, after: dict) -> tuple[float, float, str]:
     """Change of mean test AUC from ``before`` to ``after``, the larger seed std of the two, and
     "rises" / "falls" when the change is larger than that spread, else "is flat"."""
@@ -330,7 +335,7 @@ def conclusion(summary: dict) -> dict:
     if out["ia_half"]:
         lines.append(
             f"IA: ME's embeddings are less collapsed than SE's at every scale > 1 (IA / random "
-            f"higher by {min(ia_gaps.values()):+.3f} to {max(ia_gaps.values()):+.3f})."
+            f"higher by {_span(ia_gaps.values())})."
         )
     else:
         lines.append(
