@@ -66,9 +66,9 @@ class Predictor:
         checkpoint,
         *,
         vocab_dir=None,
-        backend: str = "reference",
+        backend: str = "auto",
         device: str = "cpu",
-        batch_size: int = 8192,
+        batch_size: int = 4096,
         precision: str = "fp32",
     ):
         if int(batch_size) != batch_size or batch_size < 1:
@@ -222,9 +222,9 @@ def predict(
     *,
     vocab_dir=None,
     cache_dir=None,
-    backend: str = "reference",
+    backend: str = "auto",
     device: str = "cpu",
-    batch_size: int = 8192,
+    batch_size: int = 4096,
     precision: str = "fp32",
     progress: bool = False,
     data_options: dict | None = None,
