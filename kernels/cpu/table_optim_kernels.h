@@ -1,6 +1,7 @@
 // The fused table optimizers' loops for the ISA of the including translation unit
 // (kernels/cpu/table_optim_<isa>.cpp defines FASTME_CPU_ISA_NS and is compiled with that ISA's
 // flags; the compiler vectorises the per-row loops for it).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -66,61 +67,66 @@ inline void update_row(const OptimStep& s, T* __restrict w, T* __restrict g, T* 
   }
 }
 
+// Rows whose slot / table row is fetched ahead of use: the map and the table are far larger
+// than the caches and are read at random.
+constexpr long long kAhead = 16;
+
 template <typename T>
 void step_impl(int threads, const OptimStep& s, T* table, const T* grad, T* state0, T* state1) {
   const long long E = s.num_sets * s.dim, P = s.pairs;
   const long long state_elems = s.kind == 2 ? s.num_sets : E;
-  // next[p]: the next pair of p's row (-1: none). Each thread links the pairs of its own rows.
-  std::vector<int> next(static_cast<size_t>(P));
+  int* const slot_of = s.slots;
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<long long> slot_rows;
-    std::vector<int> head, tail;
-    std::vector<T> acc(static_cast<size_t>(E));
-    // Each bucket (a range of rows) belongs to one thread. It links its pairs row by row in
-    // ascending pair order (slots numbered in order of first touch), then sums each row's pairs
-    // along its list and updates the row: no row is shared and every sum runs in the same order
-    // whatever the number of threads.
+    // Each thread's summed rows, kept between calls (the team's threads persist): no buffer is
+    // allocated and first touched every step. A thread new to the team starts with empty ones;
+    // each keeps its largest size (its rows of one step x M*K), freed when the thread exits.
+    thread_local std::vector<T> acc;
+    thread_local std::vector<long long> slot_rows;
+    // Each bucket (a range of rows) belongs to one thread. It streams through the pairs in
+    // ascending order, giving each of its rows a slot on first touch and adding the pair's
+    // values into the slot, then updates its rows slot by slot: no row is shared, and every
+    // row's sum runs in ascending pair order whatever the number of threads.
 #pragma omp for schedule(static, 1)
     for (int q = 0; q < s.buckets; ++q) {
       const long long lo = s.bounds[q], hi = s.bounds[q + 1];
       if (lo >= hi) continue;
       slot_rows.clear();
-      head.clear();
-      tail.clear();
       for (long long p = 0; p < P; ++p) {
+        if (p + kAhead < P) {
+          const long long ahead = s.rows[p + kAhead];
+          if (ahead >= lo && ahead < hi) __builtin_prefetch(slot_of + ahead);
+        }
         const long long r = s.rows[p];
         if (r < lo || r >= hi) continue;
-        int& slot = s.slots[r];
+        const T* src = grad + p * E;
+        int slot = slot_of[r];
         if (slot < 0) {
           slot = static_cast<int>(slot_rows.size());
+          slot_of[r] = slot;
           slot_rows.push_back(r);
-          head.push_back(static_cast<int>(p));
-          tail.push_back(static_cast<int>(p));
+          if (static_cast<long long>(acc.size()) < (slot + 1) * E)
+            acc.resize(std::max<size_t>(acc.size() * 2, static_cast<size_t>((slot + 1) * E)));
+          std::memcpy(acc.data() + slot * E, src, sizeof(T) * E);
         } else {
-          next[tail[slot]] = static_cast<int>(p);
-          tail[slot] = static_cast<int>(p);
-        }
-        next[p] = -1;
-      }
-      const size_t slots = slot_rows.size();
-      for (size_t k = 0; k < slots; ++k) {
-        if (k + 2 < slots) {  // the table is far larger than the caches: fetch ahead
-          __builtin_prefetch(table + slot_rows[k + 2] * E, 1);
-          __builtin_prefetch(grad + static_cast<long long>(head[k + 2]) * E);
-        }
-        const long long r = slot_rows[k];
-        int p = head[k];
-        std::memcpy(acc.data(), grad + static_cast<long long>(p) * E, sizeof(T) * E);
-        for (p = next[p]; p >= 0; p = next[p]) {
-          const T* src = grad + static_cast<long long>(p) * E;
-          T* a = acc.data();
+          T* a = acc.data() + slot * E;
 #pragma omp simd
           for (long long e = 0; e < E; ++e) a[e] += src[e];
         }
-        update_row(s, table + r * E, acc.data(), state0 ? state0 + r * state_elems : nullptr,
-                   state1 ? state1 + r * E : nullptr);
-        s.slots[r] = -1;
+      }
+      const long long slots = static_cast<long long>(slot_rows.size());
+      for (long long k = 0; k < slots; ++k) {
+        if (k + kAhead < slots) {
+          const long long ahead = slot_rows[k + kAhead];
+          for (long long b = 0; b < E * static_cast<long long>(sizeof(T)); b += 64)
+            __builtin_prefetch(reinterpret_cast<const char*>(table + ahead * E) + b, 1);
+          if (state0) __builtin_prefetch(state0 + ahead * state_elems, 1);
+          if (state1) __builtin_prefetch(state1 + ahead * E, 1);
+        }
+        const long long r = slot_rows[k];
+        update_row(s, table + r * E, acc.data() + k * E,
+                   state0 ? state0 + r * state_elems : nullptr, state1 ? state1 + r * E : nullptr);
+        slot_of[r] = -1;
       }
     }
   }

@@ -29,6 +29,70 @@ def new_slots(num_rows: int) -> torch.Tensor:
     return torch.full((num_rows,), -1, dtype=torch.int32)
 
 
+def _state_shapes(kind: str, num_rows: int, m: int, k: int) -> tuple:
+    """The shapes of ``state`` (state0, state1) the kernel reads for ``kind`` (None: unused)."""
+    return {
+        "sgd": (None, None),
+        "adagrad": ((num_rows, m * k), None),
+        "rowwise_adagrad": ((num_rows, m), None),
+        "lazy_adam": ((num_rows, m * k), (num_rows, m * k)),
+    }[kind]
+
+
+def _check(kind, table, rows, values, state, slots) -> None:
+    """Refuse, naming the argument, what the kernel would read out of bounds or misread."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if table.dim() != 3 or not table.is_contiguous() or table.device.type != "cpu":
+        raise ValueError(
+            f"table must be a contiguous [rows, M, K] CPU tensor, got {list(table.shape)} "
+            f"on {table.device}"
+        )
+    if table.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"table must be float32 or float64, got {table.dtype}")
+    num_rows, m, k = table.shape
+    if rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64) or rows.is_cuda:
+        raise ValueError(f"rows must be a 1-D int CPU tensor, got {rows.dtype} {list(rows.shape)}")
+    if not values.is_floating_point() or values.numel() != rows.numel() * m * k:
+        raise ValueError(
+            f"values must be float [{rows.numel()}, {m * k}] (one row of M*K per row in rows), "
+            f"got {values.dtype} {list(values.shape)}"
+        )
+    if rows.numel():
+        low, high = torch.aminmax(rows)
+        if low < 0 or high >= num_rows:
+            raise ValueError(
+                f"rows must be in [0, {num_rows}) (the table's rows), got {int(low)}..{int(high)}"
+            )
+    for name, tensor, shape in zip(
+        ("state[0]", "state[1]"), state, _state_shapes(kind, *table.shape)
+    ):
+        if shape is None:
+            continue
+        if tensor is None:
+            raise ValueError(f"{kind} needs {name} {list(shape)}, got None")
+        if (
+            tuple(tensor.shape) != shape
+            or tensor.dtype != table.dtype
+            or not tensor.is_contiguous()
+            or tensor.device.type != "cpu"
+        ):
+            raise ValueError(
+                f"{kind}'s {name} must be a contiguous {table.dtype} CPU tensor {list(shape)}, "
+                f"got {tensor.dtype} {list(tensor.shape)} on {tensor.device}"
+            )
+    if (
+        slots.dtype != torch.int32
+        or tuple(slots.shape) != (num_rows,)
+        or not slots.is_contiguous()
+        or slots.device.type != "cpu"
+    ):
+        raise ValueError(
+            f"slots must be a contiguous int32 CPU tensor [{num_rows}] (new_slots), got "
+            f"{slots.dtype} {list(slots.shape)}"
+        )
+
+
 def sparse_step(
     kind: str,
     table: torch.Tensor,
@@ -44,16 +108,15 @@ def sparse_step(
     step: int,
 ) -> None:
     """Update ``table`` [R, M, K] and ``state`` in place from the gradient pairs ``rows`` [P]
-    (int64, any order, duplicates allowed) and ``values`` [P, M*K] (see kernels/cpu/table_optim.h
-    for each kind's state)."""
+    (any order, duplicates allowed, each in [0, R)) and ``values`` [P, M*K] (or [P, M, K]).
+    ``state``: adagrad (sum [R, M*K], None), rowwise_adagrad (sum [R, M], None), lazy_adam
+    (exp_avg [R, M*K], exp_avg_sq [R, M*K]), sgd (None, None); in the table's dtype. ``slots``:
+    :func:`new_slots`, -1 everywhere before and after. ``step`` counts this step (Adam's bias
+    correction). Bad arguments raise ValueError naming them."""
+    _check(kind, table, rows, values, state, slots)
     num_rows, m, k = table.shape
     rows = rows.to(torch.int64).contiguous()
     values = values.to(table.dtype).reshape(rows.numel(), m * k).contiguous()
-    for t in state:
-        if t is not None and (t.dtype != table.dtype or not t.is_contiguous()):
-            raise ValueError("the table optimizer's state must be contiguous, in the table's dtype")
-    if slots.dtype != torch.int32 or slots.numel() != num_rows:
-        raise ValueError(f"slots must be int32 [{num_rows}], got {slots.dtype} {list(slots.shape)}")
     state0, state1 = state
     _extension.require_cpu_kernels().cpu_table_optim_step(
         kind=KINDS[kind],
@@ -75,3 +138,5 @@ def sparse_step(
         step=step,
         **_lib.run_args(table),
     )
+    # Written through its pointer: tell autograd, as an in-place torch op would.
+    torch.autograd.graph.increment_version(table)
