@@ -293,9 +293,15 @@ class DenseGradient:
             return
         if self.buffer is None or self.buffer.device != self.table.device:
             self.buffer = torch.zeros_like(self.table)
-        rows, values = touched_rows(grad)
         flat = self.buffer.view(self.buffer.shape[0], -1)
-        flat.index_copy_(0, rows, values.to(flat.dtype))
+        if grad.device.type == "cpu":
+            # The pairs as they are, duplicates summed by index_add_ in pair order: the bits of
+            # the dense lookup's backward, without a sort.
+            rows, values = grad._indices()[0], grad._values()
+            flat.index_add_(0, rows, values.reshape(rows.numel(), -1).to(flat.dtype))
+        else:  # index_add_ would sum duplicates with atomics there
+            rows, values = touched_rows(grad)
+            flat.index_copy_(0, rows, values.to(flat.dtype))
         self.rows = rows
         self.table.grad = self.buffer
 
