@@ -243,3 +243,39 @@ def test_sparse_step_refuses_bad_arguments_naming_them(kind, change, match):
     with pytest.raises(ValueError, match=match):
         _step(kind, *args)
     assert torch.equal(args[0], table_before)  # nothing written
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_model_optimizer_runs_the_fused_kernel_on_the_raw_pairs(kind, monkeypatch):
+    """The trainer's optimizer on a CPU model: the lookup's raw pairs reach the kernel as they
+    are (no coalescing), and the step equals the torch path's."""
+    from fastme.models import build
+    from fastme.train.table_optim import ModelOptimizer
+
+    dims = [3, 5, 7, 4]
+    x = torch.stack([torch.arange(9) % d for d in dims], dim=1)  # duplicate rows
+    torch.manual_seed(0)
+    model = build("dnn", dims, 2, multi=True, dropout=0.0, hidden_dim=8).double()
+    twin = build("dnn", dims, 2, multi=True, dropout=0.0, hidden_dim=8).double()
+    twin.load_state_dict(model.state_dict())
+    seen = []
+    original = fused.sparse_step
+
+    def spy(kind_, table, rows, values, *args, **kwargs):
+        seen.append(rows.clone())
+        return original(kind_, table, rows, values, *args, **kwargs)
+
+    monkeypatch.setattr(fused, "sparse_step", spy)
+    ours = ModelOptimizer(model, kind, lr=1e-2, weight_decay=1e-3)
+    reference = ModelOptimizer(twin, kind, lr=1e-2, weight_decay=1e-3)
+    reference.table.fused = False
+    for net, opt in ((model, ours), (twin, reference)):
+        with opt.sparse_gradients():
+            for _ in range(2):
+                opt.zero_grad()
+                net(x).pow(2).mean().backward()
+                opt.step()
+    offsets = torch.tensor([0, *dims[:-1]]).cumsum(0)
+    assert len(seen) == 2 and torch.equal(seen[0], (x + offsets).flatten())
+    for (name, a), b in zip(twin.state_dict().items(), model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-13, msg=name)

@@ -1,8 +1,9 @@
 """Optimizers of the embedding table that read its sparse gradient (docs/training.md).
 
 A batch touches few of the table's rows, yet a dense gradient is a table-sized tensor built and
-zero-filled every step. With ``model.sparse_table`` the lookup hands the table a coalesced COO
-gradient of the touched rows only (``ops.multi_embedding_lookup(sparse_grad=True)``), and:
+zero-filled every step. With ``model.sparse_table`` the lookup hands the table a COO gradient of
+the touched rows only (``ops.multi_embedding_lookup(sparse_grad=True)``; on the CPU the raw,
+uncoalesced pairs, one per sample and field), and:
 
 - ``adam`` (the default, the paper's): torch's Adam over every parameter, exact. The table's
   sparse gradient is written into a persistent zero buffer, which Adam's one fused pass reads
