@@ -28,20 +28,46 @@ def multi_embedding_lookup(
         field_dims: [N] cardinalities used for the bounds check (default: implied by offsets and
             the table's row count).
         backend: "auto", "reference", "triton" or "cuda".
-        sparse_grad: give ``table`` a sparse gradient: a coalesced COO tensor [rows, M, K] of
-            the touched rows only (unique, sorted, duplicates summed; deterministic), for the
-            sparse table optimizers of ``fastme.train.table_optim``. The kernels' backward
-            writes a dense gradient, so this gathers through the reference on every backend and
-            device (same values as the dense path).
+        sparse_grad: give ``table`` a sparse COO gradient [rows, M, K] of the touched rows
+            only, for the sparse table optimizers of ``fastme.train.table_optim``. On the CPU
+            the forward runs ``backend``'s lookup and the gradient is *uncoalesced*: the raw
+            pairs, one per (sample, field), row ``offsets[i] + indices[b, i]`` in sample-major
+            order, which the fused table optimizers sum themselves (no sort per step; call
+            ``.coalesce()`` for unique rows). Elsewhere the lookup gathers through the reference
+            and the gradient is coalesced (unique sorted rows, duplicates summed;
+            deterministic). The values equal the dense path's.
 
     Returns:
         [B, M, N, K] embeddings, differentiable with respect to ``table``.
     """
     indices, field_dims = prepare_lookup(table, indices, offsets, field_dims)
+    fn = _backend.resolve("multi_embedding_lookup", backend, table.device)
+    if sparse_grad and table.device.type == "cpu":
+        return _RawPairsLookup.apply(table, indices, offsets, fn)
     if sparse_grad:
         return reference.multi_embedding_lookup_sparse_grad(table, indices, offsets)
-    fn = _backend.resolve("multi_embedding_lookup", backend, table.device)
     return fn(table, indices, offsets)
+
+
+class _RawPairsLookup(torch.autograd.Function):
+    """``lookup`` (a backend's) whose backward hands the table the raw (row, values) pairs as an
+    uncoalesced COO gradient: a copy of ``grad`` in pair order, no sort, no table-sized tensor.
+    The fused CPU table optimizers sum each row's pairs themselves, deterministically."""
+
+    @staticmethod
+    def forward(ctx, table, indices, offsets, lookup):
+        ctx.save_for_backward(indices, offsets)
+        ctx.table_shape = table.shape
+        return lookup(table, indices, offsets)
+
+    @staticmethod
+    def backward(ctx, grad):
+        indices, offsets = ctx.saved_tensors
+        b, m, n, k = grad.shape
+        rows = (indices.long() + offsets.long().unsqueeze(0)).reshape(1, b * n)
+        values = grad.permute(0, 2, 1, 3).reshape(b * n, m, k)  # [B, N, M, K]: pair order
+        sparse = torch.sparse_coo_tensor(rows, values, ctx.table_shape, check_invariants=False)
+        return sparse, None, None, None
 
 
 _backend.register("multi_embedding_lookup", "reference")(reference.multi_embedding_lookup)

@@ -1,8 +1,9 @@
 """Optimizers of the embedding table that read its sparse gradient (docs/training.md).
 
 A batch touches few of the table's rows, yet a dense gradient is a table-sized tensor built and
-zero-filled every step. With ``model.sparse_table`` the lookup hands the table a coalesced COO
-gradient of the touched rows only (``ops.multi_embedding_lookup(sparse_grad=True)``), and:
+zero-filled every step. With ``model.sparse_table`` the lookup hands the table a COO gradient of
+the touched rows only (``ops.multi_embedding_lookup(sparse_grad=True)``; on the CPU the raw,
+uncoalesced pairs, one per sample and field), and:
 
 - ``adam`` (the default, the paper's): torch's Adam over every parameter, exact. The table's
   sparse gradient is written into a persistent zero buffer, which Adam's one fused pass reads
@@ -14,8 +15,12 @@ gradient of the touched rows only (``ops.multi_embedding_lookup(sparse_grad=True
   touched rows only (rows never seen by a batch keep their values and state); the rest of the
   model keeps torch's Adam. Coupled L2 weight decay, when set, applies to the touched rows.
 
-The updates are vectorised torch index ops (index_select / index_copy_ / index_add_), so they run
-on any device; a fused C++ kernel for the CPU is a later step.
+On the CPU (float32 / float64 tables, with the compiled extension) the sparse kinds run a fused
+C++ kernel (kernels/cpu/table_optim.cpp): it reads the gradient's (row, values) pairs as they
+are, sums each touched row's duplicates in ascending pair order (deterministic, the same bits for
+every thread count) and updates the row and its state in place in one pass, with no coalescing.
+Elsewhere, and as the reference, the updates are vectorised torch index ops (index_select /
+index_copy_ / index_add_) on the coalesced gradient, which run on any device.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import contextlib
 import math
 
 import torch
+
+from fastme.ops.cpu import table_optim as cpu_table_optim
 
 #: ``--table-optimizer`` values; the first is the default.
 TABLE_OPTIMIZERS = ("adam", "lazy_adam", "rowwise_adagrad", "adagrad", "sgd")
@@ -61,14 +68,25 @@ def touched_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class TableOptimizer:
     """Updates one embedding table [rows, M, K] in place from its gradient, touched rows only.
 
-    Subclasses define ``kind``, the state tensors (:meth:`_init_state`) and :meth:`_update`.
-    ``step`` counts the steps taken (Adam's bias correction). The state dict holds the kind, the
-    hyper-parameters, the step and the state tensors; loading refuses another kind or shape.
+    Subclasses define ``kind``, the state tensors (:meth:`_init_state`), :meth:`_update` (the
+    torch path) and :meth:`_fused_state` (the fused CPU kernel's state arguments). ``step``
+    counts the steps taken (Adam's bias correction). ``fused``: None runs the fused CPU kernel
+    whenever it can (:func:`fastme.ops.cpu.table_optim.fused_available`), False never, True
+    always (an error where it cannot). The state dict holds the kind, the hyper-parameters, the
+    step and the state tensors; loading refuses another kind or shape.
     """
 
     kind = ""
+    eps = 0.0
 
-    def __init__(self, table: torch.nn.Parameter, lr: float, weight_decay: float = 0.0):
+    def __init__(
+        self,
+        table: torch.nn.Parameter,
+        lr: float,
+        weight_decay: float = 0.0,
+        *,
+        fused: bool | None = None,
+    ):
         if table.dim() != 3:
             raise ValueError(f"the table must be [rows, M, K], got {list(table.shape)}")
         if not lr > 0:
@@ -78,6 +96,25 @@ class TableOptimizer:
         self.table, self.lr, self.weight_decay = table, float(lr), float(weight_decay)
         self.step_count = 0
         self.state: dict[str, torch.Tensor] = self._init_state()
+        self.fused = fused
+        self._slots: torch.Tensor | None = None  # the fused kernel's row -> slot map
+
+    def _use_fused(self) -> bool:
+        if self.fused is False:
+            return False
+        ok = cpu_table_optim.fused_available(self.table) and all(
+            t.is_contiguous() for t in self.state.values()
+        )
+        if self.fused and not ok:
+            raise ValueError(
+                f"the fused {self.kind} kernel needs a contiguous float32/float64 CPU table and "
+                f"fastme's compiled extension; got a {self.table.dtype} table on "
+                f"{self.table.device}"
+            )
+        return ok
+
+    def _fused_state(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return None, None
 
     def _init_state(self) -> dict[str, torch.Tensor]:
         return {}
@@ -90,6 +127,9 @@ class TableOptimizer:
         grad = self.table.grad
         if grad is None:
             return
+        if self._use_fused():
+            self._fused_step(grad)
+            return
         rows, g = touched_rows(grad)
         self.step_count += 1
         if rows.numel() == 0:
@@ -98,6 +138,31 @@ class TableOptimizer:
         if self.weight_decay:
             g = g.add(w.index_select(0, rows), alpha=self.weight_decay)
         self._update(w, rows, g)
+
+    def _fused_step(self, grad: torch.Tensor) -> None:
+        """The fused CPU kernel on the gradient's pairs as they are (no coalescing)."""
+        if grad.is_sparse:
+            rows, values = grad._indices()[0], grad._values()
+        else:
+            rows, values = torch.arange(grad.shape[0]), grad
+        self.step_count += 1
+        if rows.numel() == 0:
+            return
+        if self._slots is None:
+            self._slots = cpu_table_optim.new_slots(self.table.shape[0])
+        cpu_table_optim.sparse_step(
+            self.kind,
+            self.table.detach(),
+            rows,
+            values,
+            self._fused_state(),
+            self._slots,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            eps=self.eps,
+            betas=_BETAS,
+            step=self.step_count,
+        )
 
     def _update(self, w: torch.Tensor, rows: torch.Tensor, g: torch.Tensor) -> None:
         raise NotImplementedError
@@ -145,6 +210,7 @@ class Adagrad(TableOptimizer):
     + eps), one accumulator per table element."""
 
     kind = "adagrad"
+    eps = _ADAGRAD_EPS
 
     def _init_state(self):
         return {"sum": torch.zeros_like(self._flat())}
@@ -154,6 +220,9 @@ class Adagrad(TableOptimizer):
         self.state["sum"].index_copy_(0, rows, s)
         w.index_add_(0, rows, g / s.sqrt_().add_(_ADAGRAD_EPS), alpha=-self.lr)
 
+    def _fused_state(self):
+        return self.state["sum"], None
+
 
 class RowwiseAdagrad(TableOptimizer):
     """FBGEMM's row-wise Adagrad with one accumulator per embedding vector: per row and set,
@@ -161,6 +230,7 @@ class RowwiseAdagrad(TableOptimizer):
     step sizes are not coupled; the state is [rows, M], 1/K of Adagrad's."""
 
     kind = "rowwise_adagrad"
+    eps = _ROWWISE_EPS
 
     def _init_state(self):
         rows, m, _ = self.table.shape
@@ -174,6 +244,9 @@ class RowwiseAdagrad(TableOptimizer):
         step = g3 / s.sqrt_().add_(_ROWWISE_EPS).unsqueeze(2)
         w.index_add_(0, rows, step.view(u, m * k), alpha=-self.lr)
 
+    def _fused_state(self):
+        return self.state["sum"], None
+
 
 class LazyAdam(TableOptimizer):
     """Adam whose moments and weights move on the touched rows only (torch.optim.Adam's formula,
@@ -181,6 +254,7 @@ class LazyAdam(TableOptimizer):
     keeps its value and moments instead of decaying them."""
 
     kind = "lazy_adam"
+    eps = _ADAM_EPS
 
     def _init_state(self):
         flat = self._flat()
@@ -196,6 +270,9 @@ class LazyAdam(TableOptimizer):
         bias1, bias2_sqrt = 1 - b1**t, math.sqrt(1 - b2**t)
         denom = v.sqrt_().div_(bias2_sqrt).add_(_ADAM_EPS)
         w.index_add_(0, rows, m.div_(denom), alpha=-self.lr / bias1)
+
+    def _fused_state(self):
+        return self.state["exp_avg"], self.state["exp_avg_sq"]
 
 
 SPARSE_OPTIMIZERS = {cls.kind: cls for cls in (LazyAdam, RowwiseAdagrad, Adagrad, SGD)}
@@ -217,9 +294,15 @@ class DenseGradient:
             return
         if self.buffer is None or self.buffer.device != self.table.device:
             self.buffer = torch.zeros_like(self.table)
-        rows, values = touched_rows(grad)
         flat = self.buffer.view(self.buffer.shape[0], -1)
-        flat.index_copy_(0, rows, values.to(flat.dtype))
+        if grad.device.type == "cpu":
+            # The pairs as they are, duplicates summed by index_add_ in pair order: the bits of
+            # the dense lookup's backward, without a sort.
+            rows, values = grad._indices()[0], grad._values()
+            flat.index_add_(0, rows, values.reshape(rows.numel(), -1).to(flat.dtype))
+        else:  # index_add_ would sum duplicates with atomics there
+            rows, values = touched_rows(grad)
+            flat.index_copy_(0, rows, values.to(flat.dtype))
         self.rows = rows
         self.table.grad = self.buffer
 

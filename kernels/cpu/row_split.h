@@ -27,12 +27,11 @@ inline std::vector<long long> pair_rows(int threads, const IndexArgs& ix) {
 
 // Split the rows into `buckets` ranges holding about as many pairs each (quantiles of a sorted
 // sample of the pairs' rows): one thread sums each range, so that no row is shared.
-inline std::vector<long long> row_bounds(const std::vector<long long>& rows, long long num_rows,
-                                  int buckets) {
+inline std::vector<long long> row_bounds(const long long* rows, long long pairs,
+                                         long long num_rows, int buckets) {
   std::vector<long long> bounds(buckets + 1, 0);
   bounds[buckets] = num_rows;
   if (buckets > 1) {
-    const long long pairs = static_cast<long long>(rows.size());
     const long long size = std::min<long long>(pairs, 256LL * buckets);
     std::vector<long long> sample(size);
     for (long long s = 0; s < size; ++s) sample[s] = rows[s * pairs / size];
@@ -40,6 +39,11 @@ inline std::vector<long long> row_bounds(const std::vector<long long>& rows, lon
     for (int q = 1; q < buckets; ++q) bounds[q] = sample[q * size / buckets];
   }
   return bounds;
+}
+
+inline std::vector<long long> row_bounds(const std::vector<long long>& rows, long long num_rows,
+                                         int buckets) {
+  return row_bounds(rows.data(), static_cast<long long>(rows.size()), num_rows, buckets);
 }
 
 

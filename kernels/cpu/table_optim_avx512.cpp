@@ -1,0 +1,5 @@
+// The fused table optimizers' inner loops for the avx512 ISA (compiler flags: CMakeLists.txt).
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define FASTME_CPU_ISA_NS avx512
+#include "table_optim_kernels.h"
+#endif
