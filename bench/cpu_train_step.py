@@ -4,7 +4,10 @@ in one process (docs/cpu.md).
 
     PYTHONPATH=$PWD python bench/cpu_train_step.py [--scale 4] [--batch 512] [--repeats 10]
 
-The data's 16 fields (field dims of ``make_synthetic``'s default, kept values), K=10 per set,
+``--data synthetic`` (default): the built-in data's 16 fields (field dims of ``make_synthetic``'s
+default, kept values), batches of its rows. ``--data criteo``: the Criteo Kaggle cardinalities
+(39 fields, ~1.09M rows: the table of the paper's setting, 174 MB at x4), values uniform per
+field, labels random (the step's cost does not depend on them). K=10 per set,
 the paper's Adam (lr 1e-3, weight decay 1e-6, fused as the trainer runs it). ``--table-optimizer``
 picks the update(s): ``dense`` (torch's Adam on the dense table gradient, the step before the
 sparse table optimizers) or a trainer ``--table-optimizer`` (``adam``: the exact Adam on the
@@ -31,6 +34,7 @@ from cpu_lookup import cpu_model
 import fastme.models
 from fastme._extension import load
 from fastme.data import make_synthetic
+from fastme.distributed.cost import CRITEO_KAGGLE_FIELD_DIMS
 from fastme.train.table_optim import TABLE_OPTIMIZERS, ModelOptimizer
 
 
@@ -64,6 +68,7 @@ def main():
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--multi", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--data", choices=["synthetic", "criteo"], default="synthetic")
     parser.add_argument(
         "--table-optimizer",
         nargs="+",
@@ -82,19 +87,25 @@ def main():
         f"CPU: {cpu_model()}; ISA of the CPU kernels: {load().cpu_isa()}; "
         f"threads: {torch.get_num_threads()}; torch {torch.__version__}"
     )
-    data = make_synthetic(20_000, seed=0)
-    torch.manual_seed(0)
-    base = fastme.models.build("dcnv2", data.field_dims, args.scale, multi=args.multi)
     g = torch.Generator().manual_seed(0)
-    batches = []
-    for _ in range(4):
-        rows = torch.randint(0, len(data.y), (args.batch,), generator=g)
-        batches.append(
-            (
-                torch.as_tensor(data.x[rows.numpy()]).long(),
-                torch.as_tensor(data.y[rows.numpy()]).float(),
-            )
-        )
+    if args.data == "criteo":
+        field_dims = list(CRITEO_KAGGLE_FIELD_DIMS)
+        dims = torch.tensor(field_dims, dtype=torch.float64)
+
+        def batch():
+            x = torch.rand(args.batch, len(field_dims), generator=g, dtype=torch.float64) * dims
+            return x.long(), torch.randint(0, 2, (args.batch,), generator=g).float()
+    else:
+        data = make_synthetic(20_000, seed=0)
+        field_dims = data.field_dims
+
+        def batch():
+            rows = torch.randint(0, len(data.y), (args.batch,), generator=g).numpy()
+            return torch.as_tensor(data.x[rows]).long(), torch.as_tensor(data.y[rows]).float()
+
+    torch.manual_seed(0)
+    base = fastme.models.build("dcnv2", field_dims, args.scale, multi=args.multi)
+    batches = [batch() for _ in range(4)]
     steps = {}
     for table_opt in args.table_optimizer:
         for backend in args.backends:
@@ -112,7 +123,10 @@ def main():
             steps[name](*batches[r % len(batches)])
             times[name].append(time.perf_counter() - start)
     kind = "ME" if args.multi else "SE"
-    print(f"{kind}-DCNv2 x{args.scale}, B={args.batch}, load average {load_avg:.2f}")
+    print(
+        f"{kind}-DCNv2 x{args.scale}, B={args.batch}, {args.data} fields "
+        f"({sum(field_dims):,} table rows), load average {load_avg:.2f}"
+    )
     for name, ts in times.items():
         first = next(iter(times.values()))
         ratio = statistics.median(ref / mine for ref, mine in zip(first, ts, strict=True))
