@@ -2,6 +2,8 @@
 // Host entry points of the grouped multi-set lookup on the CPU (kernels/cpu/lookup.cpp), bound to
 // Python in kernels/cpu/lookup_bind.cpp. Pointers are host pointers to contiguous tensors torch
 // allocated; `threads` is the OpenMP team size (torch.get_num_threads()).
+#include <utility>
+
 #include "types.h"
 
 namespace fastme {
@@ -17,6 +19,15 @@ void cpu_lookup_forward(int threads, DType dtype, const void* table, const Index
 // rounded once.
 void cpu_lookup_backward(int threads, DType dtype, const void* grad, const IndexArgs& ix,
                          int num_sets, int dim, void* grad_table);
+
+// The index bounds check of every lookup op on CPU tensors (fastme/ops/_validation.py): the
+// pairs (b, i) of indices [batch, num_fields] whose value is outside [0, field_dims[i]). Returns
+// (the first such pair in row-major order as b * num_fields + i, or -1; how many there are), in
+// one pass over the indices, without the temporaries of the torch expression.
+std::pair<long long, long long> cpu_check_indices(int threads, const void* indices,
+                                                  bool indices_int64, long long batch,
+                                                  long long num_fields, const void* field_dims,
+                                                  bool field_dims_int64);
 
 }  // namespace kernels
 }  // namespace fastme

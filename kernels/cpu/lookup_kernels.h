@@ -1,5 +1,6 @@
 // The CPU lookup's inner loops for the ISA of the including translation unit
 // (kernels/cpu/lookup_<isa>.cpp defines FASTME_CPU_ISA_NS and is compiled with that ISA's flags).
+#include <cstdint>
 #include <cstring>
 
 #include "index.h"
@@ -42,21 +43,43 @@ void scatter_impl(int threads, const T* src, const long long* rows, const long l
 
 }  // namespace
 
+// Pairs whose table row is prefetched ahead of its copy: the table (~1M rows) is far larger than
+// the caches and a sample's N rows are random, so without it each copy waits for its row.
+constexpr long long kPrefetchPairs = 16;
+
+inline void prefetch_bytes(const char* p, long long n) {
+  const char* end = p + n;
+  for (const char* line = reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t{63});
+       line < end; line += 64)
+    __builtin_prefetch(line, 0, 3);
+}
+
 void gather(int threads, int elem_size, const void* table, const kernels::IndexArgs& ix,
             int num_sets, int dim, void* out) {
   const long long B = ix.batch, N = ix.num_fields, M = num_sets;
   const long long run = static_cast<long long>(dim) * elem_size;  // bytes of one set's row
+  const long long row_bytes = M * run;
   const char* t = static_cast<const char*>(table);
   char* o = static_cast<char*>(out);
   // A sample's row of every field is read once, as one contiguous run of M*K elements, and
-  // written as M runs of K into the M planes [b, m, :, :].
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (long long b = 0; b < B; ++b) {
-    char* sample = o + b * M * N * run;
-    for (long long i = 0; i < N; ++i) {
-      const char* row = t + global_row(ix, b, i) * M * run;
-      char* dst = sample + i * run;
-      for (long long m = 0; m < M; ++m) copy_bytes(dst + m * N * run, row + m * run, run);
+  // written as M runs of K into the M planes [b, m, :, :]. Each thread's samples are one block;
+  // the row of the pair kPrefetchPairs ahead (in b * N + i order) is prefetched.
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (long long b = 0; b < B; ++b) {
+      char* sample = o + b * M * N * run;
+      long long ab = b, ai = kPrefetchPairs;  // the pair ahead: (b, 0) + kPrefetchPairs
+      for (; ai >= N; ai -= N) ++ab;
+      for (long long i = 0; i < N; ++i) {
+        if (ab < B) {
+          prefetch_bytes(t + global_row(ix, ab, ai) * row_bytes, row_bytes);
+          if (++ai == N) ai = 0, ++ab;
+        }
+        const char* row = t + global_row(ix, b, i) * row_bytes;
+        char* dst = sample + i * run;
+        for (long long m = 0; m < M; ++m) copy_bytes(dst + m * N * run, row + m * run, run);
+      }
     }
   }
 }
