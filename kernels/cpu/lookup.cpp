@@ -143,6 +143,38 @@ void cpu_lookup_forward(int threads, DType dtype, const void* table, const Index
   }
 }
 
+void cpu_lookup_forward_to(int threads, const void* table, const IndexArgs& ix, int num_sets,
+                           int dim, DType out_dtype, void* out) {
+  threads = std::max(threads, 1);
+  const float* t = static_cast<const float*>(table);
+  if (out_dtype == DType::kBFloat16) {
+    std::uint16_t* o = static_cast<std::uint16_t*>(out);
+    switch (cpu::active_isa()) {
+#ifdef FASTME_CPU_X86
+      case Isa::kAvx512:
+        return cpu::avx512::gather_to_bf16(threads, t, ix, num_sets, dim, o);
+      case Isa::kAvx2:
+        return cpu::avx2::gather_to_bf16(threads, t, ix, num_sets, dim, o);
+#endif
+      default:
+        return cpu::generic::gather_to_bf16(threads, t, ix, num_sets, dim, o);
+    }
+  }
+  if (out_dtype != DType::kFloat16)
+    throw std::invalid_argument("fastme: cpu_lookup_forward_to converts to bfloat16 or float16");
+  // float16: element by element (no vector conversion here; rarely used on CPUs)
+  const long long B = ix.batch, N = ix.num_fields, M = num_sets, K = dim;
+  std::uint16_t* o = static_cast<std::uint16_t*>(out);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long long b = 0; b < B; ++b)
+    for (long long i = 0; i < N; ++i) {
+      const float* row = t + cpu::global_row(ix, b, i) * M * K;
+      for (long long m = 0; m < M; ++m)
+        for (long long k = 0; k < K; ++k)
+          o[((b * M + m) * N + i) * K + k] = cpu::float_to_fp16(row[m * K + k]);
+    }
+}
+
 void cpu_lookup_backward(int threads, DType dtype, const void* grad, const IndexArgs& ix,
                          int num_sets, int dim, void* grad_table) {
   threads = std::max(threads, 1);

@@ -13,6 +13,11 @@ namespace kernels {
 void cpu_lookup_forward(int threads, DType dtype, const void* table, const IndexArgs& ix,
                         int num_sets, int dim, void* out);
 
+// The same from a float32 table into bfloat16 (out_dtype kBFloat16, rounded as torch rounds) or
+// float16 out: the x_0 of a cross network under autocast, without a float32 copy and a cast.
+void cpu_lookup_forward_to(int threads, const void* table, const IndexArgs& ix, int num_sets,
+                           int dim, DType out_dtype, void* out);
+
 // The dense table gradient: grad_table[r] = sum of grad[b, :, i, :] over the pairs (b, i) of row
 // r, in ascending pair order (deterministic, the order of torch's index_add_), zero for rows no
 // pair touches; every row of grad_table is written. 16-bit gradients are summed in float32 and

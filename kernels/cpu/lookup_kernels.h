@@ -84,6 +84,33 @@ void gather(int threads, int elem_size, const void* table, const kernels::IndexA
   }
 }
 
+void gather_to_bf16(int threads, const float* table, const kernels::IndexArgs& ix, int num_sets,
+                    int dim, std::uint16_t* out) {
+  const long long B = ix.batch, N = ix.num_fields, M = num_sets, K = dim;
+  const long long row_bytes = M * K * static_cast<long long>(sizeof(float));
+  // As gather, each run rounded to bfloat16 on its way (the x_0 of a bf16 cross network: no
+  // float32 [B, M, N, K] written and read again by a cast).
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (long long b = 0; b < B; ++b) {
+      std::uint16_t* sample = out + b * M * N * K;
+      long long ab = b, ai = kPrefetchPairs;
+      for (; ai >= N; ai -= N) ++ab;
+      for (long long i = 0; i < N; ++i) {
+        if (ab < B) {
+          prefetch_bytes(reinterpret_cast<const char*>(table + global_row(ix, ab, ai) * M * K),
+                         row_bytes);
+          if (++ai == N) ai = 0, ++ab;
+        }
+        const float* row = table + global_row(ix, b, i) * M * K;
+        std::uint16_t* dst = sample + i * K;
+        for (long long m = 0; m < M; ++m) float_run_to_bf16(dst + m * N * K, row + m * K, K);
+      }
+    }
+  }
+}
+
 void scatter(int threads, const float* src, const long long* rows, const long long* bounds,
              int buckets, const kernels::IndexArgs& ix, int num_sets, int dim, float* grad) {
   scatter_impl(threads, src, rows, bounds, buckets, ix, num_sets, dim, grad);

@@ -17,7 +17,7 @@ import torch
 from fastme._extension import require_cpu_kernels
 from fastme.ops._policy import acc_dtype
 from fastme.ops.cpu import BACKEND, _lib
-from fastme.ops.cpu.lookup import lookup_forward
+from fastme.ops.cpu.lookup import lookup_forward, lookup_forward_to
 
 
 def _planes(states: torch.Tensor, batch: int, sets: int, dim: int) -> torch.Tensor:
@@ -83,9 +83,16 @@ def cross_forward(x0, weight, bias, save):
 
 
 def lookup_cross_forward(table, indices, offsets, weight, bias, save):
-    """The lookup writes x_0, then the cross network runs."""
+    """The lookup writes x_0 (in the weights' dtype: bfloat16 or float16 weights with a float32
+    table, under autocast, are gathered straight into it), then the cross network runs."""
     (b, n), (_, m, k) = indices.shape, table.shape
-    x0 = lookup_forward(table, indices, offsets).reshape(b, m, n * k)
+    if weight.dtype == table.dtype:
+        x0 = lookup_forward(table, indices, offsets)
+    elif table.dtype == torch.float32 and weight.dtype in (torch.bfloat16, torch.float16):
+        x0 = lookup_forward_to(table, indices, offsets, weight.dtype)
+    else:
+        x0 = lookup_forward(table, indices, offsets).to(weight.dtype)
+    x0 = x0.reshape(b, m, n * k)
     out, states = cross_forward(x0, weight, bias, save)
     return out, x0, states
 
