@@ -302,3 +302,27 @@ def test_bounds_check_names_the_first_bad_pair_and_counts_the_clamped():
             out = ops.multi_embedding_lookup(table, indices.int(), offsets)
     torch.testing.assert_close(out[1, :, 1], table[4 + 5])
     torch.testing.assert_close(out[3, :, 0], table[0])
+
+
+def test_an_extension_older_than_the_cpu_entry_points_falls_back_to_torch(monkeypatch):
+    """An extension built from older sources (a CPU lookup, but no bounds-check kernel) is
+    reported as predating the CPU kernels; the bounds check then runs the torch expression, with
+    the same error."""
+    import types
+
+    from fastme import _extension
+    from fastme.ops import _validation
+
+    stale = types.SimpleNamespace(cpu_lookup_forward=None, cpu_isa=lambda: "generic")
+    monkeypatch.setattr(_extension, "load", lambda: stale)
+    _extension._cpu_problem_uncached.cache_clear()
+    try:
+        assert "predates the CPU kernels" in _extension.cpu_problem()
+        table, indices, offsets = inputs()
+        indices[2, 1] = 6
+        assert _validation._cpu_bad_pairs(indices, torch.tensor([4, 6])) is None
+        with pytest.raises(IndexError, match=r"indices\[2, 1\] = 6 is out of range for field 1"):
+            ops.multi_embedding_lookup(table, indices, offsets, backend="reference")
+    finally:
+        monkeypatch.undo()
+        _extension._cpu_problem_uncached.cache_clear()
