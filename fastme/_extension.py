@@ -79,7 +79,8 @@ def _cpu_problem_uncached() -> str:
         ext = load()
     except ExtensionUnavailable as exc:
         return str(exc)
-    if not hasattr(ext, "cpu_lookup_forward"):
+    # the newest CPU entry points: an extension built from older sources lacks them
+    if not all(hasattr(ext, name) for name in ("cpu_lookup_forward_to", "cpu_check_indices")):
         return "fastme's compiled extension predates the CPU kernels; rebuild it (pip install -e .)"
     return ""
 

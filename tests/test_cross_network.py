@@ -372,3 +372,30 @@ def test_second_device(backend):
             kernel(ops.cross_network, backend), reference.cross_network, (x0, weight, bias)
         )
     assert out.device == grads[0].device == torch.device("cuda:1")
+
+
+@_needs_cpu_kernels
+@pytest.mark.parametrize("layers", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_cpu_inference_forward_in_chunks_of_samples_matches_the_reference(
+    layers, dtype, monkeypatch
+):
+    """Without saved states the CPU forward runs the batch in chunks of samples (scratch buffers
+    of at most ``_SCRATCH_BYTES`` each; here tiny: 7 chunks, the last one short), through the
+    fused lookup too: the reference's values, and the unchunked forward's."""
+    from fastme.ops.cpu import cross
+
+    table, indices, offsets, _, weight, bias = random_inputs(
+        50, [3, 4, 2], 2, 3, layers, dtype=dtype, device="cpu"
+    )
+    x0 = reference.multi_embedding_lookup(table, indices, offsets).reshape(50, 2, 9)
+    whole = torch.ops.fastme.cpu_cross_network(x0, weight, bias, False)[0]
+    monkeypatch.setattr(cross, "_SCRATCH_BYTES", 2 * 8 * 9 * x0.element_size())
+    with torch.no_grad():
+        chunked = ops.cross_network(x0, weight, bias, backend="cpu")
+        fused = ops.lookup_cross_network(table, indices, offsets, weight, bias, backend="cpu")
+        expect = reference.cross_network(x0.double(), weight.double(), bias.double())
+    tol = TOL[dtype] * layers
+    torch.testing.assert_close(chunked.double(), expect, rtol=tol, atol=tol)
+    torch.testing.assert_close(chunked, whole, rtol=tol, atol=tol)
+    assert torch.equal(fused, chunked)

@@ -304,6 +304,30 @@ def test_cpu_kernels_equal_the_reference_bitwise_on_every_isa(isa, shape, dtype)
 
 
 @_needs_cpu_kernels
+@pytest.mark.parametrize("isa", cpu_isas())
+def test_cpu_forward_copies_runs_of_every_length_on_every_isa(isa):
+    """The gather copies each set's row as one run of K elements (two overlapping 32-byte moves
+    for 32..64 bytes, masked or scalar tails otherwise) and prefetches rows ahead of the copy
+    (past each thread's block of samples too): the reference's bits for every run length from 2
+    to 280 bytes, int32 and int64 indices, with 1, 3 and 64 threads (more than samples)."""
+    previous = torch.get_num_threads()
+    try:
+        for dtype in (torch.float64, torch.float32, torch.bfloat16):
+            for k in range(1, 36):
+                torch.set_num_threads((1, 3, 64)[k % 3])
+                table, indices, offsets = lookup_inputs(
+                    23, [5, 1, 900], 3, k, dtype=dtype, device="cpu"
+                )
+                indices = indices.int() if k % 2 else indices
+                with use_cpu_isa(isa):
+                    out = ops.multi_embedding_lookup(table, indices, offsets, backend="cpu")
+                expect = reference.multi_embedding_lookup(table, indices, offsets)
+                assert torch.equal(out, expect), (dtype, k)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@_needs_cpu_kernels
 @pytest.mark.parametrize("threads", [1, 3, 8])
 def test_cpu_table_gradient_is_the_same_for_every_thread_count(threads):
     """Rows are split into per-thread ranges (more than one range from 2048 pairs per thread):

@@ -299,3 +299,37 @@ def test_cpu_dropout_keeps_one_minus_p_scaled_and_its_gradient_is_the_mask():
     torch.testing.assert_close(grad, kept.double() / 0.7)
     drop.eval()
     assert torch.equal(drop(x), x)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_eval_set_projection_folds_batchnorm_into_the_linear_exactly(grad):
+    """In eval mode SetProjection/SetBlock fold the BatchNorm (running statistics, affine and
+    not) into the per-set Linear and sum the sets as they come; the same function as the
+    training-mode composition Linear -> BatchNorm(eval) -> ReLU -> mean, in float64."""
+    from fastme.models.layers import SetBlock, SetProjection
+
+    torch.manual_seed(0)
+    proj = SetProjection(3, 7, 5, dropout=0.3).double()
+    norm = proj.block.norm
+    norm.running_mean.uniform_(-1, 1)
+    norm.running_var.uniform_(0.5, 2)
+    norm.weight.data.uniform_(0.5, 1.5)
+    norm.bias.data.uniform_(-0.5, 0.5)
+    x = torch.randn(11, 3, 7, dtype=torch.float64, requires_grad=grad)
+    proj.eval()
+    with torch.set_grad_enabled(grad):
+        got = proj(x)
+        block = proj.block
+        y = torch.einsum("bmi,moi->bmo", x, block.linear.weight) + block.linear.bias
+        expect = torch.relu(block.norm(y.reshape(11, 15)).reshape(11, 3, 5))
+        torch.testing.assert_close(block(x), expect, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got, expect.mean(1), rtol=1e-12, atol=1e-12)
+    if grad:  # eval-mode gradients (analysis) flow through the folded path
+        (gx,) = torch.autograd.grad(got.sum(), x)
+        (ex,) = torch.autograd.grad(expect.mean(1).sum(), x)
+        torch.testing.assert_close(gx, ex)
+    plain = SetBlock(3, 7, 5, dropout=0.0, activation=True).double().eval()
+    plain.norm = torch.nn.BatchNorm1d(15, affine=False).double().eval()
+    y = torch.einsum("bmi,moi->bmo", x.detach(), plain.linear.weight) + plain.linear.bias
+    expect = torch.relu(plain.norm(y.reshape(11, 15)).reshape(11, 3, 5))
+    torch.testing.assert_close(plain(x.detach()), expect, rtol=1e-12, atol=1e-12)

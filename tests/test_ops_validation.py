@@ -258,3 +258,71 @@ def test_a_backend_that_cannot_load_keeps_its_own_cross_state_layout():
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["3"]
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("dims_dtype", [torch.int32, torch.int64])
+def test_cpu_bounds_check_kernel_finds_what_the_torch_check_finds(index_dtype, dims_dtype):
+    """On CPU tensors the bounds check runs as one pass of a C++ kernel
+    (``cpu_check_indices``, several threads on large batches): the same first bad pair in
+    row-major order and the same count as the torch expression, wherever the bad pairs are."""
+    from fastme.ops import _validation
+
+    if _validation._cpu_bad_pairs(torch.zeros(1, 1, dtype=torch.long), torch.ones(1)) is None:
+        pytest.skip("CPU kernels unavailable")
+    g = torch.Generator().manual_seed(0)
+    dims = torch.randint(1, 50, (37,), generator=g).to(dims_dtype)
+    batch = 9000  # 333k pairs: the kernel splits them over threads
+    ok = (torch.rand(batch, 37, generator=g) * dims).long()
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            for bad_at in ([], [(8999, 36)], [(5000, 3), (7000, 0)], [(0, 5), (4500, 2)]):
+                x = ok.clone()
+                for b, i in bad_at:
+                    x[b, i] = int(dims[i]) if b % 2 else -1
+                x = x.to(index_dtype)
+                first, count = _validation._cpu_bad_pairs(x, dims)
+                bad = (x < 0) | (x >= dims.to(x.dtype))
+                assert count == int(bad.sum()) == len(bad_at)
+                where = bad.nonzero()
+                assert first == (int(where[0, 0]) * 37 + int(where[0, 1]) if count else -1)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_bounds_check_names_the_first_bad_pair_and_counts_the_clamped():
+    table, indices, offsets = inputs()
+    indices[3, 0], indices[1, 1] = -1, 6
+    with pytest.raises(IndexError, match=r"indices\[1, 1\] = 6 is out of range for field 1"):
+        ops.multi_embedding_lookup(table, indices, offsets)
+    with bounds_check("clamp"):
+        with pytest.warns(RuntimeWarning, match="^2 out-of-range entries in indices were clamped"):
+            out = ops.multi_embedding_lookup(table, indices.int(), offsets)
+    torch.testing.assert_close(out[1, :, 1], table[4 + 5])
+    torch.testing.assert_close(out[3, :, 0], table[0])
+
+
+def test_an_extension_older_than_the_cpu_entry_points_falls_back_to_torch(monkeypatch):
+    """An extension built from older sources (a CPU lookup, but no bounds-check kernel) is
+    reported as predating the CPU kernels; the bounds check then runs the torch expression, with
+    the same error."""
+    import types
+
+    from fastme import _extension
+    from fastme.ops import _validation
+
+    stale = types.SimpleNamespace(cpu_lookup_forward=None, cpu_isa=lambda: "generic")
+    monkeypatch.setattr(_extension, "load", lambda: stale)
+    _extension._cpu_problem_uncached.cache_clear()
+    try:
+        assert "predates the CPU kernels" in _extension.cpu_problem()
+        table, indices, offsets = inputs()
+        indices[2, 1] = 6
+        assert _validation._cpu_bad_pairs(indices, torch.tensor([4, 6])) is None
+        with pytest.raises(IndexError, match=r"indices\[2, 1\] = 6 is out of range for field 1"):
+            ops.multi_embedding_lookup(table, indices, offsets, backend="reference")
+    finally:
+        monkeypatch.undo()
+        _extension._cpu_problem_uncached.cache_clear()

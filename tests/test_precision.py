@@ -254,3 +254,58 @@ def test_default_threads(monkeypatch, capsys, restore_threads):
     monkeypatch.delenv("OMP_NUM_THREADS")
     threads, why = default_threads()
     assert 1 <= threads <= len(os.sched_getaffinity(0)) and why
+
+
+@pytest.mark.skipif("cpu" not in KERNELS, reason="no compiled CPU kernels here")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_fused_lookup_cross_gathers_x0_in_the_autocast_dtype_for_inference(dtype, monkeypatch):
+    """Under autocast without gradients the cpu backend runs its fused lookup + cross network
+    with the weights cast and x_0 gathered straight into the autocast dtype (no float32 x_0 and
+    cast): the bits of the unfused lookup -> cast -> cross network, eager and compiled."""
+    from fastme.ops.cpu import cross
+
+    gathers = []
+    monkeypatch.setattr(
+        cross,
+        "lookup_forward_to",
+        lambda *args, _real=cross.lookup_forward_to: gathers.append(args[-1]) or _real(*args),
+    )
+    table, indices, offsets, weight, bias, _, _ = _op_inputs(batch=37, sets=3, dim=5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        fused = ops.lookup_cross_network(table, indices, offsets, weight, bias, backend="cpu")
+        x0 = ops.multi_embedding_lookup(table, indices, offsets, backend="cpu")
+        unfused = ops.cross_network(x0.reshape(37, 3, -1), weight, bias, backend="cpu")
+        compiled = torch.compile(
+            lambda *a: ops.lookup_cross_network(*a, backend="cpu"), fullgraph=True
+        )(table, indices, offsets, weight, bias)
+    assert gathers == [dtype, dtype]  # eager, then the compiled graph's call of the same op
+    assert fused.dtype == dtype
+    assert torch.equal(fused, unfused) and torch.equal(compiled, unfused)
+
+
+@pytest.mark.skipif("cpu" not in KERNELS, reason="no compiled CPU kernels here")
+def test_cpu_gather_into_16_bits_rounds_as_torch_on_every_isa():
+    """The float32 -> bfloat16 / float16 gather rounds each element as ``Tensor.to``: ties to
+    even, infinities, subnormals and values past the 16-bit range, on every ISA."""
+    from fastme import _extension
+    from fastme.ops.cpu.lookup import lookup_forward, lookup_forward_to
+
+    ext = _extension.load()
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(600, 2, 19, generator=g) * torch.logspace(-42, 38, 600).view(-1, 1, 1)
+    ties = torch.arange(2**16, 2**16 + 600 * 38, dtype=torch.int32) << 15  # low 16 bits 0x8000
+    table.view(-1)[: ties.numel()] = ties.view(torch.float32)
+    table[0, 0, :3] = torch.tensor([float("inf"), -float("inf"), 7e4])
+    indices = torch.randint(0, 600, (300, 1), generator=g)
+    indices[: 600 // 2, 0] = torch.arange(300)
+    offsets = torch.tensor([0])
+    previous = ext.cpu_isa()
+    try:
+        for isa in ext.cpu_supported_isas():
+            ext.cpu_set_isa(isa)
+            for dtype in (torch.bfloat16, torch.float16):
+                got = lookup_forward_to(table, indices, offsets, dtype)
+                expect = lookup_forward(table, indices, offsets).to(dtype)
+                assert torch.equal(got.view(torch.int16), expect.view(torch.int16)), (isa, dtype)
+    finally:
+        ext.cpu_set_isa(previous)

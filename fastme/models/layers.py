@@ -104,12 +104,45 @@ class SetBlock(nn.Module):
             self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inference_ready() and x.dim() == 3:
+            return self._inference_forward(x)
         y = self.linear(x)
         if not self.activation:
             return y
         b, m, d = y.shape
         y = self.norm(y.reshape(b, m * d)).reshape(b, m, d)
         return self.dropout(torch.relu(y))
+
+    def inference_ready(self) -> bool:
+        """Eval mode with running statistics: the BatchNorm is an affine map that folds into the
+        Linear (:meth:`folded`)."""
+        return self.activation and not self.training and self.norm.running_var is not None
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight [M, out, in], bias [M, out]) of the Linear with the eval BatchNorm folded in."""
+        norm, linear = self.norm, self.linear
+        sets, out, _ = linear.weight.shape
+        scale = (norm.running_var + norm.eps).rsqrt()
+        if norm.weight is not None:
+            scale = scale * norm.weight
+        shift = -norm.running_mean * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias
+        scale, shift = scale.view(sets, out), shift.view(sets, out)
+        return linear.weight * scale.unsqueeze(-1), linear.bias * scale + shift
+
+    def set_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Eval mode: each set's ReLU(BatchNorm(Linear)) [B, out], one ``addmm`` (bias and the
+        folded BatchNorm included) and one in-place ReLU per set on x's strided rows (dropout is
+        the identity). The einsum + bias + BatchNorm + ReLU passes and their layout copies were
+        ~40% of an ME-DCNv2 x4 CPU inference in bf16; a ``baddbmm`` over the sets copies its
+        strided input and was slower too."""
+        weight, bias = self.folded()
+        relu = torch.relu if torch.is_grad_enabled() else torch.relu_  # eval may still need grads
+        return [relu(torch.addmm(bias[m], x[:, m], weight[m].t())) for m in range(len(weight))]
+
+    def _inference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack(self.set_outputs(x), dim=1)
 
 
 def hidden_block(in_dim: int, out_dim: int, dropout: float) -> nn.Sequential:
@@ -140,6 +173,16 @@ class SetProjection(nn.Module):
             self.after_mean = nn.Sequential(nn.BatchNorm1d(out_dim), nn.ReLU(), Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.block.inference_ready() and x.dim() == 3:
+            # eval: the sets' outputs summed as they come (16-bit ones in float32, rounded once)
+            outputs = self.block.set_outputs(x)
+            total = outputs[0].to(torch.promote_types(outputs[0].dtype, torch.float32))
+            if torch.is_grad_enabled():
+                total = torch.stack([total, *outputs[1:]]).sum(0) if len(outputs) > 1 else total
+                return (total / len(outputs)).to(outputs[0].dtype)
+            for y in outputs[1:]:
+                total.add_(y)
+            return total.div_(len(outputs)).to(outputs[0].dtype)
         return self.after_mean(self.block(x).mean(dim=1))
 
 

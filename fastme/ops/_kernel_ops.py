@@ -52,6 +52,10 @@ class KernelBackend:
     cross_states: Callable[[int, bool], int]  # planes of the cross network's ``states``
     # literal custom-op name -> "module.function" of the host function, relative to ``package``
     host_functions: Mapping[str, str] = field(default_factory=dict)
+    # Its lookup_cross_network takes weights in autocast's dtype with the (float32) table and
+    # gathers x_0 straight into that dtype: under autocast, when no gradient is needed
+    # (inference), the fused op runs instead of a float32 lookup, a cast and the cross network.
+    mixed_lookup_cross: bool = False
 
     def ops(self) -> dict[str, str]:
         """Op kind (the name after ``fastme::<backend>_``) -> custom-op name."""

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import torch
 
+from fastme import _extension
 from fastme.ops._policy import autocast_dtype
 
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -112,6 +113,16 @@ def apply_bounds_check(
     mode = mode or _bounds_check_mode
     if mode == "off" or indices.numel() == 0:
         return indices
+    found = _cpu_bad_pairs(indices, field_dims) if mode in ("error", "clamp") else None
+    if found is not None:
+        first, count = found
+        if count == 0:
+            return indices
+        if mode == "error":
+            b, i = divmod(first, indices.shape[1])
+            _raise_out_of_range(indices, field_dims, name, b, i)
+        _warn_clamped(count, name)
+        return _clamp(indices, field_dims.to(indices.dtype).unsqueeze(0))
     limits = field_dims.to(indices.dtype).unsqueeze(0)
     bad = (indices < 0) | (indices >= limits)
     if torch.compiler.is_compiling():
@@ -127,23 +138,54 @@ def apply_bounds_check(
     if mode == "error":
         if bool(bad.any()):
             b, i = (int(v) for v in bad.nonzero()[0])
-            raise IndexError(
-                f"{name}[{b}, {i}] = {int(indices[b, i])} is out of range for field {i} "
-                f"(cardinality {int(field_dims[i])}); indices must satisfy 0 <= x < field_dims"
-            )
+            _raise_out_of_range(indices, field_dims, name, b, i)
         return indices
     if mode == "clamp":
         if bool(bad.any()):
-            import warnings
-
-            warnings.warn(
-                f"{int(bad.sum())} out-of-range entries in {name} were clamped",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return torch.minimum(indices.clamp_min(0), limits - 1)
+            _warn_clamped(int(bad.sum()), name)
+            return _clamp(indices, limits)
         return indices
     raise ValueError(f"bounds check mode must be one of {BOUNDS_CHECK_MODES}, got {mode!r}")
+
+
+def _cpu_bad_pairs(indices: torch.Tensor, field_dims: torch.Tensor) -> tuple[int, int] | None:
+    """(first out-of-range pair as b * N + i or -1, their count) from one pass of the CPU kernel
+    (kernels/cpu/lookup.cpp) over CPU indices; None where it cannot run (other devices, inside
+    torch.compile, no extension). The torch expression's comparisons, temporaries and reduction
+    cost ~0.3 ms per call at B=4096 x 39 fields on one core: a third of the CPU lookup's own
+    time at M=1."""
+    if indices.device.type != "cpu" or torch.compiler.is_compiling() or _extension.cpu_problem():
+        return None
+    indices, field_dims = indices.contiguous(), field_dims.contiguous()
+    return _extension.load().cpu_check_indices(
+        threads=torch.get_num_threads(),
+        indices=indices.data_ptr(),
+        indices_int64=indices.dtype == torch.int64,
+        batch=indices.shape[0],
+        num_fields=indices.shape[1],
+        field_dims=field_dims.data_ptr(),
+        field_dims_int64=field_dims.dtype == torch.int64,
+    )
+
+
+def _raise_out_of_range(indices, field_dims, name: str, b: int, i: int):
+    raise IndexError(
+        f"{name}[{b}, {i}] = {int(indices[b, i])} is out of range for field {i} "
+        f"(cardinality {int(field_dims[i])}); indices must satisfy 0 <= x < field_dims"
+    )
+
+
+def _warn_clamped(count: int, name: str) -> None:
+    import warnings
+
+    # stacklevel: the public op (op -> prepare_lookup -> apply_bounds_check -> here), as before
+    warnings.warn(
+        f"{count} out-of-range entries in {name} were clamped", RuntimeWarning, stacklevel=4
+    )
+
+
+def _clamp(indices: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
+    return torch.minimum(indices.clamp_min(0), limits - 1)
 
 
 def check_offsets(

@@ -74,7 +74,8 @@ def kernel_ops(kernels: BackendOps) -> dict:
         return x0.new_empty((planes(layers, save), *x0.shape))
 
     def lookup_cross_fake(table, indices, offsets, weight, bias, save):
-        x0 = table.new_empty((indices.shape[0], table.shape[1], indices.shape[1] * table.shape[2]))
+        # x_0 in the weights' dtype: the table's, except under autocast (mixed_lookup_cross)
+        x0 = weight.new_empty((indices.shape[0], table.shape[1], indices.shape[1] * table.shape[2]))
         return torch.empty_like(x0), torch.empty_like(x0), states_fake(x0, weight.shape[0], save)
 
     cross = kernels.define(  # returns (x_L, states); the states only feed the backward
@@ -174,6 +175,9 @@ def kernel_ops(kernels: BackendOps) -> dict:
 
     def lookup_cross_network(table, indices, offsets, weight, bias):
         if autocast_dtype(table.device.type) is not None:
+            if kernels.backend.mixed_lookup_cross and not needs_grad(table, weight, bias):
+                weight, bias = autocast_matmul_inputs(weight, bias)
+                return lookup_cross(table, indices, offsets, weight, bias, False)[0]
             # the table stays as it is (float32): gather, then the GEMMs in the autocast dtype
             gather = lookup or reference.multi_embedding_lookup
             x0 = gather(table, indices, offsets).reshape(indices.shape[0], table.shape[1], -1)

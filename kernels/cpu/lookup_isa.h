@@ -1,6 +1,8 @@
 #pragma once
 // The inner loops of the CPU lookup, one copy per ISA (kernels/cpu/lookup_kernels.h, compiled by
 // lookup_<isa>.cpp); kernels/cpu/lookup.cpp picks one per call.
+#include <cstdint>
+
 #include "types.h"
 
 #define FASTME_CPU_LOOKUP_DECLARE(isa)                                                       \
@@ -10,6 +12,9 @@
   /* out[b, m, i, :] = table[row(b, i), m, :]; elements of elem_size bytes. */                \
   void gather(int threads, int elem_size, const void* table, const kernels::IndexArgs& ix,     \
               int num_sets, int dim, void* out);                                              \
+  /* gather from a float32 table into bfloat16 rows (rounded to nearest even). */             \
+  void gather_to_bf16(int threads, const float* table, const kernels::IndexArgs& ix,           \
+                      int num_sets, int dim, std::uint16_t* out);                             \
   /* grad[rows[p]] += src of pair p (p = b * N + i), in ascending p for each row; grad is */   \
   /* zero-filled first. Rows are split into `buckets` ranges [bounds[q], bounds[q + 1]). */    \
   void scatter(int threads, const float* src, const long long* rows, const long long* bounds, \

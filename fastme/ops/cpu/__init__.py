@@ -33,6 +33,7 @@ BACKEND = KernelBackend(
     needs="CPU tensors and fastme's compiled extension",
     why_not_here=_why_not_here,
     cross_states=_state_planes,
+    mixed_lookup_cross=True,
     host_functions={
         "fastme::cpu_multi_embedding_lookup": "lookup.lookup_forward",
         "fastme::cpu_multi_embedding_lookup_backward": "lookup.lookup_backward",

@@ -31,6 +31,29 @@ def lookup_forward(
     return out
 
 
+def lookup_forward_to(
+    table: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """The lookup of a float32 ``table`` into ``dtype`` (bfloat16 or float16), each element
+    rounded as ``Tensor.to`` rounds it: what ``lookup_forward(table, ...).to(dtype)`` gives,
+    without the float32 [B, M, N, K] in between."""
+    rows, m, k = table.shape
+    b, n = indices.shape
+    out = torch.empty((b, m, n, k), dtype=dtype)
+    if out.numel() == 0:
+        return out
+    require_cpu_kernels().cpu_lookup_forward_to(
+        threads=torch.get_num_threads(),
+        table=table.data_ptr(),
+        **_lib.index_args(indices, offsets, rows),
+        num_sets=m,
+        dim=k,
+        out_dtype=_lib.dtype_code(dtype, "CPU"),
+        out=out.data_ptr(),
+    )
+    return out
+
+
 def lookup_backward(
     grad: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, num_rows: int
 ) -> torch.Tensor:
