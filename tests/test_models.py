@@ -333,3 +333,17 @@ def test_eval_set_projection_folds_batchnorm_into_the_linear_exactly(grad):
     y = torch.einsum("bmi,moi->bmo", x.detach(), plain.linear.weight) + plain.linear.bias
     expect = torch.relu(plain.norm(y.reshape(11, 15)).reshape(11, 3, 5))
     torch.testing.assert_close(plain(x.detach()), expect, rtol=1e-12, atol=1e-12)
+
+
+def test_eval_set_block_with_its_batchnorm_swapped_out_runs_unfolded():
+    """A user may replace a block's BatchNorm (e.g. by nn.Identity to train without it); eval
+    mode then runs the plain composition instead of folding statistics it does not have."""
+    from fastme.models.layers import SetProjection
+
+    torch.manual_seed(0)
+    proj = SetProjection(3, 7, 5, dropout=0.0).double()
+    proj.block.norm = torch.nn.Identity()
+    proj.eval()
+    x = torch.randn(11, 3, 7, dtype=torch.float64)
+    y = torch.einsum("bmi,moi->bmo", x, proj.block.linear.weight) + proj.block.linear.bias
+    torch.testing.assert_close(proj(x), torch.relu(y).mean(1), rtol=1e-12, atol=1e-12)

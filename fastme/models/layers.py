@@ -116,7 +116,10 @@ class SetBlock(nn.Module):
     def inference_ready(self) -> bool:
         """Eval mode with running statistics: the BatchNorm is an affine map that folds into the
         Linear (:meth:`folded`)."""
-        return self.activation and not self.training and self.norm.running_var is not None
+        norm = getattr(self, "norm", None)  # a user may have swapped it for another module
+        return (
+            not self.training and isinstance(norm, nn.BatchNorm1d) and norm.running_var is not None
+        )
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight [M, out, in], bias [M, out]) of the Linear with the eval BatchNorm folded in."""
