@@ -72,7 +72,8 @@ def add_parser(subparsers) -> None:
         "--batch-size",
         type=int,
         default=4096,
-        help="rows per model call (4096: the fastest per row on CPUs measured; larger batches outgrow the caches)",
+        help="rows per model call (4096: the fastest per row measured on CPUs; larger "
+        "batches outgrow the caches)",
     )
     add_arguments(p, ("backend",))
     add_config_arguments(p, ("device", "precision", "progress"))
