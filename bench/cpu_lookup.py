@@ -5,7 +5,10 @@
 Criteo Kaggle cardinalities (~1.09M rows), 39 fields, K=10, B=4096, float32; forward and
 forward+backward (the dense table gradient) of fastme's backend="cpu", backend="reference",
 torch.compile of the reference (inductor) and FBGEMM's CPU DenseTableBatchedEmbeddingBagsCodegen
-(pooling NONE, one table per field) when fbgemm_gpu is installed. Prints median milliseconds and
+(pooling NONE, one table per field) when fbgemm_gpu is installed; forward+backward also as
+``cpu sparse``: the lookup with ``sparse_grad=True`` on the cpu backend, whose backward hands the
+table the raw (row, values) pairs that the trainer's table optimizers read (no table-sized
+gradient; the update itself is bench/cpu_table_optim.py). Prints median milliseconds and
 GB/s (bytes a lookup must move: rows read and written; for the backward also the gradient read
 and the dense table gradient written) next to a copy probe's GB/s (read + write counted).
 """
@@ -75,8 +78,8 @@ def fbgemm_variant(table, indices, backward):
     return run
 
 
-def fastme_lookup(backend):
-    return lambda *args: ops.multi_embedding_lookup(*args, backend=backend)
+def fastme_lookup(backend, sparse_grad=False):
+    return lambda *args: ops.multi_embedding_lookup(*args, backend=backend, sparse_grad=sparse_grad)
 
 
 def timed_call(fn, table, indices, offsets, grad_out, backward):
@@ -121,6 +124,10 @@ def main():
                     fastme_lookup("reference"), t, indices, offsets, grad_out, backward
                 ),
             }
+            if backward:
+                variants["cpu sparse"] = timed_call(
+                    fastme_lookup("cpu", sparse_grad=True), t, indices, offsets, grad_out, True
+                )
             if not args.no_compile:
                 compiled = torch.compile(reference.multi_embedding_lookup, dynamic=False)
                 variants["compile"] = timed_call(compiled, t, indices, offsets, grad_out, backward)
@@ -138,10 +145,14 @@ def main():
                         times[name].append(time.perf_counter() - start)
             moved = 2 * B * N * m * K * 4  # rows read, [B, M, N, K] written
             if backward:
-                moved += B * N * m * K * 4 + ROWS * m * K * 4  # grad read, dense gradient written
+                moved += B * N * m * K * 4  # grad read
             for name, ts in times.items():
                 ms = statistics.median(ts) * 1e3
-                gbs = moved / (ms / 1e3) / 1e9
+                # written: the dense table gradient, or the pairs' values and rows (sparse)
+                dense = ROWS * m * K * 4
+                sparse = B * N * (m * K * 4 + 8)
+                moved_here = moved + (0 if not backward else sparse if "sparse" in name else dense)
+                gbs = moved_here / (ms / 1e3) / 1e9
                 print(
                     f"{m:>3} {'fwd+bwd' if backward else 'fwd':>8} {name:>10} {ms:>9.2f} "
                     f"{gbs:>7.1f} {100 * gbs / copy:>6.0f}%"
