@@ -1,6 +1,7 @@
 """The paper's experiments and reports: toy run, scaling sweep, checkpoint analysis, plots."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -323,6 +324,21 @@ def test_scale_conclusion_states_what_the_numbers_support():
     # one seed: no spread to judge a margin against
     single = conclusion(_sweep({1: [0.7], 2: [0.71]}, {2: [0.72]}))
     assert single["auc_half"] is None and "one seed" in single["lines"][1]
+
+
+def test_results_page_names_the_machine_torch_and_commit(monkeypatch):
+    """docs/results.md's machine line says what produced it: the CPU, its cores, torch and the
+    checkout's commit (when there is one)."""
+    from fastme.experiments import results
+
+    monkeypatch.setattr(results, "_commit", lambda: "abc1234")
+    line = results.describe_machine()
+    assert f"{os.cpu_count()} CPUs" in line and f"torch {torch.__version__}" in line
+    assert line.endswith("commit abc1234")
+    monkeypatch.setattr(results, "_commit", lambda: None)
+    assert "commit" not in results.describe_machine()
+    monkeypatch.setattr(results, "_git", lambda *args: (_ for _ in ()).throw(OSError("no git")))
+    assert results._commit() is None
 
 
 def test_scale_and_analyze_cli_with_the_trainer(tmp_path):

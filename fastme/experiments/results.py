@@ -9,13 +9,16 @@ experiments' JSON outputs.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fastme._atomic import replace_on_success, write_text
 from fastme.experiments.scale import conclusion
@@ -223,6 +226,62 @@ def _scale() -> None:
     )
 
 
+def _cpu() -> str:
+    """The processor's model name and its widest vector / matrix units (Linux; else the
+    platform's words)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() in ("flags", "Features"):
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    units = [
+        label
+        for flag, label in (("amx_bf16", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+        if flag in flags
+    ]
+    return f"{name}{' (' + ', '.join(units[:2]) + ')' if units else ''}"
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args],
+        cwd=Path(__file__).resolve().parent,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout.strip()
+
+
+def _commit() -> str | None:
+    """The checkout's commit, with "+ local changes" when the code (not the docs this page is
+    part of) differs from it; None outside a git checkout."""
+    try:
+        commit = _git("rev-parse", "--short", "HEAD")
+        code = (":/fastme", ":/kernels", ":/csrc", ":/setup.py", ":/CMakeLists.txt")
+        dirty = _git("status", "--porcelain", "--untracked-files=no", "--", *code)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + (" + local changes" if dirty else "")
+
+
+def describe_machine() -> str:
+    """What the results page says of the machine that produced it: CPU, cores, torch, the
+    commit."""
+    commit = _commit()
+    return (
+        f"{_cpu()}, {os.cpu_count()} CPUs, {platform.python_implementation()} "
+        f"{platform.python_version()}, torch {torch.__version__}"
+        + (f", commit {commit}" if commit else "")
+    )
+
+
 def write_results(
     out="docs/results.md", from_outputs: bool = False, machine: str | None = None
 ) -> Path:
@@ -256,9 +315,5 @@ def write_results(
         write_text(SCALE_DIR / "timing.json", json.dumps(timing, indent=1) + "\n")
     elif (SCALE_DIR / "timing.json").is_file():
         timing = json.loads((SCALE_DIR / "timing.json").read_text())
-    machine = (
-        machine
-        or f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}"
-    )
-    write_text(out, render(scale, toy, timing, machine))
+    write_text(out, render(scale, toy, timing, machine or describe_machine()))
     return figures
