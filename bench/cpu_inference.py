@@ -1,11 +1,13 @@
-"""ME-DCNv2 inference on the CPU, variants interleaved in one process (docs/cpu.md).
+"""ME-DCNv2 (and ME-NFwFM) inference on the CPU, variants interleaved in one process
+(docs/cpu.md).
 
-    PYTHONPATH=$PWD python bench/cpu_inference.py [--scales 1 4] [--batch 4096] [--repeats 5]
-        [--threads N] [--no-compile] [--no-onnx]
+    PYTHONPATH=$PWD python bench/cpu_inference.py [--models dcnv2 nfwfm] [--scales 1 4]
+        [--batch 4096] [--repeats 5] [--threads N] [--no-compile] [--no-onnx]
 
 Criteo Kaggle cardinalities (39 fields, ~1.09M rows), the paper's ME-DCNv2 (``scale`` sets of
-K=10, 4 cross layers, hidden 400), random weights with non-trivial BatchNorm statistics, eval
-mode under ``torch.inference_mode()``; fp32 and ``torch.autocast("cpu", dtype=torch.bfloat16)``.
+K=10, 4 cross layers, hidden 400) or ME-NFwFM (its FwFM pooling per set), random weights with
+non-trivial BatchNorm statistics, eval mode under ``torch.inference_mode()``; fp32 and
+``torch.autocast("cpu", dtype=torch.bfloat16)``.
 Variants: fastme's ``backend="reference"`` (plain PyTorch: the eager baseline), ``backend="cpu"``,
 ``torch.compile`` of the reference model, and ONNX Runtime on the model exported by
 ``torch.onnx.export`` (fp32; as ``fastme export`` does) when onnxruntime is installed. Each
@@ -52,9 +54,9 @@ def cpu_description() -> str:
     return f"{model} ({isa}; fastme kernels: {load().cpu_isa()})"
 
 
-def build_model(scale: int, backend: str, seed: int = 0) -> torch.nn.Module:
+def build_model(name: str, scale: int, backend: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = fm.build("dcnv2", FIELD_DIMS, scale=scale, multi=True, backend=backend)
+    model = fm.build(name, FIELD_DIMS, scale=scale, multi=True, backend=backend)
     for module in model.modules():  # trained-looking BatchNorm statistics, not the identity
         if isinstance(module, torch.nn.BatchNorm1d):
             module.running_mean.uniform_(-0.5, 0.5)
@@ -80,6 +82,7 @@ def onnx_variant(model, x, threads: int):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["dcnv2"], choices=["dcnv2", "nfwfm"])
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=5)
@@ -101,9 +104,10 @@ def main():
         f"{'model':>10} {'prec':>5} {'variant':>10} {'median ms':>10} {'best ms':>8} "
         f"{'samples/s':>10}"
     )
-    for scale in args.scales:
-        reference = build_model(scale, "reference")
-        cpu = build_model(scale, "cpu")
+    cases = [(name, scale) for name in args.models for scale in args.scales]
+    for name, scale in cases:
+        reference = build_model(name, scale, "reference")
+        cpu = build_model(name, scale, "cpu")
         variants = {}
         for prec in ("fp32", "bf16"):
 
@@ -138,10 +142,11 @@ def main():
                 start = time.perf_counter()
                 run()
                 times[key].append(time.perf_counter() - start)
-        for (prec, name), ts in sorted(times.items()):
+        label = f"ME-{'DCNv2' if name == 'dcnv2' else 'NFwFM'} x{scale}"
+        for (prec, variant), ts in sorted(times.items()):
             ms = statistics.median(ts) * 1e3
             print(
-                f"{'ME-DCNv2 x' + str(scale):>10} {prec:>5} {name:>10} {ms:>10.1f} "
+                f"{label:>10} {prec:>5} {variant:>10} {ms:>10.1f} "
                 f"{min(ts) * 1e3:>8.1f} {args.batch / ms * 1e3:>10.0f}"
             )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
