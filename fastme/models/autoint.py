@@ -65,5 +65,7 @@ class AutoInt(MultiEmbeddingModel):
         h = self.attention_maps(emb).mean(dim=1)  # [B, N, H]
         logit = self.attention_out(h.reshape(h.shape[0], h.shape[1] * h.shape[2])).squeeze(-1)
         if self.use_mlp:
-            logit = logit + self.mlp_head(self.mlp_projection(self.flat_sets(emb)))
+            logit = logit + self.mlp_head(
+                self.mlp_projection(self.flat_sets(emb), backend=self.backend)
+            )
         return logit

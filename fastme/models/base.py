@@ -179,10 +179,12 @@ class ProjectedModel(MultiEmbeddingModel):
     def interact(self, x):
         if self.sparse_table:  # the fused lookups' gradient is dense: gather, then interact
             return self.interact_embeddings(self.lookup(x))
-        return self.head(self.projection(self.set_features(x)))
+        return self.head(self.projection(self.set_features(x), backend=self.backend))
 
     def interact_embeddings(self, emb):
-        return self.head(self.projection(self.set_features_from_embeddings(emb)))
+        return self.head(
+            self.projection(self.set_features_from_embeddings(emb), backend=self.backend)
+        )
 
     def set_features(self, x: torch.Tensor) -> torch.Tensor:
         """Indices [B, N] -> per-set interaction features [B, M, F]; fused backbones override."""

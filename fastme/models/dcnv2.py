@@ -127,9 +127,11 @@ class DCNv2(ProjectedModel):
         features = self.set_features_from_embeddings(emb)
         if self.shared_interaction:  # the one projection block on every set, then their mean
             batch, sets, width = features.shape
-            projected = self.projection(features.reshape(batch * sets, 1, width))
+            projected = self.projection(
+                features.reshape(batch * sets, 1, width), backend=self.backend
+            )
             return self.head(projected.reshape(batch, sets, projected.shape[-1]).mean(dim=1))
-        return self.head(self.projection(features))
+        return self.head(self.projection(features, backend=self.backend))
 
     def set_features(self, x):  # the lookup fused in front of the cross network
         e = self.embedding

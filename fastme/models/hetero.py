@@ -234,7 +234,7 @@ class Hetero(MultiEmbeddingModel):
         for expert, (a, b) in zip(self.experts, self.set_ranges):
             # a contiguous group of sets: the expert's fused op batches them
             features = expert.set_features_from_embeddings(emb[:, a:b].contiguous())
-            outs.append(expert.projection(features))
+            outs.append(expert.projection(features, backend=expert.backend))
         return torch.stack(outs, dim=1)
 
     def interact_embeddings(self, emb):

@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from fastme import ops
 from fastme.models import interactions
 
 
@@ -175,17 +176,20 @@ class SetProjection(nn.Module):
         else:
             self.after_mean = nn.Sequential(nn.BatchNorm1d(out_dim), nn.ReLU(), Dropout(dropout))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, backend: str = "reference") -> torch.Tensor:
+        """``backend``: the model's; it selects only the eval epilogue without gradients
+        (``fastme.ops.set_projection_mean``: on the CPU backend one fused pass after bias-free
+        GEMMs), never the parameters or the training path."""
         if self.block.inference_ready() and x.dim() == 3:
-            # eval: the sets' outputs summed as they come (16-bit ones in float32, rounded once)
+            if not torch.is_grad_enabled():
+                weight, bias = self.block.folded()
+                return ops.set_projection_mean(x, weight, bias, backend=backend)
+            # eval with gradients: the sets' outputs summed as they come (16-bit ones in float32,
+            # rounded once)
             outputs = self.block.set_outputs(x)
             total = outputs[0].to(torch.promote_types(outputs[0].dtype, torch.float32))
-            if torch.is_grad_enabled():
-                total = torch.stack([total, *outputs[1:]]).sum(0) if len(outputs) > 1 else total
-                return (total / len(outputs)).to(outputs[0].dtype)
-            for y in outputs[1:]:
-                total.add_(y)
-            return total.div_(len(outputs)).to(outputs[0].dtype)
+            total = torch.stack([total, *outputs[1:]]).sum(0) if len(outputs) > 1 else total
+            return (total / len(outputs)).to(outputs[0].dtype)
         return self.after_mean(self.block(x).mean(dim=1))
 
 

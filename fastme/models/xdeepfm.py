@@ -38,5 +38,5 @@ class xDeepFM(MultiEmbeddingModel):  # noqa: N801 - the model's published name
 
     def interact_embeddings(self, emb):  # emb [B, M, N, K]
         cin_logit = self.cin_out(self.set_features_from_embeddings(emb).mean(dim=1)).squeeze(-1)
-        dnn_logit = self.dnn_head(self.dnn_projection(self.flat_sets(emb)))
+        dnn_logit = self.dnn_head(self.dnn_projection(self.flat_sets(emb), backend=self.backend))
         return cin_logit + dnn_logit

@@ -12,12 +12,14 @@ from fastme.ops.embedding_lookup import kernel_ops as _lookup_ops
 from fastme.ops.embedding_lookup import multi_embedding_lookup
 from fastme.ops.pooling import fm_pooling, fwfm_pooling, pooled_lookup
 from fastme.ops.pooling import kernel_ops as _pooling_ops
+from fastme.ops.projection import kernel_ops as _projection_ops
+from fastme.ops.projection import set_projection_mean
 
 # The registry. Each op module defines its custom ops for every backend (a module may use the
 # custom ops of the modules before it); each kernel backend package declares one record, BACKEND,
 # listed here in the order backend="auto" tries them. Loading defines every fastme:: custom op.
 _backend.load(
-    op_modules=(_lookup_ops, _pooling_ops, _cross_network_ops),
+    op_modules=(_lookup_ops, _pooling_ops, _cross_network_ops, _projection_ops),
     packages=(
         "fastme.ops.triton",
         "fastme.ops.cuda",
@@ -40,4 +42,5 @@ __all__ = [
     "pooled_lookup",
     "reference",
     "set_bounds_check",
+    "set_projection_mean",
 ]

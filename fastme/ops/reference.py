@@ -122,3 +122,19 @@ def lookup_cross_network(table, indices, offsets, weight, bias):
     emb = multi_embedding_lookup(table, indices, offsets)
     b, m, n, k = emb.shape
     return cross_network(emb.reshape(b, m, n * k), weight, bias)
+
+
+def set_projection_mean(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """mean_m relu(x[:, m] W_m^T + b_m): [B, M, in] x [M, out, in] x [M, out] -> [B, out]. One
+    ``addmm`` per set on x's strided rows; the sets summed in float32 (float64 for float64) and
+    rounded once. Without gradients the ReLU and the sum run in place."""
+    grad = torch.is_grad_enabled()
+    relu = torch.relu if grad else torch.relu_
+    outputs = [relu(torch.addmm(bias[m], x[:, m], weight[m].t())) for m in range(len(weight))]
+    total = outputs[0].to(torch.promote_types(outputs[0].dtype, torch.float32))
+    if grad:
+        total = torch.stack([total, *outputs[1:]]).sum(0) if len(outputs) > 1 else total
+        return (total / len(outputs)).to(outputs[0].dtype)
+    for y in outputs[1:]:
+        total.add_(y)
+    return total.div_(len(outputs)).to(outputs[0].dtype)

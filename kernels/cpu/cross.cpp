@@ -55,5 +55,11 @@ void cpu_cross_grad_x0(int threads, DType dtype, int num_sets, long long batch, 
                         g_sb, h, grad_x0, gx_sm, gx_sb)
 }
 
+void cpu_set_relu_mean(int threads, DType dtype, int num_sets, long long batch, int dim,
+                       const void* const* z, const void* bias, void* out) {
+  threads = std::max(threads, 1);
+  FASTME_CROSS_DISPATCH(set_relu_mean, threads, dtype, num_sets, batch, dim, z, bias, out)
+}
+
 }  // namespace kernels
 }  // namespace fastme

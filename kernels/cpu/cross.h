@@ -34,5 +34,12 @@ void cpu_cross_grad_x0(int threads, DType dtype, int num_sets, long long batch, 
                        const void* dx0_acc, const void* g, long long g_sm, long long g_sb,
                        const void* h, void* grad_x0, long long gx_sm, long long gx_sb);
 
+// out [B, D] = mean over the M sets of relu(z_m + bias_m): the epilogue of the models' per-set
+// projection in eval mode (fastme/ops/cpu/projection.py), whose GEMMs z_m = x_m W_m^T are torch's,
+// without bias. z: an array of M pointers to [B, D] contiguous rows of the dtype; bias [M, D] in
+// the accumulation type; out in the dtype.
+void cpu_set_relu_mean(int threads, DType dtype, int num_sets, long long batch, int dim,
+                       const void* const* z, const void* bias, void* out);
+
 }  // namespace kernels
 }  // namespace fastme

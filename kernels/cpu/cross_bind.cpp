@@ -16,4 +16,6 @@ FASTME_BINDINGS(cpu_cross) {
   m.def("cpu_cross_grad_x0", fastme::bind(&cpu_cross_grad_x0), "threads"_a, "dtype"_a,
         "num_sets"_a, "batch"_a, "dim"_a, "dx0_acc"_a, "g"_a, "g_sm"_a, "g_sb"_a, "h"_a,
         "grad_x0"_a, "gx_sm"_a, "gx_sb"_a);
+  m.def("cpu_set_relu_mean", fastme::bind(&cpu_set_relu_mean), "threads"_a, "dtype"_a,
+        "num_sets"_a, "batch"_a, "dim"_a, "z"_a, "bias"_a, "out"_a);
 }

@@ -20,6 +20,8 @@
   void cross_grad_x0(int threads, kernels::DType dtype, long long M, long long B, long long D,  \
                      const void* dx0_acc, const void* g, long long g_sm, long long g_sb,        \
                      const void* h, void* grad_x0, long long gx_sm, long long gx_sb);           \
+  void set_relu_mean(int threads, kernels::DType dtype, long long M, long long B, long long D, \
+                     const void* const* z, const void* bias, void* out);                        \
   }                                                                                             \
   }                                                                                             \
   }

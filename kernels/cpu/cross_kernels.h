@@ -242,6 +242,35 @@ void grad_x0_impl(int threads, long long M, long long B, long long D, const void
   }
 }
 
+// out[b] = mean over m of relu(z_m[b] + bias[m]): the eval per-set projection's epilogue (its
+// GEMMs are torch's, without bias). z holds M pointers to [B, D] rows; bias [M, D] and the sums in
+// the accumulation type, the sets summed in order and divided by M, rounded once.
+template <typename C>
+void relu_mean_impl(int threads, long long M, long long B, long long D, const void* const* z_,
+                    const void* bias_, void* out_) {
+  using S = typename C::store;
+  using A = typename C::acc;
+  using AC = AccCodec<C>;
+  using V = typename Vec<A>::type;
+  const auto* bias = static_cast<const A*>(bias_);
+  auto* out = static_cast<S*>(out_);
+  const A scale = A(M);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long long b = 0; b < B; ++b) {
+    over_row<A>(D, [&](auto full, long long d, long long n) {
+      constexpr bool F = decltype(full)::value;
+      const V zero = {};
+      V sum = {};
+      for (long long m = 0; m < M; ++m) {
+        const S* zr = static_cast<const S*>(z_[m]) + b * D;
+        const V v = load<C, F>(zr + d, n) + load<AC, F>(bias + m * D + d, n);
+        sum += v < zero ? zero : v;  // NaN stays NaN, as torch.relu
+      }
+      save<C, F>(out + b * D + d, sum / scale, n);
+    });
+  }
+}
+
 }  // namespace
 
 void cross_layer_forward(int threads, DType dtype, long long M, long long B, long long D,
@@ -271,6 +300,13 @@ void cross_grad_x0(int threads, DType dtype, long long M, long long B, long long
   with_codec(dtype, [&](auto codec) {
     grad_x0_impl<decltype(codec)>(threads, M, B, D, dx0_acc, g, g_sm, g_sb, h, grad_x0, gx_sm,
                                   gx_sb);
+  });
+}
+
+void set_relu_mean(int threads, DType dtype, long long M, long long B, long long D,
+                   const void* const* z, const void* bias, void* out) {
+  with_codec(dtype, [&](auto codec) {
+    relu_mean_impl<decltype(codec)>(threads, M, B, D, z, bias, out);
   });
 }
 
