@@ -200,6 +200,31 @@ def test_predict_bf16_close_to_fp32(runs):
     assert (fp32 != bf16).any()  # it did compute in bf16
 
 
+@pytest.mark.parametrize("backend", ["reference", *(["cpu"] if "cpu" in KERNELS else [])])
+def test_predict_with_bf16_tables_scores_like_bf16_with_float32_tables(runs, backend):
+    """--table-dtype bf16 holds the tables in bfloat16 (half the memory); under bf16 autocast
+    DCNv2 reads its gathered rows rounded to bf16 either way, so the scores barely move."""
+    out = runs["bf16"][0]
+    fp32_tables = Predictor(out, precision="bf16", backend=backend)
+    bf16_tables = Predictor(out, precision="bf16", backend=backend, table_dtype="bf16")
+    assert fp32_tables.model.embedding.weight.dtype == torch.float32
+    assert bf16_tables.model.embedding.weight.dtype == torch.bfloat16
+    a, b = fp32_tables.logits(_x()), bf16_tables.logits(_x())
+    assert np.abs(a - b).max() <= 0.02 and np.isfinite(b).all()
+
+
+def test_bf16_tables_need_bf16_precision(runs, tmp_path, capsys):
+    out = runs["bf16"][0]
+    with pytest.raises(ValueError, match="--table-dtype bf16 needs --precision bf16"):
+        Predictor(out, table_dtype="bf16")
+    with pytest.raises(ValueError, match="table dtype must be one of"):
+        Predictor(out, precision="bf16", table_dtype="fp16")
+    argv = ["predict", str(out), "--data", "synthetic", "--table-dtype", "bf16"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastme predict: error: --table-dtype bf16 needs --precision bf16")
+
+
 def test_export_bf16_pt2_round_trip_and_onnx_refused(runs, tmp_path, capsys):
     out = runs["bf16"][0]
     meta = export(out, tmp_path / "bf16.pt2", precision="bf16")

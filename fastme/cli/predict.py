@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from fastme.cli.args import HelpFormatter, add_arguments, error, key_values
-from fastme.train.config import add_config_arguments
+from fastme.train.config import TABLE_DTYPES, add_config_arguments
 
 _FMT = HelpFormatter
 
@@ -77,6 +77,13 @@ def add_parser(subparsers) -> None:
     )
     add_arguments(p, ("backend",))
     add_config_arguments(p, ("device", "precision", "progress"))
+    p.add_argument(
+        "--table-dtype",
+        choices=TABLE_DTYPES,
+        default="fp32",
+        help="how the embedding tables are held while scoring: bf16 halves their memory "
+        "(with --precision bf16 only)",
+    )
     add_arguments(p, ("threads",))
     p.set_defaults(func=run_predict, device="cpu")
 
@@ -96,6 +103,7 @@ def run_predict(args) -> int:
             device=args.device,
             batch_size=args.batch_size,
             precision=args.precision,
+            table_dtype=args.table_dtype,
             progress=args.progress,
             data_options=key_values(args.data_option, "--data-option"),
             id_start=args.id_start,

@@ -34,7 +34,7 @@ from fastme.data.formats import FORMATS, TEXT_FORMATS, RowTally
 from fastme.ops import bounds_check, get_bounds_check
 from fastme.train.checkpoint import load_trained
 from fastme.train.metrics import log_loss_from_logits, roc_auc
-from fastme.train.precision import autocast, check_precision
+from fastme.train.precision import autocast, check_precision, store_tables
 from fastme.train.trainer import resolve_device
 
 BLOCK_BYTES = 16 << 20
@@ -70,12 +70,14 @@ class Predictor:
         device: str = "cpu",
         batch_size: int = 4096,
         precision: str = "fp32",
+        table_dtype: str = "fp32",
     ):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.precision = check_precision(precision)
         self.device = resolve_device(device)
         self.model, ckpt = load_trained(checkpoint, backend=backend, device=self.device)
+        store_tables(self.model, table_dtype, self.precision)
         self.spec = self.model.spec
         self.batch_size = int(batch_size)
         data = ckpt.get("data") or {}
@@ -226,6 +228,7 @@ def predict(
     device: str = "cpu",
     batch_size: int = 4096,
     precision: str = "fp32",
+    table_dtype: str = "fp32",
     progress: bool = False,
     data_options: dict | None = None,
     id_start: int | None = None,
@@ -243,7 +246,8 @@ def predict(
     written whole or not at all: a failure leaves an existing file as it was. Returns a
     :class:`Summary` with the row counts, rows/s and, when the input has labels, AUC and log
     loss over the well-formed rows. ``precision`` "bf16" scores under bfloat16 autocast
-    (fastme/train/precision.py).
+    (fastme/train/precision.py); ``table_dtype`` "bf16" (with it) stores the embedding tables
+    in bfloat16 while scoring.
     """
     if id_start is not None and id_column is not None:
         raise ValueError(
@@ -270,6 +274,7 @@ def predict(
         device=device,
         batch_size=batch_size,
         precision=precision,
+        table_dtype=table_dtype,
     )
     summary = Summary()
     if data_options and (not reads_rows or FORMATS[kind].READ_OPTIONS is None):

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 #: What ``precision`` may be: fp32, or bf16 autocast for the dense part (fastme/train/precision.py).
 PRECISIONS = ("fp32", "bf16")
+#: How a scoring model may hold its embedding tables (fastme/train/precision.py, store_tables).
+TABLE_DTYPES = ("fp32", "bf16")
 
 
 def _setting(
