@@ -105,6 +105,37 @@ def test_dcnv2_shared_interaction_runs_every_set_through_one_cross_network_and_p
         fm.build("dcnv2", FIELD_DIMS, 2, multi=True, shared_interaction="yes")
 
 
+def test_ipnn_shared_interaction_runs_every_set_through_one_projection():
+    """IPNN's Figure 10c variant: the inner products have no parameters, so the sets share the
+    one projection block; in eval mode the head of the mean over sets of that block applied to
+    each set's products."""
+    torch.manual_seed(0)
+    model = fm.build(
+        "ipnn", FIELD_DIMS, 3, multi=True, shared_interaction=True, hidden_dim=16
+    ).double()
+    assert model.projection.block.linear.weight.shape[0] == 1
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if "running" in name:
+                buf.uniform_(0.5, 1.5)
+    model.eval()
+    x = random_x(FIELD_DIMS, 9)
+    emb = model.lookup(x)
+    n = len(FIELD_DIMS)
+    rows, cols = torch.triu_indices(n, n, offset=1)
+    per_set = []
+    for m in range(model.num_sets):
+        e = emb[:, m]  # [B, N, K]
+        products = (e[:, rows] * e[:, cols]).sum(-1)
+        per_set.append(model.projection(products[:, None]))
+    expected = model.head(torch.stack(per_set, 1).mean(1))
+    torch.testing.assert_close(model(x), expected)
+    separate = fm.build("ipnn", FIELD_DIMS, 3, multi=True, hidden_dim=16)
+    assert separate.projection.block.linear.weight.shape[0] == 3
+    with pytest.raises(TypeError, match="shared_interaction"):
+        fm.build("ipnn", FIELD_DIMS, 2, multi=True, shared_interaction=1)
+
+
 def test_criteo_sanity_parameter_counts_match_reference_code():
     """reference-facts §10: SE DCNv2 base on Criteo has a 609,960-parameter cross network and a
     318,801-parameter MLP (projection 156,400 + 160,400 + 401 + 2 x 800 BatchNorm)."""

@@ -95,7 +95,7 @@ def run_toy_command(args) -> int:
 def _preset_text(name: str) -> str:
     preset = PRESETS[name]
     train = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in preset["train"].items())
-    return f"scales {' '.join(map(str, preset['scales']))}, {train}"
+    return f"{preset['model']}, scales {' '.join(map(str, preset['scales']))}, {train}"
 
 
 def _add_scale(sub) -> None:
@@ -115,7 +115,7 @@ def _add_scale(sub) -> None:
         default="cpu",
         help=f"named settings: cpu ({_preset_text('cpu')}: the built-in data on a CPU) or "
         f"paper ({_preset_text('paper')}: the paper's, for Criteo or Avazu on a GPU); --scales, "
-        "--batch-size and --lr override it",
+        "--model, --batch-size and --lr override it",
     )
     m.add_argument("--scales", type=int, nargs="+", default=None, help="default: the preset's")
     m.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -129,7 +129,7 @@ def _add_scale(sub) -> None:
         lr="default: the preset's (the paper uses 1e-3)",
     )
     add_arguments(p, ("threads",))
-    p.set_defaults(**{k: None for k in DEFAULT_TRAIN})  # filled from --preset
+    p.set_defaults(model=None, **{k: None for k in DEFAULT_TRAIN})  # filled from --preset
     p.add_argument(
         "--seen-only",
         action="store_true",
@@ -163,8 +163,9 @@ def run_scale_command(args) -> int:
     # model options name their own directory: an ablation (e.g. shared_interaction=true) must
     # not reuse or overwrite the default sweep's runs
     variant = "".join(f"-{k}={v}" for k, v in sorted(model_options.items())).replace("/", "_")
-    out = Path(args.out or f"runs/experiment-scale-{args.model.lower()}-{kind}{variant}")
     preset = PRESETS[args.preset]
+    args.model = args.model or preset["model"]
+    out = Path(args.out or f"runs/experiment-scale-{args.model.lower()}-{kind}{variant}")
     for name, value in preset["train"].items():
         if getattr(args, name) is None:
             setattr(args, name, value)

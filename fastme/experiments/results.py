@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from fastme._atomic import replace_on_success, write_text
-from fastme.experiments.scale import conclusion
+from fastme.experiments.scale import PRESETS, conclusion
 
 TOY_DIR = Path("runs/experiment-toy")
-SCALE_DIR = Path("runs/experiment-scale-dcnv2-synthetic")
+SCALE_DIR = Path(f"runs/experiment-scale-{PRESETS['cpu']['model']}-synthetic")
 COMMAND = "fastme experiment results"
 
 
@@ -217,7 +217,7 @@ def _scale() -> None:
     from fastme.experiments.scale import default_train_options, run_scale
 
     run_scale(
-        "dcnv2",
+        PRESETS["cpu"]["model"],
         load_dataset("synthetic"),
         train_options=default_train_options(),
         out_dir=SCALE_DIR,

@@ -176,15 +176,39 @@ class ProjectedModel(MultiEmbeddingModel):
         )
         self.head = OutputHead(self.hidden_dim, self.dropout)
 
+    #: The paper's Figure 10c ablation (``shared_interaction=True`` on the backbones that offer
+    #: it): the M sets keep their own embeddings but share one interaction module and one
+    #: projection block, so the sets are no longer separated by their interaction.
+    shared_interaction = False
+
+    def _set_shared_interaction(self, shared_interaction) -> int:
+        """Validate the option; returns how many sets own an interaction and a projection."""
+        if not isinstance(shared_interaction, bool):
+            raise TypeError(f"shared_interaction must be a bool, got {shared_interaction!r}")
+        self.shared_interaction = shared_interaction
+        return 1 if shared_interaction else self.num_sets
+
     def interact(self, x):
-        if self.sparse_table:  # the fused lookups' gradient is dense: gather, then interact
+        # the fused lookups' gradient is dense, and a shared module takes the sets as rows:
+        # gather, then interact
+        if self.sparse_table or self.shared_interaction:
             return self.interact_embeddings(self.lookup(x))
-        return self.head(self.projection(self.set_features(x), backend=self.backend))
+        return self._project(self.set_features(x))
 
     def interact_embeddings(self, emb):
-        return self.head(
-            self.projection(self.set_features_from_embeddings(emb), backend=self.backend)
-        )
+        return self._project(self.set_features_from_embeddings(emb))
+
+    def _project(self, features: torch.Tensor) -> torch.Tensor:
+        """Per-set features [B, M, F] -> logits: each set's projection, their mean, the head.
+        With a shared interaction the one projection block serves every set (its BatchNorm sees
+        the B*M set rows of a batch together)."""
+        if self.shared_interaction:
+            batch, sets, width = features.shape
+            projected = self.projection(
+                features.reshape(batch * sets, 1, width), backend=self.backend
+            )
+            return self.head(projected.reshape(batch, sets, projected.shape[-1]).mean(dim=1))
+        return self.head(self.projection(features, backend=self.backend))
 
     def set_features(self, x: torch.Tensor) -> torch.Tensor:
         """Indices [B, N] -> per-set interaction features [B, M, F]; fused backbones override."""

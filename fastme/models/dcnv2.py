@@ -47,11 +47,8 @@ class DCNv2(ProjectedModel):
         )
         if num_cross_layers < 1:
             raise ValueError(f"num_cross_layers must be >= 1, got {num_cross_layers}")
-        if not isinstance(shared_interaction, bool):
-            raise TypeError(f"shared_interaction must be a bool, got {shared_interaction!r}")
-        self.shared_interaction = shared_interaction
         # the sets that own a cross network and a projection: all M, or the one shared by all
-        modules = 1 if shared_interaction else self.num_sets
+        modules = self._set_shared_interaction(shared_interaction)
         d = self.num_fields * self.embed_dim
         self.cross_weight = nn.Parameter(torch.empty(num_cross_layers, modules, d, d))
         self.cross_bias = nn.Parameter(torch.zeros(num_cross_layers, modules, d))
@@ -117,21 +114,6 @@ class DCNv2(ProjectedModel):
             flat, self._effective_weight(), self.cross_bias, backend=self.backend
         )
         return out.reshape(emb.shape[0], self.num_sets, out.shape[-1])
-
-    def interact(self, x):
-        if self.shared_interaction:
-            return self.interact_embeddings(self.lookup(x))
-        return super().interact(x)
-
-    def interact_embeddings(self, emb):
-        features = self.set_features_from_embeddings(emb)
-        if self.shared_interaction:  # the one projection block on every set, then their mean
-            batch, sets, width = features.shape
-            projected = self.projection(
-                features.reshape(batch * sets, 1, width), backend=self.backend
-            )
-            return self.head(projected.reshape(batch, sets, projected.shape[-1]).mean(dim=1))
-        return self.head(self.projection(features, backend=self.backend))
 
     def set_features(self, x):  # the lookup fused in front of the cross network
         e = self.embedding

@@ -10,6 +10,10 @@ class IPNN(ProjectedModel):
     ``concat_embeddings`` chooses whether the flattened embeddings are concatenated to the inner
     products. Default ``None`` follows the paper's code: yes for SE, no for ME (ME feeds only the
     products to each set's projection). See docs/design.md.
+
+    ``shared_interaction=True`` (ME) is the Figure 10c ablation for IPNN: the inner products
+    have no parameters, so the interaction module a set owns is its projection block; here ONE
+    projection block serves every set's products.
     """
 
     def __init__(
@@ -22,6 +26,7 @@ class IPNN(ProjectedModel):
         dropout=0.2,
         nonlinear_projection=True,
         concat_embeddings=None,
+        shared_interaction=False,
     ):
         super().__init__(
             field_dims, embed_dim, num_sets, backend, hidden_dim, dropout, nonlinear_projection
@@ -31,7 +36,7 @@ class IPNN(ProjectedModel):
         self.concat_embeddings = bool(concat_embeddings)
         n = self.num_fields
         in_dim = n * (n - 1) // 2 + (n * self.embed_dim if self.concat_embeddings else 0)
-        self._build_projection(in_dim)
+        self._build_projection(in_dim, self._set_shared_interaction(shared_interaction))
 
     def set_features_from_embeddings(self, emb):
         products = interactions.inner_products(emb)
