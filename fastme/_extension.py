@@ -80,7 +80,13 @@ def _cpu_problem_uncached() -> str:
     except ExtensionUnavailable as exc:
         return str(exc)
     # the newest CPU entry points: an extension built from older sources lacks them
-    if not all(hasattr(ext, name) for name in ("cpu_lookup_forward_to", "cpu_check_indices")):
+    newest = (
+        "cpu_lookup_forward_to",
+        "cpu_check_indices",
+        "cpu_table_optim_step",
+        "cpu_set_relu_mean",
+    )
+    if not all(hasattr(ext, name) for name in newest):
         return "fastme's compiled extension predates the CPU kernels; rebuild it (pip install -e .)"
     return ""
 

@@ -16,12 +16,11 @@ KINDS = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2, "lazy_adam": 3}
 
 def fused_available(table: torch.Tensor) -> bool:
     """Whether the fused kernel can update ``table`` here: a contiguous float32/float64 CPU
-    tensor and an extension that has the kernel."""
+    tensor and CPU kernels that load (an extension older than this kernel does not:
+    ``fastme._extension.cpu_problem``)."""
     if table.device.type != "cpu" or table.dtype not in (torch.float32, torch.float64):
         return False
-    if not table.is_contiguous() or _extension.cpu_problem():
-        return False
-    return hasattr(_extension.load(), "cpu_table_optim_step")
+    return table.is_contiguous() and not _extension.cpu_problem()
 
 
 def new_slots(num_rows: int) -> torch.Tensor:
