@@ -177,19 +177,13 @@ class SetProjection(nn.Module):
             self.after_mean = nn.Sequential(nn.BatchNorm1d(out_dim), nn.ReLU(), Dropout(dropout))
 
     def forward(self, x: torch.Tensor, backend: str = "reference") -> torch.Tensor:
-        """``backend``: the model's; it selects only the eval epilogue without gradients
-        (``fastme.ops.set_projection_mean``: on the CPU backend one fused pass after bias-free
-        GEMMs), never the parameters or the training path."""
+        """``backend``: the model's; in eval mode it selects how the folded projection runs
+        (``fastme.ops.set_projection_mean``: on the CPU backend without gradients one fused pass
+        after bias-free GEMMs; with gradients the reference composition), never the parameters
+        or the training path."""
         if self.block.inference_ready() and x.dim() == 3:
-            if not torch.is_grad_enabled():
-                weight, bias = self.block.folded()
-                return ops.set_projection_mean(x, weight, bias, backend=backend)
-            # eval with gradients: the sets' outputs summed as they come (16-bit ones in float32,
-            # rounded once)
-            outputs = self.block.set_outputs(x)
-            total = outputs[0].to(torch.promote_types(outputs[0].dtype, torch.float32))
-            total = torch.stack([total, *outputs[1:]]).sum(0) if len(outputs) > 1 else total
-            return (total / len(outputs)).to(outputs[0].dtype)
+            weight, bias = self.block.folded()
+            return ops.set_projection_mean(x, weight, bias, backend=backend)
         return self.after_mean(self.block(x).mean(dim=1))
 
 
