@@ -51,18 +51,24 @@ def embedding_table(model) -> torch.nn.Parameter | None:
     return weight if weight.dim() == 3 else None
 
 
+def gradient_pairs(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows [P] int64, their gradients [P, M*K]) of a table gradient as it holds them: a sparse
+    gradient's pairs uncoalesced (duplicate rows kept, in their order), a dense one's every row."""
+    if not grad.is_sparse:
+        return torch.arange(grad.shape[0], device=grad.device), grad.reshape(grad.shape[0], -1)
+    values = grad._values()
+    return grad._indices()[0], values.reshape(values.shape[0], -1)
+
+
 def touched_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows [U] int64, unique and sorted; their gradients [U, M*K]) of a table gradient. A
     sparse gradient is coalesced first unless its rows are already strictly increasing (autograd
     drops the coalesced flag of the gradient it stores); a dense one touches every row."""
-    if not grad.is_sparse:
-        return torch.arange(grad.shape[0], device=grad.device), grad.reshape(grad.shape[0], -1)
-    rows = grad._indices()[0]
-    if not grad.is_coalesced() and rows.numel() > 1 and not bool((rows[1:] > rows[:-1]).all()):
-        grad = grad.coalesce()
-        rows = grad._indices()[0]
-    values = grad._values()
-    return rows, values.reshape(values.shape[0], -1)
+    rows, values = gradient_pairs(grad)
+    if grad.is_sparse and not grad.is_coalesced() and rows.numel() > 1:
+        if not bool((rows[1:] > rows[:-1]).all()):
+            return gradient_pairs(grad.coalesce())
+    return rows, values
 
 
 class TableOptimizer:
@@ -141,10 +147,7 @@ class TableOptimizer:
 
     def _fused_step(self, grad: torch.Tensor) -> None:
         """The fused CPU kernel on the gradient's pairs as they are (no coalescing)."""
-        if grad.is_sparse:
-            rows, values = grad._indices()[0], grad._values()
-        else:
-            rows, values = torch.arange(grad.shape[0]), grad
+        rows, values = gradient_pairs(grad)
         self.step_count += 1
         if rows.numel() == 0:
             return
@@ -298,8 +301,8 @@ class DenseGradient:
         if grad.device.type == "cpu":
             # The pairs as they are, duplicates summed by index_add_ in pair order: the bits of
             # the dense lookup's backward, without a sort.
-            rows, values = grad._indices()[0], grad._values()
-            flat.index_add_(0, rows, values.reshape(rows.numel(), -1).to(flat.dtype))
+            rows, values = gradient_pairs(grad)
+            flat.index_add_(0, rows, values.to(flat.dtype))
         else:  # index_add_ would sum duplicates with atomics there
             rows, values = touched_rows(grad)
             flat.index_copy_(0, rows, values.to(flat.dtype))
