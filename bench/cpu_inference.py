@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -30,28 +29,14 @@ import torch
 
 import fastme.models as fm
 from fastme._extension import load
+from fastme._machine import cpu_description
 from fastme.distributed.cost import CRITEO_KAGGLE_FIELD_DIMS
 
 FIELD_DIMS = tuple(CRITEO_KAGGLE_FIELD_DIMS)
 
 
-def cpu_description() -> str:
-    model, flags = platform.processor(), set()
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-        elif line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-    isa = (
-        "AMX"
-        if "amx_bf16" in flags
-        else "AVX-512"
-        if "avx512f" in flags
-        else "AVX2"
-        if "avx2" in flags
-        else "baseline"
-    )
-    return f"{model} ({isa}; fastme kernels: {load().cpu_isa()})"
+def cpu_line() -> str:
+    return f"{cpu_description()}; fastme kernels: {load().cpu_isa()}"
 
 
 def build_model(name: str, scale: int, backend: str, seed: int = 0) -> torch.nn.Module:
@@ -94,7 +79,7 @@ def main():
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     print(
-        f"CPU: {cpu_description()}; threads: {threads}; torch {torch.__version__}; "
+        f"CPU: {cpu_line()}; threads: {threads}; torch {torch.__version__}; "
         f"load average {os.getloadavg()[0]:.2f}"
     )
     g = torch.Generator().manual_seed(0)

@@ -16,7 +16,6 @@ and the dense table gradient written) next to a copy probe's GB/s (read + write 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -24,19 +23,13 @@ import torch
 
 from fastme import ops
 from fastme._extension import load
+from fastme._machine import cpu_description as cpu_model  # noqa: F401 (for the other benches)
 from fastme.distributed.cost import CRITEO_KAGGLE_FIELD_DIMS
 from fastme.ops import reference
 
 FIELD_DIMS = tuple(CRITEO_KAGGLE_FIELD_DIMS)
 N, K, B = len(FIELD_DIMS), 10, 4096
 ROWS = sum(FIELD_DIMS)
-
-
-def cpu_model() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def copy_probe(repeats: int) -> float:

@@ -25,30 +25,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
 import torch
 
 from fastme._extension import load
+from fastme._machine import cpu_description
 from fastme.data import make_synthetic
 from fastme.distributed.cost import CRITEO_KAGGLE_FIELD_DIMS
 from fastme.train.table_optim import SPARSE_OPTIMIZERS
 
 M, K = 4, 10
-
-
-def cpu_model() -> str:
-    name, isa = platform.processor(), "AVX2"
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            name = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags = line.split()
-            isa = "AMX" if "amx_tile" in flags else "AVX-512" if "avx512f" in flags else "AVX2"
-            break
-    return f"{name} ({isa})"
 
 
 def fbgemm_backward(field_dims, indices, grad_pairs):
@@ -142,7 +130,7 @@ def main():
     args = p.parse_args()
     ext = load()
     print(
-        f"CPU: {cpu_model()}; ISA of the CPU kernels: {ext.cpu_isa()}; threads: "
+        f"CPU: {cpu_description()}; ISA of the CPU kernels: {ext.cpu_isa()}; threads: "
         f"{torch.get_num_threads()}; torch {torch.__version__}; load average at start "
         f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
     )

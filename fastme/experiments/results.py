@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from fastme._atomic import replace_on_success, write_text
+from fastme._machine import cpu_description
 from fastme.experiments.scale import PRESETS, conclusion
 
 TOY_DIR = Path("runs/experiment-toy")
@@ -226,28 +227,6 @@ def _scale() -> None:
     )
 
 
-def _cpu() -> str:
-    """The processor's model name and its widest vector / matrix units (Linux; else the
-    platform's words)."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() in ("flags", "Features"):
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
-    units = [
-        label
-        for flag, label in (("amx_bf16", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
-        if flag in flags
-    ]
-    return f"{name}{' (' + ', '.join(units[:2]) + ')' if units else ''}"
-
-
 def _git(*args: str) -> str:
     return subprocess.run(
         ["git", *args],
@@ -276,7 +255,7 @@ def describe_machine() -> str:
     commit."""
     commit = _commit()
     return (
-        f"{_cpu()}, {os.cpu_count()} CPUs, {platform.python_implementation()} "
+        f"{cpu_description()}, {os.cpu_count()} CPUs, {platform.python_implementation()} "
         f"{platform.python_version()}, torch {torch.__version__}"
         + (f", commit {commit}" if commit else "")
     )
