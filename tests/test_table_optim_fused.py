@@ -279,3 +279,43 @@ def test_model_optimizer_runs_the_fused_kernel_on_the_raw_pairs(kind, monkeypatc
     assert len(seen) == 2 and torch.equal(seen[0], (x + offsets).flatten())
     for (name, a), b in zip(twin.state_dict().items(), model.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-13, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scatter_pairs_gives_index_add_bits_on_1_and_3_threads_and_clears_the_rows(dtype):
+    """The exact Adam's gradient buffer: the pairs added in ascending pair order (the bits of
+    index_add_ into a zero buffer) whatever the thread count, with enough pairs (>= 2048 a
+    thread) for the rows to be split; clearing writes zeros to exactly those rows."""
+    g = torch.Generator().manual_seed(3)
+    rows_count, pairs = 701, 9001
+    rows = torch.randint(0, rows_count - 50, (pairs,), generator=g)  # the last 50 never touched
+    rows[-300:] = rows[:300].flip(0)
+    values = torch.randn(pairs, M, K, generator=g, dtype=torch.float64).to(dtype)
+    expected = torch.zeros(rows_count, M * K, dtype=dtype)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        expected.index_add_(0, rows, values.view(pairs, -1))
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            buffer = torch.zeros(rows_count, M * K, dtype=dtype)
+            buffer[-1] = 5.0  # untouched rows keep their values through add and clear
+            fused.scatter_pairs(buffer, rows, values)
+            assert torch.equal(buffer[:-1], expected[:-1])
+            assert buffer[-1].eq(5.0).all()
+            fused.scatter_pairs(buffer, rows, None)
+            assert not buffer[:-1].any() and buffer[-1].eq(5.0).all()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_scatter_pairs_refuses_bad_arguments_naming_them():
+    buffer = torch.zeros(5, 3)
+    with pytest.raises(ValueError, match="buffer"):
+        fused.scatter_pairs(buffer.to(torch.bfloat16), torch.tensor([1]), torch.ones(1, 3))
+    with pytest.raises(ValueError, match="rows"):
+        fused.scatter_pairs(buffer, torch.tensor([[1]]), torch.ones(1, 3))
+    with pytest.raises(ValueError, match="values"):
+        fused.scatter_pairs(buffer, torch.tensor([1]), torch.ones(1, 4))
+    with pytest.raises(ValueError, match="rows must be in"):
+        fused.scatter_pairs(buffer, torch.tensor([5]), torch.ones(1, 3))

@@ -299,10 +299,14 @@ class DenseGradient:
             self.buffer = torch.zeros_like(self.table)
         flat = self.buffer.view(self.buffer.shape[0], -1)
         if grad.device.type == "cpu":
-            # The pairs as they are, duplicates summed by index_add_ in pair order: the bits of
-            # the dense lookup's backward, without a sort.
+            # The pairs as they are, duplicates summed in pair order: the bits of the dense
+            # lookup's backward (index_add_), without a sort; the fused kernel splits the rows
+            # between threads (index_add_ runs on one).
             rows, values = gradient_pairs(grad)
-            flat.index_add_(0, rows, values.to(flat.dtype))
+            if cpu_table_optim.fused_available(flat):
+                cpu_table_optim.scatter_pairs(flat, rows, values)
+            else:
+                flat.index_add_(0, rows, values.to(flat.dtype))
         else:  # index_add_ would sum duplicates with atomics there
             rows, values = touched_rows(grad)
             flat.index_copy_(0, rows, values.to(flat.dtype))
@@ -313,7 +317,11 @@ class DenseGradient:
         """Zero the rows written by :meth:`densify` and take the buffer back from ``.grad`` (a
         later backward then starts a new sparse gradient instead of adding into the buffer)."""
         if self.rows is not None:
-            self.buffer.view(self.buffer.shape[0], -1).index_fill_(0, self.rows, 0)
+            flat = self.buffer.view(self.buffer.shape[0], -1)
+            if self.rows.device.type == "cpu" and cpu_table_optim.fused_available(flat):
+                cpu_table_optim.scatter_pairs(flat, self.rows, None)
+            else:
+                flat.index_fill_(0, self.rows, 0)
             self.rows = None
             if self.table.grad is self.buffer:
                 self.table.grad = None

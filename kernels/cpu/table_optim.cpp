@@ -63,5 +63,49 @@ void cpu_table_optim_step(int threads, DType dtype, int kind, void* table, long 
   FASTME_OPTIM_ISA(float)
 }
 
+namespace {
+
+template <typename T>
+void pairs_scatter(int threads, T* buffer, long long num_rows, long long E, const long long* rows,
+                   long long pairs, const T* values, bool zero) {
+  const int buckets =
+      static_cast<int>(std::max<long long>(1, std::min<long long>(threads, pairs / 2048)));
+  std::vector<long long> bounds = cpu::row_bounds(rows, pairs, num_rows, buckets);
+  for (long long& b : bounds) b = std::min(std::max(b, 0LL), num_rows);
+#pragma omp parallel for schedule(static, 1) num_threads(buckets)
+  for (int t = 0; t < buckets; ++t) {
+    const long long lo = bounds[t], hi = bounds[t + 1];
+    for (long long p = 0; p < pairs; ++p) {
+      const long long r = rows[p];
+      if (r < lo || r >= hi) continue;
+      T* __restrict dst = buffer + r * E;
+      if (zero) {
+        std::fill(dst, dst + E, T(0));
+      } else {
+        const T* __restrict src = values + p * E;
+#pragma omp simd
+        for (long long e = 0; e < E; ++e) dst[e] += src[e];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void cpu_table_pairs_scatter(int threads, DType dtype, void* buffer, long long num_rows,
+                             long long row_elems, const long long* rows, long long pairs,
+                             const void* values, bool zero) {
+  if (dtype != DType::kFloat32 && dtype != DType::kFloat64)
+    throw std::invalid_argument("fastme: the gradient buffer must be float32 or float64");
+  if (pairs <= 0 || num_rows <= 0 || row_elems <= 0) return;
+  threads = std::max(threads, 1);
+  if (dtype == DType::kFloat64)
+    pairs_scatter(threads, static_cast<double*>(buffer), num_rows, row_elems, rows, pairs,
+                  static_cast<const double*>(values), zero);
+  else
+    pairs_scatter(threads, static_cast<float*>(buffer), num_rows, row_elems, rows, pairs,
+                  static_cast<const float*>(values), zero);
+}
+
 }  // namespace kernels
 }  // namespace fastme

@@ -25,5 +25,15 @@ void cpu_table_optim_step(int threads, DType dtype, int kind, void* table, long 
                           double weight_decay, double eps, double beta1, double beta2,
                           long long step);
 
+// The exact dense optimizers' gradient buffer (fastme/train/table_optim.py's DenseGradient):
+// `zero` false adds the pairs (rows [pairs], values [pairs, row_elems]) into `buffer` [num_rows,
+// row_elems], each row's pairs in ascending pair order (the bits of torch's index_add_ on one
+// thread, whatever the number of threads here); `zero` true writes zeros to those rows instead
+// (values unused). Each thread owns a range of rows, so no row is shared. Rows out of
+// [0, num_rows) are skipped. dtype float32 or float64.
+void cpu_table_pairs_scatter(int threads, DType dtype, void* buffer, long long num_rows,
+                             long long row_elems, const long long* rows, long long pairs,
+                             const void* values, bool zero);
+
 }  // namespace kernels
 }  // namespace fastme

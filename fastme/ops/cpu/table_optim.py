@@ -1,7 +1,8 @@
 """Fused sparse table optimizers on the CPU (kernels/cpu/table_optim.cpp), for
 ``fastme.train.table_optim``: one pass that sums each touched row's gradient pairs (a raw or a
 coalesced COO gradient; duplicates in ascending pair order, the same bits for every thread count)
-and updates the row and its optimizer state in place."""
+and updates the row and its optimizer state in place. And :func:`scatter_pairs`, which writes
+the pairs into (or clears them from) the exact dense Adam's persistent gradient buffer."""
 
 from __future__ import annotations
 
@@ -139,3 +140,42 @@ def sparse_step(
     )
     # Written through its pointer: tell autograd, as an in-place torch op would.
     torch.autograd.graph.increment_version(table)
+
+
+def scatter_pairs(buffer: torch.Tensor, rows: torch.Tensor, values: torch.Tensor | None) -> None:
+    """``buffer`` [R, ...] (contiguous float32/float64 CPU) += the gradient pairs ``rows`` [P]
+    (each in [0, R)) and ``values`` [P, ...], each row's pairs in ascending pair order: the bits
+    of ``buffer.index_add_(0, rows, values)`` on one thread, with the rows split between
+    threads. ``values`` None writes zeros to those rows instead."""
+    if buffer.device.type != "cpu" or buffer.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"buffer must be a float32/float64 CPU tensor, got {buffer.dtype}")
+    if not buffer.is_contiguous() or buffer.dim() < 1:
+        raise ValueError("buffer must be contiguous with a row dimension")
+    num_rows = buffer.shape[0]
+    row_elems = buffer[0].numel() if num_rows else 0
+    if rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64) or rows.is_cuda:
+        raise ValueError(f"rows must be a 1-D int CPU tensor, got {rows.dtype} {list(rows.shape)}")
+    if rows.numel():
+        low, high = torch.aminmax(rows)
+        if low < 0 or high >= num_rows:
+            raise ValueError(
+                f"rows must be in [0, {num_rows}) (the buffer's rows), got {int(low)}..{int(high)}"
+            )
+    rows = rows.to(torch.int64).contiguous()
+    if values is not None:
+        if values.numel() != rows.numel() * row_elems:
+            raise ValueError(
+                f"values must hold {row_elems} elements per row of rows, got {list(values.shape)}"
+            )
+        values = values.to(buffer.dtype).contiguous()
+    _extension.require_cpu_kernels().cpu_table_pairs_scatter(
+        buffer=buffer.data_ptr(),
+        num_rows=num_rows,
+        row_elems=row_elems,
+        rows=rows.data_ptr(),
+        pairs=rows.numel(),
+        values=0 if values is None else values.data_ptr(),
+        zero=values is None,
+        **_lib.run_args(buffer),
+    )
+    torch.autograd.graph.increment_version(buffer)
