@@ -86,6 +86,7 @@ def _cpu_problem_uncached() -> str:
         "cpu_table_optim_step",
         "cpu_set_relu_mean",
         "cpu_table_pairs_scatter",
+        "cpu_dropout",
     )
     if not all(hasattr(ext, name) for name in newest):
         return "fastme's compiled extension predates the CPU kernels; rebuild it (pip install -e .)"

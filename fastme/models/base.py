@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from fastme import ops
+from fastme.models import layers
 from fastme.models.layers import MultiSetEmbedding, OutputHead, SetProjection
 
 
@@ -81,6 +82,13 @@ class MultiEmbeddingModel(nn.Module):
         if value not in ops.BACKENDS:
             raise ValueError(f"backend must be one of {ops.BACKENDS}, got {value!r}")
         self._backend = value
+        layers.share_backend(self, value)
+
+    def __setattr__(self, name, value):
+        # A submodule assigned after the backend (every model's layers) takes it on.
+        super().__setattr__(name, value)
+        if isinstance(value, nn.Module) and "_backend" in self.__dict__:
+            layers.share_backend(value, self._backend)
 
     # -- analysis -----------------------------------------------------------------------------
     def embedding_tables(self) -> list[torch.Tensor]:

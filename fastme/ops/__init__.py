@@ -8,6 +8,8 @@ from fastme.ops._backend import BackendUnavailable, available_backends
 from fastme.ops._validation import bounds_check, get_bounds_check, set_bounds_check
 from fastme.ops.cross_network import cross_network, lookup_cross_network
 from fastme.ops.cross_network import kernel_ops as _cross_network_ops
+from fastme.ops.dropout import dropout
+from fastme.ops.dropout import kernel_ops as _dropout_ops
 from fastme.ops.embedding_lookup import kernel_ops as _lookup_ops
 from fastme.ops.embedding_lookup import multi_embedding_lookup
 from fastme.ops.pooling import fm_pooling, fwfm_pooling, pooled_lookup
@@ -19,7 +21,7 @@ from fastme.ops.projection import set_projection_mean
 # custom ops of the modules before it); each kernel backend package declares one record, BACKEND,
 # listed here in the order backend="auto" tries them. Loading defines every fastme:: custom op.
 _backend.load(
-    op_modules=(_lookup_ops, _pooling_ops, _cross_network_ops, _projection_ops),
+    op_modules=(_lookup_ops, _pooling_ops, _cross_network_ops, _projection_ops, _dropout_ops),
     packages=(
         "fastme.ops.triton",
         "fastme.ops.cuda",
@@ -34,6 +36,7 @@ __all__ = [
     "available_backends",
     "bounds_check",
     "cross_network",
+    "dropout",
     "fm_pooling",
     "fwfm_pooling",
     "get_bounds_check",

@@ -138,3 +138,45 @@ def set_projection_mean(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     for y in outputs[1:]:
         total.add_(y)
     return total.div_(len(outputs)).to(outputs[0].dtype)
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2^32 for x in [0, 2^32) held in int64, without int64 overflow."""
+    low, high = c & 0xFFFF, c >> 16
+    return (x * low + (((x * high) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """kernels/cpu/dropout_kernels.h's mix32 on int64 tensors holding uint32 values."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def dropout_bits(seed: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The mask bits (uint32 values in int64) of elements ``index`` for an int64 ``seed``: two
+    keyed rounds of a 32-bit mixer (kernels/cpu/dropout_kernels.h's dropout_bits)."""
+    seed = seed.to(torch.int64)
+    k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
+    low, high = index & _MASK32, (index >> 32) & _MASK32
+    return _mix32((_mix32(low ^ k0) + (k1 ^ high)) & _MASK32)
+
+
+def dropout_threshold(p: float) -> int:
+    """Element i is kept where its bits are >= floor(p * 2^32): probability 1 - p."""
+    return int(p * 4294967296.0)
+
+
+def dropout(x: torch.Tensor, p: float, seed: torch.Tensor) -> torch.Tensor:
+    """x * s, s = 1 / (1 - p) where element i's mask bits (row-major i) are >= the threshold
+    and 0 elsewhere; the product in float32 (float64 for float64), rounded once to x's dtype."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    index = torch.arange(x.numel(), device=x.device)
+    keep = dropout_bits(seed.to(x.device), index) >= dropout_threshold(p)
+    scale = keep.to(acc).mul_(1.0 / (1.0 - p)).view(x.shape)
+    return (x.to(acc) * scale).to(x.dtype)

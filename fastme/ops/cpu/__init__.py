@@ -1,8 +1,8 @@
 """C++ CPU implementations of the fused ops (kernels/cpu/, bound in fastme._C).
 
 The record below is all fastme.ops reads; the custom ops (CPU dispatch key) run the host functions
-of lookup.py, pooling.py, cross.py and projection.py with the schemas, fakes and autograd of every
-backend (fastme/ops/_kernel_ops.py).
+of lookup.py, pooling.py, cross.py, projection.py and dropout.py with the schemas, fakes and
+autograd of every backend (fastme/ops/_kernel_ops.py).
 Ops without a host function here run the reference. It imports without the compiled extension,
 which is loaded on the first call. ``backend="auto"`` picks it for CPU tensors whenever the
 extension loads. See docs/cpu.md.
@@ -45,5 +45,6 @@ BACKEND = KernelBackend(
         "fastme::cpu_cross_network_backward": "cross.cross_backward",
         "fastme::cpu_lookup_cross_network": "cross.lookup_cross_forward",
         "fastme::cpu_set_relu_mean": "projection.relu_mean",
+        "fastme::cpu_dropout": "dropout.dropout",
     },
 )
