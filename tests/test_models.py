@@ -366,6 +366,29 @@ def test_eval_set_projection_folds_batchnorm_into_the_linear_exactly(grad):
     torch.testing.assert_close(plain(x.detach()), expect, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_eval_hidden_block_folds_batchnorm_into_the_linear_exactly(grad):
+    """The head's shared block (Linear -> BatchNorm -> ReLU -> Dropout) folds its eval
+    BatchNorm the same way, in float64; one whose BatchNorm was swapped out runs unfolded."""
+    from fastme.models.layers import hidden_block
+
+    torch.manual_seed(0)
+    block = hidden_block(7, 5, dropout=0.3).double()
+    linear, norm = block[0], block[1]
+    norm.running_mean.uniform_(-1, 1)
+    norm.running_var.uniform_(0.5, 2)
+    norm.weight.data.uniform_(0.5, 1.5)
+    norm.bias.data.uniform_(-0.5, 0.5)
+    block.eval()
+    x = torch.randn(11, 7, dtype=torch.float64, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        expect = torch.relu(norm(linear(x)))
+        torch.testing.assert_close(block(x), expect, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(block(x), expect, rtol=1e-12, atol=1e-12)  # kept weights
+    block[1] = torch.nn.Identity()
+    torch.testing.assert_close(block(x.detach()), torch.relu(linear(x.detach())))
+
+
 def test_eval_set_block_with_its_batchnorm_swapped_out_runs_unfolded():
     """A user may replace a block's BatchNorm (e.g. by nn.Identity to train without it); eval
     mode then runs the plain composition instead of folding statistics it does not have."""

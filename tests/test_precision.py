@@ -334,3 +334,59 @@ def test_cpu_gather_into_16_bits_rounds_as_torch_on_every_isa():
                 assert torch.equal(got.view(torch.int16), expect.view(torch.int16)), (isa, dtype)
     finally:
         ext.cpu_set_isa(previous)
+
+
+def test_a_parameters_autocast_cast_is_kept_between_inference_calls_until_it_changes():
+    """fastme.ops._policy._cast_parameter: without gradients the same cast while the parameter
+    is unchanged; a new one after an in-place update (a version bump) or for another dtype;
+    never cached with gradients or for tensors that are not parameters."""
+    from fastme.ops._policy import _cast_parameter
+
+    weight = torch.nn.Parameter(torch.randn(5, 3))
+    with torch.no_grad():
+        first = _cast_parameter(weight, torch.bfloat16)
+        assert _cast_parameter(weight, torch.bfloat16) is first
+        assert not first.requires_grad and not first.is_inference()
+        weight.add_(1.0)
+        second = _cast_parameter(weight, torch.bfloat16)
+        assert second is not first
+        assert torch.equal(second, weight.detach().to(torch.bfloat16))
+        assert _cast_parameter(weight, torch.float16).dtype == torch.float16
+        activation = torch.randn(5, 3)
+        assert _cast_parameter(activation, torch.bfloat16) is not _cast_parameter(
+            activation, torch.bfloat16
+        )
+    with torch.inference_mode():
+        inside = _cast_parameter(weight, torch.bfloat16)
+    assert not inside.is_inference()  # usable after inference mode, too
+    graded = _cast_parameter(weight, torch.bfloat16)
+    assert graded.requires_grad and graded is not inside
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_eval_models_see_new_weights_and_statistics_after_the_cached_ones(backend):
+    """The eval models keep derived weights (folded BatchNorms, bf16 casts) between calls
+    without gradients: a load_state_dict or a training step must be seen by the next call."""
+    if backend not in ops.available_backends("cpu"):
+        pytest.skip("no compiled CPU kernels here")
+    dims = [7, 3, 11, 5]
+    x = torch.randint(0, 3, (33, 4))
+    torch.manual_seed(0)
+    model = build("dcnv2", dims, 2, multi=True, backend=backend).eval()
+    other = build("dcnv2", dims, 2, multi=True, backend=backend)
+    other.train()
+    other(x).sum().backward()  # BatchNorm statistics differ from the model's
+    other.eval()
+    for precision in ("fp32", "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with torch.inference_mode():
+                before = model(x)
+                model(x)
+            model.load_state_dict(other.state_dict())
+            with torch.inference_mode():
+                after = model(x)
+                expected = other(x)
+            with torch.no_grad():  # the cache is not used with gradients on either way
+                assert torch.equal(after, expected)
+        assert not torch.equal(before, after)
+        model.load_state_dict(build("dcnv2", dims, 2, multi=True).state_dict())

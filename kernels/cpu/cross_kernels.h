@@ -135,6 +135,26 @@ inline void over_row(long long D, Step&& step) {
   if (d < D) step(std::false_type{}, d, D - d);
 }
 
+// For passes whose output at a position depends only on inputs at that position: every full
+// vector of the row, then the tail as one more full vector ending at D, overlapping the last one
+// (the same values are stored twice) instead of element by element, which cost ~25% of a bf16
+// pass at D=390. The tail is computed first, so that an output that is also an input (x_l
+// updated in place) is read before any store. Rows shorter than a vector go element by element.
+// compute(full, d, n) returns the vector at [d, d + n) (over_row's arguments); put(full, d, n, v)
+// stores it.
+template <typename A, typename Compute, typename Put>
+inline void map_row(long long D, Compute&& compute, Put&& put) {
+  constexpr long long L = lanes<A>();
+  if (D >= L && D % L != 0) {
+    const std::true_type full{};
+    const auto tail = compute(full, D - L, L);
+    for (long long d = 0; d + L <= D; d += L) put(full, d, L, compute(full, d, L));
+    put(full, D - L, L, tail);
+    return;
+  }
+  over_row<A>(D, [&](auto full, long long d, long long n) { put(full, d, n, compute(full, d, n)); });
+}
+
 template <typename C>
 void forward_impl(int threads, long long M, long long B, long long D, const void* x0_,
                   long long x0_sm, long long x0_sb, const void* z_, const void* x_,
@@ -155,12 +175,16 @@ void forward_impl(int threads, long long M, long long B, long long D, const void
     const S* xr = x + m * x_sm + b * x_sb;
     const S* br = bias + m * D;
     S* outr = out + m * out_sm + b * out_sb;
-    over_row<A>(D, [&](auto full, long long d, long long n) {
-      constexpr bool F = decltype(full)::value;
-      const auto v = load<C, F>(x0r + d, n) * (load<C, F>(zr + d, n) + load<C, F>(br + d, n)) +
-                     load<C, F>(xr + d, n);
-      save<C, F>(outr + d, v, n);
-    });
+    map_row<A>(
+        D,
+        [&](auto full, long long d, long long n) {
+          constexpr bool F = decltype(full)::value;
+          return load<C, F>(x0r + d, n) * (load<C, F>(zr + d, n) + load<C, F>(br + d, n)) +
+                 load<C, F>(xr + d, n);
+        },
+        [&](auto full, long long d, long long n, auto v) {
+          save<C, decltype(full)::value>(outr + d, v, n);
+        });
   }
 }
 
@@ -233,12 +257,17 @@ void grad_x0_impl(int threads, long long M, long long B, long long D, const void
     const long long m = r / B, b = r % B;
     const S* gr = g + m * g_sm + b * g_sb;
     S* outr = out + m * out_sm + b * out_sb;
-    over_row<A>(D, [&](auto full, long long d, long long n) {
-      constexpr bool F = decltype(full)::value;
-      auto v = load<AC, F>(dx0 + r * D + d, n) + load<C, F>(gr + d, n);
-      if (h != nullptr) v += load<C, F>(h + r * D + d, n);
-      save<C, F>(outr + d, v, n);
-    });
+    map_row<A>(
+        D,
+        [&](auto full, long long d, long long n) {
+          constexpr bool F = decltype(full)::value;
+          auto v = load<AC, F>(dx0 + r * D + d, n) + load<C, F>(gr + d, n);
+          if (h != nullptr) v += load<C, F>(h + r * D + d, n);
+          return v;
+        },
+        [&](auto full, long long d, long long n, auto v) {
+          save<C, decltype(full)::value>(outr + d, v, n);
+        });
   }
 }
 
