@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastme.cli.args import HelpFormatter, add_arguments, error
-from fastme.train.config import add_config_arguments
+from fastme.train.config import TABLE_DTYPES, add_config_arguments
 
 _FMT = HelpFormatter
 
@@ -45,6 +45,13 @@ def add_parser(subparsers) -> None:
         ("backend",),
     )
     add_config_arguments(e, ("device", "precision"))
+    e.add_argument(
+        "--table-dtype",
+        choices=TABLE_DTYPES,
+        default="fp32",
+        help="how the program holds the embedding tables: bf16 halves the file and its memory "
+        "(with --precision bf16 only)",
+    )
     add_arguments(e, ("threads",))
     e.add_argument(
         "--vocab",
@@ -69,6 +76,7 @@ def run_export(args) -> int:
             device=args.device,
             vocab_dir=args.vocab,
             precision=args.precision,
+            table_dtype=args.table_dtype,
         )
     except Exception as exc:  # noqa: BLE001 - any failure of an export is one line, no file
         return error("export", _one_line(exc))
@@ -76,7 +84,9 @@ def run_export(args) -> int:
     sidecar = meta["encoding"]["file"]
     print(
         f"exported {spec['name']} {spec['mode'].upper()} x{spec['scale']} "
-        f"({len(meta['field_dims'])} fields, bounds {meta['bounds']}, {meta['precision']}) "
+        f"({len(meta['field_dims'])} fields, bounds {meta['bounds']}, {meta['precision']}"
+        + (", bf16 tables" if meta["table_dtype"] == "bf16" else "")
+        + ") "
         f"to {args.out}; "
         f"its example outputs match the eager model's (max difference "
         f"{meta['checked_max_difference']:.2g}); "

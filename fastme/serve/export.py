@@ -37,7 +37,7 @@ from fastme.data.dataset import training_vocab
 from fastme.data.formats import FORMATS as DATA_FORMATS
 from fastme.ops import bounds_check
 from fastme.train.checkpoint import load_trained
-from fastme.train.precision import autocast, check_precision
+from fastme.train.precision import autocast, check_precision, store_tables
 from fastme.train.trainer import resolve_device
 
 FORMATS = ("pt2", "onnx")
@@ -125,6 +125,7 @@ def export(
     device: str = "cpu",
     vocab_dir=None,
     precision: str = "fp32",
+    table_dtype: str = "fp32",
 ) -> dict:
     """Export the model of ``checkpoint`` to ``out`` (.pt2 or .onnx, which gives the format;
     ``fmt`` may name it too) and check it; returns the metadata it carries, plus
@@ -136,7 +137,9 @@ def export(
     reference ops. A model trained on raw Criteo/Avazu files also gets the encoding sidecar
     ``<out>.encoding.json``, built from the training cache's vocab.json (``vocab_dir`` overrides
     where the checkpoint says that cache is). ``precision`` "bf16" exports the model computing
-    under bfloat16 autocast (.pt2 only: ONNX Runtime's CPU provider has no bfloat16 Gemm).
+    under bfloat16 autocast (.pt2 only: ONNX Runtime's CPU provider has no bfloat16 Gemm);
+    with it, ``table_dtype`` "bf16" stores the embedding tables in the program in bfloat16 (half
+    the file and the memory; fastme/train/precision.py:store_tables).
     """
     fmt = export_format(out, fmt)
     check_precision(precision)
@@ -157,6 +160,7 @@ def export(
         _onnx_modules()  # before any work
     device = resolve_device(device)
     model, ckpt = load_trained(checkpoint, backend=backend, device=device)
+    store_tables(model, table_dtype, precision)
     spec = model.spec
     data = ckpt.get("data") or {}
     source = data.get("source") or {}
@@ -191,6 +195,7 @@ def export(
         "bounds": bounds,
         "backend": backend,
         "precision": precision,
+        "table_dtype": table_dtype,
         "input": "x: int64 [B, N] per-field indices",
         "output": "click probability [B]",
         "encoding": encoding_meta,
