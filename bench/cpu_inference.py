@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from fastme._allocator import keep_freed_memory
 import fastme.models as fm
 from fastme._extension import load
 from fastme._machine import cpu_description
@@ -74,13 +75,22 @@ def main():
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-onnx", action="store_true")
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's allocator defaults (else its thresholds are raised as the fastme "
+        "command line raises them: fastme/_allocator.py)",
+    )
     args = parser.parse_args()
+    kept = not args.default_malloc and keep_freed_memory()
+    malloc = "glibc's thresholds raised" if kept else "glibc's defaults"
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     print(
         f"CPU: {cpu_line()}; threads: {threads}; torch {torch.__version__}; "
         f"load average {os.getloadavg()[0]:.2f}"
+        f"; allocator: {malloc}"
     )
     g = torch.Generator().manual_seed(0)
     dims = torch.tensor(FIELD_DIMS)

@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from fastme._allocator import keep_freed_memory
 from fastme import ops
 from fastme._extension import load
 from fastme._machine import cpu_description as cpu_model  # noqa: F401 (for the other benches)
@@ -92,11 +93,20 @@ def main():
     parser.add_argument("--sets", type=int, nargs="+", default=[1, 4, 10])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's allocator defaults (else its thresholds are raised as the fastme "
+        "command line raises them: fastme/_allocator.py)",
+    )
     args = parser.parse_args()
+    kept = not args.default_malloc and keep_freed_memory()
+    malloc = "glibc's thresholds raised" if kept else "glibc's defaults"
     ext = load()
     print(
         f"CPU: {cpu_model()}; ISA of the CPU kernels: {ext.cpu_isa()}; "
         f"threads: {torch.get_num_threads()}; torch {torch.__version__}"
+        f"; allocator: {malloc}"
     )
     copy = copy_probe(args.repeats)
     print(f"copy probe: {copy:.1f} GB/s (read + write)")

@@ -17,6 +17,7 @@ and the speed-up over the first variant (median of per-round ratios), and the 1-
 average.
 
     python bench/cpu_train_step.py --table-optimizer dense adam rowwise_adagrad --backends cpu
+    python bench/cpu_train_step.py --variants reference:fp32:dense cpu:bf16:rowwise_adagrad
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import time
 import torch
 from cpu_lookup import cpu_model
 
+from fastme._allocator import keep_freed_memory
 import fastme.models
 from fastme._extension import load
 from fastme.data import make_synthetic
@@ -82,10 +84,45 @@ def main():
     parser.add_argument(
         "--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"]
     )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        metavar="BACKEND:PRECISION:UPDATE",
+        help="time exactly these variants (e.g. reference:fp32:dense cpu:bf16:rowwise_adagrad) "
+        "instead of every --backends x --precisions x --table-optimizer: fewer models in "
+        "memory, so each keeps more of its table and state in the caches between its steps",
+    )
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's allocator defaults (else its thresholds are raised as the fastme "
+        "command line raises them: fastme/_allocator.py)",
+    )
     args = parser.parse_args()
+    kept = not args.default_malloc and keep_freed_memory()
+    malloc = "glibc's thresholds raised" if kept else "glibc's defaults"
+    if args.variants:
+        variants = [tuple(v.split(":")) for v in args.variants]
+        for v in variants:
+            if (
+                len(v) != 3
+                or v[0] not in ("reference", "cpu")
+                or v[1] not in ("fp32", "bf16")
+                or v[2] not in ("dense", *TABLE_OPTIMIZERS)
+            ):
+                parser.error(f"--variants: {':'.join(v)!r} is not BACKEND:PRECISION:UPDATE")
+    else:
+        variants = [
+            (backend, precision, table_opt)
+            for table_opt in args.table_optimizer
+            for backend in args.backends
+            for precision in args.precisions
+        ]
     print(
         f"CPU: {cpu_model()}; ISA of the CPU kernels: {load().cpu_isa()}; "
         f"threads: {torch.get_num_threads()}; torch {torch.__version__}"
+        f"; allocator: {malloc}"
     )
     g = torch.Generator().manual_seed(0)
     if args.data == "criteo":
@@ -107,11 +144,9 @@ def main():
     base = fastme.models.build("dcnv2", field_dims, args.scale, multi=args.multi)
     batches = [batch() for _ in range(4)]
     steps = {}
-    for table_opt in args.table_optimizer:
-        for backend in args.backends:
-            for precision in args.precisions:
-                name = f"{backend} {precision} {table_opt}"
-                steps[name] = make_step(base, backend, precision == "bf16", table_opt)
+    for backend, precision, table_opt in variants:
+        name = f"{backend} {precision} {table_opt}"
+        steps[name] = make_step(base, backend, precision == "bf16", table_opt)
     for step in steps.values():  # warm up
         step(*batches[0])
     times = {name: [] for name in steps}

@@ -143,3 +143,24 @@ def test_model_and_data_options_read_literals_and_command_line_booleans():
     assert options == {"a": True, "b": False, "c": 3, "d": [1, 2], "e": "upper", "f": True}
     with pytest.raises(ValueError, match="--model-option expects KEY=VALUE"):
         key_values(["novalue"], "--model-option")
+
+
+def test_the_command_line_keeps_freed_memory_unless_told_not_to(monkeypatch, tmp_path, capsys):
+    """fastme/_allocator.py: glibc's thresholds raised on Linux (what every command does at
+    start); FASTME_KEEP_FREED_MEMORY=0 leaves the defaults."""
+    import sys
+
+    from fastme import _allocator
+
+    monkeypatch.setenv("FASTME_KEEP_FREED_MEMORY", "0")
+    assert _allocator.keep_freed_memory() is False
+    monkeypatch.delenv("FASTME_KEEP_FREED_MEMORY")
+    if sys.platform.startswith("linux"):
+        import platform
+
+        if platform.libc_ver()[0] == "glibc":
+            assert _allocator.keep_freed_memory() is True
+    calls = []
+    monkeypatch.setattr("fastme.cli.keep_freed_memory", lambda: calls.append(1))
+    assert main(["export", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.pt2")]) == 2
+    assert calls == [1] and "fastme export: error:" in capsys.readouterr().err

@@ -7,6 +7,7 @@ the float32 accumulation adds no error of its own. Ops are compared with 3% of t
 of 0.08, which is 1% of a logit of 8, moves a probability by at most 0.02: sigmoid' <= 1/4).
 """
 
+import copy
 import importlib
 import json
 import os
@@ -336,37 +337,11 @@ def test_cpu_gather_into_16_bits_rounds_as_torch_on_every_isa():
         ext.cpu_set_isa(previous)
 
 
-def test_a_parameters_autocast_cast_is_kept_between_inference_calls_until_it_changes():
-    """fastme.ops._policy._cast_parameter: without gradients the same cast while the parameter
-    is unchanged; a new one after an in-place update (a version bump) or for another dtype;
-    never cached with gradients or for tensors that are not parameters."""
-    from fastme.ops._policy import _cast_parameter
-
-    weight = torch.nn.Parameter(torch.randn(5, 3))
-    with torch.no_grad():
-        first = _cast_parameter(weight, torch.bfloat16)
-        assert _cast_parameter(weight, torch.bfloat16) is first
-        assert not first.requires_grad and not first.is_inference()
-        weight.add_(1.0)
-        second = _cast_parameter(weight, torch.bfloat16)
-        assert second is not first
-        assert torch.equal(second, weight.detach().to(torch.bfloat16))
-        assert _cast_parameter(weight, torch.float16).dtype == torch.float16
-        activation = torch.randn(5, 3)
-        assert _cast_parameter(activation, torch.bfloat16) is not _cast_parameter(
-            activation, torch.bfloat16
-        )
-    with torch.inference_mode():
-        inside = _cast_parameter(weight, torch.bfloat16)
-    assert not inside.is_inference()  # usable after inference mode, too
-    graded = _cast_parameter(weight, torch.bfloat16)
-    assert graded.requires_grad and graded is not inside
-
-
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_eval_models_see_new_weights_and_statistics_after_the_cached_ones(backend):
-    """The eval models keep derived weights (folded BatchNorms, bf16 casts) between calls
-    without gradients: a load_state_dict or a training step must be seen by the next call."""
+    """Eval models derive weights (folded BatchNorms, bf16 casts) from the parameters: a
+    load_state_dict or a training step (whose fused Adam and BatchNorm statistics update in
+    place without bumping version counters) must be seen by the next call."""
     if backend not in ops.available_backends("cpu"):
         pytest.skip("no compiled CPU kernels here")
     dims = [7, 3, 11, 5]
@@ -389,6 +364,18 @@ def test_eval_models_see_new_weights_and_statistics_after_the_cached_ones(backen
             with torch.no_grad():  # the cache is not used with gradients on either way
                 assert torch.equal(after, expected)
         assert not torch.equal(before, after)
+        # a fused Adam step and the BatchNorm statistics' update, in place, without version bumps
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.1, fused=True)
+        model(x).sum().backward()
+        optimizer.step()
+        model.eval()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with torch.inference_mode():
+                stepped = model(x)
+            fresh = copy.deepcopy(model)
+            with torch.inference_mode():
+                assert torch.equal(stepped, fresh(x))
         model.load_state_dict(build("dcnv2", dims, 2, multi=True).state_dict())
 
 

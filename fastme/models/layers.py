@@ -16,49 +16,6 @@ from fastme import ops
 from fastme.models import interactions
 
 
-class InferenceWeights:
-    """Weights derived from parameters for inference (a BatchNorm folded in, a cast to
-    autocast's dtype), computed once and reused while their sources are unchanged: the same
-    tensors at the same version counter (which every in-place update bumps: an optimizer step,
-    ``load_state_dict``, a BatchNorm's running statistics). Without gradients only, and never
-    while torch.compile / torch.export trace (the traced program derives them itself). Recasting
-    the cross network's weights and refolding the projection's were ~4% of an ME-DCNv2 x4 bf16
-    inference at B=4096."""
-
-    def __init__(self):
-        self._sources: tuple = ()  # the source tensors themselves (compared by identity)
-        self._state: tuple = ()  # autocast's dtype and each source's version
-        self._value = None
-
-    def get(self, sources: tuple, derive):
-        """``derive()``, or its value from an earlier call with the same ``sources``."""
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return derive()
-        try:
-            state = (_autocast_state(sources[0].device.type), *(t._version for t in sources))
-        except RuntimeError:  # inference tensors have no version counter
-            return derive()
-        same = len(sources) == len(self._sources) and all(
-            a is b for a, b in zip(sources, self._sources)
-        )
-        if not same or state != self._state:
-            with torch.inference_mode(False), torch.no_grad():  # normal tensors, in and out
-                self._value = derive()
-            self._sources, self._state = tuple(sources), state
-        return self._value
-
-    def __deepcopy__(self, memo):  # a copy derives its own (its parameters are new tensors)
-        return InferenceWeights()
-
-
-def cached_inference_weights(module: nn.Module, sources: tuple, derive):
-    """:meth:`InferenceWeights.get` with the cache kept on ``module`` (not in its state dict)."""
-    cache = module.__dict__.get("_inference_weights")
-    if cache is None:
-        cache = module.__dict__["_inference_weights"] = InferenceWeights()
-    return cache.get(sources, derive)
-
-
 def _autocast_state(device_type: str):
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
@@ -67,7 +24,7 @@ def _autocast_state(device_type: str):
 
 def matmul_dtype(t: torch.Tensor) -> torch.Tensor:
     """``t`` cast to the dtype autocast runs matrix products in on its device (unchanged when
-    autocast is off there): what a GEMM under autocast would cast it to on every call."""
+    autocast is off there): what a GEMM under autocast would cast it to."""
     dtype = _autocast_state(t.device.type)
     return t if dtype is None else t.to(dtype)
 
@@ -206,17 +163,10 @@ class SetBlock(nn.Module):
         return linear.weight * scale.unsqueeze(-1), linear.bias * scale + shift
 
     def inference_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`folded`, the weight in autocast's matmul dtype, kept between calls without
-        gradients (:class:`InferenceWeights`)."""
-        norm, linear = self.norm, self.linear
-        sources = (linear.weight, linear.bias, norm.running_mean, norm.running_var)
-        sources += tuple(t for t in (norm.weight, norm.bias) if t is not None)
-
-        def derive():
-            weight, bias = self.folded()
-            return matmul_dtype(weight), bias
-
-        return cached_inference_weights(self, sources, derive)
+        """:meth:`folded`, the weight cast once to autocast's matmul dtype (the per-set GEMMs
+        would each cast their set's slice)."""
+        weight, bias = self.folded()
+        return matmul_dtype(weight), bias
 
     def set_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Eval mode: each set's ReLU(BatchNorm(Linear)) [B, out], one ``addmm`` (bias and the
@@ -247,19 +197,13 @@ class HiddenBlock(nn.Sequential):
             or x.dim() != 2
         ):
             return super().forward(x)
-        sources = (linear.weight, linear.bias, norm.running_mean, norm.running_var)
-        sources += tuple(t for t in (norm.weight, norm.bias) if t is not None)
-
-        def derive():
-            scale = (norm.running_var + norm.eps).rsqrt()
-            if norm.weight is not None:
-                scale = scale * norm.weight
-            shift = -norm.running_mean * scale
-            if norm.bias is not None:
-                shift = shift + norm.bias
-            return matmul_dtype(linear.weight * scale.unsqueeze(-1)), linear.bias * scale + shift
-
-        weight, bias = cached_inference_weights(self, sources, derive)
+        scale = (norm.running_var + norm.eps).rsqrt()
+        if norm.weight is not None:
+            scale = scale * norm.weight
+        shift = -norm.running_mean * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias
+        weight, bias = linear.weight * scale.unsqueeze(-1), linear.bias * scale + shift
         y = torch.addmm(bias, x, weight.t())
         return torch.relu(y) if torch.is_grad_enabled() else torch.relu_(y)
 

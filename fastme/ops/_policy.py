@@ -6,7 +6,6 @@ the kernels refuse."""
 from __future__ import annotations
 
 import functools
-import weakref
 import os
 
 import torch
@@ -81,43 +80,11 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
 def autocast_matmul_inputs(*tensors):
     """The inputs of a fused op built on matrix products, cast to the autocast dtype of their
     device when autocast is on there (differentiable casts: float32 master weights get float32
-    gradients), unchanged otherwise. Without gradients a parameter's cast is kept between calls
-    (:func:`_cast_parameter`)."""
+    gradients), unchanged otherwise."""
     dtype = autocast_dtype(tensors[0].device.type)
     if dtype is None:
         return tensors
-    return tuple(_cast_parameter(t, dtype) if t.is_floating_point() else t for t in tensors)
-
-
-# id(parameter) -> (a weak reference to it, its version counter, dtype, its cast), for
-# _cast_parameter; an entry leaves with its parameter. (Tensors compare elementwise, so they
-# cannot be the keys of a WeakKeyDictionary.)
-_PARAMETER_CASTS: dict[int, tuple] = {}
-
-
-def _cast_parameter(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t.to(dtype)``; for a parameter (a leaf that requires grad) without gradients, the cast
-    of an earlier call while the parameter is unchanged (its version counter, which every
-    in-place update bumps). Autocast's own cache lasts one autocast region and only while
-    gradients are recorded; recasting an ME-DCNv2 x4's cross-network weights and page-faulting
-    in the fresh 5 MB copy cost several percent of a bf16 CPU inference at B=4096. Never while
-    torch.compile / torch.export trace."""
-    if (
-        t.dtype == dtype
-        or torch.is_grad_enabled()
-        or not (t.is_leaf and t.requires_grad)
-        or torch.compiler.is_compiling()
-    ):
-        return t.to(dtype)
-    key = id(t)
-    hit = _PARAMETER_CASTS.get(key)
-    if hit is not None and hit[0]() is t and hit[1] == t._version and hit[2] == dtype:
-        return hit[3]
-    with torch.inference_mode(False), torch.no_grad():  # a normal tensor, in and out of it
-        cast = t.to(dtype)
-    ref = weakref.ref(t, lambda _, key=key: _PARAMETER_CASTS.pop(key, None))
-    _PARAMETER_CASTS[key] = (ref, t._version, dtype, cast)
-    return cast
+    return tuple(t.to(dtype) if t.is_floating_point() else t for t in tensors)
 
 
 def autocast_widest_inputs(*tensors):
