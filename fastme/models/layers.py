@@ -29,6 +29,18 @@ def matmul_dtype(t: torch.Tensor) -> torch.Tensor:
     return t if dtype is None else t.to(dtype)
 
 
+def batchnorm_affine(norm: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of an eval-mode BatchNorm (running statistics) as the affine map
+    ``y = x * scale + shift``, which folds into the Linear before it."""
+    scale = (norm.running_var + norm.eps).rsqrt()
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    return scale, shift
+
+
 def _uniform_fan_in(tensor: torch.Tensor, fan_in: int) -> None:
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     nn.init.uniform_(tensor, -bound, bound)
@@ -153,12 +165,7 @@ class SetBlock(nn.Module):
         """(weight [M, out, in], bias [M, out]) of the Linear with the eval BatchNorm folded in."""
         norm, linear = self.norm, self.linear
         sets, out, _ = linear.weight.shape
-        scale = (norm.running_var + norm.eps).rsqrt()
-        if norm.weight is not None:
-            scale = scale * norm.weight
-        shift = -norm.running_mean * scale
-        if norm.bias is not None:
-            shift = shift + norm.bias
+        scale, shift = batchnorm_affine(norm)
         scale, shift = scale.view(sets, out), shift.view(sets, out)
         return linear.weight * scale.unsqueeze(-1), linear.bias * scale + shift
 
@@ -197,12 +204,7 @@ class HiddenBlock(nn.Sequential):
             or x.dim() != 2
         ):
             return super().forward(x)
-        scale = (norm.running_var + norm.eps).rsqrt()
-        if norm.weight is not None:
-            scale = scale * norm.weight
-        shift = -norm.running_mean * scale
-        if norm.bias is not None:
-            shift = shift + norm.bias
+        scale, shift = batchnorm_affine(norm)
         weight, bias = linear.weight * scale.unsqueeze(-1), linear.bias * scale + shift
         y = torch.addmm(bias, x, weight.t())
         return torch.relu(y) if torch.is_grad_enabled() else torch.relu_(y)
