@@ -318,7 +318,7 @@ class DenseGradient:
         later backward then starts a new sparse gradient instead of adding into the buffer)."""
         if self.rows is not None:
             flat = self.buffer.view(self.buffer.shape[0], -1)
-            if self.rows.device.type == "cpu" and cpu_table_optim.fused_available(flat):
+            if cpu_table_optim.fused_available(flat):
                 cpu_table_optim.scatter_pairs(flat, self.rows, None)
             else:
                 flat.index_fill_(0, self.rows, 0)

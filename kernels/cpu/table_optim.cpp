@@ -14,6 +14,21 @@
 
 namespace fastme {
 namespace kernels {
+namespace {
+
+// The row ranges [bounds[q], bounds[q + 1]) of the threads that sum the pairs (each about as many
+// pairs, kernels/cpu/row_split.h), clamped to the table: rows outside it are skipped. About
+// 2048 pairs per range at least: below that a second thread costs more than it saves.
+std::vector<long long> thread_row_ranges(int threads, const long long* rows, long long pairs,
+                                         long long num_rows) {
+  const int buckets =
+      static_cast<int>(std::max<long long>(1, std::min<long long>(threads, pairs / 2048)));
+  std::vector<long long> bounds = cpu::row_bounds(rows, pairs, num_rows, buckets);
+  for (long long& b : bounds) b = std::min(std::max(b, 0LL), num_rows);
+  return bounds;
+}
+
+}  // namespace
 
 void cpu_table_optim_step(int threads, DType dtype, int kind, void* table, long long num_rows,
                           int num_sets, int dim, const long long* rows, long long pairs,
@@ -28,11 +43,8 @@ void cpu_table_optim_step(int threads, DType dtype, int kind, void* table, long 
     throw std::invalid_argument("fastme: the table optimizer's state is missing");
   if (pairs <= 0 || num_rows <= 0) return;
   threads = std::max(threads, 1);
-  // About 2048 pairs per bucket at least: below that a second thread costs more than it saves.
-  const int buckets =
-      static_cast<int>(std::max<long long>(1, std::min<long long>(threads, pairs / 2048)));
-  std::vector<long long> bounds = cpu::row_bounds(rows, pairs, num_rows, buckets);
-  for (long long& b : bounds) b = std::min(std::max(b, 0LL), num_rows);  // skip rows outside
+  const std::vector<long long> bounds = thread_row_ranges(threads, rows, pairs, num_rows);
+  const int buckets = static_cast<int>(bounds.size()) - 1;
   cpu::OptimStep s{kind, num_rows, num_sets, dim, pairs, rows, bounds.data(), buckets, slots,
                    lr, weight_decay, eps, beta1, beta2, 1.0, 1.0};
   if (kind == 3) {
@@ -68,10 +80,8 @@ namespace {
 template <typename T>
 void pairs_scatter(int threads, T* buffer, long long num_rows, long long E, const long long* rows,
                    long long pairs, const T* values, bool zero) {
-  const int buckets =
-      static_cast<int>(std::max<long long>(1, std::min<long long>(threads, pairs / 2048)));
-  std::vector<long long> bounds = cpu::row_bounds(rows, pairs, num_rows, buckets);
-  for (long long& b : bounds) b = std::min(std::max(b, 0LL), num_rows);
+  const std::vector<long long> bounds = thread_row_ranges(threads, rows, pairs, num_rows);
+  const int buckets = static_cast<int>(bounds.size()) - 1;
 #pragma omp parallel for schedule(static, 1) num_threads(buckets)
   for (int t = 0; t < buckets; ++t) {
     const long long lo = bounds[t], hi = bounds[t + 1];

@@ -39,6 +39,18 @@ def _state_shapes(kind: str, num_rows: int, m: int, k: int) -> tuple:
     }[kind]
 
 
+def _check_rows(rows: torch.Tensor, num_rows: int, whose: str) -> None:
+    """``rows``: a 1-D int CPU tensor of rows in [0, num_rows) (``whose``, for the message)."""
+    if rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64) or rows.is_cuda:
+        raise ValueError(f"rows must be a 1-D int CPU tensor, got {rows.dtype} {list(rows.shape)}")
+    if rows.numel():
+        low, high = torch.aminmax(rows)
+        if low < 0 or high >= num_rows:
+            raise ValueError(
+                f"rows must be in [0, {num_rows}) ({whose}), got {int(low)}..{int(high)}"
+            )
+
+
 def _check(kind, table, rows, values, state, slots) -> None:
     """Refuse, naming the argument, what the kernel would read out of bounds or misread."""
     if kind not in KINDS:
@@ -51,19 +63,12 @@ def _check(kind, table, rows, values, state, slots) -> None:
     if table.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"table must be float32 or float64, got {table.dtype}")
     num_rows, m, k = table.shape
-    if rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64) or rows.is_cuda:
-        raise ValueError(f"rows must be a 1-D int CPU tensor, got {rows.dtype} {list(rows.shape)}")
+    _check_rows(rows, num_rows, "the table's rows")
     if not values.is_floating_point() or values.numel() != rows.numel() * m * k:
         raise ValueError(
             f"values must be float [{rows.numel()}, {m * k}] (one row of M*K per row in rows), "
             f"got {values.dtype} {list(values.shape)}"
         )
-    if rows.numel():
-        low, high = torch.aminmax(rows)
-        if low < 0 or high >= num_rows:
-            raise ValueError(
-                f"rows must be in [0, {num_rows}) (the table's rows), got {int(low)}..{int(high)}"
-            )
     for name, tensor, shape in zip(
         ("state[0]", "state[1]"), state, _state_shapes(kind, *table.shape)
     ):
@@ -153,14 +158,7 @@ def scatter_pairs(buffer: torch.Tensor, rows: torch.Tensor, values: torch.Tensor
         raise ValueError("buffer must be contiguous with a row dimension")
     num_rows = buffer.shape[0]
     row_elems = buffer[0].numel() if num_rows else 0
-    if rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64) or rows.is_cuda:
-        raise ValueError(f"rows must be a 1-D int CPU tensor, got {rows.dtype} {list(rows.shape)}")
-    if rows.numel():
-        low, high = torch.aminmax(rows)
-        if low < 0 or high >= num_rows:
-            raise ValueError(
-                f"rows must be in [0, {num_rows}) (the buffer's rows), got {int(low)}..{int(high)}"
-            )
+    _check_rows(rows, num_rows, "the buffer's rows")
     rows = rows.to(torch.int64).contiguous()
     if values is not None:
         if values.numel() != rows.numel() * row_elems:
