@@ -16,17 +16,10 @@ from fastme import ops
 from fastme.models import interactions
 
 
-def _autocast_state(device_type: str):
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return None
-
-
-def matmul_dtype(t: torch.Tensor) -> torch.Tensor:
-    """``t`` cast to the dtype autocast runs matrix products in on its device (unchanged when
-    autocast is off there): what a GEMM under autocast would cast it to."""
-    dtype = _autocast_state(t.device.type)
-    return t if dtype is None else t.to(dtype)
+def folds_into_linear(norm) -> bool:
+    """Whether ``norm`` (a block's BatchNorm, which a user may have swapped for another module)
+    is an affine map in eval mode: a BatchNorm1d with running statistics."""
+    return isinstance(norm, nn.BatchNorm1d) and norm.running_var is not None
 
 
 def batchnorm_affine(norm: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,10 +149,7 @@ class SetBlock(nn.Module):
     def inference_ready(self) -> bool:
         """Eval mode with running statistics: the BatchNorm is an affine map that folds into the
         Linear (:meth:`folded`)."""
-        norm = getattr(self, "norm", None)  # a user may have swapped it for another module
-        return (
-            not self.training and isinstance(norm, nn.BatchNorm1d) and norm.running_var is not None
-        )
+        return not self.training and folds_into_linear(getattr(self, "norm", None))
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight [M, out, in], bias [M, out]) of the Linear with the eval BatchNorm folded in."""
@@ -169,19 +159,13 @@ class SetBlock(nn.Module):
         scale, shift = scale.view(sets, out), shift.view(sets, out)
         return linear.weight * scale.unsqueeze(-1), linear.bias * scale + shift
 
-    def inference_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`folded`, the weight cast once to autocast's matmul dtype (the per-set GEMMs
-        would each cast their set's slice)."""
-        weight, bias = self.folded()
-        return matmul_dtype(weight), bias
-
     def set_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Eval mode: each set's ReLU(BatchNorm(Linear)) [B, out], one ``addmm`` (bias and the
         folded BatchNorm included) and one in-place ReLU per set on x's strided rows (dropout is
         the identity). The einsum + bias + BatchNorm + ReLU passes and their layout copies were
         ~40% of an ME-DCNv2 x4 CPU inference in bf16; a ``baddbmm`` over the sets copies its
         strided input and was slower too."""
-        weight, bias = self.inference_weights()
+        weight, bias = self.folded()
         relu = torch.relu if torch.is_grad_enabled() else torch.relu_  # eval may still need grads
         return [relu(torch.addmm(bias[m], x[:, m], weight[m].t())) for m in range(len(weight))]
 
@@ -199,8 +183,7 @@ class HiddenBlock(nn.Sequential):
             self.training
             or len(self) != 4
             or not isinstance(linear, nn.Linear)
-            or not isinstance(norm, nn.BatchNorm1d)
-            or norm.running_var is None
+            or not folds_into_linear(norm)
             or x.dim() != 2
         ):
             return super().forward(x)
@@ -243,7 +226,7 @@ class SetProjection(nn.Module):
         after bias-free GEMMs; with gradients the reference composition), never the parameters
         or the training path."""
         if self.block.inference_ready() and x.dim() == 3:
-            weight, bias = self.block.inference_weights()
+            weight, bias = self.block.folded()
             return ops.set_projection_mean(x, weight, bias, backend=backend)
         return self.after_mean(self.block(x).mean(dim=1))
 
