@@ -10,6 +10,7 @@ import contextlib
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastme.ops as ops
 
@@ -222,3 +223,17 @@ def check_registration(backend, kind, args, expected):
     for out, want in zip(outputs, expected):
         assert (out.shape, out.dtype) == (want.shape, want.dtype)
     assert all(out.device == device for out in outputs)
+
+
+class OpCalls(TorchDispatchMode):
+    """Counts the calls of the custom ops whose names contain ``name`` inside the block."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.name in str(func):
+            self.count += 1
+        return func(*args, **(kwargs or {}))

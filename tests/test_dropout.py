@@ -6,14 +6,13 @@ import math
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastme.models as fm
 import fastme.ops as ops
 from fastme.models import layers
 from fastme.ops import reference
 
-from kernel_backends import check_registration, cpu_isas, use_cpu_isa
+from kernel_backends import OpCalls, check_registration, cpu_isas, use_cpu_isa
 
 needs_cpu_kernels = pytest.mark.skipif(not cpu_isas(), reason="no compiled CPU kernels here")
 SEED = torch.tensor(-0x1234_5678_9ABC_DEF0)
@@ -131,19 +130,6 @@ def test_bad_arguments_are_refused_naming_them(kwargs, match):
         ops.dropout(torch.ones(3, dtype=torch.long), 0.5)
 
 
-class _Calls(TorchDispatchMode):
-    """Counts the calls of the CPU dropout's custom op."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if "cpu_dropout" in str(func):
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 @needs_cpu_kernels
 @pytest.mark.parametrize("name", ["dcnv2", "nfwfm", "dnn"])
 def test_models_run_the_cpu_dropout_on_their_backend_and_torch_draws_on_the_reference(name):
@@ -153,16 +139,16 @@ def test_models_run_the_cpu_dropout_on_their_backend_and_torch_draws_on_the_refe
     model = fm.build(name, [3, 5, 4, 6], 2, multi=True, backend="cpu")
     dropouts = [m for m in model.modules() if isinstance(m, layers.Dropout)]
     assert dropouts and {d.backend for d in dropouts} == {"cpu"}
-    with _Calls() as calls:
+    with OpCalls("cpu_dropout") as calls:
         model(x).sum().backward()
     assert calls.count >= 2 * len(dropouts)  # forward and backward
     model.backend = "reference"
     assert {d.backend for d in dropouts} == {"reference"}
-    with _Calls() as calls:
+    with OpCalls("cpu_dropout") as calls:
         model(x).sum().backward()
     assert calls.count == 0
     model.backend = "cpu"
     model.eval()
-    with _Calls() as calls:
+    with OpCalls("cpu_dropout") as calls:
         model(x)
     assert calls.count == 0

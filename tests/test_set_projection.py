@@ -4,13 +4,12 @@ every ISA and thread count, and the models' use of it in inference only."""
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastme.models as fm
 import fastme.ops as ops
 from fastme.ops import reference
 
-from kernel_backends import cpu_isas, use_cpu_isa
+from kernel_backends import OpCalls, cpu_isas, use_cpu_isa
 
 needs_cpu_kernels = pytest.mark.skipif(not cpu_isas(), reason="no compiled CPU kernels here")
 FIELD_DIMS = [7, 3, 11, 5]
@@ -32,19 +31,6 @@ def _relu_mean_in_order(z, bias):
     for m in range(1, len(z)):
         total = total + torch.relu(z[m].to(acc) + bias[m].to(acc))
     return (total / len(z)).to(z[0].dtype)
-
-
-class _Calls(TorchDispatchMode):
-    """Counts the calls of the CPU epilogue's custom op."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if "cpu_set_relu_mean" in str(func):
-            self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 @needs_cpu_kernels
@@ -94,7 +80,7 @@ def test_op_with_gradients_runs_the_reference():
     """The pass has no backward: with gradients wanted the CPU backend runs the reference."""
     x, weight, bias = _inputs(9, 2, 6, 5, torch.float64)
     weight.requires_grad_()
-    with _Calls() as calls:
+    with OpCalls("cpu_set_relu_mean") as calls:
         out = ops.set_projection_mean(x, weight, bias, backend="cpu")
     assert calls.count == 0
     (grad,) = torch.autograd.grad(out.sum(), weight)
@@ -139,7 +125,7 @@ def test_model_inference_uses_the_pass_on_the_cpu_backend(precision):
         with (
             torch.inference_mode(),
             torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"),
-            _Calls() as calls,
+            OpCalls("cpu_set_relu_mean") as calls,
         ):
             outputs[backend] = model(x).float()
         assert calls.count == (1 if backend == "cpu" else 0)
@@ -151,7 +137,7 @@ def test_model_inference_uses_the_pass_on_the_cpu_backend(precision):
 def test_model_eval_with_gradients_and_training_do_not_use_the_pass():
     model = _dcnv2("cpu")
     x = _indices()
-    with _Calls() as calls:
+    with OpCalls("cpu_set_relu_mean") as calls:
         model(x).sum().backward()  # eval, gradients recorded
         model.train()
         model(x).sum().backward()
